@@ -1,0 +1,18 @@
+# The two commands a developer needs: `go run ./cmd/herd serve` runs the
+# hub, `make test` runs every test (and installs what the tests need).
+
+GO ?= go
+
+.PHONY: test build vet bench bench-quick fuzz
+
+## test: every test: vet, the Go tests with -race, and the official Azure SDK suite
+test: vet
+	$(GO) test -race -count=1 ./...
+
+vet:
+	$(GO) mod download
+	$(GO) vet ./...
+
+## build: the herd binary in ./bin
+build:
+	CGO_ENABLED=0 $(GO) build -o bin/herd ./cmd/herd

@@ -1,0 +1,73 @@
+package main
+
+import (
+	"fmt"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/sas"
+)
+
+func connectionStringCommand(e *env) *cobra.Command {
+	var data, policy, device, hostname string
+	cmd := &cobra.Command{
+		Use:   "connection-string",
+		Short: "Print a policy's or a device's connection string",
+		Long: `Print the connection string of a shared access policy (default
+iothubowner) or, with --device, of a device, read from a hub's data folder.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd, e.getenv); err != nil {
+				return err
+			}
+			ctx := cmd.Context()
+			path := filepath.Join(data, "herd.db")
+			if !fileExists(path) {
+				return fmt.Errorf("--data %s: no hub database there (start one with `herd serve --data %s`)", data, data)
+			}
+			db, err := sqlite.Open(ctx, path)
+			if err != nil {
+				return err
+			}
+			defer db.Close()
+			host := hostname
+			if host == "" {
+				if host, err = db.Setting(ctx, "hostname"); err != nil {
+					return err
+				}
+			}
+			if host == "" {
+				host = "localhost"
+			}
+			if device != "" {
+				d, err := db.Device(ctx, device)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(e.stdout, sas.ConnectionString{HostName: host, DeviceID: d.DeviceID,
+					SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String())
+				return nil
+			}
+			ps, err := db.Policies(ctx)
+			if err != nil {
+				return err
+			}
+			for _, p := range ps {
+				if p.Name == policy {
+					fmt.Fprintln(e.stdout, sas.ConnectionString{HostName: host, SharedAccessKeyName: p.Name,
+						SharedAccessKey: p.PrimaryKey}.String())
+					return nil
+				}
+			}
+			return fmt.Errorf("--policy %q: no such shared access policy (the hub has iothubowner, service, device, registryRead, registryReadWrite)", policy)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&data, "data", "herd-data", "the hub's data folder")
+	f.StringVar(&policy, "policy", "iothubowner", "shared access policy")
+	f.StringVar(&device, "device", "", "print this device's connection string instead")
+	f.StringVar(&hostname, "hostname", "", "HostName to write (default: the hub's --hostname)")
+	return cmd
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"fmt"
+	"log/slog"
+	"net"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/herd-iot/herd/internal/hub"
+)
+
+func serveCommand(e *env) *cobra.Command {
+	cfg := hub.Default()
+	var logFormat, logLevel string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Run the hub",
+		Long: `Run the hub: the Azure-compatible REST API over HTTPS and the device
+gateway. Every flag can also be set with a HERD_* environment variable
+(--https-addr with HERD_HTTPS_ADDR, and so on).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if err := bindEnv(cmd, e.getenv); err != nil {
+				return err
+			}
+			log, err := newLogger(e, logFormat, logLevel)
+			if err != nil {
+				return err
+			}
+			cfg.Log = log
+			h, err := hub.New(cmd.Context(), cfg)
+			if err != nil {
+				return err
+			}
+			cs, err := h.ConnectionString("iothubowner")
+			if err != nil {
+				h.Close()
+				return err
+			}
+			printReady(e, h, cs)
+			log.Info("hub ready", "https_addr", h.HTTPSAddr().String(), "hostname", cfg.Hostname)
+			err = h.Run(cmd.Context())
+			log.Info("hub stopped")
+			return err
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data folder: database, CA and server certificate")
+	f.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "the hub's host name, as devices and services address it")
+	f.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "address of the REST API (the official Azure service SDKs only reach port 443)")
+	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM) to use instead of the generated one")
+	f.StringVar(&cfg.TLSKey, "tls-key", "", "key (PEM) of --tls-cert")
+	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without authorization")
+	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
+	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	return cmd
+}
+
+func newLogger(e *env, format, level string) (*slog.Logger, error) {
+	var lv slog.Level
+	if err := lv.UnmarshalText([]byte(level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: use debug, info, warn or error", level)
+	}
+	opts := &slog.HandlerOptions{Level: lv}
+	switch strings.ToLower(format) {
+	case "text":
+		return slog.New(slog.NewTextHandler(e.stderr, opts)), nil
+	case "json":
+		return slog.New(slog.NewJSONHandler(e.stderr, opts)), nil
+	}
+	return nil, fmt.Errorf("--log-format %q: use text or json", format)
+}
+
+func printReady(e *env, h *hub.Hub, cs string) {
+	w := e.stdout
+	fmt.Fprintf(w, "Herd is ready.\n\n")
+	fmt.Fprintf(w, "  REST API     https://%s (listening on %s)\n", hostPort(h), h.HTTPSAddr())
+	if ca := h.CAFile(); ca != "" {
+		fmt.Fprintf(w, "  CA           %s\n", ca)
+		fmt.Fprintf(w, "               trust it with: export NODE_EXTRA_CA_CERTS=%s\n", ca)
+	}
+	fmt.Fprintf(w, "\n  Service connection string (iothubowner):\n    %s\n\n", cs)
+}
+
+// hostPort is how clients address the REST API: the host name, with the
+// port unless it is 443.
+func hostPort(h *hub.Hub) string {
+	_, port, _ := net.SplitHostPort(h.HTTPSAddr().String())
+	if port == "443" {
+		return h.Hostname()
+	}
+	return net.JoinHostPort(h.Hostname(), port)
+}

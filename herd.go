@@ -1,0 +1,374 @@
+// Package herd holds the vocabulary that Herd's server and its Go SDKs share:
+// devices, twins, direct methods, jobs and the Error type with stable codes.
+//
+// The JSON shapes of these types are the Azure IoT Hub REST API's (api-version
+// 2021-04-12), so that the official Azure IoT SDKs and Herd's own SDKs read
+// the same documents. This package uses only the standard library.
+package herd
+
+import (
+	"encoding/json"
+	"strings"
+	"time"
+)
+
+// APIVersion is the Azure IoT Hub REST API version Herd speaks and its SDKs
+// send.
+const APIVersion = "2021-04-12"
+
+// TimeLayout is how Azure writes timestamps: UTC with 7 fractional digits.
+const TimeLayout = "2006-01-02T15:04:05.0000000Z"
+
+// zeroTime is how Azure writes a timestamp that was never set.
+const zeroTime = "0001-01-01T00:00:00Z"
+
+// Time is a UTC instant that encodes to JSON the way Azure IoT Hub writes
+// timestamps (7 fractional digits; the zero time as 0001-01-01T00:00:00Z)
+// and decodes any RFC 3339 form.
+type Time struct{ time.Time }
+
+// NewTime returns t as a Time in UTC.
+func NewTime(t time.Time) Time {
+	if t.IsZero() {
+		return Time{}
+	}
+	return Time{t.UTC()}
+}
+
+// String formats t in Azure's layout.
+func (t Time) String() string {
+	if t.IsZero() {
+		return zeroTime
+	}
+	return t.UTC().Format(TimeLayout)
+}
+
+// MarshalJSON implements json.Marshaler.
+func (t Time) MarshalJSON() ([]byte, error) {
+	return []byte(`"` + t.String() + `"`), nil
+}
+
+// UnmarshalJSON implements json.Unmarshaler. It accepts null, RFC 3339 with
+// or without a zone (no zone means UTC, as in Azure's device job records).
+func (t *Time) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*t = Time{}
+		return nil
+	}
+	var s string
+	if err := json.Unmarshal(b, &s); err != nil {
+		return err
+	}
+	parsed, err := ParseTime(s)
+	if err != nil {
+		return err
+	}
+	*t = parsed
+	return nil
+}
+
+// ParseTime parses an ISO 8601 timestamp as Azure and its SDKs write them.
+func ParseTime(s string) (Time, error) {
+	if s == "" || strings.HasPrefix(s, "0001-01-01T00:00:00") {
+		return Time{}, nil
+	}
+	for _, layout := range []string{time.RFC3339Nano, "2006-01-02T15:04:05.9999999"} {
+		if v, err := time.Parse(layout, s); err == nil {
+			return Time{v.UTC()}, nil
+		}
+	}
+	return Time{}, Errorf(ErrArgumentInvalid, "%q is not an ISO 8601 timestamp", s)
+}
+
+// DeviceStatus says whether a device may connect.
+type DeviceStatus string
+
+// Device statuses.
+const (
+	DeviceEnabled  DeviceStatus = "enabled"
+	DeviceDisabled DeviceStatus = "disabled"
+)
+
+// ConnectionState says whether a device holds a connection to the hub.
+type ConnectionState string
+
+// Connection states, capitalised as Azure writes them.
+const (
+	Connected    ConnectionState = "Connected"
+	Disconnected ConnectionState = "Disconnected"
+)
+
+// Authentication types.
+const (
+	AuthSAS                  = "sas"
+	AuthSelfSigned           = "selfSigned"
+	AuthCertificateAuthority = "certificateAuthority"
+	AuthNone                 = "none"
+)
+
+// Device is a device identity in the registry.
+type Device struct {
+	DeviceID                   string          `json:"deviceId"`
+	GenerationID               string          `json:"generationId"`
+	ETag                       string          `json:"etag"`
+	ConnectionState            ConnectionState `json:"connectionState"`
+	Status                     DeviceStatus    `json:"status"`
+	StatusReason               *string         `json:"statusReason"`
+	ConnectionStateUpdatedTime Time            `json:"connectionStateUpdatedTime"`
+	StatusUpdatedTime          Time            `json:"statusUpdatedTime"`
+	LastActivityTime           Time            `json:"lastActivityTime"`
+	CloudToDeviceMessageCount  int             `json:"cloudToDeviceMessageCount"`
+	Authentication             Authentication  `json:"authentication"`
+	Capabilities               Capabilities    `json:"capabilities"`
+	DeviceScope                string          `json:"deviceScope,omitempty"`
+	ParentScopes               []string        `json:"parentScopes,omitempty"`
+}
+
+// Authentication is how a device proves its identity.
+type Authentication struct {
+	SymmetricKey   SymmetricKey   `json:"symmetricKey"`
+	X509Thumbprint X509Thumbprint `json:"x509Thumbprint"`
+	Type           string         `json:"type"`
+}
+
+// SymmetricKey holds a device's two base64 keys. Empty keys in a create
+// request ask the hub to generate them.
+type SymmetricKey struct {
+	PrimaryKey   string `json:"primaryKey"`
+	SecondaryKey string `json:"secondaryKey"`
+}
+
+// X509Thumbprint holds the thumbprints of a self-signed device certificate.
+type X509Thumbprint struct {
+	PrimaryThumbprint   *string `json:"primaryThumbprint"`
+	SecondaryThumbprint *string `json:"secondaryThumbprint"`
+}
+
+// Capabilities are the device's capabilities.
+type Capabilities struct {
+	IoTEdge bool `json:"iotEdge"`
+}
+
+// RegistryStatistics counts the devices in the registry.
+type RegistryStatistics struct {
+	TotalDeviceCount    int64 `json:"totalDeviceCount"`
+	EnabledDeviceCount  int64 `json:"enabledDeviceCount"`
+	DisabledDeviceCount int64 `json:"disabledDeviceCount"`
+}
+
+// ServiceStatistics describes the hub's live state.
+type ServiceStatistics struct {
+	ConnectedDeviceCount int64 `json:"connectedDeviceCount"`
+}
+
+// Twin is a device twin as the service side sees it. Tags and the two
+// property collections are JSON objects; Desired and Reported also carry the
+// read-only "$version" and "$metadata" members.
+type Twin struct {
+	DeviceID                  string          `json:"deviceId"`
+	ModuleID                  string          `json:"moduleId,omitempty"`
+	ETag                      string          `json:"etag"`
+	DeviceETag                string          `json:"deviceEtag"`
+	Status                    DeviceStatus    `json:"status"`
+	StatusReason              *string         `json:"statusReason"`
+	StatusUpdateTime          Time            `json:"statusUpdateTime"`
+	ConnectionState           ConnectionState `json:"connectionState"`
+	LastActivityTime          Time            `json:"lastActivityTime"`
+	CloudToDeviceMessageCount int             `json:"cloudToDeviceMessageCount"`
+	AuthenticationType        string          `json:"authenticationType"`
+	X509Thumbprint            X509Thumbprint  `json:"x509Thumbprint"`
+	ModelID                   string          `json:"modelId,omitempty"`
+	Version                   int64           `json:"version"`
+	Capabilities              Capabilities    `json:"capabilities"`
+	Tags                      map[string]any  `json:"tags"`
+	Properties                TwinProperties  `json:"properties"`
+}
+
+// TwinProperties holds a twin's desired and reported property collections.
+type TwinProperties struct {
+	Desired  map[string]any `json:"desired"`
+	Reported map[string]any `json:"reported"`
+}
+
+// TwinPatch is a change to a twin: a deep merge into tags and desired
+// properties in which a nil value deletes the key. It is also the updateTwin
+// member of a twin-update job, where ETag must be "*".
+type TwinPatch struct {
+	ETag       string           `json:"etag,omitempty"`
+	Tags       map[string]any   `json:"tags,omitempty"`
+	Properties *PatchProperties `json:"properties,omitempty"`
+}
+
+// PatchProperties is the properties member of a TwinPatch.
+type PatchProperties struct {
+	Desired  map[string]any `json:"desired,omitempty"`
+	Reported map[string]any `json:"reported,omitempty"`
+}
+
+// MethodRequest is a direct method call, as POSTed to /twins/{id}/methods
+// and as the cloudToDeviceMethod member of a method job.
+type MethodRequest struct {
+	MethodName string `json:"methodName"`
+	// Payload is the JSON sent to the device; nil is sent as null.
+	Payload json.RawMessage `json:"payload"`
+	// ResponseTimeoutInSeconds bounds the wait for the device's answer
+	// (5 to 300, default 30).
+	ResponseTimeoutInSeconds int `json:"responseTimeoutInSeconds,omitempty"`
+	// ConnectTimeoutInSeconds bounds the wait for an offline device to
+	// connect (0 to 300, default 0: it must be online already).
+	ConnectTimeoutInSeconds int `json:"connectTimeoutInSeconds,omitempty"`
+}
+
+// MethodResult is a device's answer to a direct method.
+type MethodResult struct {
+	Status  int             `json:"status"`
+	Payload json.RawMessage `json:"payload"`
+}
+
+// JobType is the kind of a v2 job.
+type JobType string
+
+// Job types.
+const (
+	JobDeviceMethod JobType = "scheduleDeviceMethod"
+	JobUpdateTwin   JobType = "scheduleUpdateTwin"
+)
+
+// JobStatus is the status of a job as a whole. Note Azure's spelling
+// "cancelled" (device records say "canceled").
+type JobStatus string
+
+// Job statuses.
+const (
+	JobQueued    JobStatus = "queued"
+	JobScheduled JobStatus = "scheduled"
+	JobRunning   JobStatus = "running"
+	JobCompleted JobStatus = "completed"
+	JobFailed    JobStatus = "failed"
+	JobCancelled JobStatus = "cancelled"
+	JobUnknown   JobStatus = "unknown"
+)
+
+// Terminal reports whether a job in status s will not change any more.
+func (s JobStatus) Terminal() bool {
+	return s == JobCompleted || s == JobFailed || s == JobCancelled
+}
+
+// DeviceJobStatus is the status of one device within a job.
+type DeviceJobStatus string
+
+// Device job statuses.
+const (
+	DeviceJobPending   DeviceJobStatus = "pending"
+	DeviceJobScheduled DeviceJobStatus = "scheduled"
+	DeviceJobRunning   DeviceJobStatus = "running"
+	DeviceJobCompleted DeviceJobStatus = "completed"
+	DeviceJobFailed    DeviceJobStatus = "failed"
+	DeviceJobCanceled  DeviceJobStatus = "canceled"
+)
+
+// Job is a v2 job: a request (as PUT to /jobs/v2/{id}) and its progress (as
+// returned by GET).
+type Job struct {
+	JobID                     string               `json:"jobId"`
+	Type                      JobType              `json:"type"`
+	Status                    JobStatus            `json:"status,omitempty"`
+	QueryCondition            string               `json:"queryCondition,omitempty"`
+	CreatedTime               *Time                `json:"createdTime,omitempty"`
+	StartTime                 *Time                `json:"startTime,omitempty"`
+	EndTime                   *Time                `json:"endTime,omitempty"`
+	MaxExecutionTimeInSeconds int64                `json:"maxExecutionTimeInSeconds,omitempty"`
+	CloudToDeviceMethod       *MethodRequest       `json:"cloudToDeviceMethod,omitempty"`
+	UpdateTwin                *TwinPatch           `json:"updateTwin,omitempty"`
+	FailureReason             string               `json:"failureReason,omitempty"`
+	StatusMessage             string               `json:"statusMessage,omitempty"`
+	DeviceJobStatistics       *DeviceJobStatistics `json:"deviceJobStatistics,omitempty"`
+}
+
+// DeviceJobStatistics counts a job's devices by outcome. DeviceCount is the
+// sum of the other four.
+type DeviceJobStatistics struct {
+	DeviceCount    int64 `json:"deviceCount"`
+	FailedCount    int64 `json:"failedCount"`
+	SucceededCount int64 `json:"succeededCount"`
+	RunningCount   int64 `json:"runningCount"`
+	PendingCount   int64 `json:"pendingCount"`
+}
+
+// DeviceJob is the record of one device in one job, as returned by
+// SELECT * FROM devices.jobs.
+type DeviceJob struct {
+	DeviceID               string            `json:"deviceId"`
+	JobID                  string            `json:"jobId"`
+	JobType                JobType           `json:"jobType"`
+	Status                 DeviceJobStatus   `json:"status"`
+	StartTimeUTC           Time              `json:"startTimeUtc"`
+	EndTimeUTC             Time              `json:"endTimeUtc"`
+	CreatedDateTimeUTC     Time              `json:"createdDateTimeUtc"`
+	LastUpdatedDateTimeUTC Time              `json:"lastUpdatedDateTimeUtc"`
+	Outcome                *DeviceJobOutcome `json:"outcome,omitempty"`
+	Error                  *DeviceJobError   `json:"error,omitempty"`
+}
+
+// DeviceJobOutcome is what a device job produced.
+type DeviceJobOutcome struct {
+	DeviceMethodResponse *MethodResult `json:"deviceMethodResponse"`
+}
+
+// DeviceJobError says why a device job failed.
+type DeviceJobError struct {
+	Code        string `json:"code"`
+	Description string `json:"description"`
+}
+
+// ImportDevice is one entry of a bulk registry request (POST /devices):
+// the device, what to do with it, and optionally its initial twin.
+type ImportDevice struct {
+	ID             string           `json:"id"`
+	ModuleID       string           `json:"moduleId,omitempty"`
+	ETag           string           `json:"eTag,omitempty"`
+	ImportMode     string           `json:"importMode"`
+	Status         DeviceStatus     `json:"status,omitempty"`
+	StatusReason   *string          `json:"statusReason,omitempty"`
+	Authentication *Authentication  `json:"authentication,omitempty"`
+	TwinETag       string           `json:"twinETag,omitempty"`
+	Tags           map[string]any   `json:"tags,omitempty"`
+	Properties     *PatchProperties `json:"properties,omitempty"`
+	Capabilities   *Capabilities    `json:"capabilities,omitempty"`
+	DeviceScope    string           `json:"deviceScope,omitempty"`
+	ParentScopes   []string         `json:"parentScopes,omitempty"`
+}
+
+// Bulk import modes (matched case-insensitively).
+const (
+	ImportCreate                    = "create"
+	ImportUpdate                    = "update"
+	ImportUpdateIfMatchETag         = "updateIfMatchETag"
+	ImportCreateOrUpdate            = "createOrUpdate"
+	ImportCreateOrUpdateIfMatchETag = "createOrUpdateIfMatchETag"
+	ImportDelete                    = "delete"
+	ImportDeleteIfMatchETag         = "deleteIfMatchETag"
+)
+
+// BulkResult is the reply to a bulk registry request.
+type BulkResult struct {
+	IsSuccessful bool          `json:"isSuccessful"`
+	Errors       []BulkError   `json:"errors"`
+	Warnings     []BulkWarning `json:"warnings"`
+}
+
+// BulkError says why one device of a bulk request failed.
+type BulkError struct {
+	DeviceID    string `json:"deviceId"`
+	ModuleID    string `json:"moduleId,omitempty"`
+	ErrorCode   string `json:"errorCode"`
+	ErrorStatus string `json:"errorStatus"`
+	Operation   string `json:"operation,omitempty"`
+}
+
+// BulkWarning is a non-fatal remark about one device of a bulk request.
+type BulkWarning struct {
+	DeviceID      string `json:"deviceId"`
+	WarningCode   string `json:"warningCode"`
+	WarningStatus string `json:"warningStatus"`
+}

@@ -1,0 +1,289 @@
+// Package httpapi serves Herd's service-side REST API: the Azure IoT Hub
+// REST API (api-version 2021-04-12) for devices, twins, direct methods,
+// queries and jobs, with SAS authorization per policy permission, Azure's
+// error format, and Prometheus metrics at /metrics.
+//
+// Wire rules follow §3 of the compatibility reference: JSON replies always
+// carry Content-Type application/json; "/x" and "/x/" are the same route;
+// path segments are percent-decoded once; every error has the
+// iothub-errorcode header and an ErrorCode:<Name>;<text> message.
+package httpapi
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"net/http"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// Body size limits. A direct method may carry 128 KB of payload; bulk
+// requests name up to 100 devices.
+const (
+	maxBody     = 256 << 10
+	maxBulkBody = 4 << 20
+)
+
+// Config holds the server's dependencies.
+type Config struct {
+	Auth     *auth.Service
+	Registry *registry.Service
+	Twins    *twin.Service
+	// Connected counts the devices connected now (GET /statistics/service).
+	Connected func() int64
+	// Metrics is where the server registers its collectors and what
+	// /metrics serves.
+	Metrics *prometheus.Registry
+	// MetricsPublic serves /metrics without authorization.
+	MetricsPublic bool
+	Log           *slog.Logger
+	Now           func() time.Time
+}
+
+// Server is the REST API.
+type Server struct {
+	cfg      Config
+	mux      *http.ServeMux
+	requests *prometheus.CounterVec
+	latency  *prometheus.HistogramVec
+}
+
+// New returns a REST API server. Further routes are added with Handle
+// before the handler serves requests.
+func New(cfg Config) *Server {
+	s := &Server{cfg: cfg, mux: http.NewServeMux()}
+	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Name: "herd_http_requests_total",
+		Help: "REST API requests by route, method and status code.",
+	}, []string{"route", "method", "code"})
+	s.latency = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Name:    "herd_http_request_duration_seconds",
+		Help:    "REST API request latency by route.",
+		Buckets: prometheus.ExponentialBuckets(0.0005, 4, 8),
+	}, []string{"route"})
+	cfg.Metrics.MustRegister(s.requests, s.latency,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name: "herd_registry_devices",
+			Help: "Devices in the registry.",
+		}, func() float64 {
+			st, err := cfg.Registry.Statistics(context.Background())
+			if err != nil {
+				return 0
+			}
+			return float64(st.TotalDeviceCount)
+		}))
+	s.routes()
+	return s
+}
+
+// Handler returns the http.Handler serving the API.
+func (s *Server) Handler() http.Handler { return s.mux }
+
+// Endpoint is one operation of the API.
+type Endpoint struct {
+	// Rights lists the permissions of which the caller's policy needs at
+	// least one.
+	Rights auth.Rights
+	// Serve handles the request; a returned error is written in Azure's
+	// format.
+	Serve func(w http.ResponseWriter, r *http.Request) error
+}
+
+// Handle registers the endpoints of one path pattern by HTTP method. The
+// pattern is also served with a trailing slash. Requests are checked for
+// api-version and authorization before Serve runs; other methods get 405.
+func (s *Server) Handle(pattern string, endpoints map[string]Endpoint) {
+	h := s.endpoint(pattern, endpoints)
+	s.mux.Handle(pattern, h)
+	if !strings.HasSuffix(pattern, "}") && !strings.HasSuffix(pattern, "/") {
+		s.mux.Handle(pattern+"/", h)
+	} else if strings.HasSuffix(pattern, "}") {
+		s.mux.Handle(pattern+"/{$}", h)
+	}
+}
+
+func (s *Server) endpoint(route string, endpoints map[string]Endpoint) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		start := time.Now()
+		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		err := s.serve(rec, r, endpoints)
+		if err != nil {
+			if herd.ErrorCodeOf(err) == herd.ErrInternal {
+				s.cfg.Log.Error("request failed", "op", r.Method+" "+route, "err", err)
+			}
+			writeError(rec, err, s.cfg.Now())
+		}
+		s.requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
+		s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
+	})
+}
+
+func (s *Server) serve(w http.ResponseWriter, r *http.Request, endpoints map[string]Endpoint) error {
+	ep, ok := endpoints[r.Method]
+	if !ok {
+		return herd.Errorf(herd.ErrMethodNotAllowed, "%s is not supported on %s", r.Method, r.URL.Path)
+	}
+	if err := checkAPIVersion(r); err != nil {
+		return err
+	}
+	if _, err := s.cfg.Auth.AuthorizeService(r.Header.Get("Authorization"), ep.Rights, r.PathValue("id")); err != nil {
+		return err
+	}
+	return ep.Serve(w, r)
+}
+
+type statusRecorder struct {
+	http.ResponseWriter
+	status int
+}
+
+func (r *statusRecorder) WriteHeader(code int) {
+	r.status = code
+	r.ResponseWriter.WriteHeader(code)
+}
+
+// Flush lets streaming endpoints (Server-Sent Events) flush through.
+func (r *statusRecorder) Flush() {
+	if f, ok := r.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
+}
+
+// apiVersions are the published IoT Hub service API versions; clients send
+// one of them.
+var apiVersions = map[string]bool{
+	"2016-02-03": true, "2016-11-14": true, "2017-06-30": true, "2017-11-08-preview": true,
+	"2018-01-22": true, "2018-03-01-preview": true, "2018-04-01": true, "2018-06-30": true,
+	"2018-08-30-preview": true, "2019-03-30": true, "2019-07-01-preview": true,
+	"2019-10-01": true, "2020-03-13": true, "2020-05-31-preview": true,
+	"2020-06-30": true, "2020-06-30-preview": true, "2020-09-30": true, "2021-04-12": true,
+}
+
+func checkAPIVersion(r *http.Request) error {
+	v := r.URL.Query().Get("api-version")
+	if v == "" {
+		return herd.Errorf(herd.ErrInvalidProtocolVersion, "the request has no api-version; use api-version=%s", herd.APIVersion)
+	}
+	if !apiVersions[v] {
+		return herd.Errorf(herd.ErrInvalidProtocolVersion, "api-version %q is not supported; use %s", v, herd.APIVersion)
+	}
+	return nil
+}
+
+// routes registers the API's endpoints.
+func (s *Server) routes() {
+	read := auth.RegistryRead | auth.RegistryWrite
+	write := auth.RegistryWrite
+	svc := auth.ServiceConnect
+	s.Handle("/devices", map[string]Endpoint{
+		http.MethodGet:  {read, s.listDevices},
+		http.MethodPost: {write, s.bulkDevices},
+	})
+	s.Handle("/devices/{id}", map[string]Endpoint{
+		http.MethodGet:    {read, s.getDevice},
+		http.MethodPut:    {write, s.putDevice},
+		http.MethodDelete: {write, s.deleteDevice},
+	})
+	s.Handle("/statistics/devices", map[string]Endpoint{http.MethodGet: {read, s.registryStatistics}})
+	s.Handle("/statistics/service", map[string]Endpoint{http.MethodGet: {read | svc, s.serviceStatistics}})
+	s.Handle("/twins/{id}", map[string]Endpoint{
+		http.MethodGet:   {svc, s.getTwin},
+		http.MethodPatch: {svc, s.patchTwin},
+		http.MethodPut:   {svc, s.replaceTwin},
+	})
+	s.mux.Handle("/metrics", s.metricsHandler())
+	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		writeError(w, herd.Errorf(herd.ErrNotFound, "no such route: %s %s", r.Method, r.URL.Path), s.cfg.Now())
+	}))
+}
+
+func (s *Server) metricsHandler() http.Handler {
+	h := promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{})
+	if s.cfg.MetricsPublic {
+		return h
+	}
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		need := auth.RegistryRead | auth.RegistryWrite | auth.ServiceConnect
+		if _, err := s.cfg.Auth.AuthorizeService(r.Header.Get("Authorization"), need, ""); err != nil {
+			writeError(w, err, s.cfg.Now())
+			return
+		}
+		h.ServeHTTP(w, r)
+	})
+}
+
+// decodeBody reads a JSON request body of at most limit bytes into v.
+// Syntax errors are IotHubFormatError, wrong types ArgumentInvalid, and an
+// oversize body MessageTooLarge.
+func decodeBody(r *http.Request, limit int64, v any) error {
+	body, err := readBody(r, limit)
+	if err != nil {
+		return err
+	}
+	return decodeJSON(body, v)
+}
+
+// readBody reads the whole request body, refusing more than limit bytes.
+func readBody(r *http.Request, limit int64) ([]byte, error) {
+	body, err := io.ReadAll(io.LimitReader(r.Body, limit+1))
+	if err != nil {
+		return nil, herd.Errorf(herd.ErrIotHubFormatError, "reading the request body: %v", err)
+	}
+	if int64(len(body)) > limit {
+		return nil, herd.Errorf(herd.ErrMessageTooLarge, "the request body is larger than %d bytes", limit)
+	}
+	return body, nil
+}
+
+func decodeJSON(body []byte, v any) error {
+	if len(strings.TrimSpace(string(body))) == 0 {
+		return herd.Errorf(herd.ErrArgumentNull, "the request body is empty")
+	}
+	err := json.Unmarshal(body, v)
+	var typeErr *json.UnmarshalTypeError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &typeErr):
+		field := typeErr.Field
+		if field == "" {
+			field = "the body"
+		}
+		return herd.Errorf(herd.ErrArgumentInvalid, "%s must be %s, not %s", field, jsonKind(typeErr.Type.Kind().String()), typeErr.Value)
+	default:
+		return herd.Errorf(herd.ErrIotHubFormatError, "the request body is not valid JSON: %v", err)
+	}
+}
+
+func jsonKind(goKind string) string {
+	switch goKind {
+	case "struct", "map":
+		return "an object"
+	case "slice", "array":
+		return "an array"
+	case "string":
+		return "a string"
+	case "bool":
+		return "a boolean"
+	default:
+		return "a number"
+	}
+}
+
+// writeEntity writes an entity with its ETag header.
+func writeEntity(w http.ResponseWriter, etag string, v any) {
+	w.Header().Set("ETag", `"`+etag+`"`)
+	writeJSON(w, http.StatusOK, v)
+}

@@ -1,0 +1,247 @@
+// Package hub assembles a whole Herd hub from its parts: it opens the
+// store, builds the domain services, binds the listeners and runs them
+// until its context ends. `herd serve`, `herd demo` and the in-process test
+// hub (internal/hubtest) all start hubs through it, so they are wired the
+// same way.
+package hub
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/certs"
+	"github.com/herd-iot/herd/internal/httpapi"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/twin"
+	"github.com/herd-iot/herd/sas"
+)
+
+// Config configures a hub. Default returns the defaults; Validate checks.
+type Config struct {
+	// DataDir holds the database, the CA and the server certificate.
+	DataDir string
+	// Hostname is the hub's host name: HostName in connection strings,
+	// the sr of tokens, and a SAN of the generated certificate.
+	Hostname string
+	// HTTPSAddr is where the REST API (and MQTT over WebSocket) listens.
+	HTTPSAddr string
+	// TLSCert and TLSKey name the user's own certificate and key files;
+	// empty means the generated local CA's.
+	TLSCert, TLSKey string
+	// MetricsPublic serves /metrics without authorization.
+	MetricsPublic bool
+	Log           *slog.Logger
+	// Now is the hub's clock.
+	Now func() time.Time
+}
+
+// Default returns the configuration `herd serve` starts from.
+func Default() Config {
+	return Config{
+		DataDir:   "herd-data",
+		Hostname:  "localhost",
+		HTTPSAddr: ":443",
+		Log:       slog.Default(),
+		Now:       time.Now,
+	}
+}
+
+// Validate checks the configuration; its messages name the field.
+func (c Config) Validate() error {
+	switch {
+	case c.DataDir == "":
+		return errors.New("data: the data folder must not be empty")
+	case c.Hostname == "":
+		return errors.New("hostname: the host name must not be empty")
+	case c.HTTPSAddr == "":
+		return errors.New("https-addr: the HTTPS address must not be empty")
+	case (c.TLSCert == "") != (c.TLSKey == ""):
+		return errors.New("tls-cert, tls-key: give both or neither")
+	case c.Log == nil || c.Now == nil:
+		return errors.New("log and clock must be set")
+	}
+	return nil
+}
+
+// Hub is a running hub's parts.
+type Hub struct {
+	cfg      Config
+	DB       *sqlite.DB
+	Auth     *auth.Service
+	Registry *registry.Service
+	Twins    *twin.Service
+	Metrics  *prometheus.Registry
+
+	tlsConfig *tls.Config
+	https     net.Listener
+	api       *httpapi.Server
+}
+
+// New opens the store, builds the services and binds the listeners. Nothing
+// is served until Run.
+func New(ctx context.Context, cfg Config) (h *Hub, err error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("create data folder: %w", err)
+	}
+	h = &Hub{cfg: cfg}
+	defer func() {
+		if err != nil {
+			h.Close()
+		}
+	}()
+	if h.DB, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "herd.db")); err != nil {
+		return nil, err
+	}
+	h.DB.Now = cfg.Now
+	if err := h.DB.SetSetting(ctx, "hostname", cfg.Hostname); err != nil {
+		return nil, err
+	}
+	if h.Auth, err = auth.NewService(ctx, h.DB, cfg.Hostname, cfg.Now); err != nil {
+		return nil, err
+	}
+	if h.tlsConfig, err = tlsConfig(cfg); err != nil {
+		return nil, err
+	}
+	h.Registry = registry.NewService(h.DB, cfg.Now, nil, cfg.Log)
+	h.Twins = twin.NewService(h.DB, cfg.Now, nil)
+	h.Metrics = prometheus.NewRegistry()
+	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.api = httpapi.New(httpapi.Config{
+		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
+		Metrics: h.Metrics, MetricsPublic: cfg.MetricsPublic,
+		Log: cfg.Log, Now: cfg.Now,
+	})
+	if h.https, err = listen(cfg.HTTPSAddr, "https-addr"); err != nil {
+		return nil, err
+	}
+	if err := h.DB.SetSetting(ctx, "https_addr", h.https.Addr().String()); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+func tlsConfig(cfg Config) (*tls.Config, error) {
+	var (
+		cert tls.Certificate
+		err  error
+	)
+	if cfg.TLSCert != "" {
+		cert, err = tls.LoadX509KeyPair(cfg.TLSCert, cfg.TLSKey)
+	} else {
+		cert, err = certs.Local(cfg.DataDir, cfg.Hostname)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("TLS certificate: %w", err)
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+// listen binds addr and explains the usual failures.
+func listen(addr, flag string) (net.Listener, error) {
+	l, err := net.Listen("tcp", addr)
+	if err == nil {
+		return l, nil
+	}
+	switch {
+	case errors.Is(err, syscall.EACCES):
+		return nil, fmt.Errorf("--%s %s: permission denied: ports below 1024 need root, "+
+			"`sudo setcap cap_net_bind_service=+ep $(which herd)` or `sudo sysctl net.ipv4.ip_unprivileged_port_start=443`; "+
+			"or choose another port (the official Azure service SDKs only reach port 443): %w", flag, addr, err)
+	case errors.Is(err, syscall.EADDRINUSE):
+		return nil, fmt.Errorf("--%s %s: the address is already in use: stop the other server or choose another port "+
+			"(the official Azure service SDKs only reach port 443): %w", flag, addr, err)
+	}
+	return nil, fmt.Errorf("--%s %s: %w", flag, addr, err)
+}
+
+// Hostname is the hub's host name.
+func (h *Hub) Hostname() string { return h.cfg.Hostname }
+
+// HTTPSAddr is the bound address of the REST API.
+func (h *Hub) HTTPSAddr() net.Addr { return h.https.Addr() }
+
+// CAFile is the path of the generated CA certificate clients should trust
+// ("" when the user gave their own certificate).
+func (h *Hub) CAFile() string {
+	if h.cfg.TLSCert != "" {
+		return ""
+	}
+	return filepath.Join(h.cfg.DataDir, certs.CAFile)
+}
+
+// ConnectionString returns a policy's service connection string.
+func (h *Hub) ConnectionString(policy string) (string, error) {
+	return h.Auth.ConnectionString(policy)
+}
+
+// DeviceConnectionString returns a device's connection string with its
+// primary key.
+func (h *Hub) DeviceConnectionString(ctx context.Context, deviceID string) (string, error) {
+	d, err := h.Registry.Get(ctx, deviceID)
+	if err != nil {
+		return "", err
+	}
+	return sas.ConnectionString{HostName: h.cfg.Hostname, DeviceID: d.DeviceID,
+		SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String(), nil
+}
+
+// Run serves until ctx ends, then shuts down: listeners close, in-flight
+// requests get a few seconds to finish, pending writes are flushed.
+func (h *Hub) Run(ctx context.Context) error {
+	defer h.Close()
+	g, ctx := errgroup.WithContext(ctx)
+	srv := &http.Server{
+		Handler:           h.api.Handler(),
+		TLSConfig:         h.tlsConfig,
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          slog.NewLogLogger(h.cfg.Log.Handler(), slog.LevelDebug),
+	}
+	g.Go(func() error {
+		if err := srv.ServeTLS(h.https, "", ""); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("serve HTTPS: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(shut); err != nil {
+			// Long-lived streams (event monitors) did not end in time.
+			return srv.Close()
+		}
+		return nil
+	})
+	g.Go(func() error { return h.Registry.Run(ctx) })
+	return g.Wait()
+}
+
+// Close releases the hub's resources. Run calls it; call it yourself only
+// for a hub that never ran.
+func (h *Hub) Close() {
+	if h.https != nil {
+		h.https.Close()
+	}
+	if h.DB != nil {
+		h.DB.Close()
+		h.DB = nil
+	}
+}

@@ -1,0 +1,256 @@
+// Package registry owns device identities: creating, updating and deleting
+// devices (one at a time or in bulk), their keys and status, and their
+// connection state, which it records in batches rather than per packet.
+package registry
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"log/slog"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// OpKind says what an Op does.
+type OpKind int
+
+// Operation kinds.
+const (
+	OpCreate OpKind = iota
+	OpUpdate
+	OpDelete
+)
+
+// Op is one registry write. The store applies a list of them in one
+// transaction and reports an outcome for each.
+type Op struct {
+	Kind     OpKind
+	DeviceID string
+	// Device and Twin are the new device and its initial twin (OpCreate).
+	Device *herd.Device
+	Twin   *twin.Doc
+	// Change edits the current device in place (OpUpdate) or checks a
+	// precondition (OpDelete); an error aborts this op only.
+	Change func(cur *herd.Device) error
+	// CreateIfMissing turns an OpUpdate of an unknown device into an
+	// OpCreate of Device and Twin.
+	CreateIfMissing bool
+}
+
+// Result is the outcome of one Op: the device as written, or a *herd.Error.
+type Result struct {
+	Device *herd.Device
+	Err    error
+}
+
+// ConnectionChange records a device's connection state or activity.
+type ConnectionChange struct {
+	DeviceID string
+	// State is set on connect and disconnect; "" only records activity.
+	State herd.ConnectionState
+	// StateAt is when State changed.
+	StateAt time.Time
+	// ActivityAt is the device's last activity, or zero.
+	ActivityAt time.Time
+}
+
+// Store keeps device identities.
+type Store interface {
+	// ApplyDevices runs ops in one transaction. An op that fails leaves no
+	// trace and does not stop the others; the returned error is for
+	// failures of the store itself.
+	ApplyDevices(ctx context.Context, ops []Op) ([]Result, error)
+	Device(ctx context.Context, id string) (*herd.Device, error)
+	Devices(ctx context.Context, limit int) ([]*herd.Device, error)
+	RegistryStatistics(ctx context.Context) (herd.RegistryStatistics, error)
+	SetConnectionStates(ctx context.Context, changes []ConnectionChange) error
+}
+
+// ChangeFunc is told, after commit, that a device's identity was updated or
+// deleted, so that a live connection can be checked again or closed.
+type ChangeFunc func(deviceID string)
+
+// Service manages the device registry.
+type Service struct {
+	store    Store
+	now      func() time.Time
+	onChange ChangeFunc
+	log      *slog.Logger
+
+	keysMu sync.RWMutex
+	keys   map[string]auth.DeviceKeys
+
+	connMu  sync.Mutex
+	pending map[string]ConnectionChange
+}
+
+// NewService returns a registry service. onChange may be nil.
+func NewService(store Store, now func() time.Time, onChange ChangeFunc, log *slog.Logger) *Service {
+	if onChange == nil {
+		onChange = func(string) {}
+	}
+	return &Service{
+		store: store, now: now, onChange: onChange, log: log,
+		keys:    map[string]auth.DeviceKeys{},
+		pending: map[string]ConnectionChange{},
+	}
+}
+
+// newGenerationID returns a fresh generation id: a random 18-digit decimal,
+// the form Azure uses.
+func newGenerationID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	n := binary.BigEndian.Uint64(b[:])%900000000000000000 + 100000000000000000
+	return strconv.FormatUint(n, 10)
+}
+
+// prepareCreate validates a device from a client and fills in everything the
+// hub owns.
+func (s *Service) prepareCreate(d *herd.Device) error {
+	if err := normalize(d, true); err != nil {
+		return err
+	}
+	d.GenerationID = newGenerationID()
+	d.ConnectionState = herd.Disconnected
+	d.ConnectionStateUpdatedTime = herd.Time{}
+	d.StatusUpdatedTime = herd.Time{}
+	d.LastActivityTime = herd.Time{}
+	d.CloudToDeviceMessageCount = 0
+	return nil
+}
+
+// Create registers a new device. Empty keys are generated.
+func (s *Service) Create(ctx context.Context, d herd.Device) (*herd.Device, error) {
+	if err := s.prepareCreate(&d); err != nil {
+		return nil, err
+	}
+	return s.one(ctx, Op{Kind: OpCreate, DeviceID: d.DeviceID, Device: &d, Twin: twin.NewDoc(s.now())})
+}
+
+// Update replaces a device's writable fields (status, statusReason,
+// authentication, capabilities, scopes). ifMatch is "", "*" or the current
+// etag. Empty sas keys keep the current keys.
+func (s *Service) Update(ctx context.Context, d herd.Device, ifMatch string) (*herd.Device, error) {
+	if err := normalize(&d, false); err != nil {
+		return nil, err
+	}
+	return s.one(ctx, Op{Kind: OpUpdate, DeviceID: d.DeviceID, Change: s.updater(d, ifMatch)})
+}
+
+// updater returns the Change that applies an update to the current device.
+func (s *Service) updater(d herd.Device, ifMatch string) func(*herd.Device) error {
+	return func(cur *herd.Device) error {
+		if err := twin.CheckETag(ifMatch, cur.ETag); err != nil {
+			return err
+		}
+		if d.Status != cur.Status {
+			cur.StatusUpdatedTime = herd.NewTime(s.now())
+		}
+		a := d.Authentication
+		if a.Type == herd.AuthSAS {
+			old := cur.Authentication.SymmetricKey
+			if a.SymmetricKey.PrimaryKey == "" {
+				a.SymmetricKey.PrimaryKey = keyOrNew(old.PrimaryKey)
+			}
+			if a.SymmetricKey.SecondaryKey == "" {
+				a.SymmetricKey.SecondaryKey = keyOrNew(old.SecondaryKey)
+			}
+		}
+		cur.Status = d.Status
+		cur.StatusReason = d.StatusReason
+		cur.Authentication = a
+		cur.Capabilities = d.Capabilities
+		cur.DeviceScope = d.DeviceScope
+		cur.ParentScopes = d.ParentScopes
+		return nil
+	}
+}
+
+// Delete removes a device and its twin. ifMatch is "", "*" or the etag.
+func (s *Service) Delete(ctx context.Context, id, ifMatch string) error {
+	_, err := s.one(ctx, Op{Kind: OpDelete, DeviceID: id, Change: func(cur *herd.Device) error {
+		return twin.CheckETag(ifMatch, cur.ETag)
+	}})
+	return err
+}
+
+func (s *Service) one(ctx context.Context, op Op) (*herd.Device, error) {
+	res, err := s.apply(ctx, []Op{op})
+	if err != nil {
+		return nil, err
+	}
+	return res[0].Device, res[0].Err
+}
+
+func (s *Service) apply(ctx context.Context, ops []Op) ([]Result, error) {
+	res, err := s.store.ApplyDevices(ctx, ops)
+	if err != nil {
+		return nil, err
+	}
+	for i, op := range ops {
+		if res[i].Err == nil && op.Kind != OpCreate {
+			s.forget(op.DeviceID)
+			s.onChange(op.DeviceID)
+		}
+	}
+	return res, nil
+}
+
+// Get returns a device.
+func (s *Service) Get(ctx context.Context, id string) (*herd.Device, error) {
+	if err := ValidateDeviceID(id); err != nil {
+		return nil, herd.Errorf(herd.ErrDeviceNotFound, "device %q does not exist", id)
+	}
+	return s.store.Device(ctx, id)
+}
+
+// List returns up to limit devices in id order; limit outside 1..1000 means
+// 1000, as in Azure.
+func (s *Service) List(ctx context.Context, limit int) ([]*herd.Device, error) {
+	if limit < 1 || limit > 1000 {
+		limit = 1000
+	}
+	return s.store.Devices(ctx, limit)
+}
+
+// Statistics counts the registry's devices.
+func (s *Service) Statistics(ctx context.Context) (herd.RegistryStatistics, error) {
+	return s.store.RegistryStatistics(ctx)
+}
+
+// Keys returns a device's credentials for authentication, from a cache that
+// every update and delete through this service invalidates.
+func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) {
+	s.keysMu.RLock()
+	k, ok := s.keys[id]
+	s.keysMu.RUnlock()
+	if ok {
+		return k, nil
+	}
+	d, err := s.store.Device(ctx, id)
+	if err != nil {
+		return auth.DeviceKeys{}, err
+	}
+	k = auth.DeviceKeys{
+		PrimaryKey:   d.Authentication.SymmetricKey.PrimaryKey,
+		SecondaryKey: d.Authentication.SymmetricKey.SecondaryKey,
+		Enabled:      d.Status == herd.DeviceEnabled,
+	}
+	s.keysMu.Lock()
+	s.keys[id] = k
+	s.keysMu.Unlock()
+	return k, nil
+}
+
+func (s *Service) forget(id string) {
+	s.keysMu.Lock()
+	delete(s.keys, id)
+	s.keysMu.Unlock()
+}

@@ -1,0 +1,350 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+var (
+	_ registry.Store = (*DB)(nil)
+	_ twin.Store     = (*DB)(nil)
+)
+
+// identityColumns are the devices columns that make up a herd.Device, in
+// the order scanDevice reads them.
+const identityColumns = `device_id, generation_id, etag, status, status_reason, status_updated_time,
+	auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
+	iot_edge, device_scope, parent_scopes, connection_state, connection_state_updated_time,
+	last_activity_time, c2d_message_count`
+
+// twinColumns are the devices columns that make up a twin.Doc, in the
+// order scanDoc reads them.
+const twinColumns = `twin_etag, twin_version, tags, desired, desired_version, desired_metadata,
+	reported, reported_version, reported_metadata`
+
+type scanner interface{ Scan(dest ...any) error }
+
+func parseTime(s string) herd.Time {
+	t, _ := herd.ParseTime(s) // written by this package, always valid
+	return t
+}
+
+// scanDevice reads identityColumns (and any extra destinations after them).
+func scanDevice(row scanner, extra ...any) (*herd.Device, error) {
+	var (
+		d                              herd.Device
+		etag                           int64
+		statusTime, connTime, lastTime string
+		iotEdge                        bool
+		parentScopes                   string
+	)
+	dest := append([]any{&d.DeviceID, &d.GenerationID, &etag, &d.Status, &d.StatusReason, &statusTime,
+		&d.Authentication.Type, &d.Authentication.SymmetricKey.PrimaryKey, &d.Authentication.SymmetricKey.SecondaryKey,
+		&d.Authentication.X509Thumbprint.PrimaryThumbprint, &d.Authentication.X509Thumbprint.SecondaryThumbprint,
+		&iotEdge, &d.DeviceScope, &parentScopes, &d.ConnectionState, &connTime, &lastTime,
+		&d.CloudToDeviceMessageCount}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
+	}
+	d.ETag = registry.ETagString(etag)
+	d.StatusUpdatedTime = parseTime(statusTime)
+	d.ConnectionStateUpdatedTime = parseTime(connTime)
+	d.LastActivityTime = parseTime(lastTime)
+	d.Capabilities.IoTEdge = iotEdge
+	if parentScopes != "" && parentScopes != "[]" {
+		if err := json.Unmarshal([]byte(parentScopes), &d.ParentScopes); err != nil {
+			return nil, fmt.Errorf("decode parent scopes: %w", err)
+		}
+	}
+	return &d, nil
+}
+
+// rawDoc receives twinColumns before decoding.
+type rawDoc struct {
+	etag, version, desiredVersion, reportedVersion int64
+	tags, desired, desiredMeta, reported, reportedMeta string
+}
+
+func (r *rawDoc) dest() []any {
+	return []any{&r.etag, &r.version, &r.tags, &r.desired, &r.desiredVersion, &r.desiredMeta,
+		&r.reported, &r.reportedVersion, &r.reportedMeta}
+}
+
+func (r *rawDoc) decode() (*twin.Doc, error) {
+	d := &twin.Doc{ETag: r.etag, Version: r.version, DesiredVersion: r.desiredVersion, ReportedVersion: r.reportedVersion}
+	var err error
+	for _, f := range []struct {
+		dst *map[string]any
+		src string
+	}{{&d.Tags, r.tags}, {&d.Desired, r.desired}, {&d.DesiredMeta, r.desiredMeta},
+		{&d.Reported, r.reported}, {&d.ReportedMeta, r.reportedMeta}} {
+		if *f.dst, err = twin.Unmarshal(f.src); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// encodedDoc is a twin.Doc ready to be bound to twinColumns.
+func encodeDoc(d *twin.Doc) ([]any, error) {
+	out := []any{d.ETag, d.Version}
+	for i, m := range []map[string]any{d.Tags, d.Desired, d.DesiredMeta, d.Reported, d.ReportedMeta} {
+		s, err := twin.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, s)
+		switch i {
+		case 1:
+			out = append(out, d.DesiredVersion)
+		case 3:
+			out = append(out, d.ReportedVersion)
+		}
+	}
+	return out, nil
+}
+
+func notFound(id string) error {
+	return herd.Errorf(herd.ErrDeviceNotFound, "device %q does not exist", id)
+}
+
+// Device returns one device.
+func (db *DB) Device(ctx context.Context, id string) (*herd.Device, error) {
+	row := db.read.QueryRowContext(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = ?`, id)
+	d, err := scanDevice(row)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get device %q: %w", id, err)
+	}
+	return d, nil
+}
+
+// Devices returns up to limit devices in id order.
+func (db *DB) Devices(ctx context.Context, limit int) ([]*herd.Device, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT `+identityColumns+` FROM devices ORDER BY device_id LIMIT ?`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	out := []*herd.Device{}
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// RegistryStatistics counts devices by status.
+func (db *DB) RegistryStatistics(ctx context.Context) (herd.RegistryStatistics, error) {
+	var s herd.RegistryStatistics
+	err := db.read.QueryRowContext(ctx, `SELECT count(*), coalesce(sum(status = 'enabled'), 0), coalesce(sum(status = 'disabled'), 0) FROM devices`).
+		Scan(&s.TotalDeviceCount, &s.EnabledDeviceCount, &s.DisabledDeviceCount)
+	if err != nil {
+		return s, fmt.Errorf("registry statistics: %w", err)
+	}
+	return s, nil
+}
+
+// ApplyDevices runs registry operations in one transaction.
+func (db *DB) ApplyDevices(ctx context.Context, ops []registry.Op) ([]registry.Result, error) {
+	res := make([]registry.Result, len(ops))
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		for i, op := range ops {
+			d, err := applyOp(ctx, tx, op)
+			if err != nil && herd.ErrorCodeOf(err) == herd.ErrInternal {
+				return fmt.Errorf("%s: %w", op.DeviceID, err)
+			}
+			res[i] = registry.Result{Device: d, Err: err}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply registry operations: %w", err)
+	}
+	return res, nil
+}
+
+func applyOp(ctx context.Context, tx *sql.Tx, op registry.Op) (*herd.Device, error) {
+	if op.Kind == registry.OpCreate {
+		return insertDevice(ctx, tx, op.Device, op.Twin)
+	}
+	cur, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = ?`, op.DeviceID))
+	if errors.Is(err, sql.ErrNoRows) {
+		if op.Kind == registry.OpUpdate && op.CreateIfMissing {
+			return insertDevice(ctx, tx, op.Device, op.Twin)
+		}
+		return nil, notFound(op.DeviceID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := op.Change(cur); err != nil {
+		return nil, err
+	}
+	if op.Kind == registry.OpDelete {
+		if _, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE device_id = ?`, op.DeviceID); err != nil {
+			return nil, err
+		}
+		return cur, nil
+	}
+	scopes, err := json.Marshal(cur.ParentScopes)
+	if err != nil {
+		return nil, err
+	}
+	a := cur.Authentication
+	row := tx.QueryRowContext(ctx, `UPDATE devices SET etag = etag + 1, status = ?, status_reason = ?,
+		status_updated_time = ?, auth_type = ?, primary_key = ?, secondary_key = ?,
+		primary_thumbprint = ?, secondary_thumbprint = ?, iot_edge = ?, device_scope = ?, parent_scopes = ?
+		WHERE device_id = ? RETURNING etag`,
+		cur.Status, cur.StatusReason, cur.StatusUpdatedTime.String(), a.Type,
+		a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey,
+		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
+		cur.Capabilities.IoTEdge, cur.DeviceScope, string(scopes), op.DeviceID)
+	var etag int64
+	if err := row.Scan(&etag); err != nil {
+		return nil, err
+	}
+	cur.ETag = registry.ETagString(etag)
+	return cur, nil
+}
+
+func insertDevice(ctx context.Context, tx *sql.Tx, d *herd.Device, doc *twin.Doc) (*herd.Device, error) {
+	scopes, err := json.Marshal(d.ParentScopes)
+	if err != nil {
+		return nil, err
+	}
+	docArgs, err := encodeDoc(doc)
+	if err != nil {
+		return nil, err
+	}
+	a := d.Authentication
+	args := append([]any{d.DeviceID, d.GenerationID, 1, d.Status, d.StatusReason, d.StatusUpdatedTime.String(),
+		a.Type, a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey,
+		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
+		d.Capabilities.IoTEdge, d.DeviceScope, string(scopes), string(herd.Disconnected),
+		herd.Time{}.String(), herd.Time{}.String(), 0}, docArgs...)
+	res, err := tx.ExecContext(ctx, `INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
+		VALUES (`+placeholders(len(args))+`) ON CONFLICT (device_id) DO NOTHING`, args...)
+	if err != nil {
+		return nil, err
+	}
+	if n, err := res.RowsAffected(); err != nil {
+		return nil, err
+	} else if n == 0 {
+		return nil, herd.Errorf(herd.ErrDeviceAlreadyExists, "device %q already exists", d.DeviceID)
+	}
+	out := *d
+	out.ETag = registry.ETagString(1)
+	out.ConnectionState = herd.Disconnected
+	return &out, nil
+}
+
+func placeholders(n int) string {
+	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
+}
+
+// SetConnectionStates records a batch of connection changes.
+func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
+	return db.tx(ctx, func(tx *sql.Tx) error {
+		state, err := tx.PrepareContext(ctx, `UPDATE devices SET connection_state = ?,
+			connection_state_updated_time = ?, last_activity_time = max(last_activity_time, ?) WHERE device_id = ?`)
+		if err != nil {
+			return err
+		}
+		defer state.Close()
+		activity, err := tx.PrepareContext(ctx, `UPDATE devices SET last_activity_time = max(last_activity_time, ?) WHERE device_id = ?`)
+		if err != nil {
+			return err
+		}
+		defer activity.Close()
+		for _, c := range changes {
+			act := herd.NewTime(c.ActivityAt).String()
+			if c.State != "" {
+				_, err = state.ExecContext(ctx, string(c.State), herd.NewTime(c.StateAt).String(), act, c.DeviceID)
+			} else {
+				_, err = activity.ExecContext(ctx, act, c.DeviceID)
+			}
+			if err != nil {
+				return fmt.Errorf("record connection of %q: %w", c.DeviceID, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Twin returns a device's identity and twin document.
+func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, error) {
+	var raw rawDoc
+	row := db.read.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinColumns+` FROM devices WHERE device_id = ?`, id)
+	d, err := scanDevice(row, raw.dest()...)
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, nil, notFound(id)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("get twin %q: %w", id, err)
+	}
+	doc, err := raw.decode()
+	if err != nil {
+		return nil, nil, fmt.Errorf("get twin %q: %w", id, err)
+	}
+	return d, doc, nil
+}
+
+// UpdateTwin reads, changes and writes one twin in a transaction.
+func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *twin.Doc) error) (*herd.Device, *twin.Doc, error) {
+	var (
+		dev *herd.Device
+		doc *twin.Doc
+	)
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		var raw rawDoc
+		row := tx.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinColumns+` FROM devices WHERE device_id = ?`, id)
+		var err error
+		dev, err = scanDevice(row, raw.dest()...)
+		if errors.Is(err, sql.ErrNoRows) {
+			return notFound(id)
+		}
+		if err != nil {
+			return err
+		}
+		if doc, err = raw.decode(); err != nil {
+			return err
+		}
+		if err := fn(dev, doc); err != nil {
+			return err
+		}
+		return writeDoc(ctx, tx, id, doc)
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("update twin %q: %w", id, err)
+	}
+	return dev, doc, nil
+}
+
+// writeDoc stores a twin document.
+func writeDoc(ctx context.Context, tx *sql.Tx, id string, doc *twin.Doc) error {
+	args, err := encodeDoc(doc)
+	if err != nil {
+		return err
+	}
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET twin_etag = ?, twin_version = ?, tags = ?, desired = ?,
+		desired_version = ?, desired_metadata = ?, reported = ?, reported_version = ?, reported_metadata = ?
+		WHERE device_id = ?`, append(args, id)...)
+	return err
+}

@@ -1,0 +1,171 @@
+package twin
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/herd-iot/herd"
+)
+
+// Store keeps twins. UpdateTwin reads the identity and document of one
+// device, lets fn change the document, and writes it back in one
+// transaction; if fn returns an error nothing is written.
+type Store interface {
+	Twin(ctx context.Context, deviceID string) (*herd.Device, *Doc, error)
+	UpdateTwin(ctx context.Context, deviceID string, fn func(*herd.Device, *Doc) error) (*herd.Device, *Doc, error)
+}
+
+// NotifyFunc tells a device that its desired properties changed. body is
+// the notification JSON (the change plus "$version"). It is called after the
+// change is committed and must not block.
+type NotifyFunc func(deviceID string, version int64, body []byte)
+
+// Service reads and writes twins.
+type Service struct {
+	store  Store
+	now    func() time.Time
+	notify NotifyFunc
+}
+
+// NewService returns a twin service. notify may be nil.
+func NewService(store Store, now func() time.Time, notify NotifyFunc) *Service {
+	if notify == nil {
+		notify = func(string, int64, []byte) {}
+	}
+	return &Service{store: store, now: now, notify: notify}
+}
+
+// Get returns the service view of a device's twin.
+func (s *Service) Get(ctx context.Context, deviceID string) (*herd.Twin, error) {
+	dev, doc, err := s.store.Twin(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	return View(dev, doc), nil
+}
+
+// DeviceView returns the twin as a device reads it over MQTT.
+func (s *Service) DeviceView(ctx context.Context, deviceID string) ([]byte, error) {
+	_, doc, err := s.store.Twin(ctx, deviceID)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(DeviceView(doc))
+}
+
+// Update applies a service write (PATCH, or PUT with replace) to a twin. A
+// replace sets tags and desired properties to exactly what p holds.
+// ifMatch is the request's If-Match value: "" or "*" write
+// unconditionally, anything else must equal the current etag (quotes and a
+// W/ prefix are stripped). Connected devices are told about desired
+// changes after the write commits.
+func (s *Service) Update(ctx context.Context, deviceID string, p Patch, replace bool, ifMatch string) (*herd.Twin, error) {
+	if p.Reported.Set {
+		return nil, invalid("reported properties can only be written by the device")
+	}
+	if replace {
+		// A replace writes the whole twin: a missing section becomes empty.
+		if !p.Tags.Set {
+			p.Tags = Change{Set: true}
+		}
+		if !p.Desired.Set {
+			p.Desired = Change{Set: true}
+		}
+	}
+	var up Update
+	dev, doc, err := s.store.UpdateTwin(ctx, deviceID, func(_ *herd.Device, d *Doc) error {
+		if err := CheckETag(ifMatch, ETagString(d.ETag)); err != nil {
+			return err
+		}
+		var err error
+		up, err = d.Apply(p, replace, s.now())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.publish(deviceID, up)
+	return View(dev, doc), nil
+}
+
+// PatchReported applies a device's reported-properties patch and returns
+// the new reported $version.
+func (s *Service) PatchReported(ctx context.Context, deviceID string, p Patch) (int64, error) {
+	if p.Tags.Set || p.Desired.Set {
+		return 0, invalid("a device can write only reported properties")
+	}
+	_, doc, err := s.store.UpdateTwin(ctx, deviceID, func(_ *herd.Device, d *Doc) error {
+		_, err := d.Apply(p, false, s.now())
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	return doc.ReportedVersion, nil
+}
+
+// Publish tells the device about a committed desired change. Writers other
+// than Update (twin-update jobs) call it after their own transactions.
+func (s *Service) Publish(deviceID string, up Update) { s.publish(deviceID, up) }
+
+func (s *Service) publish(deviceID string, up Update) {
+	if up.Desired == nil {
+		return
+	}
+	body, err := json.Marshal(up.Desired)
+	if err != nil {
+		return // cannot happen: the patch was decoded from JSON
+	}
+	s.notify(deviceID, up.DesiredVersion, body)
+}
+
+// CheckETag compares an If-Match header value with the current etag: ""
+// and "*" match anything; quotes and a weak "W/" prefix are ignored.
+func CheckETag(ifMatch, current string) error {
+	want := NormalizeETag(ifMatch)
+	if want == "" || want == "*" || want == current {
+		return nil
+	}
+	return herd.Errorf(herd.ErrPreconditionFailed, "the etag %q does not match the current etag %q", want, current)
+}
+
+// NormalizeETag strips a W/ prefix and surrounding quotes.
+func NormalizeETag(s string) string {
+	s = strings.TrimSpace(s)
+	s = strings.TrimPrefix(s, "W/")
+	if len(s) >= 2 && s[0] == '"' && s[len(s)-1] == '"' {
+		s = s[1 : len(s)-1]
+	}
+	return s
+}
+
+// Marshal encodes a section for storage.
+func Marshal(m map[string]any) (string, error) {
+	if m == nil {
+		return "{}", nil
+	}
+	b, err := json.Marshal(m)
+	if err != nil {
+		return "", fmt.Errorf("encode twin section: %w", err)
+	}
+	return string(b), nil
+}
+
+// Unmarshal decodes a stored section, keeping numbers exact.
+func Unmarshal(s string) (map[string]any, error) {
+	if s == "" {
+		return map[string]any{}, nil
+	}
+	v, err := decode([]byte(s))
+	if err != nil {
+		return nil, fmt.Errorf("decode stored twin section: %w", err)
+	}
+	m, ok := v.(map[string]any)
+	if !ok {
+		return nil, fmt.Errorf("decode stored twin section: not an object")
+	}
+	return m, nil
+}
