@@ -11,7 +11,7 @@ import (
 
 type memStore struct{ ps []Policy }
 
-func (m *memStore) Policies(context.Context) ([]Policy, error)          { return m.ps, nil }
+func (m *memStore) Policies(context.Context) ([]Policy, error)         { return m.ps, nil }
 func (m *memStore) CreatePolicies(_ context.Context, p []Policy) error { m.ps = p; return nil }
 
 var now = time.Date(2026, 11, 26, 12, 0, 0, 0, time.UTC)

@@ -69,7 +69,7 @@ func scanDevice(row scanner, extra ...any) (*herd.Device, error) {
 
 // rawDoc receives twinColumns before decoding.
 type rawDoc struct {
-	etag, version, desiredVersion, reportedVersion int64
+	etag, version, desiredVersion, reportedVersion     int64
 	tags, desired, desiredMeta, reported, reportedMeta string
 }
 
