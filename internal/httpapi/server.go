@@ -10,6 +10,7 @@
 package httpapi
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -251,7 +252,12 @@ func decodeJSON(body []byte, v any) error {
 	if len(strings.TrimSpace(string(body))) == 0 {
 		return herd.Errorf(herd.ErrArgumentNull, "the request body is empty")
 	}
-	err := json.Unmarshal(body, v)
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.UseNumber() // twin values inside bulk requests keep exact numbers
+	err := dec.Decode(v)
+	if err == nil && dec.More() {
+		err = errors.New("data after the JSON value")
+	}
 	var typeErr *json.UnmarshalTypeError
 	switch {
 	case err == nil:

@@ -235,6 +235,10 @@ func validateValue(path string, v any, depth int) error {
 		} else if _, err := v.Float64(); err != nil {
 			return invalid("%s: number %s is out of range", path, v)
 		}
+	case float64:
+		if v == float64(int64(v)) && (v < minSafeInteger || v > maxSafeInteger) {
+			return invalid("%s: integer %v is outside [%d, %d]", path, v, int64(minSafeInteger), int64(maxSafeInteger))
+		}
 	case map[string]any:
 		return validateObject(path, v, depth+1)
 	case []any:
