@@ -94,14 +94,14 @@ type Hub struct {
 
 // New opens the store, builds the services and binds the listeners. Nothing
 // is served until Run.
-func New(ctx context.Context, cfg Config) (h *Hub, err error) {
+func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data folder: %w", err)
 	}
-	h = &Hub{cfg: cfg}
+	h := &Hub{cfg: cfg}
 	defer func() {
 		if err != nil {
 			h.Close()
