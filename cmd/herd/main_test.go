@@ -57,7 +57,9 @@ func startServe(t *testing.T, getenv func(string) string, args ...string) (out *
 	ctx, cancel := context.WithCancel(context.Background())
 	out = &syncBuffer{}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, append([]string{"serve"}, args...), getenv, strings.NewReader(""), out, io.Discard) }()
+	go func() {
+		done <- run(ctx, append([]string{"serve"}, args...), getenv, strings.NewReader(""), out, io.Discard)
+	}()
 	hubtest.Eventually(t, 20*time.Second, func() bool {
 		select {
 		case err := <-done:
