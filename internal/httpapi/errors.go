@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/herd-iot/herd"
@@ -97,13 +98,21 @@ func writeError(w http.ResponseWriter, err error, now time.Time) {
 		body = errorBody{Message: string(nested), ExceptionMessage: ""}
 	default:
 		body = errorBody{
-			Message: fmt.Sprintf("ErrorCode:%s;%s", code, msg),
+			Message: fmt.Sprintf("ErrorCode:%s;%s", code, legacyText(msg)),
 			ExceptionMessage: fmt.Sprintf("Tracking ID:%s-G:0-TimeStamp:%s", tid,
 				now.UTC().Format("01/02/2006 15:04:05")),
 		}
 	}
 	w.Header().Set("iothub-errorcode", string(code))
 	writeJSON(w, ac.status, body)
+}
+
+// legacyText makes msg safe for the legacy "ErrorCode:<Name>;<text>" form:
+// the Node SDK splits Message on ";" and keeps only the second part
+// (common-http parseErrorBody, §3.4), so a ";" inside the text would cut
+// the rest of it off. It becomes ",".
+func legacyText(msg string) string {
+	return strings.ReplaceAll(msg, ";", ",")
 }
 
 // formatTimeSpan writes a duration as .NET does: hh:mm:ss.
