@@ -3,11 +3,18 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz
+.PHONY: test build vet bench bench-quick fuzz compat
 
 ## test: every test: vet, the Go tests with -race, and the official Azure SDK suite
 test: vet
 	$(GO) test -race -count=1 ./...
+	$(MAKE) compat
+
+## compat: the official Azure IoT Node.js SDKs (compat/node) against a real
+## `herd serve` on port 443; needs Node 20 and npm, takes a machine-wide lock
+compat:
+	cd compat/node && npm ci --no-audit --no-fund
+	GO="$(GO)" node compat/node/run.mjs
 
 vet:
 	$(GO) mod download

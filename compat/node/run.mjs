@@ -1,0 +1,247 @@
+#!/usr/bin/env node
+// The harness of the official-SDK compatibility suite.
+//
+// It builds `herd` from this tree, starts a real `herd serve` with a fresh
+// temporary data folder (REST API and MQTT-over-WebSocket on 127.0.0.1:443,
+// because the official service SDK can only dial 443), waits until the hub
+// answers, runs test/*.test.mjs with Node's built-in test runner, the hub's
+// CA trusted through NODE_EXTRA_CA_CERTS, and always stops the hub.
+//
+// Port 443 is machine-wide, so every run takes /tmp/herd-compat-443.lock
+// (with flock) before it starts a hub: concurrent runs from several
+// worktrees wait for each other instead of colliding.
+//
+//   node compat/node/run.mjs [test file …]      (after `npm ci` in compat/node)
+//
+// Environment: GO (the go command, default "go"); HERD_COMPAT_KEEP=1 keeps
+// the data folder and the hub log for a look after the run.
+
+import { spawn, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import tls from 'node:tls';
+import { fileURLToPath } from 'node:url';
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+const root = path.resolve(here, '..', '..');
+const runDir = path.join(here, '.run');
+const lockFile = '/tmp/herd-compat-443.lock';
+const httpsHost = '127.0.0.1';
+const httpsPort = 443;
+const readyDeadlineMs = 60_000;
+const testTimeoutMs = 180_000;
+
+function log(msg) {
+  process.stderr.write(`compat: ${msg}\n`);
+}
+
+function fail(msg) {
+  log(msg);
+  process.exit(1);
+}
+
+// Step 1 (outside the lock): check the SDKs are installed and build herd.
+function prepare() {
+  if (!fs.existsSync(path.join(here, 'node_modules', 'azure-iothub'))) {
+    fail(`the official SDKs are not installed: run \`npm ci\` in ${here} first (make test does)`);
+  }
+  fs.mkdirSync(runDir, { recursive: true });
+  const bin = path.join(runDir, 'herd');
+  log(`building herd from ${root}`);
+  const go = process.env.GO || 'go';
+  const b = spawnSync(go, ['build', '-o', bin, './cmd/herd'], {
+    cwd: root, stdio: 'inherit', env: { ...process.env, CGO_ENABLED: '0' },
+  });
+  if (b.error) fail(`cannot run ${go}: ${b.error.message}`);
+  if (b.status !== 0) fail('go build ./cmd/herd failed');
+  return bin;
+}
+
+// Step 2: take the machine-wide 443 lock by running ourselves again under
+// flock. The child knows it holds the lock from HERD_COMPAT_LOCKED.
+function relaunchLocked(bin) {
+  const probe = spawnSync('flock', ['--version'], { stdio: 'ignore' });
+  if (probe.error) {
+    fail('flock (util-linux) is needed to serialize runs that use port 443; install util-linux');
+  }
+  const args = process.argv.slice(1);
+  const env = { ...process.env, HERD_COMPAT_LOCKED: '1', HERD_COMPAT_BIN: bin };
+  const quick = spawnSync('flock', ['--nonblock', '--conflict-exit-code', '75', lockFile, 'true']);
+  if (quick.status === 75) {
+    log(`another compatibility run holds ${lockFile}; waiting for it (port 443 is shared machine-wide)`);
+  }
+  const child = spawn('flock', [lockFile, process.execPath, ...args], { stdio: 'inherit', env });
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => child.kill(sig));
+  }
+  child.on('exit', (code, signal) => process.exit(code ?? (signal ? 1 : 0)));
+}
+
+// portFree reports whether nothing listens on host:port (by binding it).
+async function portFree(host, port) {
+  const srv = net.createServer();
+  try {
+    srv.listen({ host, port, exclusive: true });
+    await once(srv, 'listening');
+    srv.close();
+    await once(srv, 'close');
+    return { free: true };
+  } catch (err) {
+    return { free: false, err };
+  }
+}
+
+function whoListens(port) {
+  const r = spawnSync('ss', ['-Hltnp', `sport = :${port}`], { encoding: 'utf8' });
+  return (r.stdout || '').trim();
+}
+
+async function checkPort(port) {
+  const { free, err } = await portFree(httpsHost, port);
+  if (free) return;
+  if (err.code === 'EADDRINUSE') {
+    const who = whoListens(port);
+    fail(`port ${port} is taken by something else${who ? `:\n  ${who}\n` : ' '}` +
+      `The official Azure service SDK only dials port 443, so the suite needs it free. ` +
+      `Stop that server and run again.`);
+  }
+  if (err.code === 'EACCES') {
+    fail(`no permission to listen on port ${port}: run as root, or grant the binary the right with ` +
+      `\`sudo setcap cap_net_bind_service=+ep ${process.env.HERD_COMPAT_BIN}\` ` +
+      `(or \`sudo sysctl net.ipv4.ip_unprivileged_port_start=443\`)`);
+  }
+  fail(`cannot check port ${port}: ${err.message}`);
+}
+
+// serveFlags returns the flags `herd serve` gets; the MQTT gateway's
+// listener is added when this build of herd has one.
+function serveFlags(bin, dataDir) {
+  const flags = ['serve', '--data', dataDir, '--hostname', 'localhost',
+    '--https-addr', `${httpsHost}:${httpsPort}`, '--log-level', 'info'];
+  return flags;
+}
+
+// startHub starts `herd serve` and resolves once it printed its banner and
+// completes a TLS handshake against the CA it wrote; it rejects when the
+// process exits first or the deadline passes.
+async function startHub(bin, dataDir, logPath) {
+  fs.writeFileSync(logPath, '');
+  const out = fs.openSync(logPath, 'a');
+  const hub = spawn(bin, serveFlags(bin, dataDir), { stdio: ['ignore', 'pipe', out] });
+  let stdout = '';
+  let exited = null;
+  hub.stdout.on('data', (b) => { stdout += b; fs.appendFileSync(logPath, b); });
+  hub.on('exit', (code, signal) => { exited = { code, signal }; });
+  const deadline = Date.now() + readyDeadlineMs;
+  while (Date.now() < deadline) {
+    if (exited) {
+      throw new Error(`herd serve exited (${exited.code ?? exited.signal}) before it was ready; its log:\n` +
+        fs.readFileSync(logPath, 'utf8'));
+    }
+    if (stdout.includes('Herd is ready.') && await tlsReady(path.join(dataDir, 'ca.pem'))) {
+      return { hub, stdout };
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  hub.kill('SIGKILL');
+  throw new Error(`herd serve was not ready within ${readyDeadlineMs / 1000} s; its log:\n${fs.readFileSync(logPath, 'utf8')}`);
+}
+
+async function tlsReady(caPath) {
+  if (!fs.existsSync(caPath)) return false;
+  const ca = fs.readFileSync(caPath);
+  return new Promise((resolve) => {
+    const s = tls.connect({ host: httpsHost, port: httpsPort, servername: 'localhost', ca }, () => {
+      s.end();
+      resolve(true);
+    });
+    s.on('error', () => resolve(false));
+  });
+}
+
+async function stopHub(hub) {
+  if (hub.exitCode !== null || hub.signalCode !== null) return;
+  const gone = once(hub, 'exit');
+  hub.kill('SIGTERM');
+  const timer = setTimeout(() => hub.kill('SIGKILL'), 15_000);
+  await gone;
+  clearTimeout(timer);
+}
+
+function connectionString(bin, dataDir, policy) {
+  const r = spawnSync(bin, ['connection-string', '--data', dataDir, '--policy', policy], { encoding: 'utf8' });
+  if (r.status !== 0) {
+    throw new Error(`herd connection-string --policy ${policy} failed: ${r.stderr}`);
+  }
+  return r.stdout.trim();
+}
+
+function testFiles(args) {
+  if (args.length > 0) return args.map((a) => path.resolve(a));
+  const dir = path.join(here, 'test');
+  return fs.readdirSync(dir).filter((f) => f.endsWith('.test.mjs')).sort().map((f) => path.join(dir, f));
+}
+
+// Step 3 (inside the lock): start the hub, run the tests, stop the hub.
+async function runLocked() {
+  const bin = process.env.HERD_COMPAT_BIN;
+  await checkPort(httpsPort);
+  const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herd-compat-'));
+  const logPath = path.join(runDir, 'herd.log');
+  let hub = null;
+  let code = 1;
+  const stop = async () => {
+    if (hub) await stopHub(hub);
+    hub = null;
+  };
+  for (const sig of ['SIGINT', 'SIGTERM']) {
+    process.on(sig, () => { stop().finally(() => process.exit(130)); });
+  }
+  try {
+    log(`starting herd serve (data ${dataDir}, log ${logPath})`);
+    const started = await startHub(bin, dataDir, logPath);
+    hub = started.hub;
+    const ca = path.join(dataDir, 'ca.pem');
+    const env = {
+      ...process.env,
+      NODE_EXTRA_CA_CERTS: ca,
+      HERD_COMPAT_HOST: 'localhost',
+      HERD_COMPAT_CA: ca,
+      HERD_COMPAT_DATA: dataDir,
+      HERD_COMPAT_BIN: bin,
+    };
+    for (const policy of ['iothubowner', 'service', 'device', 'registryRead', 'registryReadWrite']) {
+      env[`HERD_COMPAT_CS_${policy.toUpperCase()}`] = connectionString(bin, dataDir, policy);
+    }
+    const files = testFiles(process.argv.slice(2));
+    log(`hub ready; running ${files.length} test files with node --test`);
+    const t = spawn(process.execPath, ['--test', '--test-reporter=spec', '--test-concurrency=1',
+      `--test-timeout=${testTimeoutMs}`, ...files], { stdio: 'inherit', env, cwd: here });
+    const [exitCode, signal] = await once(t, 'exit');
+    code = exitCode ?? (signal ? 1 : 0);
+  } catch (err) {
+    log(err.message);
+    code = 1;
+  } finally {
+    await stop();
+    if (process.env.HERD_COMPAT_KEEP === '1') {
+      log(`kept ${dataDir} and ${logPath}`);
+    } else {
+      fs.rmSync(dataDir, { recursive: true, force: true });
+    }
+    if (code !== 0 && fs.existsSync(logPath)) {
+      const lines = fs.readFileSync(logPath, 'utf8').trimEnd().split('\n');
+      log(`the suite failed; the last lines of the hub's log (${logPath}):\n` + lines.slice(-40).join('\n'));
+    }
+  }
+  process.exit(code);
+}
+
+if (process.env.HERD_COMPAT_LOCKED === '1') {
+  await runLocked();
+} else {
+  relaunchLocked(prepare());
+}
