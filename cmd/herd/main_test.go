@@ -129,6 +129,15 @@ func TestServeConnectionStringAndCLI(t *testing.T) {
 	if out, err := runCLI(t, noEnv, "device", "show", "nope", "--data", dir); err == nil || !strings.Contains(err.Error(), "DeviceNotFound") {
 		t.Errorf("device show nope: %v %s", err, out)
 	}
+	// A token for curl.
+	tok, err := runCLI(t, noEnv, "token", "--data", dir, "--ttl", "10m")
+	if err != nil {
+		t.Fatal(err)
+	}
+	parsedTok, err := sas.Parse(strings.TrimSpace(tok))
+	if err != nil || parsedTok.KeyName != "iothubowner" || parsedTok.Resource != "localhost" {
+		t.Errorf("token %q: %v", tok, err)
+	}
 	if out, err := runCLI(t, noEnv, "device", "delete", "cli-1", "--data", dir); err != nil || !strings.Contains(out, "deleted cli-1") {
 		t.Errorf("device delete: %v %s", err, out)
 	}

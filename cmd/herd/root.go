@@ -34,6 +34,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 	root.AddCommand(
 		serveCommand(e),
 		connectionStringCommand(e),
+		tokenCommand(e),
 		deviceCommand(e),
 		twinCommand(e),
 	)
