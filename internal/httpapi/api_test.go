@@ -366,6 +366,7 @@ func TestWireFormat(t *testing.T) {
 		{"twin stale etag", "PATCH", "/twins/w1" + v, `{"tags":{"a":1}}`, map[string]string{"If-Match": `"abc"`}, 412, herd.ErrPreconditionFailed},
 		{"unknown device", "GET", "/devices/nope" + v, "", nil, 404, herd.ErrDeviceNotFound},
 		{"unknown route", "GET", "/nothing/here" + v, "", nil, 404, herd.ErrNotFound},
+		{"below a route", "GET", "/devices/w1/extra/deep" + v, "", nil, 404, herd.ErrNotFound},
 		{"wrong method", "POST", "/twins/w1" + v, `{}`, nil, 405, herd.ErrMethodNotAllowed},
 	}
 	for _, c := range cases {

@@ -108,11 +108,8 @@ type Endpoint struct {
 func (s *Server) Handle(pattern string, endpoints map[string]Endpoint) {
 	h := s.endpoint(pattern, endpoints)
 	s.mux.Handle(pattern, h)
-	if !strings.HasSuffix(pattern, "}") && !strings.HasSuffix(pattern, "/") {
-		s.mux.Handle(pattern+"/", h)
-	} else if strings.HasSuffix(pattern, "}") {
-		s.mux.Handle(pattern+"/{$}", h)
-	}
+	s.mux.Handle(pattern+"/{$}", h) // exactly one trailing slash, not a subtree
+
 }
 
 func (s *Server) endpoint(route string, endpoints map[string]Endpoint) http.Handler {

@@ -212,6 +212,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		Handler:           h.api.Handler(),
 		TLSConfig:         h.tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
+		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(h.cfg.Log.Handler(), slog.LevelDebug),
 	}
 	g.Go(func() error {
