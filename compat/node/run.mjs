@@ -11,10 +11,12 @@
 // (with flock) before it starts a hub: concurrent runs from several
 // worktrees wait for each other instead of colliding.
 //
-//   node compat/node/run.mjs [test file …]      (after `npm ci` in compat/node)
+//   node compat/node/run.mjs [--node-test-flag …] [test file …]   (after `npm ci` in compat/node)
+//   e.g. node compat/node/run.mjs --test-name-pattern=renews compat/node/test/methods.test.mjs
 //
-// Environment: GO (the go command, default "go"); HERD_COMPAT_KEEP=1 keeps
-// the data folder and the hub log for a look after the run.
+// Environment: GO (the go command, default "go"); HERD_COMPAT_HERD=<path>
+// runs that herd binary instead of building one; HERD_COMPAT_KEEP=1 keeps
+// the data folder for a look after the run.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -31,6 +33,7 @@ const runDir = path.join(here, '.run');
 const lockFile = '/tmp/herd-compat-443.lock';
 const httpsHost = '127.0.0.1';
 const httpsPort = 443;
+const mqttPort = 8883;
 const readyDeadlineMs = 60_000;
 const testTimeoutMs = 180_000;
 
@@ -49,6 +52,10 @@ function prepare() {
     fail(`the official SDKs are not installed: run \`npm ci\` in ${here} first (make test does)`);
   }
   fs.mkdirSync(runDir, { recursive: true });
+  if (process.env.HERD_COMPAT_HERD) {
+    log(`using the herd binary ${process.env.HERD_COMPAT_HERD} (HERD_COMPAT_HERD) instead of building one`);
+    return path.resolve(process.env.HERD_COMPAT_HERD);
+  }
   const bin = path.join(runDir, 'herd');
   log(`building herd from ${root}`);
   const go = process.env.GO || 'go';
@@ -104,9 +111,10 @@ async function checkPort(port) {
   if (free) return;
   if (err.code === 'EADDRINUSE') {
     const who = whoListens(port);
-    fail(`port ${port} is taken by something else${who ? `:\n  ${who}\n` : ' '}` +
-      `The official Azure service SDK only dials port 443, so the suite needs it free. ` +
-      `Stop that server and run again.`);
+    const why = port === httpsPort
+      ? 'The official Azure service SDK only dials port 443, so the suite needs it free.'
+      : `The Node device SDK's Mqtt transport dials ${port} by default, so the suite needs it free.`;
+    fail(`port ${port} is taken by something else${who ? `:\n  ${who}\n` : ' '}${why} Stop that server and run again.`);
   }
   if (err.code === 'EACCES') {
     fail(`no permission to listen on port ${port}: run as root, or grant the binary the right with ` +
@@ -116,21 +124,29 @@ async function checkPort(port) {
   fail(`cannot check port ${port}: ${err.message}`);
 }
 
-// serveFlags returns the flags `herd serve` gets; the MQTT gateway's
-// listener is added when this build of herd has one.
-function serveFlags(bin, dataDir) {
+// hasMQTT reports whether this build of herd has the MQTT gateway (a
+// --mqtt-addr flag on `herd serve`).
+function hasMQTT(bin) {
+  const r = spawnSync(bin, ['serve', '--help'], { encoding: 'utf8' });
+  return /--mqtt-addr\b/.test(r.stdout + r.stderr);
+}
+
+// serveFlags returns the flags `herd serve` gets: REST API (and MQTT over
+// WebSocket) on 127.0.0.1:443, MQTT over TLS on 127.0.0.1:8883.
+function serveFlags(dataDir, mqtt) {
   const flags = ['serve', '--data', dataDir, '--hostname', 'localhost',
-    '--https-addr', `${httpsHost}:${httpsPort}`, '--log-level', 'info'];
+    '--https-addr', `${httpsHost}:${httpsPort}`, '--log-level', process.env.HERD_COMPAT_LOG_LEVEL || 'info'];
+  if (mqtt) flags.push('--mqtt-addr', `${httpsHost}:${mqttPort}`);
   return flags;
 }
 
 // startHub starts `herd serve` and resolves once it printed its banner and
 // completes a TLS handshake against the CA it wrote; it rejects when the
 // process exits first or the deadline passes.
-async function startHub(bin, dataDir, logPath) {
+async function startHub(bin, dataDir, logPath, mqtt) {
   fs.writeFileSync(logPath, '');
   const out = fs.openSync(logPath, 'a');
-  const hub = spawn(bin, serveFlags(bin, dataDir), { stdio: ['ignore', 'pipe', out] });
+  const hub = spawn(bin, serveFlags(dataDir, mqtt), { stdio: ['ignore', 'pipe', out] });
   let stdout = '';
   let exited = null;
   hub.stdout.on('data', (b) => { stdout += b; fs.appendFileSync(logPath, b); });
@@ -188,7 +204,9 @@ function testFiles(args) {
 // Step 3 (inside the lock): start the hub, run the tests, stop the hub.
 async function runLocked() {
   const bin = process.env.HERD_COMPAT_BIN;
+  const mqtt = hasMQTT(bin);
   await checkPort(httpsPort);
+  if (mqtt) await checkPort(mqttPort);
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herd-compat-'));
   const logPath = path.join(runDir, 'herd.log');
   let hub = null;
@@ -202,7 +220,7 @@ async function runLocked() {
   }
   try {
     log(`starting herd serve (data ${dataDir}, log ${logPath})`);
-    const started = await startHub(bin, dataDir, logPath);
+    const started = await startHub(bin, dataDir, logPath, mqtt);
     hub = started.hub;
     const ca = path.join(dataDir, 'ca.pem');
     const env = {
@@ -212,14 +230,17 @@ async function runLocked() {
       HERD_COMPAT_CA: ca,
       HERD_COMPAT_DATA: dataDir,
       HERD_COMPAT_BIN: bin,
+      HERD_COMPAT_MQTT: mqtt ? '1' : '',
     };
     for (const policy of ['iothubowner', 'service', 'device', 'registryRead', 'registryReadWrite']) {
       env[`HERD_COMPAT_CS_${policy.toUpperCase()}`] = connectionString(bin, dataDir, policy);
     }
-    const files = testFiles(process.argv.slice(2));
+    const args = process.argv.slice(2);
+    const runnerFlags = args.filter((a) => a.startsWith('--'));
+    const files = testFiles(args.filter((a) => !a.startsWith('--')));
     log(`hub ready; running ${files.length} test files with node --test`);
     const t = spawn(process.execPath, ['--test', '--test-reporter=spec', '--test-concurrency=1',
-      `--test-timeout=${testTimeoutMs}`, ...files], { stdio: 'inherit', env, cwd: here });
+      `--test-timeout=${testTimeoutMs}`, ...runnerFlags, ...files], { stdio: 'inherit', env, cwd: here });
     const [exitCode, signal] = await once(t, 'exit');
     code = exitCode ?? (signal ? 1 : 0);
   } catch (err) {
