@@ -111,6 +111,13 @@ func (s *Service) PatchReported(ctx context.Context, deviceID string, p Patch) (
 // than Update (twin-update jobs) call it after their own transactions.
 func (s *Service) Publish(deviceID string, up Update) { s.publish(deviceID, up) }
 
+// Notify sends a prepared desired-change notification (the change plus
+// "$version", see Patch.NotificationBody) to a device. Writers that patch
+// many twins in one transaction call it after their commit.
+func (s *Service) Notify(deviceID string, version int64, body []byte) {
+	s.notify(deviceID, version, body)
+}
+
 func (s *Service) publish(deviceID string, up Update) {
 	if up.Desired == nil {
 		return

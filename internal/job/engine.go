@@ -1,0 +1,229 @@
+package job
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/herd-iot/herd"
+)
+
+// runner is one job being run.
+type runner struct {
+	id string
+	// stop ends the job's feeding (cancel, deadline or shutdown); the
+	// cause says which.
+	stop   context.CancelCauseFunc
+	feed   context.Context
+	cancel func(cause error)
+}
+
+// Run runs the engine until ctx ends: it first recovers the jobs a
+// previous run left (methods that were in flight fail, running jobs resume
+// from their pending devices), then starts each job at its start time,
+// and purges job history older than the retention period. It returns nil
+// when ctx ends.
+func (s *Service) Run(ctx context.Context) error {
+	if err := s.recover(ctx); err != nil {
+		return err
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		s.retain(ctx)
+	}()
+	for {
+		next, err := s.schedule(ctx, &wg)
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("job scheduler", "op", "schedule", "err", err)
+			next = s.clock.Now().Add(time.Second) // try again shortly
+		}
+		var timer interface{ Stop() bool }
+		if !next.IsZero() {
+			timer = s.clock.AfterFunc(next.Sub(s.clock.Now()), s.poke)
+		}
+		select {
+		case <-ctx.Done():
+			if timer != nil {
+				timer.Stop()
+			}
+			return nil
+		case <-s.wake:
+		}
+		if timer != nil {
+			timer.Stop()
+		}
+	}
+}
+
+// schedule starts every job that is due and not running yet, marks future
+// ones scheduled, and returns the earliest future start (zero if none).
+func (s *Service) schedule(ctx context.Context, wg *sync.WaitGroup) (time.Time, error) {
+	jobs, err := s.store.ActiveJobs(ctx)
+	if err != nil {
+		return time.Time{}, err
+	}
+	now := s.clock.Now()
+	var next time.Time
+	for _, r := range jobs {
+		s.mu.Lock()
+		_, running := s.runners[r.JobID]
+		s.mu.Unlock()
+		if running {
+			continue
+		}
+		if r.Status == herd.JobQueued || r.Status == herd.JobScheduled {
+			if start := r.StartTime.Time; start.After(now) {
+				if r.Status == herd.JobQueued {
+					if err := s.store.ScheduleJob(ctx, r.JobID, now); err != nil {
+						return time.Time{}, err
+					}
+				}
+				if next.IsZero() || start.Before(next) {
+					next = start
+				}
+				continue
+			}
+		}
+		s.launch(ctx, wg, r)
+	}
+	return next, nil
+}
+
+// launch starts a runner for a job.
+func (s *Service) launch(ctx context.Context, wg *sync.WaitGroup, r *Record) {
+	feed, stop := context.WithCancelCause(ctx)
+	run := &runner{id: r.JobID, feed: feed, stop: stop, cancel: stop}
+	s.mu.Lock()
+	s.runners[r.JobID] = run
+	s.mu.Unlock()
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer func() {
+			stop(nil)
+			s.mu.Lock()
+			delete(s.runners, r.JobID)
+			s.mu.Unlock()
+			s.poke()
+		}()
+		if err := s.runJob(ctx, run, r); err != nil && ctx.Err() == nil {
+			s.log.Error("job failed to run", "job_id", r.JobID, "op", "run", "err", err)
+		}
+	}()
+}
+
+// runJob starts a job if needed and works through its devices until they
+// are done, the job is cancelled, its deadline passes or ctx ends.
+func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
+	if r.Status == herd.JobQueued || r.Status == herd.JobScheduled {
+		started, err := s.start(ctx, r)
+		if err != nil || started == nil {
+			return err
+		}
+		r = started
+	}
+	if r.EndTime != nil {
+		return nil // completed at once (no devices), or cancelled meanwhile
+	}
+	deadline := s.clock.AfterFunc(r.Deadline().Sub(s.clock.Now()), func() { run.stop(errDeadline) })
+	defer deadline.Stop()
+	var err error
+	switch r.Type {
+	case herd.JobUpdateTwin:
+		err = s.runTwin(run.feed, r)
+	case herd.JobDeviceMethod:
+		err = s.runMethod(ctx, run.feed, r)
+	default:
+		return s.store.FailJob(ctx, r.JobID, fmt.Sprintf("job type %q cannot run", r.Type), s.clock.Now())
+	}
+	if err != nil && run.feed.Err() == nil {
+		return err
+	}
+	if context.Cause(run.feed) == errDeadline {
+		reason := fmt.Sprintf("The job did not finish within maxExecutionTimeInSeconds (%d s); the devices not done by then failed.", r.MaxExecutionTimeInSeconds)
+		s.log.Info("job deadline passed", "job_id", r.JobID)
+		return s.store.ExpireJob(context.WithoutCancel(ctx), r.JobID, reason, deadlineError(r), s.clock.Now())
+	}
+	return nil
+}
+
+// start compiles the query condition and snapshots the target devices. It
+// returns nil (and no error) when the job did not start: it failed (a bad
+// condition) or was cancelled meanwhile.
+func (s *Service) start(ctx context.Context, r *Record) (*Record, error) {
+	now := s.clock.Now()
+	if r.Type == herd.JobDeviceMethod && s.cfg.Methods == nil {
+		return nil, s.store.FailJob(ctx, r.JobID, "This hub has no device gateway, so it cannot invoke direct methods.", now)
+	}
+	cond, err := s.cfg.Compile(r.QueryCondition)
+	if err != nil {
+		return nil, s.store.FailJob(ctx, r.JobID, fmt.Sprintf("The queryCondition is not valid: %s", herd.ErrorMessage(err)), now)
+	}
+	started, err := s.store.StartJob(ctx, r.JobID, cond, now)
+	if herd.IsCode(err, herd.ErrArgumentInvalid) {
+		return nil, s.store.FailJob(ctx, r.JobID, herd.ErrorMessage(err), now)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if started.Status != herd.JobRunning && started.EndTime == nil {
+		return nil, nil
+	}
+	st := started.DeviceJobStatistics
+	s.log.Info("job started", "job_id", r.JobID, "op", string(r.Type), "devices", st.DeviceCount,
+		"delay_ms", now.Sub(r.StartTime.Time).Milliseconds())
+	return started, nil
+}
+
+// recover prepares the jobs a previous run left unfinished: method calls
+// that were in flight when the hub stopped are failed (they are not sent
+// again: a method runs at most once per device); pending devices are
+// resumed by the scheduler.
+func (s *Service) recover(ctx context.Context) error {
+	jobs, err := s.store.ActiveJobs(ctx)
+	if err != nil {
+		return err
+	}
+	for _, r := range jobs {
+		if r.Type != herd.JobDeviceMethod || r.Started.IsZero() {
+			continue
+		}
+		n, err := s.store.InterruptRunning(ctx, r.JobID, herd.DeviceJobError{
+			Code: ErrCodeInterrupted,
+			Description: "The hub stopped while this method call was in flight (it may or may not have reached the device). " +
+				"It was not sent again, so that no device runs a job's method twice.",
+		}, s.clock.Now())
+		if err != nil {
+			return err
+		}
+		if n > 0 {
+			s.log.Warn("method calls interrupted by a restart", "job_id", r.JobID, "op", "recover", "devices", n)
+		}
+	}
+	return nil
+}
+
+// retain purges finished jobs older than the retention period, now and
+// then every hour.
+func (s *Service) retain(ctx context.Context) {
+	for {
+		n, err := s.store.PurgeJobs(ctx, s.clock.Now().Add(-s.cfg.Retention))
+		if err != nil && ctx.Err() == nil {
+			s.log.Error("purge old jobs", "op", "retention", "err", err)
+		} else if n > 0 {
+			s.log.Info("purged old jobs", "op", "retention", "jobs", n)
+		}
+		tick := make(chan struct{})
+		t := s.clock.AfterFunc(time.Hour, func() { close(tick) })
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-tick:
+		}
+	}
+}

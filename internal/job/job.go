@@ -1,0 +1,187 @@
+// Package job owns v2 jobs (§6 of the compatibility reference): scheduled
+// direct-method calls and twin updates broadcast to every device a query
+// condition selects. It validates and stores job requests, and its engine
+// starts each job on time, snapshots the target devices in one set-based
+// statement, fans the work out in batches under a global cap on in-flight
+// device operations shared fairly between jobs, keeps per-device records
+// and the job's statistics in the same transactions, enforces the job's
+// deadline and cancel, resumes jobs after a restart without applying a twin
+// patch or invoking a method twice, and purges old job history.
+//
+// docs/jobs.md is the contract this package implements.
+package job
+
+import (
+	"context"
+	"encoding/json"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// Record is a job as the store keeps it.
+type Record struct {
+	herd.Job
+	// Started is when the engine started the job (zero before); the
+	// deadline counts from it.
+	Started time.Time
+	// Request is the job's work as stored: the updateTwin member as
+	// received (compact JSON), or the cloudToDeviceMethod member with its
+	// defaults filled in.
+	Request json.RawMessage
+}
+
+// Decode fills the echo member (CloudToDeviceMethod or UpdateTwin) from
+// Request, as a store does after reading a job.
+func (r *Record) Decode() error {
+	switch r.Type {
+	case herd.JobDeviceMethod:
+		var m herd.MethodRequest
+		if err := json.Unmarshal(r.Request, &m); err != nil {
+			return err
+		}
+		r.CloudToDeviceMethod = &m
+	case herd.JobUpdateTwin:
+		p, err := twin.ParseService(r.Request)
+		if err != nil {
+			return err
+		}
+		r.UpdateTwin = EchoPatch(p)
+	}
+	return nil
+}
+
+// Deadline is when the job's maxExecutionTimeInSeconds runs out.
+func (r *Record) Deadline() time.Time {
+	return r.Started.Add(time.Duration(r.MaxExecutionTimeInSeconds) * time.Second)
+}
+
+// Condition is a compiled queryCondition: a boolean SQL expression over
+// the devices table and its bound arguments.
+type Condition struct {
+	Where string
+	Args  []any
+}
+
+// CompileFunc compiles a job's queryCondition (the WHERE part of a twin
+// query; "*" selects every device). Errors carry the reason a user sees
+// as the job's failureReason.
+type CompileFunc func(queryCondition string) (Condition, error)
+
+// Outcome is what happened to one device of a job.
+type Outcome struct {
+	DeviceID string
+	// Status is DeviceJobCompleted, DeviceJobFailed or DeviceJobCanceled.
+	Status herd.DeviceJobStatus
+	// Response is a method job's device answer (completed devices).
+	Response *herd.MethodResult
+	// Error says why the device failed.
+	Error *herd.DeviceJobError
+	// FromPending marks a device that fails without ever having been
+	// claimed (an offline device); others move from running.
+	FromPending bool
+}
+
+// TwinBatchResult is what one twin-update batch did.
+type TwinBatchResult struct {
+	// Next is the cursor for the next batch (the last device id seen);
+	// Done says no pending device is left after it.
+	Next string
+	Done bool
+	// Updated are the devices whose twin changed, with their new desired
+	// $version (0 when the patch did not touch desired properties).
+	Updated []Updated
+	// Failed counts devices that failed (deleted since the snapshot, or a
+	// section over its size limit).
+	Failed int
+}
+
+// Updated is one twin a batch wrote.
+type Updated struct {
+	DeviceID       string
+	DesiredVersion int64
+}
+
+// ListFilter selects jobs for GET /jobs/v2/query.
+type ListFilter struct {
+	// Type and Status are exact (canonical) values, "" for any.
+	Type   herd.JobType
+	Status herd.JobStatus
+	// After is the continuation from the previous page ("" for the first).
+	After string
+	Limit int
+}
+
+// Store keeps jobs and their device records. Every method that changes
+// device records changes the job's statistics in the same transaction, so
+// that deviceCount = succeeded + failed + running + pending at every
+// commit (canceled devices count as failed, see docs/jobs.md).
+type Store interface {
+	// CreateJob stores a new queued job; JobAlreadyExists if the id is
+	// taken.
+	CreateJob(ctx context.Context, r *Record) error
+	// Job returns one job; JobNotFound if there is none.
+	Job(ctx context.Context, id string) (*Record, error)
+	// ListJobs returns a page of jobs in creation order and the
+	// continuation for the next page ("" on the last).
+	ListJobs(ctx context.Context, f ListFilter) ([]*Record, string, error)
+	// ActiveJobs returns the jobs the engine must look after: queued,
+	// scheduled and running ones, and cancelled ones still finishing.
+	ActiveJobs(ctx context.Context) ([]*Record, error)
+	// ScheduleJob moves a queued job to scheduled.
+	ScheduleJob(ctx context.Context, id string, now time.Time) error
+	// StartJob moves a queued or scheduled job to running and inserts a
+	// pending device record for every device matching cond, in one
+	// transaction. A job with no devices completes at once. It returns
+	// the job as it is after (possibly unchanged, if it was cancelled).
+	StartJob(ctx context.Context, id string, cond Condition, now time.Time) (*Record, error)
+	// FailJob ends a job that could not run (failed, with reason).
+	FailJob(ctx context.Context, id, reason string, now time.Time) error
+	// CancelJob cancels a job that has not ended: pending devices become
+	// canceled; running ones go on. It returns the job after.
+	CancelJob(ctx context.Context, id string, now time.Time) (*Record, error)
+	// ApplyTwinBatch applies a twin job's patch to up to limit pending
+	// devices after the cursor and completes their records, in one
+	// transaction.
+	ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after string, limit int, now time.Time) (TwinBatchResult, error)
+	// PendingDevices returns up to limit pending device ids after the
+	// cursor, in order.
+	PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error)
+	// ClaimDevices moves the given devices from pending to running and
+	// returns those it moved (a device cancelled meanwhile is not).
+	ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error)
+	// FinishDevices records outcomes. An outcome for a device that is no
+	// longer in the expected state (pending or running) is ignored.
+	FinishDevices(ctx context.Context, id string, outcomes []Outcome, now time.Time) error
+	// ExpireJob ends a job at its deadline: every device not done fails
+	// with devErr, and the job fails with reason.
+	ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error
+	// InterruptRunning fails every running device of a job with devErr
+	// (methods in flight when the hub stopped) and returns how many.
+	InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error)
+	// PurgeJobs deletes jobs (and their device records) that ended
+	// before the given time, and returns how many.
+	PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
+}
+
+// Device-level error codes the engine writes (besides the direct-method
+// codes DeviceNotOnline and GatewayTimeout, and DeviceNotFound).
+const (
+	// ErrCodeDeadline: the job's maxExecutionTimeInSeconds ran out
+	// before the device finished.
+	ErrCodeDeadline = "JobDeadlineExceeded"
+	// ErrCodeInterrupted: the hub stopped while a method call was in
+	// flight; it is not sent again (at most once).
+	ErrCodeInterrupted = "MethodInterrupted"
+)
+
+// Job-level limits and defaults (§6.1, §6.2).
+const (
+	MaxJobIDLength          = 64
+	MaxQueryConditionLength = 8192
+	DefaultMaxExecution     = 3600
+	// MaxMaxExecution bounds maxExecutionTimeInSeconds (Azure documents
+	// none; a year keeps the arithmetic safe).
+	MaxMaxExecution = 365 * 24 * 3600
+)

@@ -1,0 +1,251 @@
+package job
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// Methods is what method jobs need from direct methods (internal/method
+// over internal/bus).
+type Methods interface {
+	// Online reports whether a device is connected and subscribed to
+	// methods now.
+	Online(deviceID string) bool
+	// WaitOnline returns nil once the device is online for methods, or
+	// ctx's error if it ends first. It must not poll.
+	WaitOnline(ctx context.Context, deviceID string) error
+	// Invoke calls a direct method on one device and waits for its answer
+	// (errors: DeviceNotOnline after req.ConnectTimeoutInSeconds,
+	// GatewayTimeout after req.ResponseTimeoutInSeconds, DeviceNotFound).
+	Invoke(ctx context.Context, deviceID string, req herd.MethodRequest) (*herd.MethodResult, error)
+}
+
+// Notifier sends a committed desired change to a device (twin.Service).
+type Notifier interface {
+	Notify(deviceID string, version int64, body []byte)
+}
+
+// Config configures the job service and its engine.
+type Config struct {
+	Store Store
+	// Compile turns a queryCondition into SQL over the devices table.
+	Compile CompileFunc
+	// Twins is told about desired changes after each twin batch commits.
+	Twins Notifier
+	// Methods invokes direct methods; nil means method jobs fail with a
+	// reason saying that the hub has no device gateway.
+	Methods Methods
+	Clock   clock.Clock
+	Log     *slog.Logger
+	// MaxInFlight caps the device operations in flight across all jobs
+	// (method calls awaiting an answer, twins in an open batch).
+	MaxInFlight int
+	// MaxWaiting caps the offline devices waited for at once across all
+	// method jobs (each costs a small goroutine).
+	MaxWaiting int
+	// TwinBatch is how many twins one transaction patches.
+	TwinBatch int
+	// Retention is how long finished jobs are kept.
+	Retention time.Duration
+}
+
+// Defaults for Config.
+const (
+	DefaultMaxInFlight = 10000
+	DefaultMaxWaiting  = 100000
+	DefaultTwinBatch   = 2000
+	DefaultRetention   = 30 * 24 * time.Hour
+)
+
+func (c *Config) defaults() {
+	if c.MaxInFlight <= 0 {
+		c.MaxInFlight = DefaultMaxInFlight
+	}
+	if c.MaxWaiting <= 0 {
+		c.MaxWaiting = DefaultMaxWaiting
+	}
+	if c.TwinBatch <= 0 {
+		c.TwinBatch = DefaultTwinBatch
+	}
+	if c.Retention <= 0 {
+		c.Retention = DefaultRetention
+	}
+	if c.Clock == nil {
+		c.Clock = clock.Real{}
+	}
+	if c.Log == nil {
+		c.Log = slog.Default()
+	}
+}
+
+// Service creates, reads, lists and cancels jobs, and (in Run) runs them.
+type Service struct {
+	cfg     Config
+	store   Store
+	clock   clock.Clock
+	log     *slog.Logger
+	slots   *limiter
+	waiting chan struct{} // semaphore of MaxWaiting
+	wake    chan struct{} // buffered 1: the scheduler should look again
+
+	mu      sync.Mutex
+	runners map[string]*runner // jobs being run, by id
+}
+
+// New returns a job service. Jobs run only while Run runs.
+func New(cfg Config) *Service {
+	cfg.defaults()
+	return &Service{
+		cfg: cfg, store: cfg.Store, clock: cfg.Clock, log: cfg.Log,
+		slots:   newLimiter(cfg.MaxInFlight),
+		waiting: make(chan struct{}, cfg.MaxWaiting),
+		wake:    make(chan struct{}, 1),
+		runners: map[string]*runner{},
+	}
+}
+
+// Create validates and stores a job (PUT /jobs/v2/{id}) and returns it,
+// queued.
+func (s *Service) Create(ctx context.Context, pathID string, body []byte) (*herd.Job, error) {
+	r, err := ParseRequest(pathID, body, s.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.store.CreateJob(ctx, r); err != nil {
+		return nil, err
+	}
+	s.log.Info("job created", "job_id", r.JobID, "op", string(r.Type), "start", r.StartTime.String())
+	s.poke()
+	return &r.Job, nil
+}
+
+// Get returns a job.
+func (s *Service) Get(ctx context.Context, id string) (*herd.Job, error) {
+	r, err := s.store.Job(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	return &r.Job, nil
+}
+
+// Cancel cancels a job: a job that has not started ends at once; a
+// running job's pending devices are canceled and its running ones finish.
+// A job that has ended is returned unchanged.
+func (s *Service) Cancel(ctx context.Context, id string) (*herd.Job, error) {
+	r, err := s.store.CancelJob(ctx, id, s.clock.Now())
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	run := s.runners[id]
+	s.mu.Unlock()
+	if run != nil {
+		run.cancel(errCancelled)
+	}
+	s.log.Info("job cancelled", "job_id", id)
+	s.poke()
+	return &r.Job, nil
+}
+
+// ListQuery is a parsed GET /jobs/v2/query.
+type ListQuery struct {
+	// Type and Status as the caller wrote them; matched
+	// case-insensitively ("" for any).
+	Type, Status string
+	// Continuation and PageSize page through the results.
+	Continuation string
+	PageSize     int
+}
+
+// MaxPageSize caps a page of jobs (§3.5).
+const MaxPageSize = 100
+
+// List returns a page of jobs and the continuation for the next page ("" on
+// the last page).
+func (s *Service) List(ctx context.Context, q ListQuery) ([]*herd.Job, string, error) {
+	f := ListFilter{After: q.Continuation, Limit: q.PageSize}
+	if f.Limit <= 0 || f.Limit > MaxPageSize {
+		f.Limit = MaxPageSize
+	}
+	if q.Type != "" {
+		t, ok := canonical(q.Type, []string{string(herd.JobDeviceMethod), string(herd.JobUpdateTwin)})
+		if !ok {
+			return []*herd.Job{}, "", nil
+		}
+		f.Type = herd.JobType(t)
+	}
+	if q.Status != "" {
+		st, ok := canonical(q.Status, []string{"queued", "enqueued", "scheduled", "running", "completed", "failed", "cancelled", "canceled"})
+		if !ok {
+			return []*herd.Job{}, "", nil
+		}
+		switch st {
+		case "enqueued":
+			st = string(herd.JobQueued)
+		case "canceled":
+			st = string(herd.JobCancelled)
+		}
+		f.Status = herd.JobStatus(st)
+	}
+	rs, next, err := s.store.ListJobs(ctx, f)
+	if err != nil {
+		return nil, "", err
+	}
+	out := make([]*herd.Job, len(rs))
+	for i, r := range rs {
+		out[i] = &r.Job
+	}
+	return out, next, nil
+}
+
+// canonical returns the value of names that equals v case-insensitively.
+func canonical(v string, names []string) (string, bool) {
+	for _, n := range names {
+		if strings.EqualFold(v, n) {
+			return n, true
+		}
+	}
+	return "", false
+}
+
+// poke wakes the scheduler.
+func (s *Service) poke() {
+	select {
+	case s.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Why a runner stops early.
+var (
+	errCancelled = errors.New("job cancelled")
+	errDeadline  = errors.New("job deadline passed")
+)
+
+// notify sends the desired-change notifications of a twin batch.
+func (s *Service) notify(body func(int64) []byte, updated []Updated) {
+	if body == nil || s.cfg.Twins == nil {
+		return
+	}
+	for _, u := range updated {
+		if u.DesiredVersion > 0 {
+			s.cfg.Twins.Notify(u.DeviceID, u.DesiredVersion, body(u.DesiredVersion))
+		}
+	}
+}
+
+var _ Notifier = (*twin.Service)(nil)
+
+func deadlineError(r *Record) herd.DeviceJobError {
+	return herd.DeviceJobError{Code: ErrCodeDeadline, Description: fmt.Sprintf(
+		"The job's maxExecutionTimeInSeconds (%d s) ran out before this device finished.", r.MaxExecutionTimeInSeconds)}
+}

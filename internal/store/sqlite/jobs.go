@@ -1,0 +1,549 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/job"
+)
+
+var _ job.Store = (*DB)(nil)
+
+// jobColumns are the jobs columns scanJob reads, in order.
+const jobColumns = `job_id, type, status, query_condition, created_time, start_time, end_time,
+	max_execution_seconds, request, failure_reason, status_message, device_count,
+	succeeded_count, failed_count, running_count, pending_count, started_time`
+
+func jobNotFound(id string) error {
+	return herd.Errorf(herd.ErrJobNotFound, "job %q does not exist", id)
+}
+
+func scanJob(row scanner) (*job.Record, error) {
+	var (
+		r                       job.Record
+		created, start, request string
+		end, started            sql.NullString
+		failure, message        sql.NullString
+		st                      herd.DeviceJobStatistics
+	)
+	err := row.Scan(&r.JobID, &r.Type, &r.Status, &r.QueryCondition, &created, &start, &end,
+		&r.MaxExecutionTimeInSeconds, &request, &failure, &message, &st.DeviceCount,
+		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started)
+	if err != nil {
+		return nil, err
+	}
+	c, s := parseTime(created), parseTime(start)
+	r.CreatedTime, r.StartTime = &c, &s
+	if end.Valid {
+		e := parseTime(end.String)
+		r.EndTime = &e
+	}
+	if started.Valid {
+		r.Started = parseTime(started.String).Time
+	}
+	r.FailureReason, r.StatusMessage = failure.String, message.String
+	r.DeviceJobStatistics = &st
+	r.Request = json.RawMessage(request)
+	if err := r.Decode(); err != nil {
+		return nil, fmt.Errorf("decode job %q: %w", r.JobID, err)
+	}
+	return &r, nil
+}
+
+func stamp(t time.Time) string { return herd.NewTime(t).String() }
+
+// CreateJob stores a new job.
+func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
+	res, err := db.write.ExecContext(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
+		created_time, start_time, max_execution_seconds, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		ON CONFLICT (job_id) DO NOTHING`,
+		r.JobID, string(r.Type), string(r.Status), r.QueryCondition, r.CreatedTime.String(),
+		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request))
+	if err != nil {
+		return fmt.Errorf("create job %q: %w", r.JobID, err)
+	}
+	if n, _ := res.RowsAffected(); n == 0 {
+		return herd.Errorf(herd.ErrJobAlreadyExists, "a job with id %q already exists", r.JobID)
+	}
+	return nil
+}
+
+// Job returns one job.
+func (db *DB) Job(ctx context.Context, id string) (*job.Record, error) {
+	return getJob(ctx, db.read, id)
+}
+
+type queryer interface {
+	QueryRowContext(ctx context.Context, query string, args ...any) *sql.Row
+}
+
+func getJob(ctx context.Context, q queryer, id string) (*job.Record, error) {
+	r, err := scanJob(q.QueryRowContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE job_id = ?`, id))
+	if errors.Is(err, sql.ErrNoRows) {
+		return nil, jobNotFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get job %q: %w", id, err)
+	}
+	return r, nil
+}
+
+// ListJobs returns a page of jobs in creation order.
+func (db *DB) ListJobs(ctx context.Context, f job.ListFilter) ([]*job.Record, string, error) {
+	where := []string{"1"}
+	var args []any
+	if f.Type != "" {
+		where, args = append(where, "type = ?"), append(args, string(f.Type))
+	}
+	if f.Status != "" {
+		where, args = append(where, "status = ?"), append(args, string(f.Status))
+	}
+	if f.After != "" {
+		created, id, err := decodeContinuation(f.After)
+		if err != nil {
+			return nil, "", err
+		}
+		where, args = append(where, "(created_time, job_id) > (?, ?)"), append(args, created, id)
+	}
+	args = append(args, f.Limit+1)
+	rows, err := db.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE `+strings.Join(where, " AND ")+`
+		ORDER BY created_time, job_id LIMIT ?`, args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("list jobs: %w", err)
+	}
+	defer rows.Close()
+	out := []*job.Record{}
+	for rows.Next() {
+		r, err := scanJob(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("list jobs: %w", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list jobs: %w", err)
+	}
+	next := ""
+	if len(out) > f.Limit {
+		out = out[:f.Limit]
+		last := out[len(out)-1]
+		next = base64.RawURLEncoding.EncodeToString([]byte(last.CreatedTime.String() + "\n" + last.JobID))
+	}
+	return out, next, nil
+}
+
+func decodeContinuation(token string) (created, id string, err error) {
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err == nil {
+		var ok bool
+		if created, id, ok = strings.Cut(string(b), "\n"); ok {
+			return created, id, nil
+		}
+	}
+	return "", "", herd.Errorf(herd.ErrArgumentInvalid, "the continuation token %q is not one this hub issued", token)
+}
+
+// ActiveJobs returns the jobs the engine looks after.
+func (db *DB) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs
+		WHERE status IN ('queued', 'scheduled', 'running') OR (status = 'cancelled' AND end_time IS NULL)
+		ORDER BY start_time, job_id`)
+	if err != nil {
+		return nil, fmt.Errorf("active jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []*job.Record
+	for rows.Next() {
+		r, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("active jobs: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ScheduleJob moves a queued job to scheduled.
+func (db *DB) ScheduleJob(ctx context.Context, id string, now time.Time) error {
+	_, err := db.write.ExecContext(ctx, `UPDATE jobs SET status = 'scheduled' WHERE job_id = ? AND status = 'queued'`, id)
+	if err != nil {
+		return fmt.Errorf("schedule job %q: %w", id, err)
+	}
+	return nil
+}
+
+// finishIfDone ends a running or cancelled job whose devices are all done.
+func finishIfDone(ctx context.Context, tx *sql.Tx, id string, now time.Time) error {
+	_, err := tx.ExecContext(ctx, `UPDATE jobs SET
+		status = CASE status WHEN 'running' THEN 'completed' ELSE status END,
+		end_time = ?,
+		status_message = CASE WHEN status_message IS NULL THEN
+			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
+			ELSE status_message END
+		WHERE job_id = ? AND end_time IS NULL AND status IN ('running', 'cancelled')
+		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
+	return err
+}
+
+// StartJob snapshots the target devices and starts the job.
+func (db *DB) StartJob(ctx context.Context, id string, cond job.Condition, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = 'running', started_time = ?
+			WHERE job_id = ? AND status IN ('queued', 'scheduled')`, stamp(now), id)
+		if err != nil {
+			return err
+		}
+		if n, _ := res.RowsAffected(); n == 1 {
+			var typ string
+			if err := tx.QueryRowContext(ctx, `SELECT type FROM jobs WHERE job_id = ?`, id).Scan(&typ); err != nil {
+				return err
+			}
+			zero, at := herd.Time{}.String(), stamp(now)
+			args := append([]any{id, typ, zero, zero, at, at}, cond.Args...)
+			res, err := tx.ExecContext(ctx, `INSERT INTO device_jobs (job_id, device_id, job_type, status,
+				start_time, end_time, created_time, last_updated_time)
+				SELECT ?, device_id, ?, 'pending', ?, ?, ?, ? FROM devices WHERE `+cond.Where, args...)
+			if err != nil {
+				return &conditionError{err}
+			}
+			n, _ := res.RowsAffected()
+			if _, err := tx.ExecContext(ctx, `UPDATE jobs SET device_count = ?, pending_count = ? WHERE job_id = ?`, n, n, id); err != nil {
+				return err
+			}
+			if err := finishIfDone(ctx, tx, id, now); err != nil {
+				return err
+			}
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	var ce *conditionError
+	if errors.As(err, &ce) {
+		return nil, herd.Errorf(herd.ErrArgumentInvalid, "the query condition could not be evaluated: %v", ce.err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// conditionError is a failure of the compiled query condition itself.
+type conditionError struct{ err error }
+
+func (e *conditionError) Error() string { return e.err.Error() }
+
+// FailJob ends a job that could not run.
+func (db *DB) FailJob(ctx context.Context, id, reason string, now time.Time) error {
+	_, err := db.write.ExecContext(ctx, `UPDATE jobs SET status = 'failed', failure_reason = ?, end_time = ?,
+		started_time = coalesce(started_time, ?) WHERE job_id = ? AND end_time IS NULL`, reason, stamp(now), stamp(now), id)
+	if err != nil {
+		return fmt.Errorf("fail job %q: %w", id, err)
+	}
+	return nil
+}
+
+// CancelJob cancels a job that has not ended.
+func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		var status string
+		err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE job_id = ?`, id).Scan(&status)
+		if errors.Is(err, sql.ErrNoRows) {
+			return jobNotFound(id)
+		}
+		if err != nil {
+			return err
+		}
+		at := stamp(now)
+		switch herd.JobStatus(status) {
+		case herd.JobQueued, herd.JobScheduled:
+			_, err = tx.ExecContext(ctx, `UPDATE jobs SET status = 'cancelled', end_time = ?,
+				status_message = 'cancelled before it started' WHERE job_id = ?`, at, id)
+		case herd.JobRunning:
+			var res sql.Result
+			res, err = tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'canceled', end_time = ?, last_updated_time = ?
+				WHERE job_id = ? AND status = 'pending'`, at, at, id)
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			if _, err = tx.ExecContext(ctx, `UPDATE jobs SET status = 'cancelled', pending_count = pending_count - ?,
+				failed_count = failed_count + ? WHERE job_id = ?`, n, n, id); err != nil {
+				return err
+			}
+			err = finishIfDone(ctx, tx, id, now)
+		}
+		if err != nil {
+			return err
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, err
+		}
+		return nil, fmt.Errorf("cancel job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// PendingDevices returns pending device ids after the cursor.
+func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT device_id FROM device_jobs
+		WHERE job_id = ? AND device_id > ? AND status = 'pending' ORDER BY device_id LIMIT ?`, id, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pending devices of job %q: %w", id, err)
+	}
+	defer rows.Close()
+	var out []string
+	for rows.Next() {
+		var d string
+		if err := rows.Scan(&d); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// ClaimDevices moves devices from pending to running.
+func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
+	list, err := json.Marshal(deviceIDs)
+	if err != nil {
+		return nil, err
+	}
+	var out []string
+	err = db.tx(ctx, func(tx *sql.Tx) error {
+		at := stamp(now)
+		rows, err := tx.QueryContext(ctx, `UPDATE device_jobs SET status = 'running', start_time = ?, last_updated_time = ?
+			WHERE job_id = ? AND status = 'pending' AND device_id IN (SELECT value FROM json_each(?))
+			RETURNING device_id`, at, at, id, string(list))
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var d string
+			if err := rows.Scan(&d); err != nil {
+				rows.Close()
+				return err
+			}
+			out = append(out, d)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE jobs SET pending_count = pending_count - ?, running_count = running_count + ?
+			WHERE job_id = ?`, len(out), len(out), id)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim devices of job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// outcomeRow is one outcome as FinishDevices passes it to SQL.
+type outcomeRow struct {
+	D string  `json:"d"`
+	O *string `json:"o"`
+	C *string `json:"c"`
+	E *string `json:"e"`
+}
+
+// FinishDevices records outcomes, grouped by transition, in one
+// transaction.
+func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
+	type key struct {
+		from string
+		to   herd.DeviceJobStatus
+	}
+	groups := map[key][]outcomeRow{}
+	for _, o := range outcomes {
+		row := outcomeRow{D: o.DeviceID}
+		if o.Response != nil {
+			b, err := json.Marshal(map[string]any{"deviceMethodResponse": o.Response})
+			if err != nil {
+				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
+			}
+			s := string(b)
+			row.O = &s
+		}
+		if o.Error != nil {
+			row.C, row.E = &o.Error.Code, &o.Error.Description
+		}
+		k := key{"running", o.Status}
+		if o.FromPending {
+			k.from = "pending"
+		}
+		groups[k] = append(groups[k], row)
+	}
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		at := stamp(now)
+		for k, rows := range groups {
+			list, err := json.Marshal(rows)
+			if err != nil {
+				return err
+			}
+			res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
+				start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
+				outcome = r.value ->> '$.o', error_code = r.value ->> '$.c', error_description = r.value ->> '$.e'
+				FROM json_each(?) AS r
+				WHERE device_jobs.job_id = ? AND device_jobs.device_id = r.value ->> '$.d' AND device_jobs.status = ?`,
+				string(k.to), at, at, at, string(list), id, k.from)
+			if err != nil {
+				return err
+			}
+			n, _ := res.RowsAffected()
+			from := "running_count"
+			if k.from == "pending" {
+				from = "pending_count"
+			}
+			to := "failed_count"
+			if k.to == herd.DeviceJobCompleted {
+				to = "succeeded_count"
+			}
+			if _, err := tx.ExecContext(ctx, `UPDATE jobs SET `+from+` = `+from+` - ?, `+to+` = `+to+` + ? WHERE job_id = ?`, n, n, id); err != nil {
+				return err
+			}
+		}
+		return finishIfDone(ctx, tx, id, now)
+	})
+	if err != nil {
+		return fmt.Errorf("record outcomes of job %q: %w", id, err)
+	}
+	return nil
+}
+
+// ExpireJob ends a job at its deadline.
+func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error {
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		at := stamp(now)
+		res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'failed', end_time = ?, last_updated_time = ?,
+			error_code = ?, error_description = ? WHERE job_id = ? AND status IN ('pending', 'running')`,
+			at, at, devErr.Code, devErr.Description, id)
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		_, err = tx.ExecContext(ctx, `UPDATE jobs SET
+			failed_count = failed_count + ?, pending_count = 0, running_count = 0, end_time = ?,
+			failure_reason = CASE status WHEN 'running' THEN ? ELSE failure_reason END,
+			status_message = succeeded_count || ' of ' || device_count || ' devices succeeded, ' || (failed_count + ?) || ' failed',
+			status = CASE status WHEN 'running' THEN 'failed' ELSE status END
+			WHERE job_id = ? AND end_time IS NULL`, n, at, reason, n, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("expire job %q: %w", id, err)
+	}
+	return nil
+}
+
+// InterruptRunning fails the running devices of a job.
+func (db *DB) InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error) {
+	var n int64
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		at := stamp(now)
+		res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'failed', end_time = ?, last_updated_time = ?,
+			error_code = ?, error_description = ? WHERE job_id = ? AND status = 'running'`,
+			at, at, devErr.Code, devErr.Description, id)
+		if err != nil {
+			return err
+		}
+		n, _ = res.RowsAffected()
+		if _, err := tx.ExecContext(ctx, `UPDATE jobs SET running_count = running_count - ?, failed_count = failed_count + ?
+			WHERE job_id = ?`, n, n, id); err != nil {
+			return err
+		}
+		return finishIfDone(ctx, tx, id, now)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("interrupt running devices of job %q: %w", id, err)
+	}
+	return int(n), nil
+}
+
+// purgeChunk is how many device records one purge transaction deletes, so
+// that purging a large job never holds the writer for long.
+const purgeChunk = 20000
+
+// PurgeJobs deletes jobs that ended before the given time.
+func (db *DB) PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT job_id FROM jobs WHERE end_time IS NOT NULL AND end_time < ?`, stamp(endedBefore))
+	if err != nil {
+		return 0, fmt.Errorf("find old jobs: %w", err)
+	}
+	var ids []string
+	for rows.Next() {
+		var id string
+		if err := rows.Scan(&id); err != nil {
+			rows.Close()
+			return 0, err
+		}
+		ids = append(ids, id)
+	}
+	rows.Close()
+	for _, id := range ids {
+		for {
+			res, err := db.write.ExecContext(ctx, `DELETE FROM device_jobs WHERE job_id = ? AND device_id IN
+				(SELECT device_id FROM device_jobs WHERE job_id = ? LIMIT ?)`, id, id, purgeChunk)
+			if err != nil {
+				return 0, fmt.Errorf("purge job %q: %w", id, err)
+			}
+			if n, _ := res.RowsAffected(); n < purgeChunk {
+				break
+			}
+		}
+		if _, err := db.write.ExecContext(ctx, `DELETE FROM jobs WHERE job_id = ?`, id); err != nil {
+			return 0, fmt.Errorf("purge job %q: %w", id, err)
+		}
+	}
+	return len(ids), nil
+}
+
+// DeviceJobs returns a job's device records in device order (for tests and
+// tools; clients read them with SELECT * FROM devices.jobs).
+func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT device_id, job_id, job_type, status, start_time, end_time,
+		created_time, last_updated_time, outcome, error_code, error_description
+		FROM device_jobs WHERE job_id = ? ORDER BY device_id`, id)
+	if err != nil {
+		return nil, fmt.Errorf("device records of job %q: %w", id, err)
+	}
+	defer rows.Close()
+	var out []herd.DeviceJob
+	for rows.Next() {
+		var (
+			d                            herd.DeviceJob
+			start, end, created, updated string
+			outcome, code, desc          sql.NullString
+		)
+		if err := rows.Scan(&d.DeviceID, &d.JobID, &d.JobType, &d.Status, &start, &end, &created, &updated,
+			&outcome, &code, &desc); err != nil {
+			return nil, err
+		}
+		d.StartTimeUTC, d.EndTimeUTC = parseTime(start), parseTime(end)
+		d.CreatedDateTimeUTC, d.LastUpdatedDateTimeUTC = parseTime(created), parseTime(updated)
+		if outcome.Valid {
+			d.Outcome = &herd.DeviceJobOutcome{}
+			if err := json.Unmarshal([]byte(outcome.String), d.Outcome); err != nil {
+				return nil, err
+			}
+		}
+		if code.Valid {
+			d.Error = &herd.DeviceJobError{Code: code.String, Description: desc.String}
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
