@@ -9,6 +9,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/job"
 )
 
 func serveCommand(e *env) *cobra.Command {
@@ -53,6 +54,8 @@ gateway. Every flag can also be set with a HERD_* environment variable
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM) to use instead of the generated one")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "key (PEM) of --tls-cert")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without authorization")
+	f.DurationVar(&cfg.JobRetention, "job-retention", job.DefaultRetention, "how long finished jobs are kept before they are purged")
+	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

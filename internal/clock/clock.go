@@ -43,7 +43,7 @@ func FromNow(now func() time.Time) Clock {
 
 type nowClock func() time.Time
 
-func (c nowClock) Now() time.Time                             { return c() }
+func (c nowClock) Now() time.Time                          { return c() }
 func (nowClock) AfterFunc(d time.Duration, f func()) Timer { return time.AfterFunc(d, f) }
 
 // Fake is a manual clock: time stands still until Advance or Set moves it,

@@ -25,6 +25,7 @@ import (
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/httpapi"
+	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
@@ -45,7 +46,12 @@ type Config struct {
 	TLSCert, TLSKey string
 	// MetricsPublic serves /metrics without authorization.
 	MetricsPublic bool
-	Log           *slog.Logger
+	// JobRetention is how long finished jobs are kept (0: 30 days).
+	JobRetention time.Duration
+	// JobMaxInFlight caps the device operations in flight across all
+	// jobs (0: job.DefaultMaxInFlight).
+	JobMaxInFlight int
+	Log            *slog.Logger
 	// Now is the hub's clock.
 	Now func() time.Time
 }
@@ -85,6 +91,7 @@ type Hub struct {
 	Auth     *auth.Service
 	Registry *registry.Service
 	Twins    *twin.Service
+	Jobs     *job.Service
 	Metrics  *prometheus.Registry
 
 	tlsConfig *tls.Config
@@ -124,8 +131,9 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	h.Twins = twin.NewService(h.DB, cfg.Now, nil)
 	h.Metrics = prometheus.NewRegistry()
 	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	h.Jobs = newJobs(h, cfg)
 	h.api = httpapi.New(httpapi.Config{
-		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
+		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs,
 		Metrics: h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		Log: cfg.Log, Now: cfg.Now,
 	})
@@ -232,6 +240,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return h.Registry.Run(ctx) })
+	g.Go(func() error { return h.Jobs.Run(ctx) })
 	return g.Wait()
 }
 

@@ -30,10 +30,10 @@ const VersionMarker = `"$lastUpdatedVersion":-1`
 // non-object value (a merge would keep their stale children); it is nil
 // when there are none.
 type MergePlan struct {
-	Tags, Desired          []byte
+	Tags, Desired           []byte
 	ClearTags, ClearDesired bool
-	MetaClear              []byte
-	DesiredMeta            []byte
+	MetaClear               []byte
+	DesiredMeta             []byte
 	// TagsPatchSize and DesiredPatchSize are the patch texts' lengths,
 	// which bound how much a merge can grow a section.
 	TagsPatchSize, DesiredPatchSize int

@@ -46,3 +46,7 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 		t.Errorf("missing setting = %q, %v", v, err)
 	}
 }
+
+func TestJobConformance(t *testing.T) {
+	storetest.RunJobs(t, func(t *testing.T) storetest.JobStore { return open(t) })
+}

@@ -1,0 +1,387 @@
+package job_test
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/job"
+)
+
+func TestTwinJobScheduledStartsAtStartTime(t *testing.T) {
+	e := newEnv(t)
+	e.devices("d1", "d2", "d3", "d4", "d5", "other")
+	start := t0.Add(time.Hour).Format(time.RFC3339Nano)
+	j := e.create("tw", `{"jobId":"tw","type":"scheduleUpdateTwin","queryCondition":"sql:device_id LIKE 'd%'",
+		"updateTwin":{"etag":"*","tags":{"site":"north"},"properties":{"desired":{"fw":"2.0"},"reported":{}}},
+		"startTime":"`+start+`","maxExecutionTimeInSeconds":600}`)
+	if j.Status != herd.JobQueued {
+		t.Errorf("PUT reply status %s, want queued", j.Status)
+	}
+	e.waitFor("tw", "scheduled", func(j *herd.Job) bool { return j.Status == herd.JobScheduled })
+	e.clock.Advance(59 * time.Minute)
+	if j := e.get("tw"); j.Status != herd.JobScheduled {
+		t.Fatalf("started early: %s", j.Status)
+	}
+	e.devices("d6") // created before the start: targeted
+	e.clock.Advance(time.Minute)
+	j = e.waitEnded("tw")
+	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 6, SucceededCount: 6}) {
+		t.Fatalf("job: %s %+v", j.Status, stats(j))
+	}
+	if !j.EndTime.Equal(t0.Add(time.Hour)) || j.StatusMessage == "" {
+		t.Errorf("end %v message %q", j.EndTime, j.StatusMessage)
+	}
+	for _, id := range []string{"d1", "d6"} {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(e.notes.of(id)) == 0 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // notifications follow the commit
+		}
+		_, doc, err := e.db.Twin(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc.Tags["site"] != "north" || doc.Desired["fw"] != "2.0" || doc.DesiredVersion != 2 {
+			t.Errorf("%s twin: tags %v desired %v v%d", id, doc.Tags, doc.Desired, doc.DesiredVersion)
+		}
+		if n := e.notes.of(id); len(n) != 1 || n[0] != `2 {"fw":"2.0","$version":2}` {
+			t.Errorf("%s notifications: %q", id, n)
+		}
+	}
+	if _, doc, _ := e.db.Twin(context.Background(), "other"); doc.Tags["site"] != nil {
+		t.Error("a device outside the condition was patched")
+	}
+	// Devices created after the snapshot are not targeted.
+	e.devices("d7")
+	if r := e.records("tw"); len(r) != 6 || r["d7"].DeviceID != "" {
+		t.Errorf("records: %d", len(r))
+	}
+}
+
+func TestTwinJobSections(t *testing.T) {
+	for _, tc := range []struct {
+		name, patch string
+		tags        bool
+		desired     int64
+	}{
+		{"tags only", `{"etag":"*","tags":{"t":1}}`, true, 1},
+		{"desired only", `{"etag":"*","properties":{"desired":{"d":1}}}`, false, 2},
+		{"both", `{"etag":"*","tags":{"t":1},"properties":{"desired":{"d":1}}}`, true, 2},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEnv(t)
+			e.devices("a", "b")
+			e.create("j", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":`+tc.patch+`}`)
+			if j := e.waitEnded("j"); j.Status != herd.JobCompleted || j.DeviceJobStatistics.SucceededCount != 2 {
+				t.Fatalf("%s %+v", j.Status, stats(j))
+			}
+			_, doc, _ := e.db.Twin(context.Background(), "a")
+			if (doc.Tags["t"] != nil) != tc.tags || doc.DesiredVersion != tc.desired || doc.Version != 2 {
+				t.Errorf("twin: tags %v desired v%d version %d", doc.Tags, doc.DesiredVersion, doc.Version)
+			}
+			if tc.desired == 2 {
+				// Notifications follow the commit.
+				deadline := time.Now().Add(10 * time.Second)
+				for len(e.notes.of("a")) == 0 && time.Now().Before(deadline) {
+					time.Sleep(5 * time.Millisecond)
+				}
+			}
+			if got := len(e.notes.of("a")); (got == 1) != (tc.desired == 2) {
+				t.Errorf("%d notifications", got)
+			}
+		})
+	}
+}
+
+func TestJobMatchingNothingAndBadCondition(t *testing.T) {
+	e := newEnv(t)
+	e.devices("a")
+	e.create("none", `{"type":"scheduleUpdateTwin","queryCondition":"sql:device_id = 'zzz'","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	if j := e.waitEnded("none"); j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{}) {
+		t.Errorf("empty job: %s %+v", j.Status, stats(j))
+	}
+	e.create("bad", `{"type":"scheduleUpdateTwin","queryCondition":"SELECT * FROM devices","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	j := e.waitEnded("bad")
+	if j.Status != herd.JobFailed || j.FailureReason == "" {
+		t.Errorf("bad condition: %s %q", j.Status, j.FailureReason)
+	}
+	e.create("sqlerr", `{"type":"scheduleUpdateTwin","queryCondition":"sql:nope = 1","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	if j := e.waitEnded("sqlerr"); j.Status != herd.JobFailed || j.FailureReason == "" {
+		t.Errorf("condition the store cannot run: %s %q", j.Status, j.FailureReason)
+	}
+}
+
+func TestMethodJob(t *testing.T) {
+	e := newEnv(t)
+	e.devices("on1", "on2", "off", "late", "silent")
+	e.fleet.connect("on1", "on2", "silent")
+	// connectTimeoutInSeconds 30: offline devices are waited for.
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":
+		{"methodName":"reboot","payload":{"delay":1},"responseTimeoutInSeconds":10,"connectTimeoutInSeconds":30}}`)
+	e.waitFor("m", "waiting for two offline devices", func(j *herd.Job) bool {
+		st := stats(j)
+		return st.SucceededCount == 2 && st.FailedCount == 1 && st.PendingCount == 2
+	})
+	e.fleet.connect("late") // comes online mid-job: invoked at once
+	e.waitFor("m", "done with late", func(j *herd.Job) bool { return j.DeviceJobStatistics.SucceededCount == 3 })
+	e.clock.Advance(30 * time.Second) // "off" never connects
+	j := e.waitEnded("m")
+	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 5, SucceededCount: 3, FailedCount: 2}) {
+		t.Fatalf("job: %s %+v", j.Status, stats(j))
+	}
+	r := e.records("m")
+	if o := r["on1"].Outcome; r["on1"].Status != herd.DeviceJobCompleted || o == nil || o.DeviceMethodResponse.Status != 200 ||
+		string(o.DeviceMethodResponse.Payload) != `{"device":"on1","method":"reboot"}` {
+		t.Errorf("on1: %+v", r["on1"])
+	}
+	if d := r["off"]; d.Status != herd.DeviceJobFailed || d.Error == nil || d.Error.Code != "DeviceNotOnline" ||
+		d.Error.Description != "Timed out waiting for device to connect." || d.Outcome != nil {
+		t.Errorf("off: %+v %+v", d, d.Error)
+	}
+	if d := r["silent"]; d.Status != herd.DeviceJobFailed || d.Error.Code != "GatewayTimeout" {
+		t.Errorf("silent: %+v", d)
+	}
+	if d := r["late"]; d.Status != herd.DeviceJobCompleted {
+		t.Errorf("late: %+v", d)
+	}
+	for _, id := range []string{"on1", "on2", "late", "silent"} {
+		if n := e.fleet.callCount(id); n != 1 {
+			t.Errorf("%s invoked %d times", id, n)
+		}
+	}
+	if n := e.fleet.callCount("off"); n != 0 {
+		t.Errorf("an offline device was invoked %d times", n)
+	}
+}
+
+func TestMethodJobNoConnectTimeoutFailsOfflineAtOnce(t *testing.T) {
+	e := newEnv(t)
+	e.devices("on", "off1", "off2")
+	e.fleet.connect("on")
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	j := e.waitEnded("m")
+	if stats(j) != (herd.DeviceJobStatistics{DeviceCount: 3, SucceededCount: 1, FailedCount: 2}) || j.Status != herd.JobCompleted {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	if d := e.records("m")["off1"]; d.Error == nil || d.Error.Code != "DeviceNotOnline" {
+		t.Errorf("off1: %+v", d)
+	}
+}
+
+func TestDeadline(t *testing.T) {
+	e := newEnv(t)
+	e.devices("busy", "off")
+	e.fleet.connect("busy")
+	e.fleet.hold = make(chan struct{}) // busy never answers
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","maxExecutionTimeInSeconds":60,
+		"cloudToDeviceMethod":{"methodName":"reboot","responseTimeoutInSeconds":300,"connectTimeoutInSeconds":300}}`)
+	e.waitFor("m", "running busy", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 1 })
+	e.clock.Advance(60 * time.Second)
+	j := e.waitEnded("m")
+	if j.Status != herd.JobFailed || !strings.Contains(j.FailureReason, "maxExecutionTimeInSeconds") ||
+		stats(j) != (herd.DeviceJobStatistics{DeviceCount: 2, FailedCount: 2}) {
+		t.Fatalf("%s %q %+v", j.Status, j.FailureReason, stats(j))
+	}
+	for id, d := range e.records("m") {
+		if d.Error == nil || d.Error.Code != job.ErrCodeDeadline {
+			t.Errorf("%s: %+v", id, d)
+		}
+	}
+	// A twin job with a deadline that has passed before it could run
+	// many batches still ends failed with every device accounted for.
+}
+
+func TestCancelDuringRun(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 2 })
+	ids := []string{"a", "b", "c", "d", "e", "f"}
+	e.devices(ids...)
+	e.fleet.connect(ids...)
+	e.fleet.hold = make(chan struct{})
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	e.waitFor("m", "running 2", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 2 })
+	j, err := e.svc.Cancel(context.Background(), "m")
+	if err != nil || j.Status != herd.JobCancelled || j.EndTime != nil {
+		t.Fatalf("cancel: %+v %v", j, err)
+	}
+	if st := stats(j); st.RunningCount != 2 || st.FailedCount != 4 || st.PendingCount != 0 {
+		t.Errorf("after cancel: %+v", st)
+	}
+	close(e.fleet.hold) // the running calls finish
+	j = e.waitEnded("m")
+	if j.Status != herd.JobCancelled || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 6, SucceededCount: 2, FailedCount: 4}) {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	canceled := 0
+	for _, d := range e.records("m") {
+		if d.Status == herd.DeviceJobCanceled {
+			canceled++
+		}
+	}
+	if canceled != 4 {
+		t.Errorf("%d canceled records, want 4", canceled)
+	}
+	total := 0
+	for _, id := range ids {
+		total += e.fleet.callCount(id)
+	}
+	if total != 2 {
+		t.Errorf("%d devices invoked, want the 2 that were running", total)
+	}
+}
+
+func TestCancelBeforeStart(t *testing.T) {
+	e := newEnv(t)
+	e.devices("a")
+	e.fleet.connect("a")
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x"},
+		"startTime":"`+t0.Add(time.Hour).Format(time.RFC3339)+`"}`)
+	e.waitFor("m", "scheduled", func(j *herd.Job) bool { return j.Status == herd.JobScheduled })
+	j, err := e.svc.Cancel(context.Background(), "m")
+	if err != nil || j.Status != herd.JobCancelled || j.EndTime == nil {
+		t.Fatalf("%+v %v", j, err)
+	}
+	e.clock.Advance(2 * time.Hour)
+	e.create("after", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x"}}`)
+	e.waitEnded("after")
+	if j := e.get("m"); j.Status != herd.JobCancelled || j.DeviceJobStatistics.DeviceCount != 0 {
+		t.Errorf("cancelled job ran: %+v", j)
+	}
+	if n := e.fleet.callCount("a"); n != 1 {
+		t.Errorf("a invoked %d times, want once (by the second job)", n)
+	}
+}
+
+func TestManyConcurrentJobsOverOverlappingDevices(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 7 })
+	var ids []string
+	for i := range 40 {
+		ids = append(ids, fmt.Sprintf("dev%02d", i))
+	}
+	e.devices(ids...)
+	e.fleet.connect(ids...)
+	const twinJobs, methodJobs = 6, 6
+	var wg sync.WaitGroup
+	for i := range twinJobs + methodJobs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cond := "*"
+			if i%2 == 1 {
+				cond = "sql:device_id >= 'dev20'"
+			}
+			body := fmt.Sprintf(`{"type":"scheduleUpdateTwin","queryCondition":%q,"updateTwin":{"etag":"*","properties":{"desired":{"j%d":%d}}}}`, cond, i, i)
+			if i >= twinJobs {
+				body = fmt.Sprintf(`{"type":"scheduleDeviceMethod","queryCondition":%q,"cloudToDeviceMethod":{"methodName":"m%d"}}`, cond, i)
+			}
+			e.create(fmt.Sprintf("job%d", i), body)
+		}()
+	}
+	wg.Wait()
+	for i := range twinJobs + methodJobs {
+		j := e.waitEnded(fmt.Sprintf("job%d", i))
+		want := int64(40)
+		if i%2 == 1 {
+			want = 20
+		}
+		if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: want, SucceededCount: want}) {
+			t.Errorf("job%d: %s %+v", i, j.Status, stats(j))
+		}
+	}
+	// Each twin job bumped desired $version exactly once per device.
+	for _, id := range []string{"dev00", "dev39"} {
+		_, doc, _ := e.db.Twin(context.Background(), id)
+		want := int64(1 + twinJobs/2)
+		if id == "dev39" {
+			want = 1 + twinJobs
+		}
+		if doc.DesiredVersion != want || len(doc.Desired) != int(want-1) {
+			t.Errorf("%s desired v%d %v, want v%d", id, doc.DesiredVersion, doc.Desired, want)
+		}
+		if n := e.fleet.callCount(id); n != int(want-1) {
+			t.Errorf("%s invoked %d times, want %d", id, n, want-1)
+		}
+	}
+	if e.fleet.maxInFlight > 7 {
+		t.Errorf("%d calls in flight, cap 7", e.fleet.maxInFlight)
+	}
+}
+
+func TestStatisticsAddUpWhileRunning(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 16 })
+	var ids []string
+	for i := range 300 {
+		ids = append(ids, fmt.Sprintf("s%03d", i))
+	}
+	e.devices(ids...)
+	e.fleet.connect(ids[:200]...)
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x"}}`)
+	e.create("t", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	// e.get checks deviceCount = succeeded + failed + running + pending
+	// on every read.
+	for _, id := range []string{"m", "t"} {
+		e.waitFor(id, "ended", func(j *herd.Job) bool { return j.EndTime != nil })
+	}
+	if st := stats(e.get("m")); st != (herd.DeviceJobStatistics{DeviceCount: 300, SucceededCount: 200, FailedCount: 100}) {
+		t.Errorf("method job: %+v", st)
+	}
+}
+
+func TestRestartResumesWithoutInvokingTwice(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 3 })
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, fmt.Sprintf("r%d", i))
+	}
+	e.devices(ids...)
+	e.fleet.connect(ids...)
+	e.fleet.hold = make(chan struct{})
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x"}}`)
+	e.waitFor("m", "3 in flight", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 3 })
+	e.stop() // the hub stops with 3 calls in flight and 7 pending
+	e.fleet.hold = nil
+	e.open(func(c *job.Config) { c.MaxInFlight = 3 })
+	j := e.waitEnded("m")
+	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 10, SucceededCount: 7, FailedCount: 3}) {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	interrupted := 0
+	for id, d := range e.records("m") {
+		if n := e.fleet.callCount(id); n != 1 {
+			t.Errorf("%s invoked %d times", id, n)
+		}
+		if d.Error != nil && d.Error.Code == job.ErrCodeInterrupted {
+			interrupted++
+		}
+	}
+	if interrupted != 3 {
+		t.Errorf("%d interrupted records, want 3", interrupted)
+	}
+}
+
+func TestRetention(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.Retention = 48 * time.Hour })
+	e.devices("a")
+	e.create("old", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	e.waitEnded("old")
+	e.clock.Advance(47 * time.Hour)
+	if _, err := e.svc.Get(context.Background(), "old"); err != nil {
+		t.Fatalf("purged early: %v", err)
+	}
+	e.clock.Advance(2 * time.Hour)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		_, err := e.svc.Get(context.Background(), "old")
+		if herd.IsCode(err, herd.ErrJobNotFound) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("not purged after the retention period: %v", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+		e.clock.Advance(time.Hour) // the hourly purge re-arms its timer asynchronously
+	}
+}

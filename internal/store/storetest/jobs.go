@@ -1,0 +1,539 @@
+package storetest
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"math/rand"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// JobStore is a store with jobs.
+type JobStore interface {
+	Store
+	job.Store
+	// DeviceJobs returns a job's device records in device order.
+	DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error)
+}
+
+// RunJobs runs the job store suite. open returns a new, empty store.
+func RunJobs(t *testing.T, open func(t *testing.T) JobStore) {
+	tests := []struct {
+		name string
+		fn   func(*testing.T, JobStore)
+	}{
+		{"CreateGetList", testJobCreateGetList},
+		{"TwinBatchMatchesApply", testTwinBatchMatchesApply},
+		{"TwinBatchLimitsAndDeletedDevices", testTwinBatchEdges},
+		{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
+		{"CancelAndExpire", testCancelAndExpire},
+		{"Purge", testPurge},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+	}
+}
+
+// everyDevice is the compiled condition "*".
+var everyDevice = job.Condition{Where: "1"}
+
+func newJob(t *testing.T, id string, typ herd.JobType, body string) *job.Record {
+	t.Helper()
+	r, err := job.ParseRequest(id, []byte(body), t0)
+	if err != nil {
+		t.Fatalf("ParseRequest(%s): %v", body, err)
+	}
+	if r.Type != typ {
+		t.Fatalf("type %s", r.Type)
+	}
+	return r
+}
+
+func twinJob(t *testing.T, s JobStore, id, patch string) *job.Record {
+	t.Helper()
+	r := newJob(t, id, herd.JobUpdateTwin, `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":`+patch+`}`)
+	if err := s.CreateJob(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func methodJob(t *testing.T, s JobStore, id string) *job.Record {
+	t.Helper()
+	r := newJob(t, id, herd.JobDeviceMethod, `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	if err := s.CreateJob(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// checkStats fails unless the job's statistics add up and equal want.
+func checkStats(t *testing.T, s JobStore, id string, want herd.DeviceJobStatistics) *job.Record {
+	t.Helper()
+	r, err := s.Job(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := *r.DeviceJobStatistics
+	if st.DeviceCount != st.SucceededCount+st.FailedCount+st.RunningCount+st.PendingCount {
+		t.Errorf("job %s statistics do not add up: %+v", id, st)
+	}
+	if st != want {
+		t.Errorf("job %s statistics = %+v, want %+v", id, st, want)
+	}
+	return r
+}
+
+func testJobCreateGetList(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	a := twinJob(t, s, "job-a", `{"etag":"*","tags":{"x":1}}`)
+	methodJob(t, s, "job-b")
+	if err := s.CreateJob(ctx, a); !herd.IsCode(err, herd.ErrJobAlreadyExists) {
+		t.Errorf("duplicate: %v, want JobAlreadyExists", err)
+	}
+	if _, err := s.Job(ctx, "nope"); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("unknown job: %v, want JobNotFound", err)
+	}
+	got, err := s.Job(ctx, "job-a")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != herd.JobQueued || got.QueryCondition != "*" || got.MaxExecutionTimeInSeconds != 3600 ||
+		!got.CreatedTime.Equal(t0) || got.UpdateTwin == nil || got.UpdateTwin.ETag != "*" || got.EndTime != nil {
+		t.Errorf("job read back: %+v", got.Job)
+	}
+	if string(got.Request) != `{"etag":"*","tags":{"x":1}}` {
+		t.Errorf("request = %s", got.Request)
+	}
+	m, err := s.Job(ctx, "job-b")
+	if err != nil || m.CloudToDeviceMethod == nil || m.CloudToDeviceMethod.MethodName != "reboot" ||
+		m.CloudToDeviceMethod.ResponseTimeoutInSeconds != 30 || string(m.CloudToDeviceMethod.Payload) != "null" {
+		t.Errorf("method job read back: %+v %v", m, err)
+	}
+	for i := range 5 {
+		methodJob(t, s, fmt.Sprintf("job-c%d", i))
+	}
+	var all []string
+	after := ""
+	for pages := 0; ; pages++ {
+		page, next, err := s.ListJobs(ctx, job.ListFilter{After: after, Limit: 3})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, r := range page {
+			all = append(all, r.JobID)
+		}
+		if next == "" {
+			break
+		}
+		if pages > 5 {
+			t.Fatal("paging does not end")
+		}
+		after = next
+	}
+	if len(all) != 7 || !slices.Contains(all, "job-a") || !slices.Contains(all, "job-c4") {
+		t.Errorf("all pages = %v", all)
+	}
+	page, next, err := s.ListJobs(ctx, job.ListFilter{Type: herd.JobUpdateTwin, Limit: 3})
+	if err != nil || len(page) != 1 || page[0].JobID != "job-a" || next != "" {
+		t.Errorf("type filter: %d jobs, next %q, %v", len(page), next, err)
+	}
+	page, _, err = s.ListJobs(ctx, job.ListFilter{Status: herd.JobCompleted, Limit: 3})
+	if err != nil || len(page) != 0 {
+		t.Errorf("status filter: %d jobs, %v", len(page), err)
+	}
+	if _, _, err := s.ListJobs(ctx, job.ListFilter{After: "garbage!", Limit: 3}); !herd.IsCode(err, herd.ErrArgumentInvalid) {
+		t.Errorf("bad continuation: %v", err)
+	}
+}
+
+// randomValue returns a random twin value (objects nest up to depth).
+func randomValue(r *rand.Rand, depth int) any {
+	switch n := r.Intn(7); {
+	case n == 0 && depth > 0:
+		return randomObject(r, depth-1, true)
+	case n == 1:
+		return json.Number(fmt.Sprint(r.Intn(1000)))
+	case n == 2:
+		return r.Intn(2) == 0
+	case n == 3:
+		return []any{json.Number("1"), "two"}
+	case n == 4:
+		return nil
+	default:
+		return fmt.Sprintf("v%d", r.Intn(100))
+	}
+}
+
+func randomObject(r *rand.Rand, depth int, nulls bool) map[string]any {
+	m := map[string]any{}
+	for range r.Intn(4) + 1 {
+		v := randomValue(r, depth)
+		if v == nil && !nulls {
+			continue
+		}
+		m[[]string{"a", "b", "c", "d"}[r.Intn(4)]] = v
+	}
+	return m
+}
+
+func canonical(t *testing.T, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var x any
+	if err := json.Unmarshal(b, &x); err != nil {
+		t.Fatal(err)
+	}
+	b, _ = json.Marshal(x)
+	return string(b)
+}
+
+// testTwinBatchMatchesApply checks that a batch patches every twin exactly
+// as twin.Doc.Apply does: merge, versions, etag and $metadata.
+func testTwinBatchMatchesApply(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	r := rand.New(rand.NewSource(7))
+	for round := range 12 {
+		// Devices with random twins.
+		var ids []string
+		expect := map[string]*twin.Doc{}
+		var ops []registry.Op
+		for i := range 8 {
+			id := fmt.Sprintf("r%02d-d%d", round, i)
+			ids = append(ids, id)
+			doc := twin.NewDoc(t0)
+			for range r.Intn(3) {
+				p := twin.Patch{Tags: twin.Change{Set: true, Value: randomObject(r, 2, false)},
+					Desired: twin.Change{Set: true, Value: randomObject(r, 2, false)}}
+				if _, err := doc.Apply(p, false, t0); err != nil {
+					t.Fatal(err)
+				}
+			}
+			ops = append(ops, registry.Op{Kind: registry.OpCreate, DeviceID: id, Device: device(id), Twin: doc})
+		}
+		if _, err := s.ApplyDevices(ctx, ops); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range ids {
+			_, doc, err := s.Twin(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			expect[id] = doc
+		}
+		// A random job patch: some rounds clear a section.
+		var p twin.Patch
+		switch round % 4 {
+		case 0:
+			p.Tags = twin.Change{Set: true, Value: randomObject(r, 2, true)}
+		case 1:
+			p.Desired = twin.Change{Set: true, Value: randomObject(r, 3, true)}
+		case 2:
+			p.Tags = twin.Change{Set: true, Value: randomObject(r, 2, true)}
+			p.Desired = twin.Change{Set: true, Value: randomObject(r, 3, true)}
+		case 3:
+			p.Tags = twin.Change{Set: round%8 == 3, Value: nil}
+			p.Desired = twin.Change{Set: true, Value: nil}
+		}
+		body := map[string]any{"etag": "*"}
+		if p.Tags.Set {
+			body["tags"] = p.Tags.Value
+		}
+		if p.Desired.Set {
+			body["properties"] = map[string]any{"desired": p.Desired.Value}
+		}
+		b, _ := json.Marshal(body)
+		jid := fmt.Sprintf("job-%d", round)
+		twinJob(t, s, jid, string(b))
+		cond := job.Condition{Where: "device_id LIKE ?", Args: []any{fmt.Sprintf("r%02d-%%", round)}}
+		now := t0.Add(time.Duration(round+1) * time.Minute)
+		if _, err := s.StartJob(ctx, jid, cond, now); err != nil {
+			t.Fatal(err)
+		}
+		stored, err := s.Job(ctx, jid)
+		if err != nil {
+			t.Fatal(err)
+		}
+		jp, err := job.Patch(stored)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := s.ApplyTwinBatch(ctx, jid, jp, "", 100, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !res.Done || len(res.Updated) != len(ids) || res.Failed != 0 {
+			t.Fatalf("round %d: batch result %+v", round, res)
+		}
+		versions := map[string]int64{}
+		for _, u := range res.Updated {
+			versions[u.DeviceID] = u.DesiredVersion
+		}
+		for _, id := range ids {
+			want := expect[id]
+			up, err := want.Apply(jp, false, now)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, got, err := s.Twin(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, f := range []struct {
+				name      string
+				got, want any
+			}{
+				{"tags", got.Tags, want.Tags}, {"desired", got.Desired, want.Desired},
+				{"desired $metadata", got.DesiredMeta, want.DesiredMeta},
+				{"versions", []int64{got.Version, got.ETag, got.DesiredVersion, got.ReportedVersion},
+					[]int64{want.Version, want.ETag, want.DesiredVersion, want.ReportedVersion}},
+			} {
+				if g, w := canonical(t, f.got), canonical(t, f.want); g != w {
+					t.Errorf("round %d %s %s:\n got %s\nwant %s\npatch %s", round, id, f.name, g, w, b)
+				}
+			}
+			if versions[id] != up.DesiredVersion {
+				t.Errorf("round %d %s: batch says desired version %d, want %d", round, id, versions[id], up.DesiredVersion)
+			}
+		}
+		checkStats(t, s, jid, herd.DeviceJobStatistics{DeviceCount: 8, SucceededCount: 8})
+	}
+}
+
+// testTwinBatchEdges covers a twin too large for the set-based path, a
+// patch that would break a size limit, a device deleted after the
+// snapshot, and batches with a cursor.
+func testTwinBatchEdges(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "e1", "e2", "e3", "e4", "e5")
+	big := map[string]any{}
+	for i := range 35 {
+		big[fmt.Sprintf("k%02d", i)] = fmt.Sprintf("%0200d", i) // ~7.1 KB of tags
+	}
+	if _, _, err := s.UpdateTwin(ctx, "e2", func(_ *herd.Device, d *twin.Doc) error {
+		_, err := d.Apply(twin.Patch{Tags: twin.Change{Set: true, Value: big}}, false, t0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	twinJob(t, s, "edges", `{"etag":"*","tags":{"extra":"`+fmt.Sprintf("%01500d", 0)+`"},"properties":{"desired":{"on":true}}}`)
+	if _, err := s.StartJob(ctx, "edges", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ApplyDevices(ctx, []registry.Op{{Kind: registry.OpDelete, DeviceID: "e4", Change: func(*herd.Device) error { return nil }}}); err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := s.Job(ctx, "edges")
+	p, err := job.Patch(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ApplyTwinBatch(ctx, "edges", p, "", 2, t0)
+	if err != nil || res.Next != "e2" || res.Done || len(res.Updated) != 1 || res.Failed != 1 {
+		t.Fatalf("first batch: %+v %v", res, err)
+	}
+	res, err = s.ApplyTwinBatch(ctx, "edges", p, res.Next, 2, t0)
+	if err != nil || res.Next != "e4" || res.Done || len(res.Updated) != 1 || res.Failed != 1 {
+		t.Fatalf("second batch: %+v %v", res, err)
+	}
+	res, err = s.ApplyTwinBatch(ctx, "edges", p, res.Next, 2, t0)
+	if err != nil || !res.Done || len(res.Updated) != 1 {
+		t.Fatalf("third batch: %+v %v", res, err)
+	}
+	r := checkStats(t, s, "edges", herd.DeviceJobStatistics{DeviceCount: 5, SucceededCount: 3, FailedCount: 2})
+	if r.Status != herd.JobCompleted || r.EndTime == nil || r.StatusMessage == "" {
+		t.Errorf("job after its last batch: %+v", r.Job)
+	}
+	djs, err := s.DeviceJobs(ctx, "edges")
+	if err != nil || len(djs) != 5 {
+		t.Fatalf("device records: %d %v", len(djs), err)
+	}
+	if d := djs[1]; d.Status != herd.DeviceJobFailed || d.Error == nil || d.Error.Code != string(herd.ErrArgumentInvalid) {
+		t.Errorf("e2 (tags over 8 KB): %+v %+v", d, d.Error)
+	}
+	if d := djs[3]; d.Status != herd.DeviceJobFailed || d.Error == nil || d.Error.Code != string(herd.ErrDeviceNotFound) {
+		t.Errorf("e4 (deleted): %+v", d)
+	}
+	if d := djs[0]; d.Status != herd.DeviceJobCompleted || d.Outcome != nil || d.EndTimeUTC.IsZero() || d.JobType != herd.JobUpdateTwin {
+		t.Errorf("e1: %+v", d)
+	}
+	_, doc, _ := s.Twin(ctx, "e2")
+	if _, ok := doc.Tags["extra"]; ok || doc.Desired["on"] != nil {
+		t.Errorf("a failed device's twin changed: %v %v", doc.Tags["extra"] != nil, doc.Desired)
+	}
+}
+
+func testMethodDeviceLifecycle(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "m1", "m2", "m3", "m4")
+	methodJob(t, s, "mj")
+	r, err := s.StartJob(ctx, "mj", everyDevice, t0)
+	if err != nil || r.Status != herd.JobRunning || !r.Started.Equal(t0) {
+		t.Fatalf("start: %+v %v", r, err)
+	}
+	checkStats(t, s, "mj", herd.DeviceJobStatistics{DeviceCount: 4, PendingCount: 4})
+	ids, err := s.PendingDevices(ctx, "mj", "m1", 10)
+	if err != nil || !slices.Equal(ids, []string{"m2", "m3", "m4"}) {
+		t.Fatalf("pending after m1: %v %v", ids, err)
+	}
+	claimed, err := s.ClaimDevices(ctx, "mj", []string{"m1", "m2", "m3"}, t0)
+	if err != nil || len(claimed) != 3 {
+		t.Fatalf("claim: %v %v", claimed, err)
+	}
+	if again, _ := s.ClaimDevices(ctx, "mj", []string{"m1"}, t0); len(again) != 0 {
+		t.Errorf("a running device was claimed twice")
+	}
+	checkStats(t, s, "mj", herd.DeviceJobStatistics{DeviceCount: 4, PendingCount: 1, RunningCount: 3})
+	err = s.FinishDevices(ctx, "mj", []job.Outcome{
+		{DeviceID: "m1", Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 200, Payload: json.RawMessage(`{"ok":true}`)}},
+		{DeviceID: "m2", Status: herd.DeviceJobFailed, Error: &herd.DeviceJobError{Code: "GatewayTimeout", Description: "slow"}},
+		{DeviceID: "m4", Status: herd.DeviceJobFailed, FromPending: true, Error: &herd.DeviceJobError{Code: "DeviceNotOnline", Description: "off"}},
+		{DeviceID: "m4", Status: herd.DeviceJobCompleted}, // not running: ignored
+	}, t0.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStats(t, s, "mj", herd.DeviceJobStatistics{DeviceCount: 4, SucceededCount: 1, FailedCount: 2, RunningCount: 1})
+	n, err := s.InterruptRunning(ctx, "mj", herd.DeviceJobError{Code: job.ErrCodeInterrupted, Description: "x"}, t0.Add(2*time.Second))
+	if err != nil || n != 1 {
+		t.Fatalf("interrupt: %d %v", n, err)
+	}
+	r = checkStats(t, s, "mj", herd.DeviceJobStatistics{DeviceCount: 4, SucceededCount: 1, FailedCount: 3})
+	if r.Status != herd.JobCompleted || r.EndTime == nil || !r.EndTime.Equal(t0.Add(2*time.Second)) {
+		t.Errorf("job: %+v", r.Job)
+	}
+	djs, _ := s.DeviceJobs(ctx, "mj")
+	if o := djs[0].Outcome; o == nil || o.DeviceMethodResponse == nil || o.DeviceMethodResponse.Status != 200 ||
+		string(o.DeviceMethodResponse.Payload) != `{"ok":true}` || djs[0].StartTimeUTC.IsZero() {
+		t.Errorf("m1 record: %+v", djs[0])
+	}
+	if e := djs[3].Error; djs[3].Status != herd.DeviceJobFailed || e == nil || e.Code != "DeviceNotOnline" || djs[3].StartTimeUTC.IsZero() {
+		t.Errorf("m4 record: %+v", djs[3])
+	}
+	if e := djs[2].Error; e == nil || e.Code != job.ErrCodeInterrupted {
+		t.Errorf("m3 record: %+v", djs[2])
+	}
+}
+
+func testCancelAndExpire(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "c1", "c2", "c3")
+	// Cancel before the start.
+	methodJob(t, s, "early")
+	if err := s.ScheduleJob(ctx, "early", t0); err != nil {
+		t.Fatal(err)
+	}
+	r, err := s.CancelJob(ctx, "early", t0)
+	if err != nil || r.Status != herd.JobCancelled || r.EndTime == nil {
+		t.Fatalf("cancel queued: %+v %v", r, err)
+	}
+	if r, err := s.StartJob(ctx, "early", everyDevice, t0); err != nil || r.Status != herd.JobCancelled || r.DeviceJobStatistics.DeviceCount != 0 {
+		t.Errorf("a cancelled job started: %+v %v", r, err)
+	}
+	// Cancel while running: pending devices are canceled, the running one
+	// finishes and then the job ends.
+	methodJob(t, s, "mid")
+	if _, err := s.StartJob(ctx, "mid", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimDevices(ctx, "mid", []string{"c1"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	r, err = s.CancelJob(ctx, "mid", t0.Add(time.Second))
+	if err != nil || r.Status != herd.JobCancelled || r.EndTime != nil {
+		t.Fatalf("cancel running: %+v %v", r.Job, err)
+	}
+	checkStats(t, s, "mid", herd.DeviceJobStatistics{DeviceCount: 3, FailedCount: 2, RunningCount: 1})
+	if err := s.FinishDevices(ctx, "mid", []job.Outcome{{DeviceID: "c1", Status: herd.DeviceJobCompleted,
+		Response: &herd.MethodResult{Status: 200, Payload: json.RawMessage("null")}}}, t0.Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r = checkStats(t, s, "mid", herd.DeviceJobStatistics{DeviceCount: 3, SucceededCount: 1, FailedCount: 2})
+	if r.Status != herd.JobCancelled || r.EndTime == nil || !r.EndTime.Equal(t0.Add(2*time.Second)) {
+		t.Errorf("cancelled job after its last running device: %+v", r.Job)
+	}
+	if again, err := s.CancelJob(ctx, "mid", t0.Add(time.Hour)); err != nil || !again.EndTime.Equal(t0.Add(2*time.Second)) {
+		t.Errorf("cancelling an ended job changed it: %+v %v", again, err)
+	}
+	djs, _ := s.DeviceJobs(ctx, "mid")
+	if djs[1].Status != herd.DeviceJobCanceled || djs[2].Status != herd.DeviceJobCanceled {
+		t.Errorf("pending devices after cancel: %s %s", djs[1].Status, djs[2].Status)
+	}
+	if _, err := s.CancelJob(ctx, "nope", t0); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("cancel unknown: %v", err)
+	}
+	// Deadline: every device not done fails, the job fails.
+	methodJob(t, s, "late")
+	if _, err := s.StartJob(ctx, "late", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.ClaimDevices(ctx, "late", []string{"c2"}, t0)
+	if err := s.ExpireJob(ctx, "late", "too slow", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	r = checkStats(t, s, "late", herd.DeviceJobStatistics{DeviceCount: 3, FailedCount: 3})
+	if r.Status != herd.JobFailed || r.FailureReason != "too slow" || r.EndTime == nil {
+		t.Errorf("expired job: %+v", r.Job)
+	}
+	// A job whose condition matches nothing completes at once.
+	methodJob(t, s, "none")
+	r, err = s.StartJob(ctx, "none", job.Condition{Where: "device_id = ?", Args: []any{"nobody"}}, t0)
+	if err != nil || r.Status != herd.JobCompleted || r.EndTime == nil || r.DeviceJobStatistics.DeviceCount != 0 {
+		t.Errorf("empty job: %+v %v", r, err)
+	}
+	// A condition SQL cannot evaluate is an ArgumentInvalid error.
+	methodJob(t, s, "badsql")
+	if _, err := s.StartJob(ctx, "badsql", job.Condition{Where: "no_such_column = 1"}, t0); !herd.IsCode(err, herd.ErrArgumentInvalid) {
+		t.Errorf("bad condition: %v", err)
+	}
+	if err := s.FailJob(ctx, "badsql", "bad query", t0); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Job(ctx, "badsql"); r.Status != herd.JobFailed || r.FailureReason != "bad query" || r.DeviceJobStatistics.DeviceCount != 0 {
+		t.Errorf("failed job: %+v", r.Job)
+	}
+	active, err := s.ActiveJobs(ctx)
+	if err != nil || len(active) != 0 {
+		t.Errorf("active jobs left: %d %v", len(active), err)
+	}
+}
+
+func testPurge(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "p1", "p2")
+	methodJob(t, s, "old")
+	methodJob(t, s, "new")
+	methodJob(t, s, "open")
+	for _, id := range []string{"old", "new", "open"} {
+		if _, err := s.StartJob(ctx, id, everyDevice, t0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	s.ExpireJob(ctx, "old", "x", herd.DeviceJobError{Code: "c"}, t0)
+	s.ExpireJob(ctx, "new", "x", herd.DeviceJobError{Code: "c"}, t0.Add(48*time.Hour))
+	n, err := s.PurgeJobs(ctx, t0.Add(24*time.Hour))
+	if err != nil || n != 1 {
+		t.Fatalf("purge: %d %v", n, err)
+	}
+	if _, err := s.Job(ctx, "old"); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("purged job still there: %v", err)
+	}
+	if djs, _ := s.DeviceJobs(ctx, "old"); len(djs) != 0 {
+		t.Errorf("purged job's device records still there: %d", len(djs))
+	}
+	for _, id := range []string{"new", "open"} {
+		if _, err := s.Job(ctx, id); err != nil {
+			t.Errorf("%s: %v", id, err)
+		}
+	}
+}

@@ -1,0 +1,151 @@
+package service
+
+import (
+	"context"
+	"net/http"
+	"net/url"
+	"strconv"
+	"time"
+
+	"github.com/herd-iot/herd"
+)
+
+// JobOptions are the scheduling options shared by both job kinds.
+type JobOptions struct {
+	// StartTime is when the job starts; zero means now.
+	StartTime time.Time
+	// MaxExecutionTime is the job's deadline, counted from its start;
+	// zero means the hub's default (one hour). It is sent in whole
+	// seconds.
+	MaxExecutionTime time.Duration
+}
+
+func jobPath(id string) string { return "/jobs/v2/" + url.PathEscape(id) }
+
+// ScheduleDeviceMethod schedules a direct-method call on every device that
+// queryCondition selects (the WHERE part of a twin query, or "*" for every
+// device) and returns the job, queued.
+func (c *Client) ScheduleDeviceMethod(ctx context.Context, jobID, queryCondition string, req herd.MethodRequest, opts JobOptions) (*herd.Job, error) {
+	return c.scheduleJob(ctx, herd.Job{JobID: jobID, Type: herd.JobDeviceMethod, QueryCondition: queryCondition,
+		CloudToDeviceMethod: &req}, opts)
+}
+
+// ScheduleTwinUpdate schedules a twin update (tags and/or desired
+// properties; a nil value deletes a key) on every device that
+// queryCondition selects, and returns the job, queued.
+func (c *Client) ScheduleTwinUpdate(ctx context.Context, jobID, queryCondition string, patch herd.TwinPatch, opts JobOptions) (*herd.Job, error) {
+	patch.ETag = "*" // a job updates every twin unconditionally (§6.2)
+	return c.scheduleJob(ctx, herd.Job{JobID: jobID, Type: herd.JobUpdateTwin, QueryCondition: queryCondition,
+		UpdateTwin: &patch}, opts)
+}
+
+func (c *Client) scheduleJob(ctx context.Context, j herd.Job, opts JobOptions) (*herd.Job, error) {
+	if !opts.StartTime.IsZero() {
+		t := herd.NewTime(opts.StartTime)
+		j.StartTime = &t
+	}
+	if opts.MaxExecutionTime > 0 {
+		j.MaxExecutionTimeInSeconds = int64((opts.MaxExecutionTime + time.Second - 1) / time.Second)
+	}
+	var out herd.Job
+	if _, err := c.do(ctx, request{method: http.MethodPut, path: jobPath(j.JobID), body: j, out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// GetJob returns a job with its statistics.
+func (c *Client) GetJob(ctx context.Context, jobID string) (*herd.Job, error) {
+	var out herd.Job
+	if _, err := c.do(ctx, request{method: http.MethodGet, path: jobPath(jobID), out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// CancelJob cancels a job: one that has not started never runs; a running
+// job's pending devices are canceled and its running ones finish.
+func (c *Client) CancelJob(ctx context.Context, jobID string) (*herd.Job, error) {
+	var out herd.Job
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: jobPath(jobID) + "/cancel", out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// JobFilter narrows ListJobs; zero values match every job.
+type JobFilter struct {
+	Type   herd.JobType
+	Status herd.JobStatus
+	// PageSize is how many jobs each request fetches (at most 100).
+	PageSize int
+}
+
+// ListJobs returns every job that matches the filter, following the
+// hub's pages.
+func (c *Client) ListJobs(ctx context.Context, f JobFilter) ([]*herd.Job, error) {
+	q := url.Values{}
+	if f.Type != "" {
+		q.Set("jobType", string(f.Type))
+	}
+	if f.Status != "" {
+		q.Set("jobStatus", string(f.Status))
+	}
+	var all []*herd.Job
+	token := ""
+	for {
+		h := http.Header{}
+		if f.PageSize > 0 {
+			h.Set("x-ms-max-item-count", strconv.Itoa(f.PageSize))
+		}
+		if token != "" {
+			h.Set("x-ms-continuation", token)
+		}
+		var page []*herd.Job
+		reply, err := c.do(ctx, request{method: http.MethodGet, path: "/jobs/v2/query", query: q, header: h, out: &page})
+		if err != nil {
+			return nil, err
+		}
+		all = append(all, page...)
+		token = reply.Get("x-ms-continuation")
+		if token == "" {
+			return all, nil
+		}
+	}
+}
+
+// DefaultPollInterval is how often WaitJob polls the hub.
+const DefaultPollInterval = 500 * time.Millisecond
+
+// WaitJob polls a job until it has ended (completed, failed or cancelled,
+// with its running devices finished) and returns it. onProgress, if not
+// nil, is called with every poll's result. It returns ctx's error if ctx
+// ends first.
+func (c *Client) WaitJob(ctx context.Context, jobID string, onProgress func(*herd.Job)) (*herd.Job, error) {
+	t := time.NewTicker(DefaultPollInterval)
+	defer t.Stop()
+	for {
+		j, err := c.GetJob(ctx, jobID)
+		if err != nil {
+			return nil, err
+		}
+		if onProgress != nil {
+			onProgress(j)
+		}
+		if Ended(j) {
+			return j, nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+}
+
+// Ended reports whether a job will not change any more: its status is
+// terminal and its end time is set (a cancelled job's running devices have
+// finished).
+func Ended(j *herd.Job) bool {
+	return j.Status.Terminal() && j.EndTime != nil && !j.EndTime.IsZero()
+}
