@@ -26,6 +26,9 @@ type runner struct {
 // when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
 	if err := s.recover(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while starting
+		}
 		return err
 	}
 	var wg sync.WaitGroup
