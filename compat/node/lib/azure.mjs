@@ -123,7 +123,8 @@ export async function expectFailure(promise, want, azure, ms) {
     const problems = [];
     if (want.name && err.name !== want.name) problems.push(`error class ${err.name}, not ${want.name}`);
     const status = err.response?.statusCode;
-    if (want.status && status !== want.status) problems.push(`HTTP status ${status}, not ${want.status}`);
+    const statuses = [want.status ?? []].flat();
+    if (statuses.length > 0 && !statuses.includes(status)) problems.push(`HTTP status ${status}, not ${statuses.join(' or ')}`);
     if (want.code) {
       const header = err.response?.headers?.['iothub-errorcode'];
       if (header !== want.code) problems.push(`iothub-errorcode header ${JSON.stringify(header)}, not ${want.code}`);
