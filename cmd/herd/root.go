@@ -37,6 +37,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		tokenCommand(e),
 		deviceCommand(e),
 		twinCommand(e),
+		jobCommand(e),
 	)
 	return root.ExecuteContext(ctx)
 }

@@ -56,6 +56,7 @@ gateway. Every flag can also be set with a HERD_* environment variable
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without authorization")
 	f.DurationVar(&cfg.JobRetention, "job-retention", job.DefaultRetention, "how long finished jobs are kept before they are purged")
 	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")
+	f.IntVar(&cfg.JobTwinBatch, "job-twin-batch", job.DefaultTwinBatch, "twins a twin-update job patches per transaction")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	return cmd

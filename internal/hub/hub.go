@@ -51,7 +51,10 @@ type Config struct {
 	// JobMaxInFlight caps the device operations in flight across all
 	// jobs (0: job.DefaultMaxInFlight).
 	JobMaxInFlight int
-	Log            *slog.Logger
+	// JobTwinBatch is how many twins one twin-job transaction patches
+	// (0: job.DefaultTwinBatch).
+	JobTwinBatch int
+	Log          *slog.Logger
 	// Now is the hub's clock.
 	Now func() time.Time
 }

@@ -17,6 +17,7 @@ func newJobs(h *Hub, cfg Config) *job.Service {
 		Clock:       clock.FromNow(cfg.Now),
 		Log:         cfg.Log,
 		MaxInFlight: cfg.JobMaxInFlight,
+		TwinBatch:   cfg.JobTwinBatch,
 		Retention:   cfg.JobRetention,
 	})
 }

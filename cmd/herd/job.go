@@ -1,0 +1,341 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/service"
+)
+
+func jobCommand(e *env) *cobra.Command {
+	var cf clientFlags
+	cmd := &cobra.Command{
+		Use:   "job",
+		Short: "Schedule, watch and cancel jobs: a direct method or a twin update on every device a query selects",
+	}
+	cf.register(cmd)
+	cmd.AddCommand(scheduleMethodCommand(e, &cf), scheduleTwinCommand(e, &cf),
+		jobShowCommand(e, &cf), jobListCommand(e, &cf), jobCancelCommand(e, &cf), jobWatchCommand(e, &cf))
+	return cmd
+}
+
+// scheduleFlags are the flags both scheduling commands share.
+type scheduleFlags struct {
+	query   string
+	start   string
+	maxTime time.Duration
+	wait    bool
+}
+
+func (f *scheduleFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVarP(&f.query, "query", "q", "*", "which devices: the WHERE part of a twin query, or * for every device")
+	cmd.Flags().StringVar(&f.start, "start", "", "when to start: an ISO 8601 time, or a delay such as 10m (default: now)")
+	cmd.Flags().DurationVar(&f.maxTime, "max-time", 0, "the job's deadline after its start (default: 1h); devices not done by then fail")
+	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch)")
+}
+
+func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
+	opts := service.JobOptions{MaxExecutionTime: f.maxTime}
+	if f.start != "" {
+		if d, err := time.ParseDuration(strings.TrimPrefix(f.start, "+")); err == nil {
+			opts.StartTime = now.Add(d)
+		} else if t, err := herd.ParseTime(f.start); err == nil && !t.IsZero() {
+			opts.StartTime = t.Time
+		} else {
+			return opts, fmt.Errorf("--start %q: give an ISO 8601 time (2026-11-26T10:00:00Z) or a delay (10m)", f.start)
+		}
+	}
+	return opts, nil
+}
+
+// after prints a new job, then watches it with --wait.
+func (f *scheduleFlags) after(ctx context.Context, e *env, c *service.Client, cf *clientFlags, j *herd.Job) error {
+	if !f.wait {
+		return printJob(e, cf, j)
+	}
+	return watch(ctx, e, c, j.JobID)
+}
+
+func scheduleMethodCommand(e *env, cf *clientFlags) *cobra.Command {
+	var sf scheduleFlags
+	var req herd.MethodRequest
+	var payload string
+	cmd := &cobra.Command{
+		Use:   "schedule-method JOB-ID --method NAME",
+		Short: "Schedule a direct-method call on every device the query selects",
+		Example: `  herd job schedule-method reboot-north --method reboot --payload '{"delay":5}' \
+      --query "tags.site = 'north'" --connect-timeout 60 --wait`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if req.MethodName == "" {
+				return fmt.Errorf("--method is required")
+			}
+			if payload != "" {
+				if !json.Valid([]byte(payload)) {
+					return fmt.Errorf("--payload: not JSON: %s", payload)
+				}
+				req.Payload = json.RawMessage(payload)
+			}
+			opts, err := sf.options(time.Now())
+			if err != nil {
+				return err
+			}
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			j, err := c.ScheduleDeviceMethod(cmd.Context(), args[0], sf.query, req, opts)
+			if err != nil {
+				return err
+			}
+			return sf.after(cmd.Context(), e, c, cf, j)
+		},
+	}
+	sf.register(cmd)
+	cmd.Flags().StringVar(&req.MethodName, "method", "", "the method name")
+	cmd.Flags().StringVar(&payload, "payload", "", "the method payload, as JSON (default: null)")
+	cmd.Flags().IntVar(&req.ResponseTimeoutInSeconds, "response-timeout", 30, "seconds each device has to answer (5 to 300)")
+	cmd.Flags().IntVar(&req.ConnectTimeoutInSeconds, "connect-timeout", 0, "seconds to wait for an offline device to connect (0 to 300; 0 fails offline devices at once)")
+	return cmd
+}
+
+func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
+	var sf scheduleFlags
+	var tags, desired string
+	cmd := &cobra.Command{
+		Use:   "schedule-twin JOB-ID [--tags JSON] [--desired JSON]",
+		Short: "Schedule a twin update (tags and/or desired properties; null deletes a key) on every device the query selects",
+		Example: `  herd job schedule-twin fw-2 --desired '{"fw":"2.0"}' --query "tags.ring = 'canary'" --wait
+  herd job schedule-twin night --tags '{"window":"night"}' --start 2026-11-27T02:00:00Z`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if tags == "" && desired == "" {
+				return fmt.Errorf("give --tags and/or --desired")
+			}
+			var p herd.TwinPatch
+			if tags != "" {
+				if err := decodeObject("--tags", tags, &p.Tags); err != nil {
+					return err
+				}
+			}
+			if desired != "" {
+				p.Properties = &herd.PatchProperties{}
+				if err := decodeObject("--desired", desired, &p.Properties.Desired); err != nil {
+					return err
+				}
+			}
+			opts, err := sf.options(time.Now())
+			if err != nil {
+				return err
+			}
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			j, err := c.ScheduleTwinUpdate(cmd.Context(), args[0], sf.query, p, opts)
+			if err != nil {
+				return err
+			}
+			return sf.after(cmd.Context(), e, c, cf, j)
+		},
+	}
+	sf.register(cmd)
+	cmd.Flags().StringVar(&tags, "tags", "", "tags to merge, as a JSON object")
+	cmd.Flags().StringVar(&desired, "desired", "", "desired properties to merge, as a JSON object")
+	return cmd
+}
+
+func jobShowCommand(e *env, cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "show JOB-ID",
+		Short: "Show a job: its status and device statistics",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			j, err := c.GetJob(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printJob(e, cf, j)
+		},
+	}
+}
+
+func jobListCommand(e *env, cf *clientFlags) *cobra.Command {
+	var typ, status string
+	cmd := &cobra.Command{
+		Use:   "list",
+		Short: "List jobs (kept 30 days after they end)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			jobs, err := c.ListJobs(cmd.Context(), service.JobFilter{Type: herd.JobType(typ), Status: herd.JobStatus(status)})
+			if err != nil {
+				return err
+			}
+			if cf.output == "json" {
+				return printJSON(e, jobs)
+			}
+			w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "JOB ID\tTYPE\tSTATUS\tDEVICES\tSUCCEEDED\tFAILED\tRUNNING\tPENDING\tSTART\tEND")
+			for _, j := range jobs {
+				st := j.DeviceJobStatistics
+				if st == nil {
+					st = &herd.DeviceJobStatistics{}
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\t%d\t%d\t%d\t%d\t%d\t%s\t%s\n", j.JobID, j.Type, j.Status, st.DeviceCount,
+					st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount, timeOf(j.StartTime), timeOf(j.EndTime))
+			}
+			return w.Flush()
+		},
+	}
+	cmd.Flags().StringVar(&typ, "type", "", "only jobs of this type: scheduleDeviceMethod or scheduleUpdateTwin")
+	cmd.Flags().StringVar(&status, "status", "", "only jobs in this status: queued, scheduled, running, completed, failed or cancelled")
+	return cmd
+}
+
+func jobCancelCommand(e *env, cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "cancel JOB-ID",
+		Short: "Cancel a job: pending devices are canceled, running ones finish",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			j, err := c.CancelJob(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			return printJob(e, cf, j)
+		},
+	}
+}
+
+func jobWatchCommand(e *env, cf *clientFlags) *cobra.Command {
+	return &cobra.Command{
+		Use:   "watch JOB-ID",
+		Short: "Follow a job until it ends, with a live progress bar (plain lines when not on a terminal)",
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			return watch(cmd.Context(), e, c, args[0])
+		},
+	}
+}
+
+func timeOf(t *herd.Time) string {
+	if t == nil || t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format("2006-01-02 15:04:05")
+}
+
+// printJob prints a job as JSON or as a short summary.
+func printJob(e *env, cf *clientFlags, j *herd.Job) error {
+	if cf.output == "json" {
+		return printJSON(e, j)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Job:\t%s\nType:\t%s\nStatus:\t%s\nQuery:\t%s\nCreated:\t%s\nStart:\t%s\nEnd:\t%s\nMax time:\t%ds\n",
+		j.JobID, j.Type, j.Status, j.QueryCondition, timeOf(j.CreatedTime), timeOf(j.StartTime), timeOf(j.EndTime), j.MaxExecutionTimeInSeconds)
+	if st := j.DeviceJobStatistics; st != nil {
+		fmt.Fprintf(w, "Devices:\t%d (succeeded %d, failed %d, running %d, pending %d)\n",
+			st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+	}
+	if j.StatusMessage != "" {
+		fmt.Fprintf(w, "Message:\t%s\n", j.StatusMessage)
+	}
+	if j.FailureReason != "" {
+		fmt.Fprintf(w, "Failure:\t%s\n", j.FailureReason)
+	}
+	return w.Flush()
+}
+
+// isTerminal reports whether w is an interactive terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// watch follows a job until it ends: on a terminal with a progress bar
+// (done of total devices, rate, ETA, and the succeeded/failed/pending
+// split), otherwise with one plain line per change. It fails if the job
+// failed.
+func watch(ctx context.Context, e *env, c *service.Client, id string) error {
+	var bar *progressbar.ProgressBar
+	last := ""
+	started := time.Now()
+	j, err := c.WaitJob(ctx, id, func(j *herd.Job) {
+		st := j.DeviceJobStatistics
+		if st == nil {
+			st = &herd.DeviceJobStatistics{}
+		}
+		done := st.SucceededCount + st.FailedCount
+		desc := fmt.Sprintf("%s  %d succeeded  %d failed  %d running  %d pending", j.Status, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+		if !isTerminal(e.stdout) {
+			if desc != last {
+				rate := float64(done) / max(time.Since(started).Seconds(), 0.001)
+				fmt.Fprintf(e.stdout, "%s  %s  %d/%d devices  %.0f devices/s\n", j.JobID, desc, done, st.DeviceCount, rate)
+				last = desc
+			}
+			return
+		}
+		if bar == nil && st.DeviceCount > 0 {
+			bar = progressbar.NewOptions64(st.DeviceCount,
+				progressbar.OptionSetWriter(e.stdout),
+				progressbar.OptionShowCount(),
+				progressbar.OptionShowIts(),
+				progressbar.OptionSetItsString("devices"),
+				progressbar.OptionSetPredictTime(true),
+				progressbar.OptionSetElapsedTime(true),
+				progressbar.OptionShowDescriptionAtLineEnd(),
+				progressbar.OptionFullWidth(),
+				progressbar.OptionThrottle(100*time.Millisecond),
+			)
+		}
+		if bar != nil {
+			bar.Describe(desc)
+			_ = bar.Set64(done)
+		} else if desc != last {
+			fmt.Fprintf(e.stdout, "%s  %s\n", j.JobID, desc)
+			last = desc
+		}
+	})
+	if bar != nil {
+		_ = bar.Exit()
+		fmt.Fprintln(e.stdout)
+	}
+	if err != nil {
+		return err
+	}
+	st := j.DeviceJobStatistics
+	took := max(j.EndTime.Sub(j.StartTime.Time), 0).Round(time.Millisecond)
+	fmt.Fprintf(e.stdout, "%s %s: %d devices, %d succeeded, %d failed, in %s\n", j.JobID, j.Status,
+		st.DeviceCount, st.SucceededCount, st.FailedCount, took)
+	if j.Status == herd.JobFailed {
+		return fmt.Errorf("job %s failed: %s", j.JobID, j.FailureReason)
+	}
+	return nil
+}

@@ -1,0 +1,79 @@
+package main
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/hubtest"
+)
+
+func TestJobCLI(t *testing.T) {
+	h := hubtest.Start(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, h.CA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(map[string]string{"HERD_CONNECTION_STRING": h.ConnectionString, "HERD_CA": ca, "HERD_URL": h.URL})
+	for _, id := range []string{"a", "b"} {
+		if _, err := h.Service.CreateDevice(context.Background(), herd.Device{DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// --wait watches with plain lines (stdout is not a terminal).
+	out, err := runCLI(t, env, "job", "schedule-twin", "fw", "--desired", `{"fw":"2.0"}`, "--tags", `{"ring":1}`, "--wait")
+	if err != nil || !strings.Contains(out, "fw completed: 2 devices, 2 succeeded, 0 failed") {
+		t.Fatalf("schedule-twin --wait: %v\n%s", err, out)
+	}
+	if tw, _ := h.Service.GetTwin(context.Background(), "a"); tw.Properties.Desired["fw"] != "2.0" {
+		t.Errorf("twin not patched: %v", tw.Properties.Desired)
+	}
+	out, err = runCLI(t, env, "job", "show", "fw")
+	if err != nil || !strings.Contains(out, "completed") || !strings.Contains(out, "Devices:   2 (succeeded 2, failed 0, running 0, pending 0)") {
+		t.Errorf("show: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "schedule-twin", "later", "--tags", `{"x":1}`, "--start", "1h", "-o", "json")
+	if err != nil || !strings.Contains(out, `"status": "queued"`) {
+		t.Fatalf("schedule later: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "cancel", "later")
+	if err != nil || !strings.Contains(out, "cancelled") {
+		t.Errorf("cancel: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "list", "--status", "Cancelled")
+	if err != nil || !strings.Contains(out, "later") || strings.Contains(out, "fw ") {
+		t.Errorf("list --status: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "list")
+	if err != nil || !strings.Contains(out, "JOB ID") || !strings.Contains(out, "scheduleUpdateTwin") || strings.Count(out, "\n") != 3 {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "watch", "fw")
+	if err != nil || !strings.Contains(out, "fw completed") {
+		t.Errorf("watch a finished job: %v\n%s", err, out)
+	}
+	// A job that fails makes watch fail.
+	out, err = runCLI(t, env, "job", "schedule-twin", "bad", "--tags", `{"x":1}`, "--query", "no such ((", "--wait")
+	if err == nil || !strings.Contains(err.Error(), "job bad failed") {
+		t.Errorf("failing job: %v\n%s", err, out)
+	}
+	// Bad input is refused before or by the hub.
+	if _, err := runCLI(t, env, "job", "schedule-method", "m1"); err == nil || !strings.Contains(err.Error(), "--method") {
+		t.Errorf("no --method: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-method", "m1", "--method", "x", "--connect-timeout", "301"); err == nil || !strings.Contains(err.Error(), "connectTimeoutInSeconds") {
+		t.Errorf("bad connect timeout: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "fw", "--tags", `{"x":1}`); err == nil || !strings.Contains(err.Error(), "JobAlreadyExists") {
+		t.Errorf("duplicate: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "x", "--tags", `{"x":1}`, "--start", "someday"); err == nil || !strings.Contains(err.Error(), "--start") {
+		t.Errorf("bad start: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "show", "nope"); err == nil || !strings.Contains(err.Error(), "JobNotFound") {
+		t.Errorf("show unknown: %v", err)
+	}
+}
