@@ -53,6 +53,9 @@ func dsn(path string, readOnly bool) string {
 // Open opens (creating if needed) the database at path and migrates it to
 // the current schema.
 func Open(ctx context.Context, path string) (*DB, error) {
+	if err := registerFunctions(); err != nil {
+		return nil, fmt.Errorf("register SQL functions: %w", err)
+	}
 	write, err := sql.Open("sqlite", dsn(path, false))
 	if err != nil {
 		return nil, fmt.Errorf("open %s: %w", path, err)

@@ -30,6 +30,14 @@ const identityColumns = `device_id, generation_id, etag, status, status_reason, 
 const twinColumns = `twin_etag, twin_version, tags, desired, desired_version, desired_metadata,
 	reported, reported_version, reported_metadata`
 
+// twinSelect reads twinColumns: tags, desired and reported are stored as
+// JSONB (migration 0010) and read back as JSON text.
+const twinSelect = `twin_etag, twin_version, json(tags), json(desired), desired_version, desired_metadata,
+	json(reported), reported_version, reported_metadata`
+
+// twinValues are the placeholders that write twinColumns.
+const twinValues = `?, ?, jsonb(?), jsonb(?), ?, ?, jsonb(?), ?, ?`
+
 type scanner interface{ Scan(dest ...any) error }
 
 func parseTime(s string) herd.Time {
@@ -237,7 +245,7 @@ func insertDevice(ctx context.Context, tx *sql.Tx, d *herd.Device, doc *twin.Doc
 		d.Capabilities.IoTEdge, d.DeviceScope, string(scopes), string(herd.Disconnected),
 		herd.Time{}.String(), herd.Time{}.String(), 0}, docArgs...)
 	res, err := tx.ExecContext(ctx, `INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
-		VALUES (`+placeholders(len(args))+`) ON CONFLICT (device_id) DO NOTHING`, args...)
+		VALUES (`+placeholders(len(args)-len(docArgs))+`, `+twinValues+`) ON CONFLICT (device_id) DO NOTHING`, args...)
 	if err != nil {
 		return nil, err
 	}
@@ -288,7 +296,7 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 // Twin returns a device's identity and twin document.
 func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, error) {
 	var raw rawDoc
-	row := db.read.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinColumns+` FROM devices WHERE device_id = ?`, id)
+	row := db.read.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinSelect+` FROM devices WHERE device_id = ?`, id)
 	d, err := scanDevice(row, raw.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil, notFound(id)
@@ -311,7 +319,7 @@ func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *
 	)
 	err := db.tx(ctx, func(tx *sql.Tx) error {
 		var raw rawDoc
-		row := tx.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinColumns+` FROM devices WHERE device_id = ?`, id)
+		row := tx.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinSelect+` FROM devices WHERE device_id = ?`, id)
 		var err error
 		dev, err = scanDevice(row, raw.dest()...)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -343,8 +351,8 @@ func writeDoc(ctx context.Context, tx *sql.Tx, id string, doc *twin.Doc) error {
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET twin_etag = ?, twin_version = ?, tags = ?, desired = ?,
-		desired_version = ?, desired_metadata = ?, reported = ?, reported_version = ?, reported_metadata = ?
+	_, err = tx.ExecContext(ctx, `UPDATE devices SET twin_etag = ?, twin_version = ?, tags = jsonb(?), desired = jsonb(?),
+		desired_version = ?, desired_metadata = ?, reported = jsonb(?), reported_version = ?, reported_metadata = ?
 		WHERE device_id = ?`, append(args, id)...)
 	return err
 }

@@ -1,0 +1,291 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"database/sql/driver"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync"
+
+	sqlite "modernc.org/sqlite"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/query"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+var _ query.Store = (*DB)(nil)
+
+var registerOnce sync.Once
+
+// registerFunctions registers the SQL functions that compiled queries use
+// (query.SQLite): the wire forms of the twin and device etag counters.
+// The driver keeps them for every connection opened afterwards.
+func registerFunctions() error {
+	var err error
+	registerOnce.Do(func() {
+		etag := func(format func(int64) string) func(*sqlite.FunctionContext, []driver.Value) (driver.Value, error) {
+			return func(_ *sqlite.FunctionContext, args []driver.Value) (driver.Value, error) {
+				n, ok := args[0].(int64)
+				if !ok {
+					return nil, nil
+				}
+				return format(n), nil
+			}
+		}
+		err = sqlite.RegisterDeterministicScalarFunction("herd_twin_etag", 1, etag(twin.ETagString))
+		if err == nil {
+			err = sqlite.RegisterDeterministicScalarFunction("herd_device_etag", 1, etag(registry.ETagString))
+		}
+	})
+	return err
+}
+
+// RunQuery runs one page of a parsed query (query.Store).
+func (db *DB) RunQuery(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
+	var (
+		items []any
+		next  *query.Cursor
+		err   error
+	)
+	switch {
+	case q.Aggregated():
+		items, next, err = db.aggregate(ctx, q, size, cur)
+	case q.From == query.DeviceJobs:
+		items, next, err = db.deviceJobs(ctx, q, size, cur)
+	default:
+		items, next, err = db.twins(ctx, q, size, cur)
+	}
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("run query %q: %w", q, err)
+	}
+	return items, next, nil
+}
+
+// condition compiles the WHERE clause; compile errors are the caller's.
+func condition(q *query.Query) (query.SQL, error) {
+	c, err := query.CompileCondition(query.SQLite, q, "")
+	if err != nil {
+		return c, query.AsHerdError(err)
+	}
+	return c, nil
+}
+
+func cursorKeys(cur *query.Cursor, n int) ([]string, error) {
+	if cur == nil {
+		return make([]string, n), nil
+	}
+	if len(cur.Keys) != n {
+		return nil, herd.Errorf(herd.ErrArgumentInvalid, "the continuation token does not belong to this query")
+	}
+	return cur.Keys, nil
+}
+
+// twins returns twins (SELECT *) or projection rows. The inner select
+// finds the page's device ids, usually from the covering index
+// devices_query alone; the outer one reads their rows.
+func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
+	cond, err := condition(q)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := cursorKeys(cur, 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := len(cond.Args)
+	text := `SELECT ` + identityColumns + `, ` + twinSelect + ` FROM devices WHERE device_id IN (
+		SELECT device_id FROM devices WHERE device_id > ?` + strconv.Itoa(n+1) + ` AND (` + cond.Text + `)
+		ORDER BY device_id LIMIT ?` + strconv.Itoa(n+2) + `) ORDER BY device_id`
+	rows, err := db.read.QueryContext(ctx, text, append(cond.Args, keys[0], size+1)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var items []any
+	var next *query.Cursor
+	for rows.Next() {
+		if len(items) == size {
+			next = &query.Cursor{Keys: []string{viewID(items[len(items)-1])}}
+			break
+		}
+		var raw rawDoc
+		dev, err := scanDevice(rows, raw.dest()...)
+		if err != nil {
+			return nil, nil, err
+		}
+		doc, err := raw.decode()
+		if err != nil {
+			return nil, nil, err
+		}
+		t := twin.View(dev, doc)
+		if q.Star {
+			items = append(items, t)
+			continue
+		}
+		m, err := toMap(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, projected{id: t.DeviceID, row: q.Project(m)})
+	}
+	if err := rows.Err(); err != nil {
+		return nil, nil, err
+	}
+	for i, it := range items {
+		if p, ok := it.(projected); ok {
+			items[i] = p.row
+		}
+	}
+	return items, next, nil
+}
+
+// projected remembers the device of a projection row until the page's
+// cursor is known.
+type projected struct {
+	id  string
+	row map[string]any
+}
+
+func viewID(item any) string {
+	switch it := item.(type) {
+	case *herd.Twin:
+		return it.DeviceID
+	case projected:
+		return it.id
+	}
+	return ""
+}
+
+// toMap turns a value into its JSON document, numbers kept exact.
+func toMap(v any) (map[string]any, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.UseNumber()
+	var m map[string]any
+	return m, dec.Decode(&m)
+}
+
+// deviceJobColumns are the device_jobs columns of a herd.DeviceJob.
+const deviceJobColumns = `job_id, device_id, job_type, status, start_time, end_time, created_time,
+	last_updated_time, outcome, error_code, error_description`
+
+func (db *DB) deviceJobs(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
+	cond, err := condition(q)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := cursorKeys(cur, 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	n := len(cond.Args)
+	text := `SELECT ` + deviceJobColumns + ` FROM device_jobs
+		WHERE (job_id, device_id) > (?` + strconv.Itoa(n+1) + `, ?` + strconv.Itoa(n+2) + `) AND (` + cond.Text + `)
+		ORDER BY job_id, device_id LIMIT ?` + strconv.Itoa(n+3)
+	rows, err := db.read.QueryContext(ctx, text, append(cond.Args, keys[0], keys[1], size+1)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var items []any
+	var next *query.Cursor
+	for rows.Next() {
+		if len(items) == size {
+			last := items[len(items)-1].(*herd.DeviceJob)
+			next = &query.Cursor{Keys: []string{last.JobID, last.DeviceID}}
+			break
+		}
+		j, err := scanDeviceJob(rows)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, j)
+	}
+	return items, next, rows.Err()
+}
+
+// scanDeviceJob reads deviceJobColumns into the record that
+// SELECT * FROM devices.jobs returns (§6.5).
+func scanDeviceJob(row scanner) (*herd.DeviceJob, error) {
+	var (
+		j                                herd.DeviceJob
+		start, end, created, updated     string
+		outcome, errCode, errDescription sql.NullString
+	)
+	if err := row.Scan(&j.JobID, &j.DeviceID, &j.JobType, &j.Status, &start, &end, &created, &updated,
+		&outcome, &errCode, &errDescription); err != nil {
+		return nil, err
+	}
+	j.StartTimeUTC, j.EndTimeUTC = parseTime(start), parseTime(end)
+	j.CreatedDateTimeUTC, j.LastUpdatedDateTimeUTC = parseTime(created), parseTime(updated)
+	if outcome.Valid {
+		j.Outcome = &herd.DeviceJobOutcome{}
+		if err := json.Unmarshal([]byte(outcome.String), j.Outcome); err != nil {
+			return nil, fmt.Errorf("decode outcome of %s/%s: %w", j.JobID, j.DeviceID, err)
+		}
+	}
+	if errCode.Valid {
+		j.Error = &herd.DeviceJobError{Code: errCode.String, Description: errDescription.String}
+	}
+	return &j, nil
+}
+
+// aggregate runs an aggregation and returns the page of its rows after
+// the cursor's offset.
+func (db *DB) aggregate(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
+	a, err := query.CompileAggregate(query.SQLite, q)
+	if err != nil {
+		return nil, nil, query.AsHerdError(err)
+	}
+	keys, err := cursorKeys(cur, 1)
+	if err != nil {
+		return nil, nil, err
+	}
+	skip := 0
+	if keys[0] != "" {
+		if skip, err = strconv.Atoi(keys[0]); err != nil || skip < 0 {
+			return nil, nil, herd.Errorf(herd.ErrArgumentInvalid, "the continuation token does not belong to this query")
+		}
+	}
+	rows, err := db.read.QueryContext(ctx, a.SQL.Text, a.SQL.Args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	vals := make([]any, a.Columns())
+	ptrs := make([]any, len(vals))
+	for i := range vals {
+		ptrs[i] = &vals[i]
+	}
+	var items []any
+	var next *query.Cursor
+	for i := 0; rows.Next(); i++ {
+		if i < skip {
+			continue
+		}
+		if len(items) == size {
+			next = &query.Cursor{Keys: []string{strconv.Itoa(i)}}
+			break
+		}
+		if err := rows.Scan(ptrs...); err != nil {
+			return nil, nil, err
+		}
+		row, err := a.Decode(vals)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, row)
+	}
+	return items, next, rows.Err()
+}
