@@ -1,11 +1,9 @@
 package hub
 
 import (
-	"strings"
-
-	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
 )
 
 // newJobs builds the job service over the hub's store and twins.
@@ -22,13 +20,14 @@ func newJobs(h *Hub, cfg Config) *job.Service {
 	})
 }
 
-// compileCondition compiles a job's queryCondition. Until the query
-// language (internal/query) is wired in, only "*" (every device) is
-// understood; any other condition makes the job fail with this reason.
+// compileCondition compiles a job's queryCondition with the query
+// language (internal/query): the WHERE part of a twin query, "*" for every
+// device. A condition that does not parse fails the job with the parser's
+// message, which gives the line and column.
 func compileCondition(cond string) (job.Condition, error) {
-	if strings.TrimSpace(cond) == "*" {
-		return job.Condition{Where: "1"}, nil
+	c, err := query.CompileJobCondition(query.SQLite, cond, "")
+	if err != nil {
+		return job.Condition{}, query.AsHerdError(err)
 	}
-	return job.Condition{}, herd.Errorf(herd.ErrArgumentInvalid,
-		"this hub cannot evaluate query conditions other than * yet (the query language is not built in)")
+	return job.Condition{Where: c.Text, Args: c.Args}, nil
 }

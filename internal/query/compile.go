@@ -56,7 +56,8 @@ func newCompiler(d Dialect, src Source, alias string) *compiler {
 
 // bind records an argument and returns a provisional marker; finish
 // replaces the markers that the SQL uses with the dialect's placeholders,
-// numbered in order of first use, and drops unused arguments.
+// numbered in order of first use, and drops unused arguments. With
+// positional placeholders every marker gets its own argument.
 func (c *compiler) bind(v any) string {
 	c.args = append(c.args, v)
 	return "\x00" + strconv.Itoa(len(c.args)-1) + "\x00"
@@ -66,6 +67,7 @@ func (c *compiler) finish(text string) SQL {
 	var b strings.Builder
 	var args []any
 	seen := map[int]int{}
+	positional := c.d.Placeholder(1) == c.d.Placeholder(2)
 	for {
 		i := strings.IndexByte(text, 0)
 		if i < 0 {
@@ -75,7 +77,7 @@ func (c *compiler) finish(text string) SQL {
 		j := strings.IndexByte(text[i+1:], 0) + i + 1
 		n, _ := strconv.Atoi(text[i+1 : j])
 		num, ok := seen[n]
-		if !ok {
+		if !ok || positional {
 			args = append(args, c.args[n])
 			num = len(args)
 			seen[n] = num

@@ -2,7 +2,6 @@ package query
 
 import (
 	"fmt"
-	"strconv"
 	"strings"
 )
 
@@ -37,8 +36,10 @@ var (
 // String() values ("null", "true", "false", "number", "string", "array",
 // "object"); SQL NULL stands for undefined.
 type Dialect interface {
-	// Placeholder returns the marker of the n-th bound parameter (1-based);
-	// a marker may appear several times.
+	// Placeholder returns the marker of the n-th bound parameter (1-based).
+	// A dialect whose markers do not name the parameter (SQLite's "?")
+	// returns the same text for every n; the compiler then binds an
+	// argument for every marker, in the order they appear.
 	Placeholder(n int) string
 	// JSONPath returns the bound value addressing keys inside a document.
 	JSONPath(keys []string) (string, error)
@@ -77,12 +78,14 @@ type Dialect interface {
 // SQLite is the dialect of the embedded store (modernc.org/sqlite). It uses
 // SQLite's JSON functions, which read both JSON text and JSONB, and two
 // functions that the store registers on its connections: herd_twin_etag and
-// herd_device_etag.
+// herd_device_etag. Its placeholders are positional "?", so a compiled
+// condition can be pasted into a larger statement with its arguments
+// appended where it stands.
 var SQLite Dialect = sqliteDialect{}
 
 type sqliteDialect struct{}
 
-func (sqliteDialect) Placeholder(n int) string { return "?" + strconv.Itoa(n) }
+func (sqliteDialect) Placeholder(int) string { return "?" }
 
 // JSONPath builds $."k1"."k2". SQLite reads a quoted label up to the next
 // double quote, so keys holding one are written unquoted, which SQLite

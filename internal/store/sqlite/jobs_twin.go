@@ -101,25 +101,25 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 	var guardArgs []any
 	switch {
 	case plan.ClearTags:
-		set = append(set, "tags = '{}'")
+		set = append(set, "tags = jsonb('{}')")
 	case plan.Tags != nil:
-		set, setArgs = append(set, "tags = json_patch(tags, ?)"), append(setArgs, string(plan.Tags))
-		guards, guardArgs = append(guards, "length(tags) + ? <= ?"), append(guardArgs, plan.TagsPatchSize, sizeGuard(twin.MaxTagsSize))
+		set, setArgs = append(set, "tags = jsonb_patch(tags, ?)"), append(setArgs, string(plan.Tags))
+		guards, guardArgs = append(guards, "length(json(tags)) + ? <= ?"), append(guardArgs, plan.TagsPatchSize, sizeGuard(twin.MaxTagsSize))
 	}
 	if plan.SetsDesired() {
 		version := `replace(?, '` + twin.VersionMarker + `', '"$lastUpdatedVersion":' || (desired_version + 1))`
 		switch {
 		case plan.ClearDesired:
-			set = append(set, "desired = '{}'", "desired_metadata = "+version)
+			set = append(set, "desired = jsonb('{}')", "desired_metadata = "+version)
 			setArgs = append(setArgs, string(plan.DesiredMeta))
 		default:
-			set, setArgs = append(set, "desired = json_patch(desired, ?)"), append(setArgs, string(plan.Desired))
+			set, setArgs = append(set, "desired = jsonb_patch(desired, ?)"), append(setArgs, string(plan.Desired))
 			meta := "desired_metadata"
 			if plan.MetaClear != nil {
 				meta, setArgs = "json_patch(desired_metadata, ?)", append(setArgs, string(plan.MetaClear))
 			}
 			set, setArgs = append(set, "desired_metadata = json_patch("+meta+", "+version+")"), append(setArgs, string(plan.DesiredMeta))
-			guards, guardArgs = append(guards, "length(desired) + ? <= ?"), append(guardArgs, plan.DesiredPatchSize, sizeGuard(twin.MaxDesiredSize))
+			guards, guardArgs = append(guards, "length(json(desired)) + ? <= ?"), append(guardArgs, plan.DesiredPatchSize, sizeGuard(twin.MaxDesiredSize))
 		}
 		set = append(set, "desired_version = desired_version + 1")
 	}
@@ -190,7 +190,7 @@ func patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, after, las
 	failed := 0
 	for _, dev := range ids {
 		var raw rawDoc
-		err := tx.QueryRowContext(ctx, `SELECT `+twinColumns+` FROM devices WHERE device_id = ?`, dev).Scan(raw.dest()...)
+		err := tx.QueryRowContext(ctx, `SELECT `+twinSelect+` FROM devices WHERE device_id = ?`, dev).Scan(raw.dest()...)
 		var devErr *herd.DeviceJobError
 		switch {
 		case errors.Is(err, sql.ErrNoRows):

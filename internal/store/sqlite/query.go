@@ -100,10 +100,9 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 	if err != nil {
 		return nil, nil, err
 	}
-	n := len(cond.Args)
 	text := `SELECT ` + identityColumns + `, ` + twinSelect + ` FROM devices WHERE device_id IN (
-		SELECT device_id FROM devices WHERE device_id > ?` + strconv.Itoa(n+1) + ` AND (` + cond.Text + `)
-		ORDER BY device_id LIMIT ?` + strconv.Itoa(n+2) + `) ORDER BY device_id`
+		SELECT device_id FROM devices WHERE (` + cond.Text + `) AND device_id > ?
+		ORDER BY device_id LIMIT ?) ORDER BY device_id`
 	rows, err := db.read.QueryContext(ctx, text, append(cond.Args, keys[0], size+1)...)
 	if err != nil {
 		return nil, nil, err
@@ -189,10 +188,9 @@ func (db *DB) deviceJobs(ctx context.Context, q *query.Query, size int, cur *que
 	if err != nil {
 		return nil, nil, err
 	}
-	n := len(cond.Args)
 	text := `SELECT ` + deviceJobColumns + ` FROM device_jobs
-		WHERE (job_id, device_id) > (?` + strconv.Itoa(n+1) + `, ?` + strconv.Itoa(n+2) + `) AND (` + cond.Text + `)
-		ORDER BY job_id, device_id LIMIT ?` + strconv.Itoa(n+3)
+		WHERE (` + cond.Text + `) AND (job_id, device_id) > (?, ?)
+		ORDER BY job_id, device_id LIMIT ?`
 	rows, err := db.read.QueryContext(ctx, text, append(cond.Args, keys[0], keys[1], size+1)...)
 	if err != nil {
 		return nil, nil, err

@@ -94,12 +94,15 @@ func genDevice(r *rand.Rand, i int, now time.Time) registry.Op {
 	return registry.Op{Kind: registry.OpCreate, DeviceID: d.DeviceID, Device: d, Twin: doc}
 }
 
-// jobPaths, when set, makes genPath generate devices.jobs paths.
-var jobPaths bool
+// gen generates query text; jobs makes it use devices.jobs paths.
+type gen struct {
+	*rand.Rand
+	jobs bool
+}
 
 // genPath returns a random path over the twin.
-func genPath(r *rand.Rand) string {
-	if jobPaths {
+func genPath(r *gen) string {
+	if r.jobs {
 		return []string{"devices.jobs.jobId", "jobId", "devices.jobs.deviceId", "devices.jobs.status",
 			"devices.jobs.jobType", "devices.jobs.createdTimeUtc", "devices.jobs.createdDateTimeUtc",
 			"devices.jobs.startTimeUtc", "devices.jobs.endTimeUtc", "devices.jobs.lastUpdatedDateTimeUtc",
@@ -138,7 +141,7 @@ func genPath(r *rand.Rand) string {
 	return p
 }
 
-func genLiteral(r *rand.Rand) string {
+func genLiteral(r *gen) string {
 	switch r.Intn(8) {
 	case 0, 1, 2:
 		return genNumbers[r.Intn(len(genNumbers))]
@@ -151,7 +154,7 @@ func genLiteral(r *rand.Rand) string {
 	return []string{"null", "undefined"}[r.Intn(2)]
 }
 
-func genOperand(r *rand.Rand, depth int) string {
+func genOperand(r *gen, depth int) string {
 	switch r.Intn(10) {
 	case 0, 1, 2, 3:
 		return genPath(r)
@@ -172,7 +175,7 @@ func genOperand(r *rand.Rand, depth int) string {
 	return genPath(r)
 }
 
-func genCond(r *rand.Rand, depth int) string {
+func genCond(r *gen, depth int) string {
 	n := r.Intn(10)
 	if depth <= 0 && n >= 7 {
 		n = r.Intn(7)
@@ -274,17 +277,19 @@ func runAll(t testing.TB, db *sqlite.DB, q *query.Query, size int) ([]any, error
 }
 
 func TestDifferential(t *testing.T) {
+	t.Parallel()
 	seed := time.Now().UnixNano()
 	r := rand.New(rand.NewSource(seed))
+	g := &gen{Rand: r}
 	db := openDB(t)
 	docs := loadTwins(t, db, r, 150)
-	queries, parsed, matchedSome := 3000, 0, 0
+	queries, parsed, matchedSome := 2000, 0, 0
 	if testing.Short() {
 		queries = 500
 	}
 	for i := 0; i < queries; i++ {
 		top := -1
-		text := "SELECT * FROM devices WHERE " + genCond(r, 3)
+		text := "SELECT * FROM devices WHERE " + genCond(g, 3)
 		if r.Intn(4) == 0 {
 			top = r.Intn(20)
 			text = fmt.Sprintf("SELECT TOP %d%s", top, strings.TrimPrefix(text, "SELECT"))
@@ -360,18 +365,20 @@ func docJSON(docs []map[string]any, id string) string {
 }
 
 func TestDifferentialAggregates(t *testing.T) {
+	t.Parallel()
 	seed := time.Now().UnixNano()
 	r := rand.New(rand.NewSource(seed))
+	g := &gen{Rand: r}
 	db := openDB(t)
 	docs := loadTwins(t, db, r, 150)
-	rounds := 600
+	rounds := 400
 	if testing.Short() {
 		rounds = 100
 	}
 	for range rounds {
 		var sel, group []string
 		for i := range r.Intn(3) {
-			p := genPath(r)
+			p := genPath(g)
 			if p == "properties.desired" || p == "capabilities" {
 				continue
 			}
@@ -382,13 +389,13 @@ func TestDifferentialAggregates(t *testing.T) {
 			f := []string{"COUNT", "SUM", "AVG", "MIN", "MAX"}[r.Intn(5)]
 			arg := ""
 			if f != "COUNT" {
-				arg = genPath(r)
+				arg = genPath(g)
 			}
 			sel = append(sel, fmt.Sprintf("%s(%s) AS a%d", f, arg, i))
 		}
 		text := "SELECT " + strings.Join(sel, ", ") + " FROM devices"
 		if r.Intn(2) == 0 {
-			text += " WHERE " + genCond(r, 2)
+			text += " WHERE " + genCond(g, 2)
 		}
 		if len(group) > 0 {
 			text += " GROUP BY " + strings.Join(group, ", ")
@@ -470,6 +477,7 @@ func roundNumbers(v any) any {
 }
 
 func TestDifferentialDeviceJobs(t *testing.T) {
+	t.Parallel()
 	seed := time.Now().UnixNano()
 	r := rand.New(rand.NewSource(seed))
 	dir := t.TempDir()
@@ -523,11 +531,10 @@ func TestDifferentialDeviceJobs(t *testing.T) {
 		}
 		docs = append(docs, m)
 	}
-	jobPaths = true
-	defer func() { jobPaths = false }()
+	g := &gen{Rand: r, jobs: true}
 	matchedSome := 0
 	for range 1000 {
-		text := "SELECT * FROM devices.jobs WHERE " + genCond(r, 2)
+		text := "SELECT * FROM devices.jobs WHERE " + genCond(g, 2)
 		q, err := query.Parse(text)
 		if err != nil {
 			continue // a generated type error
