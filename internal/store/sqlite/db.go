@@ -42,6 +42,7 @@ func dsn(path string, readOnly bool) string {
 	q.Add("_pragma", "synchronous(NORMAL)")
 	q.Add("_pragma", "foreign_keys(ON)")
 	q.Add("_pragma", "cache_size(-65536)")
+	q.Add("_pragma", "mmap_size(4294967296)")
 	if readOnly {
 		q.Add("_pragma", "query_only(ON)")
 	} else {

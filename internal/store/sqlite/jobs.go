@@ -394,12 +394,27 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 			if err != nil {
 				return err
 			}
+			// The batch goes through a keyed temporary table: joined
+			// directly with json_each, SQLite would walk all of the
+			// job's records for every batch.
+			if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS job_outcomes
+				(d TEXT PRIMARY KEY, o TEXT, c TEXT, e TEXT) WITHOUT ROWID`); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `DELETE FROM temp.job_outcomes`); err != nil {
+				return err
+			}
+			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO temp.job_outcomes
+				SELECT value ->> '$.d', value ->> '$.o', value ->> '$.c', value ->> '$.e' FROM json_each(?)`, string(list)); err != nil {
+				return err
+			}
 			res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
 				start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
-				outcome = r.value ->> '$.o', error_code = r.value ->> '$.c', error_description = r.value ->> '$.e'
-				FROM json_each(?) AS r
-				WHERE device_jobs.job_id = ? AND device_jobs.device_id = r.value ->> '$.d' AND device_jobs.status = ?`,
-				string(k.to), at, at, at, string(list), id, k.from)
+				outcome = (SELECT o FROM temp.job_outcomes WHERE d = device_jobs.device_id),
+				error_code = (SELECT c FROM temp.job_outcomes WHERE d = device_jobs.device_id),
+				error_description = (SELECT e FROM temp.job_outcomes WHERE d = device_jobs.device_id)
+				WHERE job_id = ? AND status = ? AND device_id IN (SELECT d FROM temp.job_outcomes)`,
+				string(k.to), at, at, at, id, k.from)
 			if err != nil {
 				return err
 			}
