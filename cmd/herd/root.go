@@ -38,6 +38,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		deviceCommand(e),
 		twinCommand(e),
 		jobCommand(e),
+		queryCommand(e),
 	)
 	return root.ExecuteContext(ctx)
 }

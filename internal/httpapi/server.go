@@ -27,6 +27,7 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -45,6 +46,8 @@ type Config struct {
 	Twins    *twin.Service
 	// Jobs serves /jobs/v2 (nil: no jobs API).
 	Jobs *job.Service
+	// Query serves POST /devices/query (nil: no query API).
+	Query *query.Service
 	// Connected counts the devices connected now (GET /statistics/service).
 	Connected func() int64
 	// Metrics is where the server registers its collectors and what
@@ -205,6 +208,7 @@ func (s *Server) routes() {
 		http.MethodPut:   {svc, s.replaceTwin},
 	})
 	s.jobRoutes()
+	s.queryRoutes()
 	s.mux.Handle("/metrics", s.metricsHandler())
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		writeError(w, herd.Errorf(herd.ErrNotFound, "no such route: %s %s", r.Method, r.URL.Path), s.cfg.Now())

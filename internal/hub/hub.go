@@ -26,6 +26,7 @@ import (
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/httpapi"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
@@ -136,7 +137,7 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.Jobs = newJobs(h, cfg)
 	h.api = httpapi.New(httpapi.Config{
-		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs,
+		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
 		Metrics: h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		Log: cfg.Log, Now: cfg.Now,
 	})
