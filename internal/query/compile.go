@@ -601,4 +601,3 @@ func (c *compiler) kindExpr(o operand) string {
 	}
 	return "NULL"
 }
-
