@@ -17,6 +17,7 @@ func newJobs(h *Hub, cfg Config) *job.Service {
 		MaxInFlight: cfg.JobMaxInFlight,
 		TwinBatch:   cfg.JobTwinBatch,
 		Retention:   cfg.JobRetention,
+		Metrics:     h.Metrics,
 	})
 }
 

@@ -106,18 +106,29 @@ func (s *Service) launch(ctx context.Context, wg *sync.WaitGroup, r *Record) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		defer func() {
-			stop(nil)
+		err := s.runJob(ctx, run, r)
+		stop(nil)
+		done := func() {
 			s.mu.Lock()
 			delete(s.runners, r.JobID)
 			s.mu.Unlock()
 			s.poke()
-		}()
-		if err := s.runJob(ctx, run, r); err != nil && ctx.Err() == nil {
-			s.log.Error("job failed to run", "job_id", r.JobID, "op", "run", "err", err)
 		}
+		if err == nil || ctx.Err() != nil {
+			done()
+			return
+		}
+		// A store failure: the job stays as it was (every change is
+		// transactional) and is tried again after a pause, not in a
+		// tight loop.
+		s.log.Error("job failed to run; retrying", "job_id", r.JobID, "op", "run", "err", err)
+		s.clock.AfterFunc(retryPause, done)
 	}()
 }
+
+// retryPause is how long a job whose run failed on a store error waits
+// before it is tried again.
+const retryPause = 5 * time.Second
 
 // runJob starts a job if needed and works through its devices until they
 // are done, the job is cancelled, its deadline passes or ctx ends.
@@ -176,6 +187,7 @@ func (s *Service) start(ctx context.Context, r *Record) (*Record, error) {
 	if started.Status != herd.JobRunning && started.EndTime == nil {
 		return nil, nil
 	}
+	s.metrics.startDelay.Observe(max(now.Sub(r.StartTime.Time), 0).Seconds())
 	st := started.DeviceJobStatistics
 	s.log.Info("job started", "job_id", r.JobID, "op", string(r.Type), "devices", st.DeviceCount,
 		"delay_ms", now.Sub(r.StartTime.Time).Milliseconds())

@@ -239,7 +239,16 @@ func (m *methodRun) write() error {
 		if err := m.s.store.FinishDevices(ctx, m.r.JobID, batch, m.s.clock.Now()); err != nil {
 			m.s.log.Error("record outcomes", "job_id", m.r.JobID, "op", "write", "err", err)
 			firstErr = err
+			continue
 		}
+		ok := 0
+		for _, o := range batch {
+			if o.Status == herd.DeviceJobCompleted {
+				ok++
+			}
+		}
+		m.s.metrics.devices.WithLabelValues(string(m.r.Type), "succeeded").Add(float64(ok))
+		m.s.metrics.devices.WithLabelValues(string(m.r.Type), "failed").Add(float64(len(batch) - ok))
 	}
 	return firstErr
 }

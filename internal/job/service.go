@@ -9,6 +9,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/twin"
@@ -56,6 +58,8 @@ type Config struct {
 	TwinBatch int
 	// Retention is how long finished jobs are kept.
 	Retention time.Duration
+	// Metrics, if not nil, is where the engine registers its collectors.
+	Metrics prometheus.Registerer
 }
 
 // Defaults for Config.
@@ -97,6 +101,8 @@ type Service struct {
 	waiting chan struct{} // semaphore of MaxWaiting
 	wake    chan struct{} // buffered 1: the scheduler should look again
 
+	metrics *metrics
+
 	mu      sync.Mutex
 	runners map[string]*runner // jobs being run, by id
 }
@@ -104,13 +110,15 @@ type Service struct {
 // New returns a job service. Jobs run only while Run runs.
 func New(cfg Config) *Service {
 	cfg.defaults()
-	return &Service{
+	s := &Service{
 		cfg: cfg, store: cfg.Store, clock: cfg.Clock, log: cfg.Log,
 		slots:   newLimiter(cfg.MaxInFlight),
 		waiting: make(chan struct{}, cfg.MaxWaiting),
 		wake:    make(chan struct{}, 1),
 		runners: map[string]*runner{},
 	}
+	s.metrics = newMetrics(s, cfg.Metrics)
+	return s
 }
 
 // Create validates and stores a job (PUT /jobs/v2/{id}) and returns it,

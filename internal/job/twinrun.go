@@ -33,6 +33,8 @@ func (s *Service) runTwin(feed context.Context, r *Record) error {
 			}
 			return err
 		}
+		s.metrics.devices.WithLabelValues(string(r.Type), "succeeded").Add(float64(len(res.Updated)))
+		s.metrics.devices.WithLabelValues(string(r.Type), "failed").Add(float64(res.Failed))
 		s.notify(body, res.Updated)
 		if res.Done {
 			return nil

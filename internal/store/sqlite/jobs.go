@@ -410,9 +410,7 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 			}
 			res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
 				start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
-				outcome = (SELECT o FROM temp.job_outcomes WHERE d = device_jobs.device_id),
-				error_code = (SELECT c FROM temp.job_outcomes WHERE d = device_jobs.device_id),
-				error_description = (SELECT e FROM temp.job_outcomes WHERE d = device_jobs.device_id)
+				(outcome, error_code, error_description) = (SELECT o, c, e FROM temp.job_outcomes WHERE d = device_jobs.device_id)
 				WHERE job_id = ? AND status = ? AND device_id IN (SELECT d FROM temp.job_outcomes)`,
 				string(k.to), at, at, at, id, k.from)
 			if err != nil {
