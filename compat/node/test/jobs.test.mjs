@@ -60,6 +60,48 @@ describe('Jobs: scheduling, statistics, listing and cancel', () => {
     }
   });
 
+  test('scheduleTwinUpdate with a twin-query condition updates exactly the matching twins, none early', async () => {
+    const devs = Array.from({ length: 6 }, (_, i) => ({ id: `jobq-${run}-${i}`, role: i < 4 ? 'door' : 'window' }));
+    await expectSuccess(reg.addDevices(devs.map((d) => ({ deviceId: d.id }))), 'Registry.addDevices creates devices');
+    for (const d of devs) {
+      await expectSuccess(reg.updateTwin(d.id, { tags: { jobsuite: run, role: d.role } }, '*'), 'Registry.updateTwin tags a device');
+    }
+    const id = jobId('building');
+    const startTime = new Date(Date.now() + 3000);
+    const condition = `tags.jobsuite = '${run}' AND tags.role = 'door'`;
+    const { jobStatus: created } = await expectSuccess(jobs.scheduleTwinUpdate(id, condition,
+      { etag: '*', properties: { desired: { building: 43, floor: 3 } } }, startTime, 300),
+    'JobClient.scheduleTwinUpdate with a twin-query condition schedules a job');
+    expectEqual(created.status, 'queued', 'the create reply says "queued"');
+    const { job, seen } = await pollJob(jobs, id);
+    expectEqual(job.status, 'completed', `the job completes (went through ${seen.join(' → ')})`);
+    expectEqual(job.deviceJobStatistics, { deviceCount: 4, failedCount: 0, succeededCount: 4, runningCount: 0, pendingCount: 0 },
+      'deviceJobStatistics counts exactly the four devices the condition selects, all succeeded');
+    for (const d of devs) {
+      const { responseBody: t } = await expectSuccess(reg.getTwin(d.id), 'Registry.getTwin returns the twin');
+      const desired = t.properties.desired;
+      if (d.role === 'door') {
+        expectEqual([desired.building, desired.floor], [43, 3], `targeted twin ${d.id} has the job's desired properties`);
+        expectThat(Date.parse(desired.$metadata.building.$lastUpdated) >= startTime.getTime(),
+          'a job does not touch any twin before its startTime', `${d.id} was written at ${desired.$metadata.building.$lastUpdated}`);
+        expectEqual(t.tags.role, 'door', 'the job leaves tags it does not name alone');
+      } else {
+        expectThat(!('building' in desired) && !('floor' in desired), `untargeted twin ${d.id} is untouched`,
+          `has desired ${JSON.stringify(desired)}`);
+      }
+    }
+  });
+
+  test('a job whose condition is a whole query ends failed with a failureReason', async () => {
+    const id = jobId('badquery');
+    await expectSuccess(jobs.scheduleTwinUpdate(id, 'SELECT * FROM devices', { etag: '*', tags: { never: true } }),
+      'Azure accepts the job (queued) and reports the bad condition when it runs');
+    const { job } = await pollJob(jobs, id);
+    expectEqual(job.status, 'failed', 'a queryCondition that is a full SELECT makes the job end "failed"');
+    expectThat(typeof job.failureReason === 'string' && job.failureReason !== '', 'a failed job says why in failureReason',
+      `failureReason ${JSON.stringify(job.failureReason)}`);
+  });
+
   test('a job scheduled without a start time starts now', async () => {
     const id = jobId('now');
     await expectSuccess(reg.create({ deviceId: `jobnow-${run}` }), 'Registry.create creates a device');
@@ -112,7 +154,7 @@ describe('Jobs: scheduling, statistics, listing and cancel', () => {
       `listed ${cancelled.map((j) => j.jobId).join(', ')}`);
     const ids = (await list()).map((j) => j.jobId);
     expectEqual(new Set(ids).size, ids.length, 'paging through all jobs lists each job once');
-    for (const prefix of ['stamp', 'now', 'cancel']) {
+    for (const prefix of ['stamp', 'building', 'now', 'cancel']) {
       expectThat(ids.some((x) => x.startsWith(`${prefix}-${run}`)), 'without filters every job is listed', `missing ${prefix}`);
     }
   });
