@@ -9,7 +9,7 @@ import crypto from 'node:crypto';
 import iothub from 'azure-iothub';
 
 import { hub, expectSuccess, expectFailure, expectEqual, expectThat, mismatch } from '../lib/azure.mjs';
-import { pollJob } from '../lib/jobs.mjs';
+import { pollJob, deviceJobRecords } from '../lib/jobs.mjs';
 
 const { JobClient, Registry } = iothub;
 const reg = Registry.fromConnectionString(hub.cs('iothubowner'));
@@ -89,6 +89,14 @@ describe('Jobs: scheduling, statistics, listing and cancel', () => {
         expectThat(!('building' in desired) && !('floor' in desired), `untargeted twin ${d.id} is untouched`,
           `has desired ${JSON.stringify(desired)}`);
       }
+    }
+    const records = await deviceJobRecords(reg, id);
+    expectEqual(records.map((r) => [r.deviceId, r.jobId, r.jobType, r.status]),
+      devs.filter((d) => d.role === 'door').map((d) => [d.id, id, 'scheduleUpdateTwin', 'completed']).sort(),
+      'SELECT * FROM devices.jobs WHERE devices.jobs.jobId = … returns one completed scheduleUpdateTwin record per targeted device');
+    for (const r of records) {
+      expectThat(!Number.isNaN(Date.parse(r.createdDateTimeUtc)) && !Number.isNaN(Date.parse(r.lastUpdatedDateTimeUtc)),
+        'a devices.jobs record carries createdDateTimeUtc and lastUpdatedDateTimeUtc', `record ${JSON.stringify(r)}`);
     }
   });
 
