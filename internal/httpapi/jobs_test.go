@@ -198,4 +198,28 @@ func TestTwinJobThroughSDK(t *testing.T) {
 	if err != nil || len(jobs) != 1 {
 		t.Errorf("list: %d %v", len(jobs), err)
 	}
+	// The device records, through the query language.
+	var records []*herd.DeviceJob
+	for page, err := range h.Service.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'fw-rollout'", service.WithPageSize(2)) {
+		if err != nil {
+			t.Fatal(err)
+		}
+		if page.ItemType != service.ItemDeviceJob {
+			t.Errorf("item type %q", page.ItemType)
+		}
+		djs, err := page.DeviceJobs()
+		if err != nil {
+			t.Fatal(err)
+		}
+		records = append(records, djs...)
+	}
+	if len(records) != 3 {
+		t.Fatalf("%d device records, want 3", len(records))
+	}
+	for _, d := range records {
+		if d.JobID != "fw-rollout" || d.JobType != herd.JobUpdateTwin || d.Status != herd.DeviceJobCompleted ||
+			d.StartTimeUTC.IsZero() || d.EndTimeUTC.IsZero() || d.CreatedDateTimeUTC.IsZero() || d.Error != nil {
+			t.Errorf("record: %+v", d)
+		}
+	}
 }
