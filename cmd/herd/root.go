@@ -39,6 +39,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		twinCommand(e),
 		jobCommand(e),
 		queryCommand(e),
+		methodCommand(e),
+		monitorCommand(e),
 	)
 	return root.ExecuteContext(ctx)
 }

@@ -41,7 +41,8 @@ gateway. Every flag can also be set with a HERD_* environment variable
 				return err
 			}
 			printReady(e, h, cs)
-			log.Info("hub ready", "https_addr", h.HTTPSAddr().String(), "hostname", cfg.Hostname)
+			log.Info("hub ready", "https_addr", h.HTTPSAddr().String(), "mqtt_addr", addrString(h.MQTTAddr()),
+				"mqtt_plain_addr", addrString(h.MQTTPlainAddr()), "hostname", cfg.Hostname)
 			err = h.Run(cmd.Context())
 			log.Info("hub stopped")
 			return err
@@ -53,6 +54,8 @@ gateway. Every flag can also be set with a HERD_* environment variable
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "address of the REST API (the official Azure service SDKs only reach port 443)")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM) to use instead of the generated one")
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "key (PEM) of --tls-cert")
+	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", cfg.MQTTAddr, `address of MQTT over TLS for devices ("" turns it off)`)
+	f.StringVar(&cfg.MQTTPlainAddr, "mqtt-plain-addr", "", "address of plain (unencrypted) MQTT for load tests and trusted networks; off unless set")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without authorization")
 	f.DurationVar(&cfg.JobRetention, "job-retention", job.DefaultRetention, "how long finished jobs are kept before they are purged")
 	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")
@@ -81,11 +84,24 @@ func printReady(e *env, h *hub.Hub, cs string) {
 	w := e.stdout
 	fmt.Fprintf(w, "Herd is ready.\n\n")
 	fmt.Fprintf(w, "  REST API     https://%s (listening on %s)\n", hostPort(h), h.HTTPSAddr())
+	if a := h.MQTTAddr(); a != nil {
+		fmt.Fprintf(w, "  MQTT (TLS)   %s (devices: GatewayHostName=%s)\n", a, mqttHostPort(h, a))
+	}
+	fmt.Fprintf(w, "  MQTT/WS      wss://%s/$iothub/websocket\n", hostPort(h))
+	if a := h.MQTTPlainAddr(); a != nil {
+		fmt.Fprintf(w, "  MQTT (plain) %s — unencrypted, for trusted networks only\n", a)
+	}
 	if ca := h.CAFile(); ca != "" {
 		fmt.Fprintf(w, "  CA           %s\n", ca)
 		fmt.Fprintf(w, "               trust it with: export NODE_EXTRA_CA_CERTS=%s\n", ca)
 	}
 	fmt.Fprintf(w, "\n  Service connection string (iothubowner):\n    %s\n\n", cs)
+}
+
+// mqttHostPort is how devices address the MQTT listener at a.
+func mqttHostPort(h *hub.Hub, a net.Addr) string {
+	_, port, _ := net.SplitHostPort(a.String())
+	return net.JoinHostPort(h.Hostname(), port)
 }
 
 // hostPort is how clients address the REST API: the host name, with the
@@ -96,4 +112,11 @@ func hostPort(h *hub.Hub) string {
 		return h.Hostname()
 	}
 	return net.JoinHostPort(h.Hostname(), port)
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }

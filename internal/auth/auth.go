@@ -256,45 +256,71 @@ type DeviceKeys struct {
 // the token's expiry so the gateway can disconnect the device when it runs
 // out.
 func (s *Service) AuthenticateDevice(password, deviceID string, keys DeviceKeys) (time.Time, error) {
+	da, err := s.VerifyDevice(password, deviceID, keys)
+	return da.Expires, err
+}
+
+// DeviceAuth is the outcome of a successful device authentication.
+type DeviceAuth struct {
+	// Expires is when the token runs out.
+	Expires time.Time
+	// Key is the device key that signed the token ("" for a policy), so
+	// that a live connection can be closed when that key is replaced.
+	Key string
+}
+
+// VerifyDevice is AuthenticateDevice, also saying which key signed.
+func (s *Service) VerifyDevice(password, deviceID string, keys DeviceKeys) (DeviceAuth, error) {
+	exp, key, err := s.verifyDevice(password, deviceID, keys)
+	return DeviceAuth{Expires: exp, Key: key}, err
+}
+
+func (s *Service) verifyDevice(password, deviceID string, keys DeviceKeys) (time.Time, string, error) {
 	tok, err := sas.Parse(password)
 	if err != nil {
-		return time.Time{}, unauthorized("malformed SharedAccessSignature: %v", err)
+		return time.Time{}, "", unauthorized("malformed SharedAccessSignature: %v", err)
 	}
 	var ok bool
+	var used string
 	if tok.KeyName == "" {
-		ok = tok.Verify(keys.PrimaryKey) || tok.Verify(keys.SecondaryKey)
+		switch {
+		case tok.Verify(keys.PrimaryKey):
+			ok, used = true, keys.PrimaryKey
+		case tok.Verify(keys.SecondaryKey):
+			ok, used = true, keys.SecondaryKey
+		}
 	} else {
 		s.mu.RLock()
 		p, found := s.policies[tok.KeyName]
 		s.mu.RUnlock()
 		if !found || !p.Rights.Has(DeviceConnect) {
-			return time.Time{}, unauthorized("policy %q cannot connect devices", tok.KeyName)
+			return time.Time{}, "", unauthorized("policy %q cannot connect devices", tok.KeyName)
 		}
 		ok = tok.Verify(p.PrimaryKey) || tok.Verify(p.SecondaryKey)
 	}
 	if !ok {
-		return time.Time{}, unauthorized("the token's signature does not match the keys of device %q", deviceID)
+		return time.Time{}, "", unauthorized("the token's signature does not match the keys of device %q", deviceID)
 	}
 	if err := s.checkExpiry(tok); err != nil {
-		return time.Time{}, err
+		return time.Time{}, "", err
 	}
 	sr, err := url.PathUnescape(tok.Resource)
 	if err != nil {
-		return time.Time{}, unauthorized("sr is not percent-encoded correctly")
+		return time.Time{}, "", unauthorized("sr is not percent-encoded correctly")
 	}
 	host, path, _ := strings.Cut(sr, "/")
 	if !s.sameHost(host) {
-		return time.Time{}, unauthorized("the token is for %q, not for this hub (%q)", host, s.host)
+		return time.Time{}, "", unauthorized("the token is for %q, not for this hub (%q)", host, s.host)
 	}
 	if path != "" && !isSegmentPrefix(strings.TrimSuffix(path, "/"), "devices/"+deviceID) {
-		return time.Time{}, unauthorized("the token is for %q, not for device %q", sr, deviceID)
+		return time.Time{}, "", unauthorized("the token is for %q, not for device %q", sr, deviceID)
 	}
 	if path == "" && tok.KeyName == "" {
-		return time.Time{}, unauthorized("a device token must name the device in sr")
+		return time.Time{}, "", unauthorized("a device token must name the device in sr")
 	}
 	if !keys.Enabled {
-		return time.Time{}, unauthorized("device %q is disabled", deviceID)
+		return time.Time{}, "", unauthorized("device %q is disabled", deviceID)
 	}
 	exp, _ := tok.ExpiresAt()
-	return exp, nil
+	return exp, used, nil
 }

@@ -23,10 +23,15 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/certs"
+	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/events"
+	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/httpapi"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/query"
+	"github.com/herd-iot/herd/internal/method"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
@@ -55,9 +60,17 @@ type Config struct {
 	// JobTwinBatch is how many twins one twin-job transaction patches
 	// (0: job.DefaultTwinBatch).
 	JobTwinBatch int
-	Log          *slog.Logger
+	// MQTTAddr is where devices connect with MQTT over TLS ("" = off).
+	MQTTAddr string
+	// MQTTPlainAddr is an optional plain-TCP MQTT listener (load tests,
+	// trusted networks); "" = off.
+	MQTTPlainAddr string
+	Log           *slog.Logger
 	// Now is the hub's clock.
 	Now func() time.Time
+	// Clock schedules expiries (tokens on live connections, method
+	// timeouts); nil means real timers on Now.
+	Clock clock.Clock
 }
 
 // Default returns the configuration `herd serve` starts from.
@@ -66,6 +79,7 @@ func Default() Config {
 		DataDir:   "herd-data",
 		Hostname:  "localhost",
 		HTTPSAddr: ":443",
+		MQTTAddr:  ":8883",
 		Log:       slog.Default(),
 		Now:       time.Now,
 	}
@@ -97,9 +111,15 @@ type Hub struct {
 	Twins    *twin.Service
 	Jobs     *job.Service
 	Metrics  *prometheus.Registry
+	Bus      *bus.Bus
+	Methods  *method.Service
+	Gateway  *gateway.Server
+	Events   *events.Stream
 
 	tlsConfig *tls.Config
 	https     net.Listener
+	mqtt      net.Listener // TLS; nil when off
+	mqttPlain net.Listener // nil when off
 	api       *httpapi.Server
 }
 
@@ -131,23 +151,73 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	if h.tlsConfig, err = tlsConfig(cfg); err != nil {
 		return nil, err
 	}
-	h.Registry = registry.NewService(h.DB, cfg.Now, nil, cfg.Log)
-	h.Twins = twin.NewService(h.DB, cfg.Now, nil)
-	h.Metrics = prometheus.NewRegistry()
-	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	h.Jobs = newJobs(h, cfg)
-	h.api = httpapi.New(httpapi.Config{
-		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
-		Metrics: h.Metrics, MetricsPublic: cfg.MetricsPublic,
-		Log: cfg.Log, Now: cfg.Now,
-	})
+	if err := h.wire(cfg); err != nil {
+		return nil, err
+	}
+	// Nothing is connected to a hub that is starting (a crash may have left
+	// devices marked Connected).
+	if err := h.DB.ResetConnectionStates(ctx, cfg.Now()); err != nil {
+		return nil, err
+	}
 	if h.https, err = listen(cfg.HTTPSAddr, "https-addr"); err != nil {
 		return nil, err
+	}
+	if cfg.MQTTAddr != "" {
+		if h.mqtt, err = listen(cfg.MQTTAddr, "mqtt-addr"); err != nil {
+			return nil, err
+		}
+		h.mqtt = tls.NewListener(h.mqtt, h.tlsConfig)
+	}
+	if cfg.MQTTPlainAddr != "" {
+		if h.mqttPlain, err = listen(cfg.MQTTPlainAddr, "mqtt-plain-addr"); err != nil {
+			return nil, err
+		}
 	}
 	if err := h.DB.SetSetting(ctx, "https_addr", h.https.Addr().String()); err != nil {
 		return nil, err
 	}
 	return h, nil
+}
+
+// wire builds the domain services and connects their seams: twin writes
+// notify the bus, registry changes recheck live connections, the gateway
+// feeds methods, twins and the event stream.
+func (h *Hub) wire(cfg Config) error {
+	clk := cfg.Clock
+	if clk == nil {
+		clk = clock.FromNow(cfg.Now)
+	}
+	h.Bus = bus.New()
+	h.Events = events.New()
+	var gw *gateway.Server // set below, before anything is served
+	h.Registry = registry.NewService(h.DB, cfg.Now, func(id string) {
+		if gw != nil {
+			gw.DeviceChanged(id)
+		}
+	}, cfg.Log)
+	h.Twins = twin.NewService(h.DB, cfg.Now, h.Bus.Desired)
+	h.Methods = method.NewService(h.Bus, func(ctx context.Context, id string) error {
+		_, err := h.Registry.Keys(ctx, id)
+		return err
+	}, clk)
+	h.Metrics = prometheus.NewRegistry()
+	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	gw = gateway.New(gateway.Config{
+		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
+		Methods: h.Methods, Bus: h.Bus, Sessions: h.DB, Events: h.Events.Publish,
+		Clock: clk, Log: cfg.Log, Metrics: h.Metrics,
+	})
+	h.Gateway = gw
+	h.Jobs = newJobs(h, cfg)
+	h.api = httpapi.New(httpapi.Config{
+		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
+		Connected: h.Bus.Connected,
+		Metrics: h.Metrics, MetricsPublic: cfg.MetricsPublic,
+		Log: cfg.Log, Now: cfg.Now,
+	})
+	h.api.HandleMethods(h.Methods)
+	h.api.HandleEvents(h.Events)
+	return nil
 }
 
 func tlsConfig(cfg Config) (*tls.Config, error) {
@@ -190,6 +260,22 @@ func (h *Hub) Hostname() string { return h.cfg.Hostname }
 // HTTPSAddr is the bound address of the REST API.
 func (h *Hub) HTTPSAddr() net.Addr { return h.https.Addr() }
 
+// MQTTAddr is the bound address of MQTT over TLS, or nil when off.
+func (h *Hub) MQTTAddr() net.Addr {
+	if h.mqtt == nil {
+		return nil
+	}
+	return h.mqtt.Addr()
+}
+
+// MQTTPlainAddr is the bound address of plain MQTT, or nil when off.
+func (h *Hub) MQTTPlainAddr() net.Addr {
+	if h.mqttPlain == nil {
+		return nil
+	}
+	return h.mqttPlain.Addr()
+}
+
 // CAFile is the path of the generated CA certificate clients should trust
 // ("" when the user gave their own certificate).
 func (h *Hub) CAFile() string {
@@ -220,8 +306,11 @@ func (h *Hub) DeviceConnectionString(ctx context.Context, deviceID string) (stri
 func (h *Hub) Run(ctx context.Context) error {
 	defer h.Close()
 	g, ctx := errgroup.WithContext(ctx)
+	mux := http.NewServeMux()
+	mux.Handle(gateway.WebSocketPath, h.Gateway.WebSocketHandler())
+	mux.Handle("/", h.api.Handler())
 	srv := &http.Server{
-		Handler:           h.api.Handler(),
+		Handler:           mux,
 		TLSConfig:         h.tlsConfig,
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
@@ -233,8 +322,21 @@ func (h *Hub) Run(ctx context.Context) error {
 		}
 		return nil
 	})
+	for _, l := range []net.Listener{h.mqtt, h.mqttPlain} {
+		if l != nil {
+			g.Go(func() error { return h.Gateway.Serve(l) })
+		}
+	}
+	// The registry writes its last batch after the gateway has closed every
+	// connection, so that the disconnects are recorded.
+	regCtx, regDone := context.WithCancel(context.WithoutCancel(ctx))
+	g.Go(func() error {
+		defer regDone()
+		return h.Gateway.Run(ctx)
+	})
 	g.Go(func() error {
 		<-ctx.Done()
+		h.Events.Close()
 		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
 		if err := srv.Shutdown(shut); err != nil {
@@ -243,7 +345,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		}
 		return nil
 	})
-	g.Go(func() error { return h.Registry.Run(ctx) })
+	g.Go(func() error { return h.Registry.Run(regCtx) })
 	g.Go(func() error { return h.Jobs.Run(ctx) })
 	return g.Wait()
 }
@@ -251,8 +353,10 @@ func (h *Hub) Run(ctx context.Context) error {
 // Close releases the hub's resources. Run calls it; call it yourself only
 // for a hub that never ran.
 func (h *Hub) Close() {
-	if h.https != nil {
-		h.https.Close()
+	for _, l := range []net.Listener{h.https, h.mqtt, h.mqttPlain} {
+		if l != nil {
+			l.Close()
+		}
 	}
 	if h.DB != nil {
 		h.DB.Close()

@@ -12,6 +12,7 @@ func newJobs(h *Hub, cfg Config) *job.Service {
 		Store:       h.DB,
 		Compile:     compileCondition,
 		Twins:       h.Twins,
+		Methods:     jobMethods{h},
 		Clock:       clock.FromNow(cfg.Now),
 		Log:         cfg.Log,
 		MaxInFlight: cfg.JobMaxInFlight,

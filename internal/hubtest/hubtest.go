@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/service"
 )
@@ -27,6 +28,8 @@ type Hub struct {
 	ConnectionString string
 	// Service is a service SDK client with iothubowner rights.
 	Service *service.Client
+	// MQTTAddr and MQTTPlainAddr are the device listeners (TLS, plain).
+	MQTTAddr, MQTTPlainAddr string
 
 	cancel context.CancelFunc
 	done   chan error
@@ -41,6 +44,12 @@ func WithDir(dir string) Option { return func(c *hub.Config) { c.DataDir = dir }
 // WithClock gives the hub a clock.
 func WithClock(now func() time.Time) Option { return func(c *hub.Config) { c.Now = now } }
 
+// WithFakeClock runs the hub on a manual clock: time and every expiry
+// (tokens, method timeouts) move only when the test advances it.
+func WithFakeClock(f *clock.Fake) Option {
+	return func(c *hub.Config) { c.Now = f.Now; c.Clock = f }
+}
+
 // WithConfig lets a test change any field.
 func WithConfig(fn func(*hub.Config)) Option { return func(c *hub.Config) { fn(c) } }
 
@@ -51,6 +60,8 @@ func Start(t testing.TB, opts ...Option) *Hub {
 	cfg := hub.Default()
 	cfg.DataDir = t.TempDir()
 	cfg.HTTPSAddr = "127.0.0.1:0"
+	cfg.MQTTAddr = "127.0.0.1:0"
+	cfg.MQTTPlainAddr = "127.0.0.1:0"
 	cfg.Log = slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	for _, o := range opts {
 		o(&cfg)
@@ -62,6 +73,12 @@ func Start(t testing.TB, opts ...Option) *Hub {
 		t.Fatalf("start hub: %v", err)
 	}
 	th := &Hub{Hub: h, Dir: cfg.DataDir, URL: "https://" + h.HTTPSAddr().String(), cancel: cancel, done: make(chan error, 1)}
+	if a := h.MQTTAddr(); a != nil {
+		th.MQTTAddr = a.String()
+	}
+	if a := h.MQTTPlainAddr(); a != nil {
+		th.MQTTPlainAddr = a.String()
+	}
 	trust := h.CAFile()
 	if trust == "" {
 		trust = cfg.TLSCert // the user's own certificate: trust it directly

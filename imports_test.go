@@ -1,0 +1,34 @@
+package herd_test
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The public SDKs (device/, service/) and the packages they share (sas/,
+// the root) must never depend on Herd's server internals or on a
+// database driver (ARCHITECTURE.md, "Rules that keep it easy to change").
+func TestSDKImports(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("the go command is not available")
+	}
+	forbidden := []string{
+		"github.com/herd-iot/herd/internal/",
+		"modernc.org/sqlite", "github.com/mattn/go-sqlite3",
+		"github.com/jackc/pgx", "github.com/lib/pq", "database/sql",
+	}
+	for _, pkg := range []string{"./device", "./service", "./sas", "."} {
+		out, err := exec.Command("go", "list", "-deps", "-f", "{{.ImportPath}}", pkg).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go list %s: %v\n%s", pkg, err, out)
+		}
+		for _, dep := range strings.Fields(string(out)) {
+			for _, f := range forbidden {
+				if strings.HasPrefix(dep, f) {
+					t.Errorf("%s depends on %s", pkg, dep)
+				}
+			}
+		}
+	}
+}

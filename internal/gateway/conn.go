@@ -1,0 +1,492 @@
+package gateway
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// Why a connection ended (the reason label of herd_mqtt_disconnects_total).
+const (
+	reasonClient       = "client_disconnect"
+	reasonLost         = "connection_lost"
+	reasonTakeover     = "takeover"
+	reasonTokenExpired = "token_expired"
+	reasonDeleted      = "device_deleted"
+	reasonDisabled     = "device_disabled"
+	reasonKeyChanged   = "key_changed"
+	reasonSlow         = "queue_overflow"
+	reasonWriteFailed  = "write_failed"
+	reasonProtocol     = "protocol_violation"
+	reasonForbidden    = "forbidden_topic"
+	reasonKeepAlive    = "keepalive_timeout"
+	reasonShutdown     = "shutdown"
+)
+
+// conn is one device connection. The reader goroutine (serve) owns the
+// fields above mu; the outbound queue and closed state are guarded by mu.
+// Lock order: a conn's mu is never held while calling into the bus or
+// another conn.
+type conn struct {
+	s        *Server
+	nc       net.Conn
+	deviceID string
+	// key is the device key that signed the token ("" for a policy).
+	key      string
+	clean    bool
+	will     *packets.PublishPacket
+	expiry   clock.Timer
+	activity time.Time
+	features atomic.Uint32
+
+	mu      sync.Mutex
+	queue   []outItem
+	queued  int
+	writing bool
+	closed  bool
+	reason  string
+}
+
+// outItem is one encoded packet waiting to be written.
+type outItem struct {
+	b       []byte
+	sent    func()
+	dropped func()
+}
+
+func newConn(s *Server, nc net.Conn) *conn { return &conn{s: s, nc: nc} }
+
+// Features implements bus.Conn.
+func (c *conn) Features() bus.Feature { return bus.Feature(c.features.Load()) }
+
+// SendDesired implements bus.Conn: §8.7 desired push, QoS 0.
+func (c *conn) SendDesired(version int64, body []byte) {
+	c.enqueue(encodePublish(DesiredTopic(version), body), nil, nil)
+}
+
+// SendMethod implements bus.Conn: §8.8 method request, QoS 0.
+func (c *conn) SendMethod(mc *bus.MethodCall) bool {
+	if !c.Features().Has(bus.Methods) {
+		return false
+	}
+	return c.enqueue(encodePublish(MethodTopic(mc.Name, mc.RID), mc.Payload), mc.Sent, mc.Dropped)
+}
+
+func encodePublish(topic string, payload []byte) []byte {
+	p := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	p.TopicName = topic
+	p.Payload = payload
+	return encode(p)
+}
+
+func encode(p packets.ControlPacket) []byte {
+	var b bytes.Buffer
+	_ = p.Write(&b) // writing to a bytes.Buffer cannot fail
+	return b.Bytes()
+}
+
+// enqueue adds an encoded packet to the outbound queue and makes sure a
+// writer is draining it. A full queue closes the connection: a device that
+// does not read must not hold memory or slow its senders.
+func (c *conn) enqueue(b []byte, sent, dropped func()) bool {
+	c.mu.Lock()
+	return c.enqueueLocked(b, sent, dropped)
+}
+
+// enqueueLocked is enqueue with c.mu held; it unlocks c.mu.
+func (c *conn) enqueueLocked(b []byte, sent, dropped func()) bool {
+	if c.closed {
+		c.mu.Unlock()
+		return false
+	}
+	if len(c.queue) >= c.s.cfg.QueuePackets || c.queued+len(b) > c.s.cfg.QueueBytes {
+		c.mu.Unlock()
+		c.s.cfg.Log.Warn("device does not read its connection; disconnecting", "device_id", c.deviceID, "op", "send")
+		c.close(reasonSlow)
+		return false
+	}
+	c.queue = append(c.queue, outItem{b: b, sent: sent, dropped: dropped})
+	c.queued += len(b)
+	start := !c.writing
+	c.writing = true
+	c.mu.Unlock()
+	if start {
+		go c.flush()
+	}
+	return true
+}
+
+// flush writes queued packets until the queue is empty, batching what
+// accumulated into one write. It runs only while there is something to
+// write, so an idle connection has no writer goroutine.
+func (c *conn) flush() {
+	var batch []byte
+	for {
+		c.mu.Lock()
+		items := c.queue
+		c.queue, c.queued = nil, 0
+		if len(items) == 0 || c.closed {
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		c.mu.Unlock()
+		data := items[0].b
+		if len(items) > 1 {
+			batch = batch[:0]
+			for _, it := range items {
+				batch = append(batch, it.b...)
+			}
+			data = batch
+		}
+		_ = c.nc.SetWriteDeadline(time.Now().Add(writeWait))
+		if _, err := c.nc.Write(data); err != nil {
+			c.close(reasonWriteFailed)
+			for _, it := range items {
+				if it.dropped != nil {
+					it.dropped()
+				}
+			}
+			c.mu.Lock()
+			c.writing = false
+			c.mu.Unlock()
+			return
+		}
+		for _, it := range items {
+			if it.sent != nil {
+				it.sent()
+			}
+		}
+	}
+}
+
+// close ends the connection once; queued packets are dropped.
+func (c *conn) close(reason string) {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return
+	}
+	c.closed = true
+	c.reason = reason
+	q := c.queue
+	c.queue, c.queued = nil, 0
+	c.mu.Unlock()
+	// An expired deadline makes a blocked write fail at once, so that
+	// closing a TLS connection does not wait for it.
+	_ = c.nc.SetDeadline(time.Now())
+	_ = c.nc.Close()
+	for _, it := range q {
+		if it.dropped != nil {
+			it.dropped()
+		}
+	}
+}
+
+func (c *conn) closeReason() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.reason
+}
+
+func (c *conn) send(p packets.ControlPacket) { c.enqueue(encode(p), nil, nil) }
+
+// serve runs the connection: CONNECT, then one packet at a time until the
+// connection ends.
+func (c *conn) serve() {
+	r := &packetReader{src: c.nc, max: MaxPacket}
+	defer r.release()
+	_ = c.nc.SetReadDeadline(time.Now().Add(connectWait))
+	pkt, err := r.next()
+	if err != nil {
+		c.close(reasonLost)
+		return
+	}
+	cp, ok := pkt.(*packets.ConnectPacket)
+	if !ok {
+		c.s.cfg.Log.Debug("first packet is not CONNECT", "op", "connect")
+		c.close(reasonProtocol)
+		return
+	}
+	keepAlive, ok := c.connect(cp)
+	if !ok {
+		c.s.m.connects.WithLabelValues("refused").Inc()
+		return
+	}
+	c.s.m.connects.WithLabelValues("accepted").Inc()
+	defer c.ended()
+	for {
+		_ = c.nc.SetReadDeadline(time.Now().Add(keepAlive))
+		pkt, err := r.next()
+		if err != nil {
+			reason := reasonLost
+			var ne net.Error
+			switch {
+			case errors.As(err, &ne) && ne.Timeout() && c.closeReason() == "":
+				reason = reasonKeepAlive
+			case errors.Is(err, errTooLarge):
+				c.s.cfg.Log.Warn("packet too large; disconnecting", "device_id", c.deviceID, "err", err)
+				reason = reasonProtocol
+			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.closeReason() == "":
+				c.s.cfg.Log.Debug("read failed", "device_id", c.deviceID, "err", err)
+			}
+			c.close(reason)
+			return
+		}
+		c.touch()
+		if !c.handle(pkt) {
+			return
+		}
+	}
+}
+
+// touch records activity, at most once a second per connection.
+func (c *conn) touch() {
+	now := c.s.cfg.Clock.Now()
+	if now.Sub(c.activity) >= activityEvery {
+		c.activity = now
+		c.s.cfg.Registry.RecordActivity(c.deviceID, now)
+	}
+}
+
+// ended cleans up after the connection is gone.
+func (c *conn) ended() {
+	if c.expiry != nil {
+		c.expiry.Stop()
+	}
+	reason := c.closeReason()
+	if c.s.cfg.Bus.Detach(c.deviceID, c) {
+		c.s.cfg.Registry.RecordConnection(c.deviceID, herd.Disconnected, c.s.cfg.Clock.Now())
+	}
+	if c.will != nil && reason != reasonClient {
+		c.sendWill()
+	}
+	c.s.m.disconnects.WithLabelValues(reason).Inc()
+	c.s.cfg.Log.Debug("device disconnected", "device_id", c.deviceID, "op", reason)
+}
+
+// handle processes one packet after CONNECT; false ends the connection.
+func (c *conn) handle(pkt packets.ControlPacket) bool {
+	switch p := pkt.(type) {
+	case *packets.PublishPacket:
+		return c.publish(p)
+	case *packets.SubscribePacket:
+		return c.subscribe(p)
+	case *packets.UnsubscribePacket:
+		return c.unsubscribe(p)
+	case *packets.PingreqPacket:
+		c.send(packets.NewControlPacket(packets.Pingresp))
+		return true
+	case *packets.PubackPacket:
+		return true // acknowledgement of a QoS 1 delivery
+	case *packets.DisconnectPacket:
+		c.close(reasonClient)
+		return false
+	}
+	c.violation(reasonProtocol, "unexpected "+pkt.String())
+	return false
+}
+
+// violation closes the connection for breaking the dialect and logs why.
+func (c *conn) violation(reason, what string) {
+	c.s.cfg.Log.Warn("device broke the protocol; disconnecting", "device_id", c.deviceID, "op", reason, "err", what)
+	c.close(reason)
+}
+
+// publish handles a device's PUBLISH (§8.7, §8.10, §8.11).
+func (c *conn) publish(p *packets.PublishPacket) bool {
+	if p.Qos > 1 {
+		c.violation(reasonProtocol, "QoS 2 publish to "+p.TopicName)
+		return false
+	}
+	t, err := ParseTopic(c.deviceID, p.TopicName)
+	if err != nil {
+		c.violation(reasonForbidden, err.Error())
+		return false
+	}
+	switch t.Kind {
+	case KindTelemetry:
+		if !c.telemetry(t, p) {
+			return false
+		}
+	case KindTwinGet:
+		c.twinGet(t.RID)
+	case KindTwinReported:
+		c.twinReported(t.RID, p.Payload)
+	case KindMethodResponse:
+		if err := c.s.cfg.Methods.Respond(c.deviceID, t.RID, t.Status, p.Payload); err != nil {
+			c.s.cfg.Log.Debug("method response ignored", "device_id", c.deviceID, "err", err)
+		}
+	}
+	if p.Qos == 1 {
+		ack := packets.NewControlPacket(packets.Puback).(*packets.PubackPacket)
+		ack.MessageID = p.MessageID
+		c.send(ack)
+	}
+	return true
+}
+
+// telemetry turns a device-to-cloud message into an event (§8.10).
+func (c *conn) telemetry(t Topic, p *packets.PublishPacket) bool {
+	bag, err := ParseBag(t.Bag)
+	if err != nil {
+		c.violation(reasonForbidden, err.Error())
+		return false
+	}
+	c.s.m.telemetry.Inc()
+	c.s.m.telemetryBytes.Add(float64(len(p.Payload)))
+	c.s.cfg.Events(c.event(bag, p.Payload, p.Retain))
+	return true
+}
+
+func (c *conn) event(bag Bag, body []byte, retain bool) *herd.Event {
+	sys := bag.System
+	if sys == nil {
+		sys = map[string]string{}
+	}
+	sys["$.cdid"] = c.deviceID
+	app := bag.Application
+	if retain {
+		if app == nil {
+			app = map[string]string{}
+		}
+		app["mqtt-retain"] = "true"
+	}
+	return &herd.Event{
+		DeviceID: c.deviceID, EnqueuedTime: herd.NewTime(c.s.cfg.Clock.Now()),
+		SystemProperties: sys, Properties: app, Body: body,
+	}
+}
+
+// sendWill forwards the device's Will as telemetry (§8.5).
+func (c *conn) sendWill() {
+	t, err := ParseTopic(c.deviceID, c.will.TopicName)
+	if err != nil || t.Kind != KindTelemetry {
+		return
+	}
+	bag, err := ParseBag(t.Bag)
+	if err != nil {
+		return
+	}
+	if bag.Application == nil {
+		bag.Application = map[string]string{}
+	}
+	bag.Application["iothub-MessageType"] = "Will"
+	c.s.m.telemetry.Inc()
+	c.s.cfg.Events(c.event(bag, c.will.Payload, false))
+}
+
+// opContext bounds one twin operation.
+func opContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+// twinGet answers $iothub/twin/GET with the device view of the twin.
+func (c *conn) twinGet(rid string) {
+	ctx, cancel := opContext()
+	defer cancel()
+	body, err := c.s.cfg.Twins.DeviceView(ctx, c.deviceID)
+	if err != nil {
+		c.twinError(rid, err)
+		return
+	}
+	c.enqueue(encodePublish(TwinResponseTopic(200, rid, 0), body), nil, nil)
+}
+
+// twinReported applies a reported-properties patch and answers 204 with
+// the new version, empty body (§8.7).
+func (c *conn) twinReported(rid string, body []byte) {
+	p, err := twin.ParseReported(body)
+	if err != nil {
+		c.twinError(rid, err)
+		return
+	}
+	ctx, cancel := opContext()
+	defer cancel()
+	v, err := c.s.cfg.Twins.PatchReported(ctx, c.deviceID, p)
+	if err != nil {
+		c.twinError(rid, err)
+		return
+	}
+	c.enqueue(encodePublish(TwinResponseTopic(204, rid, v), nil), nil, nil)
+}
+
+// twinError answers a twin request with an error status and a JSON body
+// with errorCode and message (§8.7: the SDKs fail the call on errorCode).
+func (c *conn) twinError(rid string, err error) {
+	code := herd.ErrorCodeOf(err)
+	if code == herd.ErrInternal {
+		c.s.cfg.Log.Error("twin request failed", "device_id", c.deviceID, "err", err)
+	}
+	status, number := mqttOutcome(code)
+	body := errorBody(number, herd.ErrorMessage(err))
+	c.enqueue(encodePublish(TwinResponseTopic(status, rid, 0), body), nil, nil)
+}
+
+// subscribe handles SUBSCRIBE: only the filters of §8.6; QoS granted is at
+// most 1. Any other filter disconnects the device (§8.11).
+func (c *conn) subscribe(p *packets.SubscribePacket) bool {
+	add := bus.Feature(0)
+	granted := make([]byte, len(p.Topics))
+	for i, f := range p.Topics {
+		feat, err := ParseFilter(c.deviceID, f)
+		if err != nil {
+			c.violation(reasonForbidden, err.Error())
+			return false
+		}
+		add |= feat
+		granted[i] = min(p.Qoss[i], 1)
+	}
+	ack := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
+	ack.MessageID = p.MessageID
+	ack.ReturnCodes = granted
+	c.setFeatures(c.Features()|add, encode(ack))
+	return true
+}
+
+func (c *conn) unsubscribe(p *packets.UnsubscribePacket) bool {
+	remove := bus.Feature(0)
+	for _, f := range p.Topics {
+		if feat, err := ParseFilter(c.deviceID, f); err == nil {
+			remove |= feat
+		}
+	}
+	ack := packets.NewControlPacket(packets.Unsuback).(*packets.UnsubackPacket)
+	ack.MessageID = p.MessageID
+	c.setFeatures(c.Features()&^remove, encode(ack))
+	return true
+}
+
+// setFeatures records a new subscription set and queues the SUBACK (or
+// UNSUBACK) ack in one step under the queue lock, so the acknowledgement
+// is in effect when the device reads it and nothing routed by the new
+// subscription overtakes it. It then persists the set for a
+// clean-session-0 connection and tells the bus.
+func (c *conn) setFeatures(f bus.Feature, ack []byte) {
+	c.mu.Lock()
+	old := bus.Feature(c.features.Swap(uint32(f)))
+	c.enqueueLocked(ack, nil, nil)
+	if old == f {
+		return
+	}
+	if !c.clean {
+		c.s.sessions.save(c.deviceID, f)
+	}
+	c.s.cfg.Bus.FeaturesChanged(c.deviceID, c)
+}
+
+// isModule reports whether a client id names a module (device/module).
+func isModule(clientID string) bool { return strings.Contains(clientID, "/") }

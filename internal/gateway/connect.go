@@ -1,0 +1,124 @@
+package gateway
+
+import (
+	"context"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
+)
+
+// connect runs the CONNECT rules of §8.2 and §8.9 and answers CONNACK.
+// It returns the keep-alive read timeout and whether the device is in.
+//
+// CONNACK codes: 1 for anything but MQTT 3.1.1; 2 for an empty or module
+// client id; 4 for a user name that is not {host}/{clientId}/?…; 5 for a
+// missing, malformed, expired or wrongly signed token and for an unknown
+// or disabled device; 3 when the registry cannot be read. A malformed
+// CONNECT (reserved bit, bad protocol name) is closed without CONNACK.
+func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
+	log := c.s.cfg.Log
+	refuse := func(code byte, why string) (time.Duration, bool) {
+		log.Info("device connection refused", "device_id", cp.ClientIdentifier, "op", "connect",
+			"err", why, "code", code)
+		ack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+		ack.ReturnCode = code
+		// Close once the refusal is written (or could not be).
+		c.enqueue(encode(ack), func() { c.close(reasonProtocol) }, nil)
+		return 0, false
+	}
+	switch code := cp.Validate(); {
+	case code == packets.ErrProtocolViolation:
+		log.Info("malformed CONNECT", "device_id", cp.ClientIdentifier, "op", "connect")
+		c.close(reasonProtocol)
+		return 0, false
+	case cp.ProtocolName != "MQTT" || cp.ProtocolVersion != 4:
+		return refuse(packets.ErrRefusedBadProtocolVersion, "only MQTT 3.1.1 is supported")
+	case code != packets.Accepted:
+		return refuse(code, "invalid CONNECT")
+	}
+	id := cp.ClientIdentifier
+	if id == "" || isModule(id) {
+		return refuse(packets.ErrRefusedIDRejected, "the client id must be a device id (modules are not supported)")
+	}
+	if !cp.UsernameFlag {
+		return refuse(packets.ErrRefusedBadUsernameOrPassword, "no user name")
+	}
+	if _, err := ParseUsername(cp.Username, c.s.cfg.Host, id); err != nil {
+		return refuse(packets.ErrRefusedBadUsernameOrPassword, err.Error())
+	}
+	if !cp.PasswordFlag || len(cp.Password) == 0 {
+		return refuse(packets.ErrRefusedNotAuthorised, "no SAS token (X.509 authentication is not supported)")
+	}
+	if cp.WillFlag {
+		t, err := ParseTopic(id, cp.WillTopic)
+		if err != nil || t.Kind != KindTelemetry || cp.WillQos > 1 {
+			return refuse(packets.ErrRefusedNotAuthorised, "the Will must be a QoS 0 or 1 telemetry message of this device")
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	keys, err := c.s.cfg.Registry.Keys(ctx, id)
+	if herd.IsCode(err, herd.ErrDeviceNotFound) {
+		return refuse(packets.ErrRefusedNotAuthorised, "unknown device")
+	}
+	if err != nil {
+		log.Error("read device keys", "device_id", id, "err", err)
+		return refuse(packets.ErrRefusedServerUnavailable, "registry unavailable")
+	}
+	da, err := c.s.cfg.Auth.VerifyDevice(string(cp.Password), id, keys)
+	if err != nil {
+		return refuse(packets.ErrRefusedNotAuthorised, herd.ErrorMessage(err))
+	}
+
+	c.deviceID, c.key, c.clean = id, da.Key, cp.CleanSession
+	if cp.WillFlag {
+		c.will = &packets.PublishPacket{TopicName: cp.WillTopic, Payload: cp.WillMessage}
+	}
+	// §8.3: a clean-session-0 device gets its stored subscriptions back,
+	// from the connection it replaces if there is one; clean=1 discards.
+	var subs bus.Feature
+	present := false
+	if cp.CleanSession {
+		c.s.sessions.discard(id)
+	} else if prev, ok := c.s.cfg.Bus.Lookup(id).(*conn); ok && prev != nil {
+		subs, present = prev.Features(), true
+	} else {
+		subs, present, err = c.s.sessions.load(ctx, id)
+		if err != nil {
+			log.Error("read device session", "device_id", id, "err", err)
+			return refuse(packets.ErrRefusedServerUnavailable, "session store unavailable")
+		}
+	}
+	c.features.Store(uint32(subs))
+	now := c.s.cfg.Clock.Now()
+	c.activity = now
+	// CONNACK is queued before the bus can route anything to the device.
+	c.connack(packets.Accepted, present)
+	if prev, ok := c.s.cfg.Bus.Attach(id, c).(*conn); ok && prev != nil {
+		log.Info("device connected again; closing its previous connection", "device_id", id, "op", "takeover")
+		prev.close(reasonTakeover)
+	}
+	// A registry change that committed while this CONNECT was being
+	// checked looked for the device before it was attached: check again.
+	c.recheck(ctx)
+	c.expiry = c.s.cfg.Clock.AfterFunc(da.Expires.Sub(now), func() {
+		log.Info("device token expired; disconnecting", "device_id", id, "op", "token_expiry")
+		c.close(reasonTokenExpired)
+	})
+	c.s.cfg.Registry.RecordConnection(id, herd.Connected, now)
+	keepAlive := maxKeepAlive
+	if cp.Keepalive > 0 {
+		keepAlive = min(time.Duration(cp.Keepalive)*1500*time.Millisecond, maxKeepAlive)
+	}
+	return keepAlive, true
+}
+
+func (c *conn) connack(code byte, sessionPresent bool) {
+	ack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+	ack.ReturnCode = code
+	ack.SessionPresent = sessionPresent
+	c.send(ack)
+}

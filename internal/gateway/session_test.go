@@ -1,0 +1,199 @@
+package gateway_test
+
+import (
+	"context"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/hubtest"
+)
+
+func TestPersistentSession(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	c := dialPlain(t, h)
+	if ack := c.connect(d, false, time.Now()); ack.SessionPresent {
+		t.Fatalf("sessionPresent on the first connection")
+	}
+	c.subscribe("$iothub/methods/POST/#", "$iothub/twin/res/#")
+	c.send(packets.NewControlPacket(packets.Disconnect))
+	c.expectClosed()
+
+	// Token renewal: reconnect with clean=0 and a new token, no SUBSCRIBE.
+	c = dialPlain(t, h)
+	if ack := c.connect(d, false, time.Now()); !ack.SessionPresent {
+		t.Fatalf("sessionPresent=0 after a clean=0 reconnect")
+	}
+	done := invokeAsync(t, h, d.id, herd.MethodRequest{MethodName: "m"})
+	answer(t, c, 200, `1`)
+	if r := <-done; r.err != nil {
+		t.Fatalf("method after renewal: %v", r.err)
+	}
+	c.nc.Close() // a network drop
+
+	// clean=1 discards the session.
+	c = dialPlain(t, h)
+	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "old connection still held")
+	if ack := c.connect(d, true, time.Now()); ack.SessionPresent {
+		t.Fatalf("sessionPresent=1 with clean=1")
+	}
+	if _, err := h.Service.InvokeMethod(context.Background(), d.id, herd.MethodRequest{MethodName: "m"}); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+		t.Fatalf("clean session kept subscriptions: %v", err)
+	}
+	c.send(packets.NewControlPacket(packets.Disconnect))
+	c.expectClosed()
+	c = dialPlain(t, h)
+	if ack := c.connect(d, false, time.Now()); ack.SessionPresent {
+		t.Fatalf("session survived a clean=1 connection")
+	}
+}
+
+func TestSessionSurvivesHubRestart(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	c := dialPlain(t, h)
+	c.connect(d, false, time.Now())
+	c.subscribe("$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#")
+	h.Stop()
+	c.expectClosed()
+
+	h2 := hubtest.Start(t, hubtest.WithDir(h.Dir))
+	d.h = h2
+	c = dialPlain(t, h2)
+	if ack := c.connect(d, false, time.Now()); !ack.SessionPresent {
+		t.Fatalf("session lost in the restart")
+	}
+	done := invokeAsync(t, h2, d.id, herd.MethodRequest{MethodName: "m"})
+	answer(t, c, 200, `{}`)
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if _, err := h2.Service.UpdateTwin(context.Background(), d.id, herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"a": 1}}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	if p := c.nextPublish(); !strings.HasPrefix(p.TopicName, "$iothub/twin/PATCH/properties/desired/") {
+		t.Fatalf("no desired push after restart: %s", p.TopicName)
+	}
+}
+
+func TestForbiddenTopicsDisconnect(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	newDevice(t, h, "dev2")
+	publishes := []struct {
+		name, topic string
+		qos         byte
+	}{
+		{"another device's telemetry", "devices/dev2/messages/events/", 1},
+		{"unknown topic", "hello/world", 0},
+		{"hub-to-device topic", "$iothub/methods/POST/reboot/?$rid=1", 0},
+		{"desired topic", "$iothub/twin/PATCH/properties/desired/?$version=9", 0},
+		{"twin request without rid", "$iothub/twin/GET/", 0},
+		{"module telemetry", "devices/dev1/modules/m1/messages/events/", 1},
+		{"QoS 2", "devices/dev1/messages/events/", 2},
+		{"C2D topic", "devices/dev1/messages/devicebound/x", 1},
+	}
+	for _, tc := range publishes {
+		t.Run("publish "+tc.name, func(t *testing.T) {
+			c := dialPlain(t, h)
+			c.connect(d, true, time.Now())
+			c.publish(tc.topic, tc.qos, []byte(`{}`))
+			c.expectClosed()
+		})
+	}
+	for _, f := range []string{"#", "$iothub/#", "devices/dev2/messages/devicebound/#", "devices/+/messages/events/#", "$iothub/methods/POST/reboot", "$share/g/x"} {
+		t.Run("subscribe "+f, func(t *testing.T) {
+			c := dialPlain(t, h)
+			c.connect(d, true, time.Now())
+			sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+			sp.MessageID, sp.Topics, sp.Qoss = 1, []string{"$iothub/twin/res/#", f}, []byte{0, 0}
+			c.send(sp)
+			c.expectClosed()
+		})
+	}
+	t.Run("QoS 2 subscribe is granted 1", func(t *testing.T) {
+		c := dialPlain(t, h)
+		c.connect(d, true, time.Now())
+		sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+		sp.MessageID, sp.Topics, sp.Qoss = 7, []string{"devices/dev1/messages/devicebound/#"}, []byte{2}
+		c.send(sp)
+		ack, ok := c.read().(*packets.SubackPacket)
+		if !ok || ack.MessageID != 7 || len(ack.ReturnCodes) != 1 || ack.ReturnCodes[0] != 1 {
+			t.Fatalf("SUBACK %+v", ack)
+		}
+	})
+}
+
+// No packet meant for one device may reach another: two devices subscribed
+// to everything; methods, desired pushes and twin replies for one of them
+// must leave the other's queue empty (its PINGRESP is its next packet).
+func TestNoCrossDeviceDelivery(t *testing.T) {
+	h := hubtest.Start(t)
+	a, b := newDevice(t, h, "devA"), newDevice(t, h, "devB")
+	ca, cb := dialPlain(t, h), dialPlain(t, h)
+	all := []string{"$iothub/methods/POST/#", "$iothub/twin/res/#", "$iothub/twin/PATCH/properties/desired/#"}
+	ca.connect(a, false, time.Now())
+	ca.subscribe(append(all, "devices/devA/messages/devicebound/#")...)
+	cb.connect(b, false, time.Now())
+	cb.subscribe(append(all, "devices/devB/messages/devicebound/#")...)
+	ctx := context.Background()
+
+	done := invokeAsync(t, h, a.id, herd.MethodRequest{MethodName: "m"})
+	p := ca.nextPublish()
+	_, rid, _ := parseMethodTopic(p.TopicName)
+	// B answering A's request id is ignored; A's answer counts.
+	cb.publish("$iothub/methods/res/666/?$rid="+rid, 0, []byte(`"spoof"`))
+	cb.ping()
+	ca.publish("$iothub/methods/res/200/?$rid="+rid, 0, []byte(`"real"`))
+	if r := <-done; r.err != nil || string(r.res.Payload) != `"real"` {
+		t.Fatalf("result %+v", r)
+	}
+	if _, err := h.Service.UpdateTwin(ctx, a.id, herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"x": 1}}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	ca.nextPublish()
+	ca.publish("$iothub/twin/GET/?$rid=1", 0, nil)
+	ca.nextPublish()
+	ca.publish("devices/devA/messages/events/", 1, []byte("t"))
+	if _, ok := ca.read().(*packets.PubackPacket); !ok {
+		t.Fatalf("no PUBACK")
+	}
+	ca.ping()
+	cb.ping() // nothing was queued for B before this PINGRESP
+}
+
+func TestSlowReaderIsDisconnected(t *testing.T) {
+	h := hubtest.Start(t)
+	slow, fast := newDevice(t, h, "slow"), newDevice(t, h, "fast")
+	cs, cf := dialPlain(t, h), dialPlain(t, h)
+	cs.connect(slow, false, time.Now())
+	cs.subscribe("$iothub/methods/POST/#")
+	cf.connect(fast, false, time.Now())
+	cf.subscribe("$iothub/methods/POST/#")
+	// The slow device never reads again. Requests with 100 KB payloads
+	// fill the socket buffers and then its bounded queue.
+	payload := []byte(`"` + strings.Repeat("p", 100*1024) + `"`)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	for i := 0; i < 2000 && h.Bus.Lookup(slow.id) != nil; i++ {
+		go h.Methods.Invoke(ctx, slow.id, herd.MethodRequest{MethodName: "m", Payload: payload, ResponseTimeoutInSeconds: 300})
+		if i%50 == 49 {
+			// Meanwhile the fast device is served.
+			done := invokeAsync(t, h, fast.id, herd.MethodRequest{MethodName: "m"})
+			answer(t, cf, 200, `1`)
+			if r := <-done; r.err != nil {
+				t.Fatalf("fast device: %v", r.err)
+			}
+		}
+	}
+	hubtest.Eventually(t, 30*time.Second, func() bool { return h.Bus.Lookup(slow.id) == nil }, "slow device still connected")
+	done := invokeAsync(t, h, fast.id, herd.MethodRequest{MethodName: "m"})
+	answer(t, cf, 200, `1`)
+	if r := <-done; r.err != nil {
+		t.Fatal(r.err)
+	}
+}

@@ -1,0 +1,107 @@
+package gateway
+
+import (
+	"context"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/herd-iot/herd/internal/bus"
+)
+
+// SessionChange is a change to a device's persistent session: its new
+// subscription set, or Delete to discard the session.
+type SessionChange struct {
+	DeviceID      string
+	Subscriptions bus.Feature
+	Delete        bool
+}
+
+// SessionStore keeps persistent sessions (§8.3) across reconnects and hub
+// restarts.
+type SessionStore interface {
+	// Session returns a device's stored subscription set; found is false
+	// when the device has no session.
+	Session(ctx context.Context, deviceID string) (subs bus.Feature, found bool, err error)
+	// SaveSessions applies a batch of changes in one transaction. Changes
+	// for devices that no longer exist are ignored.
+	SaveSessions(ctx context.Context, changes []SessionChange) error
+}
+
+// sessionFlushEvery is how often session changes are written.
+const sessionFlushEvery = 100 * time.Millisecond
+
+// sessions batches session writes: changes are visible to load at once
+// and reach the store with the next flush (and at shutdown), so that a
+// connect storm does not write one row per SUBSCRIBE.
+type sessions struct {
+	store   SessionStore
+	mu      sync.Mutex
+	pending map[string]SessionChange
+}
+
+func newSessions(store SessionStore) *sessions {
+	return &sessions{store: store, pending: map[string]SessionChange{}}
+}
+
+func (s *sessions) save(id string, subs bus.Feature) {
+	s.mu.Lock()
+	s.pending[id] = SessionChange{DeviceID: id, Subscriptions: subs}
+	s.mu.Unlock()
+}
+
+func (s *sessions) discard(id string) {
+	s.mu.Lock()
+	s.pending[id] = SessionChange{DeviceID: id, Delete: true}
+	s.mu.Unlock()
+}
+
+func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, error) {
+	s.mu.Lock()
+	ch, ok := s.pending[id]
+	s.mu.Unlock()
+	if ok {
+		return ch.Subscriptions, !ch.Delete, nil
+	}
+	return s.store.Session(ctx, id)
+}
+
+func (s *sessions) flush(ctx context.Context) error {
+	s.mu.Lock()
+	if len(s.pending) == 0 {
+		s.mu.Unlock()
+		return nil
+	}
+	batch := make([]SessionChange, 0, len(s.pending))
+	for _, c := range s.pending {
+		batch = append(batch, c)
+	}
+	s.mu.Unlock()
+	if err := s.store.SaveSessions(ctx, batch); err != nil {
+		return err
+	}
+	// Forget what was written unless it changed again meanwhile.
+	s.mu.Lock()
+	for _, c := range batch {
+		if s.pending[c.DeviceID] == c {
+			delete(s.pending, c.DeviceID)
+		}
+	}
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *sessions) run(ctx context.Context, log *slog.Logger) error {
+	t := time.NewTicker(sessionFlushEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-t.C:
+			if err := s.flush(ctx); err != nil {
+				log.Error("save device sessions", "err", err)
+			}
+		}
+	}
+}

@@ -1,0 +1,312 @@
+// Package method owns direct methods (§5 of the compatibility reference):
+// validating a call, waiting for the device to be online for methods,
+// sending the request through the bus, correlating the device's answer by
+// request id, and timing out.
+//
+// Invoke is built to be called concurrently for tens of thousands of
+// devices (by the REST API and by method jobs): a call costs one small
+// allocation set, a timer and a map entry in a sharded table; waiting for
+// an offline device is a notification from the bus, not polling.
+package method
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/clock"
+)
+
+// Limits of §5.2.
+const (
+	MaxPayload             = 128 * 1024
+	DefaultResponseTimeout = 30
+	MinResponseTimeout     = 5
+	MaxResponseTimeout     = 300
+	MaxConnectTimeout      = 300
+)
+
+// Messages Azure uses for the two direct-method failures (§5.3).
+const (
+	msgNotOnline = "Timed out waiting for device to connect."
+	msgTimeout   = "Timed out waiting for the response from device."
+)
+
+// NotOnlineError is the DeviceNotOnline (404103) failure: the device was
+// not connected and subscribed to methods within the connect timeout.
+type NotOnlineError struct {
+	Err herd.Error
+	// Wait is the connect timeout that passed.
+	Wait time.Duration
+}
+
+// Error implements error.
+func (e *NotOnlineError) Error() string { return e.Err.Error() }
+
+// Unwrap exposes the *herd.Error with the code.
+func (e *NotOnlineError) Unwrap() error { return &e.Err }
+
+// Timeout is the connect timeout, shown in Azure's error "info".
+func (e *NotOnlineError) Timeout() time.Duration { return e.Wait }
+
+func notOnline(wait time.Duration) error {
+	return &NotOnlineError{Err: herd.Error{Code: herd.ErrDeviceNotOnline, Message: msgNotOnline}, Wait: wait}
+}
+
+// ExistsFunc reports whether a device is registered: nil, or an error with
+// code DeviceNotFound (or another failure).
+type ExistsFunc func(ctx context.Context, deviceID string) error
+
+// Service invokes direct methods.
+type Service struct {
+	bus    *bus.Bus
+	exists ExistsFunc
+	clock  clock.Clock
+
+	next   atomic.Uint64
+	shards [64]callShard
+}
+
+type callShard struct {
+	mu    sync.Mutex
+	calls map[uint64]*call
+}
+
+// call is one invocation waiting for its answer.
+type call struct {
+	deviceID string
+	done     chan *herd.MethodResult // buffered 1
+}
+
+// NewService returns a method service that reaches devices through b.
+// exists checks that a device is registered before waiting for it.
+func NewService(b *bus.Bus, exists ExistsFunc, c clock.Clock) *Service {
+	s := &Service{bus: b, exists: exists, clock: c}
+	for i := range s.shards {
+		s.shards[i].calls = map[uint64]*call{}
+	}
+	return s
+}
+
+// Validate checks a request and fills in defaults: responseTimeoutInSeconds
+// 5–300 (0 or absent means 30), connectTimeoutInSeconds 0–300, the method
+// name's characters (§5.2), a payload of at most 128 KB that is valid JSON
+// (nil means null).
+func Validate(req *herd.MethodRequest) error {
+	if req.MethodName == "" {
+		return herd.Errorf(herd.ErrArgumentNull, "methodName is required")
+	}
+	if err := validName(req.MethodName); err != nil {
+		return err
+	}
+	if req.ResponseTimeoutInSeconds == 0 {
+		req.ResponseTimeoutInSeconds = DefaultResponseTimeout
+	}
+	if t := req.ResponseTimeoutInSeconds; t < MinResponseTimeout || t > MaxResponseTimeout {
+		return herd.Errorf(herd.ErrArgumentInvalid, "responseTimeoutInSeconds must be between %d and %d, not %d",
+			MinResponseTimeout, MaxResponseTimeout, t)
+	}
+	if t := req.ConnectTimeoutInSeconds; t < 0 || t > MaxConnectTimeout {
+		return herd.Errorf(herd.ErrArgumentInvalid, "connectTimeoutInSeconds must be between 0 and %d, not %d", MaxConnectTimeout, t)
+	}
+	if len(req.Payload) == 0 {
+		req.Payload = json.RawMessage("null")
+	}
+	if len(req.Payload) > MaxPayload {
+		return herd.Errorf(herd.ErrMessageTooLarge, "the method payload is %d bytes; the limit is %d", len(req.Payload), MaxPayload)
+	}
+	if !json.Valid(req.Payload) {
+		return herd.Errorf(herd.ErrArgumentInvalid, "the method payload is not valid JSON")
+	}
+	return nil
+}
+
+// validName checks a method name: printable US-ASCII except
+// $ ( ) < > @ , ; : \ " / [ ] ? = { }, space and tab (§5.2).
+func validName(name string) error {
+	if len(name) > 1024 {
+		return herd.Errorf(herd.ErrArgumentInvalid, "methodName is longer than 1024 characters")
+	}
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if c <= ' ' || c >= 0x7f {
+			return herd.Errorf(herd.ErrArgumentInvalid, "methodName %q contains a character that is not printable US-ASCII", name)
+		}
+		switch c {
+		case '$', '(', ')', '<', '>', '@', ',', ';', ':', '\\', '"', '/', '[', ']', '?', '=', '{', '}':
+			return herd.Errorf(herd.ErrArgumentInvalid, "methodName %q must not contain %q", name, c)
+		}
+	}
+	return nil
+}
+
+// Option changes one invocation.
+type Option func(*options)
+
+type options struct {
+	sent func()
+}
+
+// OnSent calls fn once the request has been written to the device's
+// connection. A caller that needs at-most-once delivery (method jobs)
+// records the call as in flight there: an invocation that returns an error
+// without fn having been called never reached the device.
+func OnSent(fn func()) Option { return func(o *options) { o.sent = fn } }
+
+// Invoke calls a direct method on a device and waits for its answer. req
+// must have passed Validate. It fails with DeviceNotFound for an unknown
+// device, DeviceNotOnline (*NotOnlineError) when the device is not online
+// for methods within req.ConnectTimeoutInSeconds, and GatewayTimeout when
+// the device does not answer within req.ResponseTimeoutInSeconds of
+// receiving the request. If ctx ends first, ctx.Err() is returned.
+func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRequest, opts ...Option) (*herd.MethodResult, error) {
+	var o options
+	for _, fn := range opts {
+		fn(&o)
+	}
+	if err := s.exists(ctx, deviceID); err != nil {
+		return nil, err
+	}
+	connectWait := time.Duration(req.ConnectTimeoutInSeconds) * time.Second
+	waitCtx, cancelWait := s.withTimeout(ctx, connectWait)
+	defer cancelWait()
+
+	id := s.next.Add(1)
+	c := &call{deviceID: deviceID, done: make(chan *herd.MethodResult, 1)}
+	sh := &s.shards[id%uint64(len(s.shards))]
+	sh.mu.Lock()
+	sh.calls[id] = c
+	sh.mu.Unlock()
+	defer func() {
+		sh.mu.Lock()
+		delete(sh.calls, id)
+		sh.mu.Unlock()
+	}()
+	payload := []byte(req.Payload)
+	if len(payload) == 0 {
+		payload = []byte("null")
+	}
+	for {
+		conn, err := s.bus.WaitMethods(waitCtx, deviceID)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, notOnline(connectWait)
+		}
+		dropped := make(chan struct{})
+		mc := &bus.MethodCall{
+			Name: req.MethodName, RID: strconv.FormatUint(id, 16), Payload: payload,
+			Sent:    o.sent,
+			Dropped: func() { close(dropped) },
+		}
+		if !conn.SendMethod(mc) {
+			// The connection went away between lookup and send: wait for
+			// the next one within the connect timeout.
+			if err := s.pause(waitCtx); err != nil {
+				if ctx.Err() != nil {
+					return nil, ctx.Err()
+				}
+				return nil, notOnline(connectWait)
+			}
+			continue
+		}
+		res, retry, err := s.await(ctx, c, dropped, time.Duration(req.ResponseTimeoutInSeconds)*time.Second)
+		if retry {
+			continue // never written: safe to send again
+		}
+		return res, err
+	}
+}
+
+// pause yields once before trying again, so that a connection that is
+// being replaced can finish; it returns early when ctx ends.
+func (s *Service) pause(ctx context.Context) error {
+	t := time.NewTimer(time.Millisecond)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// await waits for the answer to a sent request. retry is true when the
+// connection dropped the request before writing it.
+func (s *Service) await(ctx context.Context, c *call, dropped <-chan struct{}, wait time.Duration) (*herd.MethodResult, bool, error) {
+	timeout := make(chan struct{})
+	t := s.clock.AfterFunc(wait, func() { close(timeout) })
+	defer t.Stop()
+	select {
+	case res := <-c.done:
+		return res, false, nil
+	case <-dropped:
+		return nil, true, nil
+	case <-timeout:
+		return nil, false, herd.Errorf(herd.ErrGatewayTimeout, msgTimeout)
+	case <-ctx.Done():
+		return nil, false, ctx.Err()
+	}
+}
+
+// withTimeout is context.WithTimeout on the service's clock. A zero d gives
+// a context that is already done.
+func (s *Service) withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	wctx, cancel := context.WithCancelCause(ctx)
+	if d <= 0 {
+		cancel(context.DeadlineExceeded)
+		return wctx, func() {}
+	}
+	t := s.clock.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
+	return wctx, func() { t.Stop(); cancel(context.Canceled) }
+}
+
+// ErrUnknownRequest is returned by Respond for an answer that matches no
+// waiting call (unknown, expired, or another device's request id).
+var ErrUnknownRequest = errors.New("no method call is waiting for this request id")
+
+// Respond delivers a device's answer ($iothub/methods/res/{status}/?$rid=)
+// to the waiting call. The answer counts only if it comes from the device
+// the request was sent to.
+func (s *Service) Respond(deviceID, rid string, status int, payload []byte) error {
+	id, err := strconv.ParseUint(rid, 16, 64)
+	if err != nil {
+		return fmt.Errorf("%w: %q", ErrUnknownRequest, rid)
+	}
+	sh := &s.shards[id%uint64(len(s.shards))]
+	sh.mu.Lock()
+	c := sh.calls[id]
+	if c != nil && c.deviceID == deviceID {
+		delete(sh.calls, id)
+	} else {
+		c = nil
+	}
+	sh.mu.Unlock()
+	if c == nil {
+		return fmt.Errorf("%w: %q", ErrUnknownRequest, rid)
+	}
+	c.done <- &herd.MethodResult{Status: status, Payload: resultPayload(payload)}
+	return nil
+}
+
+// resultPayload turns a device's response body into the payload member of
+// the result: JSON as sent, null for an empty body, and a JSON string for
+// a body that is not JSON.
+func resultPayload(b []byte) json.RawMessage {
+	if len(b) == 0 {
+		return json.RawMessage("null")
+	}
+	if json.Valid(b) {
+		return append(json.RawMessage(nil), b...)
+	}
+	s, _ := json.Marshal(string(b))
+	return s
+}

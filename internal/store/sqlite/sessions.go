@@ -1,0 +1,70 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/gateway"
+)
+
+var _ gateway.SessionStore = (*DB)(nil)
+
+// Session returns a device's stored MQTT subscription set.
+func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, error) {
+	var subs int64
+	err := db.read.QueryRowContext(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = ?`, deviceID).Scan(&subs)
+	if errors.Is(err, sql.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read session of %q: %w", deviceID, err)
+	}
+	return bus.Feature(subs), true, nil
+}
+
+// SaveSessions writes a batch of session changes in one transaction;
+// sessions of devices that no longer exist are not created.
+func (db *DB) SaveSessions(ctx context.Context, changes []gateway.SessionChange) error {
+	return db.tx(ctx, func(tx *sql.Tx) error {
+		upsert, err := tx.PrepareContext(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
+			SELECT device_id, ? FROM devices WHERE device_id = ?
+			ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`)
+		if err != nil {
+			return err
+		}
+		defer upsert.Close()
+		del, err := tx.PrepareContext(ctx, `DELETE FROM device_sessions WHERE device_id = ?`)
+		if err != nil {
+			return err
+		}
+		defer del.Close()
+		for _, c := range changes {
+			if c.Delete {
+				_, err = del.ExecContext(ctx, c.DeviceID)
+			} else {
+				_, err = upsert.ExecContext(ctx, int64(c.Subscriptions), c.DeviceID)
+			}
+			if err != nil {
+				return fmt.Errorf("save session of %q: %w", c.DeviceID, err)
+			}
+		}
+		return nil
+	})
+}
+
+// ResetConnectionStates marks every connected device Disconnected (at hub
+// start: a single node holds every connection, and a crash may have left
+// stale states).
+func (db *DB) ResetConnectionStates(ctx context.Context, at time.Time) error {
+	_, err := db.write.ExecContext(ctx, `UPDATE devices SET connection_state = ?, connection_state_updated_time = ?
+		WHERE connection_state = ?`, string(herd.Disconnected), herd.NewTime(at).String(), string(herd.Connected))
+	if err != nil {
+		return fmt.Errorf("reset connection states: %w", err)
+	}
+	return nil
+}
