@@ -30,8 +30,8 @@ import (
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/httpapi"
 	"github.com/herd-iot/herd/internal/job"
-	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/method"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
@@ -212,7 +212,7 @@ func (h *Hub) wire(cfg Config) error {
 	h.api = httpapi.New(httpapi.Config{
 		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
 		Connected: h.Bus.Connected,
-		Metrics: h.Metrics, MetricsPublic: cfg.MetricsPublic,
+		Metrics:   h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		Log: cfg.Log, Now: cfg.Now,
 	})
 	h.api.HandleMethods(h.Methods)
