@@ -208,7 +208,7 @@ func (h *Hub) wire(cfg Config) error {
 		Clock: clk, Log: cfg.Log, Metrics: h.Metrics,
 	})
 	h.Gateway = gw
-	h.Jobs = newJobs(h, cfg)
+	h.Jobs = newJobs(h, cfg, clk)
 	h.api = httpapi.New(httpapi.Config{
 		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
 		Connected: h.Bus.Connected,

@@ -6,14 +6,15 @@ import (
 	"github.com/herd-iot/herd/internal/query"
 )
 
-// newJobs builds the job service over the hub's store and twins.
-func newJobs(h *Hub, cfg Config) *job.Service {
+// newJobs builds the job service over the hub's store, twins and direct
+// methods, on the hub's clock.
+func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 	return job.New(job.Config{
 		Store:       h.DB,
 		Compile:     compileCondition,
 		Twins:       h.Twins,
 		Methods:     jobMethods{h},
-		Clock:       clock.FromNow(cfg.Now),
+		Clock:       clk,
 		Log:         cfg.Log,
 		MaxInFlight: cfg.JobMaxInFlight,
 		TwinBatch:   cfg.JobTwinBatch,

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -360,63 +361,100 @@ type outcomeRow struct {
 	E *string `json:"e"`
 }
 
-// FinishDevices records outcomes, grouped by transition, in one
-// transaction.
-func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
-	type key struct {
-		from string
-		to   herd.DeviceJobStatus
+// transition is a change of device record status.
+type transition struct {
+	from string
+	to   herd.DeviceJobStatus
+}
+
+// outcomeKey groups outcomes that write the same values.
+type outcomeKey struct {
+	transition
+	outcome, code, desc string
+	hasOutcome, hasErr  bool
+}
+
+// maxOutcomeGroups is how many distinct outcomes a batch may have and
+// still be written one statement per outcome (the common case: most
+// devices answer alike); more go through a keyed temporary table.
+const maxOutcomeGroups = 8
+
+// outcomeJSON encodes a method job's device outcome.
+func outcomeJSON(r *herd.MethodResult) (string, error) {
+	payload := []byte(r.Payload)
+	if len(payload) == 0 {
+		payload = []byte("null")
+	} else if !json.Valid(payload) {
+		b, err := json.Marshal(string(payload))
+		if err != nil {
+			return "", err
+		}
+		payload = b
 	}
-	groups := map[key][]outcomeRow{}
+	return `{"deviceMethodResponse":{"status":` + strconv.Itoa(r.Status) + `,"payload":` + string(payload) + `}}`, nil
+}
+
+// FinishDevices records outcomes in one transaction.
+func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
+	groups := map[outcomeKey][]string{}
+	byTransition := map[transition][]outcomeRow{}
 	for _, o := range outcomes {
-		row := outcomeRow{D: o.DeviceID}
-		if o.Response != nil {
-			b, err := json.Marshal(map[string]any{"deviceMethodResponse": o.Response})
-			if err != nil {
-				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
-			}
-			s := string(b)
-			row.O = &s
-		}
-		if o.Error != nil {
-			row.C, row.E = &o.Error.Code, &o.Error.Description
-		}
-		k := key{"running", o.Status}
+		k := outcomeKey{transition: transition{"running", o.Status}}
 		if o.FromPending {
 			k.from = "pending"
 		}
-		groups[k] = append(groups[k], row)
+		row := outcomeRow{D: o.DeviceID}
+		if o.Response != nil {
+			s, err := outcomeJSON(o.Response)
+			if err != nil {
+				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
+			}
+			k.outcome, k.hasOutcome, row.O = s, true, &s
+		}
+		if o.Error != nil {
+			k.code, k.desc, k.hasErr = o.Error.Code, o.Error.Description, true
+			row.C, row.E = &o.Error.Code, &o.Error.Description
+		}
+		groups[k] = append(groups[k], o.DeviceID)
+		byTransition[k.transition] = append(byTransition[k.transition], row)
 	}
 	err := db.tx(ctx, func(tx *sql.Tx) error {
 		at := stamp(now)
-		for k, rows := range groups {
-			list, err := json.Marshal(rows)
-			if err != nil {
-				return err
+		moved := map[transition]int64{}
+		if len(groups) <= maxOutcomeGroups {
+			for k, ids := range groups {
+				list, err := json.Marshal(ids)
+				if err != nil {
+					return err
+				}
+				var outcome, code, desc any
+				if k.hasOutcome {
+					outcome = k.outcome
+				}
+				if k.hasErr {
+					code, desc = k.code, k.desc
+				}
+				res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
+					start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
+					outcome = ?, error_code = ?, error_description = ?
+					WHERE job_id = ? AND status = ? AND device_id IN (SELECT value FROM json_each(?))`,
+					string(k.to), at, at, at, outcome, code, desc, id, k.from, string(list))
+				if err != nil {
+					return err
+				}
+				n, _ := res.RowsAffected()
+				moved[k.transition] += n
 			}
-			// The batch goes through a keyed temporary table: joined
-			// directly with json_each, SQLite would walk all of the
-			// job's records for every batch.
-			if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS job_outcomes
-				(d TEXT PRIMARY KEY, o TEXT, c TEXT, e TEXT) WITHOUT ROWID`); err != nil {
-				return err
+		} else {
+			for k, rows := range byTransition {
+				n, err := finishThroughTemp(ctx, tx, id, k, rows, at)
+				if err != nil {
+					return err
+				}
+				moved[k] += n
 			}
-			if _, err := tx.ExecContext(ctx, `DELETE FROM temp.job_outcomes`); err != nil {
-				return err
-			}
-			if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO temp.job_outcomes
-				SELECT value ->> '$.d', value ->> '$.o', value ->> '$.c', value ->> '$.e' FROM json_each(?)`, string(list)); err != nil {
-				return err
-			}
-			res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
-				start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
-				(outcome, error_code, error_description) = (SELECT o, c, e FROM temp.job_outcomes WHERE d = device_jobs.device_id)
-				WHERE job_id = ? AND status = ? AND device_id IN (SELECT d FROM temp.job_outcomes)`,
-				string(k.to), at, at, at, id, k.from)
-			if err != nil {
-				return err
-			}
-			n, _ := res.RowsAffected()
+		}
+		for k, n := range moved {
 			from := "running_count"
 			if k.from == "pending" {
 				from = "pending_count"
@@ -435,6 +473,37 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 		return fmt.Errorf("record outcomes of job %q: %w", id, err)
 	}
 	return nil
+}
+
+// finishThroughTemp records outcomes of one transition that differ from
+// device to device. They go through a keyed temporary table: joined
+// directly with json_each, SQLite would walk all of the job's records for
+// every batch.
+func finishThroughTemp(ctx context.Context, tx *sql.Tx, id string, k transition, rows []outcomeRow, at string) (int64, error) {
+	list, err := json.Marshal(rows)
+	if err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS job_outcomes
+		(d TEXT PRIMARY KEY, o TEXT, c TEXT, e TEXT) WITHOUT ROWID`); err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `DELETE FROM temp.job_outcomes`); err != nil {
+		return 0, err
+	}
+	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO temp.job_outcomes
+		SELECT value ->> '$.d', value ->> '$.o', value ->> '$.c', value ->> '$.e' FROM json_each(?)`, string(list)); err != nil {
+		return 0, err
+	}
+	res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
+		start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
+		(outcome, error_code, error_description) = (SELECT o, c, e FROM temp.job_outcomes WHERE d = device_jobs.device_id)
+		WHERE job_id = ? AND status = ? AND device_id IN (SELECT d FROM temp.job_outcomes)`,
+		string(k.to), at, at, at, id, k.from)
+	if err != nil {
+		return 0, err
+	}
+	return res.RowsAffected()
 }
 
 // ExpireJob ends a job at its deadline.

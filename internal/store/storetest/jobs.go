@@ -33,6 +33,7 @@ func RunJobs(t *testing.T, open func(t *testing.T) JobStore) {
 		{"TwinBatchMatchesApply", testTwinBatchMatchesApply},
 		{"TwinBatchLimitsAndDeletedDevices", testTwinBatchEdges},
 		{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
+		{"ManyDistinctOutcomes", testManyDistinctOutcomes},
 		{"CancelAndExpire", testCancelAndExpire},
 		{"Purge", testPurge},
 	}
@@ -534,6 +535,60 @@ func testPurge(t *testing.T, s JobStore) {
 	for _, id := range []string{"new", "open"} {
 		if _, err := s.Job(ctx, id); err != nil {
 			t.Errorf("%s: %v", id, err)
+		}
+	}
+}
+
+// testManyDistinctOutcomes records a batch in which every device answered
+// differently, plus some alike.
+func testManyDistinctOutcomes(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	var ids []string
+	for i := range 30 {
+		ids = append(ids, fmt.Sprintf("o%02d", i))
+	}
+	create(t, s, ids...)
+	methodJob(t, s, "many")
+	if _, err := s.StartJob(ctx, "many", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimDevices(ctx, "many", ids[:25], t0); err != nil {
+		t.Fatal(err)
+	}
+	var outs []job.Outcome
+	for i, id := range ids {
+		switch {
+		case i < 20:
+			outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobCompleted,
+				Response: &herd.MethodResult{Status: 200 + i%3, Payload: json.RawMessage(fmt.Sprintf(`{"n":%d}`, i))}})
+		case i < 25:
+			outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobFailed,
+				Error: &herd.DeviceJobError{Code: "GatewayTimeout", Description: fmt.Sprintf("slow %d", i)}})
+		default:
+			outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobFailed, FromPending: true,
+				Error: &herd.DeviceJobError{Code: "DeviceNotOnline", Description: "off"}})
+		}
+	}
+	if err := s.FinishDevices(ctx, "many", outs, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	checkStats(t, s, "many", herd.DeviceJobStatistics{DeviceCount: 30, SucceededCount: 20, FailedCount: 10})
+	djs, _ := s.DeviceJobs(ctx, "many")
+	for i, d := range djs {
+		switch {
+		case i < 20:
+			r := d.Outcome.DeviceMethodResponse
+			if d.Status != herd.DeviceJobCompleted || r.Status != 200+i%3 || string(r.Payload) != fmt.Sprintf(`{"n":%d}`, i) {
+				t.Errorf("%s: %+v %+v", d.DeviceID, d, r)
+			}
+		case i < 25:
+			if d.Error == nil || d.Error.Description != fmt.Sprintf("slow %d", i) || d.Outcome != nil {
+				t.Errorf("%s: %+v", d.DeviceID, d)
+			}
+		default:
+			if d.Error == nil || d.Error.Code != "DeviceNotOnline" || d.StartTimeUTC.IsZero() {
+				t.Errorf("%s: %+v", d.DeviceID, d)
+			}
 		}
 	}
 }
