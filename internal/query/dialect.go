@@ -192,3 +192,14 @@ func (sqliteDialect) Mod(x, y string) string { return "mod(" + x + ", " + y + ")
 
 func (sqliteDialect) TwinETag(c string) string   { return "herd_twin_etag(" + c + ")" }
 func (sqliteDialect) DeviceETag(c string) string { return "herd_device_etag(" + c + ")" }
+
+// GroupAggregate calls herd_aggregate, the store's hash aggregation
+// (Grouper).
+func (sqliteDialect) GroupAggregate(spec string, args []string) string {
+	return "herd_aggregate(" + strings.Join(append([]string{spec}, args...), ", ") + ")"
+}
+
+// GroupKey passes the key's JSON text (SQLite's -> operator).
+func (sqliteDialect) GroupKey(doc, path string) (string, string) {
+	return "'json'", fmt.Sprintf("(%s -> %s)", doc, path)
+}

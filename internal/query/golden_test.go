@@ -83,6 +83,10 @@ func compileText(q *Query) string {
 			return "error: " + err.Error() + "\n"
 		}
 		fmt.Fprintf(&b, "sql: %s\nargs: %#v\n", a.SQL.Text, a.SQL.Args)
+		if a, err = CompileAggregate(groupByDialect{SQLite}, q); err != nil {
+			return "error: " + err.Error() + "\n"
+		}
+		fmt.Fprintf(&b, "group by: %s\nargs: %#v\n", a.SQL.Text, a.SQL.Args)
 		return b.String()
 	}
 	s, err := CompileCondition(SQLite, q, "")
@@ -233,3 +237,7 @@ func TestTooLong(t *testing.T) {
 		t.Error("a condition over the limit was accepted")
 	}
 }
+
+// groupByDialect is SQLite without its one-pass aggregate: the portable
+// GROUP BY form.
+type groupByDialect struct{ Dialect }

@@ -23,7 +23,8 @@ var _ query.Store = (*DB)(nil)
 var registerOnce sync.Once
 
 // registerFunctions registers the SQL functions that compiled queries use
-// (query.SQLite): the wire forms of the twin and device etag counters.
+// (query.SQLite): the wire forms of the twin and device etag counters, and
+// herd_aggregate, a one-pass hash aggregation (query.Grouper).
 // The driver keeps them for every connection opened afterwards.
 func registerFunctions() error {
 	var err error
@@ -40,6 +41,11 @@ func registerFunctions() error {
 		err = sqlite.RegisterDeterministicScalarFunction("herd_twin_etag", 1, etag(twin.ETagString))
 		if err == nil {
 			err = sqlite.RegisterDeterministicScalarFunction("herd_device_etag", 1, etag(registry.ETagString))
+		}
+		if err == nil {
+			// VolatileArgs: query.Grouper copies every string it keeps.
+			err = sqlite.RegisterFunction("herd_aggregate", &sqlite.FunctionImpl{NArgs: -1, VolatileArgs: true,
+				MakeAggregate: func(sqlite.FunctionContext) (sqlite.AggregateFunction, error) { return &grouper{}, nil }})
 		}
 	})
 	return err
@@ -256,6 +262,28 @@ func (db *DB) aggregate(ctx context.Context, q *query.Query, size int, cur *quer
 			return nil, nil, herd.Errorf(herd.ErrArgumentInvalid, "the continuation token does not belong to this query")
 		}
 	}
+	if a.Packed() {
+		var packed string
+		if err := db.read.QueryRowContext(ctx, a.SQL.Text, a.SQL.Args...).Scan(&packed); err != nil {
+			return nil, nil, err
+		}
+		all, err := a.Unpack(packed)
+		if err != nil {
+			return nil, nil, err
+		}
+		if skip > len(all) {
+			skip = len(all)
+		}
+		var items []any
+		for _, r := range all[skip:min(len(all), skip+size)] {
+			items = append(items, r)
+		}
+		var next *query.Cursor
+		if skip+size < len(all) {
+			next = &query.Cursor{Keys: []string{strconv.Itoa(skip + size)}}
+		}
+		return items, next, nil
+	}
 	rows, err := db.read.QueryContext(ctx, a.SQL.Text, a.SQL.Args...)
 	if err != nil {
 		return nil, nil, err
@@ -287,3 +315,42 @@ func (db *DB) aggregate(ctx context.Context, q *query.Query, size int, cur *quer
 	}
 	return items, next, rows.Err()
 }
+
+// grouper adapts query.Grouper to SQLite's aggregate function interface:
+// herd_aggregate(spec, values…) returns every group as JSON.
+type grouper struct {
+	g   *query.Grouper
+	err error
+}
+
+func (a *grouper) Step(_ *sqlite.FunctionContext, args []driver.Value) error {
+	if a.g == nil {
+		spec, _ := args[0].(string)
+		if a.g, a.err = query.NewGrouper(spec); a.err != nil {
+			return a.err
+		}
+	}
+	vals := make([]any, len(args)-1)
+	for i, v := range args[1:] {
+		vals[i] = v
+	}
+	return a.g.Step(vals)
+}
+
+func (a *grouper) WindowInverse(*sqlite.FunctionContext, []driver.Value) error {
+	return fmt.Errorf("herd_aggregate is not a window function")
+}
+
+// WindowValue returns the result; over no rows Step never ran, and the
+// spec is unknown: the compiler's Unpack then gets "[]".
+func (a *grouper) WindowValue(*sqlite.FunctionContext) (driver.Value, error) {
+	if a.err != nil {
+		return nil, a.err
+	}
+	if a.g == nil {
+		return "", nil
+	}
+	return a.g.Result()
+}
+
+func (a *grouper) Final(*sqlite.FunctionContext) {}
