@@ -3,10 +3,12 @@ package job
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strings"
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/method"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -277,17 +279,10 @@ func EchoPatch(p twin.Patch) *herd.TwinPatch {
 	return out
 }
 
-// Direct-method limits of §5.2.
-const (
-	maxMethodPayload       = 128 * 1024
-	defaultResponseTimeout = 30
-	minResponseTimeout     = 5
-	maxResponseTimeout     = 300
-	maxConnectTimeout      = 300
-)
-
-// parseMethod checks a method job's cloudToDeviceMethod member (§5.1,
-// §5.2) and fills in its defaults.
+// parseMethod checks a method job's cloudToDeviceMethod member with the
+// direct-method rules (§5.1, §5.2; method.Validate) and fills in its
+// defaults. Numbers must be whole; timeoutInSeconds (older clients) stands
+// for responseTimeoutInSeconds.
 func parseMethod(raw json.RawMessage) (*herd.MethodRequest, error) {
 	var m struct {
 		MethodName               *string         `json:"methodName"`
@@ -299,56 +294,42 @@ func parseMethod(raw json.RawMessage) (*herd.MethodRequest, error) {
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, invalid("cloudToDeviceMethod must be an object with methodName, payload, responseTimeoutInSeconds and connectTimeoutInSeconds: %v", err)
 	}
-	if m.MethodName == nil || *m.MethodName == "" {
-		return nil, herd.Errorf(herd.ErrArgumentNull, "cloudToDeviceMethod.methodName is required")
+	out := &herd.MethodRequest{}
+	if m.MethodName != nil {
+		out.MethodName = *m.MethodName
 	}
-	if err := validMethodName(*m.MethodName); err != nil {
-		return nil, err
-	}
-	out := &herd.MethodRequest{MethodName: *m.MethodName, ResponseTimeoutInSeconds: defaultResponseTimeout}
 	timeout := m.ResponseTimeoutInSeconds
 	if timeout == nil {
 		timeout = m.TimeoutInSeconds
 	}
-	if timeout != nil {
-		v, err := timeout.Int64()
-		if err != nil || v < minResponseTimeout || v > maxResponseTimeout {
-			return nil, invalid("cloudToDeviceMethod.responseTimeoutInSeconds must be from %d to %d, not %s", minResponseTimeout, maxResponseTimeout, timeout)
+	for _, f := range []struct {
+		name string
+		v    *json.Number
+		dst  *int
+	}{{"responseTimeoutInSeconds", timeout, &out.ResponseTimeoutInSeconds},
+		{"connectTimeoutInSeconds", m.ConnectTimeoutInSeconds, &out.ConnectTimeoutInSeconds}} {
+		if f.v == nil {
+			continue
 		}
-		out.ResponseTimeoutInSeconds = int(v)
-	}
-	if c := m.ConnectTimeoutInSeconds; c != nil {
-		v, err := c.Int64()
-		if err != nil || v < 0 || v > maxConnectTimeout {
-			return nil, invalid("cloudToDeviceMethod.connectTimeoutInSeconds must be from 0 to %d, not %s", maxConnectTimeout, c)
+		v, err := f.v.Int64()
+		if err != nil || v < 0 || v > 1<<20 {
+			return nil, invalid("cloudToDeviceMethod.%s must be a whole number of seconds, not %s", f.name, f.v)
 		}
-		out.ConnectTimeoutInSeconds = int(v)
+		*f.dst = int(v)
 	}
-	out.Payload = json.RawMessage("null")
 	if !isNull(m.Payload) {
-		if len(m.Payload) > maxMethodPayload {
-			return nil, herd.Errorf(herd.ErrMessageTooLarge, "cloudToDeviceMethod.payload is %d bytes; the limit is %d", len(m.Payload), maxMethodPayload)
-		}
 		var compact bytes.Buffer
 		if err := json.Compact(&compact, m.Payload); err != nil {
 			return nil, invalid("cloudToDeviceMethod.payload is not valid JSON")
 		}
 		out.Payload = compact.Bytes()
 	}
-	return out, nil
-}
-
-// validMethodName checks a method name: printable US-ASCII except
-// $ ( ) < > @ , ; : \ " / [ ] ? = { }, space and tab (§5.2).
-func validMethodName(name string) error {
-	if len(name) > 1024 {
-		return invalid("cloudToDeviceMethod.methodName is longer than 1024 characters")
-	}
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if c <= ' ' || c >= 0x7f || strings.IndexByte(`$()<>@,;:\"/[]?={}`, c) >= 0 {
-			return invalid("cloudToDeviceMethod.methodName %q contains %q, which method names do not allow", name, c)
+	if err := method.Validate(out); err != nil {
+		var e *herd.Error
+		if errors.As(err, &e) {
+			return nil, herd.Errorf(e.Code, "cloudToDeviceMethod: %s", e.Message)
 		}
+		return nil, err
 	}
-	return nil
+	return out, nil
 }
