@@ -40,9 +40,10 @@
 //	go run ./examples/schedulejob --ca herd-data/ca.pem --device-id myDeviceId
 //
 // A hub whose REST API is not on port 443 (herd serve --https-addr :8443)
-// is reached with --url https://localhost:8443. The same program runs
-// against Azure IoT Hub with the hub's iothubowner connection string and
-// no --ca or --url.
+// is reached with --url https://localhost:8443. The SDK speaks Azure IoT
+// Hub's REST API, so the program is meant to run against Azure too, with
+// the hub's iothubowner connection string and no --ca or --url (not tested
+// here).
 package main
 
 import (

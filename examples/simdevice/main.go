@@ -30,9 +30,10 @@
 //
 // A hub whose MQTT listener is not on port 8883 (herd serve --mqtt-addr
 // :18883) is reached with --address localhost:18883, or by adding
-// ";GatewayHostName=localhost:18883" to the connection string. The same
-// program runs against Azure IoT Hub with the device's connection string
-// from the Azure portal and no --ca.
+// ";GatewayHostName=localhost:18883" to the connection string. The SDK
+// speaks Azure IoT Hub's MQTT dialect, so the program is meant to run
+// against Azure too, with the device's connection string from the Azure
+// portal and no --ca (not tested here).
 package main
 
 import (
