@@ -33,7 +33,7 @@ func buildHerd(t *testing.T) string {
 // serveProcess runs `herd serve` as a child process until it is ready.
 func serveProcess(t *testing.T, bin, dir string, args ...string) *exec.Cmd {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--data", dir, "--https-addr", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
+	cmd := exec.Command(bin, append([]string{"serve", "--data", dir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)

@@ -58,7 +58,7 @@ func startServe(t *testing.T, getenv func(string) string, args ...string) (out *
 	out = &syncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, append([]string{"serve"}, args...), getenv, strings.NewReader(""), out, io.Discard)
+		done <- run(ctx, append([]string{"serve", "--mqtt-addr", "127.0.0.1:0"}, args...), getenv, strings.NewReader(""), out, io.Discard)
 	}()
 	hubtest.Eventually(t, 20*time.Second, func() bool {
 		select {
@@ -195,7 +195,7 @@ func TestSignalStopsServe(t *testing.T) {
 	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
 		t.Fatalf("build: %v\n%s", err, out)
 	}
-	cmd := exec.Command(bin, "serve", "--data", t.TempDir(), "--https-addr", "127.0.0.1:0")
+	cmd := exec.Command(bin, "serve", "--data", t.TempDir(), "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
