@@ -33,6 +33,7 @@ type methodRun struct {
 	outcomes chan Outcome // to be written
 	calls    sync.WaitGroup
 	waiters  sync.WaitGroup
+	claimErr error // first store failure of the claimer (claimer only)
 }
 
 // runMethod works through a method job's pending devices. A device that is
@@ -68,10 +69,10 @@ func (s *Service) runMethod(ctx, feed context.Context, r *Record) error {
 	<-claimDone
 	m.calls.Wait()
 	close(m.outcomes)
-	if werr := <-writeErr; err == nil {
-		err = werr
-	}
-	return err
+	werr := <-writeErr
+	// A store failure ends the run with an error: the engine runs the job
+	// again after a pause, from the devices still pending.
+	return errors.Join(err, m.claimErr, werr)
 }
 
 // feedDevices reads the pending devices and routes each: online ones to
@@ -172,10 +173,14 @@ func (m *methodRun) claim() {
 				break drain
 			}
 		}
+		if m.claimErr != nil {
+			m.s.slots.release(len(batch)) // they stay pending for the next run
+			continue
+		}
 		claimed, err := m.s.store.ClaimDevices(m.call, m.r.JobID, batch, m.s.clock.Now())
 		if err != nil {
 			if m.call.Err() == nil {
-				m.s.log.Error("claim devices", "job_id", m.r.JobID, "op", "claim", "err", err)
+				m.claimErr = err
 			}
 			m.s.slots.release(len(batch))
 			continue
@@ -211,6 +216,30 @@ func (m *methodRun) fail(id string, code herd.ErrorCode, msg string, fromPending
 		Error: &herd.DeviceJobError{Code: string(code), Description: msg}}
 }
 
+// record writes a batch of outcomes, trying again after a store failure
+// (the outcomes are facts about calls that happened: they are not dropped)
+// until it succeeds or the hub shuts down; in that case the devices stay
+// running and the next start reports them interrupted.
+func (m *methodRun) record(batch []Outcome) error {
+	// Written even while the hub shuts down, if the store still works.
+	ctx := context.WithoutCancel(m.call)
+	for pause := 100 * time.Millisecond; ; pause = min(2*pause, 5*time.Second) {
+		err := m.s.store.FinishDevices(ctx, m.r.JobID, batch, m.s.clock.Now())
+		if err == nil {
+			return nil
+		}
+		m.s.log.Error("record outcomes", "job_id", m.r.JobID, "op", "write", "err", err)
+		again := make(chan struct{})
+		t := m.s.clock.AfterFunc(pause, func() { close(again) })
+		select {
+		case <-again:
+		case <-m.call.Done():
+			t.Stop()
+			return err
+		}
+	}
+}
+
 // write records outcomes in batches: it takes what has arrived (at least
 // one) and writes it in one transaction, so batches grow with the load.
 func (m *methodRun) write() error {
@@ -230,14 +259,7 @@ func (m *methodRun) write() error {
 				break drain
 			}
 		}
-		if firstErr != nil {
-			continue
-		}
-		// Outcomes are written even while the hub shuts down: they are
-		// facts about calls that happened.
-		ctx := context.WithoutCancel(m.call)
-		if err := m.s.store.FinishDevices(ctx, m.r.JobID, batch, m.s.clock.Now()); err != nil {
-			m.s.log.Error("record outcomes", "job_id", m.r.JobID, "op", "write", "err", err)
+		if err := m.record(batch); err != nil {
 			firstErr = err
 			continue
 		}
