@@ -12,6 +12,7 @@ func (s *Server) getTwin(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
+	s.cfg.Registry.OverlayTwin(t)
 	writeEntity(w, t.ETag, t)
 	return nil
 }
@@ -40,6 +41,7 @@ func (s *Server) writeTwin(w http.ResponseWriter, r *http.Request, replace bool)
 	if err != nil {
 		return err
 	}
+	s.cfg.Registry.OverlayTwin(t)
 	writeEntity(w, t.ETag, t)
 	return nil
 }

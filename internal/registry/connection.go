@@ -42,13 +42,74 @@ func (s *Service) Flush(ctx context.Context) error {
 		s.connMu.Unlock()
 		return nil
 	}
-	batch := make([]ConnectionChange, 0, len(s.pending))
-	for _, c := range s.pending {
+	// Reads keep seeing the batch through s.flushing until it is stored.
+	s.flushing, s.pending = s.pending, make(map[string]ConnectionChange, len(s.pending))
+	batch := make([]ConnectionChange, 0, len(s.flushing))
+	for _, c := range s.flushing {
 		batch = append(batch, c)
 	}
-	s.pending = make(map[string]ConnectionChange, len(batch))
 	s.connMu.Unlock()
-	return s.store.SetConnectionStates(ctx, batch)
+	err := s.store.SetConnectionStates(ctx, batch)
+	s.connMu.Lock()
+	if err != nil {
+		// Keep the batch for the next flush, under anything newer.
+		for id, c := range s.flushing {
+			if _, newer := s.pending[id]; !newer {
+				s.pending[id] = c
+			}
+		}
+	}
+	s.flushing = nil
+	s.connMu.Unlock()
+	return err
+}
+
+// live returns the recorded but not yet stored connection change of a
+// device, if any.
+func (s *Service) live(id string) (ConnectionChange, bool) {
+	s.connMu.Lock()
+	defer s.connMu.Unlock()
+	if c, ok := s.pending[id]; ok {
+		if f, ok := s.flushing[id]; ok && c.State == "" {
+			// An activity-only change on top of a state change in flight.
+			f.ActivityAt = later(f.ActivityAt, c.ActivityAt)
+			return f, true
+		}
+		return c, true
+	}
+	c, ok := s.flushing[id]
+	return c, ok
+}
+
+func later(a, b time.Time) time.Time {
+	if b.After(a) {
+		return b
+	}
+	return a
+}
+
+// overlay brings a device read from the store up to date with connection
+// changes not yet written, so that reads never lag the batch.
+func (s *Service) overlay(d *herd.Device) {
+	c, ok := s.live(d.DeviceID)
+	if !ok {
+		return
+	}
+	if c.State != "" {
+		d.ConnectionState = c.State
+		d.ConnectionStateUpdatedTime = herd.NewTime(c.StateAt)
+	}
+	if c.ActivityAt.After(d.LastActivityTime.Time) {
+		d.LastActivityTime = herd.NewTime(c.ActivityAt)
+	}
+}
+
+// OverlayTwin brings a twin's connection state and last activity up to
+// date with changes not yet written.
+func (s *Service) OverlayTwin(t *herd.Twin) {
+	d := herd.Device{DeviceID: t.DeviceID, ConnectionState: t.ConnectionState, LastActivityTime: t.LastActivityTime}
+	s.overlay(&d)
+	t.ConnectionState, t.LastActivityTime = d.ConnectionState, d.LastActivityTime
 }
 
 // Run writes recorded connection changes every second until ctx ends, then

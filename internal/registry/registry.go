@@ -87,7 +87,8 @@ type Service struct {
 	keys   map[string]auth.DeviceKeys
 
 	connMu  sync.Mutex
-	pending map[string]ConnectionChange
+	pending  map[string]ConnectionChange
+	flushing map[string]ConnectionChange // the batch being written
 }
 
 // NewService returns a registry service. onChange may be nil.
@@ -186,7 +187,11 @@ func (s *Service) one(ctx context.Context, op Op) (*herd.Device, error) {
 	if err != nil {
 		return nil, err
 	}
-	return res[0].Device, res[0].Err
+	if res[0].Err != nil {
+		return nil, res[0].Err
+	}
+	s.overlay(res[0].Device)
+	return res[0].Device, nil
 }
 
 func (s *Service) apply(ctx context.Context, ops []Op) ([]Result, error) {
@@ -208,7 +213,12 @@ func (s *Service) Get(ctx context.Context, id string) (*herd.Device, error) {
 	if err := ValidateDeviceID(id); err != nil {
 		return nil, herd.Errorf(herd.ErrDeviceNotFound, "device %q does not exist", id)
 	}
-	return s.store.Device(ctx, id)
+	d, err := s.store.Device(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	s.overlay(d)
+	return d, nil
 }
 
 // List returns up to limit devices in id order; limit outside 1..1000 means
@@ -217,7 +227,14 @@ func (s *Service) List(ctx context.Context, limit int) ([]*herd.Device, error) {
 	if limit < 1 || limit > 1000 {
 		limit = 1000
 	}
-	return s.store.Devices(ctx, limit)
+	ds, err := s.store.Devices(ctx, limit)
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range ds {
+		s.overlay(d)
+	}
+	return ds, nil
 }
 
 // Statistics counts the registry's devices.
