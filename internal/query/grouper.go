@@ -39,7 +39,8 @@ type aggState struct {
 
 // NewGrouper parses a spec.
 func NewGrouper(spec string) (*Grouper, error) {
-	parts := strings.Split(spec, ";")
+	// The store may pass a view of its own memory: keep a copy.
+	parts := strings.Split(strings.Clone(spec), ";")
 	n, err := strconv.Atoi(parts[0])
 	if err != nil || n < 0 {
 		return nil, fmt.Errorf("grouper spec %q: bad key count", spec)

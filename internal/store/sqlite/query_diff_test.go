@@ -7,8 +7,10 @@ import (
 	"fmt"
 	"math"
 	"math/rand"
+	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -278,7 +280,7 @@ func runAll(t testing.TB, db *sqlite.DB, q *query.Query, size int) ([]any, error
 
 func TestDifferential(t *testing.T) {
 	t.Parallel()
-	seed := time.Now().UnixNano()
+	seed := testSeed()
 	r := rand.New(rand.NewSource(seed))
 	g := &gen{Rand: r}
 	db := openDB(t)
@@ -366,7 +368,7 @@ func docJSON(docs []map[string]any, id string) string {
 
 func TestDifferentialAggregates(t *testing.T) {
 	t.Parallel()
-	seed := time.Now().UnixNano()
+	seed := testSeed()
 	r := rand.New(rand.NewSource(seed))
 	g := &gen{Rand: r}
 	path := filepath.Join(t.TempDir(), "herd.db")
@@ -524,7 +526,7 @@ func roundNumbers(v any) any {
 
 func TestDifferentialDeviceJobs(t *testing.T) {
 	t.Parallel()
-	seed := time.Now().UnixNano()
+	seed := testSeed()
 	r := rand.New(rand.NewSource(seed))
 	dir := t.TempDir()
 	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "herd.db"))
@@ -619,4 +621,13 @@ func sortedKeys(m map[string]bool) []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// testSeed is HERD_QUERY_SEED when set (to replay a failure), else the
+// time.
+func testSeed() int64 {
+	if s, err := strconv.ParseInt(os.Getenv("HERD_QUERY_SEED"), 10, 64); err == nil {
+		return s
+	}
+	return time.Now().UnixNano()
 }
