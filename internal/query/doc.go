@@ -32,9 +32,11 @@
 //		SELECT ?, d.device_id, … FROM devices d WHERE `+cond.Text, append([]any{…}, cond.Args...)...)
 //
 // cond.Text is a condition over the columns of the devices table,
-// qualified with the alias given ("" for none). Its placeholders are
-// numbered ?1…?n (SQLite) and bound to cond.Args in order; to bind more
-// values in the same statement, number them after len(cond.Args) (?n+1…),
-// or put them after the condition. CompileCondition does the same for an
-// already parsed query.
+// qualified with the alias given ("" for none). With the SQLite dialect its
+// placeholders are positional "?": put cond.Args in the statement's
+// arguments where the condition stands (after the arguments of the text
+// before it, as above). A dialect with numbered placeholders (PostgreSQL's
+// $n) numbers them 1…n. hub/jobs.go wires this into the jobs engine.
+// CompileCondition does the same for an already parsed query; an error of
+// either is turned into the REST API's error by AsHerdError.
 package query
