@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -45,10 +46,13 @@ type conn struct {
 	nc       net.Conn
 	deviceID string
 	// key is the device key that signed the token ("" for a policy).
-	key      string
-	clean    bool
-	will     *packets.PublishPacket
-	expiry   clock.Timer
+	key    string
+	clean  bool
+	will   *packets.PublishPacket
+	expiry clock.Timer
+	// raw is the socket of a plain TCP connection, for writes that do not
+	// wait (nil for TLS and WebSocket).
+	raw      syscall.RawConn
 	activity time.Time
 	features atomic.Uint32
 
@@ -67,7 +71,13 @@ type outItem struct {
 	dropped func()
 }
 
-func newConn(s *Server, nc net.Conn) *conn { return &conn{s: s, nc: nc} }
+func newConn(s *Server, nc net.Conn) *conn {
+	c := &conn{s: s, nc: nc}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		c.raw, _ = tc.SyscallConn()
+	}
+	return c
+}
 
 // Features implements bus.Conn.
 func (c *conn) Features() bus.Feature { return bus.Feature(c.features.Load()) }
@@ -118,6 +128,14 @@ func (c *conn) enqueueLocked(b []byte, sent, dropped func()) bool {
 		c.close(reasonSlow)
 		return false
 	}
+	if !c.writing && len(c.queue) == 0 && c.raw != nil {
+		// Fast path: nothing queued, nobody writing, plain TCP: write
+		// from this goroutine without blocking.
+		c.writing = true
+		c.mu.Unlock()
+		c.writeNow(outItem{b: b, sent: sent, dropped: dropped})
+		return true
+	}
 	c.queue = append(c.queue, outItem{b: b, sent: sent, dropped: dropped})
 	c.queued += len(b)
 	start := !c.writing
@@ -127,6 +145,74 @@ func (c *conn) enqueueLocked(b []byte, sent, dropped func()) bool {
 		go c.flush()
 	}
 	return true
+}
+
+// writeNow makes one non-blocking write of it (the caller holds the
+// writing role). What the socket does not take goes to the front of the
+// queue for the writer goroutine.
+func (c *conn) writeNow(it outItem) {
+	n, err := c.tryWrite(it.b)
+	if err != nil {
+		c.close(reasonWriteFailed)
+		if it.dropped != nil {
+			it.dropped()
+		}
+		c.mu.Lock()
+		c.writing = false
+		c.mu.Unlock()
+		return
+	}
+	if n == len(it.b) {
+		if it.sent != nil {
+			it.sent()
+		}
+		c.mu.Lock()
+		if len(c.queue) > 0 && !c.closed {
+			c.mu.Unlock()
+			go c.flush()
+			return
+		}
+		c.writing = false
+		c.mu.Unlock()
+		return
+	}
+	it.b = it.b[n:]
+	c.mu.Lock()
+	if c.closed {
+		c.writing = false
+		c.mu.Unlock()
+		if it.dropped != nil {
+			it.dropped()
+		}
+		return
+	}
+	c.queue = append([]outItem{it}, c.queue...)
+	c.queued += len(it.b)
+	c.mu.Unlock()
+	go c.flush()
+}
+
+// tryWrite writes what the socket accepts now, without waiting.
+func (c *conn) tryWrite(b []byte) (int, error) {
+	var n int
+	var werr error
+	err := c.raw.Write(func(fd uintptr) bool {
+		for {
+			n, werr = syscall.Write(int(fd), b)
+			if werr != syscall.EINTR {
+				return true
+			}
+		}
+	})
+	switch {
+	case err != nil:
+		return 0, err
+	case werr == syscall.EAGAIN:
+		return 0, nil
+	case werr != nil:
+		return 0, werr
+	}
+	return max(n, 0), nil
 }
 
 // flush writes queued packets until the queue is empty, batching what
@@ -204,29 +290,37 @@ func (c *conn) closeReason() string {
 
 func (c *conn) send(p packets.ControlPacket) { c.enqueue(encode(p), nil, nil) }
 
-// serve runs the connection: CONNECT, then one packet at a time until the
-// connection ends.
-func (c *conn) serve() {
-	r := &packetReader{src: c.nc, max: MaxPacket}
-	defer r.release()
+// handshake reads and answers CONNECT. On success the caller runs the
+// connection with run.
+func (c *conn) handshake() (r *packetReader, keepAlive time.Duration, ok bool) {
+	r = &packetReader{src: c.nc, max: MaxPacket}
 	_ = c.nc.SetReadDeadline(time.Now().Add(connectWait))
 	pkt, err := r.next()
 	if err != nil {
 		c.close(reasonLost)
-		return
+		return nil, 0, false
 	}
 	cp, ok := pkt.(*packets.ConnectPacket)
 	if !ok {
 		c.s.cfg.Log.Debug("first packet is not CONNECT", "op", "connect")
 		c.close(reasonProtocol)
-		return
+		return nil, 0, false
 	}
-	keepAlive, ok := c.connect(cp)
+	keepAlive, ok = c.connect(cp)
 	if !ok {
 		c.s.m.connects.WithLabelValues("refused").Inc()
-		return
+		return nil, 0, false
 	}
 	c.s.m.connects.WithLabelValues("accepted").Inc()
+	return r, keepAlive, true
+}
+
+// run reads and handles one packet at a time until the connection ends.
+// It runs on its own goroutine, started after the handshake, so that the
+// deep call chains of authentication do not leave an idle device with a
+// grown stack.
+func (c *conn) run(r *packetReader, keepAlive time.Duration) {
+	defer r.release()
 	defer c.ended()
 	for {
 		_ = c.nc.SetReadDeadline(time.Now().Add(keepAlive))
@@ -323,9 +417,9 @@ func (c *conn) publish(p *packets.PublishPacket) bool {
 			return false
 		}
 	case KindTwinGet:
-		c.twinGet(t.RID)
+		aside(func() { c.twinGet(t.RID) })
 	case KindTwinReported:
-		c.twinReported(t.RID, p.Payload)
+		aside(func() { c.twinReported(t.RID, p.Payload) })
 	case KindMethodResponse:
 		if err := c.s.cfg.Methods.Respond(c.deviceID, t.RID, t.Status, p.Payload); err != nil {
 			c.s.cfg.Log.Debug("method response ignored", "device_id", c.deviceID, "err", err)
@@ -392,6 +486,19 @@ func (c *conn) sendWill() {
 // opContext bounds one twin operation.
 func opContext() (context.Context, context.CancelFunc) {
 	return context.WithTimeout(context.Background(), 10*time.Second)
+}
+
+// aside runs fn on a short-lived goroutine and waits for it. Twin
+// operations go through the store, whose call chains are deep; running
+// them aside keeps the reader goroutine's stack small for when the device
+// is idle again. The device's requests stay in order.
+func aside(fn func()) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		fn()
+	}()
+	<-done
 }
 
 // twinGet answers $iothub/twin/GET with the device view of the twin.

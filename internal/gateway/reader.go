@@ -10,98 +10,101 @@ import (
 )
 
 // readBufSize is the size of the pooled read buffer a connection borrows
-// while it has unread data.
+// when a packet does not fit its small inline buffer.
 const readBufSize = 4096
+
+// smallBufSize is the inline buffer an idle connection reads into: big
+// enough for the typical device packet (PINGREQ, a method response, a twin
+// request), small enough for the per-device memory budget.
+const smallBufSize = 128
 
 var readBufs = sync.Pool{New: func() any { b := make([]byte, readBufSize); return &b }}
 
 // errTooLarge is returned for a packet above the size limit.
 var errTooLarge = errors.New("packet too large")
 
-// packetReader buffers a connection's input without holding a buffer while
-// the connection is idle: it waits for the first byte of the next packet
-// with a one-byte read, then borrows a pooled buffer for the rest, and
-// gives it back once drained. An idle device therefore costs no read
-// buffer (the memory budget is ≤ 10 KB per idle device).
+// packetReader buffers a connection's input without holding a large
+// buffer while the connection is idle: it waits for the next packet by
+// reading into a small inline buffer, which usually receives the whole
+// packet in one system call, and borrows a pooled 4 KB buffer only while a
+// larger packet is being read (the memory budget is ≤ 10 KB per idle
+// device).
 type packetReader struct {
-	src  io.Reader
-	max  int
-	one  [1]byte
-	has1 bool
-	buf  *[]byte
-	r, w int
+	src    io.Reader
+	max    int
+	small  [smallBufSize]byte
+	pooled *[]byte
+	b      []byte // small[:] or *pooled
+	r, w   int
 }
 
-func (p *packetReader) Read(b []byte) (int, error) {
-	if len(b) == 0 {
+func (p *packetReader) Read(dst []byte) (int, error) {
+	if len(dst) == 0 {
 		return 0, nil
 	}
-	if p.has1 {
-		b[0] = p.one[0]
-		p.has1 = false
-		return 1, nil
-	}
 	if p.r < p.w {
-		n := copy(b, (*p.buf)[p.r:p.w])
+		n := copy(dst, p.b[p.r:p.w])
 		p.r += n
 		return n, nil
 	}
-	if len(b) >= readBufSize {
-		return p.src.Read(b)
+	if len(dst) >= readBufSize {
+		return p.src.Read(dst)
 	}
-	if p.buf == nil {
-		p.buf = readBufs.Get().(*[]byte)
+	if p.pooled == nil {
+		p.pooled = readBufs.Get().(*[]byte)
 	}
-	n, err := p.src.Read(*p.buf)
+	p.b = *p.pooled
+	n, err := p.src.Read(p.b)
 	p.r, p.w = 0, n
-	if n > 0 {
-		m := copy(b, (*p.buf)[:n])
-		p.r = m
-		return m, nil
+	if n == 0 {
+		return 0, err
 	}
-	return 0, err
+	m := copy(dst, p.b[:n])
+	p.r = m
+	return m, nil
 }
 
-// idle blocks until the next packet's first byte is available, returning
-// the read buffer to the pool if it is empty.
+// idle blocks until the next packet starts arriving. With nothing
+// pending it gives the pooled buffer back and reads into the small one.
 func (p *packetReader) idle() error {
-	if p.has1 || p.r < p.w {
+	if p.r < p.w {
 		return nil
 	}
-	if p.buf != nil {
-		readBufs.Put(p.buf)
-		p.buf = nil
-		p.r, p.w = 0, 0
+	p.release()
+	for {
+		n, err := p.src.Read(p.b)
+		p.r, p.w = 0, n
+		if n > 0 {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
-	if _, err := io.ReadFull(p.src, p.one[:]); err != nil {
-		return err
-	}
-	p.has1 = true
-	return nil
 }
 
-// release gives the buffer back (when the connection ends).
+// release gives the pooled buffer back; only call it with nothing pending.
 func (p *packetReader) release() {
-	if p.buf != nil {
-		readBufs.Put(p.buf)
-		p.buf = nil
+	if p.pooled != nil {
+		readBufs.Put(p.pooled)
+		p.pooled = nil
 	}
+	p.b = p.small[:]
+	p.r, p.w = 0, 0
 }
 
-// fill makes sure at least n bytes after the pending first byte are
-// buffered (n ≤ 4).
+// fill makes sure at least n (≤ 5) bytes are buffered.
 func (p *packetReader) fill(n int) error {
-	if p.buf == nil {
-		p.buf = readBufs.Get().(*[]byte)
-		p.r, p.w = 0, 0
+	if p.w-p.r >= n {
+		return nil
 	}
-	if p.r > 0 && p.w-p.r < n {
-		copy(*p.buf, (*p.buf)[p.r:p.w])
+	if len(p.b)-p.r < n {
+		copy(p.b, p.b[p.r:p.w])
 		p.w -= p.r
 		p.r = 0
 	}
 	for p.w-p.r < n {
-		m, err := p.src.Read((*p.buf)[p.w:])
+		m, err := p.src.Read(p.b[p.w:])
 		p.w += m
 		if err != nil && p.w-p.r < n {
 			return err
@@ -120,14 +123,14 @@ func (p *packetReader) next() (packets.ControlPacket, error) {
 		return nil, err
 	}
 	length, mult := 0, 1
-	for i := 0; ; i++ {
-		if i == 4 {
+	for i := 1; ; i++ {
+		if i == 5 {
 			return nil, fmt.Errorf("malformed remaining length")
 		}
 		if err := p.fill(i + 1); err != nil {
 			return nil, err
 		}
-		b := (*p.buf)[p.r+i]
+		b := p.b[p.r+i]
 		length += int(b&0x7f) * mult
 		mult *= 128
 		if b&0x80 == 0 {

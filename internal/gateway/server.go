@@ -42,8 +42,9 @@ const (
 	maxKeepAlive = 1767 * time.Second
 	// writeWait bounds one socket write.
 	writeWait = 10 * time.Second
-	// activityEvery limits how often one connection records activity.
-	activityEvery = time.Second
+	// activityEvery limits how often one connection records activity
+	// (lastActivityTime is that precise; Azure's lags by minutes).
+	activityEvery = 5 * time.Second
 )
 
 // Registry is what the gateway needs of the device registry.
@@ -190,32 +191,63 @@ func (s *Server) Serve(l net.Listener) error {
 			return err
 		}
 		delay = 0
-		go s.ServeConn(nc)
+		go s.accept(nc)
 	}
 }
 
-// ServeConn runs the MQTT protocol on one accepted connection and returns
-// when the connection has ended. Serve calls it in a goroutine per
-// connection (that goroutine is the connection's reader); the WebSocket
-// handler calls it directly.
+// ServeConn runs the MQTT protocol on one connection and returns when the
+// connection has ended (the WebSocket handler calls it; its goroutine is
+// the connection's reader).
 func (s *Server) ServeConn(nc net.Conn) {
+	c := s.track(nc)
+	if c == nil {
+		return
+	}
+	r, keepAlive, ok := c.handshake()
+	if !ok {
+		s.untrack(c)
+		return
+	}
+	c.run(r, keepAlive)
+	s.untrack(c)
+}
+
+// accept runs the handshake of a TCP or TLS connection and, on success,
+// starts its reader on a fresh goroutine (with a small stack) and returns.
+func (s *Server) accept(nc net.Conn) {
+	c := s.track(nc)
+	if c == nil {
+		return
+	}
+	r, keepAlive, ok := c.handshake()
+	if !ok {
+		s.untrack(c)
+		return
+	}
+	go func() {
+		c.run(r, keepAlive)
+		s.untrack(c)
+	}()
+}
+
+func (s *Server) track(nc net.Conn) *conn {
 	c := newConn(s, nc)
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
 		nc.Close()
-		return
+		return nil
 	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
+	return c
+}
+
+func (s *Server) untrack(c *conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
 	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		delete(s.conns, c)
-		s.mu.Unlock()
-		s.wg.Done()
-	}()
-	c.serve()
+	s.wg.Done()
 }
 
 // DeviceChanged is called by the registry after a device was updated or

@@ -1,0 +1,407 @@
+// Command gateway benchmarks Herd's device gateway with a fleet of
+// simulated devices in a separate process, over real loopback MQTT:
+//
+//   - RSS per idle connected device (plain MQTT and TLS), measured in the
+//     hub process;
+//   - direct-method round trips per second through method.Service.Invoke
+//     (hub → device → hub), with p50/p99 latency;
+//   - SAS-authenticated connects per second (cold: first connects; warm:
+//     reconnects with the registry's key cache filled).
+//
+// Run it on a quiet machine, holding the shared benchmark lock:
+//
+//	flock /tmp/herd-bench.lock go run ./bench/gateway -devices 10000
+//
+// The hub role (default) starts a hub in-process, registers the devices,
+// and re-executes itself with -role fleet to run the simulated devices,
+// which it drives over stdin/stdout. Results go to stdout as Markdown.
+package main
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"runtime/debug"
+	"runtime/pprof"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/sim"
+)
+
+func main() {
+	role := flag.String("role", "hub", "hub (default) or fleet (internal)")
+	devices := flag.Int("devices", 10000, "simulated devices")
+	duration := flag.Duration("duration", 10*time.Second, "how long to measure method round trips")
+	inflight := flag.Int("inflight", 2000, "method calls in flight")
+	concurrency := flag.Int("connect-concurrency", 512, "connection attempts in flight")
+	withTLS := flag.Bool("tls", true, "also measure TLS connections")
+	ids := flag.String("ids", "", "(fleet) identities file")
+	host := flag.String("host", "localhost", "(fleet) hub host name")
+	plain := flag.String("plain", "", "(fleet) plain MQTT address")
+	tlsAddr := flag.String("tls-addr", "", "(fleet) TLS MQTT address")
+	ca := flag.String("ca", "", "(fleet) CA file")
+	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the plain method phase (hub role) or of the whole run (fleet role, with suffix .fleet)")
+	flag.Parse()
+	profile = *cpuProfile
+	var err error
+	if *role == "fleet" {
+		err = fleet(*ids, *host, *plain, *tlsAddr, *ca, *concurrency)
+	} else {
+		err = bench(*devices, *duration, *inflight, *concurrency, *withTLS)
+	}
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// profile is the -cpuprofile path.
+var profile string
+
+// reply is the fleet's answer to one command.
+type reply struct {
+	N       int     `json:"n"`
+	Seconds float64 `json:"seconds"`
+	Err     string  `json:"err,omitempty"`
+}
+
+// fleet runs the simulated devices and obeys commands on stdin:
+// "connect plain", "connect tls", "disconnect", "quit".
+func fleet(idsFile, host, plainAddr, tlsAddr, caFile string, concurrency int) error {
+	b, err := os.ReadFile(idsFile)
+	if err != nil {
+		return err
+	}
+	var ids []sim.Identity
+	if err := json.Unmarshal(b, &ids); err != nil {
+		return err
+	}
+	pem, err := os.ReadFile(caFile)
+	if err != nil {
+		return err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(pem)
+	if profile != "" {
+		pf, err := os.Create(profile + ".fleet")
+		if err != nil {
+			return err
+		}
+		_ = pprof.StartCPUProfile(pf)
+		defer pprof.StopCPUProfile()
+	}
+	var f *sim.Fleet
+	out := json.NewEncoder(os.Stdout)
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		cmd := strings.Fields(sc.Text())
+		if len(cmd) == 0 {
+			continue
+		}
+		start := time.Now()
+		var r reply
+		switch cmd[0] {
+		case "connect":
+			cfg := sim.Config{Host: host, Addr: plainAddr, Devices: ids, Concurrency: concurrency}
+			if len(cmd) > 1 && cmd[1] == "tls" {
+				cfg.Addr = tlsAddr
+				cfg.TLS = &tls.Config{RootCAs: pool, ServerName: host}
+			}
+			f = sim.New(cfg)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+			err := f.Connect(ctx)
+			cancel()
+			r.N = int(f.Stats().Connected)
+			if err != nil {
+				r.Err = err.Error()
+			}
+		case "disconnect":
+			if f != nil {
+				f.Disconnect()
+			}
+		case "quit":
+			if f != nil {
+				f.Disconnect()
+			}
+			return out.Encode(reply{})
+		}
+		r.Seconds = time.Since(start).Seconds()
+		if err := out.Encode(r); err != nil {
+			return err
+		}
+	}
+	return sc.Err()
+}
+
+// child is the fleet process as the hub side drives it.
+type child struct {
+	cmd *exec.Cmd
+	in  io.WriteCloser
+	out *json.Decoder
+}
+
+func (c *child) do(command string) (reply, error) {
+	if _, err := fmt.Fprintln(c.in, command); err != nil {
+		return reply{}, err
+	}
+	var r reply
+	if err := c.out.Decode(&r); err != nil {
+		return r, fmt.Errorf("%s: %w", command, err)
+	}
+	if r.Err != "" {
+		return r, fmt.Errorf("%s: %s", command, r.Err)
+	}
+	return r, nil
+}
+
+func rssKB() int64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// settledRSS returns the process RSS after garbage collection has given
+// memory back to the system.
+func settledRSS() int64 {
+	for i := 0; i < 3; i++ {
+		runtime.GC()
+		debug.FreeOSMemory()
+		time.Sleep(200 * time.Millisecond)
+	}
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	fmt.Fprintf(os.Stderr, "memstats: heap in use %d KB, stacks %d KB, goroutines %d, other sys %d KB\n",
+		ms.HeapInuse/1024, ms.StackInuse/1024, runtime.NumGoroutine(), (ms.Sys-ms.HeapSys-ms.StackSys)/1024)
+	return rssKB()
+}
+
+func waitConnected(h *hub.Hub, n int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for h.Bus.Connected() != n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d devices connected, want %d", h.Bus.Connected(), n)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	return nil
+}
+
+func bench(n int, duration time.Duration, inflight, concurrency int, withTLS bool) error {
+	dir, err := os.MkdirTemp("", "herd-bench-gateway-")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(dir)
+	cfg := hub.Default()
+	cfg.DataDir = dir
+	cfg.HTTPSAddr = "127.0.0.1:0"
+	cfg.MQTTAddr = "127.0.0.1:0"
+	cfg.MQTTPlainAddr = "127.0.0.1:0"
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	h, err := hub.New(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	done := make(chan error, 1)
+	go func() { done <- h.Run(ctx) }()
+	defer func() { cancel(); <-done }()
+
+	// Register the fleet.
+	ids := make([]sim.Identity, n)
+	for i := range ids {
+		ids[i] = sim.Identity{ID: fmt.Sprintf("bench-%05d", i), Key: auth.NewKey()}
+	}
+	for i := 0; i < n; i += 100 {
+		var batch []herd.ImportDevice
+		for _, id := range ids[i:min(i+100, n)] {
+			batch = append(batch, herd.ImportDevice{ID: id.ID, ImportMode: herd.ImportCreate, Status: herd.DeviceEnabled,
+				Authentication: &herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: id.Key, SecondaryKey: auth.NewKey()}}})
+		}
+		res, err := h.Registry.Bulk(ctx, batch)
+		if err != nil || !res.IsSuccessful {
+			return fmt.Errorf("register devices: %v %+v", err, res.Errors)
+		}
+	}
+	idsFile := filepath.Join(dir, "ids.json")
+	b, _ := json.Marshal(ids)
+	if err := os.WriteFile(idsFile, b, 0o600); err != nil {
+		return err
+	}
+
+	cmd := exec.Command(os.Args[0], "-role", "fleet", "-ids", idsFile, "-host", cfg.Hostname,
+		"-plain", h.MQTTPlainAddr().String(), "-tls-addr", h.MQTTAddr().String(), "-ca", h.CAFile(),
+		"-connect-concurrency", strconv.Itoa(concurrency), "-cpuprofile", profile)
+	cmd.Stderr = os.Stderr
+	in, err := cmd.StdinPipe()
+	if err != nil {
+		return err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return err
+	}
+	if err := cmd.Start(); err != nil {
+		return err
+	}
+	c := &child{cmd: cmd, in: in, out: json.NewDecoder(stdout)}
+	defer func() {
+		_, _ = c.do("quit")
+		in.Close()
+		_ = cmd.Wait()
+	}()
+
+	var results []string
+	add := func(format string, args ...any) {
+		line := fmt.Sprintf(format, args...)
+		results = append(results, line)
+		fmt.Fprintln(os.Stderr, line)
+	}
+
+	// 1. Cold connects over plain MQTT, then RSS per idle device.
+	base := settledRSS()
+	r, err := c.do("connect plain")
+	if err != nil {
+		return err
+	}
+	if err := waitConnected(h, int64(n), time.Minute); err != nil {
+		return err
+	}
+	add("| SAS-authenticated connects/s, plain, first connect (cold key cache) | %.0f/s (%d devices in %.2f s, %d in flight) | ≥ 10,000/s |", float64(n)/r.Seconds, n, r.Seconds, concurrency)
+	time.Sleep(2 * time.Second) // connection-state batches flushed
+	idle := settledRSS()
+	add("| RSS per idle connected device, plain MQTT | %.1f KB (hub RSS %d → %d MB) | ≤ 10 KB |", float64(idle-base)/float64(n), base/1024, idle/1024)
+
+	// 2. Method round trips through method.Service.Invoke.
+	if profile != "" {
+		pf, err := os.Create(profile)
+		if err != nil {
+			return err
+		}
+		_ = pprof.StartCPUProfile(pf)
+	}
+	rate, p50, p99, errs := methods(h, ids, duration, inflight)
+	pprof.StopCPUProfile()
+	add("| direct-method round trips/s through method.Invoke (%d devices, %d in flight) | %.0f/s, p50 %s, p99 %s, %d errors | ≥ 60,000/s |", n, inflight, rate, p50, p99, errs)
+
+	// 3. Warm reconnects.
+	if _, err := c.do("disconnect"); err != nil {
+		return err
+	}
+	if err := waitConnected(h, 0, time.Minute); err != nil {
+		return err
+	}
+	if r, err = c.do("connect plain"); err != nil {
+		return err
+	}
+	add("| SAS-authenticated connects/s, plain, reconnect (warm key cache, session present) | %.0f/s (%d devices in %.2f s) | ≥ 10,000/s |", float64(n)/r.Seconds, n, r.Seconds)
+	if _, err := c.do("disconnect"); err != nil {
+		return err
+	}
+	if err := waitConnected(h, 0, time.Minute); err != nil {
+		return err
+	}
+
+	// 4. TLS.
+	if withTLS {
+		time.Sleep(2 * time.Second)
+		base := settledRSS()
+		if r, err = c.do("connect tls"); err != nil {
+			return err
+		}
+		if err := waitConnected(h, int64(n), time.Minute); err != nil {
+			return err
+		}
+		add("| SAS-authenticated connects/s, TLS (full handshakes) | %.0f/s (%d devices in %.2f s) | — |", float64(n)/r.Seconds, n, r.Seconds)
+		time.Sleep(2 * time.Second)
+		idle := settledRSS()
+		add("| RSS per idle connected device, TLS | %.1f KB (hub RSS %d → %d MB) | — |", float64(idle-base)/float64(n), base/1024, idle/1024)
+		rate, p50, p99, errs := methods(h, ids, duration, inflight)
+		add("| direct-method round trips/s over TLS (%d devices, %d in flight) | %.0f/s, p50 %s, p99 %s, %d errors | — |", n, inflight, rate, p50, p99, errs)
+	}
+	fmt.Println("| what | measured | target |")
+	fmt.Println("|---|---|---|")
+	for _, l := range results {
+		fmt.Println(l)
+	}
+	return nil
+}
+
+// methods runs method round trips for duration after a warm-up, with
+// inflight concurrent callers spread over the devices.
+func methods(h *hub.Hub, ids []sim.Identity, duration time.Duration, inflight int) (rate float64, p50, p99 time.Duration, errs int64) {
+	req := herd.MethodRequest{MethodName: "bench", Payload: json.RawMessage(`{"n":1}`), ResponseTimeoutInSeconds: 30}
+	var next atomic.Int64
+	var errors atomic.Int64
+	run := func(d time.Duration, record bool) []time.Duration {
+		ctx := context.Background()
+		stop := time.Now().Add(d)
+		var mu sync.Mutex
+		var all []time.Duration
+		var wg sync.WaitGroup
+		for w := 0; w < inflight; w++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lat := make([]time.Duration, 0, 1024)
+				for time.Now().Before(stop) {
+					id := ids[int(next.Add(1))%len(ids)].ID
+					t0 := time.Now()
+					_, err := h.Methods.Invoke(ctx, id, req)
+					if err != nil {
+						errors.Add(1)
+						continue
+					}
+					lat = append(lat, time.Since(t0))
+				}
+				if record {
+					mu.Lock()
+					all = append(all, lat...)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return all
+	}
+	run(2*time.Second, false)
+	errors.Store(0)
+	start := time.Now()
+	lat := run(duration, true)
+	elapsed := time.Since(start)
+	slices.Sort(lat)
+	if len(lat) == 0 {
+		return 0, 0, 0, errors.Load()
+	}
+	q := func(p float64) time.Duration {
+		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Microsecond)
+	}
+	return float64(len(lat)) / elapsed.Seconds(), q(0.50), q(0.99), errors.Load()
+}
+
+var _ = errors.New
