@@ -83,10 +83,13 @@ func startServe(t *testing.T, getenv func(string) string, args ...string) (out *
 func TestServeConnectionStringAndCLI(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "data")
 	// The address comes from the environment, the rest from flags.
-	out, stop := startServe(t, envOf(map[string]string{"HERD_HTTPS_ADDR": "127.0.0.1:0"}), "--data", dir, "--log-format", "json")
+	out, stop := startServe(t, envOf(map[string]string{"HERD_HTTPS_ADDR": "127.0.0.1:0", "HERD_MQTT_ADDR": "127.0.0.1:0", "HERD_MQTT_PLAIN_ADDR": "127.0.0.1:0"}), "--data", dir, "--log-format", "json")
 	text := out.String()
 	if !strings.Contains(text, "HostName=localhost;SharedAccessKeyName=iothubowner;SharedAccessKey=") || !strings.Contains(text, filepath.Join(dir, "ca.pem")) {
 		t.Errorf("ready message lacks the connection string or the CA path:\n%s", text)
+	}
+	if !strings.Contains(text, "MQTT (TLS)   127.0.0.1:") || !strings.Contains(text, "MQTT (plain) 127.0.0.1:") || !strings.Contains(text, "/$iothub/websocket") {
+		t.Errorf("ready message lacks the MQTT listeners:\n%s", text)
 	}
 	for _, f := range []string{"herd.db", "ca.pem", "server.pem"} {
 		if _, err := os.Stat(filepath.Join(dir, f)); err != nil {
@@ -171,7 +174,7 @@ func TestServeFlagErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer busy.Close()
-	_, err = runCLI(t, noEnv, "serve", "--data", t.TempDir(), "--https-addr", busy.Addr().String())
+	_, err = runCLI(t, noEnv, "serve", "--data", t.TempDir(), "--https-addr", busy.Addr().String(), "--mqtt-addr", "127.0.0.1:0")
 	if err == nil || !strings.Contains(err.Error(), "already in use") || !strings.Contains(err.Error(), "443") {
 		t.Errorf("busy port: %v; want a message that says why and mentions port 443", err)
 	}
