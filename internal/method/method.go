@@ -207,7 +207,13 @@ func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRe
 			Sent:    o.sent,
 			Dropped: func() { close(dropped) },
 		}
+		// The response timer starts before the request can reach the
+		// device, so that the answer (or a clock moving on) can never
+		// come before the timer exists.
+		timeout := make(chan struct{})
+		t := s.clock.AfterFunc(time.Duration(req.ResponseTimeoutInSeconds)*time.Second, func() { close(timeout) })
 		if !conn.SendMethod(mc) {
+			t.Stop()
 			// The connection went away between lookup and send: wait for
 			// the next one within the connect timeout.
 			if err := s.pause(waitCtx); err != nil {
@@ -218,7 +224,8 @@ func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRe
 			}
 			continue
 		}
-		res, retry, err := s.await(ctx, c, dropped, time.Duration(req.ResponseTimeoutInSeconds)*time.Second)
+		res, retry, err := s.await(ctx, c, dropped, timeout)
+		t.Stop()
 		if retry {
 			continue // never written: safe to send again
 		}
@@ -241,10 +248,7 @@ func (s *Service) pause(ctx context.Context) error {
 
 // await waits for the answer to a sent request. retry is true when the
 // connection dropped the request before writing it.
-func (s *Service) await(ctx context.Context, c *call, dropped <-chan struct{}, wait time.Duration) (*herd.MethodResult, bool, error) {
-	timeout := make(chan struct{})
-	t := s.clock.AfterFunc(wait, func() { close(timeout) })
-	defer t.Stop()
+func (s *Service) await(ctx context.Context, c *call, dropped, timeout <-chan struct{}) (*herd.MethodResult, bool, error) {
 	select {
 	case res := <-c.done:
 		return res, false, nil
