@@ -3,7 +3,6 @@ package query
 import (
 	"encoding/json"
 	"math"
-	"sort"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -320,7 +319,7 @@ func (q *Query) Aggregate(docs []map[string]any) []map[string]any {
 		var id strings.Builder
 		for i, g := range q.GroupBy {
 			keys[i] = lookup(d, g.Segs)
-			id.WriteString(GroupKey(keys[i]))
+			id.WriteString(groupKey(keys[i]))
 			id.WriteByte(0)
 		}
 		g := groups[id.String()]
@@ -364,9 +363,9 @@ func (q *Query) Aggregate(docs []map[string]any) []map[string]any {
 	return rows
 }
 
-// GroupKey identifies a value for grouping: numbers by numeric value,
+// groupKey identifies a value for grouping: numbers by numeric value,
 // everything else by kind and JSON text.
-func GroupKey(v any) string {
+func groupKey(v any) string {
 	k := kindOf(v)
 	switch k {
 	case Undefined:
@@ -462,26 +461,3 @@ func (k *kbn) add(x float64) {
 }
 
 func (k *kbn) total() float64 { return k.s + k.c }
-
-// SortRows orders result rows by their JSON text, for stable output and
-// comparisons in tests.
-func SortRows(rows []map[string]any) {
-	keys := make([]string, len(rows))
-	for i, r := range rows {
-		b, _ := json.Marshal(r)
-		keys[i] = string(b)
-	}
-	sort.Sort(byKey{rows, keys})
-}
-
-type byKey struct {
-	rows []map[string]any
-	keys []string
-}
-
-func (b byKey) Len() int           { return len(b.rows) }
-func (b byKey) Less(i, j int) bool { return b.keys[i] < b.keys[j] }
-func (b byKey) Swap(i, j int) {
-	b.rows[i], b.rows[j] = b.rows[j], b.rows[i]
-	b.keys[i], b.keys[j] = b.keys[j], b.keys[i]
-}

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"errors"
 	"hash/fnv"
-	"strconv"
 
 	"github.com/herd-iot/herd"
 )
@@ -152,6 +151,3 @@ func AsHerdError(err error) error {
 	}
 	return err
 }
-
-// FormatCount is a helper for stores: a count as a cursor key.
-func FormatCount(n int) string { return strconv.Itoa(n) }
