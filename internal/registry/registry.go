@@ -86,7 +86,7 @@ type Service struct {
 	keysMu sync.RWMutex
 	keys   map[string]auth.DeviceKeys
 
-	connMu  sync.Mutex
+	connMu   sync.Mutex
 	pending  map[string]ConnectionChange
 	flushing map[string]ConnectionChange // the batch being written
 }
