@@ -27,9 +27,13 @@ import (
 // Azure's count is at most four times its JSON text); the rest go through
 // twin.Doc.Apply one by one, in the same transaction.
 
-// sizeGuard is the longest section text (old text plus patch text) the
-// set-based path takes for a section limited to limit bytes.
-func sizeGuard(limit int) int { return limit/4 - 2 }
+// sizeGuard is the longest section (old section plus patch text) the
+// set-based path takes for a section limited to limit bytes. A section's
+// size by Azure's count is at most four times the length of its JSON text
+// or of its JSONB encoding (a number counts 8 and takes at least 2 bytes;
+// a boolean counts 4 and takes at least 1); the margin covers JSONB
+// headers that grow as the merge lengthens their payloads.
+func sizeGuard(limit int) int { return limit/4 - 32 }
 
 // ApplyTwinBatch patches up to limit pending devices after the cursor.
 func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after string, limit int, now time.Time) (job.TwinBatchResult, error) {
@@ -104,7 +108,7 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 		set = append(set, "tags = jsonb('{}')")
 	case plan.Tags != nil:
 		set, setArgs = append(set, "tags = jsonb_patch(tags, ?)"), append(setArgs, string(plan.Tags))
-		guards, guardArgs = append(guards, "length(json(tags)) + ? <= ?"), append(guardArgs, plan.TagsPatchSize, sizeGuard(twin.MaxTagsSize))
+		guards, guardArgs = append(guards, "length(tags) + ? <= ?"), append(guardArgs, plan.TagsPatchSize, sizeGuard(twin.MaxTagsSize))
 	}
 	if plan.SetsDesired() {
 		version := `replace(?, '` + twin.VersionMarker + `', '"$lastUpdatedVersion":' || (desired_version + 1))`
@@ -114,12 +118,14 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 			setArgs = append(setArgs, string(plan.DesiredMeta))
 		default:
 			set, setArgs = append(set, "desired = jsonb_patch(desired, ?)"), append(setArgs, string(plan.Desired))
+			// $metadata is stored as text; the two merges stay in JSONB
+			// and the result is written back as text once.
 			meta := "desired_metadata"
 			if plan.MetaClear != nil {
-				meta, setArgs = "json_patch(desired_metadata, ?)", append(setArgs, string(plan.MetaClear))
+				meta, setArgs = "jsonb_patch(desired_metadata, ?)", append(setArgs, string(plan.MetaClear))
 			}
-			set, setArgs = append(set, "desired_metadata = json_patch("+meta+", "+version+")"), append(setArgs, string(plan.DesiredMeta))
-			guards, guardArgs = append(guards, "length(json(desired)) + ? <= ?"), append(guardArgs, plan.DesiredPatchSize, sizeGuard(twin.MaxDesiredSize))
+			set, setArgs = append(set, "desired_metadata = json(jsonb_patch("+meta+", "+version+"))"), append(setArgs, string(plan.DesiredMeta))
+			guards, guardArgs = append(guards, "length(desired) + ? <= ?"), append(guardArgs, plan.DesiredPatchSize, sizeGuard(twin.MaxDesiredSize))
 		}
 		set = append(set, "desired_version = desired_version + 1")
 	}
