@@ -146,6 +146,12 @@ func TestKillDuringTwinJob(t *testing.T) {
 			kills++
 			serve = serveProcess(t, bin, dir, args...)
 			c = localClient(t, dir)
+			// Let the resumed job finish before the next one starts: jobs
+			// that run at the same time over the same twins have no
+			// defined order, and the test checks the last value below.
+			if _, err := c.WaitJob(ctx, id, nil); err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	if kills == 0 {
