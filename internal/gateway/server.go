@@ -254,6 +254,7 @@ func (s *Server) untrack(c *conn) {
 // deleted: a connected device that was deleted or disabled, or whose key
 // that signed its token was replaced, is disconnected.
 func (s *Server) DeviceChanged(deviceID string) {
+	s.sessions.forget(deviceID)
 	bc := s.cfg.Bus.Lookup(deviceID)
 	if bc == nil {
 		return

@@ -197,3 +197,24 @@ func TestSlowReaderIsDisconnected(t *testing.T) {
 		t.Fatal(r.err)
 	}
 }
+
+// A device that is deleted and registered again starts without the old
+// device's session.
+func TestRecreatedDeviceHasNoSession(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	d := newDevice(t, h, "dev1")
+	c := dialPlain(t, h)
+	c.connect(d, false, time.Now())
+	c.subscribe("$iothub/methods/POST/#")
+	c.send(packets.NewControlPacket(packets.Disconnect))
+	c.expectClosed()
+	if err := h.Service.DeleteDevice(ctx, d.id, "*"); err != nil {
+		t.Fatal(err)
+	}
+	d = newDevice(t, h, "dev1")
+	c = dialPlain(t, h)
+	if ack := c.connect(d, false, time.Now()); ack.SessionPresent {
+		t.Fatal("the new device inherited the deleted device's session")
+	}
+}

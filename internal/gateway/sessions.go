@@ -33,37 +33,66 @@ const sessionFlushEvery = 100 * time.Millisecond
 
 // sessions batches session writes: changes are visible to load at once
 // and reach the store with the next flush (and at shutdown), so that a
-// connect storm does not write one row per SUBSCRIBE.
+// connect storm does not write one row per SUBSCRIBE. It also remembers
+// the sessions it has seen (a few dozen bytes per device), so that a
+// reconnect does not read the store; the registry's change notification
+// forgets a device's entry (a deleted device's session goes with it).
 type sessions struct {
 	store   SessionStore
 	mu      sync.Mutex
 	pending map[string]SessionChange
+	known   map[string]knownSession
+}
+
+type knownSession struct {
+	subs    bus.Feature
+	present bool
 }
 
 func newSessions(store SessionStore) *sessions {
-	return &sessions{store: store, pending: map[string]SessionChange{}}
+	return &sessions{store: store, pending: map[string]SessionChange{}, known: map[string]knownSession{}}
 }
 
 func (s *sessions) save(id string, subs bus.Feature) {
 	s.mu.Lock()
 	s.pending[id] = SessionChange{DeviceID: id, Subscriptions: subs}
+	s.known[id] = knownSession{subs, true}
 	s.mu.Unlock()
 }
 
 func (s *sessions) discard(id string) {
 	s.mu.Lock()
-	s.pending[id] = SessionChange{DeviceID: id, Delete: true}
+	if k, ok := s.known[id]; !ok || k.present {
+		s.pending[id] = SessionChange{DeviceID: id, Delete: true}
+	}
+	s.known[id] = knownSession{}
+	s.mu.Unlock()
+}
+
+// forget drops what is remembered about a device's session.
+func (s *sessions) forget(id string) {
+	s.mu.Lock()
+	delete(s.known, id)
 	s.mu.Unlock()
 }
 
 func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, error) {
 	s.mu.Lock()
-	ch, ok := s.pending[id]
+	k, ok := s.known[id]
 	s.mu.Unlock()
 	if ok {
-		return ch.Subscriptions, !ch.Delete, nil
+		return k.subs, k.present, nil
 	}
-	return s.store.Session(ctx, id)
+	subs, present, err := s.store.Session(ctx, id)
+	if err != nil {
+		return 0, false, err
+	}
+	s.mu.Lock()
+	if _, changed := s.known[id]; !changed {
+		s.known[id] = knownSession{subs, present}
+	}
+	s.mu.Unlock()
+	return subs, present, nil
 }
 
 func (s *sessions) flush(ctx context.Context) error {
