@@ -264,14 +264,21 @@ func (s *Service) await(ctx context.Context, c *call, dropped, timeout <-chan st
 // withTimeout is context.WithTimeout on the service's clock. A zero d gives
 // a context that is already done.
 func (s *Service) withTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
-	wctx, cancel := context.WithCancelCause(ctx)
 	if d <= 0 {
-		cancel(context.DeadlineExceeded)
-		return wctx, func() {}
+		return expired, func() {}
 	}
+	wctx, cancel := context.WithCancelCause(ctx)
 	t := s.clock.AfterFunc(d, func() { cancel(context.DeadlineExceeded) })
 	return wctx, func() { t.Stop(); cancel(context.Canceled) }
 }
+
+// expired is a context that has already ended: the connect wait of a call
+// with connectTimeoutInSeconds 0 (the common case needs no allocation).
+var expired = func() context.Context {
+	ctx, cancel := context.WithCancelCause(context.Background())
+	cancel(context.DeadlineExceeded)
+	return ctx
+}()
 
 // ErrUnknownRequest is returned by Respond for an answer that matches no
 // waiting call (unknown, expired, or another device's request id).
