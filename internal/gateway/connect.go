@@ -25,8 +25,14 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 			"err", why, "code", code)
 		ack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
 		ack.ReturnCode = code
-		// Close once the refusal is written (or could not be).
-		c.enqueue(encode(ack), func() { c.close(reasonProtocol) }, nil)
+		// The refusal is written here, not queued: serve returns right
+		// after, and over WebSocket the connection ends with the HTTP
+		// handler, so a queued CONNACK could be lost and the device would
+		// see a closed socket instead of "not authorized". Nothing else
+		// writes before CONNACK.
+		_ = c.nc.SetWriteDeadline(time.Now().Add(writeWait))
+		_, _ = c.nc.Write(encode(ack))
+		c.close(reasonProtocol)
 		return 0, false
 	}
 	switch code := cp.Validate(); {
