@@ -59,9 +59,11 @@ func main() {
 	plain := flag.String("plain", "", "(fleet) plain MQTT address")
 	tlsAddr := flag.String("tls-addr", "", "(fleet) TLS MQTT address")
 	ca := flag.String("ca", "", "(fleet) CA file")
+	fleetProcs := flag.Int("fleet-procs", 0, "GOMAXPROCS of the fleet process (0: Go's default)")
 	cpuProfile := flag.String("cpuprofile", "", "write a CPU profile of the plain method phase (hub role) or of the whole run (fleet role, with suffix .fleet)")
 	flag.Parse()
 	profile = *cpuProfile
+	fleetGOMAXPROCS = *fleetProcs
 	var err error
 	if *role == "fleet" {
 		err = fleet(*ids, *host, *plain, *tlsAddr, *ca, *concurrency)
@@ -74,8 +76,11 @@ func main() {
 	}
 }
 
-// profile is the -cpuprofile path.
-var profile string
+// profile is the -cpuprofile path; fleetGOMAXPROCS the -fleet-procs value.
+var (
+	profile         string
+	fleetGOMAXPROCS int
+)
 
 // reply is the fleet's answer to one command.
 type reply struct {
@@ -258,6 +263,9 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 		"-plain", h.MQTTPlainAddr().String(), "-tls-addr", h.MQTTAddr().String(), "-ca", h.CAFile(),
 		"-connect-concurrency", strconv.Itoa(concurrency), "-cpuprofile", profile)
 	cmd.Stderr = os.Stderr
+	if fleetGOMAXPROCS > 0 {
+		cmd.Env = append(os.Environ(), "GOMAXPROCS="+strconv.Itoa(fleetGOMAXPROCS))
+	}
 	in, err := cmd.StdinPipe()
 	if err != nil {
 		return err
