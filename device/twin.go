@@ -23,6 +23,7 @@ type Error struct {
 	Message   string `json:"message"`
 }
 
+// Error implements error.
 func (e *Error) Error() string {
 	return fmt.Sprintf("device: twin request failed with status %d (%d): %s", e.Status, e.ErrorCode, e.Message)
 }

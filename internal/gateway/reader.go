@@ -38,6 +38,7 @@ type packetReader struct {
 	r, w   int
 }
 
+// Read implements io.Reader for the packet codec.
 func (p *packetReader) Read(dst []byte) (int, error) {
 	if len(dst) == 0 {
 		return 0, nil
