@@ -324,7 +324,16 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 	if err := waitConnected(h, 0, time.Minute); err != nil {
 		return err
 	}
-	if r, err = c.do("connect plain"); err != nil {
+	if profile != "" {
+		pf, err := os.Create(profile + ".connect")
+		if err != nil {
+			return err
+		}
+		_ = pprof.StartCPUProfile(pf)
+	}
+	r, err = c.do("connect plain")
+	pprof.StopCPUProfile()
+	if err != nil {
 		return err
 	}
 	add("| SAS-authenticated connects/s, plain, reconnect (warm key cache, session present) | %.0f/s (%d devices in %.2f s) | ≥ 10,000/s |", float64(n)/r.Seconds, n, r.Seconds)
