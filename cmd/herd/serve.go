@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"strings"
@@ -80,8 +81,12 @@ func newLogger(e *env, format, level string) (*slog.Logger, error) {
 	return nil, fmt.Errorf("--log-format %q: use text or json", format)
 }
 
+// printReady writes the ready banner in one write, so that a reader that
+// sees "Herd is ready." also sees the rest (a test or a script reading
+// stdout as the hub starts).
 func printReady(e *env, h *hub.Hub, cs string) {
-	w := e.stdout
+	w := &strings.Builder{}
+	defer func() { _, _ = io.WriteString(e.stdout, w.String()) }()
 	fmt.Fprintf(w, "Herd is ready.\n\n")
 	fmt.Fprintf(w, "  REST API     https://%s (listening on %s)\n", hostPort(h), h.HTTPSAddr())
 	if a := h.MQTTAddr(); a != nil {
