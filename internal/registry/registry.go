@@ -85,6 +85,9 @@ type Service struct {
 
 	keysMu sync.RWMutex
 	keys   map[string]auth.DeviceKeys
+	// keysGen rises on every forget, so that a Keys call whose store
+	// read raced with an update does not cache the keys it read.
+	keysGen uint64
 
 	connMu   sync.Mutex
 	pending  map[string]ConnectionChange
@@ -247,6 +250,7 @@ func (s *Service) Statistics(ctx context.Context) (herd.RegistryStatistics, erro
 func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) {
 	s.keysMu.RLock()
 	k, ok := s.keys[id]
+	gen := s.keysGen
 	s.keysMu.RUnlock()
 	if ok {
 		return k, nil
@@ -261,13 +265,17 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 		Enabled:      d.Status == herd.DeviceEnabled,
 	}
 	s.keysMu.Lock()
-	s.keys[id] = k
+	if s.keysGen == gen {
+		s.keys[id] = k
+	}
 	s.keysMu.Unlock()
 	return k, nil
 }
 
+// forget drops a device's cached keys after a write to its identity.
 func (s *Service) forget(id string) {
 	s.keysMu.Lock()
 	delete(s.keys, id)
+	s.keysGen++
 	s.keysMu.Unlock()
 }

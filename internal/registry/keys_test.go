@@ -1,0 +1,73 @@
+package registry_test
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/store/sqlite"
+)
+
+// slowReads lets a test hold a Device read after it has read the row.
+type slowReads struct {
+	*sqlite.DB
+	read    chan struct{}
+	release chan struct{}
+}
+
+func (s *slowReads) Device(ctx context.Context, id string) (*herd.Device, error) {
+	d, err := s.DB.Device(ctx, id)
+	if s.read != nil {
+		close(s.read)
+		<-s.release
+	}
+	return d, err
+}
+
+// TestKeysNotStaleAfterRace: a Keys lookup that read the old keys while an
+// update committed must not put them back in the cache.
+func TestKeysNotStaleAfterRace(t *testing.T) {
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "herd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	st := &slowReads{DB: db}
+	s := registry.NewService(st, time.Now, nil, slog.Default())
+	old, err := s.Create(ctx, herd.Device{DeviceID: "d"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	st.read, st.release = make(chan struct{}), make(chan struct{})
+	got := make(chan string, 1)
+	go func() {
+		k, err := s.Keys(ctx, "d")
+		if err != nil {
+			t.Error(err)
+		}
+		got <- k.PrimaryKey
+	}()
+	<-st.read // the lookup has read the old keys
+	st.read = nil
+	newKey := "bmV3a2V5LTAxMjM0NTY3ODlhYmNkZWYwMTIzNDU2Nzg="
+	upd := herd.Device{DeviceID: "d", Authentication: herd.Authentication{SymmetricKey: herd.SymmetricKey{PrimaryKey: newKey}}}
+	if _, err := s.Update(ctx, upd, "*"); err != nil {
+		t.Fatal(err)
+	}
+	close(st.release)
+	if k := <-got; k != old.Authentication.SymmetricKey.PrimaryKey {
+		t.Fatalf("the racing lookup returned %q", k)
+	}
+	k, err := s.Keys(ctx, "d")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k.PrimaryKey != newKey {
+		t.Errorf("cached primary key %q after the update, want the new key", k.PrimaryKey)
+	}
+}
