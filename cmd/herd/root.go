@@ -41,6 +41,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		queryCommand(e),
 		methodCommand(e),
 		monitorCommand(e),
+		simCommand(e),
 	)
 	return root.ExecuteContext(ctx)
 }

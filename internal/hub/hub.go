@@ -173,8 +173,11 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 			return nil, err
 		}
 	}
-	if err := h.DB.SetSetting(ctx, "https_addr", h.https.Addr().String()); err != nil {
-		return nil, err
+	// Where the listeners are, for the CLI's tools (herd sim) on this data.
+	for name, a := range map[string]net.Addr{"https_addr": h.https.Addr(), "mqtt_addr": h.MQTTAddr(), "mqtt_plain_addr": h.MQTTPlainAddr()} {
+		if err := h.DB.SetSetting(ctx, name, addrString(a)); err != nil {
+			return nil, err
+		}
 	}
 	return h, nil
 }
@@ -252,6 +255,13 @@ func listen(addr, flag string) (net.Listener, error) {
 			"(the official Azure service SDKs only reach port 443): %w", flag, addr, err)
 	}
 	return nil, fmt.Errorf("--%s %s: %w", flag, addr, err)
+}
+
+func addrString(a net.Addr) string {
+	if a == nil {
+		return ""
+	}
+	return a.String()
 }
 
 // Hostname is the hub's host name.
