@@ -192,4 +192,3 @@ func TestRefused(t *testing.T) {
 		t.Fatalf("stats %+v", s)
 	}
 }
-
