@@ -288,36 +288,21 @@ func watch(ctx context.Context, e *env, c *service.Client, id string) error {
 	last := ""
 	started := time.Now()
 	j, err := c.WaitJob(ctx, id, func(j *herd.Job) {
-		st := j.DeviceJobStatistics
-		if st == nil {
-			st = &herd.DeviceJobStatistics{}
-		}
-		done := st.SucceededCount + st.FailedCount
-		desc := fmt.Sprintf("%s  %d succeeded  %d failed  %d running  %d pending", j.Status, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+		st := jobStats(j)
+		desc := jobDescription(j)
 		if !isTerminal(e.stdout) {
 			if desc != last {
-				rate := float64(done) / max(time.Since(started).Seconds(), 0.001)
-				fmt.Fprintf(e.stdout, "%s  %s  %d/%d devices  %.0f devices/s\n", j.JobID, desc, done, st.DeviceCount, rate)
+				fmt.Fprintln(e.stdout, jobLine(j, started))
 				last = desc
 			}
 			return
 		}
 		if bar == nil && st.DeviceCount > 0 {
-			bar = progressbar.NewOptions64(st.DeviceCount,
-				progressbar.OptionSetWriter(e.stdout),
-				progressbar.OptionShowCount(),
-				progressbar.OptionShowIts(),
-				progressbar.OptionSetItsString("devices"),
-				progressbar.OptionSetPredictTime(true),
-				progressbar.OptionSetElapsedTime(true),
-				progressbar.OptionShowDescriptionAtLineEnd(),
-				progressbar.OptionFullWidth(),
-				progressbar.OptionThrottle(100*time.Millisecond),
-			)
+			bar = newJobBar(st.DeviceCount, e.stdout, progressbar.OptionFullWidth())
 		}
 		if bar != nil {
 			bar.Describe(desc)
-			_ = bar.Set64(done)
+			_ = bar.Set64(st.SucceededCount + st.FailedCount)
 		} else if desc != last {
 			fmt.Fprintf(e.stdout, "%s  %s\n", j.JobID, desc)
 			last = desc
@@ -338,4 +323,42 @@ func watch(ctx context.Context, e *env, c *service.Client, id string) error {
 		return fmt.Errorf("job %s failed: %s", j.JobID, j.FailureReason)
 	}
 	return nil
+}
+
+// jobStats returns a job's statistics (zero before the hub has any).
+func jobStats(j *herd.Job) *herd.DeviceJobStatistics {
+	if j.DeviceJobStatistics == nil {
+		return &herd.DeviceJobStatistics{}
+	}
+	return j.DeviceJobStatistics
+}
+
+// jobDescription is a job's status and device split, as progress shows it.
+func jobDescription(j *herd.Job) string {
+	st := jobStats(j)
+	return fmt.Sprintf("%s  %d succeeded  %d failed  %d running  %d pending", j.Status, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+}
+
+// jobLine is a job's progress as one plain line (for output that is not a
+// terminal): id, description, devices done and the rate since started.
+func jobLine(j *herd.Job, started time.Time) string {
+	st := jobStats(j)
+	done := st.SucceededCount + st.FailedCount
+	rate := float64(done) / max(time.Since(started).Seconds(), 0.001)
+	return fmt.Sprintf("%s  %s  %d/%d devices  %.0f devices/s", j.JobID, jobDescription(j), done, st.DeviceCount, rate)
+}
+
+// newJobBar is the progress bar of a job over total devices, written to w
+// (herd job watch, herd demo).
+func newJobBar(total int64, w io.Writer, extra ...progressbar.Option) *progressbar.ProgressBar {
+	return progressbar.NewOptions64(total, append([]progressbar.Option{
+		progressbar.OptionSetWriter(w),
+		progressbar.OptionShowCount(),
+		progressbar.OptionShowIts(),
+		progressbar.OptionSetItsString("devices"),
+		progressbar.OptionSetPredictTime(true),
+		progressbar.OptionSetElapsedTime(true),
+		progressbar.OptionShowDescriptionAtLineEnd(),
+		progressbar.OptionThrottle(100 * time.Millisecond),
+	}, extra...)...)
 }

@@ -42,6 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 		methodCommand(e),
 		monitorCommand(e),
 		simCommand(e),
+		demoCommand(e),
 	)
 	return root.ExecuteContext(ctx)
 }
