@@ -57,8 +57,8 @@ func TestDemo(t *testing.T) {
 	}
 	for q, want := range map[string]int{
 		"SELECT COUNT() AS n FROM devices WHERE tags.building = 43 AND properties.desired.floor = 3 AND properties.reported.floor = 3": 20,
-		"SELECT COUNT() AS n FROM devices WHERE tags.building = 44 AND NOT IS_DEFINED(properties.desired.floor)":                      20,
-		"SELECT COUNT() AS n FROM devices WHERE NOT IS_DEFINED(properties.reported.floor) AND tags.building = 44":                     20,
+		"SELECT COUNT() AS n FROM devices WHERE tags.building = 44 AND NOT IS_DEFINED(properties.desired.floor)":                       20,
+		"SELECT COUNT() AS n FROM devices WHERE NOT IS_DEFINED(properties.reported.floor) AND tags.building = 44":                      20,
 	} {
 		if n := count(q); n != want {
 			t.Errorf("%s: %d, want %d", q, n, want)
