@@ -9,70 +9,40 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/fleetdb"
 	"github.com/herd-iot/herd/internal/job"
-	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/sqlite"
-	"github.com/herd-iot/herd/internal/twin"
 )
 
 // Benchmarks of the job engine on a real SQLite file (docs/benchmarks.md
 // has the figures and commands). They measure wall time from a job's start
 // to its completion, so each runs the whole job once per iteration.
 
-// benchFleet returns the path of a database with n registered devices,
-// each with a few tags and desired properties, built once per n and
-// copied for each run (HERD_BENCH_DIR keeps it between runs).
+// benchFleet returns the path of a copy of a database with n registered
+// devices of the jobs shape (fleetdb.Jobs), built once per n
+// (HERD_BENCH_DIR keeps it between runs).
 func benchFleet(b *testing.B, n int) string {
 	b.Helper()
 	dir := os.Getenv("HERD_BENCH_DIR")
 	if dir == "" {
 		dir = b.TempDir()
 	}
-	src := filepath.Join(dir, fmt.Sprintf("fleet-%d.db", n))
-	if _, err := os.Stat(src); err != nil {
-		start := time.Now()
-		db, err := sqlite.Open(context.Background(), src)
-		if err != nil {
-			b.Fatal(err)
-		}
-		const batch = 10000
-		for i := 0; i < n; i += batch {
-			var ops []registry.Op
-			for k := i; k < min(i+batch, n); k++ {
-				id := fmt.Sprintf("device-%07d", k)
-				doc := twin.NewDoc(t0)
-				p := twin.Patch{
-					Tags:    twin.Change{Set: true, Value: map[string]any{"building": json.Number(strconv.Itoa(k % 100)), "ring": "prod"}},
-					Desired: twin.Change{Set: true, Value: map[string]any{"fw": "1.0", "interval": json.Number("30")}},
-				}
-				if _, err := doc.Apply(p, false, t0); err != nil {
-					b.Fatal(err)
-				}
-				ops = append(ops, registry.Op{Kind: registry.OpCreate, DeviceID: id, Twin: doc, Device: &herd.Device{
-					DeviceID: id, GenerationID: "1", Status: herd.DeviceEnabled,
-					Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{
-						PrimaryKey: "cHJpbWFyeWtleXByaW1hcnlrZXlwcmltYXJ5a2V5MDA=", SecondaryKey: "c2Vjb25kYXJ5a2V5c2Vjb25kYXJ5a2V5c2Vjb25kYTA="}}}})
-			}
-			if _, err := db.ApplyDevices(context.Background(), ops); err != nil {
-				b.Fatal(err)
-			}
-		}
-		db.Close()
-		b.Logf("built %d devices in %s", n, time.Since(start).Round(time.Millisecond))
-	}
-	dst := filepath.Join(b.TempDir(), "herd.db")
-	data, err := os.ReadFile(src)
+	start := time.Now()
+	src, built, err := fleetdb.Path(context.Background(), dir, fleetdb.Jobs, n)
 	if err != nil {
 		b.Fatal(err)
 	}
-	if err := os.WriteFile(dst, data, 0o600); err != nil {
+	if built {
+		b.Logf("built %d devices in %s", n, time.Since(start).Round(time.Millisecond))
+	}
+	dst := filepath.Join(b.TempDir(), "herd.db")
+	if err := fleetdb.Copy(src, dst); err != nil {
 		b.Fatal(err)
 	}
 	return dst
