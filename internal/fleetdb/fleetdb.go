@@ -47,9 +47,10 @@ func DeviceID(i int) string { return fmt.Sprintf("device-%07d", i) }
 
 // Path returns the path of a database of n devices of the given shape in
 // dir, building it first if it is not there (a million devices take a
-// minute or two). Keep dir between runs to build once.
+// minute or two). Keep dir between runs to build once; the file name
+// carries the schema version, so a new migration builds anew.
 func Path(ctx context.Context, dir string, shape Shape, n int) (path string, built bool, err error) {
-	path = filepath.Join(dir, fmt.Sprintf("%s-%d.db", shape, n))
+	path = filepath.Join(dir, fmt.Sprintf("%s-%d-schema%d.db", shape, n, sqlite.SchemaVersion()))
 	if _, err := os.Stat(path); err == nil {
 		return path, false, nil
 	}

@@ -166,3 +166,17 @@ func (db *DB) tx(ctx context.Context, fn func(*sql.Tx) error) error {
 	}
 	return nil
 }
+
+// SchemaVersion is the number of the newest embedded migration: databases
+// built for benchmarks are cached per schema version.
+func SchemaVersion() int {
+	names, _ := fs.Glob(migrations, "migrations/*.sql")
+	latest := 0
+	for _, n := range names {
+		num, _, _ := strings.Cut(strings.TrimPrefix(n, "migrations/"), "_")
+		if v, err := strconv.Atoi(num); err == nil && v > latest {
+			latest = v
+		}
+	}
+	return latest
+}
