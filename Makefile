@@ -23,3 +23,13 @@ vet:
 ## build: the herd binary in ./bin
 build:
 	CGO_ENABLED=0 $(GO) build -o bin/herd ./cmd/herd
+
+## bench: measure the performance budget on this machine (go run ./bench) and
+## print it as a Markdown table; builds 1M-device fleets once into
+## $HERD_BENCH_DIR (default /tmp/herd-bench); holds the machine-wide benchmark lock
+bench:
+	flock /tmp/herd-bench.lock $(GO) run ./bench
+
+## bench-quick: the same at smaller scale, in under two minutes
+bench-quick:
+	flock /tmp/herd-bench.lock $(GO) run ./bench --quick

@@ -1,0 +1,178 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/sim"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// benchHub is a hub running in this process.
+type benchHub struct {
+	*hub.Hub
+	dir    string
+	cancel context.CancelFunc
+	done   chan error
+}
+
+// inprocHub starts a hub on the data in dir (HTTPS on a free loopback
+// port, no TLS MQTT; plain MQTT on a free port if plain).
+func inprocHub(ctx context.Context, dir string, plain bool) (*benchHub, error) {
+	cfg := hub.Default()
+	cfg.DataDir = dir
+	cfg.HTTPSAddr = "127.0.0.1:0"
+	cfg.MQTTAddr = ""
+	if plain {
+		cfg.MQTTPlainAddr = "127.0.0.1:0"
+	}
+	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	h, err := hub.New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	b := &benchHub{Hub: h, dir: dir, cancel: cancel, done: make(chan error, 1)}
+	go func() { b.done <- h.Run(hctx) }()
+	return b, nil
+}
+
+// stop shuts the hub down and waits for it.
+func (h *benchHub) stop() error {
+	h.cancel()
+	return <-h.done
+}
+
+// register creates n devices with generated keys straight in the store
+// (the registry's bulk REST API is measured elsewhere) and returns them.
+func register(ctx context.Context, h *benchHub, prefix string, n int) ([]sim.Identity, error) {
+	ids := make([]sim.Identity, n)
+	now := time.Now()
+	for start := 0; start < n; start += 5000 {
+		ops := make([]registry.Op, 0, 5000)
+		for i := start; i < min(start+5000, n); i++ {
+			ids[i] = sim.Identity{ID: fmt.Sprintf("%s%07d", prefix, i), Key: auth.NewKey()}
+			ops = append(ops, registry.Op{Kind: registry.OpCreate, DeviceID: ids[i].ID, Twin: twin.NewDoc(now), Device: &herd.Device{
+				DeviceID: ids[i].ID, GenerationID: "1", Status: herd.DeviceEnabled,
+				Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: ids[i].Key, SecondaryKey: auth.NewKey()}}}})
+		}
+		res, err := h.DB.ApplyDevices(ctx, ops)
+		if err != nil {
+			return nil, err
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				return nil, r.Err
+			}
+		}
+	}
+	return ids, nil
+}
+
+// runJob creates a job (PUT /jobs/v2/{id} as the REST API does) and
+// waits until it has ended; the hub's own start and end times time it.
+func runJob(ctx context.Context, h *benchHub, id, body string) (*herd.Job, time.Duration, error) {
+	if _, err := h.Jobs.Create(ctx, id, []byte(body)); err != nil {
+		return nil, 0, err
+	}
+	for {
+		j, err := h.Jobs.Get(ctx, id)
+		if err != nil {
+			return nil, 0, err
+		}
+		if j.EndTime != nil && !j.EndTime.IsZero() {
+			if j.Status != herd.JobCompleted {
+				return j, 0, fmt.Errorf("job %s ended %s: %s", id, j.Status, j.FailureReason)
+			}
+			return j, j.EndTime.Sub(j.StartTime.Time), nil
+		}
+		select {
+		case <-ctx.Done():
+			return nil, 0, ctx.Err()
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+}
+
+// jobRuns runs a job runs times (ids prefix-1, prefix-2, …) over n
+// devices, each must succeed on every device, and returns the durations
+// sorted.
+func jobRuns(ctx context.Context, h *benchHub, runs, n int, prefix, body string) ([]time.Duration, error) {
+	var took []time.Duration
+	for i := 1; i <= runs; i++ {
+		j, d, err := runJob(ctx, h, fmt.Sprintf("%s-%d", prefix, i), body)
+		if err != nil {
+			return nil, err
+		}
+		if st := j.DeviceJobStatistics; st == nil || st.SucceededCount != int64(n) {
+			return nil, fmt.Errorf("job %s: %+v, want %d devices succeeded", j.JobID, st, n)
+		}
+		took = append(took, d)
+	}
+	slices.Sort(took)
+	return took, nil
+}
+
+// rate prints devices per second of the median run, and the runs.
+func rate(n int, took []time.Duration) string {
+	med := took[len(took)/2]
+	s := fmt.Sprintf("**%s devices/s** (%s)", count(int(float64(n)/med.Seconds())), seconds(med))
+	if len(took) > 1 {
+		var all []string
+		for _, d := range took {
+			all = append(all, seconds(d))
+		}
+		s += fmt.Sprintf("; median of %d runs: %s", len(took), strings.Join(all, ", "))
+	}
+	return s
+}
+
+func waitConnected(ctx context.Context, h *benchHub, n int64, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for h.Bus.Connected() != n {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%d devices connected, want %d", h.Bus.Connected(), n)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
+// rssKB is this process's resident set size.
+func rssKB() int64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// settledRSS returns the RSS after garbage collection has given memory
+// back to the system.
+func settledRSS() int64 {
+	for range 3 {
+		runtime.GC()
+		debug.FreeOSMemory()
+		time.Sleep(200 * time.Millisecond)
+	}
+	return rssKB()
+}

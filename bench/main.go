@@ -1,0 +1,225 @@
+// Command bench measures Herd's performance budget (ARCHITECTURE.md) on
+// this machine and prints it as a Markdown table: each figure beside its
+// target and, for jobs, beside the time the same job takes under Azure IoT
+// Hub's published throttles (S1: 10 job device operations per second; S3:
+// 50 per second per unit) and AWS IoT Jobs' rollout limit (1,000 devices
+// per minute).
+//
+//	go run ./bench            # the full run (1M-device fleets are built once into -dir)
+//	go run ./bench --quick    # smaller fleets, under two minutes
+//	make bench                # the full run, holding /tmp/herd-bench.lock
+//
+// What runs where:
+//
+//   - gateway: the hub runs in this process and the simulated devices
+//     (internal/sim) in a child process (this program re-executed with
+//     HERD_BENCH_ROLE=fleet), over plain MQTT on loopback, so the memory
+//     per idle device is the hub's own RSS. Method round trips go through
+//     method.Service.Invoke, the gateway and back; connects are SAS
+//     authenticated. (The measurements follow the gateway benchmark
+//     written with the gateway, bench/gateway, folded in here.)
+//   - method jobs: over the same socket fleet (10,000 devices), and over
+//     the in-memory transport (sim.Pipe: every device a net.Pipe served by
+//     the hub's gateway in this process) for fleets larger than one
+//     process may hold sockets (~19k here).
+//   - twin jobs and queries: on fleets built by internal/fleetdb (the same
+//     databases as the internal/job and internal/store/sqlite benchmarks),
+//     through a whole hub (twin jobs) and the query service (queries).
+//   - start precision: jobs due 50 ms apart on a hub; how late each
+//     started after its startTime.
+//
+// The package's go test benchmarks (BenchmarkMethodJob10k against a real
+// `herd serve` child, BenchmarkMethodJobInProcess) are the jobs work's
+// end-to-end benchmarks; docs/benchmarks.md records every figure.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+func main() {
+	if os.Getenv(roleEnv) == "fleet" {
+		if err := fleetMain(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench fleet:", err)
+			os.Exit(1)
+		}
+		return
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// config is what to measure, at which scale.
+type config struct {
+	quick          bool
+	gatewayDevices int           // devices over real sockets
+	inflight       int           // method calls in flight for round trips
+	roundTrips     time.Duration // how long round trips are measured
+	jobRuns        int           // runs of each method job (the median is reported)
+	pipeDevices    []int         // method jobs over the in-memory transport
+	twinDevices    []int         // twin jobs
+	queryTwins     int           // twins the queries run over
+	queryRuns      int           // runs of each query (the median is reported)
+	startJobs      int           // jobs of the start-precision measurement
+	dir            string        // where fleet databases are cached
+	sections       map[string]bool
+	out            string // also write the report here
+}
+
+// sectionNames are the parts of a run, in order.
+var sectionNames = []string{"gateway", "methodjob", "twinjob", "query", "start"}
+
+func parseConfig(args []string, stderr io.Writer) (*config, error) {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	quick := fs.Bool("quick", false, "smaller fleets and shorter runs: under two minutes")
+	gw := fs.Int("gateway-devices", 0, "devices connected over plain MQTT sockets (default 10000; quick 2000)")
+	inflight := fs.Int("inflight", 2000, "method calls in flight while measuring round trips")
+	rt := fs.Duration("round-trips", 0, "how long method round trips are measured (default 10s; quick 3s)")
+	jobRuns := fs.Int("job-runs", 0, "runs of each method job; the median is reported (default 3; quick 1)")
+	pipe := fs.String("pipe-devices", "", "method-job fleet sizes over the in-memory transport (default 100000; quick 10000)")
+	twin := fs.String("twin-devices", "", "twin-job fleet sizes (default 10000,100000,1000000; quick 10000)")
+	qt := fs.Int("query-twins", 0, "twins the queries run over (default 1000000; quick 10000)")
+	qruns := fs.Int("query-runs", 0, "runs of each query; the median is reported (default 3; quick 1)")
+	startJobs := fs.Int("start-jobs", 0, "jobs due 50 ms apart for the start precision (default 100; quick 20)")
+	defDir := os.Getenv("HERD_BENCH_DIR")
+	if defDir == "" {
+		defDir = filepath.Join(os.TempDir(), "herd-bench")
+	}
+	dir := fs.String("dir", defDir, "where fleet databases are built once and kept (HERD_BENCH_DIR)")
+	only := fs.String("only", "", "run only these sections (comma-separated: "+strings.Join(sectionNames, ", ")+")")
+	out := fs.String("out", "", "also write the report to this file")
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	c := &config{quick: *quick, inflight: *inflight, dir: *dir, out: *out, sections: map[string]bool{}}
+	pick := func(v, full, q int) int {
+		switch {
+		case v > 0:
+			return v
+		case *quick:
+			return q
+		}
+		return full
+	}
+	c.gatewayDevices = pick(*gw, 10_000, 2_000)
+	c.jobRuns = pick(*jobRuns, 3, 1)
+	c.queryTwins = pick(*qt, 1_000_000, 10_000)
+	c.queryRuns = pick(*qruns, 3, 1)
+	c.startJobs = pick(*startJobs, 100, 20)
+	c.roundTrips = *rt
+	if c.roundTrips <= 0 {
+		c.roundTrips = 10 * time.Second
+		if *quick {
+			c.roundTrips = 3 * time.Second
+		}
+	}
+	var err error
+	if c.pipeDevices, err = sizes("--pipe-devices", *pipe, *quick, "100000", "10000"); err != nil {
+		return nil, err
+	}
+	if c.twinDevices, err = sizes("--twin-devices", *twin, *quick, "10000,100000,1000000", "10000"); err != nil {
+		return nil, err
+	}
+	if *only == "" {
+		for _, s := range sectionNames {
+			c.sections[s] = true
+		}
+	} else {
+		for _, s := range strings.Split(*only, ",") {
+			s = strings.TrimSpace(s)
+			if !contains(sectionNames, s) {
+				return nil, fmt.Errorf("--only %q: sections are %s", s, strings.Join(sectionNames, ", "))
+			}
+			c.sections[s] = true
+		}
+	}
+	if c.gatewayDevices > 18_000 {
+		return nil, fmt.Errorf("--gateway-devices %d: one process holds at most ~19,000 sockets here; use --pipe-devices for larger fleets", c.gatewayDevices)
+	}
+	return c, nil
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func sizes(flagName, v string, quick bool, full, q string) ([]int, error) {
+	if v == "" {
+		v = full
+		if quick {
+			v = q
+		}
+	}
+	var out []int
+	for _, s := range strings.Split(v, ",") {
+		var n int
+		if _, err := fmt.Sscan(strings.TrimSpace(s), &n); err != nil || n <= 0 {
+			return nil, fmt.Errorf("%s %q: give positive numbers separated by commas", flagName, v)
+		}
+		out = append(out, n)
+	}
+	return out, nil
+}
+
+// run measures what the configuration asks and prints the report.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	cfg, err := parseConfig(args, stderr)
+	if err != nil {
+		return err
+	}
+	r := newReport(cfg, args)
+	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", a...) }
+	steps := []struct {
+		name string
+		fn   func(context.Context, *config, *report, func(string, ...any)) error
+	}{
+		{"gateway", benchGateway},
+		{"methodjob", benchPipeJobs},
+		{"twinjob", benchTwinJobs},
+		{"query", benchQueries},
+		{"start", benchStart},
+	}
+	for _, s := range steps {
+		if !cfg.sections[s.name] {
+			continue
+		}
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		start := time.Now()
+		logf("%s …", s.name)
+		if err := s.fn(ctx, cfg, r, logf); err != nil {
+			return fmt.Errorf("%s: %w", s.name, err)
+		}
+		logf("%s done in %s", s.name, time.Since(start).Round(time.Second))
+	}
+	text := r.markdown()
+	fmt.Fprint(stdout, text)
+	if cfg.out != "" {
+		return os.WriteFile(cfg.out, []byte(text), 0o644)
+	}
+	return nil
+}

@@ -1,0 +1,65 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/herd-iot/herd/internal/fleetdb"
+	"github.com/herd-iot/herd/internal/query"
+	"github.com/herd-iot/herd/internal/store/sqlite"
+)
+
+// benchQueries times the query benchmarks' queries (fleetdb.Queries) over
+// a fleet of the query shape through the query service, as POST
+// /devices/query runs them: one untimed run, then the median of the runs.
+func benchQueries(ctx context.Context, cfg *config, r *report, logf func(string, ...any)) error {
+	n := cfg.queryTwins
+	start := time.Now()
+	path, built, err := fleetdb.Path(ctx, cfg.dir, fleetdb.Query, n)
+	if err != nil {
+		return err
+	}
+	if built {
+		logf("built %d twins in %s (kept in %s)", n, time.Since(start).Round(time.Second), cfg.dir)
+	}
+	db, err := sqlite.Open(ctx, path)
+	if err != nil {
+		return err
+	}
+	defer db.Close()
+	svc := query.NewService(db)
+	for _, q := range fleetdb.Queries {
+		var took []time.Duration
+		items := 0
+		for i := 0; i <= cfg.queryRuns; i++ {
+			t0 := time.Now()
+			items = 0
+			token := ""
+			for {
+				res, err := svc.Run(ctx, q.Text, 100, token)
+				if err != nil {
+					return fmt.Errorf("%s: %w", q.Text, err)
+				}
+				items += len(res.Items)
+				token = res.Continuation
+				if !q.All || token == "" {
+					break
+				}
+			}
+			if i > 0 {
+				took = append(took, time.Since(t0))
+			}
+		}
+		slices.Sort(took)
+		target := ""
+		if strings.Contains(q.Text, "WHERE") {
+			target = "≤ 1 s"
+		}
+		r.add(row{what: fmt.Sprintf("twin query `%s`: %s", q.Text, q.What), scale: fmt.Sprintf("%s twins", count(n)),
+			measured: fmt.Sprintf("**%s** (%s items)", seconds(took[len(took)/2]), count(items)), target: target})
+	}
+	return nil
+}
