@@ -16,8 +16,8 @@
 //     HERD_BENCH_ROLE=fleet), over plain MQTT on loopback, so the memory
 //     per idle device is the hub's own RSS. Method round trips go through
 //     method.Service.Invoke, the gateway and back; connects are SAS
-//     authenticated. (The measurements follow the gateway benchmark
-//     written with the gateway, bench/gateway, folded in here.)
+//     authenticated. These are bench/gateway's measurements (the
+//     gateway's own tool, which also measures TLS), at the budget's scale.
 //   - method jobs: over the same socket fleet (10,000 devices), and over
 //     the in-memory transport (sim.Pipe: every device a net.Pipe served by
 //     the hub's gateway in this process) for fleets larger than one

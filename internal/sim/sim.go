@@ -281,6 +281,7 @@ type Device struct {
 	ever    atomic.Bool // has connected once
 	desired atomic.Int64
 	rid     atomic.Uint64
+	expires atomic.Int64 // when the current connection's token expires (Unix ns)
 }
 
 // ID is the device id.
@@ -327,6 +328,13 @@ func (d *Device) connect(ctx context.Context) error {
 	_ = nc.SetDeadline(time.Time{})
 	done := make(chan struct{})
 	d.mu.Lock()
+	if !d.want.Load() {
+		// Disconnect came while this (re)connect was under way.
+		d.mu.Unlock()
+		_ = packets.NewControlPacket(packets.Disconnect).Write(nc)
+		nc.Close()
+		return nil
+	}
 	d.conn, d.done = nc, done
 	d.mu.Unlock()
 	d.f.stats.connected.Add(1)
@@ -343,10 +351,12 @@ func (d *Device) connect(ctx context.Context) error {
 // handshake sends CONNECT and, without a kept session, SUBSCRIBE.
 func (d *Device) handshake(nc net.Conn, r *bufio.Reader) error {
 	cfg := d.f.cfg
-	tok, err := sas.DeviceToken(cfg.Host, d.id.ID, "", d.id.Key, cfg.Now().Add(cfg.TokenValidity))
+	expires := cfg.Now().Add(cfg.TokenValidity)
+	tok, err := sas.DeviceToken(cfg.Host, d.id.ID, "", d.id.Key, expires)
 	if err != nil {
 		return err
 	}
+	d.expires.Store(expires.UnixNano())
 	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
 	cp.ProtocolName, cp.ProtocolVersion = "MQTT", 4
 	cp.ClientIdentifier = d.id.ID
@@ -461,8 +471,11 @@ func (d *Device) read(nc net.Conn, r *bufio.Reader, done chan struct{}) {
 		close(done)
 		if d.want.Load() {
 			// The hub closed the connection (restart, key change, token
-			// expiry): an error for the fleet, and a reconnect if asked.
-			d.f.stats.errors.Add(1)
+			// expiry): a reconnect if asked, and an error for the fleet
+			// unless the token had expired, which is the hub's duty (§8.2).
+			if d.f.cfg.Now().UnixNano() < d.expires.Load() {
+				d.f.stats.errors.Add(1)
+			}
 			d.retryLater(1)
 		}
 	}()
