@@ -370,6 +370,7 @@ func (c *conn) ended() {
 		c.expiry.Stop()
 	}
 	reason := c.closeReason()
+	c.s.sessions.release(c.deviceID, c)
 	if c.s.cfg.Bus.Detach(c.deviceID, c) {
 		c.s.cfg.Registry.RecordConnection(c.deviceID, herd.Disconnected, c.s.cfg.Clock.Now())
 	}
@@ -598,7 +599,7 @@ func (c *conn) setFeatures(f bus.Feature, ack []byte) {
 		return
 	}
 	if !c.clean {
-		c.s.sessions.save(c.deviceID, f)
+		c.s.sessions.save(c.deviceID, f, c)
 	}
 	c.s.cfg.Bus.FeaturesChanged(c.deviceID, c)
 }

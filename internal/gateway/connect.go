@@ -87,6 +87,7 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	// from the connection it replaces if there is one; clean=1 discards.
 	var subs bus.Feature
 	present := false
+	c.s.sessions.claim(id, c)
 	if cp.CleanSession {
 		c.s.sessions.discard(id)
 	} else if prev, ok := c.s.cfg.Bus.Lookup(id).(*conn); ok && prev != nil {
@@ -101,12 +102,18 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	c.features.Store(uint32(subs))
 	now := c.s.cfg.Clock.Now()
 	c.activity = now
-	// CONNACK is queued before the bus can route anything to the device.
-	c.connack(packets.Accepted, present)
+	// The device is attached to the bus before its CONNACK leaves, so that
+	// a method sent the moment the device sees CONNACK finds it online.
+	// Holding the writer role meanwhile keeps anything routed to it in the
+	// queue, behind the CONNACK.
+	c.mu.Lock()
+	c.writing = true
+	c.mu.Unlock()
 	if prev, ok := c.s.cfg.Bus.Attach(id, c).(*conn); ok && prev != nil {
 		log.Info("device connected again; closing its previous connection", "device_id", id, "op", "takeover")
 		prev.close(reasonTakeover)
 	}
+	c.connackFirst(present)
 	// A registry change that committed while this CONNECT was being
 	// checked looked for the device before it was attached: check again.
 	c.recheck(ctx)
@@ -122,9 +129,16 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	return keepAlive, true
 }
 
-func (c *conn) connack(code byte, sessionPresent bool) {
+// connackFirst accepts the connection: it puts CONNACK at the front of the
+// queue and hands the writer role, which connect holds, to a writer.
+func (c *conn) connackFirst(sessionPresent bool) {
 	ack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
-	ack.ReturnCode = code
+	ack.ReturnCode = packets.Accepted
 	ack.SessionPresent = sessionPresent
-	c.send(ack)
+	b := encode(ack)
+	c.mu.Lock()
+	c.queue = append([]outItem{{b: b}}, c.queue...)
+	c.queued += len(b)
+	c.mu.Unlock()
+	c.flush()
 }

@@ -42,6 +42,11 @@ type sessions struct {
 	mu      sync.Mutex
 	pending map[string]SessionChange
 	known   map[string]knownSession
+	// owners is the connection that owns each connected device's session:
+	// a connection that was taken over may still be handling a SUBSCRIBE,
+	// and its late save must not overwrite (or resurrect) the session of
+	// the connection that replaced it.
+	owners map[string]*conn
 }
 
 type knownSession struct {
@@ -50,11 +55,34 @@ type knownSession struct {
 }
 
 func newSessions(store SessionStore) *sessions {
-	return &sessions{store: store, pending: map[string]SessionChange{}, known: map[string]knownSession{}}
+	return &sessions{store: store, pending: map[string]SessionChange{},
+		known: map[string]knownSession{}, owners: map[string]*conn{}}
 }
 
-func (s *sessions) save(id string, subs bus.Feature) {
+// claim makes c the owner of the device's session; later saves from any
+// other connection are ignored.
+func (s *sessions) claim(id string, c *conn) {
 	s.mu.Lock()
+	s.owners[id] = c
+	s.mu.Unlock()
+}
+
+// release ends c's ownership, if it still owns the session.
+func (s *sessions) release(id string, c *conn) {
+	s.mu.Lock()
+	if s.owners[id] == c {
+		delete(s.owners, id)
+	}
+	s.mu.Unlock()
+}
+
+// save records c's new subscription set, if c owns the session.
+func (s *sessions) save(id string, subs bus.Feature, c *conn) {
+	s.mu.Lock()
+	if s.owners[id] != c {
+		s.mu.Unlock()
+		return
+	}
 	s.pending[id] = SessionChange{DeviceID: id, Subscriptions: subs}
 	s.known[id] = knownSession{subs, true}
 	s.mu.Unlock()
