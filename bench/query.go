@@ -59,7 +59,15 @@ func benchQueries(ctx context.Context, cfg *config, r *report, logf func(string,
 			target = "≤ 1 s"
 		}
 		r.add(row{what: fmt.Sprintf("twin query `%s`: %s", q.Text, q.What), scale: fmt.Sprintf("%s twins", count(n)),
-			measured: fmt.Sprintf("**%s** (%s items)", seconds(took[len(took)/2]), count(items)), target: target})
+			measured: fmt.Sprintf("**%s** (%s)", seconds(took[len(took)/2]), plural(items, "item")), target: target})
 	}
 	return nil
+}
+
+// plural prints n with its noun.
+func plural(n int, noun string) string {
+	if n == 1 {
+		return "1 " + noun
+	}
+	return count(n) + " " + noun + "s"
 }
