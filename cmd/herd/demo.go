@@ -157,7 +157,7 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 	d.fleet = sim.New(sim.Config{Host: d.hub.Hostname(), Devices: prov.Identities, Concurrency: 64, ReportDesired: true, Reconnect: true,
 		Dial: sim.TCP(d.hub.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: d.hub.Hostname(), MinVersion: tls.VersionTLS12})})
 	start = time.Now()
-	if err := d.fleet.Connect(ctx); err != nil {
+	if err := d.connect(ctx); err != nil {
 		d.fleet.Disconnect()
 		return err
 	}
@@ -201,6 +201,28 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 	<-ctx.Done()
 	fmt.Fprintln(w, "\nStopping the demo hub.")
 	return nil
+}
+
+// connect connects the fleet, showing the count on a terminal while the
+// TLS handshakes run.
+func (d *demo) connect(ctx context.Context) error {
+	done := make(chan error, 1)
+	go func() { done <- d.fleet.Connect(ctx) }()
+	t := time.NewTicker(200 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case err := <-done:
+			if d.tty {
+				fmt.Fprint(d.e.stdout, "\r\x1b[K")
+			}
+			return err
+		case <-t.C:
+			if d.tty {
+				fmt.Fprintf(d.e.stdout, "\r  devices    connecting over MQTT/TLS: %d of %d\x1b[K", d.fleet.Stats().Connected, d.df.devices)
+			}
+		}
+	}
 }
 
 func since(t time.Time) string { return "(" + time.Since(t).Round(time.Millisecond).String() + ")" }
