@@ -251,6 +251,10 @@ func (c *conn) flush() {
 			c.mu.Unlock()
 			return
 		}
+		// The deadline bounded this write only: left in place it would
+		// fail the next direct write (tryWrite goes through the same
+		// poller) once it passed, long after this flush.
+		_ = c.nc.SetWriteDeadline(time.Time{})
 		for _, it := range items {
 			if it.sent != nil {
 				it.sent()

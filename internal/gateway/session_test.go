@@ -218,3 +218,25 @@ func TestRecreatedDeviceHasNoSession(t *testing.T) {
 		t.Fatal("the new device inherited the deleted device's session")
 	}
 }
+
+// TestLongLivedPlainConnection: a plain-TCP device connected for longer
+// than the bound on one socket write still receives methods (the CONNACK
+// flush's write deadline once outlived the flush and failed every later
+// direct write). It waits past that bound, 10 s, so it is skipped with
+// -short.
+func TestLongLivedPlainConnection(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits 10 s")
+	}
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	c := dialPlain(t, h)
+	c.connect(d, false, time.Now())
+	c.subscribe("$iothub/methods/POST/#")
+	time.Sleep(10*time.Second + 500*time.Millisecond) // past the write bound; nothing to poll for
+	done := invokeAsync(t, h, d.id, herd.MethodRequest{MethodName: "m"})
+	answer(t, c, 200, `1`)
+	if r := <-done; r.err != nil {
+		t.Fatalf("method after 10 s connected: %v", r.err)
+	}
+}
