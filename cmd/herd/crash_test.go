@@ -30,16 +30,23 @@ func buildHerd(t *testing.T) string {
 	return bin
 }
 
-// serveProcess runs `herd serve` as a child process until it is ready.
-func serveProcess(t *testing.T, bin, dir string, args ...string) *exec.Cmd {
+// served is a `herd serve` child process and what it wrote to stderr.
+type served struct {
+	*exec.Cmd
+	stderr *syncBuffer
+}
+
+// serveProcess runs `herd serve` as a child process until it is ready;
+// the test's end kills it. Later args override earlier ones.
+func serveProcess(t *testing.T, bin, dir string, args ...string) served {
 	t.Helper()
 	cmd := exec.Command(bin, append([]string{"serve", "--data", dir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
+	stderr := &syncBuffer{}
+	cmd.Stderr = stderr
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -62,7 +69,7 @@ func serveProcess(t *testing.T, bin, dir string, args ...string) *exec.Cmd {
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve not ready")
 	}
-	return cmd
+	return served{cmd, stderr}
 }
 
 func localClient(t *testing.T, dir string) *service.Client {

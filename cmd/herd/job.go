@@ -112,7 +112,7 @@ func scheduleMethodCommand(e *env, cf *clientFlags) *cobra.Command {
 
 func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
 	var sf scheduleFlags
-	var tags, desired string
+	var pf patchFlags
 	cmd := &cobra.Command{
 		Use:   "schedule-twin JOB-ID [--tags JSON] [--desired JSON]",
 		Short: "Schedule a twin update (tags and/or desired properties; null deletes a key) on every device the query selects",
@@ -120,20 +120,9 @@ func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
   herd job schedule-twin night --tags '{"window":"night"}' --start 2026-11-27T02:00:00Z`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if tags == "" && desired == "" {
-				return fmt.Errorf("give --tags and/or --desired")
-			}
-			var p herd.TwinPatch
-			if tags != "" {
-				if err := decodeObject("--tags", tags, &p.Tags); err != nil {
-					return err
-				}
-			}
-			if desired != "" {
-				p.Properties = &herd.PatchProperties{}
-				if err := decodeObject("--desired", desired, &p.Properties.Desired); err != nil {
-					return err
-				}
+			p, err := pf.patch()
+			if err != nil {
+				return err
 			}
 			opts, err := sf.options(time.Now())
 			if err != nil {
@@ -151,8 +140,7 @@ func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
 		},
 	}
 	sf.register(cmd)
-	cmd.Flags().StringVar(&tags, "tags", "", "tags to merge, as a JSON object")
-	cmd.Flags().StringVar(&desired, "desired", "", "desired properties to merge, as a JSON object")
+	pf.register(cmd)
 	return cmd
 }
 

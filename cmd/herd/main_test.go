@@ -1,13 +1,11 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -194,54 +192,22 @@ func TestSignalStopsServe(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	bin := filepath.Join(t.TempDir(), "herd")
-	if out, err := exec.Command("go", "build", "-o", bin, ".").CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	cmd := exec.Command(bin, "serve", "--data", t.TempDir(), "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	var stderr syncBuffer
-	cmd.Stderr = &stderr
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	ready := make(chan bool, 1)
-	go func() {
-		sc := bufio.NewScanner(stdout)
-		for sc.Scan() {
-			if strings.Contains(sc.Text(), "Herd is ready") {
-				ready <- true
-			}
-		}
-		close(ready)
-	}()
-	select {
-	case ok := <-ready:
-		if !ok {
-			t.Fatalf("serve exited before it was ready: %s", stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		cmd.Process.Kill()
-		t.Fatal("serve not ready")
-	}
-	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
+	serve := serveProcess(t, buildHerd(t), t.TempDir(), "--log-level", "info")
+	if err := serve.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
 	errc := make(chan error, 1)
-	go func() { errc <- cmd.Wait() }()
+	go func() { errc <- serve.Wait() }()
 	select {
 	case err := <-errc:
 		if err != nil {
-			t.Errorf("serve exited with %v after SIGTERM:\n%s", err, stderr.String())
+			t.Errorf("serve exited with %v after SIGTERM:\n%s", err, serve.stderr.String())
 		}
-		if !strings.Contains(stderr.String(), "hub stopped") {
-			t.Errorf("no clean-shutdown log line:\n%s", stderr.String())
+		if !strings.Contains(serve.stderr.String(), "hub stopped") {
+			t.Errorf("no clean-shutdown log line:\n%s", serve.stderr.String())
 		}
 	case <-time.After(20 * time.Second):
-		cmd.Process.Kill()
+		serve.Process.Kill()
 		t.Fatal("serve did not stop on SIGTERM")
 	}
 }

@@ -35,7 +35,8 @@ func twinCommand(e *env) *cobra.Command {
 		},
 	}
 
-	var tags, desired, etag string
+	var pf patchFlags
+	var etag string
 	var replace bool
 	updateCmd := &cobra.Command{
 		Use:   "update ID",
@@ -44,20 +45,9 @@ func twinCommand(e *env) *cobra.Command {
   herd twin update dev1 --desired '{"floor":3,"old":null}' --etag AAAAAAAAAAE=`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			if tags == "" && desired == "" {
-				return fmt.Errorf("give --tags and/or --desired")
-			}
-			var p herd.TwinPatch
-			if tags != "" {
-				if err := decodeObject("--tags", tags, &p.Tags); err != nil {
-					return err
-				}
-			}
-			if desired != "" {
-				p.Properties = &herd.PatchProperties{}
-				if err := decodeObject("--desired", desired, &p.Properties.Desired); err != nil {
-					return err
-				}
+			p, err := pf.patch()
+			if err != nil {
+				return err
 			}
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
@@ -74,13 +64,40 @@ func twinCommand(e *env) *cobra.Command {
 			return printJSON(e, t)
 		},
 	}
-	updateCmd.Flags().StringVar(&tags, "tags", "", "tags to merge, as a JSON object")
-	updateCmd.Flags().StringVar(&desired, "desired", "", "desired properties to merge, as a JSON object")
+	pf.register(updateCmd)
 	updateCmd.Flags().StringVar(&etag, "etag", "", "update only if the twin's etag still matches")
 	updateCmd.Flags().BoolVar(&replace, "replace", false, "replace tags and desired properties instead of merging")
 
 	cmd.AddCommand(showCmd, updateCmd)
 	return cmd
+}
+
+// patchFlags are the --tags and --desired flags of a twin change.
+type patchFlags struct{ tags, desired string }
+
+func (f *patchFlags) register(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.tags, "tags", "", "tags to merge, as a JSON object (null deletes a key)")
+	cmd.Flags().StringVar(&f.desired, "desired", "", "desired properties to merge, as a JSON object (null deletes a key)")
+}
+
+// patch builds the twin patch the flags describe.
+func (f *patchFlags) patch() (herd.TwinPatch, error) {
+	var p herd.TwinPatch
+	if f.tags == "" && f.desired == "" {
+		return p, fmt.Errorf("give --tags and/or --desired")
+	}
+	if f.tags != "" {
+		if err := decodeObject("--tags", f.tags, &p.Tags); err != nil {
+			return p, err
+		}
+	}
+	if f.desired != "" {
+		p.Properties = &herd.PatchProperties{}
+		if err := decodeObject("--desired", f.desired, &p.Properties.Desired); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
 }
 
 // decodeObject parses a flag's JSON object, keeping numbers exact.

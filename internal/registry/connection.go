@@ -124,7 +124,9 @@ func (s *Service) Run(ctx context.Context) error {
 			defer cancel()
 			return s.Flush(final)
 		case <-t.C:
-			if err := s.Flush(ctx); err != nil {
+			// A flush cut short by shutdown keeps its batch for the final
+			// flush above; only other failures are worth a log line.
+			if err := s.Flush(ctx); err != nil && ctx.Err() == nil {
 				s.log.Error("record connection states", "err", err)
 			}
 		}
