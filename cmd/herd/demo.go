@@ -289,7 +289,6 @@ func (d *demo) follow(ctx context.Context, ids ...string) ([]*herd.Job, error) {
 	last := make([]string, len(ids))
 	jobs := make([]*herd.Job, len(ids))
 	drawn := 0
-	started := time.Now()
 	every := 250 * time.Millisecond
 	if d.tty {
 		every = 100 * time.Millisecond
@@ -340,7 +339,7 @@ func (d *demo) follow(ctx context.Context, ids ...string) ([]*herd.Job, error) {
 		} else {
 			for i, j := range jobs {
 				if desc := jobDescription(j); desc != last[i] {
-					fmt.Fprintln(w, jobLine(j, started))
+					fmt.Fprintln(w, jobLine(j))
 					last[i] = desc
 				}
 			}

@@ -274,13 +274,12 @@ func isTerminal(w io.Writer) bool {
 func watch(ctx context.Context, e *env, c *service.Client, id string) error {
 	var bar *progressbar.ProgressBar
 	last := ""
-	started := time.Now()
 	j, err := c.WaitJob(ctx, id, func(j *herd.Job) {
 		st := jobStats(j)
 		desc := jobDescription(j)
 		if !isTerminal(e.stdout) {
 			if desc != last {
-				fmt.Fprintln(e.stdout, jobLine(j, started))
+				fmt.Fprintln(e.stdout, jobLine(j))
 				last = desc
 			}
 			return
@@ -328,12 +327,29 @@ func jobDescription(j *herd.Job) string {
 }
 
 // jobLine is a job's progress as one plain line (for output that is not a
-// terminal): id, description, devices done and the rate since started.
-func jobLine(j *herd.Job, started time.Time) string {
+// terminal): id, description, devices done and the rate since the job
+// started on the hub.
+func jobLine(j *herd.Job) string {
 	st := jobStats(j)
 	done := st.SucceededCount + st.FailedCount
-	rate := float64(done) / max(time.Since(started).Seconds(), 0.001)
-	return fmt.Sprintf("%s  %s  %d/%d devices  %.0f devices/s", j.JobID, jobDescription(j), done, st.DeviceCount, rate)
+	return fmt.Sprintf("%s  %s  %d/%d devices  %.0f devices/s", j.JobID, jobDescription(j), done, st.DeviceCount, jobRate(j, done))
+}
+
+// jobRate is devices done per second since the job started (until it
+// ended); 0 before it starts.
+func jobRate(j *herd.Job, done int64) float64 {
+	if j.StartTime == nil {
+		return 0
+	}
+	end := time.Now()
+	if j.EndTime != nil {
+		end = j.EndTime.Time
+	}
+	secs := end.Sub(j.StartTime.Time).Seconds()
+	if secs <= 0 {
+		return 0
+	}
+	return float64(done) / max(secs, 0.001)
 }
 
 // newJobBar is the progress bar of a job over total devices, written to w
