@@ -30,13 +30,14 @@ const identityColumns = `device_id, generation_id, etag, status, status_reason, 
 const twinColumns = `twin_etag, twin_version, tags, desired, desired_version, desired_metadata,
 	reported, reported_version, reported_metadata`
 
-// twinSelect reads twinColumns: tags, desired and reported are stored as
-// JSONB (migration 0010) and read back as JSON text.
-const twinSelect = `twin_etag, twin_version, json(tags), json(desired), desired_version, desired_metadata,
-	json(reported), reported_version, reported_metadata`
+// twinSelect reads twinColumns: the sections (migration 0010) and their
+// $metadata trees (migration 0030) are stored as JSONB and read back as
+// JSON text.
+const twinSelect = `twin_etag, twin_version, json(tags), json(desired), desired_version, json(desired_metadata),
+	json(reported), reported_version, json(reported_metadata)`
 
 // twinValues are the placeholders that write twinColumns.
-const twinValues = `?, ?, jsonb(?), jsonb(?), ?, ?, jsonb(?), ?, ?`
+const twinValues = `?, ?, jsonb(?), jsonb(?), ?, jsonb(?), jsonb(?), ?, jsonb(?)`
 
 type scanner interface{ Scan(dest ...any) error }
 
@@ -352,7 +353,7 @@ func writeDoc(ctx context.Context, tx *sql.Tx, id string, doc *twin.Doc) error {
 		return err
 	}
 	_, err = tx.ExecContext(ctx, `UPDATE devices SET twin_etag = ?, twin_version = ?, tags = jsonb(?), desired = jsonb(?),
-		desired_version = ?, desired_metadata = ?, reported = jsonb(?), reported_version = ?, reported_metadata = ?
+		desired_version = ?, desired_metadata = jsonb(?), reported = jsonb(?), reported_version = ?, reported_metadata = jsonb(?)
 		WHERE device_id = ?`, append(args, id)...)
 	return err
 }

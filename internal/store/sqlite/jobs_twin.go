@@ -114,26 +114,32 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 		version := `replace(?, '` + twin.VersionMarker + `', '"$lastUpdatedVersion":' || (desired_version + 1))`
 		switch {
 		case plan.ClearDesired:
-			set = append(set, "desired = jsonb('{}')", "desired_metadata = "+version)
+			set = append(set, "desired = jsonb('{}')", "desired_metadata = jsonb("+version+")")
 			setArgs = append(setArgs, string(plan.DesiredMeta))
 		default:
 			set, setArgs = append(set, "desired = jsonb_patch(desired, ?)"), append(setArgs, string(plan.Desired))
-			// $metadata is stored as text; the two merges stay in JSONB
-			// and the result is written back as text once.
+			// $metadata is JSONB (migration 0030): both merges work on
+			// the stored tree without converting it to text and back.
 			meta := "desired_metadata"
 			if plan.MetaClear != nil {
 				meta, setArgs = "jsonb_patch(desired_metadata, ?)", append(setArgs, string(plan.MetaClear))
 			}
-			set, setArgs = append(set, "desired_metadata = json(jsonb_patch("+meta+", "+version+"))"), append(setArgs, string(plan.DesiredMeta))
+			set, setArgs = append(set, "desired_metadata = jsonb_patch("+meta+", "+version+")"), append(setArgs, string(plan.DesiredMeta))
 			guards, guardArgs = append(guards, "length(desired) + ? <= ?"), append(guardArgs, plan.DesiredPatchSize, sizeGuard(twin.MaxDesiredSize))
 		}
 		set = append(set, "desired_version = desired_version + 1")
 	}
-	where := `device_id IN (SELECT device_id FROM device_jobs WHERE job_id = ? AND device_id > ? AND device_id <= ? AND status = 'pending')`
+	// The statement walks the devices of the range in key order and tests
+	// each against the job's pending records ("+device_id" keeps SQLite
+	// from driving the loop by the IN list, which would seek every twin
+	// from the root of the tree); devices in the range that the job does
+	// not target are read and skipped.
+	where := `device_id > ? AND device_id <= ? AND +device_id IN (SELECT device_id FROM device_jobs
+		WHERE job_id = ? AND device_id > ? AND device_id <= ? AND status = 'pending')`
 	for _, g := range guards {
 		where += " AND " + g
 	}
-	args := append(append(setArgs, id, after, last), guardArgs...)
+	args := append(append(setArgs, after, last, id, after, last), guardArgs...)
 	rows, err := tx.QueryContext(ctx, `UPDATE devices SET `+strings.Join(set, ", ")+` WHERE `+where+`
 		RETURNING device_id, desired_version`, args...)
 	if err != nil {
