@@ -32,6 +32,7 @@ type DB struct {
 	write *sql.DB // one connection: SQLite has one writer
 	read  *sql.DB // a pool of read-only connections
 	ckpt  *checkpointer
+	stmts *stmts
 	// Now is the store's clock, used for timestamps the store writes itself.
 	Now func() time.Time
 }
@@ -95,13 +96,21 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	ckpt.SetMaxOpenConns(1)
 	ckpt.SetMaxIdleConns(1)
 	db.ckpt = newCheckpointer(ckpt)
+	if db.stmts, err = prepareStmts(ctx, write, read); err != nil {
+		db.Close()
+		return nil, fmt.Errorf("open %s: %w", path, err)
+	}
 	return db, nil
 }
 
 // Close closes the database. The last connection to close checkpoints
 // the whole log into the database file.
 func (db *DB) Close() error {
-	return errors.Join(db.ckpt.close(), db.read.Close(), db.write.Close())
+	var err error
+	if db.stmts != nil {
+		err = db.stmts.close()
+	}
+	return errors.Join(err, db.ckpt.close(), db.read.Close(), db.write.Close())
 }
 
 // migrate applies the embedded migrations that have not run yet, each in

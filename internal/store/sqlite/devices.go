@@ -127,8 +127,7 @@ func notFound(id string) error {
 
 // Device returns one device.
 func (db *DB) Device(ctx context.Context, id string) (*herd.Device, error) {
-	row := db.read.QueryRowContext(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = ?`, id)
-	d, err := scanDevice(row)
+	d, err := scanDevice(db.stmts.device.QueryRowContext(ctx, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, notFound(id)
 	}
@@ -297,8 +296,7 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 // Twin returns a device's identity and twin document.
 func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, error) {
 	var raw rawDoc
-	row := db.read.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinSelect+` FROM devices WHERE device_id = ?`, id)
-	d, err := scanDevice(row, raw.dest()...)
+	d, err := scanDevice(db.stmts.twin.QueryRowContext(ctx, id), raw.dest()...)
 	if errors.Is(err, sql.ErrNoRows) {
 		return nil, nil, notFound(id)
 	}
@@ -320,9 +318,8 @@ func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *
 	)
 	err := db.tx(ctx, func(tx *sql.Tx) error {
 		var raw rawDoc
-		row := tx.QueryRowContext(ctx, `SELECT `+identityColumns+`, `+twinSelect+` FROM devices WHERE device_id = ?`, id)
 		var err error
-		dev, err = scanDevice(row, raw.dest()...)
+		dev, err = scanDevice(tx.StmtContext(ctx, db.stmts.twinForUpdate).QueryRowContext(ctx, id), raw.dest()...)
 		if errors.Is(err, sql.ErrNoRows) {
 			return notFound(id)
 		}
@@ -335,7 +332,7 @@ func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *
 		if err := fn(dev, doc); err != nil {
 			return err
 		}
-		return writeDoc(ctx, tx, id, doc)
+		return db.writeDoc(ctx, tx, id, doc)
 	})
 	if err != nil {
 		if herd.ErrorCodeOf(err) != herd.ErrInternal {
@@ -347,13 +344,11 @@ func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *
 }
 
 // writeDoc stores a twin document.
-func writeDoc(ctx context.Context, tx *sql.Tx, id string, doc *twin.Doc) error {
+func (db *DB) writeDoc(ctx context.Context, tx *sql.Tx, id string, doc *twin.Doc) error {
 	args, err := encodeDoc(doc)
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE devices SET twin_etag = ?, twin_version = ?, tags = jsonb(?), desired = jsonb(?),
-		desired_version = ?, desired_metadata = jsonb(?), reported = jsonb(?), reported_version = ?, reported_metadata = jsonb(?)
-		WHERE device_id = ?`, append(args, id)...)
+	_, err = tx.StmtContext(ctx, db.stmts.writeDoc).ExecContext(ctx, append(args, id)...)
 	return err
 }

@@ -77,7 +77,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 			if err := completeDevices(ctx, tx, id, ids, at); err != nil {
 				return err
 			}
-			slow, failed, err := patchOneByOne(ctx, tx, p, id, after, last.String, now)
+			slow, failed, err := db.patchOneByOne(ctx, tx, p, id, after, last.String, now)
 			if err != nil {
 				return err
 			}
@@ -178,7 +178,7 @@ func completeDevices(ctx context.Context, tx *sql.Tx, id string, ids []string, a
 // patchOneByOne patches the pending devices of the range that the
 // set-based statement left: large twins (checked exactly by Doc.Apply) and
 // devices deleted since the snapshot.
-func patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, after, last string, now time.Time) ([]job.Updated, int, error) {
+func (db *DB) patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, after, last string, now time.Time) ([]job.Updated, int, error) {
 	rows, err := tx.QueryContext(ctx, `SELECT device_id FROM device_jobs WHERE job_id = ? AND device_id > ? AND device_id <= ?
 		AND status = 'pending' ORDER BY device_id`, id, after, last)
 	if err != nil {
@@ -223,7 +223,7 @@ func patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, after, las
 				devErr = &herd.DeviceJobError{Code: string(herd.ErrorCodeOf(err)), Description: herd.ErrorMessage(err)}
 				break
 			}
-			if err := writeDoc(ctx, tx, dev, doc); err != nil {
+			if err := db.writeDoc(ctx, tx, dev, doc); err != nil {
 				return nil, 0, err
 			}
 			updated = append(updated, job.Updated{DeviceID: dev, DesiredVersion: up.DesiredVersion})

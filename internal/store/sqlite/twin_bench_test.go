@@ -1,0 +1,89 @@
+package sqlite_test
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/fleetdb"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// Single-twin benchmarks: what GET and PATCH /twins/{id} and a batch of
+// device connects cost in the store (docs/benchmarks.md compares them
+// before and after changes to the twin columns):
+//
+//	flock /tmp/herd-bench.lock go test ./internal/store/sqlite -run '^$' -bench 'Twin(Read|Patch)|ConnectionStates' -count 5
+
+const singleFleet = 10_000
+
+func singleTwinDB(b *testing.B) *sqlite.DB {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "herd.db")
+	if err := fleetdb.Build(context.Background(), path, fleetdb.Jobs, singleFleet); err != nil {
+		b.Fatal(err)
+	}
+	db, err := sqlite.Open(context.Background(), path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { db.Close() })
+	return db
+}
+
+// BenchmarkTwinRead: one twin read by id (GET /twins/{id}).
+func BenchmarkTwinRead(b *testing.B) {
+	db := singleTwinDB(b)
+	ctx := context.Background()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, err := db.Twin(ctx, fleetdb.DeviceID(i*7919%singleFleet)); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkTwinPatch: one desired-properties patch in its own transaction
+// (PATCH /twins/{id}).
+func BenchmarkTwinPatch(b *testing.B) {
+	db := singleTwinDB(b)
+	ctx := context.Background()
+	p, err := twin.ParseService([]byte(`{"properties":{"desired":{"fw":"2.0"}}}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, _, err := db.UpdateTwin(ctx, fleetdb.DeviceID(i*7919%singleFleet), func(_ *herd.Device, d *twin.Doc) error {
+			_, err := d.Apply(p, false, now)
+			return err
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkConnectionStates: a batch of 100 connects recorded in one
+// transaction, as the gateway writes them; reported per device.
+func BenchmarkConnectionStates(b *testing.B) {
+	db := singleTwinDB(b)
+	ctx := context.Background()
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	batch := make([]registry.ConnectionChange, 100)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for k := range batch {
+			batch[k] = registry.ConnectionChange{DeviceID: fleetdb.DeviceID((i*100 + k) % singleFleet),
+				State: herd.Connected, StateAt: now, ActivityAt: now}
+		}
+		if err := db.SetConnectionStates(ctx, batch); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/device")
+}
