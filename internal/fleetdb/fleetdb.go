@@ -48,9 +48,10 @@ func DeviceID(i int) string { return fmt.Sprintf("device-%07d", i) }
 // Path returns the path of a database of n devices of the given shape in
 // dir, building it first if it is not there (a million devices take a
 // minute or two). Keep dir between runs to build once; the file name
-// carries the schema version, so a new migration builds anew.
+// carries the schema version and the page size, so a new migration or page
+// size builds anew.
 func Path(ctx context.Context, dir string, shape Shape, n int) (path string, built bool, err error) {
-	path = filepath.Join(dir, fmt.Sprintf("%s-%d-schema%d.db", shape, n, sqlite.SchemaVersion()))
+	path = filepath.Join(dir, fmt.Sprintf("%s-%d-schema%d-page%d.db", shape, n, sqlite.SchemaVersion(), sqlite.PageSize))
 	if _, err := os.Stat(path); err == nil {
 		return path, false, nil
 	}

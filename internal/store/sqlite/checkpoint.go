@@ -21,8 +21,8 @@ import (
 // checkpoint finishes the rest and the log starts over.
 const (
 	checkpointInterval = 100 * time.Millisecond
-	// walAutoCheckpoint is in pages (64 MB of 4 KB pages).
-	walAutoCheckpoint = 16384
+	// walAutoCheckpoint is in pages (64 MB of PageSize pages).
+	walAutoCheckpoint = (64 << 20) / PageSize
 	// walSizeLimit is the size, in bytes, that the log file is truncated
 	// to when it starts over.
 	walSizeLimit = 64 << 20

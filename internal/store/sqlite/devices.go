@@ -170,8 +170,9 @@ func (db *DB) RegistryStatistics(ctx context.Context) (herd.RegistryStatistics, 
 func (db *DB) ApplyDevices(ctx context.Context, ops []registry.Op) ([]registry.Result, error) {
 	res := make([]registry.Result, len(ops))
 	err := db.tx(ctx, func(tx *sql.Tx) error {
+		tp := &txPrepared{ctx: ctx, tx: tx}
 		for i, op := range ops {
-			d, err := applyOp(ctx, tx, op)
+			d, err := applyOp(tp, op)
 			if err != nil && herd.ErrorCodeOf(err) == herd.ErrInternal {
 				return fmt.Errorf("%s: %w", op.DeviceID, err)
 			}
@@ -185,14 +186,56 @@ func (db *DB) ApplyDevices(ctx context.Context, ops []registry.Op) ([]registry.R
 	return res, nil
 }
 
-func applyOp(ctx context.Context, tx *sql.Tx, op registry.Op) (*herd.Device, error) {
-	if op.Kind == registry.OpCreate {
-		return insertDevice(ctx, tx, op.Device, op.Twin)
+// txPrepared prepares each statement text once per transaction: a bulk
+// registry operation runs the same few statements for every device, and
+// parsing them again for each was two fifths of a bulk import.
+type txPrepared struct {
+	ctx   context.Context
+	tx    *sql.Tx
+	stmts map[string]*sql.Stmt // closed by the transaction's end
+}
+
+func (p *txPrepared) stmt(text string) (*sql.Stmt, error) {
+	if st, ok := p.stmts[text]; ok {
+		return st, nil
 	}
-	cur, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = ?`, op.DeviceID))
+	st, err := p.tx.PrepareContext(p.ctx, text)
+	if err != nil {
+		return nil, err
+	}
+	if p.stmts == nil {
+		p.stmts = map[string]*sql.Stmt{}
+	}
+	p.stmts[text] = st
+	return st, nil
+}
+
+func (p *txPrepared) exec(text string, args ...any) (sql.Result, error) {
+	st, err := p.stmt(text)
+	if err != nil {
+		return nil, err
+	}
+	return st.ExecContext(p.ctx, args...)
+}
+
+func (p *txPrepared) queryRow(text string, args ...any) *sql.Row {
+	st, err := p.stmt(text)
+	if err != nil {
+		// A *sql.Row carries its error to Scan; querying through the
+		// transaction reports the same preparation error there.
+		return p.tx.QueryRowContext(p.ctx, text, args...)
+	}
+	return st.QueryRowContext(p.ctx, args...)
+}
+
+func applyOp(tx *txPrepared, op registry.Op) (*herd.Device, error) {
+	if op.Kind == registry.OpCreate {
+		return insertDevice(tx, op.Device, op.Twin)
+	}
+	cur, err := scanDevice(tx.queryRow(`SELECT `+identityColumns+` FROM devices WHERE device_id = ?`, op.DeviceID))
 	if errors.Is(err, sql.ErrNoRows) {
 		if op.Kind == registry.OpUpdate && op.CreateIfMissing {
-			return insertDevice(ctx, tx, op.Device, op.Twin)
+			return insertDevice(tx, op.Device, op.Twin)
 		}
 		return nil, notFound(op.DeviceID)
 	}
@@ -203,7 +246,7 @@ func applyOp(ctx context.Context, tx *sql.Tx, op registry.Op) (*herd.Device, err
 		return nil, err
 	}
 	if op.Kind == registry.OpDelete {
-		if _, err := tx.ExecContext(ctx, `DELETE FROM devices WHERE device_id = ?`, op.DeviceID); err != nil {
+		if _, err := tx.exec(`DELETE FROM devices WHERE device_id = ?`, op.DeviceID); err != nil {
 			return nil, err
 		}
 		return cur, nil
@@ -213,7 +256,7 @@ func applyOp(ctx context.Context, tx *sql.Tx, op registry.Op) (*herd.Device, err
 		return nil, err
 	}
 	a := cur.Authentication
-	row := tx.QueryRowContext(ctx, `UPDATE devices SET etag = etag + 1, status = ?, status_reason = ?,
+	row := tx.queryRow(`UPDATE devices SET etag = etag + 1, status = ?, status_reason = ?,
 		status_updated_time = ?, auth_type = ?, primary_key = ?, secondary_key = ?,
 		primary_thumbprint = ?, secondary_thumbprint = ?, iot_edge = ?, device_scope = ?, parent_scopes = ?
 		WHERE device_id = ? RETURNING etag`,
@@ -229,7 +272,7 @@ func applyOp(ctx context.Context, tx *sql.Tx, op registry.Op) (*herd.Device, err
 	return cur, nil
 }
 
-func insertDevice(ctx context.Context, tx *sql.Tx, d *herd.Device, doc *twin.Doc) (*herd.Device, error) {
+func insertDevice(tx *txPrepared, d *herd.Device, doc *twin.Doc) (*herd.Device, error) {
 	scopes, err := json.Marshal(d.ParentScopes)
 	if err != nil {
 		return nil, err
@@ -244,7 +287,7 @@ func insertDevice(ctx context.Context, tx *sql.Tx, d *herd.Device, doc *twin.Doc
 		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
 		d.Capabilities.IoTEdge, d.DeviceScope, string(scopes), string(herd.Disconnected),
 		herd.Time{}.String(), herd.Time{}.String(), 0}, docArgs...)
-	res, err := tx.ExecContext(ctx, `INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
+	res, err := tx.exec(`INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
 		VALUES (`+placeholders(len(args)-len(docArgs))+`, `+twinValues+`) ON CONFLICT (device_id) DO NOTHING`, args...)
 	if err != nil {
 		return nil, err
