@@ -128,15 +128,19 @@ func jobRuns(ctx context.Context, h *benchHub, runs, n int, prefix, body string)
 // rate prints devices per second of the median run, and the runs.
 func rate(n int, took []time.Duration) string {
 	med := took[len(took)/2]
-	s := fmt.Sprintf("**%s devices/s** (%s)", count(int(float64(n)/med.Seconds())), seconds(med))
-	if len(took) > 1 {
-		var all []string
-		for _, d := range took {
-			all = append(all, seconds(d))
-		}
-		s += fmt.Sprintf("; median of %d runs: %s", len(took), strings.Join(all, ", "))
+	return fmt.Sprintf("**%s devices/s** (%s)", count(int(float64(n)/med.Seconds())), seconds(med)) + runsNote(took)
+}
+
+// runsNote lists sorted runs after the median made of them.
+func runsNote(took []time.Duration) string {
+	if len(took) < 2 {
+		return ""
 	}
-	return s
+	var all []string
+	for _, d := range took {
+		all = append(all, seconds(d))
+	}
+	return fmt.Sprintf("; median of %d runs: %s", len(took), strings.Join(all, ", "))
 }
 
 func waitConnected(ctx context.Context, h *benchHub, n int64, timeout time.Duration) error {

@@ -80,16 +80,25 @@ func benchTwinJobs(ctx context.Context, cfg *config, r *report, logf func(string
 		if built {
 			logf("built a fleet of %d devices in %s (kept in %s)", n, time.Since(start).Round(time.Second), cfg.dir)
 		}
-		took, err := twinJob(ctx, cfg, src, n)
-		if err != nil {
-			return err
+		// Each run on a fresh copy of the fleet, so that every run
+		// patches the same twins; the median is reported.
+		var took []time.Duration
+		for range cfg.jobRuns {
+			d, err := twinJob(ctx, cfg, src, n)
+			if err != nil {
+				return err
+			}
+			took = append(took, d)
 		}
+		slices.Sort(took)
+		med := took[len(took)/2]
+		measured := fmt.Sprintf("**%s** (%s devices/s)", seconds(med), count(int(float64(n)/med.Seconds()))) + runsNote(took)
 		target := ""
 		if n == 1_000_000 {
 			target = "≤ 10 s"
 		}
 		r.add(row{what: "twin-update job (a tag and a desired property on every twin), start → `completed`", scale: fmt.Sprintf("%s registered devices", count(n)),
-			measured: fmt.Sprintf("**%s** (%s devices/s)", seconds(took), count(int(float64(n)/took.Seconds()))), target: target, n: n})
+			measured: measured, target: target, n: n})
 	}
 	return nil
 }

@@ -69,7 +69,7 @@ type config struct {
 	gatewayDevices int           // devices over real sockets
 	inflight       int           // method calls in flight for round trips
 	roundTrips     time.Duration // how long round trips are measured
-	jobRuns        int           // runs of each method job (the median is reported)
+	jobRuns        int           // runs of each method and twin job (the median is reported)
 	pipeDevices    []int         // method jobs over the in-memory transport
 	twinDevices    []int         // twin jobs
 	queryTwins     int           // twins the queries run over
@@ -90,7 +90,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	gw := fs.Int("gateway-devices", 0, "devices connected over plain MQTT sockets (default 10000; quick 2000)")
 	inflight := fs.Int("inflight", 2000, "method calls in flight while measuring round trips")
 	rt := fs.Duration("round-trips", 0, "how long method round trips are measured (default 10s; quick 3s)")
-	jobRuns := fs.Int("job-runs", 0, "runs of each method job; the median is reported (default 3; quick 1)")
+	jobRuns := fs.Int("job-runs", 0, "runs of each method and twin-update job; the median is reported (default 3; quick 1)")
 	pipe := fs.String("pipe-devices", "", "method-job fleet sizes over the in-memory transport (default 100000; quick 10000)")
 	twin := fs.String("twin-devices", "", "twin-job fleet sizes (default 10000,100000,1000000; quick 10000)")
 	qt := fs.Int("query-twins", 0, "twins the queries run over (default 1000000; quick 10000)")
