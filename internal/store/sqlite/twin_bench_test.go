@@ -3,6 +3,7 @@ package sqlite_test
 import (
 	"context"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -66,6 +67,34 @@ func BenchmarkTwinPatch(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// BenchmarkTwinPatchParallel: reported-property patches from many devices
+// at once, as when a fleet reports back the desired properties a twin job
+// set: 64 writers per core, each patching a device of its own choosing.
+func BenchmarkTwinPatchParallel(b *testing.B) {
+	db := singleTwinDB(b)
+	ctx := context.Background()
+	p, err := twin.ParseReported([]byte(`{"fw":"2.0","applied":true}`))
+	if err != nil {
+		b.Fatal(err)
+	}
+	now := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+	var next atomic.Int64
+	b.SetParallelism(64)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			id := fleetdb.DeviceID(int(next.Add(1)*7919) % singleFleet)
+			if _, _, err := db.UpdateTwin(ctx, id, func(_ *herd.Device, d *twin.Doc) error {
+				_, err := d.Apply(p, false, now)
+				return err
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 // BenchmarkConnectionStates: a batch of 100 connects recorded in one
