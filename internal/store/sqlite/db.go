@@ -20,6 +20,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	_ "modernc.org/sqlite" // registers the "sqlite" driver
@@ -47,10 +48,13 @@ const createMigrations = `CREATE TABLE IF NOT EXISTS schema_migrations (
 
 // DB is a Herd database in one SQLite file.
 type DB struct {
-	write *sql.DB // one connection: SQLite has one writer
-	read  *sql.DB // a pool of read-only connections
-	ckpt  *checkpointer
-	stmts *stmts
+	write      *sql.DB // one connection: SQLite has one writer
+	read       *sql.DB // a pool of read-only connections
+	ckpt       *checkpointer
+	stmts      *stmts
+	twinWrites *twinWriter
+	closeOnce  sync.Once
+	closeErr   error
 	// Now is the store's clock, used for timestamps the store writes itself.
 	Now func() time.Time
 }
@@ -121,6 +125,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 		db.Close()
 		return nil, fmt.Errorf("open %s: %w", path, err)
 	}
+	db.startTwinWriter()
 	return db, nil
 }
 
@@ -141,14 +146,20 @@ func create(ctx context.Context, path string) error {
 	return errors.Join(err, db.Close())
 }
 
-// Close closes the database. The last connection to close checkpoints
-// the whole log into the database file.
+// Close closes the database; closing it again does nothing. The last
+// connection to close checkpoints the whole log into the database file.
 func (db *DB) Close() error {
-	var err error
-	if db.stmts != nil {
-		err = db.stmts.close()
-	}
-	return errors.Join(err, db.ckpt.close(), db.read.Close(), db.write.Close())
+	db.closeOnce.Do(func() {
+		var err error
+		if db.twinWrites != nil {
+			db.twinWrites.close()
+		}
+		if db.stmts != nil {
+			err = db.stmts.close()
+		}
+		db.closeErr = errors.Join(err, db.ckpt.close(), db.read.Close(), db.write.Close())
+	})
+	return db.closeErr
 }
 
 // migrate applies the embedded migrations that have not run yet, each in

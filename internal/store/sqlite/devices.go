@@ -353,39 +353,6 @@ func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, err
 	return d, doc, nil
 }
 
-// UpdateTwin reads, changes and writes one twin in a transaction.
-func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *twin.Doc) error) (*herd.Device, *twin.Doc, error) {
-	var (
-		dev *herd.Device
-		doc *twin.Doc
-	)
-	err := db.tx(ctx, func(tx *sql.Tx) error {
-		var raw rawDoc
-		var err error
-		dev, err = scanDevice(tx.StmtContext(ctx, db.stmts.twinForUpdate).QueryRowContext(ctx, id), raw.dest()...)
-		if errors.Is(err, sql.ErrNoRows) {
-			return notFound(id)
-		}
-		if err != nil {
-			return err
-		}
-		if doc, err = raw.decode(); err != nil {
-			return err
-		}
-		if err := fn(dev, doc); err != nil {
-			return err
-		}
-		return db.writeDoc(ctx, tx, id, doc)
-	})
-	if err != nil {
-		if herd.ErrorCodeOf(err) != herd.ErrInternal {
-			return nil, nil, err
-		}
-		return nil, nil, fmt.Errorf("update twin %q: %w", id, err)
-	}
-	return dev, doc, nil
-}
-
 // writeDoc stores a twin document.
 func (db *DB) writeDoc(ctx context.Context, tx *sql.Tx, id string, doc *twin.Doc) error {
 	args, err := encodeDoc(doc)
