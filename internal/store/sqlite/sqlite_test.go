@@ -9,18 +9,8 @@ import (
 	"github.com/herd-iot/herd/internal/store/storetest"
 )
 
-func open(t *testing.T) *sqlite.DB {
-	t.Helper()
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "herd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
 func TestConformance(t *testing.T) {
-	storetest.Run(t, func(t *testing.T) storetest.Store { return open(t) })
+	storetest.Run(t, func(t *testing.T) storetest.Store { return openDB(t) })
 }
 
 func TestReopenKeepsDataAndSchema(t *testing.T) {
@@ -48,5 +38,5 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 }
 
 func TestJobConformance(t *testing.T) {
-	storetest.RunJobs(t, func(t *testing.T) storetest.JobStore { return open(t) })
+	storetest.RunJobs(t, func(t *testing.T) storetest.JobStore { return openDB(t) })
 }

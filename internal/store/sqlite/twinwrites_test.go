@@ -5,24 +5,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"path/filepath"
 	"sync"
 	"testing"
 
 	"github.com/herd-iot/herd"
-	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
 )
-
-func openTemp(t *testing.T) *sqlite.DB {
-	t.Helper()
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "herd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
 
 // reportedCounter returns the twin's reported "n" (0 when absent).
 func reportedCounter(t *testing.T, d *twin.Doc) int {
@@ -52,7 +40,7 @@ func increment(t *testing.T) func(*herd.Device, *twin.Doc) error {
 // Twin writes that arrive together share transactions; each is still a
 // read-modify-write of its own: none is lost, each sees the one before.
 func TestConcurrentTwinWritesLoseNothing(t *testing.T) {
-	db := openTemp(t)
+	db := openDB(t)
 	createDevices(t, db, "c", 4, func() *twin.Doc { return twin.NewDoc(at) })
 	const writers = 50
 	var wg sync.WaitGroup
@@ -81,7 +69,7 @@ func TestConcurrentTwinWritesLoseNothing(t *testing.T) {
 // A caller that has given up is answered with its context's error and
 // writes nothing; after Close, writes are refused rather than left waiting.
 func TestTwinWriteCanceledAndClosed(t *testing.T) {
-	db := openTemp(t)
+	db := openDB(t)
 	createDevices(t, db, "x", 1, func() *twin.Doc { return twin.NewDoc(at) })
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
