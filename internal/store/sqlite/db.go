@@ -1,10 +1,13 @@
 // Package sqlite implements every Store interface of Herd's domain packages
 // on an embedded SQLite database (modernc.org/sqlite, pure Go), in WAL mode
-// with one writer connection and a pool of readers. Schema migrations are
-// embedded and applied when the database is opened.
+// with one writer connection, a pool of readers and a connection of its own
+// for checkpoints (checkpoint.go). Schema migrations are embedded and
+// applied when the database is opened; new databases get 16 KB pages.
 //
 // The store decides transactions: each method that writes does so in one
-// transaction, and translates driver errors into herd error codes.
+// transaction, and translates driver errors into herd error codes. Twin
+// writes that arrive together share a transaction (twinwrites.go); a
+// twin-update job's batches are set-based statements (jobs_twin.go).
 package sqlite
 
 import (
