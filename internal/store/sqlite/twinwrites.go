@@ -14,7 +14,7 @@ import (
 
 // Twin writes are committed in groups. A single-twin read-modify-write
 // (PATCH /twins/{id}, a device's reported properties) costs a transaction
-// on the one writer connection, and most of that cost is the commit. When
+// on the one writer connection, and a good part of that is the commit. When
 // many arrive at once — a fleet reporting back the desired properties a
 // twin job set — the writer takes every write that is waiting and commits
 // them together: each runs in a savepoint of its own, so one that fails
