@@ -2,16 +2,11 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"os"
-	"slices"
-	"sync"
-	"sync/atomic"
 	"time"
 
-	"github.com/herd-iot/herd"
-	"github.com/herd-iot/herd/internal/sim"
+	"github.com/herd-iot/herd/bench/measure"
 )
 
 // benchGateway measures, with the devices in a child process over plain
@@ -34,7 +29,7 @@ func benchGateway(ctx context.Context, cfg *config, r *report, logf func(string,
 		return err
 	}
 	scale := fmt.Sprintf("%s devices", count(n))
-	base := settledRSS()
+	base := measure.SettledRSS()
 	f, err := startFleet(dir, fleetSpec{Host: h.Hostname(), Addr: h.MQTTPlainAddr().String(), Concurrency: 512, Devices: ids})
 	if err != nil {
 		return err
@@ -53,15 +48,15 @@ func benchGateway(ctx context.Context, cfg *config, r *report, logf func(string,
 		measured: fmt.Sprintf("**%s/s** (%s)", count(int(float64(n)/rep.Seconds)), seconds(time.Duration(rep.Seconds*float64(time.Second)))),
 		target:   "≥ 10,000/s"})
 	time.Sleep(2 * time.Second) // the registry's batched connection-state writes are done
-	idle := settledRSS()
+	idle := measure.SettledRSS()
 	r.add(row{what: "hub RSS per idle connected device, plain MQTT (hub process only)", scale: scale,
 		measured: fmt.Sprintf("**%.1f KB** (hub %s → %s MB)", float64(idle-base)/float64(n), count(int(base/1024)), count(int(idle/1024))),
 		target:   "≤ 10 KB"})
 
 	logf("method round trips for %s with %d in flight", cfg.roundTrips, cfg.inflight)
-	rt := roundTrips(ctx, h, ids, cfg.roundTrips, cfg.inflight)
+	rt := measure.MeasureRoundTrips(ctx, h.Methods, ids, cfg.roundTrips, cfg.inflight)
 	r.add(row{what: fmt.Sprintf("direct-method round trips through the gateway (method.Invoke → device → answer, %d in flight)", cfg.inflight), scale: scale,
-		measured: fmt.Sprintf("**%s/s**, p50 %s, p99 %s, %d errors", count(int(rt.rate)), seconds(rt.p50), seconds(rt.p99), rt.errors),
+		measured: fmt.Sprintf("**%s/s**, p50 %s, p99 %s, %d errors", count(int(rt.Rate)), seconds(rt.P50), seconds(rt.P99), rt.Errors),
 		target:   "≥ 60,000/s"})
 
 	logf("method job over %d socket devices, %d runs", n, cfg.jobRuns)
@@ -87,58 +82,4 @@ func benchGateway(ctx context.Context, cfg *config, r *report, logf func(string,
 		measured: fmt.Sprintf("**%s/s** (%s)", count(int(float64(n)/rep.Seconds)), seconds(time.Duration(rep.Seconds*float64(time.Second)))),
 		target:   "≥ 10,000/s"})
 	return nil
-}
-
-// rtResult is a round-trip measurement.
-type rtResult struct {
-	rate     float64
-	p50, p99 time.Duration
-	errors   int64
-}
-
-// roundTrips calls a method on the devices in turn from inflight callers
-// for d after a warm-up, and returns the rate and latency quantiles.
-func roundTrips(ctx context.Context, h *benchHub, ids []sim.Identity, d time.Duration, inflight int) rtResult {
-	req := herd.MethodRequest{MethodName: "bench", Payload: json.RawMessage(`{"n":1}`), ResponseTimeoutInSeconds: 30}
-	var next, errs atomic.Int64
-	measure := func(d time.Duration, record bool) []time.Duration {
-		stop := time.Now().Add(d)
-		var mu sync.Mutex
-		var all []time.Duration
-		var wg sync.WaitGroup
-		for range inflight {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				lat := make([]time.Duration, 0, 1024)
-				for time.Now().Before(stop) && ctx.Err() == nil {
-					id := ids[int(next.Add(1))%len(ids)].ID
-					t0 := time.Now()
-					if _, err := h.Methods.Invoke(ctx, id, req); err != nil {
-						errs.Add(1)
-						continue
-					}
-					lat = append(lat, time.Since(t0))
-				}
-				if record {
-					mu.Lock()
-					all = append(all, lat...)
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		return all
-	}
-	measure(min(2*time.Second, d/3), false)
-	errs.Store(0)
-	start := time.Now()
-	lat := measure(d, true)
-	elapsed := time.Since(start)
-	if len(lat) == 0 {
-		return rtResult{errors: errs.Load()}
-	}
-	slices.Sort(lat)
-	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
-	return rtResult{rate: float64(len(lat)) / elapsed.Seconds(), p50: q(0.50), p99: q(0.99), errors: errs.Load()}
 }

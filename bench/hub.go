@@ -5,10 +5,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"runtime"
-	"runtime/debug"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -156,27 +153,4 @@ func waitConnected(ctx context.Context, h *benchHub, n int64, timeout time.Durat
 		}
 	}
 	return nil
-}
-
-// rssKB is this process's resident set size.
-func rssKB() int64 {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-// settledRSS returns the RSS after garbage collection has given memory
-// back to the system.
-func settledRSS() int64 {
-	for range 3 {
-		runtime.GC()
-		debug.FreeOSMemory()
-		time.Sleep(200 * time.Millisecond)
-	}
-	return rssKB()
 }

@@ -8,6 +8,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/herd-iot/herd/bench/measure"
 	"github.com/herd-iot/herd/internal/fleetdb"
 	"github.com/herd-iot/herd/internal/sim"
 )
@@ -41,7 +42,7 @@ func pipeJob(ctx context.Context, cfg *config, r *report, logf func(string, ...a
 	if err != nil {
 		return err
 	}
-	base := settledRSS()
+	base := measure.SettledRSS()
 	f := sim.New(sim.Config{Host: h.Hostname(), Dial: sim.Pipe(h.Gateway.ServeConn), Devices: ids, Concurrency: 1024})
 	logf("connecting %d devices through the in-memory transport", n)
 	start := time.Now()
@@ -53,7 +54,7 @@ func pipeJob(ctx context.Context, cfg *config, r *report, logf func(string, ...a
 	if err := waitConnected(ctx, h, int64(n), time.Minute); err != nil {
 		return err
 	}
-	mem := settledRSS()
+	mem := measure.SettledRSS()
 	logf("method job over %d in-memory devices, %d runs", n, cfg.jobRuns)
 	took, err := jobRuns(ctx, h, cfg.jobRuns, n, "pipe-method",
 		`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}}}`)

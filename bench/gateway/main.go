@@ -23,7 +23,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -31,17 +30,13 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
-	"runtime/debug"
 	"runtime/pprof"
-	"slices"
 	"strconv"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/bench/measure"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/sim"
@@ -178,32 +173,6 @@ func (c *child) do(command string) (reply, error) {
 	return r, nil
 }
 
-func rssKB() int64 {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
-}
-
-// settledRSS returns the process RSS after garbage collection has given
-// memory back to the system.
-func settledRSS() int64 {
-	for i := 0; i < 3; i++ {
-		runtime.GC()
-		debug.FreeOSMemory()
-		time.Sleep(200 * time.Millisecond)
-	}
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	fmt.Fprintf(os.Stderr, "memstats: heap in use %d KB, stacks %d KB, goroutines %d, other sys %d KB\n",
-		ms.HeapInuse/1024, ms.StackInuse/1024, runtime.NumGoroutine(), (ms.Sys-ms.HeapSys-ms.StackSys)/1024)
-	return rssKB()
-}
-
 func waitConnected(h *hub.Hub, n int64, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for h.Bus.Connected() != n {
@@ -292,7 +261,7 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 	}
 
 	// 1. Cold connects over plain MQTT, then RSS per idle device.
-	base := settledRSS()
+	base := measure.SettledRSS()
 	r, err := c.do("connect plain")
 	if err != nil {
 		return err
@@ -302,7 +271,7 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 	}
 	add("| SAS-authenticated connects/s, plain, first connect (cold key cache) | %.0f/s (%d devices in %.2f s, %d in flight) | ≥ 10,000/s |", float64(n)/r.Seconds, n, r.Seconds, concurrency)
 	time.Sleep(2 * time.Second) // connection-state batches flushed
-	idle := settledRSS()
+	idle := measure.SettledRSS()
 	add("| RSS per idle connected device, plain MQTT | %.1f KB (hub RSS %d → %d MB) | ≤ 10 KB |", float64(idle-base)/float64(n), base/1024, idle/1024)
 
 	// 2. Method round trips through method.Service.Invoke.
@@ -313,9 +282,10 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 		}
 		_ = pprof.StartCPUProfile(pf)
 	}
-	rate, p50, p99, errs := methods(h, ids, duration, inflight)
+	rt := measure.MeasureRoundTrips(context.Background(), h.Methods, ids, duration, inflight)
 	pprof.StopCPUProfile()
-	add("| direct-method round trips/s through method.Invoke (%d devices, %d in flight) | %.0f/s, p50 %s, p99 %s, %d errors | ≥ 60,000/s |", n, inflight, rate, p50, p99, errs)
+	add("| direct-method round trips/s through method.Invoke (%d devices, %d in flight) | %.0f/s, p50 %s, p99 %s, %d errors | ≥ 60,000/s |",
+		n, inflight, rt.Rate, rt.P50.Round(10*time.Microsecond), rt.P99.Round(10*time.Microsecond), rt.Errors)
 
 	// 3. Warm reconnects.
 	if _, err := c.do("disconnect"); err != nil {
@@ -347,7 +317,7 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 	// 4. TLS.
 	if withTLS {
 		time.Sleep(2 * time.Second)
-		base := settledRSS()
+		base := measure.SettledRSS()
 		if r, err = c.do("connect tls"); err != nil {
 			return err
 		}
@@ -356,10 +326,11 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 		}
 		add("| SAS-authenticated connects/s, TLS (full handshakes) | %.0f/s (%d devices in %.2f s) | — |", float64(n)/r.Seconds, n, r.Seconds)
 		time.Sleep(2 * time.Second)
-		idle := settledRSS()
+		idle := measure.SettledRSS()
 		add("| RSS per idle connected device, TLS | %.1f KB (hub RSS %d → %d MB) | — |", float64(idle-base)/float64(n), base/1024, idle/1024)
-		rate, p50, p99, errs := methods(h, ids, duration, inflight)
-		add("| direct-method round trips/s over TLS (%d devices, %d in flight) | %.0f/s, p50 %s, p99 %s, %d errors | — |", n, inflight, rate, p50, p99, errs)
+		rt := measure.MeasureRoundTrips(context.Background(), h.Methods, ids, duration, inflight)
+		add("| direct-method round trips/s over TLS (%d devices, %d in flight) | %.0f/s, p50 %s, p99 %s, %d errors | — |",
+			n, inflight, rt.Rate, rt.P50.Round(10*time.Microsecond), rt.P99.Round(10*time.Microsecond), rt.Errors)
 	}
 	fmt.Println("| what | measured | target |")
 	fmt.Println("|---|---|---|")
@@ -368,57 +339,3 @@ func bench(n int, duration time.Duration, inflight, concurrency int, withTLS boo
 	}
 	return nil
 }
-
-// methods runs method round trips for duration after a warm-up, with
-// inflight concurrent callers spread over the devices.
-func methods(h *hub.Hub, ids []sim.Identity, duration time.Duration, inflight int) (rate float64, p50, p99 time.Duration, errs int64) {
-	req := herd.MethodRequest{MethodName: "bench", Payload: json.RawMessage(`{"n":1}`), ResponseTimeoutInSeconds: 30}
-	var next atomic.Int64
-	var errors atomic.Int64
-	run := func(d time.Duration, record bool) []time.Duration {
-		ctx := context.Background()
-		stop := time.Now().Add(d)
-		var mu sync.Mutex
-		var all []time.Duration
-		var wg sync.WaitGroup
-		for w := 0; w < inflight; w++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				lat := make([]time.Duration, 0, 1024)
-				for time.Now().Before(stop) {
-					id := ids[int(next.Add(1))%len(ids)].ID
-					t0 := time.Now()
-					_, err := h.Methods.Invoke(ctx, id, req)
-					if err != nil {
-						errors.Add(1)
-						continue
-					}
-					lat = append(lat, time.Since(t0))
-				}
-				if record {
-					mu.Lock()
-					all = append(all, lat...)
-					mu.Unlock()
-				}
-			}()
-		}
-		wg.Wait()
-		return all
-	}
-	run(2*time.Second, false)
-	errors.Store(0)
-	start := time.Now()
-	lat := run(duration, true)
-	elapsed := time.Since(start)
-	slices.Sort(lat)
-	if len(lat) == 0 {
-		return 0, 0, 0, errors.Load()
-	}
-	q := func(p float64) time.Duration {
-		return lat[min(len(lat)-1, int(p*float64(len(lat))))].Round(10 * time.Microsecond)
-	}
-	return float64(len(lat)) / elapsed.Seconds(), q(0.50), q(0.99), errors.Load()
-}
-
-var _ = errors.New

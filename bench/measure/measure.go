@@ -1,0 +1,103 @@
+// Package measure holds the measurements that the benchmark harness
+// (go run ./bench) and the gateway's own tool (go run ./bench/gateway)
+// share, so that their figures are made the same way: a process's memory
+// and direct-method round trips.
+package measure
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"runtime"
+	"runtime/debug"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/method"
+	"github.com/herd-iot/herd/internal/sim"
+)
+
+// RSSKB is this process's resident set size in KB, from /proc/self/status
+// (0 where that cannot be read).
+func RSSKB() int64 {
+	b, _ := os.ReadFile("/proc/self/status")
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// SettledRSS is RSSKB after garbage collection has given memory back to
+// the system.
+func SettledRSS() int64 {
+	for range 3 {
+		runtime.GC()
+		debug.FreeOSMemory()
+		time.Sleep(200 * time.Millisecond)
+	}
+	return RSSKB()
+}
+
+// RoundTrips is a round-trip measurement: calls per second and latency
+// quantiles of the calls that succeeded, and how many failed.
+type RoundTrips struct {
+	Rate     float64
+	P50, P99 time.Duration
+	Errors   int64
+}
+
+// MeasureRoundTrips invokes a direct method ("bench", payload {"n":1})
+// through m on the devices in turn from inflight callers, first for a
+// warm-up (a third of d, at most 2 s), then for d.
+func MeasureRoundTrips(ctx context.Context, m *method.Service, devices []sim.Identity, d time.Duration, inflight int) RoundTrips {
+	req := herd.MethodRequest{MethodName: "bench", Payload: json.RawMessage(`{"n":1}`), ResponseTimeoutInSeconds: 30}
+	var next, errs atomic.Int64
+	run := func(d time.Duration, record bool) []time.Duration {
+		stop := time.Now().Add(d)
+		var mu sync.Mutex
+		var all []time.Duration
+		var wg sync.WaitGroup
+		for range inflight {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				lat := make([]time.Duration, 0, 1024)
+				for time.Now().Before(stop) && ctx.Err() == nil {
+					id := devices[int(next.Add(1))%len(devices)].ID
+					t0 := time.Now()
+					if _, err := m.Invoke(ctx, id, req); err != nil {
+						errs.Add(1)
+						continue
+					}
+					lat = append(lat, time.Since(t0))
+				}
+				if record {
+					mu.Lock()
+					all = append(all, lat...)
+					mu.Unlock()
+				}
+			}()
+		}
+		wg.Wait()
+		return all
+	}
+	run(min(2*time.Second, d/3), false)
+	errs.Store(0)
+	start := time.Now()
+	lat := run(d, true)
+	elapsed := time.Since(start)
+	if len(lat) == 0 {
+		return RoundTrips{Errors: errs.Load()}
+	}
+	slices.Sort(lat)
+	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
+	return RoundTrips{Rate: float64(len(lat)) / elapsed.Seconds(), P50: q(0.50), P99: q(0.99), Errors: errs.Load()}
+}
