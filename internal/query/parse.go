@@ -2,6 +2,7 @@ package query
 
 import (
 	"math"
+	"slices"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -250,40 +251,31 @@ func (p *parser) projection() (*Projection, error) {
 }
 
 // expr parses a full expression (OR has the loosest binding).
-func (p *parser) expr() (Expr, error) {
-	l, err := p.and()
-	if err != nil {
-		return nil, err
-	}
-	for p.tok.is(tokKeyword, "OR") {
-		if err := p.advance(); err != nil {
-			return nil, err
-		}
-		r, err := p.and()
-		if err != nil {
-			return nil, err
-		}
-		l = &Binary{Op: "OR", L: l, R: r}
-	}
-	return l, nil
-}
+func (p *parser) expr() (Expr, error) { return p.chain(tokKeyword, []string{"OR"}, p.and) }
 
-func (p *parser) and() (Expr, error) {
-	l, err := p.not()
+func (p *parser) and() (Expr, error) { return p.chain(tokKeyword, []string{"AND"}, p.not) }
+
+// chain parses operands joined by any of the operators ops (tokens of
+// kind), grouping from the left: a - b - c is (a - b) - c.
+func (p *parser) chain(kind tokenKind, ops []string, operand func() (Expr, error)) (Expr, error) {
+	l, err := operand()
 	if err != nil {
 		return nil, err
 	}
-	for p.tok.is(tokKeyword, "AND") {
+	for {
+		i := slices.IndexFunc(ops, func(op string) bool { return p.tok.is(kind, op) })
+		if i < 0 {
+			return l, nil
+		}
 		if err := p.advance(); err != nil {
 			return nil, err
 		}
-		r, err := p.not()
+		r, err := operand()
 		if err != nil {
 			return nil, err
 		}
-		l = &Binary{Op: "AND", L: l, R: r}
+		l = &Binary{Op: ops[i], L: l, R: r}
 	}
-	return l, nil
 }
 
 func (p *parser) not() (Expr, error) {
@@ -369,41 +361,11 @@ func (p *parser) list() ([]*Literal, error) {
 }
 
 func (p *parser) additive() (Expr, error) {
-	l, err := p.multiplicative()
-	if err != nil {
-		return nil, err
-	}
-	for p.tok.is(tokPunct, "+") || p.tok.is(tokPunct, "-") {
-		op := p.tok.text
-		if err := p.advance(); err != nil {
-			return nil, err
-		}
-		r, err := p.multiplicative()
-		if err != nil {
-			return nil, err
-		}
-		l = &Binary{Op: op, L: l, R: r}
-	}
-	return l, nil
+	return p.chain(tokPunct, []string{"+", "-"}, p.multiplicative)
 }
 
 func (p *parser) multiplicative() (Expr, error) {
-	l, err := p.unary()
-	if err != nil {
-		return nil, err
-	}
-	for p.tok.is(tokPunct, "*") || p.tok.is(tokPunct, "/") || p.tok.is(tokPunct, "%") {
-		op := p.tok.text
-		if err := p.advance(); err != nil {
-			return nil, err
-		}
-		r, err := p.unary()
-		if err != nil {
-			return nil, err
-		}
-		l = &Binary{Op: op, L: l, R: r}
-	}
-	return l, nil
+	return p.chain(tokPunct, []string{"*", "/", "%"}, p.unary)
 }
 
 func (p *parser) unary() (Expr, error) {
