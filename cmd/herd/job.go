@@ -145,16 +145,23 @@ func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
 }
 
 func jobShowCommand(e *env, cf *clientFlags) *cobra.Command {
+	return jobCallCommand(e, cf, "show JOB-ID", "Show a job: its status and device statistics", (*service.Client).GetJob)
+}
+
+// jobCallCommand is a command that makes one call on the job its argument
+// names and prints the job the call answers with.
+func jobCallCommand(e *env, cf *clientFlags, use, short string,
+	call func(*service.Client, context.Context, string) (*herd.Job, error)) *cobra.Command {
 	return &cobra.Command{
-		Use:   "show JOB-ID",
-		Short: "Show a job: its status and device statistics",
+		Use:   use,
+		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
 				return err
 			}
-			j, err := c.GetJob(cmd.Context(), args[0])
+			j, err := call(c, cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -200,22 +207,7 @@ func jobListCommand(e *env, cf *clientFlags) *cobra.Command {
 }
 
 func jobCancelCommand(e *env, cf *clientFlags) *cobra.Command {
-	return &cobra.Command{
-		Use:   "cancel JOB-ID",
-		Short: "Cancel a job: pending devices are canceled, running ones finish",
-		Args:  cobra.ExactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, err := cf.client(cmd.Context(), cmd, e)
-			if err != nil {
-				return err
-			}
-			j, err := c.CancelJob(cmd.Context(), args[0])
-			if err != nil {
-				return err
-			}
-			return printJob(e, cf, j)
-		},
-	}
+	return jobCallCommand(e, cf, "cancel JOB-ID", "Cancel a job: pending devices are canceled, running ones finish", (*service.Client).CancelJob)
 }
 
 func jobWatchCommand(e *env, cf *clientFlags) *cobra.Command {
