@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"time"
 
 	"github.com/herd-iot/herd/bench/measure"
@@ -14,12 +13,7 @@ import (
 // idle device, method round trips and a method job over the fleet.
 func benchGateway(ctx context.Context, cfg *config, r *report, logf func(string, ...any)) error {
 	n := cfg.gatewayDevices
-	dir, err := os.MkdirTemp("", "herd-bench-gateway-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	h, err := inprocHub(ctx, dir, true)
+	h, err := inprocHub(ctx, "gateway", "", true)
 	if err != nil {
 		return err
 	}
@@ -30,7 +24,7 @@ func benchGateway(ctx context.Context, cfg *config, r *report, logf func(string,
 	}
 	scale := fmt.Sprintf("%s devices", count(n))
 	base := measure.SettledRSS()
-	f, err := startFleet(dir, fleetSpec{Host: h.Hostname(), Addr: h.MQTTPlainAddr().String(), Concurrency: 512, Devices: ids})
+	f, err := startFleet(h.dir, fleetSpec{Host: h.Hostname(), Addr: h.MQTTPlainAddr().String(), Concurrency: 512, Devices: ids})
 	if err != nil {
 		return err
 	}

@@ -2,15 +2,18 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/fleetdb"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/sim"
@@ -25,9 +28,29 @@ type benchHub struct {
 	done   chan error
 }
 
-// inprocHub starts a hub on the data in dir (HTTPS on a free loopback
-// port, no TLS MQTT; plain MQTT on a free port if plain).
-func inprocHub(ctx context.Context, dir string, plain bool) (*benchHub, error) {
+// inprocHub starts a hub on a temporary data folder of its own (HTTPS on
+// a free loopback port, no TLS MQTT; plain MQTT on a free port if plain),
+// on a copy of the database seed when seed is not "". stop removes the
+// folder.
+func inprocHub(ctx context.Context, name, seed string, plain bool) (*benchHub, error) {
+	dir, err := os.MkdirTemp("", "herd-bench-"+name+"-")
+	if err != nil {
+		return nil, err
+	}
+	h, err := runHubIn(ctx, dir, seed, plain)
+	if err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	return h, nil
+}
+
+func runHubIn(ctx context.Context, dir, seed string, plain bool) (*benchHub, error) {
+	if seed != "" {
+		if err := fleetdb.Copy(seed, filepath.Join(dir, "herd.db")); err != nil {
+			return nil, err
+		}
+	}
 	cfg := hub.Default()
 	cfg.DataDir = dir
 	cfg.HTTPSAddr = "127.0.0.1:0"
@@ -46,10 +69,11 @@ func inprocHub(ctx context.Context, dir string, plain bool) (*benchHub, error) {
 	return b, nil
 }
 
-// stop shuts the hub down and waits for it.
+// stop shuts the hub down, waits for it and removes its data folder.
 func (h *benchHub) stop() error {
 	h.cancel()
-	return <-h.done
+	err := <-h.done
+	return errors.Join(err, os.RemoveAll(h.dir))
 }
 
 // register creates n devices with generated keys straight in the store

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"time"
 
@@ -27,12 +25,7 @@ func benchPipeJobs(ctx context.Context, cfg *config, r *report, logf func(string
 }
 
 func pipeJob(ctx context.Context, cfg *config, r *report, logf func(string, ...any), n int) error {
-	dir, err := os.MkdirTemp("", "herd-bench-pipe-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	h, err := inprocHub(ctx, dir, false)
+	h, err := inprocHub(ctx, "pipe", "", false)
 	if err != nil {
 		return err
 	}
@@ -105,15 +98,7 @@ func benchTwinJobs(ctx context.Context, cfg *config, r *report, logf func(string
 }
 
 func twinJob(ctx context.Context, cfg *config, src string, n int) (time.Duration, error) {
-	dir, err := os.MkdirTemp("", "herd-bench-twin-")
-	if err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(dir)
-	if err := fleetdb.Copy(src, filepath.Join(dir, "herd.db")); err != nil {
-		return 0, err
-	}
-	h, err := inprocHub(ctx, dir, false)
+	h, err := inprocHub(ctx, "twin", src, false)
 	if err != nil {
 		return 0, err
 	}
@@ -129,12 +114,7 @@ func twinJob(ctx context.Context, cfg *config, src string, n int) (time.Duration
 // benchStart schedules jobs due 50 ms apart, starting a second ahead, and
 // reports how late after its startTime each started.
 func benchStart(ctx context.Context, cfg *config, r *report, logf func(string, ...any)) error {
-	dir, err := os.MkdirTemp("", "herd-bench-start-")
-	if err != nil {
-		return err
-	}
-	defer os.RemoveAll(dir)
-	h, err := inprocHub(ctx, dir, false)
+	h, err := inprocHub(ctx, "start", "", false)
 	if err != nil {
 		return err
 	}
