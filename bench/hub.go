@@ -105,7 +105,7 @@ func register(ctx context.Context, h *benchHub, prefix string, n int) ([]sim.Ide
 // runJob creates a job (PUT /jobs/v2/{id} as the REST API does) and
 // waits until it has ended; the hub's own start and end times time it.
 func runJob(ctx context.Context, h *benchHub, id, body string) (*herd.Job, time.Duration, error) {
-	if _, err := h.Jobs.Create(ctx, id, []byte(body)); err != nil {
+	if _, err := h.Jobs.Create(ctx, id, []byte(body), nil); err != nil {
 		return nil, 0, err
 	}
 	for {

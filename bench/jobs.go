@@ -127,7 +127,7 @@ func benchStart(ctx context.Context, cfg *config, r *report, logf func(string, .
 	for i := range k {
 		at := base.Add(time.Duration(i) * 50 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 		body := fmt.Sprintf(`{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":%q,"updateTwin":{"etag":"*","tags":{"k":%d}}}`, at, i)
-		if _, err := h.Jobs.Create(ctx, fmt.Sprintf("s%03d", i), []byte(body)); err != nil {
+		if _, err := h.Jobs.Create(ctx, fmt.Sprintf("s%03d", i), []byte(body), nil); err != nil {
 			return err
 		}
 	}

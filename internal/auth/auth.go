@@ -189,10 +189,23 @@ func (s *Service) AuthorizeService(header string, need Rights, deviceID string) 
 	if err := s.checkScope(tok, deviceID); err != nil {
 		return Policy{}, err
 	}
-	if !p.Rights.Any(need) {
-		return Policy{}, unauthorized("policy %q has %s; this operation needs %s", p.Name, p.Rights, anyOf(need))
+	if err := p.Require(need, "this operation"); err != nil {
+		return Policy{}, err
 	}
 	return p, nil
+}
+
+// Require returns nil if the policy has at least one of the rights in
+// need, and otherwise an ErrUnauthorized error saying what op needs.
+func (p Policy) Require(need Rights, op string) error {
+	if p.Rights.Any(need) {
+		return nil
+	}
+	have := p.Rights.String()
+	if have == "" {
+		have = "no rights"
+	}
+	return unauthorized("policy %q has %s; %s needs %s", p.Name, have, op, anyOf(need))
 }
 
 func anyOf(r Rights) string {

@@ -1,6 +1,7 @@
 package httpapi
 
 import (
+	"fmt"
 	"net/http"
 	"strconv"
 
@@ -16,13 +17,38 @@ func (s *Server) jobRoutes() {
 	if s.cfg.Jobs == nil {
 		return
 	}
-	rights := auth.ServiceConnect | auth.RegistryRead | auth.RegistryWrite
-	s.Handle("/jobs/v2/query", map[string]Endpoint{http.MethodGet: {rights, s.listJobs}})
+	read := auth.ServiceConnect | auth.RegistryRead | auth.RegistryWrite
+	// Creating or cancelling a job needs the rights of what the job does
+	// (jobRights); the route admits the policies that may do either kind,
+	// so a read-only token is refused before its body is read.
+	write := auth.ServiceConnect | auth.RegistryWrite
+	s.Handle("/jobs/v2/query", map[string]Endpoint{http.MethodGet: {read, s.listJobs}})
 	s.Handle("/jobs/v2/{jobId}", map[string]Endpoint{
-		http.MethodPut: {rights, s.putJob},
-		http.MethodGet: {rights, s.getJob},
+		http.MethodPut: {write, s.putJob},
+		http.MethodGet: {read, s.getJob},
 	})
-	s.Handle("/jobs/v2/{jobId}/cancel", map[string]Endpoint{http.MethodPost: {rights, s.cancelJob}})
+	s.Handle("/jobs/v2/{jobId}/cancel", map[string]Endpoint{http.MethodPost: {write, s.cancelJob}})
+}
+
+// jobRights are the rights of what a job does (§2.6): a twin job writes
+// twins as PATCH /twins does (RegistryWrite or ServiceConnect), a method
+// job calls methods as POST /twins/{id}/methods does (ServiceConnect).
+func jobRights(t herd.JobType) auth.Rights {
+	switch t {
+	case herd.JobUpdateTwin:
+		return auth.RegistryWrite | auth.ServiceConnect
+	case herd.JobDeviceMethod:
+		return auth.ServiceConnect
+	}
+	return 0
+}
+
+// allowJobs checks the caller's policy against what a job does.
+func allowJobs(r *http.Request, op string) job.Allow {
+	p := callerPolicy(r)
+	return func(t herd.JobType) error {
+		return p.Require(jobRights(t), fmt.Sprintf("%s a %s job", op, t))
+	}
 }
 
 func (s *Server) putJob(w http.ResponseWriter, r *http.Request) error {
@@ -30,7 +56,7 @@ func (s *Server) putJob(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	j, err := s.cfg.Jobs.Create(r.Context(), r.PathValue("jobId"), body)
+	j, err := s.cfg.Jobs.Create(r.Context(), r.PathValue("jobId"), body, allowJobs(r, "creating"))
 	if err != nil {
 		return err
 	}
@@ -50,7 +76,7 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 // cancelJob takes no body (the SDKs send Content-Length: 0 and no
 // Content-Type).
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) error {
-	j, err := s.cfg.Jobs.Cancel(r.Context(), r.PathValue("jobId"))
+	j, err := s.cfg.Jobs.Cancel(r.Context(), r.PathValue("jobId"), allowJobs(r, "cancelling"))
 	if err != nil {
 		return err
 	}

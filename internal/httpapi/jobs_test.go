@@ -55,6 +55,15 @@ func TestJobRequestsValidation(t *testing.T) {
 		{"bad start", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":"tomorrow",` + twinPatch + `}`, 400, herd.ErrArgumentInvalid},
 		{"bad max", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","maxExecutionTimeInSeconds":0,` + twinPatch + `}`, 400, herd.ErrArgumentInvalid},
 		{"max not a number", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","maxExecutionTimeInSeconds":"x",` + twinPatch + `}`, 400, herd.ErrArgumentInvalid},
+		{"max as a string", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","maxExecutionTimeInSeconds":"10",` + twinPatch + `}`, 400, herd.ErrArgumentInvalid},
+		{"empty start", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":"",` + twinPatch + `}`, 400, herd.ErrArgumentInvalid},
+		{"timeout as a string", "j1", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x","responseTimeoutInSeconds":"10"}}`, 400, herd.ErrArgumentInvalid},
+		{"connect timeout as a string", "j1", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x","connectTimeoutInSeconds":"0"}}`, 400, herd.ErrArgumentInvalid},
+		{"condition does not parse", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"SELECT * FROM devices",` + twinPatch + `}`, 400, herd.ErrArgumentInvalid},
+		{"condition with a bad operator", "j1", `{"type":"scheduleDeviceMethod","queryCondition":"tags.a == 1","cloudToDeviceMethod":{"methodName":"x"}}`, 400, herd.ErrArgumentInvalid},
+		{"arrays too deep", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":` + strings.Repeat("[", 10) + strings.Repeat("]", 10) + `}}}`, 400, herd.ErrArgumentInvalid},
+		{"arrays past SQLite's depth", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","properties":{"desired":{"a":` + strings.Repeat("[", 1200) + strings.Repeat("]", 1200) + `}}}}`, 400, herd.ErrArgumentInvalid},
+		{"invalid UTF-8", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":"` + "\xff" + `"}}}`, 400, herd.ErrIotHubFormatError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			resp, body := put(tc.id, tc.body)
@@ -220,6 +229,86 @@ func TestTwinJobThroughSDK(t *testing.T) {
 		if d.JobID != "fw-rollout" || d.JobType != herd.JobUpdateTwin || d.Status != herd.DeviceJobCompleted ||
 			d.StartTimeUTC.IsZero() || d.EndTimeUTC.IsZero() || d.CreatedDateTimeUTC.IsZero() || d.Error != nil {
 			t.Errorf("record: %+v", d)
+		}
+	}
+}
+
+// TestJobRights checks every built-in policy against every job endpoint: a
+// job needs the rights of what it does (§2.6) — a twin job RegistryWrite or
+// ServiceConnect, a method job ServiceConnect, cancel the same as create —
+// while reading jobs takes any service right.
+func TestJobRights(t *testing.T) {
+	h := hubtest.Start(t)
+	r := newRaw(t, h)
+	later := time.Now().Add(time.Hour).UTC().Format(time.RFC3339)
+	twinJob := `{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":"` + later + `","updateTwin":{"etag":"*","properties":{"desired":{"x":1}}}}`
+	methodJob := `{"type":"scheduleDeviceMethod","queryCondition":"*","startTime":"` + later + `","cloudToDeviceMethod":{"methodName":"unlock"}}`
+	json := map[string]string{"Content-Type": "application/json; charset=utf-8"}
+	// Jobs to cancel, created by the owner.
+	for _, j := range []struct{ id, body string }{{"ctwin", twinJob}, {"cmethod", methodJob}} {
+		if resp, body := r.do(http.MethodPut, "/jobs/v2/"+j.id+v, j.body, json); resp.StatusCode != 200 {
+			t.Fatalf("create %s: %d %s", j.id, resp.StatusCode, body)
+		}
+	}
+	type call struct{ name, method, path, body string }
+	calls := []call{
+		{"put twin job", http.MethodPut, "/jobs/v2/%s", twinJob},
+		{"put method job", http.MethodPut, "/jobs/v2/%s", methodJob},
+		{"cancel twin job", http.MethodPost, "/jobs/v2/ctwin/cancel", ""},
+		{"cancel method job", http.MethodPost, "/jobs/v2/cmethod/cancel", ""},
+		{"get job", http.MethodGet, "/jobs/v2/ctwin", ""},
+		{"list jobs", http.MethodGet, "/jobs/v2/query", ""},
+	}
+	allowed := map[string][]bool{ // in the order of calls
+		"iothubowner":       {true, true, true, true, true, true},
+		"service":           {true, true, true, true, true, true},
+		"registryReadWrite": {true, false, true, false, true, true},
+		"registryRead":      {false, false, false, false, true, true},
+		"device":            {false, false, false, false, false, false},
+	}
+	// Refused calls come first, so that the cancels they try find the jobs
+	// still queued.
+	for _, pass := range []bool{false, true} {
+		for policy, want := range allowed {
+			for i, c := range calls {
+				if want[i] != pass {
+					continue
+				}
+				t.Run(policy+"/"+c.name, func(t *testing.T) {
+					path := c.path
+					if strings.Contains(path, "%s") {
+						path = fmt.Sprintf(path, strings.ToLower(policy)+"-"+strings.ReplaceAll(c.name, " ", "-"))
+					}
+					hdr := map[string]string{"Authorization": r.token(policy)}
+					if c.body != "" {
+						hdr["Content-Type"] = json["Content-Type"]
+					}
+					resp, body := r.do(c.method, path+v, c.body, hdr)
+					if !pass {
+						expectError(t, resp, body, 401, herd.ErrUnauthorized)
+						return
+					}
+					if resp.StatusCode != 200 {
+						t.Errorf("%d %s", resp.StatusCode, body)
+					}
+				})
+			}
+		}
+		if pass {
+			continue
+		}
+		// Nothing the refused calls tried happened.
+		jobs, err := h.Service.ListJobs(context.Background(), service.JobFilter{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(jobs) != 2 {
+			t.Errorf("refused calls stored jobs: %d jobs, want the 2 created by the owner", len(jobs))
+		}
+		for _, j := range jobs {
+			if j.Status == herd.JobCancelled {
+				t.Errorf("job %s was cancelled by a refused call", j.JobID)
+			}
 		}
 	}
 }

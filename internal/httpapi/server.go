@@ -20,6 +20,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
@@ -142,10 +143,20 @@ func (s *Server) serve(w http.ResponseWriter, r *http.Request, endpoints map[str
 	if err := checkAPIVersion(r); err != nil {
 		return err
 	}
-	if _, err := s.cfg.Auth.AuthorizeService(r.Header.Get("Authorization"), ep.Rights, r.PathValue("id")); err != nil {
+	p, err := s.cfg.Auth.AuthorizeService(r.Header.Get("Authorization"), ep.Rights, r.PathValue("id"))
+	if err != nil {
 		return err
 	}
-	return ep.Serve(w, r)
+	return ep.Serve(w, r.WithContext(context.WithValue(r.Context(), policyKey{}, p)))
+}
+
+// policyKey is the request-context key of the caller's policy.
+type policyKey struct{}
+
+// callerPolicy returns the policy that authorized r (set by serve).
+func callerPolicy(r *http.Request) auth.Policy {
+	p, _ := r.Context().Value(policyKey{}).(auth.Policy)
+	return p
 }
 
 type statusRecorder struct {
@@ -250,7 +261,25 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if int64(len(body)) > limit {
 		return nil, herd.Errorf(herd.ErrMessageTooLarge, "the request body is larger than %d bytes", limit)
 	}
+	// encoding/json would quietly turn invalid UTF-8 into U+FFFD and store
+	// what the client never sent.
+	if !utf8.Valid(body) {
+		return nil, herd.Errorf(herd.ErrIotHubFormatError, "the request body is not valid UTF-8 (at byte %d)", invalidUTF8At(body))
+	}
 	return body, nil
+}
+
+// invalidUTF8At returns the offset of the first byte of b that is not
+// part of valid UTF-8.
+func invalidUTF8At(b []byte) int {
+	for i := 0; i < len(b); {
+		r, n := utf8.DecodeRune(b[i:])
+		if r == utf8.RuneError && n == 1 {
+			return i
+		}
+		i += n
+	}
+	return len(b)
 }
 
 func decodeJSON(body []byte, v any) error {

@@ -84,7 +84,7 @@ func benchTwinJob(b *testing.B, n int) {
 		cpu := cpuTime()
 		b.StartTimer()
 		if _, err := svc.Create(context.Background(), "rollout", []byte(`{"type":"scheduleUpdateTwin","queryCondition":"*",
-			"updateTwin":{"etag":"*","tags":{"ring":"canary"},"properties":{"desired":{"fw":"2.0"}}}}`)); err != nil {
+			"updateTwin":{"etag":"*","tags":{"ring":"canary"},"properties":{"desired":{"fw":"2.0"}}}}`), nil); err != nil {
 			b.Fatal(err)
 		}
 		j := waitDone(b, svc, "rollout")
@@ -142,7 +142,7 @@ func BenchmarkMethodJobEngine10k(b *testing.B) {
 		b.StopTimer()
 		svc, _, stop := benchService(b, benchFleet(b, n), instant{})
 		b.StartTimer()
-		if _, err := svc.Create(context.Background(), "m", []byte(`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)); err != nil {
+		if _, err := svc.Create(context.Background(), "m", []byte(`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`), nil); err != nil {
 			b.Fatal(err)
 		}
 		j := waitDone(b, svc, "m")
@@ -168,7 +168,7 @@ func BenchmarkStartDelay(b *testing.B) {
 		for k := range 100 {
 			start := base.Add(time.Duration(k) * 50 * time.Millisecond).UTC().Format(time.RFC3339Nano)
 			body := fmt.Sprintf(`{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":%q,"updateTwin":{"etag":"*","tags":{"k":%d}}}`, start, k)
-			if _, err := svc.Create(context.Background(), fmt.Sprintf("s%03d", k), []byte(body)); err != nil {
+			if _, err := svc.Create(context.Background(), fmt.Sprintf("s%03d", k), []byte(body), nil); err != nil {
 				b.Fatal(err)
 			}
 		}

@@ -148,7 +148,7 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	var err error
 	switch r.Type {
 	case herd.JobUpdateTwin:
-		err = s.runTwin(run.feed, r)
+		err = s.runTwin(ctx, run.feed, r)
 	case herd.JobDeviceMethod:
 		err = s.runMethod(ctx, run.feed, r)
 	default:

@@ -219,7 +219,7 @@ func (e *env) devices(ids ...string) {
 
 func (e *env) create(id, body string) *herd.Job {
 	e.t.Helper()
-	j, err := e.svc.Create(context.Background(), id, []byte(body))
+	j, err := e.svc.Create(context.Background(), id, []byte(body), nil)
 	if err != nil {
 		e.t.Fatalf("create %s: %v", id, err)
 	}

@@ -45,7 +45,14 @@ func (r *Record) Decode() error {
 	case herd.JobUpdateTwin:
 		p, err := twin.ParseService(r.Request)
 		if err != nil {
-			return err
+			// Stored by a Herd with looser rules: echo it as stored (the
+			// engine fails such a job when it runs).
+			var echo herd.TwinPatch
+			if json.Unmarshal(r.Request, &echo) != nil {
+				return err
+			}
+			r.UpdateTwin = &echo
+			return nil
 		}
 		r.UpdateTwin = EchoPatch(p)
 	}
@@ -174,6 +181,9 @@ const (
 	// ErrCodeInterrupted: the hub stopped while a method call was in
 	// flight; it is not sent again (at most once).
 	ErrCodeInterrupted = "MethodInterrupted"
+	// ErrCodeTwinWrite: a twin job's write to this device failed twice
+	// the same way (the store refused it).
+	ErrCodeTwinWrite = "TwinUpdateFailed"
 )
 
 // Job-level limits and defaults (§6.1, §6.2).

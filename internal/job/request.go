@@ -101,8 +101,8 @@ func ParseRequest(pathID string, body []byte, now time.Time) (*Record, error) {
 	start := created
 	if !isNull(req.StartTime) {
 		var s string
-		if json.Unmarshal(req.StartTime, &s) != nil {
-			return nil, invalid("startTime must be an ISO 8601 timestamp string or null")
+		if json.Unmarshal(req.StartTime, &s) != nil || strings.TrimSpace(s) == "" {
+			return nil, invalid("startTime must be an ISO 8601 timestamp string or null, not %s", req.StartTime)
 		}
 		t, err := herd.ParseTime(s)
 		if err != nil {
@@ -115,18 +115,28 @@ func ParseRequest(pathID string, body []byte, now time.Time) (*Record, error) {
 	r.StartTime = &start
 	r.MaxExecutionTimeInSeconds = DefaultMaxExecution
 	if !isNull(req.MaxExecutionTimeInSeconds) {
-		var n json.Number
-		if json.Unmarshal(req.MaxExecutionTimeInSeconds, &n) != nil {
-			return nil, invalid("maxExecutionTimeInSeconds must be a number")
-		}
-		v, err := n.Int64()
+		v, err := wholeNumber(req.MaxExecutionTimeInSeconds)
 		if err != nil || v <= 0 || v > MaxMaxExecution {
-			return nil, invalid("maxExecutionTimeInSeconds must be a whole number of seconds from 1 to %d, not %s", MaxMaxExecution, n)
+			return nil, invalid("maxExecutionTimeInSeconds must be a whole number of seconds from 1 to %d, not %s", MaxMaxExecution, req.MaxExecutionTimeInSeconds)
 		}
 		r.MaxExecutionTimeInSeconds = v
 	}
 	r.DeviceJobStatistics = &herd.DeviceJobStatistics{}
 	return r, nil
+}
+
+// wholeNumber reads a JSON integer. A number written as a string ("10")
+// is refused: encoding/json would accept it into a json.Number.
+func wholeNumber(raw json.RawMessage) (int64, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] == '"' {
+		return 0, errors.New("not a number")
+	}
+	var n json.Number
+	if err := json.Unmarshal(raw, &n); err != nil {
+		return 0, err
+	}
+	return n.Int64()
 }
 
 func asTypeErr(err error, target **json.UnmarshalTypeError) bool {
@@ -287,9 +297,9 @@ func parseMethod(raw json.RawMessage) (*herd.MethodRequest, error) {
 	var m struct {
 		MethodName               *string         `json:"methodName"`
 		Payload                  json.RawMessage `json:"payload"`
-		ResponseTimeoutInSeconds *json.Number    `json:"responseTimeoutInSeconds"`
-		TimeoutInSeconds         *json.Number    `json:"timeoutInSeconds"`
-		ConnectTimeoutInSeconds  *json.Number    `json:"connectTimeoutInSeconds"`
+		ResponseTimeoutInSeconds json.RawMessage `json:"responseTimeoutInSeconds"`
+		TimeoutInSeconds         json.RawMessage `json:"timeoutInSeconds"`
+		ConnectTimeoutInSeconds  json.RawMessage `json:"connectTimeoutInSeconds"`
 	}
 	if err := json.Unmarshal(raw, &m); err != nil {
 		return nil, invalid("cloudToDeviceMethod must be an object with methodName, payload, responseTimeoutInSeconds and connectTimeoutInSeconds: %v", err)
@@ -299,19 +309,19 @@ func parseMethod(raw json.RawMessage) (*herd.MethodRequest, error) {
 		out.MethodName = *m.MethodName
 	}
 	timeout := m.ResponseTimeoutInSeconds
-	if timeout == nil {
+	if isNull(timeout) {
 		timeout = m.TimeoutInSeconds
 	}
 	for _, f := range []struct {
 		name string
-		v    *json.Number
+		v    json.RawMessage
 		dst  *int
 	}{{"responseTimeoutInSeconds", timeout, &out.ResponseTimeoutInSeconds},
 		{"connectTimeoutInSeconds", m.ConnectTimeoutInSeconds, &out.ConnectTimeoutInSeconds}} {
-		if f.v == nil {
+		if isNull(f.v) {
 			continue
 		}
-		v, err := f.v.Int64()
+		v, err := wholeNumber(f.v)
 		if err != nil || v < 0 || v > 1<<20 {
 			return nil, invalid("cloudToDeviceMethod.%s must be a whole number of seconds, not %s", f.name, f.v)
 		}

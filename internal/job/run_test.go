@@ -2,6 +2,7 @@ package job_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/twin"
 )
 
 func TestTwinJobScheduledStartsAtStartTime(t *testing.T) {
@@ -104,11 +106,17 @@ func TestJobMatchingNothingAndBadCondition(t *testing.T) {
 	if j := e.waitEnded("none"); j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{}) {
 		t.Errorf("empty job: %s %+v", j.Status, stats(j))
 	}
-	e.create("bad", `{"type":"scheduleUpdateTwin","queryCondition":"SELECT * FROM devices","updateTwin":{"etag":"*","tags":{"x":1}}}`)
-	j := e.waitEnded("bad")
-	if j.Status != herd.JobFailed || j.FailureReason == "" {
-		t.Errorf("bad condition: %s %q", j.Status, j.FailureReason)
+	// A condition that does not parse is refused before anything is
+	// stored (Azure accepts it and fails the job; docs/jobs.md).
+	_, err := e.svc.Create(context.Background(), "bad", []byte(`{"type":"scheduleUpdateTwin","queryCondition":"SELECT * FROM devices","updateTwin":{"etag":"*","tags":{"x":1}}}`), nil)
+	if herd.ErrorCodeOf(err) != herd.ErrArgumentInvalid || !strings.Contains(err.Error(), "syntax error") {
+		t.Errorf("bad condition: %v, want ArgumentInvalid with the parser's message", err)
 	}
+	if _, err := e.svc.Get(context.Background(), "bad"); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("a refused job was stored: %v", err)
+	}
+	// A condition that compiles but that the store cannot run fails the
+	// job when it starts.
 	e.create("sqlerr", `{"type":"scheduleUpdateTwin","queryCondition":"sql:nope = 1","updateTwin":{"etag":"*","tags":{"x":1}}}`)
 	if j := e.waitEnded("sqlerr"); j.Status != herd.JobFailed || j.FailureReason == "" {
 		t.Errorf("condition the store cannot run: %s %q", j.Status, j.FailureReason)
@@ -203,7 +211,7 @@ func TestCancelDuringRun(t *testing.T) {
 	e.fleet.hold = make(chan struct{})
 	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)
 	e.waitFor("m", "running 2", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 2 })
-	j, err := e.svc.Cancel(context.Background(), "m")
+	j, err := e.svc.Cancel(context.Background(), "m", nil)
 	if err != nil || j.Status != herd.JobCancelled || j.EndTime != nil {
 		t.Fatalf("cancel: %+v %v", j, err)
 	}
@@ -240,7 +248,7 @@ func TestCancelBeforeStart(t *testing.T) {
 	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x"},
 		"startTime":"`+t0.Add(time.Hour).Format(time.RFC3339)+`"}`)
 	e.waitFor("m", "scheduled", func(j *herd.Job) bool { return j.Status == herd.JobScheduled })
-	j, err := e.svc.Cancel(context.Background(), "m")
+	j, err := e.svc.Cancel(context.Background(), "m", nil)
 	if err != nil || j.Status != herd.JobCancelled || j.EndTime == nil {
 		t.Fatalf("%+v %v", j, err)
 	}
@@ -383,5 +391,76 @@ func TestRetention(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 		e.clock.Advance(time.Hour) // the hourly purge re-arms its timer asynchronously
+	}
+}
+
+// poisonedStore fails every twin batch that includes a poisoned device,
+// always the same way, as a store that refuses one twin's write would.
+type poisonedStore struct {
+	job.Store
+	poisoned string
+}
+
+func (s poisonedStore) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after string, limit int, now time.Time) (job.TwinBatchResult, error) {
+	ids, err := s.PendingDevices(ctx, id, after, limit)
+	if err != nil {
+		return job.TwinBatchResult{}, err
+	}
+	for _, d := range ids {
+		if d == s.poisoned {
+			return job.TwinBatchResult{}, errors.New("malformed JSON")
+		}
+	}
+	return s.Store.ApplyTwinBatch(ctx, id, p, after, limit, now)
+}
+
+// TestTwinBatchFailingTwiceFailsItsDevice: a batch the store refuses the
+// same way twice is tried device by device; the device whose write fails
+// is recorded failed and the others succeed, instead of the job retrying
+// until its deadline.
+func TestTwinBatchFailingTwiceFailsItsDevice(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.Store = poisonedStore{Store: c.Store, poisoned: "d5"} })
+	e.devices("d1", "d2", "d3", "d4", "d5", "d6", "d7")
+	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}}}`)
+	deadline := time.Now().Add(20 * time.Second)
+	for e.get("tw").EndTime == nil {
+		if time.Now().After(deadline) {
+			t.Fatalf("job did not end: %+v", stats(e.get("tw")))
+		}
+		e.clock.Advance(time.Second) // through the pauses between attempts
+		time.Sleep(time.Millisecond)
+	}
+	j := e.get("tw")
+	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 7, SucceededCount: 6, FailedCount: 1}) {
+		t.Fatalf("job %s %+v", j.Status, stats(j))
+	}
+	if j.EndTime.Sub(t0) >= time.Hour {
+		t.Errorf("the job ran until %v: it kept retrying", j.EndTime)
+	}
+	r := e.records("tw")["d5"]
+	if r.Status != herd.DeviceJobFailed || r.Error == nil || r.Error.Code != job.ErrCodeTwinWrite || !strings.Contains(r.Error.Description, "could not be stored") {
+		t.Errorf("d5 record: %+v %+v", r, r.Error)
+	}
+}
+
+// TestTwinJobWithUnusablePatchFails: a job whose stored patch no longer
+// passes validation (stored by an older Herd: arrays nested past the depth
+// limit) fails with its devices at once instead of being retried.
+func TestTwinJobWithUnusablePatchFails(t *testing.T) {
+	e := newEnv(t)
+	e.devices("d1", "d2")
+	deep := strings.Repeat("[", 1500) + strings.Repeat("]", 1500)
+	start := herd.NewTime(t0)
+	r := &job.Record{Job: herd.Job{JobID: "old", Type: herd.JobUpdateTwin, Status: herd.JobQueued, QueryCondition: "*",
+		CreatedTime: &start, StartTime: &start, MaxExecutionTimeInSeconds: 3600, DeviceJobStatistics: &herd.DeviceJobStatistics{}},
+		Request: []byte(`{"etag":"*","tags":{"a":` + deep + `}}`)}
+	if err := e.db.CreateJob(context.Background(), r); err != nil {
+		t.Fatal(err)
+	}
+	e.stop() // the engine finds the job when it starts
+	e.open()
+	j := e.waitEnded("old")
+	if j.Status != herd.JobFailed || !strings.Contains(j.FailureReason, "nested at most") || stats(j).FailedCount != 2 {
+		t.Errorf("job %s %q %+v", j.Status, j.FailureReason, stats(j))
 	}
 }

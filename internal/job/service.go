@@ -121,12 +121,27 @@ func New(cfg Config) *Service {
 	return s
 }
 
+// Allow is asked, before a job is stored or cancelled, whether the caller
+// may do what the job does; a non-nil error refuses the request. A nil
+// Allow allows everything.
+type Allow func(herd.JobType) error
+
 // Create validates and stores a job (PUT /jobs/v2/{id}) and returns it,
-// queued.
-func (s *Service) Create(ctx context.Context, pathID string, body []byte) (*herd.Job, error) {
+// queued. A queryCondition that does not compile is refused here with the
+// parser's message (Azure accepts it and fails the job when it starts;
+// see docs/jobs.md), so nothing is stored.
+func (s *Service) Create(ctx context.Context, pathID string, body []byte, allow Allow) (*herd.Job, error) {
 	r, err := ParseRequest(pathID, body, s.clock.Now())
 	if err != nil {
 		return nil, err
+	}
+	if allow != nil {
+		if err := allow(r.Type); err != nil {
+			return nil, err
+		}
+	}
+	if _, err := s.cfg.Compile(r.QueryCondition); err != nil {
+		return nil, herd.Errorf(herd.ErrArgumentInvalid, "queryCondition %q is not valid: %s", r.QueryCondition, herd.ErrorMessage(err))
 	}
 	if err := s.store.CreateJob(ctx, r); err != nil {
 		return nil, err
@@ -147,8 +162,18 @@ func (s *Service) Get(ctx context.Context, id string) (*herd.Job, error) {
 
 // Cancel cancels a job: a job that has not started ends at once; a
 // running job's pending devices are canceled and its running ones finish.
-// A job that has ended is returned unchanged.
-func (s *Service) Cancel(ctx context.Context, id string) (*herd.Job, error) {
+// A job that has ended is returned unchanged. allow is asked first with
+// the job's type.
+func (s *Service) Cancel(ctx context.Context, id string, allow Allow) (*herd.Job, error) {
+	if allow != nil {
+		r, err := s.store.Job(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := allow(r.Type); err != nil {
+			return nil, err
+		}
+	}
 	r, err := s.store.CancelJob(ctx, id, s.clock.Now())
 	if err != nil {
 		return nil, err

@@ -63,6 +63,9 @@ var readOnlyFields = map[string]bool{
 // decode parses JSON keeping numbers as json.Number, so integers survive
 // exactly.
 func decode(body []byte) (any, error) {
+	if !utf8.Valid(body) {
+		return nil, herd.Errorf(herd.ErrIotHubFormatError, "the body is not valid UTF-8")
+	}
 	dec := json.NewDecoder(bytes.NewReader(body))
 	dec.UseNumber()
 	var v any
@@ -185,7 +188,7 @@ func section(name string, v any) (Change, error) {
 
 func validateObject(path string, m map[string]any, depth int) error {
 	if depth > MaxDepth {
-		return invalid("%s: objects may be nested at most %d levels deep", path, MaxDepth)
+		return tooDeep(path)
 	}
 	for k, v := range m {
 		if err := validateKey(path, k); err != nil {
@@ -196,6 +199,10 @@ func validateObject(path string, m map[string]any, depth int) error {
 		}
 	}
 	return nil
+}
+
+func tooDeep(path string) error {
+	return invalid("%s: objects and arrays may be nested at most %d levels deep", path, MaxDepth)
 }
 
 func validateKey(path, k string) error {
@@ -242,6 +249,12 @@ func validateValue(path string, v any, depth int) error {
 	case map[string]any:
 		return validateObject(path, v, depth+1)
 	case []any:
+		// An array is a level of nesting like an object: without this,
+		// [[[…]]] escaped the limit (and SQLite's JSON refuses 1000
+		// levels with an internal error).
+		if depth+1 > MaxDepth {
+			return tooDeep(path)
+		}
 		for i, e := range v {
 			if err := validateValue(fmt.Sprintf("%s[%d]", path, i), e, depth+1); err != nil {
 				return err

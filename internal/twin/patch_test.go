@@ -154,6 +154,11 @@ func TestParseAndLimitErrors(t *testing.T) {
 		{"long string", `{"tags":{"a":"` + long + `"}}`, herd.ErrArgumentInvalid},
 		{"big integer", `{"tags":{"a":4503599627370496}}`, herd.ErrArgumentInvalid},
 		{"too deep", `{"tags":` + deep + `}`, herd.ErrArgumentInvalid},
+		// Arrays are levels too: the section, then 10 arrays is 11 levels.
+		{"arrays too deep", `{"tags":{"a":` + strings.Repeat("[", MaxDepth) + `1` + strings.Repeat("]", MaxDepth) + `}}`, herd.ErrArgumentInvalid},
+		{"objects in arrays too deep", `{"properties":{"desired":{"a":` + strings.Repeat(`[{"a":`, MaxDepth/2) + `1` + strings.Repeat(`}]`, MaxDepth/2) + `}}}`, herd.ErrArgumentInvalid},
+		{"arrays past SQLite's JSON depth", `{"tags":{"a":` + strings.Repeat("[", 1500) + strings.Repeat("]", 1500) + `}}`, herd.ErrArgumentInvalid},
+		{"invalid UTF-8", "{\"tags\":{\"a\":\"\xff\"}}", herd.ErrIotHubFormatError},
 		{"tags too big", `{"tags":` + toJSON(t, bigTags) + `}`, herd.ErrArgumentInvalid},
 	}
 	for _, c := range cases {
@@ -174,6 +179,12 @@ func TestParseAndLimitErrors(t *testing.T) {
 	}
 	if _, err := ParseService([]byte(`{"tags":` + okDeep + `}`)); err != nil {
 		t.Errorf("depth %d must be allowed: %v", MaxDepth, err)
+	}
+	if _, err := ParseService([]byte(`{"tags":{"a":` + strings.Repeat("[", MaxDepth-1) + `1` + strings.Repeat("]", MaxDepth-1) + `}}`)); err != nil {
+		t.Errorf("arrays %d levels deep must be allowed: %v", MaxDepth, err)
+	}
+	if _, err := ParseReported([]byte("{\"a\":\"\xc3\"}")); herd.ErrorCodeOf(err) != herd.ErrIotHubFormatError {
+		t.Errorf("reported patch with invalid UTF-8: %v, want IotHubFormatError", err)
 	}
 	// Read-only members a client echoes back are ignored.
 	p := mustParse(t, `{"deviceId":"d","etag":"x","version":3,"properties":{"desired":{"$version":4,"$metadata":{},"a":1},"reported":{"$version":2}}}`)
