@@ -108,6 +108,9 @@ type TwinBatchResult struct {
 type Updated struct {
 	DeviceID       string
 	DesiredVersion int64
+	// Cleared lists the desired properties that a patch clearing the
+	// whole desired section removed (they are sent to the device as null).
+	Cleared []string
 }
 
 // ListFilter selects jobs for GET /jobs/v2/query.

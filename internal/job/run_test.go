@@ -2,6 +2,7 @@ package job_test
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strings"
@@ -62,6 +63,58 @@ func TestTwinJobScheduledStartsAtStartTime(t *testing.T) {
 	if r := e.records("tw"); len(r) != 6 || r["d7"].DeviceID != "" {
 		t.Errorf("records: %d", len(r))
 	}
+}
+
+// TestTwinJobClearingDesired: a twin job with "desired": null tells each
+// device to remove every key it held (as null), not just the new version,
+// on the set-based path and on the one-by-one path for large twins.
+func TestTwinJobClearingDesired(t *testing.T) {
+	e := newEnv(t)
+	e.devices("a", "b", "c")
+	e.create("set", `{"type":"scheduleUpdateTwin","queryCondition":"sql:device_id IN ('a', 'b')","updateTwin":{"etag":"*","properties":{"desired":{"x":1,"y":{"z":2}}}}}`)
+	e.waitEnded("set")
+	// c's tags are past the set-based statement's size guard, so the
+	// clearing job (which also sets a tag) patches c one by one.
+	big := strings.Repeat("v", 1000)
+	var tags []string
+	for i := range 3 {
+		tags = append(tags, fmt.Sprintf(`"t%d":%q`, i, big))
+	}
+	e.create("big", `{"type":"scheduleUpdateTwin","queryCondition":"sql:device_id = 'c'","updateTwin":{"etag":"*","tags":{`+strings.Join(tags, ",")+`},"properties":{"desired":{"p0":1,"p1":{"q":2}}}}}`)
+	e.waitEnded("big")
+	e.create("clear", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"n":1},"properties":{"desired":null}}}`)
+	if j := e.waitEnded("clear"); j.Status != herd.JobCompleted || stats(j).SucceededCount != 3 {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	want := map[string]string{
+		"a": `3 {"$version":3,"x":null,"y":null}`,
+		"c": `3 {"$version":3,"p0":null,"p1":null}`,
+	}
+	for id, w := range want {
+		deadline := time.Now().Add(10 * time.Second)
+		for len(e.notes.of(id)) < 2 && time.Now().Before(deadline) {
+			time.Sleep(5 * time.Millisecond) // notifications follow the commit
+		}
+		n := e.notes.of(id)
+		if len(n) != 2 || normalizeNote(t, n[1]) != w {
+			t.Errorf("%s notifications: %q, want the last %q", id, n, w)
+		}
+		if _, doc, _ := e.db.Twin(context.Background(), id); len(doc.Desired) != 0 {
+			t.Errorf("%s desired after clearing: %v", id, doc.Desired)
+		}
+	}
+}
+
+// normalizeNote re-encodes the body of a "version body" note with sorted
+// keys.
+func normalizeNote(t *testing.T, note string) string {
+	v, body, _ := strings.Cut(note, " ")
+	var m map[string]any
+	if err := json.Unmarshal([]byte(body), &m); err != nil {
+		t.Fatalf("notification %q is not JSON: %v", body, err)
+	}
+	b, _ := json.Marshal(m)
+	return v + " " + string(b)
 }
 
 func TestTwinJobSections(t *testing.T) {

@@ -270,7 +270,10 @@ func (s *Service) notify(body func(int64) []byte, updated []Updated) {
 		return
 	}
 	for _, u := range updated {
-		if u.DesiredVersion > 0 {
+		switch {
+		case len(u.Cleared) > 0:
+			s.cfg.Twins.Notify(u.DeviceID, u.DesiredVersion, twin.ClearedNotification(u.Cleared, u.DesiredVersion))
+		case u.DesiredVersion > 0:
 			s.cfg.Twins.Notify(u.DeviceID, u.DesiredVersion, body(u.DesiredVersion))
 		}
 	}

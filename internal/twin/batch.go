@@ -124,10 +124,24 @@ func metaClear(patch map[string]any) map[string]any {
 	return out
 }
 
+// ClearedNotification is the desired-change notification of a write that
+// cleared the desired section of a twin that held the given keys: each key
+// as null, with "$version", so that a device merging it ends up with none.
+func ClearedNotification(keys []string, version int64) []byte {
+	m := make(map[string]any, len(keys)+1)
+	for _, k := range keys {
+		m[k] = nil
+	}
+	m["$version"] = version
+	b, _ := json.Marshal(m) // strings, nulls and an int64 always encode
+	return b
+}
+
 // NotificationBody returns a function giving the desired-change
 // notification of p at a twin's new desired version: the desired patch
-// (or {} when desired was cleared) with "$version", as Update.Desired
-// encodes. The patch is encoded once.
+// with "$version", as Update.Desired encodes. The patch is encoded once.
+// When p clears the desired section the body is {"$version":N}: the
+// caller sends ClearedNotification instead to twins that held keys.
 func (p Patch) NotificationBody() (func(version int64) []byte, error) {
 	if !p.Desired.Set {
 		return nil, nil

@@ -400,7 +400,14 @@ func (d *Doc) Apply(p Patch, replace bool, now time.Time) (Update, error) {
 		if replace || p.Desired.Value == nil {
 			next.Desired = merge(nil, p.Desired.Value)
 			next.DesiredMeta = buildMeta(next.Desired, st)
+			// A device merges what it is sent into the desired properties
+			// it holds, so keys the write removed are sent as null.
 			up.Desired = maps.Clone(next.Desired)
+			for k := range d.Desired {
+				if _, kept := next.Desired[k]; !kept {
+					up.Desired[k] = nil
+				}
+			}
 		} else {
 			next.Desired = merge(d.Desired, p.Desired.Value)
 			next.DesiredMeta = updateMeta(d.DesiredMeta, d.Desired, p.Desired.Value, st)

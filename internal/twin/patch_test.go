@@ -93,14 +93,21 @@ func TestReplaceAndNullSections(t *testing.T) {
 	if got := toJSON(t, d.Tags); got != `{"c":3}` {
 		t.Errorf("replaced tags = %s", got)
 	}
-	if got := toJSON(t, up.Desired); got != `{"$version":3,"y":{"w":2}}` {
-		t.Errorf("replace notification = %s, want the whole new desired section", got)
+	if got := toJSON(t, up.Desired); got != `{"$version":3,"x":null,"y":{"w":2}}` {
+		t.Errorf("replace notification = %s, want the whole new desired section and the removed x as null", got)
 	}
-	if _, err := d.Apply(mustParse(t, `{"properties":{"desired":null}}`), false, t0); err != nil {
+	up, err = d.Apply(mustParse(t, `{"properties":{"desired":null}}`), false, t0)
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(d.Desired) != 0 || d.DesiredVersion != 4 {
 		t.Errorf("desired null: desired = %v version %d; want empty, version 4", d.Desired, d.DesiredVersion)
+	}
+	// A device merges the notification into what it holds: every removed
+	// key must be in it as null (Azure's twin_e2e "can null out all
+	// desired properties").
+	if got := toJSON(t, up.Desired); got != `{"$version":4,"y":null}` {
+		t.Errorf("desired null notification = %s, want every removed key as null", got)
 	}
 	if _, err := d.Apply(mustParse(t, `{"tags":null}`), false, t0); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"slices"
 	"strings"
 	"time"
 
@@ -139,9 +141,16 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 	for _, g := range guards {
 		where += " AND " + g
 	}
-	args := append(append(setArgs, after, last, id, after, last), guardArgs...)
+	whereArgs := append([]any{after, last, id, after, last}, guardArgs...)
+	var cleared map[string][]string
+	if plan.ClearDesired {
+		var err error
+		if cleared, err = desiredKeys(ctx, tx, where, whereArgs); err != nil {
+			return nil, err
+		}
+	}
 	rows, err := tx.QueryContext(ctx, `UPDATE devices SET `+strings.Join(set, ", ")+` WHERE `+where+`
-		RETURNING device_id, desired_version`, args...)
+		RETURNING device_id, desired_version`, append(setArgs, whereArgs...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -155,7 +164,28 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 		if !plan.SetsDesired() {
 			u.DesiredVersion = 0
 		}
+		u.Cleared = cleared[u.DeviceID]
 		out = append(out, u)
+	}
+	return out, rows.Err()
+}
+
+// desiredKeys returns the top-level desired properties of the devices
+// that where selects, before a patch clears them (what the devices are
+// told to remove). Only jobs whose patch is "desired": null ask.
+func desiredKeys(ctx context.Context, tx *sql.Tx, where string, args []any) (map[string][]string, error) {
+	rows, err := tx.QueryContext(ctx, `SELECT device_id, key FROM devices, json_each(devices.desired) WHERE `+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[string][]string{}
+	for rows.Next() {
+		var dev, key string
+		if err := rows.Scan(&dev, &key); err != nil {
+			return nil, err
+		}
+		out[dev] = append(out[dev], key)
 	}
 	return out, rows.Err()
 }
@@ -215,6 +245,7 @@ func (db *DB) patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, a
 			if err != nil {
 				return nil, 0, err
 			}
+			old := doc.Desired
 			up, err := doc.Apply(p, false, now)
 			if err != nil {
 				if herd.ErrorCodeOf(err) == herd.ErrInternal {
@@ -226,7 +257,11 @@ func (db *DB) patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, a
 			if err := db.writeDoc(ctx, tx, dev, doc); err != nil {
 				return nil, 0, err
 			}
-			updated = append(updated, job.Updated{DeviceID: dev, DesiredVersion: up.DesiredVersion})
+			u := job.Updated{DeviceID: dev, DesiredVersion: up.DesiredVersion}
+			if p.Desired.Set && p.Desired.Value == nil {
+				u.Cleared = slices.Collect(maps.Keys(old))
+			}
+			updated = append(updated, u)
 		}
 		if devErr != nil {
 			failed++
