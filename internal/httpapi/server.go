@@ -14,9 +14,11 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -56,9 +58,16 @@ type Config struct {
 	Metrics *prometheus.Registry
 	// MetricsPublic serves /metrics without authorization.
 	MetricsPublic bool
-	Log           *slog.Logger
-	Now           func() time.Time
+	// BodyTimeout bounds the time a request's body may take to arrive
+	// once its headers have (0: DefaultBodyTimeout).
+	BodyTimeout time.Duration
+	Log         *slog.Logger
+	Now         func() time.Time
 }
+
+// DefaultBodyTimeout is how long a request body may take to arrive. The
+// SDKs send a body of at most a few hundred KB right after its headers.
+const DefaultBodyTimeout = 30 * time.Second
 
 // Server is the REST API.
 type Server struct {
@@ -71,6 +80,9 @@ type Server struct {
 // New returns a REST API server. Further routes are added with Handle
 // before the handler serves requests.
 func New(cfg Config) *Server {
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
 	s := &Server{cfg: cfg, mux: http.NewServeMux()}
 	s.requests = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Name: "herd_http_requests_total",
@@ -123,10 +135,14 @@ func (s *Server) endpoint(route string, endpoints map[string]Endpoint) http.Hand
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		start := time.Now()
 		rec := &statusRecorder{ResponseWriter: w, status: http.StatusOK}
+		body := s.boundBody(w, r)
 		err := s.serve(rec, r, endpoints)
 		if err != nil {
 			if herd.ErrorCodeOf(err) == herd.ErrInternal {
 				s.cfg.Log.Error("request failed", "op", r.Method+" "+route, "err", err)
+			}
+			if body != nil && !body.eof {
+				dropBody(w)
 			}
 			writeError(rec, err, s.cfg.Now())
 		}
@@ -157,6 +173,56 @@ type policyKey struct{}
 func callerPolicy(r *http.Request) auth.Policy {
 	p, _ := r.Context().Value(policyKey{}).(auth.Policy)
 	return p
+}
+
+// boundBody gives a request that has a body BodyTimeout for it to arrive:
+// the connection's read deadline is set now and cleared when the body has
+// been read to its end (a handler may run longer than that: a direct
+// method waits for its device). It returns nil for a request without a
+// body.
+func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *boundedBody {
+	if r.ContentLength == 0 {
+		return nil
+	}
+	rc := http.NewResponseController(w)
+	if rc.SetReadDeadline(time.Now().Add(s.cfg.BodyTimeout)) != nil {
+		return nil // not a connection with deadlines (a test recorder)
+	}
+	b := &boundedBody{ReadCloser: r.Body, rc: rc, timeout: s.cfg.BodyTimeout}
+	r.Body = b
+	return b
+}
+
+// dropBody is for a request refused before its body was read (no token,
+// no right, too large, no such route): the answer goes out now and the
+// connection is closed after it, rather than reading on, for the sake of
+// the next request, a body that may never come.
+func dropBody(w http.ResponseWriter) {
+	w.Header().Set("Connection", "close")
+	// net/http still reads up to 256 KB of the body once the handler
+	// returns; a read deadline already past ends that at once.
+	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+}
+
+// boundedBody is a request body read under a deadline; eof says it was
+// read to its end.
+type boundedBody struct {
+	io.ReadCloser
+	rc      *http.ResponseController
+	timeout time.Duration
+	eof     bool
+}
+
+func (b *boundedBody) Read(p []byte) (int, error) {
+	n, err := b.ReadCloser.Read(p)
+	switch {
+	case errors.Is(err, io.EOF) && !b.eof:
+		b.eof = true
+		_ = b.rc.SetReadDeadline(time.Time{})
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		err = fmt.Errorf("the request body did not arrive within %s", b.timeout)
+	}
+	return n, err
 }
 
 type statusRecorder struct {
@@ -222,6 +288,9 @@ func (s *Server) routes() {
 	s.queryRoutes()
 	s.mux.Handle("/metrics", s.metricsHandler())
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.ContentLength != 0 {
+			dropBody(w)
+		}
 		writeError(w, herd.Errorf(herd.ErrNotFound, "no such route: %s %s", r.Method, r.URL.Path), s.cfg.Now())
 	}))
 }
@@ -258,6 +327,7 @@ func readBody(r *http.Request, limit int64) ([]byte, error) {
 	if err != nil {
 		return nil, herd.Errorf(herd.ErrIotHubFormatError, "reading the request body: %v", err)
 	}
+
 	if int64(len(body)) > limit {
 		return nil, herd.Errorf(herd.ErrMessageTooLarge, "the request body is larger than %d bytes", limit)
 	}

@@ -52,6 +52,9 @@ type Config struct {
 	TLSCert, TLSKey string
 	// MetricsPublic serves /metrics without authorization.
 	MetricsPublic bool
+	// HTTPBodyTimeout bounds how long a REST request's body may take to
+	// arrive after its headers (0: httpapi.DefaultBodyTimeout).
+	HTTPBodyTimeout time.Duration
 	// JobRetention is how long finished jobs are kept (0: 30 days).
 	JobRetention time.Duration
 	// JobMaxInFlight caps the device operations in flight across all
@@ -216,7 +219,8 @@ func (h *Hub) wire(cfg Config) error {
 		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
 		Connected: h.Bus.Connected,
 		Metrics:   h.Metrics, MetricsPublic: cfg.MetricsPublic,
-		Log: cfg.Log, Now: cfg.Now,
+		BodyTimeout: cfg.HTTPBodyTimeout,
+		Log:         cfg.Log, Now: cfg.Now,
 	})
 	h.api.HandleMethods(h.Methods)
 	h.api.HandleEvents(h.Events)
