@@ -41,7 +41,7 @@ func (s *Service) Bulk(ctx context.Context, devices []herd.ImportDevice) (herd.B
 	var ops []Op
 	var opDevices []herd.ImportDevice
 	for _, d := range devices {
-		op, err := s.bulkOp(d)
+		op, err := s.bulkOp(ctx, d)
 		if err != nil {
 			fail(d, err)
 			continue
@@ -64,7 +64,7 @@ func (s *Service) Bulk(ctx context.Context, devices []herd.ImportDevice) (herd.B
 }
 
 // bulkOp turns one import entry into a registry operation.
-func (s *Service) bulkOp(d herd.ImportDevice) (Op, error) {
+func (s *Service) bulkOp(ctx context.Context, d herd.ImportDevice) (Op, error) {
 	if d.ModuleID != "" {
 		return Op{}, herd.Errorf(herd.ErrArgumentInvalid, "modules are not supported by this hub")
 	}
@@ -102,13 +102,22 @@ func (s *Service) bulkOp(d herd.ImportDevice) (Op, error) {
 		if err := normalize(&dev, false); err != nil {
 			return Op{}, err
 		}
+		if err := s.checkScopes(ctx, &dev); err != nil {
+			return Op{}, err
+		}
 		return Op{Kind: OpUpdate, DeviceID: d.ID, Change: s.updater(dev, ifMatch)}, nil
 	}
 	update := dev
 	if err := normalize(&update, false); err != nil {
 		return Op{}, err
 	}
+	if err := s.checkScopes(ctx, &update); err != nil {
+		return Op{}, err
+	}
 	if err := s.prepareCreate(&dev); err != nil {
+		return Op{}, err
+	}
+	if err := s.checkCreateScopes(ctx, &dev); err != nil {
 		return Op{}, err
 	}
 	doc, err := s.initialTwin(d)

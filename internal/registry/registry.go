@@ -122,6 +122,9 @@ func (s *Service) prepareCreate(d *herd.Device) error {
 		return err
 	}
 	d.GenerationID = newGenerationID()
+	if d.Capabilities.IoTEdge {
+		d.DeviceScope = EdgeScope(d.DeviceID, d.GenerationID)
+	}
 	d.ConnectionState = herd.Disconnected
 	d.ConnectionStateUpdatedTime = herd.Time{}
 	d.StatusUpdatedTime = herd.Time{}
@@ -135,6 +138,9 @@ func (s *Service) Create(ctx context.Context, d herd.Device) (*herd.Device, erro
 	if err := s.prepareCreate(&d); err != nil {
 		return nil, err
 	}
+	if err := s.checkCreateScopes(ctx, &d); err != nil {
+		return nil, err
+	}
 	return s.one(ctx, Op{Kind: OpCreate, DeviceID: d.DeviceID, Device: &d, Twin: twin.NewDoc(s.now())})
 }
 
@@ -143,6 +149,9 @@ func (s *Service) Create(ctx context.Context, d herd.Device) (*herd.Device, erro
 // etag. Empty sas keys keep the current keys.
 func (s *Service) Update(ctx context.Context, d herd.Device, ifMatch string) (*herd.Device, error) {
 	if err := normalize(&d, false); err != nil {
+		return nil, err
+	}
+	if err := s.checkScopes(ctx, &d); err != nil {
 		return nil, err
 	}
 	return s.one(ctx, Op{Kind: OpUpdate, DeviceID: d.DeviceID, Change: s.updater(d, ifMatch)})
@@ -171,7 +180,10 @@ func (s *Service) updater(d herd.Device, ifMatch string) func(*herd.Device) erro
 		cur.StatusReason = d.StatusReason
 		cur.Authentication = a
 		cur.Capabilities = d.Capabilities
-		cur.DeviceScope = d.DeviceScope
+		cur.DeviceScope = d.DeviceScope // checked by checkScopes
+		if d.Capabilities.IoTEdge {
+			cur.DeviceScope = EdgeScope(cur.DeviceID, cur.GenerationID)
+		}
 		cur.ParentScopes = d.ParentScopes
 		return nil
 	}
