@@ -141,6 +141,25 @@ describe('Twins from the device', () => {
     });
   }
 
+  test('desired: null reaches a connected device as the removal of every desired property', async () => {
+    // Azure's twin_e2e "can null out all desired properties": the device's
+    // own twin ends with no desired properties.
+    const dev = await registerDevice(reg, 'dtwinnull');
+    await expectSuccess(reg.updateTwin(dev.id, { properties: { desired: { a: 1, b: { c: 2 } } } }, '*'),
+      'Registry.updateTwin sets desired properties');
+    const client = await fleet.open(dev.cs, Mqtt);
+    const twin = await expectSuccess(client.getTwin(), 'client.getTwin returns the twin');
+    expectEqual(strip(twin.properties.desired), { a: 1, b: { c: 2 } }, 'the device twin has the desired properties');
+    const v0 = twin.properties.desired.$version;
+    const pushed = nextEvent(twin, 'properties.desired', (delta) => delta?.$version === v0 + 1);
+    await expectSuccess(reportProperties(twin, { listening: true }), 'twin.properties.reported.update is acknowledged');
+    await expectSuccess(reg.updateTwin(dev.id, { properties: { desired: null } }, '*'),
+      'Registry.updateTwin with {properties:{desired:null}} is accepted');
+    await expectEvent(pushed, 'the device gets the desired push of the clearing write');
+    expectEqual(strip(twin.properties.desired), {},
+      'after merging the push the device twin has no desired properties (every removed key was sent as null)');
+  });
+
   test('a device that reconnects gets desired changes made while it was away', async () => {
     const dev = await registerDevice(reg, 'dtwinre');
     let client = await fleet.open(dev.cs, Mqtt);

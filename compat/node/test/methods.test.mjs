@@ -109,7 +109,12 @@ describe('Direct methods', () => {
     const dev = await registerDevice(reg, 'silent');
     const client = await fleet.open(dev.cs, Mqtt);
     echo(client, 'known');
-    await expectFailure(svc.invokeDeviceMethod(dev.id, { methodName: 'unknown', payload: null, responseTimeoutInSeconds: 5 }),
+    // connectTimeoutInSeconds, as invoke() gives: the SDK subscribes to
+    // methods in the background after onDeviceMethod, and a call that
+    // arrives before the subscription is DeviceNotOnline, not a timeout.
+    await expectFailure(svc.invokeDeviceMethod(dev.id, {
+      methodName: 'unknown', payload: null, responseTimeoutInSeconds: 5, connectTimeoutInSeconds: 30,
+    }),
       { name: 'GatewayTimeoutError', status: 504 },
       'a method the device has no handler for gets no answer, and Azure fails the call with 504 GatewayTimeout (504101)',
       60_000);
