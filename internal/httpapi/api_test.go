@@ -422,3 +422,29 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("--metrics-public: %d", resp.StatusCode)
 	}
 }
+
+// TestHealthAndReadiness: GET /healthz and GET /readyz answer without a
+// token or api-version; /readyz says 503 with the reason once the store
+// no longer answers.
+func TestHealthAndReadiness(t *testing.T) {
+	h := hubtest.Start(t)
+	r := newRaw(t, h)
+	noAuth := map[string]string{"Authorization": ""}
+	for path, want := range map[string]string{"/healthz": "ok\n", "/readyz": "ready\n"} {
+		resp, body := r.do("GET", path, "", noAuth)
+		if resp.StatusCode != 200 || string(body) != want || !strings.HasPrefix(resp.Header.Get("Content-Type"), "text/plain") {
+			t.Errorf("GET %s: %d %q %s", path, resp.StatusCode, body, resp.Header.Get("Content-Type"))
+		}
+	}
+	if resp, _ := r.do("POST", "/readyz", "", noAuth); resp.StatusCode == 200 {
+		t.Errorf("POST /readyz: %d", resp.StatusCode)
+	}
+	h.DB.Close() // the store goes away under a running hub
+	resp, body := r.do("GET", "/readyz", "", noAuth)
+	if resp.StatusCode != 503 || !strings.Contains(string(body), "not ready") {
+		t.Errorf("GET /readyz without a store: %d %q", resp.StatusCode, body)
+	}
+	if resp, _ := r.do("GET", "/healthz", "", noAuth); resp.StatusCode != 200 {
+		t.Errorf("GET /healthz without a store: %d (the process is up)", resp.StatusCode)
+	}
+}

@@ -58,6 +58,9 @@ type Config struct {
 	Metrics *prometheus.Registry
 	// MetricsPublic serves /metrics without authorization.
 	MetricsPublic bool
+	// Ready reports whether the hub can serve (GET /readyz): nil, or why
+	// not. nil Ready means always ready.
+	Ready func(ctx context.Context) error
 	// BodyTimeout bounds the time a request's body may take to arrive
 	// once its headers have (0: DefaultBodyTimeout).
 	BodyTimeout time.Duration
@@ -287,12 +290,39 @@ func (s *Server) routes() {
 	s.jobRoutes()
 	s.queryRoutes()
 	s.mux.Handle("/metrics", s.metricsHandler())
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		writeText(w, http.StatusOK, "ok")
+	})
+	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength != 0 {
 			dropBody(w)
 		}
 		writeError(w, herd.Errorf(herd.ErrNotFound, "no such route: %s %s", r.Method, r.URL.Path), s.cfg.Now())
 	}))
+}
+
+// readyz answers GET /readyz, for load balancers and orchestrators,
+// without a token: 200 "ready" when the store answers and the hub is
+// serving, 503 with the reason otherwise (starting, shutting down, store
+// unreachable). GET /healthz only says the process is up.
+func (s *Server) readyz(w http.ResponseWriter, r *http.Request) {
+	if s.cfg.Ready != nil {
+		ctx, cancel := context.WithTimeout(r.Context(), 5*time.Second)
+		defer cancel()
+		if err := s.cfg.Ready(ctx); err != nil {
+			writeText(w, http.StatusServiceUnavailable, "not ready: "+err.Error())
+			return
+		}
+	}
+	writeText(w, http.StatusOK, "ready")
+}
+
+func writeText(w http.ResponseWriter, status int, text string) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, text+"\n")
 }
 
 func (s *Server) metricsHandler() http.Handler {

@@ -15,6 +15,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -120,6 +121,7 @@ type Hub struct {
 	Events   *events.Stream
 
 	tlsConfig *tls.Config
+	serving   atomic.Bool // Run is serving (GET /readyz)
 	https     net.Listener
 	mqtt      net.Listener // TLS; nil when off
 	mqttPlain net.Listener // nil when off
@@ -202,12 +204,12 @@ func (h *Hub) wire(cfg Config) error {
 		}
 	}, cfg.Log)
 	h.Twins = twin.NewService(h.DB, cfg.Now, h.Bus.Desired)
+	h.Metrics = prometheus.NewRegistry()
+	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.Methods = method.NewService(h.Bus, func(ctx context.Context, id string) error {
 		_, err := h.Registry.Keys(ctx, id)
 		return err
-	}, clk)
-	h.Metrics = prometheus.NewRegistry()
-	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}, clk, h.Metrics)
 	gw = gateway.New(gateway.Config{
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
 		Methods: h.Methods, Bus: h.Bus, Sessions: h.DB, Events: h.Events.Publish,
@@ -220,6 +222,7 @@ func (h *Hub) wire(cfg Config) error {
 		Connected: h.Bus.Connected,
 		Metrics:   h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		BodyTimeout: cfg.HTTPBodyTimeout,
+		Ready:       h.ready,
 		Log:         cfg.Log, Now: cfg.Now,
 	})
 	h.api.HandleMethods(h.Methods)
@@ -315,11 +318,22 @@ func (h *Hub) DeviceConnectionString(ctx context.Context, deviceID string) (stri
 		SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String(), nil
 }
 
+// ready is GET /readyz: the hub is serving (Run has started its
+// listeners and is not shutting down) and the store answers.
+func (h *Hub) ready(ctx context.Context) error {
+	if !h.serving.Load() {
+		return errors.New("the hub is starting or shutting down")
+	}
+	return h.DB.Ping(ctx)
+}
+
 // Run serves until ctx ends, then shuts down: listeners close, in-flight
 // requests get a few seconds to finish, pending writes are flushed.
 func (h *Hub) Run(ctx context.Context) error {
 	defer h.Close()
 	g, ctx := errgroup.WithContext(ctx)
+	h.serving.Store(true)
+	context.AfterFunc(ctx, func() { h.serving.Store(false) })
 	mux := http.NewServeMux()
 	mux.Handle(gateway.WebSocketPath, h.Gateway.WebSocketHandler())
 	mux.Handle("/", h.api.Handler())

@@ -108,6 +108,9 @@ func (s *Service) launch(ctx context.Context, wg *sync.WaitGroup, r *Record) {
 		defer wg.Done()
 		err := s.runJob(ctx, run, r)
 		stop(nil)
+		if err == nil && ctx.Err() == nil {
+			s.logEnded(ctx, r.JobID)
+		}
 		done := func() {
 			s.mu.Lock()
 			delete(s.runners, r.JobID)
@@ -124,6 +127,27 @@ func (s *Service) launch(ctx context.Context, wg *sync.WaitGroup, r *Record) {
 		s.log.Error("job failed to run; retrying", "job_id", r.JobID, "op", "run", "err", err)
 		s.clock.AfterFunc(retryPause, done)
 	}()
+}
+
+// logEnded writes the log line of a job that has ended: its status,
+// counts and how long it ran.
+func (s *Service) logEnded(ctx context.Context, id string) {
+	r, err := s.store.Job(ctx, id)
+	if err != nil || r.EndTime == nil {
+		return // not ended (shutdown), or already purged
+	}
+	st := r.DeviceJobStatistics
+	began := r.Started
+	if began.IsZero() && r.CreatedTime != nil {
+		began = r.CreatedTime.Time
+	}
+	args := []any{"job_id", id, "op", string(r.Type), "status", string(r.Status),
+		"devices", st.DeviceCount, "succeeded", st.SucceededCount, "failed", st.FailedCount,
+		"duration_ms", max(r.EndTime.Sub(began), 0).Milliseconds()}
+	if r.FailureReason != "" {
+		args = append(args, "reason", r.FailureReason)
+	}
+	s.log.Info("job ended", args...)
 }
 
 // retryPause is how long a job whose run failed on a store error waits
@@ -187,7 +211,13 @@ func (s *Service) start(ctx context.Context, r *Record) (*Record, error) {
 	if started.Status != herd.JobRunning && started.EndTime == nil {
 		return nil, nil
 	}
-	s.metrics.startDelay.Observe(max(now.Sub(r.StartTime.Time), 0).Seconds())
+	// The delay counts from when the job became due: a job created with
+	// a start time in the past was due when it was created.
+	due := r.StartTime.Time
+	if r.CreatedTime != nil && r.CreatedTime.After(due) {
+		due = r.CreatedTime.Time
+	}
+	s.metrics.startDelay.Observe(max(now.Sub(due), 0).Seconds())
 	st := started.DeviceJobStatistics
 	s.log.Info("job started", "job_id", r.JobID, "op", string(r.Type), "devices", st.DeviceCount,
 		"delay_ms", now.Sub(r.StartTime.Time).Milliseconds())

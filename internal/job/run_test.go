@@ -5,10 +5,13 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/job"
@@ -516,4 +519,73 @@ func TestTwinJobWithUnusablePatchFails(t *testing.T) {
 	if j.Status != herd.JobFailed || !strings.Contains(j.FailureReason, "nested at most") || stats(j).FailedCount != 2 {
 		t.Errorf("job %s %q %+v", j.Status, j.FailureReason, stats(j))
 	}
+}
+
+// syncBuffer is a log sink safe for concurrent writers.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestJobEndLogAndStartDelay: every job that ends writes one log line with
+// its status, counts and duration (also one cancelled before it started),
+// and a job created with a start time in the past counts as started on
+// time, not an hour late.
+func TestJobEndLogAndStartDelay(t *testing.T) {
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	e := newEnv(t, func(c *job.Config) {
+		c.Log = slog.New(slog.NewTextHandler(&logs, nil))
+		c.Metrics = reg
+	})
+	e.devices("a", "b")
+	past := t0.Add(-time.Hour).Format(time.RFC3339)
+	e.create("late", `{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":"`+past+`","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	e.waitEnded("late")
+	later := t0.Add(time.Hour).Format(time.RFC3339)
+	e.create("never", `{"type":"scheduleUpdateTwin","queryCondition":"*","startTime":"`+later+`","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	if _, err := e.svc.Cancel(context.Background(), "never", nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		`msg="job ended" job_id=late op=scheduleUpdateTwin status=completed devices=2 succeeded=2 failed=0 duration_ms=0`,
+		`msg="job ended" job_id=never op=scheduleUpdateTwin status=cancelled devices=0 succeeded=0 failed=0`,
+	} {
+		deadline := time.Now().Add(10 * time.Second)
+		for !strings.Contains(logs.String(), want) {
+			if time.Now().After(deadline) {
+				t.Fatalf("no log line %q in:\n%s", want, logs.String())
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	if n := strings.Count(logs.String(), `msg="job ended" job_id=late`); n != 1 {
+		t.Errorf("%d end lines for one job", n)
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "herd_job_start_delay_seconds" {
+			h := mf.GetMetric()[0].GetHistogram()
+			if h.GetSampleCount() != 1 || h.GetSampleSum() > 1 {
+				t.Errorf("start delay: %d samples, sum %v s; want one on-time start", h.GetSampleCount(), h.GetSampleSum())
+			}
+			return
+		}
+	}
+	t.Error("no herd_job_start_delay_seconds")
 }

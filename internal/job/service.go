@@ -182,9 +182,12 @@ func (s *Service) Cancel(ctx context.Context, id string, allow Allow) (*herd.Job
 	run := s.runners[id]
 	s.mu.Unlock()
 	if run != nil {
-		run.cancel(errCancelled)
+		run.cancel(errCancelled) // the runner logs the end
 	}
 	s.log.Info("job cancelled", "job_id", id)
+	if run == nil && r.EndTime != nil {
+		s.logEnded(ctx, id) // it had not started
+	}
 	s.poke()
 	return &r.Job, nil
 }

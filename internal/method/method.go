@@ -19,6 +19,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/clock"
@@ -70,6 +72,12 @@ type Service struct {
 	exists ExistsFunc
 	clock  clock.Clock
 
+	// latency is the time from sending a request to the device's answer;
+	// calls counts invocations by outcome.
+	latency prometheus.Histogram
+	calls   *prometheus.CounterVec
+	results map[string]prometheus.Counter // calls' children, looked up once
+
 	next   atomic.Uint64
 	shards [64]callShard
 }
@@ -86,13 +94,48 @@ type call struct {
 }
 
 // NewService returns a method service that reaches devices through b.
-// exists checks that a device is registered before waiting for it.
-func NewService(b *bus.Bus, exists ExistsFunc, c clock.Clock) *Service {
-	s := &Service{bus: b, exists: exists, clock: c}
+// exists checks that a device is registered before waiting for it. Its
+// metrics are registered with reg unless reg is nil.
+func NewService(b *bus.Bus, exists ExistsFunc, c clock.Clock, reg prometheus.Registerer) *Service {
+	s := &Service{bus: b, exists: exists, clock: c,
+		latency: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "herd_method_latency_seconds",
+			Help:    "Direct methods (REST and jobs): time from sending the request to the device's answer.",
+			Buckets: prometheus.ExponentialBuckets(0.0005, 4, 10),
+		}),
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "herd_method_calls_total",
+			Help: "Direct methods (REST and jobs) by result: answered, gateway_timeout, not_online, not_found, canceled.",
+		}, []string{"result"}),
+	}
 	for i := range s.shards {
 		s.shards[i].calls = map[uint64]*call{}
 	}
+	s.results = map[string]prometheus.Counter{}
+	for _, r := range []string{"answered", "gateway_timeout", "not_online", "not_found", "canceled"} {
+		s.results[r] = s.calls.WithLabelValues(r)
+	}
+	if reg != nil {
+		reg.MustRegister(s.latency, s.calls)
+	}
 	return s
+}
+
+// count records the outcome of one invocation.
+func (s *Service) count(err error) {
+	result := "answered"
+	switch {
+	case err == nil:
+	case herd.IsCode(err, herd.ErrGatewayTimeout):
+		result = "gateway_timeout"
+	case herd.IsCode(err, herd.ErrDeviceNotOnline):
+		result = "not_online"
+	case herd.IsCode(err, herd.ErrDeviceNotFound):
+		result = "not_found"
+	default:
+		result = "canceled"
+	}
+	s.results[result].Inc()
 }
 
 // Validate checks a request and fills in defaults: responseTimeoutInSeconds
@@ -166,7 +209,8 @@ func OnSent(fn func()) Option { return func(o *options) { o.sent = fn } }
 // for methods within req.ConnectTimeoutInSeconds, and GatewayTimeout when
 // the device does not answer within req.ResponseTimeoutInSeconds of
 // receiving the request. If ctx ends first, ctx.Err() is returned.
-func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRequest, opts ...Option) (*herd.MethodResult, error) {
+func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRequest, opts ...Option) (res *herd.MethodResult, err error) {
+	defer func() { s.count(err) }()
 	var o options
 	for _, fn := range opts {
 		fn(&o)
@@ -211,6 +255,7 @@ func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRe
 		// device, so that the answer (or a clock moving on) can never
 		// come before the timer exists.
 		timeout := make(chan struct{})
+		sent := s.clock.Now()
 		t := s.clock.AfterFunc(time.Duration(req.ResponseTimeoutInSeconds)*time.Second, func() { close(timeout) })
 		if !conn.SendMethod(mc) {
 			t.Stop()
@@ -228,6 +273,9 @@ func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRe
 		t.Stop()
 		if retry {
 			continue // never written: safe to send again
+		}
+		if err == nil {
+			s.latency.Observe(s.clock.Now().Sub(sent).Seconds())
 		}
 		return res, err
 	}

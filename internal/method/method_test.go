@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/clock"
@@ -65,7 +67,8 @@ func TestValidate(t *testing.T) {
 func TestInvoke(t *testing.T) {
 	fake := clock.NewFake(time.Now())
 	b := bus.New()
-	s := NewService(b, exists, fake)
+	reg := prometheus.NewRegistry()
+	s := NewService(b, exists, fake, reg)
 	d := &device{s: s, id: "d1", answer: true}
 	b.Attach("d1", d)
 	ctx := context.Background()
@@ -91,6 +94,29 @@ func TestInvoke(t *testing.T) {
 	if n := d.calls.Load() - before; n != 3 {
 		t.Fatalf("%d sends, want 3", n)
 	}
+	// Two answered calls in the latency histogram; every call counted by
+	// its outcome.
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			switch mf.GetName() {
+			case "herd_method_latency_seconds":
+				got["latency samples"] = float64(m.GetHistogram().GetSampleCount())
+			case "herd_method_calls_total":
+				got[m.GetLabel()[0].GetValue()] = m.GetCounter().GetValue()
+			}
+		}
+	}
+	want := map[string]float64{"latency samples": 2, "answered": 2, "not_found": 1, "not_online": 1, "gateway_timeout": 0, "canceled": 0}
+	for k, w := range want {
+		if got[k] != w {
+			t.Errorf("metrics: %s = %v, want %v (all: %v)", k, got[k], w, got)
+		}
+	}
 }
 
 func errorsAs(err error, target **NotOnlineError) bool {
@@ -102,7 +128,7 @@ func errorsAs(err error, target **NotOnlineError) bool {
 func TestRespondChecksDevice(t *testing.T) {
 	fake := clock.NewFake(time.Now())
 	b := bus.New()
-	s := NewService(b, exists, fake)
+	s := NewService(b, exists, fake, nil)
 	silent := &device{s: s, id: "d1"}
 	b.Attach("d1", silent)
 	var rid atomic.Value

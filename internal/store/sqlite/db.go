@@ -149,6 +149,15 @@ func create(ctx context.Context, path string) error {
 	return errors.Join(err, db.Close())
 }
 
+// Ping checks that the database answers a read (GET /readyz).
+func (db *DB) Ping(ctx context.Context) error {
+	var n int
+	if err := db.read.QueryRowContext(ctx, `SELECT count(*) FROM schema_migrations`).Scan(&n); err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	return nil
+}
+
 // Close closes the database; closing it again does nothing. The last
 // connection to close checkpoints the whole log into the database file.
 func (db *DB) Close() error {
