@@ -16,8 +16,10 @@ compat:
 	cd compat/node && npm ci --no-audit --no-fund
 	GO="$(GO)" node compat/node/run.mjs
 
+## vet: go.mod and go.sum as `go mod tidy` leaves them, and go vet
 vet:
 	$(GO) mod download
+	$(GO) mod tidy -diff
 	$(GO) vet ./...
 
 ## build: the herd binary in ./bin
