@@ -1,6 +1,6 @@
 // Package sas signs and parses the shared access signature (SAS) tokens and
 // connection strings of Azure IoT Hub, exactly as the official SDKs write
-// them (see docs/auth.md and §2 of the compatibility reference).
+// them (§2 of the compatibility reference).
 //
 // It is public because the server (internal/auth), the Go service SDK and the
 // Go device SDK all need the same token format; it uses only the standard

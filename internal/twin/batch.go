@@ -9,7 +9,8 @@ import (
 // This file serves writers that apply one patch to many twins at once
 // (twin-update jobs) inside the store, as JSON merge patches (RFC 7396),
 // instead of decoding every twin into a Doc. The results are the same as
-// Doc.Apply's; TestMergePlanMatchesApply holds the two together.
+// Doc.Apply's; the store conformance suite's TwinBatchMatchesApply
+// (internal/store/storetest/jobs.go) holds the two together.
 
 // VersionMarker stands in MergePlan.DesiredMeta for each twin's new desired
 // $version: the store replaces the text `"$lastUpdatedVersion":-1` with the
