@@ -155,7 +155,7 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 	}
 	pool.AppendCertsFromPEM(ca)
 	d.fleet = sim.New(sim.Config{Host: d.hub.Hostname(), Devices: prov.Identities, Concurrency: 64, ReportDesired: true, Reconnect: true,
-		Dial: sim.TCP(d.hub.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: d.hub.Hostname(), MinVersion: tls.VersionTLS12})})
+		Dial: sim.TCP(dialable(d.hub.MQTTAddr().String(), d.hub.Hostname()), &tls.Config{RootCAs: pool, ServerName: d.hub.Hostname(), MinVersion: tls.VersionTLS12})})
 	start = time.Now()
 	if err := d.connect(ctx); err != nil {
 		d.fleet.Disconnect()
@@ -273,7 +273,9 @@ func (d *demo) connectClient() error {
 		d.hub.Close()
 		return err
 	}
-	d.client, err = service.New(cs, service.WithCAFile(d.hub.CAFile()), service.WithEndpoint("https://"+d.hub.HTTPSAddr().String()))
+	// The host name with the bound port, as herd serve prints it: the
+	// certificate covers the host name, not the listen address ([::]:443).
+	d.client, err = service.New(cs, service.WithCAFile(d.hub.CAFile()), service.WithEndpoint("https://"+hostPort(d.hub)))
 	if err != nil {
 		d.hub.Close()
 	}

@@ -119,3 +119,19 @@ func TestDemoFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoAllInterfaces: a demo hub that listens on every interface (as
+// `herd demo --keep` does on :443 and :8883) is reached through its host
+// name, which its certificate covers, not through the listen address
+// ([::]:port), which it does not.
+func TestDemoAllInterfaces(t *testing.T) {
+	out, err := runCLI(t, noEnv, "demo", "--devices", "4", "--start-delay", "0s", "--data", t.TempDir(),
+		"--https-addr", ":0", "--mqtt-addr", ":0")
+	if err != nil {
+		t.Fatalf("demo on :0: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`hub\s+https://localhost:\d+ `).MatchString(out) ||
+		!strings.Contains(out, "2 of 2 devices in building 43 answered lockDoor") {
+		t.Errorf("output:\n%s", out)
+	}
+}
