@@ -19,7 +19,7 @@ func connectionStringCommand(e *env) *cobra.Command {
 iothubowner) or, with --device, of a device, read from a hub's data folder.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd, e.getenv); err != nil {
+			if err := bindEnv(cmd, e.lookupEnv); err != nil {
 				return err
 			}
 			ctx := cmd.Context()

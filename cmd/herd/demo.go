@@ -65,7 +65,7 @@ prints the connection strings and CA the official Azure IoT SDKs need.`,
   herd demo --keep`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd, e.getenv); err != nil {
+			if err := bindEnv(cmd, e.lookupEnv); err != nil {
 				return err
 			}
 			return runDemo(cmd.Context(), e, &df, cmd.Flags().Changed("https-addr"), cmd.Flags().Changed("mqtt-addr"))

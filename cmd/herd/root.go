@@ -12,15 +12,18 @@ import (
 
 // env gives commands what main would otherwise take from the process.
 type env struct {
-	getenv func(string) string
+	// lookupEnv is os.LookupEnv or a test's stand-in: it tells a variable
+	// set to "" from one not set.
+	lookupEnv func(string) (string, bool)
 	stdin  io.Reader
 	stdout io.Writer
 	stderr io.Writer
 }
 
-// run executes the herd command line. Tests call it as main does.
-func run(ctx context.Context, args []string, getenv func(string) string, stdin io.Reader, stdout, stderr io.Writer) error {
-	e := &env{getenv: getenv, stdin: stdin, stdout: stdout, stderr: stderr}
+// run executes the herd command line. Tests call it as main does, with
+// their own lookupEnv (os.LookupEnv in main).
+func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdin io.Reader, stdout, stderr io.Writer) error {
+	e := &env{lookupEnv: lookupEnv, stdin: stdin, stdout: stdout, stderr: stderr}
 	root := &cobra.Command{
 		Use:           "herd",
 		Short:         "Herd is a self-hosted IoT hub that speaks Azure IoT Hub's protocols",
@@ -48,19 +51,46 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdin i
 }
 
 // bindEnv lets HERD_<FLAG_NAME> stand in for every flag of cmd that was not
-// given on the command line (--https-addr ← HERD_HTTPS_ADDR).
-func bindEnv(cmd *cobra.Command, getenv func(string) string) error {
+// given on the command line (--https-addr ← HERD_HTTPS_ADDR). A variable
+// set to "" counts only for the flags where "" means something (allowEmpty:
+// --mqtt-addr "" turns MQTT off); for the others an empty variable is
+// treated as unset, as the environment of containers and CI jobs often
+// holds empty values for settings that were not meant to be set.
+func bindEnv(cmd *cobra.Command, lookupEnv func(string) (string, bool)) error {
 	var err error
 	cmd.Flags().VisitAll(func(f *pflag.Flag) {
 		if f.Changed || err != nil || f.Name == "help" {
 			return
 		}
-		name := "HERD_" + strings.ToUpper(strings.ReplaceAll(f.Name, "-", "_"))
-		if v := getenv(name); v != "" {
-			if e := cmd.Flags().Set(f.Name, v); e != nil {
-				err = fmt.Errorf("%s=%q: %w", name, v, e)
-			}
+		name := envName(f.Name)
+		v, ok := lookupEnv(name)
+		if !ok || (v == "" && f.Annotations[emptyMeans] == nil) {
+			return
+		}
+		if e := cmd.Flags().Set(f.Name, v); e != nil {
+			err = fmt.Errorf("%s=%q: %w", name, v, e)
 		}
 	})
 	return err
+}
+
+// envName is the environment variable of a flag: HERD_HTTPS_ADDR for
+// --https-addr.
+func envName(flag string) string {
+	return "HERD_" + strings.ToUpper(strings.ReplaceAll(flag, "-", "_"))
+}
+
+// emptyMeans is the annotation of flags whose HERD_* variable counts when
+// set to "".
+const emptyMeans = "herd_env_empty"
+
+// allowEmpty marks flags of fs for which "" is a meaningful value, so that
+// their HERD_* variable set to "" counts (HERD_MQTT_ADDR="" turns MQTT off
+// as --mqtt-addr "" does).
+func allowEmpty(fs *pflag.FlagSet, names ...string) {
+	for _, n := range names {
+		if err := fs.SetAnnotation(n, emptyMeans, []string{"true"}); err != nil {
+			panic(err) // a programming error: no such flag
+		}
+	}
 }
