@@ -11,10 +11,10 @@ import (
 
 func deviceCommand(e *env) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "device",
 		Short: "Manage device identities in the registry",
-	}
+	})
 	cf.register(cmd)
 
 	var create herd.Device

@@ -20,10 +20,10 @@ import (
 
 func jobCommand(e *env) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "job",
 		Short: "Schedule, watch and cancel jobs: a direct method or a twin update on every device a query selects",
-	}
+	})
 	cf.register(cmd)
 	cmd.AddCommand(scheduleMethodCommand(e, &cf), scheduleTwinCommand(e, &cf),
 		jobShowCommand(e, &cf), jobListCommand(e, &cf), jobCancelCommand(e, &cf), jobWatchCommand(e, &cf))

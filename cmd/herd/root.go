@@ -15,21 +15,23 @@ type env struct {
 	// lookupEnv is os.LookupEnv or a test's stand-in: it tells a variable
 	// set to "" from one not set.
 	lookupEnv func(string) (string, bool)
-	stdin  io.Reader
-	stdout io.Writer
-	stderr io.Writer
+	stdin     io.Reader
+	stdout    io.Writer
+	stderr    io.Writer
 }
 
 // run executes the herd command line. Tests call it as main does, with
 // their own lookupEnv (os.LookupEnv in main).
 func run(ctx context.Context, args []string, lookupEnv func(string) (string, bool), stdin io.Reader, stdout, stderr io.Writer) error {
 	e := &env{lookupEnv: lookupEnv, stdin: stdin, stdout: stdout, stderr: stderr}
-	root := &cobra.Command{
+	root := group(&cobra.Command{
 		Use:           "herd",
 		Short:         "Herd is a self-hosted IoT hub that speaks Azure IoT Hub's protocols",
+		Version:       version(),
 		SilenceUsage:  true,
 		SilenceErrors: true,
-	}
+	})
+	root.SetVersionTemplate("{{.Name}} {{.Version}}\n")
 	root.SetArgs(args)
 	root.SetIn(stdin)
 	root.SetOut(stdout)
@@ -46,8 +48,42 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		monitorCommand(e),
 		simCommand(e),
 		demoCommand(e),
+		versionCommand(e),
 	)
 	return root.ExecuteContext(ctx)
+}
+
+// group makes cmd, a command that only holds subcommands, print its help
+// when called alone and refuse anything else as an unknown command, with
+// suggestions. (Cobra checks for unknown commands only at the root, and a
+// group without a Run prints its help and succeeds: `herd device creat`
+// would exit 0.)
+func group(cmd *cobra.Command) *cobra.Command {
+	cmd.Args = func(cmd *cobra.Command, args []string) error {
+		if len(args) == 0 {
+			return nil
+		}
+		return unknownCommand(cmd, args[0])
+	}
+	cmd.RunE = func(cmd *cobra.Command, _ []string) error { return cmd.Help() }
+	return cmd
+}
+
+// unknownCommand is the error for a subcommand of cmd that does not exist:
+// `unknown command "creat" for "herd device"; did you mean "create"?`.
+func unknownCommand(cmd *cobra.Command, name string) error {
+	if cmd.SuggestionsMinimumDistance <= 0 {
+		cmd.SuggestionsMinimumDistance = 2
+	}
+	msg := fmt.Sprintf("unknown command %q for %q", name, cmd.CommandPath())
+	if s := cmd.SuggestionsFor(name); len(s) > 0 {
+		quoted := make([]string, len(s))
+		for i, n := range s {
+			quoted[i] = fmt.Sprintf("%q", n)
+		}
+		msg += "; did you mean " + strings.Join(quoted, " or ") + "?"
+	}
+	return fmt.Errorf("%s (`%s --help` lists the commands)", msg, cmd.CommandPath())
 }
 
 // bindEnv lets HERD_<FLAG_NAME> stand in for every flag of cmd that was not
