@@ -65,9 +65,15 @@ func deviceCommand(e *env) *cobra.Command {
 	var top int
 	listCmd := &cobra.Command{
 		Use:   "list",
-		Short: "List devices (at most 1000; use `herd query` for more)",
-		Args:  cobra.NoArgs,
+		Short: "List devices in id order (at most 1000; use `herd query` for more)",
+		Long: `List devices in id order, at most --top (1000 at most, the hub's limit).
+When there are more devices than it shows, it says so on stderr; herd query
+"SELECT * FROM devices" lists every device, page by page.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if top < 1 || top > maxListDevices {
+				return fmt.Errorf("--top %d: give 1 to %d (the hub lists at most %d devices; herd query \"SELECT * FROM devices\" lists them all)", top, maxListDevices, maxListDevices)
+			}
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
 				return err
@@ -77,17 +83,35 @@ func deviceCommand(e *env) *cobra.Command {
 				return err
 			}
 			if cf.output == "json" {
-				return printJSON(e, ds)
+				err = printJSON(e, ds)
+			} else {
+				w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
+				for _, d := range ds {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, activity(d.LastActivityTime))
+				}
+				err = w.Flush()
 			}
-			w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
-			for _, d := range ds {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, activity(d.LastActivityTime))
+			if err != nil || len(ds) < top {
+				return err
 			}
-			return w.Flush()
+			// As many as asked for: there may be more.
+			shown := fmt.Sprintf("showing the first %d devices, there may be more", len(ds))
+			if st, serr := c.RegistryStatistics(cmd.Context()); serr == nil {
+				if st.TotalDeviceCount <= int64(len(ds)) {
+					return nil
+				}
+				shown = fmt.Sprintf("showing the first %d of %d devices", len(ds), st.TotalDeviceCount)
+			}
+			how := `herd query "SELECT * FROM devices" lists them all`
+			if top < maxListDevices {
+				how = fmt.Sprintf("--top %d shows more, %s", maxListDevices, how)
+			}
+			fmt.Fprintf(e.stderr, "%s; %s\n", shown, how)
+			return nil
 		},
 	}
-	listCmd.Flags().IntVar(&top, "top", 1000, "list at most this many devices")
+	listCmd.Flags().IntVar(&top, "top", maxListDevices, fmt.Sprintf("list at most this many devices (1 to %d)", maxListDevices))
 
 	var etag string
 	deleteCmd := &cobra.Command{
@@ -111,6 +135,10 @@ func deviceCommand(e *env) *cobra.Command {
 	cmd.AddCommand(createCmd, showCmd, listCmd, deleteCmd)
 	return cmd
 }
+
+// maxListDevices is the most devices GET /devices returns (Azure's limit
+// too).
+const maxListDevices = 1000
 
 func activity(t herd.Time) string {
 	if t.IsZero() {

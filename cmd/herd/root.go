@@ -2,9 +2,12 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
+	"net/url"
 	"strings"
+	"syscall"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
@@ -50,7 +53,34 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		demoCommand(e),
 		versionCommand(e),
 	)
-	return root.ExecuteContext(ctx)
+	return explain(root.ExecuteContext(ctx))
+}
+
+// noHubError is a REST call that found nothing listening at the hub's
+// address. Its message replaces the dial error; Unwrap keeps it.
+type noHubError struct {
+	base string // scheme and host of the URL, such as https://localhost
+	err  error
+}
+
+func (e *noHubError) Error() string {
+	return fmt.Sprintf("no hub answers at %s (is `herd serve` running?)", e.base)
+}
+
+func (e *noHubError) Unwrap() error { return e.err }
+
+// explain turns a refused connection to the REST API into a noHubError
+// (other errors pass unchanged).
+func explain(err error) error {
+	var ue *url.Error
+	if err == nil || !errors.Is(err, syscall.ECONNREFUSED) || !errors.As(err, &ue) {
+		return err
+	}
+	u, perr := url.Parse(ue.URL)
+	if perr != nil || u.Host == "" {
+		return err
+	}
+	return &noHubError{base: u.Scheme + "://" + u.Host, err: err}
 }
 
 // group makes cmd, a command that only holds subcommands, print its help
