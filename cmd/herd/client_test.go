@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/base64"
 	"fmt"
 	"net"
 	"os"
@@ -95,5 +96,90 @@ func TestDeviceListLimit(t *testing.T) {
 	}
 	if _, err := runCLI(t, env, "device", "list", "--top", "1001"); err == nil || !strings.Contains(err.Error(), "at most 1000") {
 		t.Errorf("--top 1001: %v", err)
+	}
+}
+
+// TestDeviceDisableEnableRegenerate: herd device disable, enable and
+// regenerate-key change the device in the registry through the REST API.
+func TestDeviceDisableEnableRegenerate(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, h.CA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(map[string]string{"HERD_CONNECTION_STRING": h.ConnectionString, "HERD_CA": ca, "HERD_URL": h.URL})
+	orig, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "dev1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	get := func() *herd.Device {
+		t.Helper()
+		d, err := h.Service.GetDevice(ctx, "dev1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	reason := func(d *herd.Device) string {
+		if d.StatusReason == nil {
+			return ""
+		}
+		return *d.StatusReason
+	}
+
+	if out, err := runCLI(t, env, "device", "disable", "dev1", "--reason", "stolen"); err != nil || !strings.Contains(out, "disabled dev1") {
+		t.Fatalf("disable: %v\n%s", err, out)
+	}
+	if d := get(); d.Status != herd.DeviceDisabled || reason(d) != "stolen" || d.Authentication.SymmetricKey != orig.Authentication.SymmetricKey {
+		t.Errorf("after disable: %s %q %+v", d.Status, reason(d), d.Authentication.SymmetricKey)
+	}
+	if out, err := runCLI(t, env, "device", "enable", "dev1"); err != nil || !strings.Contains(out, "enabled dev1") {
+		t.Fatalf("enable: %v\n%s", err, out)
+	}
+	if d := get(); d.Status != herd.DeviceEnabled || reason(d) != "" {
+		t.Errorf("after enable: %s %q", d.Status, reason(d))
+	}
+
+	keys := func(d *herd.Device) (string, string) {
+		return d.Authentication.SymmetricKey.PrimaryKey, d.Authentication.SymmetricKey.SecondaryKey
+	}
+	valid := func(k string) bool {
+		b, err := base64.StdEncoding.DecodeString(k)
+		return err == nil && len(b) == 32
+	}
+	p0, s0 := keys(get())
+	if out, err := runCLI(t, env, "device", "regenerate-key", "dev1", "--primary"); err != nil || !strings.Contains(out, `"primaryKey"`) {
+		t.Fatalf("regenerate-key --primary: %v\n%s", err, out)
+	}
+	p1, s1 := keys(get())
+	if p1 == p0 || !valid(p1) || s1 != s0 {
+		t.Errorf("--primary: primary %q→%q, secondary %q→%q", p0, p1, s0, s1)
+	}
+	if _, err := runCLI(t, env, "device", "regenerate-key", "dev1", "--secondary"); err != nil {
+		t.Fatal(err)
+	}
+	p2, s2 := keys(get())
+	if p2 != p1 || s2 == s1 || !valid(s2) {
+		t.Errorf("--secondary: primary %q→%q, secondary %q→%q", p1, p2, s1, s2)
+	}
+	if _, err := runCLI(t, env, "device", "regenerate-key", "dev1", "--both", "-o", "json"); err != nil {
+		t.Fatal(err)
+	}
+	if p3, s3 := keys(get()); p3 == p2 || s3 == s2 || p3 == s3 || !valid(p3) || !valid(s3) {
+		t.Errorf("--both: %q %q → %q %q", p2, s2, p3, s3)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"device", "regenerate-key", "dev1"}, "--primary, --secondary or --both"},
+		{[]string{"device", "regenerate-key", "dev1", "--primary", "--both"}, "none of the others can be"},
+		{[]string{"device", "disable", "nope"}, "DeviceNotFound"},
+		{[]string{"device", "regenerate-key", "nope", "--both"}, "DeviceNotFound"},
+	} {
+		if _, err := runCLI(t, env, tc.args...); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v; want %q", tc.args, err, tc.want)
+		}
 	}
 }

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/service"
 )
 
 func deviceCommand(e *env) *cobra.Command {
@@ -132,8 +135,120 @@ When there are more devices than it shows, it says so on stderr; herd query
 	}
 	deleteCmd.Flags().StringVar(&etag, "etag", "", "delete only if the device's etag still matches")
 
-	cmd.AddCommand(createCmd, showCmd, listCmd, deleteCmd)
+	cmd.AddCommand(createCmd, showCmd, listCmd, deleteCmd,
+		deviceStatusCommand(e, &cf, herd.DeviceDisabled), deviceStatusCommand(e, &cf, herd.DeviceEnabled),
+		regenerateKeyCommand(e, &cf))
 	return cmd
+}
+
+// deviceStatusCommand is herd device disable or enable: it sets the
+// device's status and status reason (an enable without --reason clears
+// it).
+func deviceStatusCommand(e *env, cf *clientFlags, status herd.DeviceStatus) *cobra.Command {
+	verb := "disable"
+	short := "Disable a device: it can no longer connect (a connected device is disconnected)"
+	if status == herd.DeviceEnabled {
+		verb = "enable"
+		short = "Enable a disabled device (clears its status reason unless --reason gives one)"
+	}
+	var reason string
+	cmd := &cobra.Command{
+		Use:   verb + " ID [--reason TEXT]",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			d, err := updateDevice(cmd.Context(), c, args[0], func(d *herd.Device) error {
+				d.Status = status
+				d.StatusReason = nil
+				if reason != "" {
+					d.StatusReason = &reason
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if cf.output == "json" {
+				return printJSON(e, d)
+			}
+			fmt.Fprintf(e.stdout, "%sd %s\n", verb, d.DeviceID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (the device's statusReason, at most 128 characters)")
+	return cmd
+}
+
+// regenerateKeyCommand is herd device regenerate-key: new random keys
+// (32 bytes, base64) for the device's primary key, secondary key or both.
+func regenerateKeyCommand(e *env, cf *clientFlags) *cobra.Command {
+	var primary, secondary, both bool
+	cmd := &cobra.Command{
+		Use:   "regenerate-key ID --primary|--secondary|--both",
+		Short: "Give a device new random symmetric keys and print it (its old connection strings stop working)",
+		Long: `Give a device new random symmetric keys (32 random bytes, base64): the
+primary, the secondary or both. Connection strings and tokens made with a
+replaced key stop working; print the new one with herd connection-string
+--device ID. Rotating one key at a time lets devices move to the other key
+first.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !primary && !secondary && !both {
+				return fmt.Errorf("which key? give --primary, --secondary or --both")
+			}
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			d, err := updateDevice(cmd.Context(), c, args[0], func(d *herd.Device) error {
+				if t := d.Authentication.Type; t != herd.AuthSAS && t != "" {
+					return fmt.Errorf("device %s uses %s authentication: it has no symmetric keys", d.DeviceID, t)
+				}
+				// New keys must be sent: an update with an empty key keeps
+				// the current one (only a create generates keys).
+				k := &d.Authentication.SymmetricKey
+				if primary || both {
+					k.PrimaryKey = auth.NewKey()
+				}
+				if secondary || both {
+					k.SecondaryKey = auth.NewKey()
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return printJSON(e, d)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&primary, "primary", false, "replace the primary key")
+	f.BoolVar(&secondary, "secondary", false, "replace the secondary key")
+	f.BoolVar(&both, "both", false, "replace both keys")
+	cmd.MarkFlagsMutuallyExclusive("primary", "secondary", "both")
+	return cmd
+}
+
+// updateDevice reads a device, changes it and writes it back
+// (PUT /devices/{id}) on the condition that nobody changed it in between
+// (If-Match with the etag it read), so that no concurrent change is lost.
+func updateDevice(ctx context.Context, c *service.Client, id string, change func(*herd.Device) error) (*herd.Device, error) {
+	d, err := c.GetDevice(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := change(d); err != nil {
+		return nil, err
+	}
+	out, err := c.UpdateDevice(ctx, *d, d.ETag)
+	if herd.IsCode(err, herd.ErrPreconditionFailed) {
+		return nil, fmt.Errorf("device %s changed while this command updated it; run it again: %w", id, err)
+	}
+	return out, err
 }
 
 // maxListDevices is the most devices GET /devices returns (Azure's limit
