@@ -38,7 +38,7 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 // client builds a service SDK client from the flags, their HERD_*
 // environment variables, or the local hub's data folder.
 func (f *clientFlags) client(ctx context.Context, cmd *cobra.Command, e *env) (*service.Client, error) {
-	if err := bindEnv(cmd, e.getenv); err != nil {
+	if err := bindEnv(cmd, e.lookupEnv); err != nil {
 		return nil, err
 	}
 	if f.output != "table" && f.output != "json" {

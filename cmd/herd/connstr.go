@@ -1,7 +1,9 @@
 package main
 
 import (
+	"context"
 	"fmt"
+	"net"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -16,10 +18,15 @@ func connectionStringCommand(e *env) *cobra.Command {
 		Use:   "connection-string",
 		Short: "Print a policy's or a device's connection string",
 		Long: `Print the connection string of a shared access policy (default
-iothubowner) or, with --device, of a device, read from a hub's data folder.`,
+iothubowner) or, with --device, of a device, read from a hub's data folder.
+
+When the hub's MQTT over TLS listens on a port other than 8883 (the port
+devices dial), a device's connection string names it:
+GatewayHostName=<hostname>:<port>, as herd serve prints. The Node.js device
+SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd, e.getenv); err != nil {
+			if err := bindEnv(cmd, e.lookupEnv); err != nil {
 				return err
 			}
 			ctx := cmd.Context()
@@ -46,7 +53,11 @@ iothubowner) or, with --device, of a device, read from a hub's data folder.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(e.stdout, sas.ConnectionString{HostName: host, DeviceID: d.DeviceID,
+				gateway, err := mqttGateway(ctx, db, host)
+				if err != nil {
+					return err
+				}
+				fmt.Fprintln(e.stdout, sas.ConnectionString{HostName: host, GatewayHostName: gateway, DeviceID: d.DeviceID,
 					SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String())
 				return nil
 			}
@@ -70,4 +81,19 @@ iothubowner) or, with --device, of a device, read from a hub's data folder.`,
 	f.StringVar(&device, "device", "", "print this device's connection string instead")
 	f.StringVar(&hostname, "hostname", "", "HostName to write (default: the hub's --hostname)")
 	return cmd
+}
+
+// mqttGateway is a device connection string's GatewayHostName for the hub
+// whose store db is: host with the port of its MQTT over TLS listener when
+// that is not 8883, else "" (also when MQTT is off, or the hub never ran).
+func mqttGateway(ctx context.Context, db *sqlite.DB, host string) (string, error) {
+	addr, err := db.Setting(ctx, "mqtt_addr")
+	if err != nil {
+		return "", err
+	}
+	_, port, err := net.SplitHostPort(addr)
+	if err != nil || port == "8883" {
+		return "", nil
+	}
+	return net.JoinHostPort(host, port), nil
 }

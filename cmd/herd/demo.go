@@ -58,6 +58,13 @@ buildings, schedule a lockDoor direct-method job and a desired-properties
 twin job a few seconds ahead for the devices of building 43, follow both
 with progress bars, and summarise what happened.
 
+The devices connect over MQTT/TLS on loopback. This process holds both
+ends of each connection, two open files per device: when the fleet does
+not fit in the process's open-file limit (ulimit -n), the devices use the
+in-memory transport instead — the same MQTT, handed to the hub's gateway
+without sockets — and the demo says so. (For sockets beyond that limit run
+the hub and the devices as separate processes: herd serve and herd sim.)
+
 With --keep the hub and its devices stay up afterwards, and the command
 prints the connection strings and CA the official Azure IoT SDKs need.`,
 		Example: `  herd demo
@@ -65,7 +72,7 @@ prints the connection strings and CA the official Azure IoT SDKs need.`,
   herd demo --keep`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd, e.getenv); err != nil {
+			if err := bindEnv(cmd, e.lookupEnv); err != nil {
 				return err
 			}
 			return runDemo(cmd.Context(), e, &df, cmd.Flags().Changed("https-addr"), cmd.Flags().Changed("mqtt-addr"))
@@ -76,10 +83,11 @@ prints the connection strings and CA the official Azure IoT SDKs need.`,
 	f.BoolVar(&df.keep, "keep", false, "leave the hub and the devices running afterwards (Ctrl-C stops them) and print how to reach them with the official Azure IoT SDKs")
 	f.StringVar(&df.data, "data", "", "data folder of the demo hub (default: a new temporary folder, removed at the end; with --keep, "+demoKeepDir+")")
 	f.StringVar(&df.httpsAddr, "https-addr", "127.0.0.1:0", "address of the REST API (default: a free port; with --keep, :443 if it can be bound)")
-	f.StringVar(&df.mqttAddr, "mqtt-addr", "127.0.0.1:0", "address of MQTT over TLS (default: a free port; with --keep, :8883 if it can be bound)")
+	f.StringVar(&df.mqttAddr, "mqtt-addr", "127.0.0.1:0", `address of MQTT over TLS (default: a free port; with --keep, :8883 if it can be bound; "" turns it off and the devices use the in-memory transport)`)
 	f.BoolVar(&df.plain, "plain", false, "plain output: one line per change instead of progress bars (the default when not on a terminal)")
 	f.DurationVar(&df.startDelay, "start-delay", 5*time.Second, "how far ahead the jobs are scheduled")
 	f.StringVar(&df.logLevel, "log-level", "error", "the hub's log level (logs go to stderr)")
+	allowEmpty(f, "mqtt-addr")
 	return cmd
 }
 
@@ -135,7 +143,11 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 			err = herr
 		}
 	}()
-	fmt.Fprintf(w, "  hub        https://%s  MQTT/TLS %s  (data in %s)\n", hostPort(d.hub), mqttHostPort(d.hub, d.hub.MQTTAddr()), d.dir)
+	mqtt := "off"
+	if a := d.hub.MQTTAddr(); a != nil {
+		mqtt = mqttHostPort(d.hub, a)
+	}
+	fmt.Fprintf(w, "  hub        https://%s  MQTT/TLS %s  (data in %s)\n", hostPort(d.hub), mqtt, d.dir)
 
 	// 2. The devices.
 	start := time.Now()
@@ -148,21 +160,21 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 	in43 := tags.Count("building", 43, df.devices)
 	fmt.Fprintf(w, "  registry   %d devices registered through the REST API (%d existed): %d in building 43, %d in building 44  %s\n",
 		prov.Created, df.devices-prov.Created, in43, df.devices-in43, since(start))
-	pool := x509.NewCertPool()
-	ca, err := os.ReadFile(d.hub.CAFile())
+	limit, known := openFileLimit()
+	tr := chooseTransport(df.devices, d.hub.MQTTAddr() != nil, limit, known)
+	fmt.Fprintf(w, "  transport  %s\n", tr.why)
+	dial, err := d.dialer(tr)
 	if err != nil {
 		return err
 	}
-	pool.AppendCertsFromPEM(ca)
-	d.fleet = sim.New(sim.Config{Host: d.hub.Hostname(), Devices: prov.Identities, Concurrency: 64, ReportDesired: true, Reconnect: true,
-		Dial: sim.TCP(d.hub.MQTTAddr().String(), &tls.Config{RootCAs: pool, ServerName: d.hub.Hostname(), MinVersion: tls.VersionTLS12})})
+	d.fleet = sim.New(sim.Config{Host: d.hub.Hostname(), Devices: prov.Identities, Concurrency: 64, ReportDesired: true, Reconnect: true, Dial: dial})
 	start = time.Now()
-	if err := d.connect(ctx); err != nil {
+	if err := d.connect(ctx, tr); err != nil {
 		d.fleet.Disconnect()
 		return err
 	}
 	defer d.fleet.Disconnect()
-	fmt.Fprintf(w, "  devices    %d simulated devices connected over MQTT/TLS, answering lockDoor and reporting desired properties  %s\n\n", df.devices, since(start))
+	fmt.Fprintf(w, "  devices    %d simulated devices connected %s, answering lockDoor and reporting desired properties  %s\n\n", df.devices, tr.how(), since(start))
 
 	// 3. The tutorial's two jobs.
 	stamp := time.Now().UTC().Format("20060102-150405")
@@ -203,9 +215,64 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 	return nil
 }
 
+// demoFileReserve is how many open files the demo keeps for everything but
+// its devices' connections: the database, the listeners, HTTP connections.
+const demoFileReserve = 256
+
+// demoTransport is how the demo's devices reach its hub, and why.
+type demoTransport struct {
+	// memory is the in-memory transport (sim.Pipe into the hub's
+	// gateway); otherwise MQTT over TLS on loopback.
+	memory bool
+	why    string
+}
+
+// how completes "N simulated devices connected …".
+func (t demoTransport) how() string {
+	if t.memory {
+		return "through the in-memory transport"
+	}
+	return "over MQTT/TLS"
+}
+
+// chooseTransport decides how the demo connects devices: over MQTT/TLS when
+// the hub listens for it and the process may hold both ends of every
+// connection (two open files per device, plus demoFileReserve) within its
+// open-file limit (when known), otherwise through the in-memory transport,
+// which carries the same MQTT to the hub's gateway without sockets.
+func chooseTransport(devices int, mqttOn bool, limit uint64, known bool) demoTransport {
+	need := 2*uint64(devices) + demoFileReserve
+	switch {
+	case !mqttOn:
+		return demoTransport{memory: true, why: `in-memory (MQTT in this process, no sockets): the hub's MQTT over TLS is off (--mqtt-addr "")`}
+	case known && need > limit:
+		return demoTransport{memory: true, why: fmt.Sprintf("in-memory (MQTT in this process, no sockets): %d devices over MQTT/TLS would need ~%d open files "+
+			"(both ends of every connection are in this process) and its limit is %d", devices, need, limit)}
+	case known:
+		return demoTransport{why: fmt.Sprintf("MQTT over TLS on loopback: %d devices need ~%d of this process's %d open files", devices, need, limit)}
+	}
+	return demoTransport{why: "MQTT over TLS on loopback"}
+}
+
+// dialer returns the fleet's dialer for tr: the in-memory transport, or
+// MQTT over TLS to the hub's host name (which its certificate covers).
+func (d *demo) dialer(tr demoTransport) (sim.Dialer, error) {
+	if tr.memory {
+		return sim.Pipe(d.hub.Gateway.ServeConn), nil
+	}
+	ca, err := os.ReadFile(d.hub.CAFile())
+	if err != nil {
+		return nil, err
+	}
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(ca)
+	return sim.TCP(dialable(d.hub.MQTTAddr().String(), d.hub.Hostname()),
+		&tls.Config{RootCAs: pool, ServerName: d.hub.Hostname(), MinVersion: tls.VersionTLS12}), nil
+}
+
 // connect connects the fleet, showing the count on a terminal while the
-// TLS handshakes run.
-func (d *demo) connect(ctx context.Context) error {
+// connections (TLS handshakes, SAS authentication) are made.
+func (d *demo) connect(ctx context.Context, tr demoTransport) error {
 	done := make(chan error, 1)
 	go func() { done <- d.fleet.Connect(ctx) }()
 	t := time.NewTicker(200 * time.Millisecond)
@@ -219,7 +286,7 @@ func (d *demo) connect(ctx context.Context) error {
 			return err
 		case <-t.C:
 			if d.tty {
-				fmt.Fprintf(d.e.stdout, "\r  devices    connecting over MQTT/TLS: %d of %d\x1b[K", d.fleet.Stats().Connected, d.df.devices)
+				fmt.Fprintf(d.e.stdout, "\r  devices    connecting %s: %d of %d\x1b[K", tr.how(), d.fleet.Stats().Connected, d.df.devices)
 			}
 		}
 	}
@@ -273,7 +340,9 @@ func (d *demo) connectClient() error {
 		d.hub.Close()
 		return err
 	}
-	d.client, err = service.New(cs, service.WithCAFile(d.hub.CAFile()), service.WithEndpoint("https://"+d.hub.HTTPSAddr().String()))
+	// The host name with the bound port, as herd serve prints it: the
+	// certificate covers the host name, not the listen address ([::]:443).
+	d.client, err = service.New(cs, service.WithCAFile(d.hub.CAFile()), service.WithEndpoint("https://"+hostPort(d.hub)))
 	if err != nil {
 		d.hub.Close()
 	}

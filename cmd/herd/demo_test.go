@@ -119,3 +119,60 @@ func TestDemoFlags(t *testing.T) {
 		}
 	}
 }
+
+// TestDemoAllInterfaces: a demo hub that listens on every interface (as
+// `herd demo --keep` does on :443 and :8883) is reached through its host
+// name, which its certificate covers, not through the listen address
+// ([::]:port), which it does not.
+func TestDemoAllInterfaces(t *testing.T) {
+	out, err := runCLI(t, noEnv, "demo", "--devices", "4", "--start-delay", "0s", "--data", t.TempDir(),
+		"--https-addr", ":0", "--mqtt-addr", ":0")
+	if err != nil {
+		t.Fatalf("demo on :0: %v\n%s", err, out)
+	}
+	if !regexp.MustCompile(`hub\s+https://localhost:\d+ `).MatchString(out) ||
+		!strings.Contains(out, "2 of 2 devices in building 43 answered lockDoor") {
+		t.Errorf("output:\n%s", out)
+	}
+}
+
+// TestDemoTransport: the demo connects over MQTT/TLS when both ends of
+// every connection fit in the open-file limit, and through the in-memory
+// transport otherwise or when its hub has no MQTT listener.
+func TestDemoTransport(t *testing.T) {
+	for _, tc := range []struct {
+		devices int
+		mqtt    bool
+		limit   uint64
+		known   bool
+		memory  bool
+		why     string
+	}{
+		{3000, true, 20000, true, false, "MQTT over TLS on loopback: 3000 devices need ~6256 of this process's 20000 open files"},
+		{9872, true, 20000, true, false, "9872 devices need ~20000 of"},
+		{9873, true, 20000, true, true, "9873 devices over MQTT/TLS would need ~20002 open files"},
+		{10000, true, 20000, true, true, "its limit is 20000"},
+		{10000, true, 0, false, false, "MQTT over TLS on loopback"},
+		{40, false, 20000, true, true, `MQTT over TLS is off (--mqtt-addr "")`},
+	} {
+		tr := chooseTransport(tc.devices, tc.mqtt, tc.limit, tc.known)
+		if tr.memory != tc.memory || !strings.Contains(tr.why, tc.why) {
+			t.Errorf("%d devices, mqtt %v, limit %d (%v): memory %v %q; want %v %q", tc.devices, tc.mqtt, tc.limit, tc.known, tr.memory, tr.why, tc.memory, tc.why)
+		}
+	}
+}
+
+// TestDemoNoMQTT: HERD_MQTT_ADDR="" (like --mqtt-addr "") turns the demo
+// hub's MQTT listener off; the devices then use the in-memory transport.
+func TestDemoNoMQTT(t *testing.T) {
+	out, err := runCLI(t, envOf(map[string]string{"HERD_MQTT_ADDR": ""}), "demo", "--devices", "6", "--start-delay", "0s", "--data", t.TempDir())
+	if err != nil {
+		t.Fatalf("demo: %v\n%s", err, out)
+	}
+	for _, want := range []string{"MQTT/TLS off", `the hub's MQTT over TLS is off (--mqtt-addr "")`,
+		"6 simulated devices connected through the in-memory transport", "3 of 3 devices in building 43 answered lockDoor"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+}

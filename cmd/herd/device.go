@@ -1,20 +1,23 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"text/tabwriter"
 
 	"github.com/spf13/cobra"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/service"
 )
 
 func deviceCommand(e *env) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "device",
 		Short: "Manage device identities in the registry",
-	}
+	})
 	cf.register(cmd)
 
 	var create herd.Device
@@ -65,9 +68,15 @@ func deviceCommand(e *env) *cobra.Command {
 	var top int
 	listCmd := &cobra.Command{
 		Use:   "list",
-		Short: "List devices (at most 1000; use `herd query` for more)",
-		Args:  cobra.NoArgs,
+		Short: "List devices in id order (at most 1000; use `herd query` for more)",
+		Long: `List devices in id order, at most --top (1000 at most, the hub's limit).
+When there are more devices than it shows, it says so on stderr; herd query
+"SELECT * FROM devices" lists every device, page by page.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if top < 1 || top > maxListDevices {
+				return fmt.Errorf("--top %d: give 1 to %d (the hub lists at most %d devices; herd query \"SELECT * FROM devices\" lists them all)", top, maxListDevices, maxListDevices)
+			}
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
 				return err
@@ -77,17 +86,35 @@ func deviceCommand(e *env) *cobra.Command {
 				return err
 			}
 			if cf.output == "json" {
-				return printJSON(e, ds)
+				err = printJSON(e, ds)
+			} else {
+				w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+				fmt.Fprintln(w, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
+				for _, d := range ds {
+					fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, activity(d.LastActivityTime))
+				}
+				err = w.Flush()
 			}
-			w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "DEVICE ID\tSTATUS\tCONNECTION\tLAST ACTIVITY")
-			for _, d := range ds {
-				fmt.Fprintf(w, "%s\t%s\t%s\t%s\n", d.DeviceID, d.Status, d.ConnectionState, activity(d.LastActivityTime))
+			if err != nil || len(ds) < top {
+				return err
 			}
-			return w.Flush()
+			// As many as asked for: there may be more.
+			shown := fmt.Sprintf("showing the first %d devices, there may be more", len(ds))
+			if st, serr := c.RegistryStatistics(cmd.Context()); serr == nil {
+				if st.TotalDeviceCount <= int64(len(ds)) {
+					return nil
+				}
+				shown = fmt.Sprintf("showing the first %d of %d devices", len(ds), st.TotalDeviceCount)
+			}
+			how := `herd query "SELECT * FROM devices" lists them all`
+			if top < maxListDevices {
+				how = fmt.Sprintf("--top %d shows more, %s", maxListDevices, how)
+			}
+			fmt.Fprintf(e.stderr, "%s; %s\n", shown, how)
+			return nil
 		},
 	}
-	listCmd.Flags().IntVar(&top, "top", 1000, "list at most this many devices")
+	listCmd.Flags().IntVar(&top, "top", maxListDevices, fmt.Sprintf("list at most this many devices (1 to %d)", maxListDevices))
 
 	var etag string
 	deleteCmd := &cobra.Command{
@@ -108,9 +135,125 @@ func deviceCommand(e *env) *cobra.Command {
 	}
 	deleteCmd.Flags().StringVar(&etag, "etag", "", "delete only if the device's etag still matches")
 
-	cmd.AddCommand(createCmd, showCmd, listCmd, deleteCmd)
+	cmd.AddCommand(createCmd, showCmd, listCmd, deleteCmd,
+		deviceStatusCommand(e, &cf, herd.DeviceDisabled), deviceStatusCommand(e, &cf, herd.DeviceEnabled),
+		regenerateKeyCommand(e, &cf))
 	return cmd
 }
+
+// deviceStatusCommand is herd device disable or enable: it sets the
+// device's status and status reason (an enable without --reason clears
+// it).
+func deviceStatusCommand(e *env, cf *clientFlags, status herd.DeviceStatus) *cobra.Command {
+	verb := "disable"
+	short := "Disable a device: it can no longer connect (a connected device is disconnected)"
+	if status == herd.DeviceEnabled {
+		verb = "enable"
+		short = "Enable a disabled device (clears its status reason unless --reason gives one)"
+	}
+	var reason string
+	cmd := &cobra.Command{
+		Use:   verb + " ID [--reason TEXT]",
+		Short: short,
+		Args:  cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			d, err := updateDevice(cmd.Context(), c, args[0], func(d *herd.Device) error {
+				d.Status = status
+				d.StatusReason = nil
+				if reason != "" {
+					d.StatusReason = &reason
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			if cf.output == "json" {
+				return printJSON(e, d)
+			}
+			fmt.Fprintf(e.stdout, "%sd %s\n", verb, d.DeviceID)
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&reason, "reason", "", "why (the device's statusReason, at most 128 characters)")
+	return cmd
+}
+
+// regenerateKeyCommand is herd device regenerate-key: new random keys
+// (32 bytes, base64) for the device's primary key, secondary key or both.
+func regenerateKeyCommand(e *env, cf *clientFlags) *cobra.Command {
+	var primary, secondary, both bool
+	cmd := &cobra.Command{
+		Use:   "regenerate-key ID --primary|--secondary|--both",
+		Short: "Give a device new random symmetric keys and print it (its old connection strings stop working)",
+		Long: `Give a device new random symmetric keys (32 random bytes, base64): the
+primary, the secondary or both. Connection strings and tokens made with a
+replaced key stop working; print the new one with herd connection-string
+--device ID. Rotating one key at a time lets devices move to the other key
+first.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !primary && !secondary && !both {
+				return fmt.Errorf("which key? give --primary, --secondary or --both")
+			}
+			c, err := cf.client(cmd.Context(), cmd, e)
+			if err != nil {
+				return err
+			}
+			d, err := updateDevice(cmd.Context(), c, args[0], func(d *herd.Device) error {
+				if t := d.Authentication.Type; t != herd.AuthSAS && t != "" {
+					return fmt.Errorf("device %s uses %s authentication: it has no symmetric keys", d.DeviceID, t)
+				}
+				// New keys must be sent: an update with an empty key keeps
+				// the current one (only a create generates keys).
+				k := &d.Authentication.SymmetricKey
+				if primary || both {
+					k.PrimaryKey = auth.NewKey()
+				}
+				if secondary || both {
+					k.SecondaryKey = auth.NewKey()
+				}
+				return nil
+			})
+			if err != nil {
+				return err
+			}
+			return printJSON(e, d)
+		},
+	}
+	f := cmd.Flags()
+	f.BoolVar(&primary, "primary", false, "replace the primary key")
+	f.BoolVar(&secondary, "secondary", false, "replace the secondary key")
+	f.BoolVar(&both, "both", false, "replace both keys")
+	cmd.MarkFlagsMutuallyExclusive("primary", "secondary", "both")
+	return cmd
+}
+
+// updateDevice reads a device, changes it and writes it back
+// (PUT /devices/{id}) on the condition that nobody changed it in between
+// (If-Match with the etag it read), so that no concurrent change is lost.
+func updateDevice(ctx context.Context, c *service.Client, id string, change func(*herd.Device) error) (*herd.Device, error) {
+	d, err := c.GetDevice(ctx, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := change(d); err != nil {
+		return nil, err
+	}
+	out, err := c.UpdateDevice(ctx, *d, d.ETag)
+	if herd.IsCode(err, herd.ErrPreconditionFailed) {
+		return nil, fmt.Errorf("device %s changed while this command updated it; run it again: %w", id, err)
+	}
+	return out, err
+}
+
+// maxListDevices is the most devices GET /devices returns (Azure's limit
+// too).
+const maxListDevices = 1000
 
 func activity(t herd.Time) string {
 	if t.IsZero() {

@@ -20,10 +20,10 @@ import (
 
 func jobCommand(e *env) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "job",
 		Short: "Schedule, watch and cancel jobs: a direct method or a twin update on every device a query selects",
-	}
+	})
 	cf.register(cmd)
 	cmd.AddCommand(scheduleMethodCommand(e, &cf), scheduleTwinCommand(e, &cf),
 		jobShowCommand(e, &cf), jobListCommand(e, &cf), jobCancelCommand(e, &cf), jobWatchCommand(e, &cf))
@@ -39,13 +39,26 @@ type scheduleFlags struct {
 }
 
 func (f *scheduleFlags) register(cmd *cobra.Command) {
-	cmd.Flags().StringVarP(&f.query, "query", "q", "*", "which devices: the WHERE part of a twin query, or * for every device")
+	cmd.Flags().StringVarP(&f.query, "query", "q", "", `required: which devices, the WHERE part of a twin query, or "*" for every device`)
 	cmd.Flags().StringVar(&f.start, "start", "", "when to start: an ISO 8601 time, or a delay such as 10m (default: now)")
 	cmd.Flags().DurationVar(&f.maxTime, "max-time", 0, "the job's deadline after its start (default: 1h); devices not done by then fail")
-	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch)")
+	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch); exit non-zero unless every device succeeded")
 }
 
+// scheduleLong is the help both scheduling commands share.
+const scheduleLong = `
+--query is required: the job runs on every device its condition selects
+when the job starts, so there is no default — write --query "*" to target
+every device.
+
+With --wait the command follows the job to its end and exits non-zero if
+the job failed or was cancelled, or if any device failed (a job that ran
+to its end is "completed" even when some devices failed).`
+
 func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
+	if f.query == "" {
+		return service.JobOptions{}, fmt.Errorf(`--query is required: the WHERE part of a twin query (--query "tags.building = 43"), or --query "*" for every device`)
+	}
 	opts := service.JobOptions{MaxExecutionTime: f.maxTime}
 	if f.start != "" {
 		if d, err := time.ParseDuration(strings.TrimPrefix(f.start, "+")); err == nil {
@@ -74,6 +87,7 @@ func scheduleMethodCommand(e *env, cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "schedule-method JOB-ID --method NAME",
 		Short: "Schedule a direct-method call on every device the query selects",
+		Long:  "Schedule a direct-method call on every device the query selects.\n" + scheduleLong,
 		Example: `  herd job schedule-method reboot-north --method reboot --payload '{"delay":5}' \
       --query "tags.site = 'north'" --connect-timeout 60 --wait`,
 		Args: cobra.ExactArgs(1),
@@ -116,8 +130,9 @@ func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "schedule-twin JOB-ID [--tags JSON] [--desired JSON]",
 		Short: "Schedule a twin update (tags and/or desired properties; null deletes a key) on every device the query selects",
+		Long:  "Schedule a twin update (tags and/or desired properties; null deletes a key) on every device the query selects.\n" + scheduleLong,
 		Example: `  herd job schedule-twin fw-2 --desired '{"fw":"2.0"}' --query "tags.ring = 'canary'" --wait
-  herd job schedule-twin night --tags '{"window":"night"}' --start 2026-11-27T02:00:00Z`,
+  herd job schedule-twin night --tags '{"window":"night"}' --query "*" --start 2026-11-27T02:00:00Z`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := pf.patch()
@@ -214,7 +229,11 @@ func jobWatchCommand(e *env, cf *clientFlags) *cobra.Command {
 	return &cobra.Command{
 		Use:   "watch JOB-ID",
 		Short: "Follow a job until it ends, with a live progress bar (plain lines when not on a terminal)",
-		Args:  cobra.ExactArgs(1),
+		Long: `Follow a job until it ends, with a live progress bar (plain lines when not
+on a terminal). Exits non-zero if the job failed or was cancelled, or if
+any device failed: a job that ran to its end is "completed" even when some
+devices failed.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
@@ -262,7 +281,8 @@ func isTerminal(w io.Writer) bool {
 // watch follows a job until it ends: on a terminal with a progress bar
 // (done of total devices, rate, ETA, and the succeeded/failed/pending
 // split), otherwise with one plain line per change. It fails if the job
-// failed.
+// failed or was cancelled, or if any device failed (canceled devices
+// count as failed, docs/jobs.md).
 func watch(ctx context.Context, e *env, c *service.Client, id string) error {
 	var bar *progressbar.ProgressBar
 	last := ""
@@ -294,12 +314,18 @@ func watch(ctx context.Context, e *env, c *service.Client, id string) error {
 	if err != nil {
 		return err
 	}
-	st := j.DeviceJobStatistics
+	st := jobStats(j)
 	took := max(j.EndTime.Sub(j.StartTime.Time), 0).Round(time.Millisecond)
 	fmt.Fprintf(e.stdout, "%s %s: %d devices, %d succeeded, %d failed, in %s\n", j.JobID, j.Status,
 		st.DeviceCount, st.SucceededCount, st.FailedCount, took)
-	if j.Status == herd.JobFailed {
+	switch {
+	case j.Status == herd.JobFailed:
 		return fmt.Errorf("job %s failed: %s", j.JobID, j.FailureReason)
+	case j.Status == herd.JobCancelled:
+		return fmt.Errorf("job %s was cancelled: %d of %d devices did not succeed", j.JobID, st.FailedCount, st.DeviceCount)
+	case st.FailedCount > 0:
+		return fmt.Errorf("job %s completed, but %d of %d devices failed (their outcomes: herd query \"SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '%s' AND devices.jobs.status != 'completed'\")",
+			j.JobID, st.FailedCount, st.DeviceCount, j.JobID)
 	}
 	return nil
 }

@@ -4,11 +4,13 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/service"
 )
 
 func TestJobCLI(t *testing.T) {
@@ -24,7 +26,7 @@ func TestJobCLI(t *testing.T) {
 		}
 	}
 	// --wait watches with plain lines (stdout is not a terminal).
-	out, err := runCLI(t, env, "job", "schedule-twin", "fw", "--desired", `{"fw":"2.0"}`, "--tags", `{"ring":1}`, "--wait")
+	out, err := runCLI(t, env, "job", "schedule-twin", "fw", "--desired", `{"fw":"2.0"}`, "--tags", `{"ring":1}`, "--query", "*", "--wait")
 	if err != nil || !strings.Contains(out, "fw completed: 2 devices, 2 succeeded, 0 failed") {
 		t.Fatalf("schedule-twin --wait: %v\n%s", err, out)
 	}
@@ -35,7 +37,7 @@ func TestJobCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "completed") || !strings.Contains(out, "Devices:   2 (succeeded 2, failed 0, running 0, pending 0)") {
 		t.Errorf("show: %v\n%s", err, out)
 	}
-	out, err = runCLI(t, env, "job", "schedule-twin", "later", "--tags", `{"x":1}`, "--start", "1h", "-o", "json")
+	out, err = runCLI(t, env, "job", "schedule-twin", "later", "--tags", `{"x":1}`, "--query", "*", "--start", "1h", "-o", "json")
 	if err != nil || !strings.Contains(out, `"status": "queued"`) {
 		t.Fatalf("schedule later: %v\n%s", err, out)
 	}
@@ -64,16 +66,74 @@ func TestJobCLI(t *testing.T) {
 	if _, err := runCLI(t, env, "job", "schedule-method", "m1"); err == nil || !strings.Contains(err.Error(), "--method") {
 		t.Errorf("no --method: %v", err)
 	}
-	if _, err := runCLI(t, env, "job", "schedule-method", "m1", "--method", "x", "--connect-timeout", "301"); err == nil || !strings.Contains(err.Error(), "connectTimeoutInSeconds") {
+	if _, err := runCLI(t, env, "job", "schedule-method", "m1", "--method", "x", "--query", "*", "--connect-timeout", "301"); err == nil || !strings.Contains(err.Error(), "connectTimeoutInSeconds") {
 		t.Errorf("bad connect timeout: %v", err)
 	}
-	if _, err := runCLI(t, env, "job", "schedule-twin", "fw", "--tags", `{"x":1}`); err == nil || !strings.Contains(err.Error(), "JobAlreadyExists") {
+	if _, err := runCLI(t, env, "job", "schedule-twin", "fw", "--tags", `{"x":1}`, "--query", "*"); err == nil || !strings.Contains(err.Error(), "JobAlreadyExists") {
 		t.Errorf("duplicate: %v", err)
 	}
-	if _, err := runCLI(t, env, "job", "schedule-twin", "x", "--tags", `{"x":1}`, "--start", "someday"); err == nil || !strings.Contains(err.Error(), "--start") {
+	if _, err := runCLI(t, env, "job", "schedule-twin", "x", "--tags", `{"x":1}`, "--query", "*", "--start", "someday"); err == nil || !strings.Contains(err.Error(), "--start") {
 		t.Errorf("bad start: %v", err)
 	}
 	if _, err := runCLI(t, env, "job", "show", "nope"); err == nil || !strings.Contains(err.Error(), "JobNotFound") {
 		t.Errorf("show unknown: %v", err)
+	}
+}
+
+// TestJobQueryRequired: scheduling without --query is refused (it used to
+// target every device silently); --query "*" targets every device.
+func TestJobQueryRequired(t *testing.T) {
+	h := hubtest.Start(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, h.CA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(map[string]string{"HERD_CONNECTION_STRING": h.ConnectionString, "HERD_CA": ca, "HERD_URL": h.URL})
+	for _, args := range [][]string{
+		{"job", "schedule-method", "m", "--method", "reboot"},
+		{"job", "schedule-twin", "t", "--tags", `{"x":1}`},
+		{"job", "schedule-twin", "t", "--tags", `{"x":1}`, "--query", ""},
+	} {
+		_, err := runCLI(t, env, args...)
+		if err == nil || !strings.Contains(err.Error(), "--query") || !strings.Contains(err.Error(), `"*"`) {
+			t.Errorf("%v: %v; want an error that asks for --query (\"*\" for every device)", args, err)
+		}
+	}
+	if jobs, err := h.Service.ListJobs(context.Background(), service.JobFilter{}); err != nil || len(jobs) != 0 {
+		t.Errorf("jobs scheduled without --query: %v %v", jobs, err)
+	}
+	if out, err := runCLI(t, env, "job", "schedule-twin", "all", "--tags", `{"x":1}`, "--query", "*"); err != nil || !regexp.MustCompile(`Query:\s+\*\n`).MatchString(out) {
+		t.Errorf("--query '*': %v\n%s", err, out)
+	}
+	if out, _ := runCLI(t, env, "job", "schedule-method", "--help"); !strings.Contains(out, `"*" for every device`) || !strings.Contains(out, "required") {
+		t.Errorf("help does not say --query is required:\n%s", out)
+	}
+}
+
+// TestJobWaitDeviceFailed: --wait and watch exit non-zero when a device
+// failed, even though the job completed.
+func TestJobWaitDeviceFailed(t *testing.T) {
+	h := hubtest.Start(t)
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, h.CA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(map[string]string{"HERD_CONNECTION_STRING": h.ConnectionString, "HERD_CA": ca, "HERD_URL": h.URL})
+	if _, err := h.Service.CreateDevice(context.Background(), herd.Device{DeviceID: "offline"}); err != nil {
+		t.Fatal(err)
+	}
+	// The device is not connected: the method fails at once (DeviceNotOnline).
+	out, err := runCLI(t, env, "job", "schedule-method", "reboot", "--method", "reboot", "--query", "*", "--wait")
+	if !strings.Contains(out, "reboot completed: 1 devices, 0 succeeded, 1 failed") {
+		t.Fatalf("schedule-method --wait: %v\n%s", err, out)
+	}
+	if err == nil || !strings.Contains(err.Error(), "1 of 1 devices failed") {
+		t.Errorf("schedule-method --wait with a failed device: %v; want an error", err)
+	}
+	if _, err := runCLI(t, env, "job", "watch", "reboot"); err == nil || !strings.Contains(err.Error(), "1 of 1 devices failed") {
+		t.Errorf("watch with a failed device: %v; want an error", err)
+	}
+	if out, _ := runCLI(t, env, "job", "watch", "--help"); !strings.Contains(out, "non-zero") {
+		t.Errorf("watch help does not say when it exits non-zero:\n%s", out)
 	}
 }

@@ -36,27 +36,31 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-func noEnv(string) string { return "" }
+func noEnv(string) (string, bool) { return "", false }
 
-func envOf(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+// envOf is a lookupEnv with the variables of m set (to "" too).
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) {
+		v, ok := m[k]
+		return v, ok
+	}
 }
 
 // herd runs the CLI in-process and returns its output.
-func runCLI(t *testing.T, getenv func(string) string, args ...string) (string, error) {
+func runCLI(t *testing.T, lookupEnv func(string) (string, bool), args ...string) (string, error) {
 	t.Helper()
 	var out, errOut syncBuffer
-	err := run(context.Background(), args, getenv, strings.NewReader(""), &out, &errOut)
+	err := run(context.Background(), args, lookupEnv, strings.NewReader(""), &out, &errOut)
 	return out.String() + errOut.String(), err
 }
 
-func startServe(t *testing.T, getenv func(string) string, args ...string) (out *syncBuffer, stop func() error) {
+func startServe(t *testing.T, lookupEnv func(string) (string, bool), args ...string) (out *syncBuffer, stop func() error) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	out = &syncBuffer{}
 	done := make(chan error, 1)
 	go func() {
-		done <- run(ctx, append([]string{"serve", "--mqtt-addr", "127.0.0.1:0"}, args...), getenv, strings.NewReader(""), out, io.Discard)
+		done <- run(ctx, append([]string{"serve", "--mqtt-addr", "127.0.0.1:0"}, args...), lookupEnv, strings.NewReader(""), out, io.Discard)
 	}()
 	hubtest.Eventually(t, 20*time.Second, func() bool {
 		select {
@@ -209,5 +213,42 @@ func TestSignalStopsServe(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		serve.Process.Kill()
 		t.Fatal("serve did not stop on SIGTERM")
+	}
+}
+
+// TestEnvEmptyValues: a HERD_* variable set to "" counts for the flags
+// where "" means something (HERD_MQTT_ADDR="" turns MQTT off, as
+// --mqtt-addr "" does) and is ignored for the others; a flag on the command
+// line wins over the variable.
+func TestEnvEmptyValues(t *testing.T) {
+	e := &env{stdin: strings.NewReader(""), stdout: io.Discard, stderr: io.Discard}
+	for _, tc := range []struct {
+		env  map[string]string
+		args []string
+		want map[string]string
+	}{
+		{map[string]string{"HERD_MQTT_ADDR": "", "HERD_MQTT_PLAIN_ADDR": ""}, nil,
+			map[string]string{"mqtt-addr": "", "mqtt-plain-addr": ""}},
+		{map[string]string{"HERD_MQTT_ADDR": "127.0.0.1:0"}, []string{"--mqtt-addr", ""},
+			map[string]string{"mqtt-addr": ""}},
+		{map[string]string{"HERD_MQTT_ADDR": ""}, []string{"--mqtt-addr", "127.0.0.1:0"},
+			map[string]string{"mqtt-addr": "127.0.0.1:0"}},
+		{map[string]string{"HERD_LOG_LEVEL": "", "HERD_HTTPS_ADDR": "", "HERD_JOB_RETENTION": "", "HERD_METRICS_PUBLIC": ""}, nil,
+			map[string]string{"log-level": "info", "https-addr": ":443", "job-retention": "720h0m0s", "metrics-public": "false"}},
+		{map[string]string{}, nil, map[string]string{"mqtt-addr": ":8883"}},
+	} {
+		cmd := serveCommand(e)
+		if err := cmd.ParseFlags(tc.args); err != nil {
+			t.Fatal(err)
+		}
+		if err := bindEnv(cmd, envOf(tc.env)); err != nil {
+			t.Errorf("%v %v: %v", tc.env, tc.args, err)
+			continue
+		}
+		for flag, want := range tc.want {
+			if got := cmd.Flags().Lookup(flag).Value.String(); got != want {
+				t.Errorf("%v %v: --%s = %q, want %q", tc.env, tc.args, flag, got, want)
+			}
+		}
 	}
 }

@@ -13,10 +13,10 @@ import (
 
 func methodCommand(e *env) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "method",
 		Short: "Invoke direct methods on devices",
-	}
+	})
 	cf.register(cmd)
 
 	var payload string

@@ -21,10 +21,14 @@ func serveCommand(e *env) *cobra.Command {
 		Short: "Run the hub",
 		Long: `Run the hub: the Azure-compatible REST API over HTTPS and the device
 gateway. Every flag can also be set with a HERD_* environment variable
-(--https-addr with HERD_HTTPS_ADDR, and so on).`,
+(--https-addr with HERD_HTTPS_ADDR, and so on); a flag on the command line
+wins. A variable set to "" counts only where "" means something:
+HERD_MQTT_ADDR="" turns MQTT over TLS off as --mqtt-addr "" does (and
+HERD_MQTT_PLAIN_ADDR="" plain MQTT); for every other flag an empty
+variable is ignored, as if it were not set.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd, e.getenv); err != nil {
+			if err := bindEnv(cmd, e.lookupEnv); err != nil {
 				return err
 			}
 			log, err := newLogger(e, logFormat, logLevel)
@@ -63,6 +67,7 @@ gateway. Every flag can also be set with a HERD_* environment variable
 	f.IntVar(&cfg.JobTwinBatch, "job-twin-batch", job.DefaultTwinBatch, "twins a twin-update job patches per transaction")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
+	allowEmpty(f, "mqtt-addr", "mqtt-plain-addr")
 	return cmd
 }
 

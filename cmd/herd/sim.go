@@ -90,7 +90,7 @@ different --prefix values.`,
 }
 
 func runSim(ctx context.Context, cmd *cobra.Command, e *env, cf *clientFlags, sf *simFlags) error {
-	if err := bindEnv(cmd, e.getenv); err != nil {
+	if err := bindEnv(cmd, e.lookupEnv); err != nil {
 		return err
 	}
 	if sf.devices <= 0 {

@@ -16,12 +16,12 @@ import (
 
 // startSim runs `herd sim` in the background; stop cancels it and returns
 // its output and error.
-func startSim(t *testing.T, getenv func(string) string, args ...string) (out *syncBuffer, stop func() (string, error)) {
+func startSim(t *testing.T, lookupEnv func(string) (string, bool), args ...string) (out *syncBuffer, stop func() (string, error)) {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	out = &syncBuffer{}
 	done := make(chan error, 1)
-	go func() { done <- run(ctx, append([]string{"sim"}, args...), getenv, strings.NewReader(""), out, out) }()
+	go func() { done <- run(ctx, append([]string{"sim"}, args...), lookupEnv, strings.NewReader(""), out, out) }()
 	return out, func() (string, error) {
 		cancel()
 		select {

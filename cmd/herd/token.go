@@ -20,7 +20,7 @@ func tokenCommand(e *env) *cobra.Command {
     "https://localhost/devices/dev1?api-version=2021-04-12"`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if err := bindEnv(cmd, e.getenv); err != nil {
+			if err := bindEnv(cmd, e.lookupEnv); err != nil {
 				return err
 			}
 			if connectionString == "" {

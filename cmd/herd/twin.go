@@ -12,10 +12,10 @@ import (
 
 func twinCommand(e *env) *cobra.Command {
 	var cf clientFlags
-	cmd := &cobra.Command{
+	cmd := group(&cobra.Command{
 		Use:   "twin",
 		Short: "Read and update device twins",
-	}
+	})
 	cf.register(cmd)
 
 	showCmd := &cobra.Command{
