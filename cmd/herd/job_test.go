@@ -57,9 +57,15 @@ func TestJobCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, "fw completed") {
 		t.Errorf("watch a finished job: %v\n%s", err, out)
 	}
-	// A job that fails makes watch fail.
+	// A condition that does not parse is refused by the hub.
 	out, err = runCLI(t, env, "job", "schedule-twin", "bad", "--tags", `{"x":1}`, "--query", "no such ((", "--wait")
-	if err == nil || !strings.Contains(err.Error(), "job bad failed") {
+	if err == nil || !strings.Contains(err.Error(), "queryCondition") {
+		t.Errorf("bad condition: %v\n%s", err, out)
+	}
+	// A job that fails (its deadline passes while it waits for offline
+	// devices) makes --wait fail.
+	out, err = runCLI(t, env, "job", "schedule-method", "late", "--method", "m", "--query", "*", "--connect-timeout", "60", "--max-time", "1s", "--wait")
+	if err == nil || !strings.Contains(err.Error(), "job late failed") {
 		t.Errorf("failing job: %v\n%s", err, out)
 	}
 	// Bad input is refused before or by the hub.
