@@ -46,14 +46,6 @@ var codes = map[herd.ErrorCode]azureCode{
 	herd.ErrGatewayTimeout:               {http.StatusGatewayTimeout, 504101},
 }
 
-// StatusOf returns the HTTP status for an error code.
-func StatusOf(code herd.ErrorCode) int {
-	if c, ok := codes[code]; ok {
-		return c.status
-	}
-	return http.StatusInternalServerError
-}
-
 // errorBody is Azure's error document.
 type errorBody struct {
 	Message          string `json:"Message"`

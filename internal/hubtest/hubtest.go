@@ -41,9 +41,6 @@ type Option func(*hub.Config)
 // WithDir uses dir as the data folder (to restart a hub on the same data).
 func WithDir(dir string) Option { return func(c *hub.Config) { c.DataDir = dir } }
 
-// WithClock gives the hub a clock.
-func WithClock(now func() time.Time) Option { return func(c *hub.Config) { c.Now = now } }
-
 // WithFakeClock runs the hub on a manual clock: time and every expiry
 // (tokens, method timeouts) move only when the test advances it.
 func WithFakeClock(f *clock.Fake) Option {

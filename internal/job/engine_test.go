@@ -273,8 +273,4 @@ func (e *env) records(id string) map[string]herd.DeviceJob {
 	return out
 }
 
-func methodBody(extra string) string {
-	return `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot","payload":{"delay":1}` + extra + `}}`
-}
-
 func stats(j *herd.Job) herd.DeviceJobStatistics { return *j.DeviceJobStatistics }

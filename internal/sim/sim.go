@@ -185,9 +185,6 @@ func New(cfg Config) *Fleet {
 	return f
 }
 
-// Devices returns the fleet's devices.
-func (f *Fleet) Devices() []*Device { return f.devices }
-
 // Stats returns the fleet's counters.
 func (f *Fleet) Stats() Stats {
 	s := &f.stats
@@ -279,16 +276,9 @@ type Device struct {
 	done    chan struct{}
 	want    atomic.Bool // connected wanted: Connect sets it, Disconnect clears it
 	ever    atomic.Bool // has connected once
-	desired atomic.Int64
 	rid     atomic.Uint64
 	expires atomic.Int64 // when the current connection's token expires (Unix ns)
 }
-
-// ID is the device id.
-func (d *Device) ID() string { return d.id.ID }
-
-// DesiredVersion is the last desired $version the device applied.
-func (d *Device) DesiredVersion() int64 { return d.desired.Load() }
 
 // Connected reports whether the device holds a connection.
 func (d *Device) Connected() bool {
@@ -553,17 +543,7 @@ func (d *Device) applyDesired(nc net.Conn, body []byte) {
 		d.f.stats.errors.Add(1)
 		return
 	}
-	var version int64
-	if v, ok := patch["$version"]; ok {
-		_ = json.Unmarshal(v, &version)
-		delete(patch, "$version")
-	}
-	for {
-		cur := d.desired.Load()
-		if version <= cur || d.desired.CompareAndSwap(cur, version) {
-			break
-		}
-	}
+	delete(patch, "$version")
 	d.f.stats.desired.Add(1)
 	if !d.f.cfg.ReportDesired || len(patch) == 0 {
 		return
