@@ -51,7 +51,8 @@ type conn struct {
 	will   *packets.PublishPacket
 	expiry clock.Timer
 	// raw is the socket of a plain TCP connection, for writes that do not
-	// wait (nil for TLS and WebSocket).
+	// wait (nil for TLS, WebSocket and in-memory connections, and on
+	// systems without the fast path: see conn_unix.go).
 	raw      syscall.RawConn
 	activity time.Time
 	features atomic.Uint32
@@ -72,11 +73,7 @@ type outItem struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		c.raw, _ = tc.SyscallConn()
-	}
-	return c
+	return &conn{s: s, nc: nc, raw: rawSocket(nc)}
 }
 
 // Features implements bus.Conn.
@@ -190,29 +187,6 @@ func (c *conn) writeNow(it outItem) {
 	c.queued += len(it.b)
 	c.mu.Unlock()
 	go c.flush()
-}
-
-// tryWrite writes what the socket accepts now, without waiting.
-func (c *conn) tryWrite(b []byte) (int, error) {
-	var n int
-	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), b)
-			if werr != syscall.EINTR {
-				return true
-			}
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case werr == syscall.EAGAIN:
-		return 0, nil
-	case werr != nil:
-		return 0, werr
-	}
-	return max(n, 0), nil
 }
 
 // flush writes queued packets until the queue is empty, batching what
