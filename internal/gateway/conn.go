@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -32,6 +33,7 @@ const (
 	reasonSlow         = "queue_overflow"
 	reasonWriteFailed  = "write_failed"
 	reasonProtocol     = "protocol_violation"
+	reasonTooLarge     = "message_too_large"
 	reasonForbidden    = "forbidden_topic"
 	reasonKeepAlive    = "keepalive_timeout"
 	reasonShutdown     = "shutdown"
@@ -274,6 +276,11 @@ func (c *conn) handshake() (r *packetReader, keepAlive time.Duration, ok bool) {
 	r = &packetReader{src: c.nc, max: MaxPacket}
 	_ = c.nc.SetReadDeadline(time.Now().Add(connectWait))
 	pkt, err := r.next()
+	if errors.Is(err, errMalformed) {
+		c.s.cfg.Log.Info("malformed CONNECT", "op", "connect", "err", err)
+		c.close(reasonProtocol)
+		return nil, 0, false
+	}
 	if err != nil {
 		c.close(reasonLost)
 		return nil, 0, false
@@ -319,6 +326,9 @@ func (c *conn) run(r *packetReader, keepAlive time.Duration) {
 				reason = reasonKeepAlive
 			case errors.Is(err, errTooLarge):
 				c.s.cfg.Log.Warn("packet too large; disconnecting", "device_id", c.deviceID, "err", err)
+				reason = reasonProtocol
+			case errors.Is(err, errMalformed):
+				c.s.cfg.Log.Warn("device broke the protocol; disconnecting", "device_id", c.deviceID, "op", reasonProtocol, "err", err)
 				reason = reasonProtocol
 			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.closeReason() == "":
 				c.s.cfg.Log.Debug("read failed", "device_id", c.deviceID, "err", err)
@@ -420,8 +430,13 @@ func (c *conn) publish(p *packets.PublishPacket) bool {
 	return true
 }
 
-// telemetry turns a device-to-cloud message into an event (§8.10).
+// telemetry turns a device-to-cloud message into an event (§8.10). A body
+// over MaxTelemetry closes the connection, as Azure does.
 func (c *conn) telemetry(t Topic, p *packets.PublishPacket) bool {
+	if len(p.Payload) > MaxTelemetry {
+		c.violation(reasonTooLarge, fmt.Sprintf("telemetry body of %d bytes (limit %d)", len(p.Payload), MaxTelemetry))
+		return false
+	}
 	bag, err := ParseBag(t.Bag)
 	if err != nil {
 		c.violation(reasonForbidden, err.Error())

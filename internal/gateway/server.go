@@ -33,8 +33,12 @@ import (
 
 // Limits and defaults.
 const (
-	// MaxPacket bounds one packet: a 256 KB telemetry body plus topic.
-	MaxPacket = 256*1024 + 64*1024
+	// MaxTelemetry bounds the body of a device-to-cloud message (§8.7,
+	// §8.10: 256 KB); a larger one closes the connection.
+	MaxTelemetry = 256 * 1024
+	// MaxPacket bounds one packet: a telemetry body plus topic. A larger
+	// packet is not read; the connection is closed.
+	MaxPacket = MaxTelemetry + 64*1024
 	// connectWait is how long a new connection may take to send CONNECT.
 	connectWait = 10 * time.Second
 	// maxKeepAlive is Azure's server-side cap (§8.5): the connection is
