@@ -37,6 +37,7 @@ const (
 	reasonForbidden    = "forbidden_topic"
 	reasonKeepAlive    = "keepalive_timeout"
 	reasonShutdown     = "shutdown"
+	reasonFull         = "max_connections"
 )
 
 // conn is one device connection. The reader goroutine (serve) owns the
@@ -57,6 +58,8 @@ type conn struct {
 	// systems without the fast path: see conn_unix.go).
 	raw      syscall.RawConn
 	activity time.Time
+	// socket says whether the connection counts against MaxConnections.
+	socket   bool
 	features atomic.Uint32
 
 	mu      sync.Mutex
@@ -269,6 +272,30 @@ func (c *conn) closeReason() string {
 }
 
 func (c *conn) send(p packets.ControlPacket) { c.enqueue(encode(p), nil, nil) }
+
+// refuseFull turns away a socket over MaxConnections: it reads the CONNECT
+// (for at most refuseWait), answers CONNACK 3 "server unavailable", which
+// the SDKs treat as retryable (§8.9), and closes. A socket that sends no
+// CONNECT in time, or a larger one than a device sends, is closed without
+// CONNACK. The CONNECT is read in full first: closing a socket with unread
+// input resets it, and the device could lose the CONNACK.
+func (c *conn) refuseFull() {
+	r := &packetReader{src: c.nc, max: refuseMaxPacket}
+	defer r.release()
+	_ = c.nc.SetReadDeadline(time.Now().Add(refuseWait))
+	pkt, err := r.next()
+	if _, ok := pkt.(*packets.ConnectPacket); ok && err == nil {
+		ack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+		ack.ReturnCode = packets.ErrRefusedServerUnavailable
+		_ = c.nc.SetWriteDeadline(time.Now().Add(refuseWait))
+		_, _ = c.nc.Write(encode(ack))
+	}
+	c.close(reasonFull)
+}
+
+// refuseMaxPacket bounds the CONNECT read from a socket that is refused:
+// a device's CONNECT (ids, user name, token, a small Will) fits.
+const refuseMaxPacket = 16 * 1024
 
 // handshake reads and answers CONNECT. On success the caller runs the
 // connection with run.
