@@ -61,6 +61,8 @@ variable is ignored, as if it were not set.`,
 	f.StringVar(&cfg.TLSKey, "tls-key", "", "key (PEM) of --tls-cert")
 	f.StringVar(&cfg.MQTTAddr, "mqtt-addr", cfg.MQTTAddr, `address of MQTT over TLS for devices ("" turns it off)`)
 	f.StringVar(&cfg.MQTTPlainAddr, "mqtt-plain-addr", "", "address of plain (unencrypted) MQTT for load tests and trusted networks; off unless set")
+	f.IntVar(&cfg.MaxConnections, "max-connections", cfg.MaxConnections, "device connections (MQTT over TCP, TLS and WebSocket) open at once at most, more are refused "+
+		"with CONNACK 3; 0 means no bound. The default is the open-file limit less a tenth (at least 200, at most 2000)")
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without authorization")
 	f.DurationVar(&cfg.JobRetention, "job-retention", job.DefaultRetention, "how long finished jobs are kept before they are purged")
 	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")

@@ -5,7 +5,8 @@
 // Verification follows §2.5 of the compatibility reference: the HMAC covers
 // the literal sr text, both keys of the policy or device are tried, the
 // expiry is checked against an injected clock, and the decoded sr must be a
-// path-segment prefix of the resource being accessed.
+// path-segment prefix of the resource being accessed; a token signed with
+// a device's own key must name exactly that device.
 package auth
 
 import (
@@ -325,11 +326,17 @@ func (s *Service) verifyDevice(password, deviceID string, keys DeviceKeys) (time
 	if !s.sameHost(host) {
 		return time.Time{}, "", unauthorized("the token is for %q, not for this hub (%q)", host, s.host)
 	}
-	if path != "" && !isSegmentPrefix(strings.TrimSuffix(path, "/"), "devices/"+deviceID) {
+	// A policy token may cover many devices (the bare host, host/devices,
+	// §2.5 step 6); a token signed with a device key names exactly that
+	// device (§2.3, §2.5 step 7): host/devices is a prefix of the device's
+	// resource but nothing the device owns.
+	own := "devices/" + deviceID
+	path = strings.TrimSuffix(path, "/")
+	switch {
+	case tok.KeyName == "" && path != own:
+		return time.Time{}, "", unauthorized("a device token must name its device in sr (%s/%s), not %q", host, own, sr)
+	case tok.KeyName != "" && path != "" && !isSegmentPrefix(path, own):
 		return time.Time{}, "", unauthorized("the token is for %q, not for device %q", sr, deviceID)
-	}
-	if path == "" && tok.KeyName == "" {
-		return time.Time{}, "", unauthorized("a device token must name the device in sr")
 	}
 	if !keys.Enabled {
 		return time.Time{}, "", unauthorized("device %q is disabled", deviceID)

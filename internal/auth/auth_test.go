@@ -130,6 +130,19 @@ func TestAuthenticateDevice(t *testing.T) {
 		{"expired", token(t, sr, "", keys.PrimaryKey, now.Add(-time.Minute)), "d1", keys, false},
 		{"other device", token(t, sas.DeviceResource("myhub.local", "d2"), "", keys.PrimaryKey, later), "d1", keys, false},
 		{"hub-wide device key", token(t, "myhub.local", "", keys.PrimaryKey, later), "d1", keys, false},
+		// A device key signs for its own device only: sr=host/devices is a
+		// segment prefix of host/devices/d1 but names no device.
+		{"device key for all devices", token(t, "myhub.local%2Fdevices", "", keys.PrimaryKey, later), "d1", keys, false},
+		{"device key for all devices, slash", token(t, "myhub.local%2Fdevices%2F", "", keys.PrimaryKey, later), "d1", keys, false},
+		{"device key, plain sr for all devices", token(t, "myhub.local/devices", "", keys.PrimaryKey, later), "d1", keys, false},
+		{"device key for one of its modules", token(t, "myhub.local%2Fdevices%2Fd1%2Fmodules%2Fm1", "", keys.PrimaryKey, later), "d1", keys, false},
+		{"device key, trailing slash", token(t, "myhub.local%2Fdevices%2Fd1%2F", "", keys.PrimaryKey, later), "d1", keys, true},
+		{"device key, device id with ? and =", token(t, sas.DeviceResource("myhub.local", "a?b=c"), "", keys.PrimaryKey, later), "a?b=c", keys, true},
+		// A policy with DeviceConnect may cover many devices.
+		{"device policy, bare host", token(t, "myhub.local", "device", devPolicy.PrimaryKey, later), "d1", keys, true},
+		{"device policy, all devices", token(t, "myhub.local%2Fdevices", "device", devPolicy.PrimaryKey, later), "d1", keys, true},
+		{"device policy, other device", token(t, sas.DeviceResource("myhub.local", "d2"), "device", devPolicy.PrimaryKey, later), "d1", keys, false},
+		{"device policy, device id prefix", token(t, sas.DeviceResource("myhub.local", "d"), "device", devPolicy.PrimaryKey, later), "d1", keys, false},
 		{"disabled", token(t, sr, "", keys.PrimaryKey, later), "d1", DeviceKeys{keys.PrimaryKey, keys.SecondaryKey, false}, false},
 	}
 	for _, c := range cases {

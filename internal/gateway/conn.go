@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"strings"
@@ -32,9 +33,11 @@ const (
 	reasonSlow         = "queue_overflow"
 	reasonWriteFailed  = "write_failed"
 	reasonProtocol     = "protocol_violation"
+	reasonTooLarge     = "message_too_large"
 	reasonForbidden    = "forbidden_topic"
 	reasonKeepAlive    = "keepalive_timeout"
 	reasonShutdown     = "shutdown"
+	reasonFull         = "max_connections"
 )
 
 // conn is one device connection. The reader goroutine (serve) owns the
@@ -51,9 +54,12 @@ type conn struct {
 	will   *packets.PublishPacket
 	expiry clock.Timer
 	// raw is the socket of a plain TCP connection, for writes that do not
-	// wait (nil for TLS and WebSocket).
+	// wait (nil for TLS, WebSocket and in-memory connections, and on
+	// systems without the fast path: see conn_unix.go).
 	raw      syscall.RawConn
 	activity time.Time
+	// socket says whether the connection counts against MaxConnections.
+	socket   bool
 	features atomic.Uint32
 
 	mu      sync.Mutex
@@ -72,11 +78,7 @@ type outItem struct {
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
-	c := &conn{s: s, nc: nc}
-	if tc, ok := nc.(*net.TCPConn); ok {
-		c.raw, _ = tc.SyscallConn()
-	}
-	return c
+	return &conn{s: s, nc: nc, raw: rawSocket(nc)}
 }
 
 // Features implements bus.Conn.
@@ -192,29 +194,6 @@ func (c *conn) writeNow(it outItem) {
 	go c.flush()
 }
 
-// tryWrite writes what the socket accepts now, without waiting.
-func (c *conn) tryWrite(b []byte) (int, error) {
-	var n int
-	var werr error
-	err := c.raw.Write(func(fd uintptr) bool {
-		for {
-			n, werr = syscall.Write(int(fd), b)
-			if werr != syscall.EINTR {
-				return true
-			}
-		}
-	})
-	switch {
-	case err != nil:
-		return 0, err
-	case werr == syscall.EAGAIN:
-		return 0, nil
-	case werr != nil:
-		return 0, werr
-	}
-	return max(n, 0), nil
-}
-
 // flush writes queued packets until the queue is empty, batching what
 // accumulated into one write. It runs only while there is something to
 // write, so an idle connection has no writer goroutine.
@@ -294,12 +273,41 @@ func (c *conn) closeReason() string {
 
 func (c *conn) send(p packets.ControlPacket) { c.enqueue(encode(p), nil, nil) }
 
+// refuseFull turns away a socket over MaxConnections: it reads the CONNECT
+// (for at most refuseWait), answers CONNACK 3 "server unavailable", which
+// the SDKs treat as retryable (§8.9), and closes. A socket that sends no
+// CONNECT in time, or a larger one than a device sends, is closed without
+// CONNACK. The CONNECT is read in full first: closing a socket with unread
+// input resets it, and the device could lose the CONNACK.
+func (c *conn) refuseFull() {
+	r := &packetReader{src: c.nc, max: refuseMaxPacket}
+	defer r.release()
+	_ = c.nc.SetReadDeadline(time.Now().Add(refuseWait))
+	pkt, err := r.next()
+	if _, ok := pkt.(*packets.ConnectPacket); ok && err == nil {
+		ack := packets.NewControlPacket(packets.Connack).(*packets.ConnackPacket)
+		ack.ReturnCode = packets.ErrRefusedServerUnavailable
+		_ = c.nc.SetWriteDeadline(time.Now().Add(refuseWait))
+		_, _ = c.nc.Write(encode(ack))
+	}
+	c.close(reasonFull)
+}
+
+// refuseMaxPacket bounds the CONNECT read from a socket that is refused:
+// a device's CONNECT (ids, user name, token, a small Will) fits.
+const refuseMaxPacket = 16 * 1024
+
 // handshake reads and answers CONNECT. On success the caller runs the
 // connection with run.
 func (c *conn) handshake() (r *packetReader, keepAlive time.Duration, ok bool) {
 	r = &packetReader{src: c.nc, max: MaxPacket}
 	_ = c.nc.SetReadDeadline(time.Now().Add(connectWait))
 	pkt, err := r.next()
+	if errors.Is(err, errMalformed) {
+		c.s.cfg.Log.Info("malformed CONNECT", "op", "connect", "err", err)
+		c.close(reasonProtocol)
+		return nil, 0, false
+	}
 	if err != nil {
 		c.close(reasonLost)
 		return nil, 0, false
@@ -345,6 +353,9 @@ func (c *conn) run(r *packetReader, keepAlive time.Duration) {
 				reason = reasonKeepAlive
 			case errors.Is(err, errTooLarge):
 				c.s.cfg.Log.Warn("packet too large; disconnecting", "device_id", c.deviceID, "err", err)
+				reason = reasonProtocol
+			case errors.Is(err, errMalformed):
+				c.s.cfg.Log.Warn("device broke the protocol; disconnecting", "device_id", c.deviceID, "op", reasonProtocol, "err", err)
 				reason = reasonProtocol
 			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.closeReason() == "":
 				c.s.cfg.Log.Debug("read failed", "device_id", c.deviceID, "err", err)
@@ -446,8 +457,13 @@ func (c *conn) publish(p *packets.PublishPacket) bool {
 	return true
 }
 
-// telemetry turns a device-to-cloud message into an event (§8.10).
+// telemetry turns a device-to-cloud message into an event (§8.10). A body
+// over MaxTelemetry closes the connection, as Azure does.
 func (c *conn) telemetry(t Topic, p *packets.PublishPacket) bool {
+	if len(p.Payload) > MaxTelemetry {
+		c.violation(reasonTooLarge, fmt.Sprintf("telemetry body of %d bytes (limit %d)", len(p.Payload), MaxTelemetry))
+		return false
+	}
 	bag, err := ParseBag(t.Bag)
 	if err != nil {
 		c.violation(reasonForbidden, err.Error())

@@ -16,8 +16,9 @@ import (
 // CONNACK codes: 1 for anything but MQTT 3.1.1; 2 for an empty or module
 // client id; 4 for a user name that is not {host}/{clientId}/?…; 5 for a
 // missing, malformed, expired or wrongly signed token and for an unknown
-// or disabled device; 3 when the registry cannot be read. A malformed
-// CONNECT (reserved bit, bad protocol name) is closed without CONNACK.
+// or disabled device; 3 when the registry cannot be read. A malformed CONNECT
+// (reserved bit, bad protocol name, U+0000 or bad UTF-8 in a string: see
+// rules.go) is closed without CONNACK.
 func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	log := c.s.cfg.Log
 	refuse := func(code byte, why string) (time.Duration, bool) {

@@ -10,6 +10,7 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/sas"
 )
 
 func TestConnectRefusals(t *testing.T) {
@@ -28,6 +29,12 @@ func TestConnectRefusals(t *testing.T) {
 		t.Fatal(err)
 	}
 	good := d.token(now.Add(time.Hour))
+	// Signed with dev1's own key, but for sr=host/devices: a prefix of the
+	// device's resource that names no device.
+	allDevices, err := sas.New(sas.EncodeStrict(h.Hostname()+"/devices"), d.key, "", now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
 	cases := []struct {
 		name string
 		cp   *packets.ConnectPacket
@@ -38,6 +45,7 @@ func TestConnectRefusals(t *testing.T) {
 		{"token of another device", connectPacket(d.id, d.username(), device{id: other.id, key: d.key, h: h}.token(now.Add(time.Hour)), false), packets.ErrRefusedNotAuthorised},
 		{"unknown device", connectPacket("ghost", h.Hostname()+"/ghost/?api-version=2021-04-12", good, false), packets.ErrRefusedNotAuthorised},
 		{"disabled device", connectPacket(disabled.id, disabled.username(), disabled.token(now.Add(time.Hour)), false), packets.ErrRefusedNotAuthorised},
+		{"device key token for all devices", connectPacket(d.id, d.username(), allDevices, false), packets.ErrRefusedNotAuthorised},
 		{"garbage password", connectPacket(d.id, d.username(), "hello", false), packets.ErrRefusedNotAuthorised},
 		{"no password", connectPacket(d.id, d.username(), "", false), packets.ErrRefusedNotAuthorised},
 		{"client id does not match user name", connectPacket(other.id, d.username(), other.token(now.Add(time.Hour)), false), packets.ErrRefusedBadUsernameOrPassword},

@@ -12,9 +12,11 @@ type metrics struct {
 	disconnects    *prometheus.CounterVec
 	telemetry      prometheus.Counter
 	telemetryBytes prometheus.Counter
+	overCapacity   prometheus.Counter
+	acceptErrors   prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer, b *bus.Bus) *metrics {
+func newMetrics(reg prometheus.Registerer, b *bus.Bus, sockets func() int) *metrics {
 	m := &metrics{
 		connects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herd_mqtt_connects_total",
@@ -32,13 +34,25 @@ func newMetrics(reg prometheus.Registerer, b *bus.Bus) *metrics {
 			Name: "herd_telemetry_bytes_total",
 			Help: "Bytes of device-to-cloud message bodies received.",
 		}),
+		overCapacity: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herd_mqtt_over_capacity_total",
+			Help: "Device sockets refused because --max-connections were open (answered CONNACK 3, or closed).",
+		}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "herd_mqtt_accept_errors_total",
+			Help: "Failed accepts of device connections that were retried (out of file descriptors or buffers).",
+		}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.connects, m.disconnects, m.telemetry, m.telemetryBytes,
+		reg.MustRegister(m.connects, m.disconnects, m.telemetry, m.telemetryBytes, m.overCapacity, m.acceptErrors,
 			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 				Name: "herd_mqtt_connected_devices",
 				Help: "Devices connected now.",
-			}, func() float64 { return float64(b.Connected()) }))
+			}, func() float64 { return float64(b.Connected()) }),
+			prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+				Name: "herd_mqtt_open_sockets",
+				Help: "Device sockets open now (TCP, TLS and WebSocket, before and after CONNECT), the number --max-connections bounds.",
+			}, func() float64 { return float64(sockets()) }))
 	}
 	return m
 }

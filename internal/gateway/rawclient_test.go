@@ -2,6 +2,7 @@ package gateway_test
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -54,6 +55,25 @@ func (c *rawClient) send(p packets.ControlPacket) {
 	if err := p.Write(c.nc); err != nil {
 		c.t.Fatalf("write %s: %v", p, err)
 	}
+}
+
+// sendRaw writes bytes as they are, in one write: for packets the codec
+// would not produce.
+func (c *rawClient) sendRaw(b []byte) {
+	c.t.Helper()
+	if _, err := c.nc.Write(b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// encodePacket returns the bytes of p on the wire.
+func encodePacket(t testing.TB, p packets.ControlPacket) []byte {
+	t.Helper()
+	var b bytes.Buffer
+	if err := p.Write(&b); err != nil {
+		t.Fatalf("encode %s: %v", p, err)
+	}
+	return b.Bytes()
 }
 
 // read returns the next packet, failing the test after 10 s.

@@ -114,13 +114,17 @@ func (p *packetReader) fill(n int) error {
 	return nil
 }
 
-// next reads one packet. The remaining length is checked against the
-// limit before the codec allocates the packet body (packets.ReadPacket
+// next reads one packet. The fixed-header flags and the remaining length
+// are checked before the codec allocates the packet body (packets.ReadPacket
 // would allocate whatever length the peer claims). Decoding the
 // variable-length integer here (MQTT 3.1.1 §2.2.3) is only that guard;
-// the packet itself is decoded by the paho codec.
+// the packet itself is decoded by the paho codec, and then checked against
+// the rules the codec does not enforce (rules.go).
 func (p *packetReader) next() (packets.ControlPacket, error) {
 	if err := p.idle(); err != nil {
+		return nil, err
+	}
+	if err := checkFixedHeader(p.b[p.r]); err != nil {
 		return nil, err
 	}
 	length, mult := 0, 1
@@ -141,5 +145,12 @@ func (p *packetReader) next() (packets.ControlPacket, error) {
 	if length > p.max {
 		return nil, fmt.Errorf("%w: %d bytes (limit %d)", errTooLarge, length, p.max)
 	}
-	return packets.ReadPacket(p)
+	pkt, err := packets.ReadPacket(p)
+	if err != nil {
+		return nil, err
+	}
+	if err := checkPacket(pkt); err != nil {
+		return nil, err
+	}
+	return pkt, nil
 }

@@ -20,6 +20,7 @@ import (
 	"log/slog"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -33,8 +34,12 @@ import (
 
 // Limits and defaults.
 const (
-	// MaxPacket bounds one packet: a 256 KB telemetry body plus topic.
-	MaxPacket = 256*1024 + 64*1024
+	// MaxTelemetry bounds the body of a device-to-cloud message (§8.7,
+	// §8.10: 256 KB); a larger one closes the connection.
+	MaxTelemetry = 256 * 1024
+	// MaxPacket bounds one packet: a telemetry body plus topic. A larger
+	// packet is not read; the connection is closed.
+	MaxPacket = MaxTelemetry + 64*1024
 	// connectWait is how long a new connection may take to send CONNECT.
 	connectWait = 10 * time.Second
 	// maxKeepAlive is Azure's server-side cap (§8.5): the connection is
@@ -42,6 +47,14 @@ const (
 	maxKeepAlive = 1767 * time.Second
 	// writeWait bounds one socket write.
 	writeWait = 10 * time.Second
+	// refuseWait is how long a socket over MaxConnections may take to send
+	// its CONNECT before it is closed without CONNACK.
+	refuseWait = 2 * time.Second
+	// maxRefusing bounds the sockets over MaxConnections held at once to
+	// answer them CONNACK 3; further ones are closed at once.
+	maxRefusing = 64
+	// maxAcceptDelay caps the backoff after a failed accept.
+	maxAcceptDelay = time.Second
 	// activityEvery limits how often one connection records activity
 	// (lastActivityTime is that precise; Azure's lags by minutes).
 	activityEvery = 5 * time.Second
@@ -92,6 +105,13 @@ type Config struct {
 	// packets and 1 MiB.
 	QueuePackets int
 	QueueBytes   int
+	// MaxConnections bounds the device sockets open at once (TCP, TLS and
+	// WebSocket, counted from accept, before CONNECT), so that the hub
+	// refuses devices cleanly instead of running out of file descriptors.
+	// A socket over the bound is answered CONNACK 3 (server unavailable)
+	// and closed. Zero means no bound. Connections given to ServeConn
+	// (in-memory transports) are not sockets and are not counted.
+	MaxConnections int
 }
 
 // Server accepts device connections.
@@ -103,8 +123,13 @@ type Server struct {
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
-	closed    bool
-	wg        sync.WaitGroup
+	// sockets counts the connections in conns that are sockets (bounded by
+	// MaxConnections); refusing holds those over the bound being refused.
+	sockets  int
+	refusing map[*conn]struct{}
+	closed   bool
+	done     chan struct{} // closed with closed
+	wg       sync.WaitGroup
 }
 
 // New returns a gateway. Serve listeners on it and Run it.
@@ -121,10 +146,12 @@ func New(cfg Config) *Server {
 	s := &Server{
 		cfg:       cfg,
 		sessions:  newSessions(cfg.Sessions),
-		m:         newMetrics(cfg.Metrics, cfg.Bus),
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
+		refusing:  map[*conn]struct{}{},
+		done:      make(chan struct{}),
 	}
+	s.m = newMetrics(cfg.Metrics, cfg.Bus, s.openSockets)
 	return s
 }
 
@@ -146,18 +173,35 @@ func (s *Server) Run(ctx context.Context) error {
 
 func (s *Server) shutdown() {
 	s.mu.Lock()
-	s.closed = true
+	if !s.closed {
+		s.closed = true
+		close(s.done)
+	}
 	for l := range s.listeners {
 		l.Close()
 	}
 	for c := range s.conns {
 		c.close(reasonShutdown)
 	}
+	for c := range s.refusing {
+		c.close(reasonShutdown)
+	}
 	s.mu.Unlock()
 	s.wg.Wait()
 }
 
+// openSockets is the number of device sockets open now.
+func (s *Server) openSockets() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.sockets
+}
+
 // Serve accepts connections on l until l is closed or the server stops.
+// Accept errors that pass (out of file descriptors or buffers, a
+// connection aborted before it was accepted) are retried with a backoff
+// of 5 ms doubling to 1 s, as net/http does, and logged once per burst;
+// any other error is returned.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
 	if s.closed {
@@ -172,34 +216,80 @@ func (s *Server) Serve(l net.Listener) error {
 		delete(s.listeners, l)
 		s.mu.Unlock()
 	}()
-	var delay time.Duration
+	var (
+		delay      time.Duration
+		logged     time.Time // when a burst was last logged
+		suppressed int       // bursts not logged since
+	)
 	for {
 		nc, err := l.Accept()
-		if err != nil {
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				delay = min(max(2*delay, 5*time.Millisecond), time.Second)
-				time.Sleep(delay)
-				continue
-			}
-			s.mu.Lock()
-			closed := s.closed
-			s.mu.Unlock()
-			if closed || errors.Is(err, net.ErrClosed) {
-				return nil
-			}
+		if err == nil {
+			delay = 0
+			go s.accept(nc)
+			continue
+		}
+		select {
+		case <-s.done:
+			return nil
+		default:
+		}
+		if errors.Is(err, net.ErrClosed) {
+			return nil
+		}
+		if !temporaryAccept(err) {
 			return err
 		}
-		delay = 0
-		go s.accept(nc)
+		s.m.acceptErrors.Inc()
+		if delay == 0 { // a burst begins; log it, at most once a minute
+			if now := time.Now(); now.Sub(logged) >= time.Minute {
+				s.cfg.Log.Warn("accepting device connections failed; retrying with backoff "+
+					"(raise the open-file limit or lower --max-connections)",
+					"op", "accept", "addr", l.Addr().String(), "err", err, "bursts_not_logged", suppressed)
+				logged, suppressed = now, 0
+			} else {
+				suppressed++
+			}
+		}
+		delay = min(max(2*delay, 5*time.Millisecond), maxAcceptDelay)
+		t := time.NewTimer(delay)
+		select {
+		case <-t.C:
+		case <-s.done:
+			t.Stop()
+			return nil
+		}
 	}
 }
 
+// temporaryAccept reports whether an accept error passes: the process or
+// system is out of file descriptors (EMFILE, ENFILE) or memory (ENOBUFS,
+// ENOMEM), or the peer gave up before it was accepted (ECONNABORTED), or
+// the error says it is temporary (timeouts, EINTR, and on Windows the WSA
+// equivalents). Only a closed or broken listener stops Serve.
+func temporaryAccept(err error) bool {
+	for _, e := range []error{syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM, syscall.ECONNABORTED} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return true
+	}
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
+}
+
 // ServeConn runs the MQTT protocol on one connection and returns when the
-// connection has ended (the WebSocket handler calls it; its goroutine is
-// the connection's reader).
-func (s *Server) ServeConn(nc net.Conn) {
-	c := s.track(nc)
+// connection has ended; the calling goroutine is the connection's reader.
+// It is for in-memory transports (net.Pipe): such connections are not
+// counted against MaxConnections.
+func (s *Server) ServeConn(nc net.Conn) { s.serveConn(nc, false) }
+
+// serveConn is ServeConn; socket says whether nc counts against
+// MaxConnections (the WebSocket handler's connections do).
+func (s *Server) serveConn(nc net.Conn, socket bool) {
+	c := s.track(nc, socket)
 	if c == nil {
 		return
 	}
@@ -215,7 +305,7 @@ func (s *Server) ServeConn(nc net.Conn) {
 // accept runs the handshake of a TCP or TLS connection and, on success,
 // starts its reader on a fresh goroutine (with a small stack) and returns.
 func (s *Server) accept(nc net.Conn) {
-	c := s.track(nc)
+	c := s.track(nc, true)
 	if c == nil {
 		return
 	}
@@ -230,22 +320,50 @@ func (s *Server) accept(nc net.Conn) {
 	}()
 }
 
-func (s *Server) track(nc net.Conn) *conn {
+// track registers a new connection and returns it, or returns nil after
+// closing nc when the server has stopped, or after refusing it when nc is
+// a socket and MaxConnections sockets are open.
+func (s *Server) track(nc net.Conn, socket bool) *conn {
 	c := newConn(s, nc)
 	s.mu.Lock()
-	defer s.mu.Unlock()
 	if s.closed {
+		s.mu.Unlock()
 		nc.Close()
 		return nil
 	}
+	if socket && s.cfg.MaxConnections > 0 && s.sockets >= s.cfg.MaxConnections {
+		s.m.overCapacity.Inc()
+		if len(s.refusing) >= min(maxRefusing, max(1, s.cfg.MaxConnections/16)) {
+			s.mu.Unlock()
+			nc.Close()
+			return nil
+		}
+		s.refusing[c] = struct{}{}
+		s.wg.Add(1)
+		s.mu.Unlock()
+		c.refuseFull()
+		s.mu.Lock()
+		delete(s.refusing, c)
+		s.mu.Unlock()
+		s.wg.Done()
+		return nil
+	}
+	c.socket = socket
+	if socket {
+		s.sockets++
+	}
 	s.conns[c] = struct{}{}
 	s.wg.Add(1)
+	s.mu.Unlock()
 	return c
 }
 
 func (s *Server) untrack(c *conn) {
 	s.mu.Lock()
 	delete(s.conns, c)
+	if c.socket {
+		s.sockets--
+	}
 	s.mu.Unlock()
 	s.wg.Done()
 }

@@ -29,6 +29,6 @@ func (s *Server) WebSocketHandler() http.Handler {
 			return
 		}
 		ws.SetReadLimit(MaxPacket + 1024)
-		s.ServeConn(websocket.NetConn(r.Context(), ws, websocket.MessageBinary))
+		s.serveConn(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), true)
 	})
 }

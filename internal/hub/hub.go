@@ -64,6 +64,10 @@ type Config struct {
 	// JobTwinBatch is how many twins one twin-job transaction patches
 	// (0: job.DefaultTwinBatch).
 	JobTwinBatch int
+	// MaxConnections bounds the device sockets (TCP, TLS, WebSocket) open
+	// at once; more are refused with CONNACK 3 (0: no bound). Default
+	// derives it from the open-file limit (DefaultMaxConnections).
+	MaxConnections int
 	// MQTTAddr is where devices connect with MQTT over TLS ("" = off).
 	MQTTAddr string
 	// MQTTPlainAddr is an optional plain-TCP MQTT listener (load tests,
@@ -86,6 +90,8 @@ func Default() Config {
 		MQTTAddr:  ":8883",
 		Log:       slog.Default(),
 		Now:       time.Now,
+
+		MaxConnections: DefaultMaxConnections(),
 	}
 }
 
@@ -100,6 +106,8 @@ func (c Config) Validate() error {
 		return errors.New("https-addr: the HTTPS address must not be empty")
 	case (c.TLSCert == "") != (c.TLSKey == ""):
 		return errors.New("tls-cert, tls-key: give both or neither")
+	case c.MaxConnections < 0:
+		return errors.New("max-connections: must not be negative (0 means no bound)")
 	case c.Log == nil || c.Now == nil:
 		return errors.New("log and clock must be set")
 	}
@@ -136,6 +144,10 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("create data folder: %w", err)
+	}
+	if lim := openFileLimit(); lim > 0 && (cfg.MaxConnections == 0 || cfg.MaxConnections > lim) {
+		cfg.Log.Warn("max-connections is not below the open-file limit: a flood of device sockets can exhaust file descriptors",
+			"max_connections", cfg.MaxConnections, "open_file_limit", lim, "suggested", MaxConnectionsFor(lim))
 	}
 	h := &Hub{cfg: cfg}
 	defer func() {
@@ -213,7 +225,7 @@ func (h *Hub) wire(cfg Config) error {
 	gw = gateway.New(gateway.Config{
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
 		Methods: h.Methods, Bus: h.Bus, Sessions: h.DB, Events: h.Events.Publish,
-		Clock: clk, Log: cfg.Log, Metrics: h.Metrics,
+		Clock: clk, Log: cfg.Log, Metrics: h.Metrics, MaxConnections: cfg.MaxConnections,
 	})
 	h.Gateway = gw
 	h.Jobs = newJobs(h, cfg, clk)

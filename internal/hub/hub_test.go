@@ -46,9 +46,10 @@ func TestOwnCertificate(t *testing.T) {
 func TestValidate(t *testing.T) {
 	base := hub.Default()
 	for name, mut := range map[string]func(*hub.Config){
-		"data":     func(c *hub.Config) { c.DataDir = "" },
-		"hostname": func(c *hub.Config) { c.Hostname = "" },
-		"tls-key":  func(c *hub.Config) { c.TLSCert = "x.pem" },
+		"data":            func(c *hub.Config) { c.DataDir = "" },
+		"hostname":        func(c *hub.Config) { c.Hostname = "" },
+		"tls-key":         func(c *hub.Config) { c.TLSCert = "x.pem" },
+		"max-connections": func(c *hub.Config) { c.MaxConnections = -1 },
 	} {
 		c := base
 		mut(&c)
