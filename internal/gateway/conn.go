@@ -370,7 +370,7 @@ func (c *conn) run(r *packetReader, keepAlive time.Duration) {
 	}
 }
 
-// touch records activity, at most once a second per connection.
+// touch records activity, at most once per activityEvery (5 s) per connection.
 func (c *conn) touch() {
 	now := c.s.cfg.Clock.Now()
 	if now.Sub(c.activity) >= activityEvery {

@@ -9,7 +9,6 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"syscall"
 	"testing"
 	"time"
 
@@ -112,15 +111,6 @@ func BenchmarkTwinJob100k(b *testing.B) { benchTwinJob(b, 100_000) }
 type discard struct{}
 
 func (discard) Notify(string, int64, []byte) {}
-
-// cpuTime is the CPU time the process has used (user + system).
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
-		return 0
-	}
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // instant is a fleet in which every device is online and answers at once:
 // it measures what the engine and the store cost per device, without a
