@@ -275,7 +275,7 @@ func (c *conn) send(p packets.ControlPacket) { c.enqueue(encode(p), nil, nil) }
 
 // refuseFull turns away a socket over MaxConnections: it reads the CONNECT
 // (for at most refuseWait), answers CONNACK 3 "server unavailable", which
-// the SDKs treat as retryable (§8.9), and closes. A socket that sends no
+// the SDKs treat as retryable (§8.9); the caller closes it. A socket that sends no
 // CONNECT in time, or a larger one than a device sends, is closed without
 // CONNACK. The CONNECT is read in full first: closing a socket with unread
 // input resets it, and the device could lose the CONNACK.
@@ -290,7 +290,6 @@ func (c *conn) refuseFull() {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(refuseWait))
 		_, _ = c.nc.Write(encode(ack))
 	}
-	c.close(reasonFull)
 }
 
 // refuseMaxPacket bounds the CONNECT read from a socket that is refused:

@@ -342,9 +342,12 @@ func (s *Server) track(nc net.Conn, socket bool) *conn {
 		s.wg.Add(1)
 		s.mu.Unlock()
 		c.refuseFull()
+		// The place is free before the device can see the socket close,
+		// so that its next attempt is answered, not dropped.
 		s.mu.Lock()
 		delete(s.refusing, c)
 		s.mu.Unlock()
+		c.close(reasonFull)
 		s.wg.Done()
 		return nil
 	}
