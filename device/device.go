@@ -16,6 +16,10 @@
 //	})
 //	err = c.Connect(ctx)
 //	defer c.Close()
+//
+// Requests the hub refuses fail with *herd.Error, as in the service SDK:
+// herd.IsCode(err, herd.ErrArgumentInvalid) works on both sides, and
+// Status holds the status of the hub's answer.
 package device
 
 import (
@@ -136,8 +140,8 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 func (c *Client) DeviceID() string { return c.cs.DeviceID }
 
 // Connect opens the first connection and starts keeping it up (token
-// renewal, reconnects). Authentication failures are returned as they are,
-// without retrying.
+// renewal, reconnects). Failures are returned without retrying; a refused
+// CONNECT is a *herd.Error (ErrUnauthorized for bad credentials).
 func (c *Client) Connect(ctx context.Context) error {
 	c.mu.Lock()
 	if c.closed {
@@ -252,7 +256,7 @@ func (c *Client) dial(ctx context.Context) error {
 	tok := conn.Connect()
 	if err := wait(ctx, tok); err != nil {
 		conn.Disconnect(0)
-		return fmt.Errorf("device: connect %s: %w", c.cs.DeviceID, err)
+		return connectError(c.cs.DeviceID, err)
 	}
 	present := tok.(*mqtt.ConnectToken).SessionPresent()
 	c.mu.Lock()

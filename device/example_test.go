@@ -3,10 +3,12 @@ package device_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"time"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/device"
 )
 
@@ -65,4 +67,14 @@ func ExampleClient_Twin() {
 		log.Fatal(err)
 	}
 	fmt.Println("desired version", t.DesiredVersion, "interval", t.Desired["interval"])
+}
+
+// A refused twin request is a *herd.Error, as in the service SDK.
+func ExampleClient_ReportProperties() {
+	var c *device.Client // connected as in Example
+	_, err := c.ReportProperties(context.Background(), map[string]any{"bad key": 1})
+	var he *herd.Error
+	if errors.As(err, &he) && he.Code == herd.ErrArgumentInvalid {
+		fmt.Println("refused with status", he.Status, ":", he.Message)
+	}
 }
