@@ -69,6 +69,29 @@ func ExampleClient_Twin() {
 	fmt.Println("desired version", t.DesiredVersion, "interval", t.Desired["interval"])
 }
 
+// Following the connection: a drop, the attempts to reconnect (with their
+// errors) and the reconnect, or a token renewal, and Close at the end.
+func ExampleClient_OnConnectionState() {
+	c, err := device.New("HostName=localhost;DeviceId=myDevice;SharedAccessKey=…",
+		device.WithCAFile("herd-data/ca.pem"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c.OnConnectionState(func(s device.ConnectionState, err error) {
+		switch {
+		case s == device.Reconnecting && herd.IsCode(err, herd.ErrUnauthorized):
+			log.Print("the hub refuses this device's key; was it disabled or rotated?")
+		case errors.Is(err, device.ErrTokenRenewal), errors.Is(err, device.ErrClosed):
+		default:
+			log.Print("hub connection: ", s, " ", err)
+		}
+	})
+	if err := c.Connect(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}
+
 // A refused twin request is a *herd.Error, as in the service SDK.
 func ExampleClient_ReportProperties() {
 	var c *device.Client // connected as in Example

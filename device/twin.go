@@ -97,6 +97,8 @@ func (c *Client) twinRequest(ctx context.Context, prefix string, body []byte) (t
 		return r, nil
 	case <-ctx.Done():
 		return twinReply{}, fmt.Errorf("device: twin request: %w", ctx.Err())
+	case <-c.life.Done():
+		return twinReply{}, ErrClosed
 	}
 }
 
