@@ -45,6 +45,12 @@ const (
 type Error struct {
 	Code    ErrorCode
 	Message string
+	// Status is the status a client SDK received with the error: the HTTP
+	// status in the service SDK, the {status} of a twin response
+	// ($iothub/twin/res/{status}/) in the device SDK. It is 0 in errors
+	// the server makes: there httpapi and the gateway derive the status
+	// from Code, and never read this field.
+	Status int
 }
 
 // Error implements the error interface.

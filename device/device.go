@@ -7,15 +7,24 @@
 // plain TCP for load tests. It signs its own SAS tokens from the
 // connection string's key, renews them before they expire by reconnecting,
 // and reconnects with exponential back-off and jitter when the connection
-// drops. It is built on github.com/eclipse/paho.mqtt.golang; it never
-// imports Herd's server packages.
+// drops; OnConnectionState tells the program as it happens. It is built on
+// github.com/eclipse/paho.mqtt.golang; it never imports Herd's server
+// packages.
 //
 //	c, err := device.New(connectionString, device.WithCAFile("herd-data/ca.pem"))
 //	c.OnMethod("reboot", func(ctx context.Context, payload json.RawMessage) (int, any) {
 //		return 200, map[string]any{"rebooting": true}
 //	})
+//	c.OnConnectionState(func(s device.ConnectionState, err error) {
+//		log.Print("hub connection: ", s, " ", err)
+//	})
 //	err = c.Connect(ctx)
 //	defer c.Close()
+//
+// Requests the hub refuses fail with *herd.Error, as in the service SDK:
+// herd.IsCode(err, herd.ErrArgumentInvalid) works on both sides, and
+// Status holds the status of the hub's answer. Close waits for running
+// handlers to return, after cancelling the contexts of method handlers.
 package device
 
 import (
@@ -41,12 +50,16 @@ import (
 // ErrClosed is returned by calls on a closed client.
 var ErrClosed = errors.New("device: client closed")
 
+var errConnected = errors.New("device: Connect was already called")
+
 // MethodHandler answers a direct method: the status and a response that is
-// sent as JSON (a json.RawMessage or []byte is sent as it is).
+// sent as JSON (a json.RawMessage or []byte is sent as it is). ctx ends
+// after the client's operation timeout, or when the client is closed.
 type MethodHandler func(ctx context.Context, payload json.RawMessage) (status int, response any)
 
 // DesiredHandler receives a desired-properties change: the changed keys
-// (null = deleted) and the new desired $version.
+// (null = deleted) and the new desired $version. Close waits for a
+// running one to return.
 type DesiredHandler func(patch map[string]any, version int64)
 
 // subscriptions the client may need.
@@ -75,15 +88,29 @@ type Client struct {
 	subscribed int           // what the hub's session holds
 	methods    map[string]MethodHandler
 	desired    []DesiredHandler
+	onState    []ConnectionStateHandler
+	reports    []stateReport // waiting for deliverStates
 	pending    map[string]chan twinReply
 	rid        uint64
 	expires    time.Time
+	connecting bool // Connect was called and has not failed
+	up         bool // Connect succeeded: the goroutines below run
 	closed     bool
 
-	lost     chan mqtt.Client
-	done     chan struct{}
+	// life is the client's lifecycle context, cancelled by Close; the
+	// contexts of method handlers and reconnects derive from it.
+	life     context.Context
+	stop     context.CancelFunc
+	lost     chan lostConn
+	reported chan struct{} // a report was queued, or Close was called
 	desiredQ chan desiredPush
-	wg       sync.WaitGroup
+	g        *group // every goroutine the client starts
+}
+
+// lostConn is a connection paho lost, and why.
+type lostConn struct {
+	conn mqtt.Client
+	err  error
 }
 
 type twinReply struct {
@@ -121,14 +148,18 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 		return nil, errors.New("device: the Plain transport needs WithAddress")
 	}
 	host, _, _ := strings.Cut(cs.HostName, ":")
+	life, stop := context.WithCancel(context.Background())
 	return &Client{
 		cs: cs, opts: o, host: host,
 		ready:    make(chan struct{}),
 		methods:  map[string]MethodHandler{},
 		pending:  map[string]chan twinReply{},
-		lost:     make(chan mqtt.Client, 8),
-		done:     make(chan struct{}),
+		life:     life,
+		stop:     stop,
+		lost:     make(chan lostConn, 8),
+		reported: make(chan struct{}, 1),
 		desiredQ: make(chan desiredPush, 64),
+		g:        newGroup(),
 	}, nil
 }
 
@@ -136,40 +167,71 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 func (c *Client) DeviceID() string { return c.cs.DeviceID }
 
 // Connect opens the first connection and starts keeping it up (token
-// renewal, reconnects). Authentication failures are returned as they are,
-// without retrying.
+// renewal, reconnects). Failures are returned without retrying; a refused
+// CONNECT is a *herd.Error (ErrUnauthorized for bad credentials). After a
+// failure Connect may be called again; after a success it may not.
 func (c *Client) Connect(ctx context.Context) error {
 	c.mu.Lock()
-	if c.closed {
+	switch {
+	case c.closed:
 		c.mu.Unlock()
 		return ErrClosed
+	case c.connecting:
+		c.mu.Unlock()
+		return errConnected
 	}
+	c.connecting = true
 	c.mu.Unlock()
 	if err := c.dial(ctx); err != nil {
+		c.mu.Lock()
+		c.connecting = false
+		c.mu.Unlock()
 		return err
 	}
-	c.wg.Add(2)
-	go c.supervise()
-	go c.deliverDesired()
+	c.mu.Lock()
+	up := !c.closed
+	c.up = up
+	c.mu.Unlock()
+	if !up || !c.g.Go(c.supervise) || !c.g.Go(c.deliverDesired) || !c.g.Go(c.deliverStates) {
+		return ErrClosed // Close came first; it stops whatever started
+	}
 	return nil
 }
 
-// Close disconnects and stops reconnecting.
+// Close disconnects, stops reconnecting and waits for the client's
+// goroutines to return, running handlers included; it cancels the
+// contexts of method handlers first so that they can stop. State handlers
+// are told Disconnected with ErrClosed.
+//
+// A handler may call Close: it then waits for the other handlers but not
+// for itself (nor for another handler that is calling Close), so it does
+// not deadlock; the client's goroutine that ran the handler ends when the
+// handler returns. Close may be called more than once, and every call
+// waits; calls made after it fail with ErrClosed. It returns nil.
 func (c *Client) Close() error {
 	c.mu.Lock()
-	if c.closed {
-		c.mu.Unlock()
-		return nil
+	first := !c.closed
+	var conn mqtt.Client
+	if first {
+		if c.up {
+			c.queueState(Disconnected, ErrClosed)
+		}
+		c.closed = true
+		conn, c.conn = c.conn, nil
+		c.stop()
 	}
-	c.closed = true
-	conn := c.conn
-	c.conn = nil
-	close(c.done)
 	c.mu.Unlock()
-	if conn != nil {
-		conn.Disconnect(250)
+	if first {
+		select {
+		case c.reported <- struct{}{}: // deliverStates: the last report
+		default:
+		}
+		c.g.stop()
+		if conn != nil {
+			conn.Disconnect(250)
+		}
 	}
-	c.wg.Wait()
+	c.g.wait()
 	return nil
 }
 
@@ -244,7 +306,7 @@ func (c *Client) dial(ctx context.Context) error {
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 		c.opts.log.Info("connection lost", "device_id", c.cs.DeviceID, "err", err)
 		select {
-		case c.lost <- conn:
+		case c.lost <- lostConn{conn, err}:
 		default:
 		}
 	})
@@ -252,7 +314,7 @@ func (c *Client) dial(ctx context.Context) error {
 	tok := conn.Connect()
 	if err := wait(ctx, tok); err != nil {
 		conn.Disconnect(0)
-		return fmt.Errorf("device: connect %s: %w", c.cs.DeviceID, err)
+		return connectError(c.cs.DeviceID, err)
 	}
 	present := tok.(*mqtt.ConnectToken).SessionPresent()
 	c.mu.Lock()
@@ -268,7 +330,19 @@ func (c *Client) dial(ctx context.Context) error {
 	c.expires = exp
 	close(c.ready)
 	c.mu.Unlock()
-	return c.ensureSubscribed(ctx)
+	if err := c.ensureSubscribed(ctx); err != nil {
+		c.mu.Lock()
+		c.forget(conn) // never reported Connected
+		c.mu.Unlock()
+		conn.Disconnect(0)
+		return err
+	}
+	c.mu.Lock()
+	if c.conn == conn {
+		c.setState(Connected, nil)
+	}
+	c.mu.Unlock()
+	return nil
 }
 
 // need is what the handlers need subscribed.
@@ -322,7 +396,6 @@ func wait(ctx context.Context, t mqtt.Token) error {
 // supervise keeps the connection up: it renews the token before expiry by
 // reconnecting, and reconnects with back-off after a drop.
 func (c *Client) supervise() {
-	defer c.wg.Done()
 	for {
 		c.mu.Lock()
 		renewIn := c.expires.Sub(c.opts.now()) - c.opts.renewMargin
@@ -333,18 +406,18 @@ func (c *Client) supervise() {
 		c.mu.Unlock()
 		renew := time.NewTimer(max(renewIn, 0))
 		select {
-		case <-c.done:
+		case <-c.life.Done():
 			renew.Stop()
 			return
 		case lost := <-c.lost:
 			renew.Stop()
-			if lost != current {
+			if lost.conn != current {
 				continue // an old connection
 			}
-			c.drop(current)
+			c.drop(current, lost.err)
 		case <-renew.C:
 			c.opts.log.Info("renewing SAS token", "device_id", c.cs.DeviceID)
-			c.drop(current)
+			c.drop(current, ErrTokenRenewal)
 			if current != nil {
 				current.Disconnect(250)
 			}
@@ -355,47 +428,61 @@ func (c *Client) supervise() {
 	}
 }
 
-// drop forgets the current connection.
-func (c *Client) drop(conn mqtt.Client) {
+// drop forgets the current connection, which went for the reason cause,
+// and reports it.
+func (c *Client) drop(conn mqtt.Client, cause error) {
 	c.mu.Lock()
-	if c.conn == conn && c.conn != nil {
-		c.conn = nil
-		c.ready = make(chan struct{})
+	if c.forget(conn) {
+		c.setState(Disconnected, cause)
 	}
 	c.mu.Unlock()
+}
+
+// forget forgets conn if it is the current connection, and reports whether
+// it was; c.mu is held.
+func (c *Client) forget(conn mqtt.Client) bool {
+	if c.conn != conn || conn == nil {
+		return false
+	}
+	c.conn = nil
+	c.ready = make(chan struct{})
+	return true
 }
 
 // reconnect dials until it succeeds or the client closes, waiting an
 // exponentially growing, jittered time between attempts.
 func (c *Client) reconnect() bool {
+	c.reportState(Reconnecting, nil)
 	delay := c.opts.backoffMin
 	for attempt := 0; ; attempt++ {
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.opTimeout)
-		go func() {
-			select {
-			case <-c.done:
-				cancel()
-			case <-ctx.Done():
-			}
-		}()
+		ctx, cancel := context.WithTimeout(c.life, c.opts.opTimeout)
 		err := c.dial(ctx)
 		cancel()
 		if err == nil {
 			c.opts.log.Info("reconnected", "device_id", c.cs.DeviceID, "attempts", attempt+1)
 			return true
 		}
-		if errors.Is(err, ErrClosed) {
+		if errors.Is(err, ErrClosed) || c.life.Err() != nil {
 			return false
 		}
 		c.opts.log.Warn("reconnect failed", "device_id", c.cs.DeviceID, "err", err)
-		sleep := delay/2 + rand.N(delay/2+1)
+		c.reportState(Reconnecting, err)
+		sleep := time.NewTimer(delay/2 + rand.N(delay/2+1))
 		select {
-		case <-c.done:
+		case <-c.life.Done():
+			sleep.Stop()
 			return false
-		case <-time.After(sleep):
+		case <-sleep.C:
 		}
 		delay = min(2*delay, c.opts.backoffMax)
 	}
+}
+
+// reportState is setState for a caller that does not hold c.mu.
+func (c *Client) reportState(s ConnectionState, err error) {
+	c.mu.Lock()
+	c.setState(s, err)
+	c.mu.Unlock()
 }
 
 // current waits for a connection within ctx.
@@ -414,7 +501,7 @@ func (c *Client) current(ctx context.Context) (mqtt.Client, error) {
 		case <-ready:
 		case <-ctx.Done():
 			return nil, fmt.Errorf("device: not connected: %w", ctx.Err())
-		case <-c.done:
+		case <-c.life.Done():
 			return nil, ErrClosed
 		}
 	}
@@ -485,13 +572,13 @@ func (c *Client) subscribeLater() {
 	if !connected {
 		return // dial subscribes
 	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.opTimeout)
+	c.g.Go(func() {
+		ctx, cancel := context.WithTimeout(c.life, c.opts.opTimeout)
 		defer cancel()
-		if err := c.ensureSubscribed(ctx); err != nil {
+		if err := c.ensureSubscribed(ctx); err != nil && c.life.Err() == nil {
 			c.opts.log.Warn("subscribe", "device_id", c.cs.DeviceID, "err", err)
 		}
-	}()
+	})
 }
 
 func (c *Client) method(topic string, payload []byte) {
@@ -506,30 +593,33 @@ func (c *Client) method(topic string, payload []byte) {
 		return
 	}
 	body := append([]byte(nil), payload...)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.opts.opTimeout)
-		defer cancel()
-		status, resp := h(ctx, json.RawMessage(body))
-		var out []byte
-		switch r := resp.(type) {
-		case json.RawMessage:
-			out = r
-		case []byte:
-			out = r
-		default:
-			var err error
-			if out, err = json.Marshal(resp); err != nil {
-				status, out = 500, []byte(strconv.Quote("device: cannot encode the method response: "+err.Error()))
-			}
+	c.g.Go(func() { c.answer(h, rid, body) }) // nothing starts after Close
+}
+
+// answer runs a method handler and sends its answer.
+func (c *Client) answer(h MethodHandler, rid string, body []byte) {
+	ctx, cancel := context.WithTimeout(c.life, c.opts.opTimeout)
+	defer cancel()
+	status, resp := h(ctx, json.RawMessage(body))
+	var out []byte
+	switch r := resp.(type) {
+	case json.RawMessage:
+		out = r
+	case []byte:
+		out = r
+	default:
+		var err error
+		if out, err = json.Marshal(resp); err != nil {
+			status, out = 500, []byte(strconv.Quote("device: cannot encode the method response: "+err.Error()))
 		}
-		if len(out) == 0 {
-			out = []byte("null")
-		}
-		topic := "$iothub/methods/res/" + strconv.Itoa(status) + "/?$rid=" + rid
-		if err := c.publish(ctx, topic, 0, out); err != nil {
-			c.opts.log.Warn("method response not sent", "device_id", c.cs.DeviceID, "err", err)
-		}
-	}()
+	}
+	if len(out) == 0 {
+		out = []byte("null")
+	}
+	topic := "$iothub/methods/res/" + strconv.Itoa(status) + "/?$rid=" + rid
+	if err := c.publish(ctx, topic, 0, out); err != nil && c.life.Err() == nil {
+		c.opts.log.Warn("method response not sent", "device_id", c.cs.DeviceID, "err", err)
+	}
 }
 
 func (c *Client) desiredPatch(payload []byte) {
@@ -544,17 +634,21 @@ func (c *Client) desiredPatch(payload []byte) {
 	delete(patch, "$version")
 	select {
 	case c.desiredQ <- desiredPush{patch, v}:
-	case <-c.done:
+	case <-c.life.Done():
 	}
 }
 
+// deliverDesired runs the desired handlers, one change at a time, until
+// the client is closed.
 func (c *Client) deliverDesired() {
-	defer c.wg.Done()
 	for {
 		select {
-		case <-c.done:
+		case <-c.life.Done():
 			return
 		case p := <-c.desiredQ:
+			if c.life.Err() != nil {
+				return
+			}
 			c.mu.Lock()
 			hs := append([]DesiredHandler(nil), c.desired...)
 			c.mu.Unlock()

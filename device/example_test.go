@@ -3,10 +3,12 @@ package device_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log"
 	"time"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/device"
 )
 
@@ -65,4 +67,37 @@ func ExampleClient_Twin() {
 		log.Fatal(err)
 	}
 	fmt.Println("desired version", t.DesiredVersion, "interval", t.Desired["interval"])
+}
+
+// Following the connection: a drop, the attempts to reconnect (with their
+// errors) and the reconnect, or a token renewal, and Close at the end.
+func ExampleClient_OnConnectionState() {
+	c, err := device.New("HostName=localhost;DeviceId=myDevice;SharedAccessKey=…",
+		device.WithCAFile("herd-data/ca.pem"))
+	if err != nil {
+		log.Fatal(err)
+	}
+	c.OnConnectionState(func(s device.ConnectionState, err error) {
+		switch {
+		case s == device.Reconnecting && herd.IsCode(err, herd.ErrUnauthorized):
+			log.Print("the hub refuses this device's key; was it disabled or rotated?")
+		case errors.Is(err, device.ErrTokenRenewal), errors.Is(err, device.ErrClosed):
+		default:
+			log.Print("hub connection: ", s, " ", err)
+		}
+	})
+	if err := c.Connect(context.Background()); err != nil {
+		log.Fatal(err)
+	}
+	defer c.Close()
+}
+
+// A refused twin request is a *herd.Error, as in the service SDK.
+func ExampleClient_ReportProperties() {
+	var c *device.Client // connected as in Example
+	_, err := c.ReportProperties(context.Background(), map[string]any{"bad key": 1})
+	var he *herd.Error
+	if errors.As(err, &he) && he.Code == herd.ErrArgumentInvalid {
+		fmt.Println("refused with status", he.Status, ":", he.Message)
+	}
 }

@@ -16,19 +16,8 @@ type Twin struct {
 	ReportedVersion int64
 }
 
-// Error is a failed twin request: the hub's status and its error.
-type Error struct {
-	Status    int
-	ErrorCode int    `json:"errorCode"`
-	Message   string `json:"message"`
-}
-
-// Error implements error.
-func (e *Error) Error() string {
-	return fmt.Sprintf("device: twin request failed with status %d (%d): %s", e.Status, e.ErrorCode, e.Message)
-}
-
-// Twin reads the device's twin (desired and reported properties).
+// Twin reads the device's twin (desired and reported properties). A
+// refusal from the hub is a *herd.Error with the response's status.
 func (c *Client) Twin(ctx context.Context) (*Twin, error) {
 	r, err := c.twinRequest(ctx, "$iothub/twin/GET/?$rid=", nil)
 	if err != nil {
@@ -58,7 +47,9 @@ func (c *Client) Twin(ctx context.Context) (*Twin, error) {
 }
 
 // ReportProperties merges patch into the reported properties (a nil value
-// deletes a key) and returns the new reported $version.
+// deletes a key) and returns the new reported $version. A refusal from
+// the hub is a *herd.Error with the response's status: ArgumentInvalid
+// (400) for a key or value the twin rules forbid, for example.
 func (c *Client) ReportProperties(ctx context.Context, patch map[string]any) (int64, error) {
 	body, err := json.Marshal(patch)
 	if err != nil {
@@ -101,13 +92,13 @@ func (c *Client) twinRequest(ctx context.Context, prefix string, body []byte) (t
 	select {
 	case r := <-ch:
 		if r.status >= 300 {
-			e := &Error{Status: r.status}
-			_ = json.Unmarshal(r.body, e)
-			return twinReply{}, e
+			return twinReply{}, twinError(r.status, r.body)
 		}
 		return r, nil
 	case <-ctx.Done():
 		return twinReply{}, fmt.Errorf("device: twin request: %w", ctx.Err())
+	case <-c.life.Done():
+		return twinReply{}, ErrClosed
 	}
 }
 

@@ -4,9 +4,13 @@
 // REST API Herd speaks).
 //
 // Every call signs a fresh SAS token with the connection string's policy.
-// Failures are *herd.Error values with the hub's error code:
+// Failures the hub answers are *herd.Error values with the hub's error code
+// and the HTTP status:
 //
 //	if herd.IsCode(err, herd.ErrDeviceNotFound) { … }
+//
+// A Client holds idle HTTP connections for reuse; Close releases them when
+// the program is done with the hub.
 package service
 
 import (
@@ -15,25 +19,32 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"net/url"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/sas"
 )
 
-// Client calls a hub's REST API.
+// ErrClosed is returned by calls on a closed client.
+var ErrClosed = errors.New("service: client closed")
+
+// Client calls a hub's REST API. Its methods are safe for concurrent use.
 type Client struct {
 	cs       sas.ConnectionString
 	endpoint string
 	http     *http.Client
+	ownHTTP  bool // http was made by New, so Close may close its connections
 	roots    *x509.CertPool
 	now      func() time.Time
+	closed   atomic.Bool
 }
 
 // Option configures a Client.
@@ -108,8 +119,37 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 		tr.TLSClientConfig = &tls.Config{RootCAs: c.roots, MinVersion: tls.VersionTLS12}
 		tr.MaxIdleConnsPerHost = 64
 		c.http = &http.Client{Transport: tr}
+		c.ownHTTP = true
 	}
 	return c, nil
+}
+
+// Close releases the client's idle HTTP connections, and calls made after
+// it fail with ErrClosed. Calls already running are not interrupted (cancel
+// their contexts to stop them, MonitorEvents included); their connections
+// are closed as they finish rather than kept for reuse. The connections of
+// an http.Client given with WithHTTPClient belong to the caller and are
+// left open. Close may be called more than once; it always returns nil.
+func (c *Client) Close() error {
+	c.closed.Store(true)
+	c.release()
+	return nil
+}
+
+// release closes the idle connections of a closed client.
+func (c *Client) release() {
+	if c.closed.Load() && c.ownHTTP {
+		c.http.CloseIdleConnections()
+	}
+}
+
+// send performs an HTTP request unless the client is closed. The caller
+// closes the reply's body and then calls release.
+func (c *Client) send(req *http.Request) (*http.Response, error) {
+	if c.closed.Load() {
+		return nil, ErrClosed
+	}
+	return c.http.Do(req)
 }
 
 // HostName returns the hub's host name from the connection string.
@@ -160,10 +200,11 @@ func (c *Client) do(ctx context.Context, r request) (http.Header, error) {
 		return nil, err
 	}
 	req.Header.Set("Authorization", tok)
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		return nil, err
 	}
+	defer c.release() // after the body is closed and its connection idle
 	defer resp.Body.Close()
 	data, err := io.ReadAll(resp.Body)
 	if err != nil {
@@ -186,7 +227,8 @@ func (c *Client) do(ctx context.Context, r request) (http.Header, error) {
 	return resp.Header, nil
 }
 
-// parseError turns an Azure error reply into a *herd.Error.
+// parseError turns an Azure error reply into a *herd.Error that keeps the
+// HTTP status.
 func parseError(resp *http.Response, data []byte) error {
 	msg := strings.TrimSpace(string(data))
 	var body struct{ Message string }
@@ -222,7 +264,7 @@ func errorFromMessage(h http.Header, status int, message string) error {
 	if code == "" {
 		code = codeForStatus(status)
 	}
-	return &herd.Error{Code: code, Message: msg}
+	return &herd.Error{Code: code, Message: msg, Status: status}
 }
 
 func codeForStatus(status int) herd.ErrorCode {

@@ -44,13 +44,14 @@ func (c *Client) MonitorEvents(ctx context.Context, deviceID string, h EventHand
 	}
 	req.Header.Set("Authorization", tok)
 	req.Header.Set("Accept", "text/event-stream")
-	resp, err := c.http.Do(req)
+	resp, err := c.send(req)
 	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
 		return err
 	}
+	defer c.release()
 	defer resp.Body.Close()
 	if resp.StatusCode != http.StatusOK {
 		data, _ := io.ReadAll(resp.Body)
