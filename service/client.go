@@ -157,14 +157,13 @@ func (c *Client) HostName() string { return c.cs.HostName }
 
 // request is one REST call.
 type request struct {
-	method  string
-	path    string // already escaped
-	query   url.Values
-	header  http.Header
-	body    any // JSON-encoded unless []byte
-	out     any // decoded from a 2xx reply, if not nil
-	accept  func(status int) bool
-	timeout time.Duration
+	method string
+	path   string // already escaped
+	query  url.Values
+	header http.Header
+	body   any // JSON-encoded unless []byte
+	out    any // decoded from a 2xx reply, if not nil
+	accept func(status int) bool
 }
 
 // do performs a call and returns the reply's headers.

@@ -99,6 +99,7 @@ func (h *Hub) Client(t testing.TB, connectionString string) *service.Client {
 	if err != nil {
 		t.Fatalf("service client: %v", err)
 	}
+	t.Cleanup(func() { c.Close() })
 	return c
 }
 
