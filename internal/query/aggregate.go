@@ -132,14 +132,14 @@ func (c *compiler) aggregate(e *Aggregate) string {
 		return "count(*)"
 	}
 	o := c.path(e.Arg.(*Path))
-	isNum := coalesced(c.is(o, Kinds(Number)))
-	isStr := coalesced(c.is(o, Kinds(String)))
+	isNum := c.is(o, Kinds(Number)).s
+	isStr := c.is(o, Kinds(String)).s
 	n := "CASE WHEN " + isNum + " THEN " + o.num + " END"
 	s := "CASE WHEN " + isStr + " THEN " + o.str + " END"
-	if isNum == "0" {
+	if isNum == "FALSE" {
 		n = "NULL"
 	}
-	if isStr == "0" {
+	if isStr == "FALSE" {
 		s = "NULL"
 	}
 	switch e.Func {
@@ -286,11 +286,11 @@ func (c *compiler) aggregateArg(e *Aggregate) string {
 	isNum := c.is(o, Kinds(Number))
 	isStr := c.is(o, Kinds(String))
 	var whens []string
-	if isNum.s != "0" {
-		whens = append(whens, " WHEN "+coalesced(isNum)+" THEN "+o.num)
+	if isNum.s != "FALSE" {
+		whens = append(whens, " WHEN "+isNum.s+" THEN "+o.num)
 	}
-	if (e.Func == "MIN" || e.Func == "MAX") && isStr.s != "0" {
-		whens = append(whens, " WHEN "+coalesced(isStr)+" THEN "+o.str)
+	if (e.Func == "MIN" || e.Func == "MAX") && isStr.s != "FALSE" {
+		whens = append(whens, " WHEN "+isStr.s+" THEN "+o.str)
 	}
 	if len(whens) == 0 {
 		return "NULL"

@@ -12,16 +12,22 @@ type SQL struct {
 	Args []any
 }
 
-// frag is a compiled condition. null says it may yield SQL NULL, which
-// counts as false except under NOT, where it is coalesced.
+// frag is a compiled condition: an SQL boolean expression. In exact
+// form it is TRUE, FALSE or NULL exactly as the language's true, false or
+// undefined (three-valued logic, NULL for undefined). In loose form — what
+// a WHERE clause and everything under it but NOT needs — it is TRUE
+// exactly when the language says true and FALSE or NULL otherwise, which
+// leaves the SQL free to use shortcuts an index can serve. null says the
+// expression may yield NULL.
 type frag struct {
 	s    string
 	null bool
 }
 
 var (
-	fTrue  = frag{s: "1"}
-	fFalse = frag{s: "0"}
+	fTrue  = frag{s: "TRUE"}
+	fFalse = frag{s: "FALSE"}
+	fNull  = frag{s: "NULL", null: true}
 )
 
 // operand is a compiled value: the kinds it may have, SQL for its kind name
@@ -31,9 +37,11 @@ type operand struct {
 	kinds     KindSet
 	kind      string // kind name expression; "" when derivable
 	num, str  string
+	// boolv is the SQL boolean of a boolean operand (for a cond, the cond).
+	boolv     string
 	doc, path string
 	lit       *Literal
-	cond      *frag // boolean results
+	cond      *frag // boolean results, in exact form
 	// numNull and strNull say num (str) is NULL exactly when the operand
 	// is undefined: its kinds are {Undefined, Number} ({Undefined, String}).
 	numNull, strNull bool
@@ -137,16 +145,11 @@ func (c *compiler) where(q *Query) (s string, err error) {
 		}
 	}()
 	if q.Where == nil {
-		return "1 = 1", nil
+		return "TRUE", nil
 	}
-	f := c.cond(q.Where)
-	if f.null {
-		return "COALESCE(" + f.s + ", 0) = 1", nil
-	}
-	if f.s == "1" || f.s == "0" {
-		return f.s + " = 1", nil
-	}
-	return f.s, nil
+	// A row is selected when the condition is TRUE: NULL (undefined) and
+	// FALSE both leave it out, so the loose form serves, unwrapped.
+	return c.cond(q.Where, false).s, nil
 }
 
 func and(fs ...frag) frag {
@@ -154,9 +157,9 @@ func and(fs ...frag) frag {
 	null := false
 	for _, f := range fs {
 		switch f.s {
-		case "0":
+		case "FALSE":
 			return fFalse
-		case "1":
+		case "TRUE":
 			continue
 		}
 		parts = append(parts, f.s)
@@ -176,9 +179,9 @@ func or(fs ...frag) frag {
 	null := false
 	for _, f := range fs {
 		switch f.s {
-		case "1":
+		case "TRUE":
 			return fTrue
-		case "0":
+		case "FALSE":
 			continue
 		}
 		parts = append(parts, f.s)
@@ -193,17 +196,61 @@ func or(fs ...frag) frag {
 	return frag{"(" + strings.Join(parts, " OR ") + ")", null}
 }
 
+// not negates an exact condition (NOT of NULL is NULL: undefined stays
+// undefined).
 func not(f frag) frag {
 	switch f.s {
-	case "1":
+	case "TRUE":
 		return fFalse
-	case "0":
+	case "FALSE":
 		return fTrue
+	case "NULL":
+		return fNull
 	}
-	if f.null {
-		return frag{s: "NOT COALESCE(" + f.s + ", 0)"}
+	return frag{"NOT " + f.s, f.null}
+}
+
+// definite makes a condition two-valued, NULL counting as FALSE (the
+// IS_* functions are never undefined).
+func definite(f frag) frag {
+	if !f.null {
+		return f
 	}
-	return frag{s: "NOT " + f.s}
+	return frag{s: "(" + f.s + ") IS TRUE"}
+}
+
+// arm is one WHEN of a CASE: the result where guard holds.
+type arm struct{ guard, result frag }
+
+// choose is the condition that is the result of the first arm whose guard
+// holds, and undefined where none does: exact as a CASE (whose guards may
+// be NULL for false), loose as an OR of the guarded results.
+func choose(arms []arm, exact bool) frag {
+	if !exact {
+		parts := make([]frag, len(arms))
+		for i, a := range arms {
+			parts[i] = and(a.guard, a.result)
+		}
+		return or(parts...)
+	}
+	var b strings.Builder
+	for _, a := range arms {
+		switch a.guard.s {
+		case "FALSE":
+			continue
+		case "TRUE":
+			if b.Len() == 0 {
+				return a.result
+			}
+			b.WriteString(" ELSE " + a.result.s)
+			return frag{"CASE" + b.String() + " END", true}
+		}
+		b.WriteString(" WHEN " + a.guard.s + " THEN " + a.result.s)
+	}
+	if b.Len() == 0 {
+		return fNull
+	}
+	return frag{"CASE" + b.String() + " END", true}
 }
 
 // maxSQL bounds the compiled SQL: comparisons of comparisons repeat their
@@ -218,53 +265,67 @@ func (c *compiler) limit(e Expr, n int) {
 	}
 }
 
-// cond compiles an expression used as a condition: true only for the
-// boolean true.
-func (c *compiler) cond(e Expr) frag {
-	f := c.cond1(e)
+// cond compiles an expression used as a condition, exact or loose.
+func (c *compiler) cond(e Expr, exact bool) frag {
+	f := c.cond1(e, exact)
 	c.limit(e, len(f.s))
 	return f
 }
 
-func (c *compiler) cond1(e Expr) frag {
+func (c *compiler) cond1(e Expr, exact bool) frag {
 	switch e := e.(type) {
 	case *Binary:
 		switch e.Op {
 		case "AND":
-			return and(c.cond(e.L), c.cond(e.R))
+			return and(c.cond(e.L, exact), c.cond(e.R, exact))
 		case "OR":
-			return or(c.cond(e.L), c.cond(e.R))
-		case "=":
-			return c.eq(c.value(e.L), c.value(e.R))
-		case "!=":
-			a, b := c.value(e.L), c.value(e.R)
-			return and(c.is(a, primitiveKinds), c.is(b, primitiveKinds), not(c.eq(a, b)))
-		case "<", "<=", ">", ">=":
-			a, b := c.value(e.L), c.value(e.R)
-			return or(
-				and(c.is(a, Kinds(Number)), c.is(b, Kinds(Number)), frag{s: a.num + " " + e.Op + " " + b.num}),
-				and(c.is(a, Kinds(String)), c.is(b, Kinds(String)), frag{s: a.str + " " + e.Op + " " + b.str}))
+			return or(c.cond(e.L, exact), c.cond(e.R, exact))
+		case "=", "!=", "<", "<=", ">", ">=":
+			return c.compare(e.Op, c.value(e.L), c.value(e.R), exact)
 		}
 	case *Unary:
 		if e.Op == "NOT" {
-			return not(c.cond(e.X))
+			return not(c.cond(e.X, true))
 		}
 	case *In:
-		return c.in(e)
+		return c.in(e, exact)
 	case *Call:
 		if functions[e.Name].boolean {
-			return c.call(e)
+			return c.call(e, exact)
 		}
 	case *Literal:
-		if e.Kind == True {
+		switch e.Kind {
+		case True:
 			return fTrue
+		case False:
+			return fFalse
 		}
-		return fFalse
+		return c.undefined(exact)
 	}
-	return c.is(c.value(e), Kinds(True))
+	return c.truth(c.value(e), exact)
 }
 
-// is tests an operand's kind.
+// undefined is the condition that is always undefined.
+func (c *compiler) undefined(exact bool) frag {
+	if exact {
+		return fNull
+	}
+	return fFalse
+}
+
+// truth is an operand used as a condition: true for the boolean true,
+// false for false, undefined for anything else.
+func (c *compiler) truth(o operand, exact bool) frag {
+	if o.cond != nil {
+		return *o.cond
+	}
+	if !exact {
+		return c.is(o, Kinds(True))
+	}
+	return choose([]arm{{c.is(o, Kinds(True, False)), frag{s: o.boolv}}}, true)
+}
+
+// is tests an operand's kind. The test may be NULL where it is false.
 func (c *compiler) is(o operand, set KindSet) frag {
 	switch {
 	case o.kinds&set == 0:
@@ -280,10 +341,21 @@ func (c *compiler) is(o operand, set KindSet) frag {
 		}
 		return frag{s: v + " IS NOT NULL"}
 	case o.cond != nil:
-		if set.Has(True) {
-			return *o.cond
+		// An exact condition: TRUE, FALSE or NULL for undefined.
+		if set&Kinds(True, False, Undefined) == Kinds(True, False) {
+			return frag{s: "(" + o.cond.s + ") IS NOT NULL"}
 		}
-		return not(*o.cond)
+		var parts []frag
+		if set.Has(True) {
+			parts = append(parts, frag{s: "(" + o.cond.s + ") IS TRUE"})
+		}
+		if set.Has(False) {
+			parts = append(parts, frag{s: "(" + o.cond.s + ") IS FALSE"})
+		}
+		if set.Has(Undefined) {
+			parts = append(parts, frag{s: "(" + o.cond.s + ") IS NULL"})
+		}
+		return or(parts...)
 	}
 	var names []string
 	for k := Null; k <= Object; k++ {
@@ -303,29 +375,96 @@ func (c *compiler) is(o operand, set KindSet) frag {
 	return f
 }
 
-func (c *compiler) eq(a, b operand) frag {
+// classes are the kinds that compare with each other (booleans are one
+// class), in the order the compiler tests them.
+var classes = []KindSet{Kinds(Null), Kinds(True, False), Kinds(Number), Kinds(String)}
+
+// compare compiles a comparison: defined between two primitives of the
+// same class (docs/query.md), undefined otherwise.
+func (c *compiler) compare(op string, a, b operand, exact bool) frag {
 	if a.lit != nil && b.doc != "" {
 		a, b = b, a
+		op = flipped[op]
 	}
-	if a.doc != "" && b.lit != nil {
+	if !exact && op == "=" && a.doc != "" && b.lit != nil {
 		if s := c.d.JSONEqual(a.doc, a.path, b.lit, b.num+b.str); s != "" {
 			return frag{s, true}
 		}
 	}
-	var parts []frag
-	for _, k := range []Kind{Null, False, True} {
-		parts = append(parts, and(c.is(a, Kinds(k)), c.is(b, Kinds(k))))
+	sqlOp := op
+	if op == "!=" {
+		sqlOp = "<>"
 	}
-	if a.kinds.Has(Number) && b.kinds.Has(Number) {
-		parts = append(parts, and(c.is(a, Kinds(Number)), c.is(b, Kinds(Number)), frag{s: a.num + " = " + b.num}))
+	var arms []arm
+	for _, cl := range classes {
+		if a.kinds&cl == 0 || b.kinds&cl == 0 {
+			continue
+		}
+		var res frag
+		switch {
+		case cl == Kinds(Null):
+			switch op {
+			case "=":
+				res = fTrue
+			case "!=":
+				res = fFalse
+			default:
+				continue // null is not ordered
+			}
+		case cl == Kinds(True, False):
+			if op != "=" && op != "!=" {
+				continue // booleans are not ordered
+			}
+			res = boolCompare(op, a.boolv, b.boolv)
+		case cl == Kinds(Number):
+			res = frag{s: a.num + " " + sqlOp + " " + b.num}
+		default:
+			res = frag{s: a.str + " " + sqlOp + " " + b.str}
+		}
+		arms = append(arms, arm{and(c.is(a, cl), c.is(b, cl)), res})
 	}
-	if a.kinds.Has(String) && b.kinds.Has(String) {
-		parts = append(parts, and(c.is(a, Kinds(String)), c.is(b, Kinds(String)), frag{s: a.str + " = " + b.str}))
+	if len(arms) == 0 {
+		return c.undefined(exact)
 	}
-	return or(parts...)
+	return choose(arms, exact)
 }
 
-func (c *compiler) in(e *In) frag {
+// boolCompare compares two SQL booleans; a literal side folds away.
+func boolCompare(op, a, b string) frag {
+	if a == "TRUE" || a == "FALSE" {
+		a, b = b, a
+	}
+	eq := op == "="
+	switch {
+	case b == "TRUE" || b == "FALSE":
+		if (b == "TRUE") == eq {
+			if a == "TRUE" || a == "FALSE" {
+				return frag{s: a}
+			}
+			return frag{s: "(" + a + ")"}
+		}
+		switch a {
+		case "TRUE":
+			return fFalse
+		case "FALSE":
+			return fTrue
+		}
+		return frag{s: "NOT (" + a + ")"}
+	}
+	sqlOp := "="
+	if !eq {
+		sqlOp = "<>"
+	}
+	return frag{s: "(" + a + ") " + sqlOp + " (" + b + ")"}
+}
+
+// flipped is the operator with its operands swapped.
+var flipped = map[string]string{"=": "=", "!=": "!=", "<": ">", "<=": ">=", ">": "<", ">=": "<="}
+
+// in compiles x IN [...] and x NIN [...]: for a defined primitive x,
+// whether it equals one of the constants (or none, for NIN); undefined
+// otherwise.
+func (c *compiler) in(e *In, exact bool) frag {
 	x := c.value(e.X)
 	var nums, strs []string
 	var kinds KindSet
@@ -349,11 +488,16 @@ func (c *compiler) in(e *In) frag {
 	if len(strs) > 0 {
 		parts = append(parts, and(c.is(x, Kinds(String)), frag{s: x.str + " IN (" + strings.Join(strs, ", ") + ")"}))
 	}
-	f := or(parts...)
-	if e.Not {
-		return and(c.is(x, primitiveKinds), not(f))
+	found := or(parts...)
+	if !e.Not && !exact {
+		return found
 	}
-	return f
+	// Where x is a defined primitive its kind tests are not NULL, so
+	// found is exact there.
+	if e.Not {
+		found = not(found)
+	}
+	return choose([]arm{{c.is(x, primitiveKinds), found}}, exact)
 }
 
 var isKinds = map[string]KindSet{
@@ -362,19 +506,25 @@ var isKinds = map[string]KindSet{
 	"IS_ARRAY": Kinds(Array), "IS_PRIMITIVE": primitiveKinds,
 }
 
-func (c *compiler) call(e *Call) frag {
+// call compiles a boolean function: the IS_* kind tests (never
+// undefined) and the string tests (undefined unless both are strings).
+func (c *compiler) call(e *Call, exact bool) frag {
 	a := c.value(e.Args[0])
 	if set, ok := isKinds[e.Name]; ok {
-		return c.is(a, set)
+		f := c.is(a, set)
+		if exact {
+			return definite(f)
+		}
+		return f
 	}
 	b := c.value(e.Args[1])
-	return and(c.is(a, Kinds(String)), c.is(b, Kinds(String)), frag{s: c.d.Func(e.Name, a.str, b.str)})
+	return choose([]arm{{and(c.is(a, Kinds(String)), c.is(b, Kinds(String))), frag{s: c.d.Func(e.Name, a.str, b.str)}}}, exact)
 }
 
 // value compiles an expression used as a value.
 func (c *compiler) value(e Expr) operand {
 	o := c.value1(e)
-	c.limit(e, len(o.kind)+len(o.num)+len(o.str))
+	c.limit(e, len(o.kind)+len(o.num)+len(o.str)+len(o.boolv))
 	return o
 }
 
@@ -389,6 +539,10 @@ func (c *compiler) value1(e Expr) operand {
 			o.num = c.bind(number(e.Num))
 		case String:
 			o.str = c.bind(e.Str)
+		case True:
+			o.boolv = "TRUE"
+		case False:
+			o.boolv = "FALSE"
 		}
 		return o
 	case *Unary:
@@ -416,17 +570,17 @@ func (c *compiler) value1(e Expr) operand {
 		case "LOWER", "UPPER", "LENGTH":
 			a := c.value(e.Args[0])
 			guard := c.is(a, Kinds(String))
-			if guard.s == "0" {
+			if guard.s == "FALSE" {
 				return operand{kinds: Kinds(Undefined)}
 			}
 			arg := a.str
-			if guard.s != "1" {
+			if guard.s != "TRUE" {
 				arg = "CASE WHEN " + guard.s + " THEN " + a.str + " END"
 			}
 			if e.Name == "LENGTH" {
 				return c.arith(c.d.Func(e.Name, arg))
 			}
-			if guard.s == "1" {
+			if guard.s == "TRUE" {
 				return operand{kinds: Kinds(String), str: c.d.Func(e.Name, arg)}
 			}
 			s := c.d.Func(e.Name, arg)
@@ -434,16 +588,26 @@ func (c *compiler) value1(e Expr) operand {
 				kind: "CASE WHEN " + s + " IS NOT NULL THEN 'string' END"}
 		}
 	}
-	f := c.cond(e)
-	return operand{kinds: Kinds(True, False), cond: &f,
-		kind: "CASE WHEN " + coalesced(f) + " THEN 'true' ELSE 'false' END"}
+	return condOperand(c.cond(e, true))
 }
 
-func coalesced(f frag) string {
-	if f.null {
-		return "COALESCE(" + f.s + ", 0)"
+// condOperand is an exact condition used as a value: true, false or
+// undefined.
+func condOperand(f frag) operand {
+	switch f.s {
+	case "TRUE":
+		return operand{kinds: Kinds(True), boolv: "TRUE"}
+	case "FALSE":
+		return operand{kinds: Kinds(False), boolv: "FALSE"}
+	case "NULL":
+		return operand{kinds: Kinds(Undefined)}
 	}
-	return f.s
+	kinds := Kinds(True, False)
+	if f.null {
+		kinds |= Kinds(Undefined)
+	}
+	return operand{kinds: kinds, cond: &f, boolv: f.s,
+		kind: "CASE WHEN " + f.s + " THEN 'true' WHEN NOT " + f.s + " THEN 'false' END"}
 }
 
 // arith is a computed number: SQL NULL (an operand that is not a number,
@@ -457,9 +621,9 @@ func (c *compiler) arith(expr string) operand {
 func (c *compiler) numOrNull(o operand) string {
 	g := c.is(o, Kinds(Number))
 	switch {
-	case g.s == "0":
+	case g.s == "FALSE":
 		return "NULL"
-	case g.s == "1" || o.numNull:
+	case g.s == "TRUE" || o.numNull:
 		return o.num
 	}
 	return "CASE WHEN " + g.s + " THEN " + o.num + " END"
@@ -478,7 +642,7 @@ func (c *compiler) jsonPath(doc string, keys []string, at Pos) operand {
 	}
 	col := c.col(doc)
 	return operand{kinds: allKinds, doc: col, path: ph,
-		num: c.d.JSONNumber(col, ph), str: c.d.JSONString(col, ph)}
+		num: c.d.JSONNumber(col, ph), str: c.d.JSONString(col, ph), boolv: c.d.JSONBool(col, ph)}
 }
 
 func static(k Kind, sql string) operand {
@@ -542,8 +706,8 @@ func (c *compiler) path(p *Path) operand {
 		if len(s) == 1 {
 			return operand{kinds: Kinds(Object)}
 		}
-		f := frag{s: c.col("iot_edge") + " = 1"}
-		return operand{kinds: Kinds(True, False), cond: &f, kind: "CASE WHEN " + f.s + " THEN 'true' ELSE 'false' END"}
+		f := frag{s: c.d.BoolColumn(c.col("iot_edge"))}
+		return operand{kinds: Kinds(True, False), cond: &f, boolv: f.s, kind: "CASE WHEN " + f.s + " THEN 'true' ELSE 'false' END"}
 	case "tags":
 		return c.jsonPath("tags", s[1:], p.Pos)
 	case "properties":

@@ -53,6 +53,12 @@ type Dialect interface {
 	// text, meaningful where its kind is number or string.
 	JSONNumber(doc, path string) string
 	JSONString(doc, path string) string
+	// JSONBool is the value at path as an SQL boolean, meaningful where
+	// its kind is true or false.
+	JSONBool(doc, path string) string
+	// BoolColumn is a condition true where a boolean column is (SQLite
+	// keeps booleans as 0 and 1).
+	BoolColumn(col string) string
 	// JSONValue is the value at path for grouping and decoding: numbers as
 	// SQL numbers, strings as text, objects and arrays as JSON text.
 	JSONValue(doc, path string) string
@@ -148,6 +154,14 @@ func (sqliteDialect) JSONNumber(doc, path string) string {
 func (sqliteDialect) JSONString(doc, path string) string {
 	return fmt.Sprintf("json_extract(%s, %s)", doc, path)
 }
+
+// JSONBool relies on json_extract returning 1 for true and 0 for false,
+// which SQLite's TRUE and FALSE are.
+func (sqliteDialect) JSONBool(doc, path string) string {
+	return fmt.Sprintf("json_extract(%s, %s)", doc, path)
+}
+
+func (sqliteDialect) BoolColumn(col string) string { return col + " = 1" }
 
 func (sqliteDialect) JSONValue(doc, path string) string {
 	return fmt.Sprintf("json_extract(%s, %s)", doc, path)

@@ -77,47 +77,54 @@ func lookup(doc map[string]any, segs []string) any {
 
 func truth(v any) bool { b, ok := v.(bool); return ok && b }
 
-// equal is the = operator: primitives of the same kind and value.
-func equal(a, b any) bool {
-	ka, kb := kindOf(a), kindOf(b)
-	if !isPrimitive(ka) || !isPrimitive(kb) {
-		return false
+// class groups the kinds that compare with each other: true and false are
+// one class, booleans.
+func class(k Kind) Kind {
+	if k == False {
+		return True
 	}
-	switch {
-	case ka == Number && kb == Number:
-		return num(a) == num(b)
-	case ka == String && kb == String:
-		return a.(string) == b.(string)
-	}
-	return ka == kb && ka != Number && ka != String
+	return k
 }
 
-// compare applies a comparison operator with JSON semantics.
-func compare(op string, a, b any) bool {
-	switch op {
-	case "=":
-		return equal(a, b)
-	case "!=":
-		return isPrimitive(kindOf(a)) && isPrimitive(kindOf(b)) && !equal(a, b)
-	}
+// compare applies a comparison operator. Comparisons are defined between
+// two primitives of the same class (null, boolean, number, string); any
+// other pair — an undefined operand, an object or array, two kinds that
+// differ — gives undefined, as does ordering nulls or booleans. So in
+// three-valued logic NOT and != leave out twins that lack the property
+// or hold another kind.
+func compare(op string, a, b any) any {
 	ka, kb := kindOf(a), kindOf(b)
-	var c int
-	switch {
-	case ka == Number && kb == Number:
+	if !isPrimitive(ka) || !isPrimitive(kb) || class(ka) != class(kb) {
+		return undef
+	}
+	var c int // -1, 0, 1: a against b
+	switch class(ka) {
+	case Null:
+	case True:
+		if ka != kb {
+			c = 1 // only = and != use it
+		}
+	case Number:
 		x, y := num(a), num(b)
 		switch {
 		case x < y:
 			c = -1
 		case x > y:
 			c = 1
-		case x == y:
-		default:
-			return false // NaN
+		case x != y:
+			return undef // NaN
 		}
-	case ka == String && kb == String:
+	case String:
 		c = strings.Compare(a.(string), b.(string))
-	default:
-		return false
+	}
+	switch op {
+	case "=":
+		return c == 0
+	case "!=":
+		return c != 0
+	}
+	if class(ka) == Null || class(ka) == True {
+		return undef // not ordered
 	}
 	switch op {
 	case "<":
@@ -129,7 +136,40 @@ func compare(op string, a, b any) bool {
 	case ">=":
 		return c >= 0
 	}
-	return false
+	return undef
+}
+
+// and3, or3 and not3 are Kleene's three-valued logic over true, false and
+// undefined; a value that is not a boolean counts as undefined.
+func and3(a, b any) any {
+	x, xok := a.(bool)
+	y, yok := b.(bool)
+	switch {
+	case xok && !x || yok && !y:
+		return false
+	case xok && yok:
+		return true
+	}
+	return undef
+}
+
+func or3(a, b any) any {
+	x, xok := a.(bool)
+	y, yok := b.(bool)
+	switch {
+	case xok && x || yok && y:
+		return true
+	case xok && yok:
+		return false
+	}
+	return undef
+}
+
+func not3(a any) any {
+	if x, ok := a.(bool); ok {
+		return !x
+	}
+	return undef
 }
 
 // arith applies an arithmetic operator; anything but two numbers, a zero
@@ -204,7 +244,7 @@ func Eval(e Expr, doc map[string]any) any {
 	case *Unary:
 		x := Eval(e.X, doc)
 		if e.Op == "NOT" {
-			return !truth(x)
+			return not3(x)
 		}
 		if kindOf(x) != Number {
 			return undef
@@ -213,21 +253,23 @@ func Eval(e Expr, doc map[string]any) any {
 	case *Binary:
 		switch e.Op {
 		case "AND":
-			return truth(Eval(e.L, doc)) && truth(Eval(e.R, doc))
+			return and3(Eval(e.L, doc), Eval(e.R, doc))
 		case "OR":
-			return truth(Eval(e.L, doc)) || truth(Eval(e.R, doc))
+			return or3(Eval(e.L, doc), Eval(e.R, doc))
 		case "+", "-", "*", "/", "%":
 			return arith(e.Op, Eval(e.L, doc), Eval(e.R, doc))
 		}
 		return compare(e.Op, Eval(e.L, doc), Eval(e.R, doc))
 	case *In:
+		// IN and NIN test a defined primitive (else undefined) against
+		// the constants: found among them by = or not.
 		x := Eval(e.X, doc)
 		if !isPrimitive(kindOf(x)) {
-			return false
+			return undef
 		}
 		found := false
 		for _, l := range e.List {
-			found = found || equal(x, literalValue(l))
+			found = found || compare("=", x, literalValue(l)) == true
 		}
 		return found != e.Not
 	case *Call:
@@ -269,7 +311,7 @@ func call(e *Call, doc map[string]any) any {
 	}
 	b := Eval(e.Args[1], doc)
 	if k != String || kindOf(b) != String {
-		return false
+		return undef
 	}
 	s, t := a.(string), b.(string)
 	switch e.Name {
