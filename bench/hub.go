@@ -17,6 +17,7 @@ import (
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/sim"
+	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -59,6 +60,10 @@ func runHubIn(ctx context.Context, dir, seed string, plain bool) (*benchHub, err
 		cfg.MQTTPlainAddr = "127.0.0.1:0"
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
+	var err error
+	if cfg.Store, err = store.Open(ctx, "", dir); err != nil {
+		return nil, err
+	}
 	h, err := hub.New(ctx, cfg)
 	if err != nil {
 		return nil, err
@@ -89,7 +94,7 @@ func register(ctx context.Context, h *benchHub, prefix string, n int) ([]sim.Ide
 				DeviceID: ids[i].ID, GenerationID: "1", Status: herd.DeviceEnabled,
 				Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: ids[i].Key, SecondaryKey: auth.NewKey()}}}})
 		}
-		res, err := h.DB.ApplyDevices(ctx, ops)
+		res, err := h.Store.ApplyDevices(ctx, ops)
 		if err != nil {
 			return nil, err
 		}

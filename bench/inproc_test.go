@@ -32,7 +32,7 @@ func BenchmarkMethodJobInProcess(b *testing.B) {
 			DeviceID: ids[i].ID, GenerationID: "1", Status: herd.DeviceEnabled,
 			Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: ids[i].Key, SecondaryKey: auth.NewKey()}}}})
 	}
-	if _, err := h.DB.ApplyDevices(ctx, ops); err != nil {
+	if _, err := h.Store.ApplyDevices(ctx, ops); err != nil {
 		b.Fatal(err)
 	}
 	fleet := sim.New(sim.Config{Host: "localhost", Addr: h.MQTTPlainAddr, Devices: ids, Concurrency: 512})

@@ -144,7 +144,7 @@ func benchStart(ctx context.Context, cfg *config, r *report, logf func(string, .
 			}
 			time.Sleep(5 * time.Millisecond)
 		}
-		rec, err := h.DB.Job(ctx, id)
+		rec, err := h.Store.Job(ctx, id)
 		if err != nil {
 			return err
 		}

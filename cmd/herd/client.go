@@ -12,7 +12,6 @@ import (
 
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/hub"
-	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/sas"
 	"github.com/herd-iot/herd/service"
 )
@@ -23,6 +22,7 @@ type clientFlags struct {
 	ca               string
 	url              string
 	data             string
+	store            string
 	output           string
 }
 
@@ -32,6 +32,7 @@ func (f *clientFlags) register(cmd *cobra.Command) {
 	p.StringVar(&f.ca, "ca", "", "CA certificate (PEM) to trust (default: ca.pem in --data, if present)")
 	p.StringVar(&f.url, "url", "", "base URL of the REST API (default: https://<HostName>, or the address the hub in --data listens on)")
 	p.StringVar(&f.data, "data", "herd-data", "data folder of a local hub, used when --connection-string is not given")
+	p.StringVar(&f.store, "store", "", "the local hub's store, if not the SQLite database in --data (as herd serve --store)")
 	p.StringVarP(&f.output, "output", "o", "table", "output format: table or json")
 }
 
@@ -47,7 +48,7 @@ func (f *clientFlags) client(ctx context.Context, cmd *cobra.Command, e *env) (*
 	var opts []service.Option
 	cs, url, ca := f.connectionString, f.url, f.ca
 	if cs == "" {
-		local, err := localHub(ctx, f.data)
+		local, err := localHub(ctx, f.store, f.data)
 		if err != nil {
 			return nil, fmt.Errorf("no --connection-string (or HERD_CONNECTION_STRING) and no local hub: %w", err)
 		}
@@ -82,13 +83,9 @@ type local struct {
 }
 
 // localHub reads the iothubowner connection string and the REST address
-// from a hub's data folder.
-func localHub(ctx context.Context, dir string) (*local, error) {
-	path := filepath.Join(dir, "herd.db")
-	if !fileExists(path) {
-		return nil, fmt.Errorf("%s does not exist (start a hub with `herd serve --data %s`)", path, dir)
-	}
-	db, err := sqlite.Open(ctx, path)
+// from a hub's store (its data folder's database, or spec).
+func localHub(ctx context.Context, spec, dir string) (*local, error) {
+	db, err := openLocal(ctx, spec, dir)
 	if err != nil {
 		return nil, err
 	}

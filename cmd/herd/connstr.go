@@ -4,16 +4,15 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"path/filepath"
 
 	"github.com/spf13/cobra"
 
-	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/sas"
 )
 
 func connectionStringCommand(e *env) *cobra.Command {
-	var data, policy, device, hostname string
+	var data, storeSpec, policy, device, hostname string
 	cmd := &cobra.Command{
 		Use:   "connection-string",
 		Short: "Print a policy's or a device's connection string",
@@ -30,11 +29,7 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 				return err
 			}
 			ctx := cmd.Context()
-			path := filepath.Join(data, "herd.db")
-			if !fileExists(path) {
-				return fmt.Errorf("--data %s: no hub database there (start one with `herd serve --data %s`)", data, data)
-			}
-			db, err := sqlite.Open(ctx, path)
+			db, err := openLocal(ctx, storeSpec, data)
 			if err != nil {
 				return err
 			}
@@ -77,6 +72,7 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&data, "data", "herd-data", "the hub's data folder")
+	f.StringVar(&storeSpec, "store", "", "the hub's store, if not the SQLite database in --data (as herd serve --store)")
 	f.StringVar(&policy, "policy", "iothubowner", "shared access policy")
 	f.StringVar(&device, "device", "", "print this device's connection string instead")
 	f.StringVar(&hostname, "hostname", "", "HostName to write (default: the hub's --hostname)")
@@ -86,7 +82,7 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 // mqttGateway is a device connection string's GatewayHostName for the hub
 // whose store db is: host with the port of its MQTT over TLS listener when
 // that is not 8883, else "" (also when MQTT is off, or the hub never ran).
-func mqttGateway(ctx context.Context, db *sqlite.DB, host string) (string, error) {
+func mqttGateway(ctx context.Context, db hub.Store, host string) (string, error) {
 	addr, err := db.Setting(ctx, "mqtt_addr")
 	if err != nil {
 		return "", err

@@ -74,7 +74,7 @@ func serveProcess(t *testing.T, bin, dir string, args ...string) served {
 
 func localClient(t *testing.T, dir string) *service.Client {
 	t.Helper()
-	l, err := localHub(context.Background(), dir)
+	l, err := localHub(context.Background(), "", dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/sim"
+	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/service"
 )
 
@@ -304,6 +305,10 @@ func (d *demo) startHub(ctx context.Context, log *slog.Logger, httpsGiven, mqttG
 	if d.df.keep && !httpsGiven && !mqttGiven {
 		official := cfg
 		official.HTTPSAddr, official.MQTTAddr = ":443", ":8883"
+		var err error
+		if official.Store, err = store.Open(ctx, "", d.dir); err != nil {
+			return err
+		}
 		h, err := hub.New(ctx, official)
 		if err == nil {
 			d.hub = h
@@ -315,6 +320,10 @@ func (d *demo) startHub(ctx context.Context, log *slog.Logger, httpsGiven, mqttG
 		fmt.Fprintf(d.e.stdout, "  note       could not listen on ports 443 and 8883 (%v);\n"+
 			"             using free ports: Herd's CLI and Go SDKs work with them, the official Azure IoT SDKs need 443 and 8883 —\n"+
 			"             run as root, or `sudo setcap cap_net_bind_service=+ep $(which herd)`, and stop what holds the ports.\n", rootCause(err))
+	}
+	var err error
+	if cfg.Store, err = store.Open(ctx, "", d.dir); err != nil {
+		return err
 	}
 	h, err := hub.New(ctx, cfg)
 	if err != nil {

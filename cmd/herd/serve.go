@@ -11,11 +11,12 @@ import (
 
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/store"
 )
 
 func serveCommand(e *env) *cobra.Command {
 	cfg := hub.Default()
-	var logFormat, logLevel string
+	var logFormat, logLevel, storeSpec string
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Run the hub",
@@ -36,6 +37,9 @@ variable is ignored, as if it were not set.`,
 				return err
 			}
 			cfg.Log = log
+			if cfg.Store, err = store.Open(cmd.Context(), storeSpec, cfg.DataDir); err != nil {
+				return err
+			}
 			h, err := hub.New(cmd.Context(), cfg)
 			if err != nil {
 				return err
@@ -54,7 +58,8 @@ variable is ignored, as if it were not set.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data folder: database, CA and server certificate")
+	f.StringVar(&cfg.DataDir, "data", cfg.DataDir, "data folder: CA, server certificate and (by default) the database")
+	f.StringVar(&storeSpec, "store", "", "where the hub keeps its data: sqlite:PATH, or a postgres://user@host:5432/db URL (default: SQLite in the data folder)")
 	f.StringVar(&cfg.Hostname, "hostname", cfg.Hostname, "the hub's host name, as devices and services address it")
 	f.StringVar(&cfg.HTTPSAddr, "https-addr", cfg.HTTPSAddr, "address of the REST API (the official Azure service SDKs only reach port 443)")
 	f.StringVar(&cfg.TLSCert, "tls-cert", "", "server certificate (PEM) to use instead of the generated one")

@@ -19,7 +19,6 @@ import (
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/sim"
-	"github.com/herd-iot/herd/internal/store/sqlite"
 )
 
 // simFlags are herd sim's own flags.
@@ -197,7 +196,7 @@ func simDialer(ctx context.Context, cf *clientFlags, sf *simFlags, host string) 
 	// The local hub's listeners, when no connection string names another.
 	var local map[string]string
 	if cf.connectionString == "" {
-		local = localListeners(ctx, cf.data)
+		local = localListeners(ctx, cf.store, cf.data)
 	}
 	addr := sf.address
 	switch sf.transport {
@@ -245,14 +244,10 @@ func simDialer(ctx context.Context, cf *clientFlags, sf *simFlags, host string) 
 	return nil, fmt.Errorf("--transport %q: use mqtt, mqtt-plain or websocket", sf.transport)
 }
 
-// localListeners reads the listener addresses a hub records in its data
-// folder (nil when there is no hub there).
-func localListeners(ctx context.Context, dir string) map[string]string {
-	path := filepath.Join(dir, "herd.db")
-	if !fileExists(path) {
-		return nil
-	}
-	db, err := sqlite.Open(ctx, path)
+// localListeners reads the listener addresses a hub records in its store
+// (nil when there is no hub there).
+func localListeners(ctx context.Context, spec, dir string) map[string]string {
+	db, err := openLocal(ctx, spec, dir)
 	if err != nil {
 		return nil
 	}

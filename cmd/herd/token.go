@@ -11,7 +11,7 @@ import (
 
 // tokenCommand prints a SAS token, for curl and other plain HTTP clients.
 func tokenCommand(e *env) *cobra.Command {
-	var connectionString, data string
+	var connectionString, data, storeSpec string
 	var ttl time.Duration
 	cmd := &cobra.Command{
 		Use:   "token",
@@ -24,7 +24,7 @@ func tokenCommand(e *env) *cobra.Command {
 				return err
 			}
 			if connectionString == "" {
-				l, err := localHub(cmd.Context(), data)
+				l, err := localHub(cmd.Context(), storeSpec, data)
 				if err != nil {
 					return fmt.Errorf("no --connection-string (or HERD_CONNECTION_STRING) and no local hub: %w", err)
 				}
@@ -54,6 +54,7 @@ func tokenCommand(e *env) *cobra.Command {
 	f := cmd.Flags()
 	f.StringVar(&connectionString, "connection-string", "", "service or device connection string (default: iothubowner of the hub in --data)")
 	f.StringVar(&data, "data", "herd-data", "data folder of a local hub")
+	f.StringVar(&storeSpec, "store", "", "the local hub's store, if not the SQLite database in --data (as herd serve --store)")
 	f.DurationVar(&ttl, "ttl", time.Hour, "how long the token is valid")
 	return cmd
 }

@@ -20,6 +20,14 @@ import (
 // Feature is a set of things a device connection subscribed to.
 type Feature uint8
 
+// SessionChange is a change to a device's persistent session (§8.3): its
+// new subscription set, or Delete to discard the session.
+type SessionChange struct {
+	DeviceID      string
+	Subscriptions Feature
+	Delete        bool
+}
+
 // Features a device can subscribe to (§8.6 of the compatibility reference).
 const (
 	// Methods: $iothub/methods/POST/# — the device is online for methods.

@@ -9,13 +9,10 @@ import (
 	"github.com/herd-iot/herd/internal/bus"
 )
 
-// SessionChange is a change to a device's persistent session: its new
-// subscription set, or Delete to discard the session.
-type SessionChange struct {
-	DeviceID      string
-	Subscriptions bus.Feature
-	Delete        bool
-}
+// SessionChange is a change to a device's persistent session (the type
+// lives in bus so that stores implement SessionStore without importing the
+// gateway).
+type SessionChange = bus.SessionChange
 
 // SessionStore keeps persistent sessions (§8.3) across reconnects and hub
 // restarts.

@@ -439,7 +439,7 @@ func TestHealthAndReadiness(t *testing.T) {
 	if resp, _ := r.do("POST", "/readyz", "", noAuth); resp.StatusCode == 200 {
 		t.Errorf("POST /readyz: %d", resp.StatusCode)
 	}
-	h.DB.Close() // the store goes away under a running hub
+	h.Store.Close() // the store goes away under a running hub
 	resp, body := r.do("GET", "/readyz", "", noAuth)
 	if resp.StatusCode != 503 || !strings.Contains(string(body), "not ready") {
 		t.Errorf("GET /readyz without a store: %d %q", resp.StatusCode, body)

@@ -31,6 +31,7 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/sas"
 	"github.com/herd-iot/herd/service"
 )
@@ -208,6 +209,10 @@ func runLimitedHub(t *testing.T, dir string) {
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var err error
+	if cfg.Store, err = store.Open(ctx, "", dir); err != nil {
+		t.Fatal(err)
+	}
 	h, err := hub.New(ctx, cfg)
 	if err != nil {
 		t.Fatal(err)

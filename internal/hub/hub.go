@@ -34,14 +34,17 @@ import (
 	"github.com/herd-iot/herd/internal/method"
 	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
-	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
 	"github.com/herd-iot/herd/sas"
 )
 
 // Config configures a hub. Default returns the defaults; Validate checks.
 type Config struct {
-	// DataDir holds the database, the CA and the server certificate.
+	// Store is where the hub keeps everything (required); the hub closes
+	// it.
+	Store Store
+	// DataDir holds the CA and the server certificate (and, by default,
+	// the SQLite database that cmd/herd opens as the Store).
 	DataDir string
 	// Hostname is the hub's host name: HostName in connection strings,
 	// the sr of tokens, and a SAN of the generated certificate.
@@ -98,6 +101,8 @@ func Default() Config {
 // Validate checks the configuration; its messages name the field.
 func (c Config) Validate() error {
 	switch {
+	case c.Store == nil:
+		return errors.New("store: no store was given")
 	case c.DataDir == "":
 		return errors.New("data: the data folder must not be empty")
 	case c.Hostname == "":
@@ -117,7 +122,7 @@ func (c Config) Validate() error {
 // Hub is a running hub's parts.
 type Hub struct {
 	cfg      Config
-	DB       *sqlite.DB
+	Store    Store
 	Auth     *auth.Service
 	Registry *registry.Service
 	Twins    *twin.Service
@@ -140,29 +145,29 @@ type Hub struct {
 // is served until Run.
 func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	if err := cfg.Validate(); err != nil {
+		if cfg.Store != nil {
+			cfg.Store.Close()
+		}
 		return nil, err
 	}
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		cfg.Store.Close()
 		return nil, fmt.Errorf("create data folder: %w", err)
 	}
 	if lim := openFileLimit(); lim > 0 && (cfg.MaxConnections == 0 || cfg.MaxConnections > lim) {
 		cfg.Log.Warn("max-connections is not below the open-file limit: a flood of device sockets can exhaust file descriptors",
 			"max_connections", cfg.MaxConnections, "open_file_limit", lim, "suggested", MaxConnectionsFor(lim))
 	}
-	h := &Hub{cfg: cfg}
+	h := &Hub{cfg: cfg, Store: cfg.Store}
 	defer func() {
 		if err != nil {
 			h.Close()
 		}
 	}()
-	if h.DB, err = sqlite.Open(ctx, filepath.Join(cfg.DataDir, "herd.db")); err != nil {
+	if err := h.Store.SetSetting(ctx, "hostname", cfg.Hostname); err != nil {
 		return nil, err
 	}
-	h.DB.Now = cfg.Now
-	if err := h.DB.SetSetting(ctx, "hostname", cfg.Hostname); err != nil {
-		return nil, err
-	}
-	if h.Auth, err = auth.NewService(ctx, h.DB, cfg.Hostname, cfg.Now); err != nil {
+	if h.Auth, err = auth.NewService(ctx, h.Store, cfg.Hostname, cfg.Now); err != nil {
 		return nil, err
 	}
 	if h.tlsConfig, err = tlsConfig(cfg); err != nil {
@@ -173,7 +178,7 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	}
 	// Nothing is connected to a hub that is starting (a crash may have left
 	// devices marked Connected).
-	if err := h.DB.ResetConnectionStates(ctx, cfg.Now()); err != nil {
+	if err := h.Store.ResetConnectionStates(ctx, cfg.Now()); err != nil {
 		return nil, err
 	}
 	if h.https, err = listen(cfg.HTTPSAddr, "https-addr"); err != nil {
@@ -192,7 +197,7 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	}
 	// Where the listeners are, for the CLI's tools (herd sim) on this data.
 	for name, a := range map[string]net.Addr{"https_addr": h.https.Addr(), "mqtt_addr": h.MQTTAddr(), "mqtt_plain_addr": h.MQTTPlainAddr()} {
-		if err := h.DB.SetSetting(ctx, name, addrString(a)); err != nil {
+		if err := h.Store.SetSetting(ctx, name, addrString(a)); err != nil {
 			return nil, err
 		}
 	}
@@ -210,12 +215,12 @@ func (h *Hub) wire(cfg Config) error {
 	h.Bus = bus.New()
 	h.Events = events.New()
 	var gw *gateway.Server // set below, before anything is served
-	h.Registry = registry.NewService(h.DB, cfg.Now, func(id string) {
+	h.Registry = registry.NewService(h.Store, cfg.Now, func(id string) {
 		if gw != nil {
 			gw.DeviceChanged(id)
 		}
 	}, cfg.Log)
-	h.Twins = twin.NewService(h.DB, cfg.Now, h.Bus.Desired)
+	h.Twins = twin.NewService(h.Store, cfg.Now, h.Bus.Desired)
 	h.Metrics = prometheus.NewRegistry()
 	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.Methods = method.NewService(h.Bus, func(ctx context.Context, id string) error {
@@ -224,13 +229,13 @@ func (h *Hub) wire(cfg Config) error {
 	}, clk, h.Metrics)
 	gw = gateway.New(gateway.Config{
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
-		Methods: h.Methods, Bus: h.Bus, Sessions: h.DB, Events: h.Events.Publish,
+		Methods: h.Methods, Bus: h.Bus, Sessions: h.Store, Events: h.Events.Publish,
 		Clock: clk, Log: cfg.Log, Metrics: h.Metrics, MaxConnections: cfg.MaxConnections,
 	})
 	h.Gateway = gw
 	h.Jobs = newJobs(h, cfg, clk)
 	h.api = httpapi.New(httpapi.Config{
-		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.DB),
+		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.Store),
 		Connected: h.Bus.Connected,
 		Metrics:   h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		BodyTimeout: cfg.HTTPBodyTimeout,
@@ -336,7 +341,7 @@ func (h *Hub) ready(ctx context.Context) error {
 	if !h.serving.Load() {
 		return errors.New("the hub is starting or shutting down")
 	}
-	return h.DB.Ping(ctx)
+	return h.Store.Ping(ctx)
 }
 
 // Run serves until ctx ends, then shuts down: listeners close, in-flight
@@ -398,8 +403,8 @@ func (h *Hub) Close() {
 			l.Close()
 		}
 	}
-	if h.DB != nil {
-		h.DB.Close()
-		h.DB = nil
+	if h.Store != nil {
+		h.Store.Close()
+		h.Store = nil
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/internal/store"
 )
 
 // TestOwnCertificate serves the user's certificate instead of generating a
@@ -46,12 +47,18 @@ func TestOwnCertificate(t *testing.T) {
 func TestValidate(t *testing.T) {
 	base := hub.Default()
 	for name, mut := range map[string]func(*hub.Config){
+		"store":           func(c *hub.Config) { c.Store = nil },
 		"data":            func(c *hub.Config) { c.DataDir = "" },
 		"hostname":        func(c *hub.Config) { c.Hostname = "" },
 		"tls-key":         func(c *hub.Config) { c.TLSCert = "x.pem" },
 		"max-connections": func(c *hub.Config) { c.MaxConnections = -1 },
 	} {
 		c := base
+		st, err := store.Open(context.Background(), "", t.TempDir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.Store = st
 		mut(&c)
 		if _, err := hub.New(context.Background(), c); err == nil {
 			t.Errorf("%s: invalid config accepted", name)

@@ -3,15 +3,13 @@ package hub
 import (
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/job"
-	"github.com/herd-iot/herd/internal/query"
 )
 
 // newJobs builds the job service over the hub's store, twins and direct
 // methods, on the hub's clock.
 func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 	return job.New(job.Config{
-		Store:       h.DB,
-		Compile:     compileCondition,
+		Store:       h.Store,
 		Twins:       h.Twins,
 		Methods:     jobMethods{h},
 		Clock:       clk,
@@ -21,16 +19,4 @@ func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 		Retention:   cfg.JobRetention,
 		Metrics:     h.Metrics,
 	})
-}
-
-// compileCondition compiles a job's queryCondition with the query
-// language (internal/query): the WHERE part of a twin query, "*" for every
-// device. A condition that does not parse fails the job with the parser's
-// message, which gives the line and column.
-func compileCondition(cond string) (job.Condition, error) {
-	c, err := query.CompileJobCondition(query.SQLite, cond, "")
-	if err != nil {
-		return job.Condition{}, query.AsHerdError(err)
-	}
-	return job.Condition{Where: c.Text, Args: c.Args}, nil
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/service"
 )
 
@@ -64,6 +65,14 @@ func Start(t testing.TB, opts ...Option) *Hub {
 		o(&cfg)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	if cfg.Store == nil {
+		s, err := store.Open(ctx, "", cfg.DataDir)
+		if err != nil {
+			cancel()
+			t.Fatalf("open store: %v", err)
+		}
+		cfg.Store = s
+	}
 	h, err := hub.New(ctx, cfg)
 	if err != nil {
 		cancel()

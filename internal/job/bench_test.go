@@ -53,7 +53,7 @@ func benchService(b *testing.B, path string, methods job.Methods) (*job.Service,
 	if err != nil {
 		b.Fatal(err)
 	}
-	svc := job.New(job.Config{Store: db, Compile: compile, Twins: discard{}, Methods: methods, Clock: clock.Real{},
+	svc := job.New(job.Config{Store: db, Twins: discard{}, Methods: methods, Clock: clock.Real{},
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)

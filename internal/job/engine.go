@@ -197,7 +197,7 @@ func (s *Service) start(ctx context.Context, r *Record) (*Record, error) {
 	if r.Type == herd.JobDeviceMethod && s.cfg.Methods == nil {
 		return nil, s.store.FailJob(ctx, r.JobID, "This hub has no device gateway, so it cannot invoke direct methods.", now)
 	}
-	cond, err := s.cfg.Compile(r.QueryCondition)
+	cond, err := parseWhere(r.QueryCondition)
 	if err != nil {
 		return nil, s.store.FailJob(ctx, r.JobID, fmt.Sprintf("The queryCondition is not valid: %s", herd.ErrorMessage(err)), now)
 	}

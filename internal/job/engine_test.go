@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -22,18 +21,6 @@ import (
 )
 
 var t0 = time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)
-
-// compile is a test stand-in for the query language: "*" and
-// "deviceId IN [...]"-free SQL written directly as "sql:<expr>".
-func compile(cond string) (job.Condition, error) {
-	switch {
-	case cond == "*":
-		return job.Condition{Where: "1"}, nil
-	case strings.HasPrefix(cond, "sql:"):
-		return job.Condition{Where: strings.TrimPrefix(cond, "sql:")}, nil
-	}
-	return job.Condition{}, herd.Errorf(herd.ErrArgumentInvalid, "syntax error near %q", cond)
-}
 
 // fleet is a fake set of devices for method jobs.
 type fleet struct {
@@ -171,9 +158,8 @@ func (e *env) open(opts ...option) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	db.Now = e.clock.Now
 	e.db = db
-	cfg := job.Config{Store: db, Compile: compile, Twins: e.notes, Methods: e.fleet, Clock: e.clock,
+	cfg := job.Config{Store: db, Twins: e.notes, Methods: e.fleet, Clock: e.clock,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), TwinBatch: 3}
 	for _, o := range opts {
 		o(&cfg)

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -63,18 +64,6 @@ func (r *Record) Decode() error {
 func (r *Record) Deadline() time.Time {
 	return r.Started.Add(time.Duration(r.MaxExecutionTimeInSeconds) * time.Second)
 }
-
-// Condition is a compiled queryCondition: a boolean SQL expression over
-// the devices table and its bound arguments.
-type Condition struct {
-	Where string
-	Args  []any
-}
-
-// CompileFunc compiles a job's queryCondition (the WHERE part of a twin
-// query; "*" selects every device). Errors carry the reason a user sees
-// as the job's failureReason.
-type CompileFunc func(queryCondition string) (Condition, error)
 
 // Outcome is what happened to one device of a job.
 type Outcome struct {
@@ -129,7 +118,8 @@ type ListFilter struct {
 // commit (canceled devices count as failed, see docs/jobs.md).
 type Store interface {
 	// CreateJob stores a new queued job; JobAlreadyExists if the id is
-	// taken.
+	// taken, ArgumentInvalid if its queryCondition cannot be compiled in
+	// the store's SQL.
 	CreateJob(ctx context.Context, r *Record) error
 	// Job returns one job; JobNotFound if there is none.
 	Job(ctx context.Context, id string) (*Record, error)
@@ -142,10 +132,12 @@ type Store interface {
 	// ScheduleJob moves a queued job to scheduled.
 	ScheduleJob(ctx context.Context, id string, now time.Time) error
 	// StartJob moves a queued or scheduled job to running and inserts a
-	// pending device record for every device matching cond, in one
-	// transaction. A job with no devices completes at once. It returns
-	// the job as it is after (possibly unchanged, if it was cancelled).
-	StartJob(ctx context.Context, id string, cond Condition, now time.Time) (*Record, error)
+	// pending device record for every device matching the parsed
+	// queryCondition (compiled by the store in its own SQL dialect), in
+	// one transaction. A job with no devices completes at once. It
+	// returns the job as it is after (possibly unchanged, if it was
+	// cancelled); a condition the store cannot run is ArgumentInvalid.
+	StartJob(ctx context.Context, id string, cond *query.Query, now time.Time) (*Record, error)
 	// FailJob ends a job that could not run (failed, with reason).
 	FailJob(ctx context.Context, id, reason string, now time.Time) error
 	// CancelJob cancels a job that has not ended: pending devices become

@@ -13,6 +13,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -39,8 +40,6 @@ type Notifier interface {
 // Config configures the job service and its engine.
 type Config struct {
 	Store Store
-	// Compile turns a queryCondition into SQL over the devices table.
-	Compile CompileFunc
 	// Twins is told about desired changes after each twin batch commits.
 	Twins Notifier
 	// Methods invokes direct methods; nil means method jobs fail with a
@@ -127,9 +126,9 @@ func New(cfg Config) *Service {
 type Allow func(herd.JobType) error
 
 // Create validates and stores a job (PUT /jobs/v2/{id}) and returns it,
-// queued. A queryCondition that does not compile is refused here with the
-// parser's message (Azure accepts it and fails the job when it starts;
-// see docs/jobs.md), so nothing is stored.
+// queued. A queryCondition that does not parse (or that the store cannot
+// compile) is refused here with the parser's message (Azure accepts it and
+// fails the job when it starts; see docs/jobs.md), so nothing is stored.
 func (s *Service) Create(ctx context.Context, pathID string, body []byte, allow Allow) (*herd.Job, error) {
 	r, err := ParseRequest(pathID, body, s.clock.Now())
 	if err != nil {
@@ -140,7 +139,7 @@ func (s *Service) Create(ctx context.Context, pathID string, body []byte, allow 
 			return nil, err
 		}
 	}
-	if _, err := s.cfg.Compile(r.QueryCondition); err != nil {
+	if _, err := parseWhere(r.QueryCondition); err != nil {
 		return nil, herd.Errorf(herd.ErrArgumentInvalid, "queryCondition %q is not valid: %s", r.QueryCondition, herd.ErrorMessage(err))
 	}
 	if err := s.store.CreateJob(ctx, r); err != nil {
@@ -251,6 +250,16 @@ func canonical(v string, names []string) (string, bool) {
 		}
 	}
 	return "", false
+}
+
+// parseWhere parses a queryCondition (the WHERE part of a twin query,
+// "*" for every device) with the query language.
+func parseWhere(cond string) (*query.Query, error) {
+	q, err := query.ParseCondition(cond)
+	if err != nil {
+		return nil, query.AsHerdError(err)
+	}
+	return q, nil
 }
 
 // poke wakes the scheduler.

@@ -34,9 +34,9 @@ var (
 // and for its number and string forms, and where it is a path into a JSON
 // column, the column and bound path (which dialects use directly).
 type operand struct {
-	kinds     KindSet
-	kind      string // kind name expression; "" when derivable
-	num, str  string
+	kinds    KindSet
+	kind     string // kind name expression; "" when derivable
+	num, str string
 	// boolv is the SQL boolean of a boolean operand (for a cond, the cond).
 	boolv     string
 	doc, path string

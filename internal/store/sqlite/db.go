@@ -58,8 +58,6 @@ type DB struct {
 	twinWrites *twinWriter
 	closeOnce  sync.Once
 	closeErr   error
-	// Now is the store's clock, used for timestamps the store writes itself.
-	Now func() time.Time
 }
 
 func dsn(path string, readOnly bool) string {
@@ -101,7 +99,7 @@ func Open(ctx context.Context, path string) (*DB, error) {
 	write.SetMaxOpenConns(1)
 	write.SetMaxIdleConns(1)
 	write.SetConnMaxLifetime(0)
-	db := &DB{write: write, Now: time.Now}
+	db := &DB{write: write}
 	if err := db.migrate(ctx); err != nil {
 		write.Close()
 		return nil, fmt.Errorf("migrate %s: %w", path, err)

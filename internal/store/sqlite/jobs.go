@@ -13,6 +13,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
 )
 
 var _ job.Store = (*DB)(nil)
@@ -60,8 +61,11 @@ func scanJob(row scanner) (*job.Record, error) {
 
 func stamp(t time.Time) string { return herd.NewTime(t).String() }
 
-// CreateJob stores a new job.
+// CreateJob stores a new job whose condition compiles.
 func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
+	if _, err := query.CompileJobCondition(query.SQLite, r.QueryCondition, ""); err != nil {
+		return query.AsHerdError(err)
+	}
 	res, err := db.write.ExecContext(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
 		created_time, start_time, max_execution_seconds, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (job_id) DO NOTHING`,
@@ -194,9 +198,13 @@ func finishIfDone(ctx context.Context, tx *sql.Tx, id string, now time.Time) err
 }
 
 // StartJob snapshots the target devices and starts the job.
-func (db *DB) StartJob(ctx context.Context, id string, cond job.Condition, now time.Time) (*job.Record, error) {
+func (db *DB) StartJob(ctx context.Context, id string, where *query.Query, now time.Time) (*job.Record, error) {
+	cond, err := condition(where)
+	if err != nil {
+		return nil, err
+	}
 	var out *job.Record
-	err := db.tx(ctx, func(tx *sql.Tx) error {
+	err = db.tx(ctx, func(tx *sql.Tx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE jobs SET status = 'running', started_time = ?
 			WHERE job_id = ? AND status IN ('queued', 'scheduled')`, stamp(now), id)
 		if err != nil {
@@ -211,7 +219,7 @@ func (db *DB) StartJob(ctx context.Context, id string, cond job.Condition, now t
 			args := append([]any{id, typ, zero, zero, at, at}, cond.Args...)
 			res, err := tx.ExecContext(ctx, `INSERT INTO device_jobs (job_id, device_id, job_type, status,
 				start_time, end_time, created_time, last_updated_time)
-				SELECT ?, device_id, ?, 'pending', ?, ?, ?, ? FROM devices WHERE `+cond.Where, args...)
+				SELECT ?, device_id, ?, 'pending', ?, ?, ?, ? FROM devices WHERE `+cond.Text, args...)
 			if err != nil {
 				return &conditionError{err}
 			}

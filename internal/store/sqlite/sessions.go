@@ -9,10 +9,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
-	"github.com/herd-iot/herd/internal/gateway"
 )
-
-var _ gateway.SessionStore = (*DB)(nil)
 
 // Session returns a device's stored MQTT subscription set.
 func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, error) {
@@ -29,7 +26,7 @@ func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, 
 
 // SaveSessions writes a batch of session changes in one transaction;
 // sessions of devices that no longer exist are not created.
-func (db *DB) SaveSessions(ctx context.Context, changes []gateway.SessionChange) error {
+func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {
 	return db.tx(ctx, func(tx *sql.Tx) error {
 		upsert, err := tx.PrepareContext(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
 			SELECT device_id, ? FROM devices WHERE device_id = ?

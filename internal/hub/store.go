@@ -1,0 +1,36 @@
+package hub
+
+import (
+	"context"
+	"time"
+
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/gateway"
+	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+// Store is everything a hub keeps: the Store of every domain service, the
+// gateway's persistent sessions and the hub's own settings. cmd/herd picks
+// the implementation (internal/store/sqlite by default; --store chooses
+// another); the hub owns the store it is given and closes it.
+type Store interface {
+	registry.Store
+	twin.Store
+	auth.Store
+	job.Store
+	query.Store
+	gateway.SessionStore
+	// Setting and SetSetting keep small named values: the host name and
+	// the listeners' addresses, which the CLI reads.
+	Setting(ctx context.Context, name string) (string, error)
+	SetSetting(ctx context.Context, name, value string) error
+	// ResetConnectionStates marks every device Disconnected: nothing is
+	// connected to a hub that is starting.
+	ResetConnectionStates(ctx context.Context, at time.Time) error
+	// Ping checks that the store answers (GET /readyz).
+	Ping(ctx context.Context) error
+	Close() error
+}
