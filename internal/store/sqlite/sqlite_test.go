@@ -13,6 +13,16 @@ func TestConformance(t *testing.T) {
 	storetest.Run(t, func(t *testing.T) storetest.Store { return openDB(t) })
 }
 
+func openDB(t testing.TB) *sqlite.DB {
+	t.Helper()
+	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "herd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	return db
+}
+
 func TestReopenKeepsDataAndSchema(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "herd.db")
@@ -35,8 +45,4 @@ func TestReopenKeepsDataAndSchema(t *testing.T) {
 	if v, err := db.Setting(ctx, "missing"); err != nil || v != "" {
 		t.Errorf("missing setting = %q, %v", v, err)
 	}
-}
-
-func TestJobConformance(t *testing.T) {
-	storetest.RunJobs(t, func(t *testing.T) storetest.JobStore { return openDB(t) })
 }

@@ -16,31 +16,17 @@ import (
 	"github.com/herd-iot/herd/internal/twin"
 )
 
-// JobStore is a store with jobs.
-type JobStore interface {
-	Store
-	job.Store
-	// DeviceJobs returns a job's device records in device order.
-	DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error)
-}
-
-// RunJobs runs the job store suite. open returns a new, empty store.
-func RunJobs(t *testing.T, open func(t *testing.T) JobStore) {
-	tests := []struct {
-		name string
-		fn   func(*testing.T, JobStore)
-	}{
-		{"CreateGetList", testJobCreateGetList},
-		{"TwinBatchMatchesApply", testTwinBatchMatchesApply},
-		{"TwinBatchLimitsAndDeletedDevices", testTwinBatchEdges},
-		{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
-		{"ManyDistinctOutcomes", testManyDistinctOutcomes},
-		{"CancelAndExpire", testCancelAndExpire},
-		{"Purge", testPurge},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
-	}
+var jobTests = []struct {
+	name string
+	fn   func(*testing.T, Store)
+}{
+	{"CreateGetList", testJobCreateGetList},
+	{"TwinBatchMatchesApply", testTwinBatchMatchesApply},
+	{"TwinBatchLimitsAndDeletedDevices", testTwinBatchEdges},
+	{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
+	{"ManyDistinctOutcomes", testManyDistinctOutcomes},
+	{"CancelAndExpire", testCancelAndExpire},
+	{"Purge", testPurge},
 }
 
 // everyDevice is the condition "*".

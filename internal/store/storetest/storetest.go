@@ -13,39 +13,65 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
-// Store is everything a complete Herd store implements.
+// Store is everything a complete Herd store implements: what a hub keeps
+// (hub.Store) and, for the tests, a job's device records.
 type Store interface {
-	registry.Store
-	twin.Store
-	auth.Store
+	hub.Store
+	// DeviceJobs returns a job's device records in device order.
+	DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error)
 }
 
-// Run runs the suite. open returns a new, empty store for each subtest.
+// JobStore is the store the job tests take (every Store is one).
+type JobStore = Store
+
+// Run runs the whole suite. open returns a new, empty store for each
+// subtest (the store is closed when the subtest ends).
 func Run(t *testing.T, open func(t *testing.T) Store) {
-	tests := []struct {
-		name string
-		fn   func(*testing.T, Store)
+	groups := []struct {
+		name  string
+		tests []struct {
+			name string
+			fn   func(*testing.T, Store)
+		}
 	}{
-		{"CreateAndGet", testCreateAndGet},
-		{"CreateDuplicate", testCreateDuplicate},
-		{"UpdateBumpsETag", testUpdate},
-		{"FailedOpWritesNothing", testFailedOp},
-		{"BatchIsolatesFailures", testBatch},
-		{"CreateIfMissing", testCreateIfMissing},
-		{"Delete", testDelete},
-		{"ListAndStatistics", testListAndStatistics},
-		{"ConnectionStates", testConnectionStates},
-		{"TwinRoundTrip", testTwinRoundTrip},
-		{"TwinFailedUpdateWritesNothing", testTwinFailedUpdate},
-		{"Policies", testPolicies},
+		{"Registry", registryTests},
+		{"Jobs", jobTests},
+		{"Hub", hubTests},
+		{"Queries", queryTests},
 	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) { tc.fn(t, open(t)) })
+	for _, g := range groups {
+		t.Run(g.name, func(t *testing.T) {
+			for _, tc := range g.tests {
+				t.Run(tc.name, func(t *testing.T) {
+					t.Parallel()
+					tc.fn(t, open(t))
+				})
+			}
+		})
 	}
+}
+
+var registryTests = []struct {
+	name string
+	fn   func(*testing.T, Store)
+}{
+	{"CreateAndGet", testCreateAndGet},
+	{"CreateDuplicate", testCreateDuplicate},
+	{"UpdateBumpsETag", testUpdate},
+	{"FailedOpWritesNothing", testFailedOp},
+	{"BatchIsolatesFailures", testBatch},
+	{"CreateIfMissing", testCreateIfMissing},
+	{"Delete", testDelete},
+	{"ListAndStatistics", testListAndStatistics},
+	{"ConnectionStates", testConnectionStates},
+	{"TwinRoundTrip", testTwinRoundTrip},
+	{"TwinFailedUpdateWritesNothing", testTwinFailedUpdate},
+	{"Policies", testPolicies},
 }
 
 var t0 = time.Date(2026, 11, 26, 8, 0, 0, 0, time.UTC)

@@ -1,14 +1,13 @@
-package sqlite_test
+package storetest
 
 import (
+	"bufio"
 	"context"
-	"database/sql"
 	"encoding/json"
 	"fmt"
 	"math"
 	"math/rand"
 	"os"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -16,17 +15,28 @@ import (
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
-	"github.com/herd-iot/herd/internal/store/sqlite"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
-// The differential test: the reference evaluator (query.Query.Match and
-// Aggregate over the twin documents GET /twins/{id} returns) and the SQL
-// the compiler produces, run by the store on real SQLite, must select the
-// same devices and compute the same aggregates, for thousands of generated
-// queries over generated twins.
+// The differential tests: the reference evaluator (query.Query.Match and
+// Aggregate over the twin documents GET /twins/{id} returns, and over the
+// devices.jobs records) and the SQL the store compiles in its own dialect
+// must select the same devices and compute the same aggregates, for
+// thousands of generated queries over generated twins. HERD_QUERY_SEED
+// replays a failure's seed.
+
+// queryTests are the differential tests, run by Run.
+var queryTests = []struct {
+	name string
+	fn   func(*testing.T, Store)
+}{
+	{"Differential", testDifferential},
+	{"DifferentialAggregates", testDifferentialAggregates},
+	{"DifferentialDeviceJobs", testDifferentialDeviceJobs},
+}
 
 var (
 	genKeys    = []string{"a", "b", "c", "n", "Name", `q"k`, "k[1", "group"}
@@ -209,19 +219,9 @@ func genCond(r *gen, depth int) string {
 	return "(" + genCond(r, depth-1) + " OR " + genCond(r, depth-1) + ")"
 }
 
-func openDB(t testing.TB) *sqlite.DB {
-	t.Helper()
-	db, err := sqlite.Open(context.Background(), filepath.Join(t.TempDir(), "herd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
-	return db
-}
-
 // loadTwins creates n generated devices and returns their twin documents
 // as GET /twins/{id} shows them.
-func loadTwins(t testing.TB, db *sqlite.DB, r *rand.Rand, n int) []map[string]any {
+func loadTwins(t testing.TB, db Store, r *rand.Rand, n int) []map[string]any {
 	t.Helper()
 	ctx := context.Background()
 	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
@@ -256,7 +256,7 @@ func loadTwins(t testing.TB, db *sqlite.DB, r *rand.Rand, n int) []map[string]an
 
 // runAll pages through every result of q with the given page size, as
 // POST /devices/query does.
-func runAll(t testing.TB, db *sqlite.DB, q *query.Query, size int) ([]any, error) {
+func runAll(t testing.TB, db Store, q *query.Query, size int) ([]any, error) {
 	svc := query.NewService(db)
 	var all []any
 	token := ""
@@ -278,12 +278,10 @@ func runAll(t testing.TB, db *sqlite.DB, q *query.Query, size int) ([]any, error
 	return nil, nil
 }
 
-func TestDifferential(t *testing.T) {
-	t.Parallel()
+func testDifferential(t *testing.T, db Store) {
 	seed := testSeed()
 	r := rand.New(rand.NewSource(seed))
 	g := &gen{Rand: r}
-	db := openDB(t)
 	docs := loadTwins(t, db, r, 150)
 	queries, parsed, matchedSome := 2000, 0, 0
 	if testing.Short() {
@@ -366,24 +364,10 @@ func docJSON(docs []map[string]any, id string) string {
 	return ""
 }
 
-func TestDifferentialAggregates(t *testing.T) {
-	t.Parallel()
+func testDifferentialAggregates(t *testing.T, db Store) {
 	seed := testSeed()
 	r := rand.New(rand.NewSource(seed))
 	g := &gen{Rand: r}
-	path := filepath.Join(t.TempDir(), "herd.db")
-	db, err := sqlite.Open(context.Background(), path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer db.Close()
-	// raw runs the portable GROUP BY form (dialects without a one-pass
-	// aggregate, such as PostgreSQL's will be) on the same data.
-	raw, err := sql.Open("sqlite", path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
 	docs := loadTwins(t, db, r, 150)
 	rounds := 400
 	if testing.Short() {
@@ -439,42 +423,8 @@ func TestDifferentialAggregates(t *testing.T) {
 		if msg := sameRows(want, got); msg != "" {
 			t.Fatalf("seed %d: %s\n%s", seed, q, msg)
 		}
-		if q.HasTop {
-			continue
-		}
-		a, err := query.CompileAggregate(groupBySQLite{query.SQLite}, q)
-		if err != nil || a.Packed() {
-			t.Fatalf("%s: %v (packed %v)", q, err, a != nil && a.Packed())
-		}
-		rows, err := raw.Query(a.SQL.Text, a.SQL.Args...)
-		if err != nil {
-			t.Fatalf("seed %d: %s: %v\n%s", seed, q, err, a.SQL.Text)
-		}
-		got = nil
-		vals := make([]any, a.Columns())
-		ptrs := make([]any, len(vals))
-		for i := range vals {
-			ptrs[i] = &vals[i]
-		}
-		for rows.Next() {
-			if err := rows.Scan(ptrs...); err != nil {
-				t.Fatal(err)
-			}
-			row, err := a.Decode(vals)
-			if err != nil {
-				t.Fatal(err)
-			}
-			got = append(got, row)
-		}
-		rows.Close()
-		if msg := sameRows(want, got); msg != "" {
-			t.Fatalf("seed %d: GROUP BY form of %s\n%s", seed, q, msg)
-		}
 	}
 }
-
-// groupBySQLite is the SQLite dialect without its one-pass aggregate.
-type groupBySQLite struct{ query.Dialect }
 
 // sameRows compares result rows as multisets, numbers within a relative
 // 1e-9 (summation order differs).
@@ -524,40 +474,88 @@ func roundNumbers(v any) any {
 	return v
 }
 
-func TestDifferentialDeviceJobs(t *testing.T) {
-	t.Parallel()
+// testDifferentialDeviceJobs runs generated queries over devices.jobs
+// records that the job Store methods wrote: every status, outcomes with
+// and without payloads, errors with and without descriptions, and
+// different timestamps.
+func testDifferentialDeviceJobs(t *testing.T, db Store) {
 	seed := testSeed()
 	r := rand.New(rand.NewSource(seed))
-	dir := t.TempDir()
-	db, err := sqlite.Open(context.Background(), filepath.Join(dir, "herd.db"))
-	if err != nil {
-		t.Fatal(err)
+	ctx := context.Background()
+	ids := make([]string, 120)
+	for i := range ids {
+		ids[i] = fmt.Sprintf("dev-%03d", i)
 	}
-	defer db.Close()
-	// The jobs engine writes device_jobs; here rows are written directly.
-	raw, err := sql.Open("sqlite", filepath.Join(dir, "herd.db"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer raw.Close()
-	for i := range 120 {
-		outcome := []any{nil, `{"deviceMethodResponse":null}`, `{"deviceMethodResponse":{"status":200,"payload":{"a":1}}}`,
-			`{"deviceMethodResponse":{"status":500,"payload":null}}`, `{"deviceMethodResponse":{"status":200,"payload":{"a":"1"}}}`}[r.Intn(5)]
-		var code, desc any
-		if r.Intn(3) == 0 {
-			code = []string{"DeviceNotOnline", "GatewayTimeout"}[r.Intn(2)]
-			if r.Intn(2) == 0 {
-				desc = "Timed out waiting for device to connect."
-			}
+	create(t, db, ids...)
+	at := func() time.Time { return t0.Add(time.Duration(1+r.Intn(9)) * 24 * time.Hour) }
+	for j := range 4 {
+		jid := fmt.Sprintf("job-%d", j)
+		var targets []string
+		for i := j; i < len(ids); i += 4 {
+			targets = append(targets, "'"+ids[i]+"'")
 		}
-		ts := func() string { return fmt.Sprintf("2026-01-0%dT00:00:00.0000000Z", 1+r.Intn(9)) }
-		_, err := raw.Exec(`INSERT INTO device_jobs VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)`,
-			fmt.Sprintf("job-%d", r.Intn(4)), fmt.Sprintf("dev-%03d", i),
-			[]string{"scheduleDeviceMethod", "scheduleUpdateTwin"}[r.Intn(2)],
-			[]string{"pending", "running", "completed", "failed", "canceled"}[r.Intn(5)],
-			ts(), []string{"0001-01-01T00:00:00Z", ts()}[r.Intn(2)], ts(), ts(), outcome, code, desc)
+		cond := mustParse("deviceId IN [" + strings.Join(targets, ", ") + "]")
+		if j == 3 {
+			twinJob(t, db, jid, `{"etag":"*","tags":{"j":3}}`)
+			if _, err := db.StartJob(ctx, jid, cond, at()); err != nil {
+				t.Fatal(err)
+			}
+			p, err := twin.ParseService([]byte(`{"tags":{"j":3}}`))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := db.ApplyTwinBatch(ctx, jid, p, "", 10, at()); err != nil {
+				t.Fatal(err)
+			}
+			continue
+		}
+		methodJob(t, db, jid)
+		if _, err := db.StartJob(ctx, jid, cond, at()); err != nil {
+			t.Fatal(err)
+		}
+		pending, err := db.PendingDevices(ctx, jid, "", 1000)
 		if err != nil {
 			t.Fatal(err)
+		}
+		var claim, offline []string
+		for _, id := range pending {
+			switch r.Intn(4) {
+			case 0: // stays pending
+			case 1:
+				offline = append(offline, id)
+			default:
+				claim = append(claim, id)
+			}
+		}
+		var outs []job.Outcome
+		for _, id := range offline {
+			e := &herd.DeviceJobError{Code: "DeviceNotOnline"}
+			if r.Intn(2) == 0 {
+				e.Description = "Timed out waiting for device to connect."
+			}
+			outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobFailed, Error: e, FromPending: true})
+		}
+		if _, err := db.ClaimDevices(ctx, jid, claim, at()); err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range claim {
+			switch r.Intn(5) {
+			case 0: // stays running
+			case 1:
+				outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobFailed, Error: &herd.DeviceJobError{Code: "GatewayTimeout", Description: "Timed out waiting for the response from device."}})
+			default:
+				res := []*herd.MethodResult{{Status: 200, Payload: json.RawMessage(`{"a":1}`)}, {Status: 500, Payload: json.RawMessage(`null`)},
+					{Status: 200, Payload: json.RawMessage(`{"a":"1"}`)}}[r.Intn(3)]
+				outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobCompleted, Response: res})
+			}
+		}
+		if err := db.FinishDevices(ctx, jid, outs, at()); err != nil {
+			t.Fatal(err)
+		}
+		if j == 2 {
+			if _, err := db.CancelJob(ctx, jid, at()); err != nil { // pending → canceled
+				t.Fatal(err)
+			}
 		}
 	}
 	all, err := query.Parse("SELECT * FROM devices.jobs")
@@ -569,6 +567,7 @@ func TestDifferentialDeviceJobs(t *testing.T) {
 		t.Fatalf("SELECT * FROM devices.jobs: %d items, %v", len(items), err)
 	}
 	var docs []map[string]any
+	statuses := map[string]bool{}
 	for _, it := range items {
 		b, _ := json.Marshal(it.(*herd.DeviceJob))
 		dec := json.NewDecoder(strings.NewReader(string(b)))
@@ -577,7 +576,11 @@ func TestDifferentialDeviceJobs(t *testing.T) {
 		if err := dec.Decode(&m); err != nil {
 			t.Fatal(err)
 		}
+		statuses[m["status"].(string)] = true
 		docs = append(docs, m)
+	}
+	if len(statuses) < 5 {
+		t.Fatalf("seed %d: the records cover only the statuses %v", seed, sortedKeys(statuses))
 	}
 	g := &gen{Rand: r, jobs: true}
 	matchedSome := 0
@@ -630,4 +633,71 @@ func testSeed() int64 {
 		return s
 	}
 	return time.Now().UnixNano()
+}
+
+// FuzzQueries runs every query that parses against the store: the
+// compiled SQL must run without error and select what the reference
+// evaluator selects. The seed corpus is the query package's golden
+// queries; a store's package calls it from its own fuzz target.
+func FuzzQueries(f *testing.F, db Store) {
+	file, err := os.Open("../../query/testdata/valid.txt") // from internal/store/<store>
+	if err != nil {
+		f.Fatal(err)
+	}
+	sc := bufio.NewScanner(file)
+	for sc.Scan() {
+		if line := sc.Text(); line != "" && !strings.HasPrefix(line, "#") {
+			f.Add(line)
+		}
+	}
+	file.Close()
+	docs := loadTwins(f, db, rand.New(rand.NewSource(7)), 60)
+	f.Fuzz(func(t *testing.T, text string) {
+		q, err := query.Parse(text)
+		if err != nil {
+			return
+		}
+		items, err := runAll(t, db, q, 7)
+		if err != nil {
+			if herd.ErrorCodeOf(err) == herd.ErrInternal {
+				t.Fatalf("%s: %v", q, err)
+			}
+			return
+		}
+		if q.Aggregated() {
+			var matched []map[string]any
+			for _, d := range docs {
+				if q.Match(d) {
+					matched = append(matched, d)
+				}
+			}
+			want := q.Aggregate(matched)
+			if q.HasTop && int64(len(want)) > q.Top {
+				return // which groups TOP keeps is the store's order
+			}
+			var got []map[string]any
+			for _, it := range items {
+				got = append(got, it.(map[string]any))
+			}
+			if msg := sameRows(want, got); msg != "" {
+				t.Fatalf("%s\n%s", q, msg)
+			}
+			return
+		}
+		if q.From != query.Devices {
+			return
+		}
+		n := 0
+		for _, d := range docs {
+			if q.Match(d) {
+				n++
+			}
+		}
+		if q.HasTop {
+			n = min(n, int(q.Top))
+		}
+		if len(items) != n {
+			t.Fatalf("%s: SQL returned %d items, the evaluator %d", q, len(items), n)
+		}
+	})
 }

@@ -1,0 +1,106 @@
+package storetest
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/registry"
+)
+
+var hubTests = []struct {
+	name string
+	fn   func(*testing.T, Store)
+}{
+	{"Sessions", testSessions},
+	{"Settings", testSettings},
+	{"ResetConnectionStates", testResetConnectionStates},
+	{"Ping", testPing},
+}
+
+// testSessions: persistent sessions are saved in batches, read back,
+// deleted, never created for a device that does not exist, and go with
+// their device.
+func testSessions(t *testing.T, s Store) {
+	ctx := context.Background()
+	create(t, s, "a", "b")
+	if _, found, err := s.Session(ctx, "a"); err != nil || found {
+		t.Fatalf("a new device has a session: %v %v", found, err)
+	}
+	err := s.SaveSessions(ctx, []bus.SessionChange{
+		{DeviceID: "a", Subscriptions: bus.Methods | bus.Desired},
+		{DeviceID: "b", Subscriptions: bus.TwinResponses},
+		{DeviceID: "ghost", Subscriptions: bus.Methods}, // not registered: ignored
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if subs, found, err := s.Session(ctx, "a"); err != nil || !found || subs != bus.Methods|bus.Desired {
+		t.Errorf("a: %v %v %v", subs, found, err)
+	}
+	if _, found, _ := s.Session(ctx, "ghost"); found {
+		t.Error("a session was created for a device that does not exist")
+	}
+	// A later change wins; a delete removes; an empty set is a session.
+	if err := s.SaveSessions(ctx, []bus.SessionChange{{DeviceID: "a", Subscriptions: 0}, {DeviceID: "b", Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if subs, found, _ := s.Session(ctx, "a"); !found || subs != 0 {
+		t.Errorf("a after an empty set: %v %v", subs, found)
+	}
+	if _, found, _ := s.Session(ctx, "b"); found {
+		t.Error("b's session was not deleted")
+	}
+	// Deleting the device deletes its session.
+	res, err := s.ApplyDevices(ctx, []registry.Op{{Kind: registry.OpDelete, DeviceID: "a", Change: func(*herd.Device) error { return nil }}})
+	if err != nil || res[0].Err != nil {
+		t.Fatal(err, res[0].Err)
+	}
+	create(t, s, "a")
+	if _, found, _ := s.Session(ctx, "a"); found {
+		t.Error("a re-created device inherited the old device's session")
+	}
+}
+
+func testSettings(t *testing.T, s Store) {
+	ctx := context.Background()
+	if v, err := s.Setting(ctx, "hostname"); err != nil || v != "" {
+		t.Fatalf("unset setting: %q %v", v, err)
+	}
+	for _, v := range []string{"h1", "h2", ""} {
+		if err := s.SetSetting(ctx, "hostname", v); err != nil {
+			t.Fatal(err)
+		}
+		if got, err := s.Setting(ctx, "hostname"); err != nil || got != v {
+			t.Errorf("setting = %q %v, want %q", got, err, v)
+		}
+	}
+}
+
+func testResetConnectionStates(t *testing.T, s Store) {
+	ctx := context.Background()
+	create(t, s, "on", "off")
+	if err := s.SetConnectionStates(ctx, []registry.ConnectionChange{{DeviceID: "on", State: herd.Connected, StateAt: t0, ActivityAt: t0}}); err != nil {
+		t.Fatal(err)
+	}
+	t1 := t0.Add(time.Minute)
+	if err := s.ResetConnectionStates(ctx, t1); err != nil {
+		t.Fatal(err)
+	}
+	on, _ := s.Device(ctx, "on")
+	off, _ := s.Device(ctx, "off")
+	if on.ConnectionState != herd.Disconnected || !on.ConnectionStateUpdatedTime.Equal(t1) || !on.LastActivityTime.Equal(t0) {
+		t.Errorf("reset device: %s %v %v", on.ConnectionState, on.ConnectionStateUpdatedTime, on.LastActivityTime)
+	}
+	if off.ConnectionState != herd.Disconnected || !off.ConnectionStateUpdatedTime.IsZero() {
+		t.Errorf("a device that was not connected changed: %s %v", off.ConnectionState, off.ConnectionStateUpdatedTime)
+	}
+}
+
+func testPing(t *testing.T, s Store) {
+	if err := s.Ping(context.Background()); err != nil {
+		t.Errorf("ping an open store: %v", err)
+	}
+}
