@@ -43,6 +43,14 @@ type GroupAggregator interface {
 	GroupKey(doc, path string) (kind, value string)
 }
 
+// JSONGrouper is implemented by dialects that group by a JSON value
+// itself, whose equality compares numbers by value (PostgreSQL's jsonb):
+// group is the grouping expression, value its JSON text (NULL where the
+// property is missing), which the result row decodes.
+type JSONGrouper interface {
+	JSONGroupKey(doc, path string) (group, value string)
+}
+
 // CompileAggregate compiles a query with aggregates and/or GROUP BY over
 // the devices table into one statement returning one row per group,
 // ordered by the group keys, at most TOP rows.
@@ -72,13 +80,23 @@ func CompileAggregate(d Dialect, q *Query) (a *Aggregation, err error) {
 	keyCols := map[string][2]string{}
 	for _, g := range q.GroupBy {
 		o := c.path(g)
+		if jg, ok := d.(JSONGrouper); ok && o.doc != "" {
+			grp, val := jg.JSONGroupKey(o.doc, o.path)
+			keyCols[g.String()] = [2]string{"'json'", val}
+			group = append(group, grp)
+			continue
+		}
 		v, err := c.groupValue(o, g)
 		if err != nil {
 			return nil, err
 		}
 		k := c.kindExpr(o)
 		keyCols[g.String()] = [2]string{k, v}
-		group = append(group, k, v)
+		for _, x := range []string{k, v} {
+			if !strings.HasPrefix(x, "'") && x != "NULL" {
+				group = append(group, x) // a constant does not group
+			}
+		}
 	}
 	unnamed := 0
 	for _, p := range q.Select {
@@ -96,8 +114,12 @@ func CompileAggregate(d Dialect, q *Query) (a *Aggregation, err error) {
 		}
 	}
 	text := "SELECT " + strings.Join(sel, ", ") + " FROM " + tableOf(q.From) + " WHERE " + where
-	if len(group) > 0 {
+	switch {
+	case len(group) > 0:
 		text += " GROUP BY " + strings.Join(group, ", ") + " ORDER BY " + strings.Join(group, ", ")
+	case len(q.GroupBy) > 0:
+		// Grouped by constants only: one group, and none over no rows.
+		text += " HAVING count(*) > 0"
 	}
 	if q.HasTop {
 		text += " LIMIT " + c.bind(q.Top)
@@ -146,11 +168,11 @@ func (c *compiler) aggregate(e *Aggregate) string {
 	case "SUM":
 		return "sum(" + c.d.Real(n) + ")"
 	case "AVG":
-		return "avg(" + n + ")"
+		return "avg(" + c.d.Real(n) + ")"
 	case "MIN":
-		return "COALESCE(min(" + n + "), min(" + s + "))"
+		return c.d.FirstOf("min("+n+")", "min("+s+")")
 	}
-	return "COALESCE(max(" + s + "), max(" + n + "))"
+	return c.d.FirstOf("max("+s+")", "max("+n+")")
 }
 
 // Columns is the number of SQL columns each result row has.
@@ -207,6 +229,9 @@ func asString(v any) (string, bool) {
 }
 
 func decodeKey(kind string, v any) (any, error) {
+	if kind == "json" && v == nil {
+		return undef, nil // a JSONGrouper key of a missing property
+	}
 	switch kind {
 	case "":
 		return undef, nil

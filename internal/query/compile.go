@@ -40,6 +40,7 @@ type operand struct {
 	// boolv is the SQL boolean of a boolean operand (for a cond, the cond).
 	boolv     string
 	doc, path string
+	keys      []string // the keys of path inside doc
 	lit       *Literal
 	cond      *frag // boolean results, in exact form
 	// numNull and strNull say num (str) is NULL exactly when the operand
@@ -68,6 +69,10 @@ func (c *compiler) bind(v any) string {
 	c.args = append(c.args, v)
 	return "\x00" + strconv.Itoa(len(c.args)-1) + "\x00"
 }
+
+// literal binds a number or string of the query, typed as the dialect
+// needs (PostgreSQL cannot infer the type of $1 in $1 IN ($2)).
+func (c *compiler) literal(v any) string { return c.d.Literal(c.bind(v), v) }
 
 func (c *compiler) finish(text string) SQL {
 	var b strings.Builder
@@ -387,7 +392,7 @@ func (c *compiler) compare(op string, a, b operand, exact bool) frag {
 		op = flipped[op]
 	}
 	if !exact && op == "=" && a.doc != "" && b.lit != nil {
-		if s := c.d.JSONEqual(a.doc, a.path, b.lit, b.num+b.str); s != "" {
+		if s := c.d.JSONEqual(a.doc, a.path, a.keys, b.lit, b.num+b.str+b.boolv, c.bind); s != "" {
 			return frag{s, true}
 		}
 	}
@@ -471,9 +476,9 @@ func (c *compiler) in(e *In, exact bool) frag {
 	for _, l := range e.List {
 		switch l.Kind {
 		case Number:
-			nums = append(nums, c.bind(number(l.Num)))
+			nums = append(nums, c.literal(number(l.Num)))
 		case String:
-			strs = append(strs, c.bind(l.Str))
+			strs = append(strs, c.literal(l.Str))
 		case Null, True, False:
 			kinds |= Kinds(l.Kind)
 		}
@@ -536,9 +541,9 @@ func (c *compiler) value1(e Expr) operand {
 		o := operand{kinds: Kinds(e.Kind), lit: e}
 		switch e.Kind {
 		case Number:
-			o.num = c.bind(number(e.Num))
+			o.num = c.literal(number(e.Num))
 		case String:
-			o.str = c.bind(e.Str)
+			o.str = c.literal(e.Str)
 		case True:
 			o.boolv = "TRUE"
 		case False:
@@ -562,6 +567,9 @@ func (c *compiler) value1(e Expr) operand {
 			}
 			if e.Op == "%" {
 				return c.arith(c.d.Mod(a, b))
+			}
+			if e.Op == "/" {
+				b = "NULLIF(" + b + ", 0)" // a zero divisor gives undefined
 			}
 			return c.arith("(" + c.d.Real(a) + " " + e.Op + " " + b + ")")
 		}
@@ -641,7 +649,7 @@ func (c *compiler) jsonPath(doc string, keys []string, at Pos) operand {
 		c.paths[p] = ph
 	}
 	col := c.col(doc)
-	return operand{kinds: allKinds, doc: col, path: ph,
+	return operand{kinds: allKinds, doc: col, path: ph, keys: keys,
 		num: c.d.JSONNumber(col, ph), str: c.d.JSONString(col, ph), boolv: c.d.JSONBool(col, ph)}
 }
 

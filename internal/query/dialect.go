@@ -36,6 +36,9 @@ var (
 // String() values ("null", "true", "false", "number", "string", "array",
 // "object"); SQL NULL stands for undefined.
 type Dialect interface {
+	// Literal is the SQL for a bound number (int64 or float64) or string
+	// of the query at placeholder ph: ph, or ph with a cast.
+	Literal(ph string, v any) string
 	// Placeholder returns the marker of the n-th bound parameter (1-based).
 	// A dialect whose markers do not name the parameter (SQLite's "?")
 	// returns the same text for every n; the compiler then binds an
@@ -62,10 +65,16 @@ type Dialect interface {
 	// JSONValue is the value at path for grouping and decoding: numbers as
 	// SQL numbers, strings as text, objects and arrays as JSON text.
 	JSONValue(doc, path string) string
-	// JSONEqual is a condition equal to "the value at path equals the
-	// literal lit" (bound as param) under the language's rules, or "" when
-	// the dialect has no shortcut and the compiler should test kinds.
-	JSONEqual(doc, path string, lit *Literal, param string) string
+	// JSONEqual is a condition that is true exactly where "the value at
+	// path (keys) equals the literal lit" holds, false or NULL elsewhere
+	// (the loose form a WHERE clause needs), or "" when the dialect has no
+	// shortcut and the compiler should test kinds. lit is bound as param;
+	// bind binds another value and returns its placeholder.
+	JSONEqual(doc, path string, keys []string, lit *Literal, param string, bind func(any) string) string
+	// FirstOf is the first of two aggregates that is not NULL, each keeping
+	// its own type (a number, or a string): MIN and MAX order numbers
+	// before strings.
+	FirstOf(a, b string) string
 	// Func applies a string function: STARTSWITH, ENDSWITH, CONTAINS
 	// (conditions), LOWER, UPPER (text) or LENGTH (number of characters).
 	// Arguments are SQL texts.
@@ -92,6 +101,8 @@ var SQLite Dialect = sqliteDialect{}
 type sqliteDialect struct{}
 
 func (sqliteDialect) Placeholder(int) string { return "?" }
+
+func (sqliteDialect) Literal(ph string, _ any) string { return ph }
 
 // JSONPath builds $."k1"."k2". SQLite reads a quoted label up to the next
 // double quote, so keys holding one are written unquoted, which SQLite
@@ -172,7 +183,7 @@ func (sqliteDialect) JSONValue(doc, path string) string {
 // and false as 1 and 0, null as NULL, and objects and arrays as JSON text.
 // So a number other than 0 and 1, or a string not starting with '{' or
 // '[', equals only a value of its own kind.
-func (sqliteDialect) JSONEqual(doc, path string, lit *Literal, param string) string {
+func (sqliteDialect) JSONEqual(doc, path string, _ []string, lit *Literal, param string, _ func(any) string) string {
 	x := fmt.Sprintf("json_extract(%s, %s)", doc, path)
 	switch {
 	case lit.Kind == Number && lit.Num != 0 && lit.Num != 1:
@@ -200,6 +211,8 @@ func (sqliteDialect) Func(name string, a ...string) string {
 	}
 	panic("query: unknown function " + name)
 }
+
+func (sqliteDialect) FirstOf(a, b string) string { return "COALESCE(" + a + ", " + b + ")" }
 
 func (sqliteDialect) Real(x string) string   { return "CAST(" + x + " AS REAL)" }
 func (sqliteDialect) Mod(x, y string) string { return "mod(" + x + ", " + y + ")" }

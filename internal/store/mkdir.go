@@ -6,6 +6,7 @@ import (
 	"os"
 
 	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/store/postgres"
 )
 
 func mkdir(dir string) error {
@@ -16,5 +17,9 @@ func mkdir(dir string) error {
 }
 
 func openPostgres(ctx context.Context, url string) (hub.Store, error) {
-	return nil, fmt.Errorf("--store %s: the PostgreSQL store is not built yet", Redact(url))
+	db, err := postgres.Open(ctx, url)
+	if err != nil {
+		return nil, fmt.Errorf("--store %s: %w", Redact(url), err)
+	}
+	return db, nil
 }

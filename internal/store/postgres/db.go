@@ -1,0 +1,216 @@
+// Package postgres implements every Store interface of Herd's domain
+// packages on PostgreSQL (github.com/jackc/pgx/v5 with a sized pool), the
+// store for fleets that outgrow one file and the first half of cluster
+// mode. It passes the same conformance suite as the SQLite store
+// (internal/store/storetest).
+//
+// Twin sections are jsonb columns, with a GIN jsonb_path_ops index on
+// tags; twin queries compile with the query.Postgres dialect. Text is
+// stored and compared in byte order (COLLATE "C"). Schema migrations are
+// embedded and applied at Open under an advisory lock, so that several
+// nodes starting at once do not race. Each method that writes does so in
+// one transaction; read-modify-write goes through row locks (SELECT …
+// FOR UPDATE), so that concurrent writers — one hub's or several
+// nodes' — lose nothing. Driver errors are translated into herd codes at
+// this package's boundary.
+package postgres
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"io/fs"
+	"net"
+	"runtime"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+//go:embed migrations/*.sql
+var migrations embed.FS
+
+// DB is a Herd database on a PostgreSQL server.
+type DB struct {
+	pool *pgxpool.Pool
+}
+
+// migrationLock is the advisory lock key under which migrations run (the
+// text "herd.migrations" hashed, any constant would do).
+const migrationLock = 7218307461234906437
+
+// DefaultPoolSize is the pool's size unless the URL sets pool_max_conns:
+// enough for the REST API, the job engine's batches and the registry's
+// flushes at once (pgx's own default, 4 on two cores, is not).
+func DefaultPoolSize() int32 { return int32(max(16, 4*runtime.GOMAXPROCS(0))) }
+
+// Open connects to the database the URL names and migrates it to the
+// current schema. A bad URL, a server that cannot be reached, a refused
+// login and missing rights each fail with a message that says which.
+func Open(ctx context.Context, url string) (*DB, error) {
+	cfg, err := pgxpool.ParseConfig(url)
+	if err != nil {
+		return nil, fmt.Errorf("not a PostgreSQL URL (postgres://user@host:5432/db?sslmode=disable): %v", redactErr(err))
+	}
+	if !strings.Contains(url, "pool_max_conns") {
+		cfg.MaxConns = DefaultPoolSize()
+	}
+	pool, err := pgxpool.NewWithConfig(ctx, cfg)
+	if err != nil {
+		return nil, explain(cfg, err)
+	}
+	db := &DB{pool: pool}
+	if err := db.migrate(ctx); err != nil {
+		pool.Close()
+		return nil, explain(cfg, err)
+	}
+	return db, nil
+}
+
+// explain turns a connection or migration failure into what to do.
+func explain(cfg *pgxpool.Config, err error) error {
+	where := cfg.ConnConfig.Host
+	if cfg.ConnConfig.Port != 0 && !strings.HasPrefix(where, "/") {
+		where = net.JoinHostPort(where, strconv.Itoa(int(cfg.ConnConfig.Port)))
+	}
+	who := fmt.Sprintf("user %q, database %q at %s", cfg.ConnConfig.User, cfg.ConnConfig.Database, where)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) {
+		switch pe.Code {
+		case "28P01", "28000":
+			return fmt.Errorf("PostgreSQL refused the login (%s): %s", who, pe.Message)
+		case "3D000":
+			return fmt.Errorf("PostgreSQL has no such database (%s): create it with `createdb %s`", who, cfg.ConnConfig.Database)
+		case "42501":
+			return fmt.Errorf("PostgreSQL: %s lacks the rights Herd needs (to create its tables and functions in the database): %s", who, pe.Message)
+		}
+		return fmt.Errorf("PostgreSQL (%s): %s (SQLSTATE %s)", who, pe.Message, pe.Code)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || strings.Contains(err.Error(), "connect") {
+		return fmt.Errorf("cannot reach PostgreSQL (%s): %v", who, redactErr(err))
+	}
+	return fmt.Errorf("PostgreSQL (%s): %v", who, redactErr(err))
+}
+
+// redactErr keeps a password in a URL out of an error's text.
+func redactErr(err error) string {
+	s := err.Error()
+	if i := strings.Index(s, "://"); i >= 0 {
+		if j := strings.Index(s[i:], "@"); j > 0 {
+			if k := strings.Index(s[i+3:i+j], ":"); k >= 0 {
+				s = s[:i+3+k+1] + "***" + s[i+j:]
+			}
+		}
+	}
+	return s
+}
+
+// migrate applies the embedded migrations not applied yet, in order, each
+// in its own transaction, holding the advisory lock.
+func (db *DB) migrate(ctx context.Context) error {
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Release()
+	if _, err := conn.Exec(ctx, `SELECT pg_advisory_lock($1)`, int64(migrationLock)); err != nil {
+		return err
+	}
+	defer conn.Exec(context.WithoutCancel(ctx), `SELECT pg_advisory_unlock($1)`, int64(migrationLock))
+	if _, err := conn.Exec(ctx, `CREATE TABLE IF NOT EXISTS schema_migrations (
+		version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())`); err != nil {
+		return err
+	}
+	applied := map[int]bool{}
+	rows, err := conn.Query(ctx, `SELECT version FROM schema_migrations`)
+	if err != nil {
+		return err
+	}
+	for rows.Next() {
+		var v int
+		if err := rows.Scan(&v); err != nil {
+			rows.Close()
+			return err
+		}
+		applied[v] = true
+	}
+	rows.Close()
+	if err := rows.Err(); err != nil {
+		return err
+	}
+	files, err := fs.Glob(migrations, "migrations/*.sql")
+	if err != nil {
+		return err
+	}
+	sort.Strings(files)
+	for _, f := range files {
+		name := strings.TrimPrefix(f, "migrations/")
+		v, err := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
+		if err != nil {
+			return fmt.Errorf("migration %s: the name must start with a number", name)
+		}
+		if applied[v] {
+			continue
+		}
+		body, err := migrations.ReadFile(f)
+		if err != nil {
+			return err
+		}
+		err = pgx.BeginFunc(ctx, conn.Conn(), func(tx pgx.Tx) error {
+			if _, err := tx.Exec(ctx, string(body)); err != nil {
+				return err
+			}
+			_, err := tx.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES ($1, $2)`, v, name)
+			return err
+		})
+		if err != nil {
+			return fmt.Errorf("migration %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Close closes the pool.
+func (db *DB) Close() error {
+	db.pool.Close()
+	return nil
+}
+
+// Ping checks that the database answers.
+func (db *DB) Ping(ctx context.Context) error {
+	if _, err := db.pool.Exec(ctx, `SELECT 1`); err != nil {
+		return fmt.Errorf("ping database: %w", err)
+	}
+	return nil
+}
+
+// tx runs fn in a transaction, again (up to a few times) when PostgreSQL
+// aborts it for a deadlock or a serialization failure.
+func (db *DB) tx(ctx context.Context, fn func(pgx.Tx) error) error {
+	var err error
+	for attempt := 0; attempt < 5; attempt++ {
+		err = pgx.BeginFunc(ctx, db.pool, fn)
+		var pe *pgconn.PgError
+		if !errors.As(err, &pe) || (pe.Code != "40001" && pe.Code != "40P01") || ctx.Err() != nil {
+			return err
+		}
+		time.Sleep(time.Duration(attempt+1) * 5 * time.Millisecond)
+	}
+	return err
+}
+
+// placeholders numbers the arguments of a statement built in pieces.
+type placeholders struct{ args []any }
+
+// add binds v and returns its placeholder.
+func (p *placeholders) add(v any) string {
+	p.args = append(p.args, v)
+	return "$" + strconv.Itoa(len(p.args))
+}

@@ -1,0 +1,359 @@
+package postgres
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
+)
+
+var (
+	_ registry.Store = (*DB)(nil)
+	_ twin.Store     = (*DB)(nil)
+)
+
+// identityColumns are the devices columns of a herd.Device, in the order
+// scanDevice reads them.
+const identityColumns = `device_id, generation_id, etag, status, status_reason, status_updated_time,
+	auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
+	iot_edge, device_scope, parent_scopes, connection_state, connection_state_updated_time,
+	last_activity_time, c2d_message_count`
+
+// twinColumns are the devices columns of a twin.Doc, in the order rawDoc
+// reads them.
+const twinColumns = `twin_etag, twin_version, tags, desired, desired_version, desired_metadata,
+	reported, reported_version, reported_metadata`
+
+func parseTime(s string) herd.Time {
+	t, _ := herd.ParseTime(s) // written by this package, always valid
+	return t
+}
+
+// scanDevice reads identityColumns (and any extra destinations after them).
+func scanDevice(row pgx.Row, extra ...any) (*herd.Device, error) {
+	var (
+		d                              herd.Device
+		etag                           int64
+		statusTime, connTime, lastTime string
+		parentScopes                   []byte
+	)
+	dest := append([]any{&d.DeviceID, &d.GenerationID, &etag, &d.Status, &d.StatusReason, &statusTime,
+		&d.Authentication.Type, &d.Authentication.SymmetricKey.PrimaryKey, &d.Authentication.SymmetricKey.SecondaryKey,
+		&d.Authentication.X509Thumbprint.PrimaryThumbprint, &d.Authentication.X509Thumbprint.SecondaryThumbprint,
+		&d.Capabilities.IoTEdge, &d.DeviceScope, &parentScopes, &d.ConnectionState, &connTime, &lastTime,
+		&d.CloudToDeviceMessageCount}, extra...)
+	if err := row.Scan(dest...); err != nil {
+		return nil, err
+	}
+	d.ETag = registry.ETagString(etag)
+	d.StatusUpdatedTime = parseTime(statusTime)
+	d.ConnectionStateUpdatedTime = parseTime(connTime)
+	d.LastActivityTime = parseTime(lastTime)
+	if len(parentScopes) > 0 && string(parentScopes) != "[]" && string(parentScopes) != "null" {
+		if err := json.Unmarshal(parentScopes, &d.ParentScopes); err != nil {
+			return nil, fmt.Errorf("decode parent scopes: %w", err)
+		}
+	}
+	return &d, nil
+}
+
+// rawDoc receives twinColumns before decoding.
+type rawDoc struct {
+	etag, version, desiredVersion, reportedVersion     int64
+	tags, desired, desiredMeta, reported, reportedMeta string
+}
+
+func (r *rawDoc) dest() []any {
+	return []any{&r.etag, &r.version, &r.tags, &r.desired, &r.desiredVersion, &r.desiredMeta,
+		&r.reported, &r.reportedVersion, &r.reportedMeta}
+}
+
+func (r *rawDoc) decode() (*twin.Doc, error) {
+	d := &twin.Doc{ETag: r.etag, Version: r.version, DesiredVersion: r.desiredVersion, ReportedVersion: r.reportedVersion}
+	var err error
+	for _, f := range []struct {
+		dst *map[string]any
+		src string
+	}{{&d.Tags, r.tags}, {&d.Desired, r.desired}, {&d.DesiredMeta, r.desiredMeta},
+		{&d.Reported, r.reported}, {&d.ReportedMeta, r.reportedMeta}} {
+		if *f.dst, err = twin.Unmarshal(f.src); err != nil {
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// encodeDoc is a twin.Doc ready to be bound to twinColumns (sections as
+// raw JSON, which pgx sends to jsonb as it is).
+func encodeDoc(d *twin.Doc) ([]any, error) {
+	out := []any{d.ETag, d.Version}
+	for i, m := range []map[string]any{d.Tags, d.Desired, d.DesiredMeta, d.Reported, d.ReportedMeta} {
+		s, err := twin.Marshal(m)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, json.RawMessage(s))
+		switch i {
+		case 1:
+			out = append(out, d.DesiredVersion)
+		case 3:
+			out = append(out, d.ReportedVersion)
+		}
+	}
+	return out, nil
+}
+
+func notFound(id string) error {
+	return herd.Errorf(herd.ErrDeviceNotFound, "device %q does not exist", id)
+}
+
+// Device returns one device.
+func (db *DB) Device(ctx context.Context, id string) (*herd.Device, error) {
+	d, err := scanDevice(db.pool.QueryRow(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, notFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get device %q: %w", id, err)
+	}
+	return d, nil
+}
+
+// Devices returns up to limit devices in id order.
+func (db *DB) Devices(ctx context.Context, limit int) ([]*herd.Device, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+identityColumns+` FROM devices ORDER BY device_id LIMIT $1`, limit)
+	if err != nil {
+		return nil, fmt.Errorf("list devices: %w", err)
+	}
+	defer rows.Close()
+	out := []*herd.Device{}
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("list devices: %w", err)
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// RegistryStatistics counts devices by status.
+func (db *DB) RegistryStatistics(ctx context.Context) (herd.RegistryStatistics, error) {
+	var s herd.RegistryStatistics
+	err := db.pool.QueryRow(ctx, `SELECT count(*), count(*) FILTER (WHERE status = 'enabled'),
+		count(*) FILTER (WHERE status = 'disabled') FROM devices`).
+		Scan(&s.TotalDeviceCount, &s.EnabledDeviceCount, &s.DisabledDeviceCount)
+	if err != nil {
+		return s, fmt.Errorf("registry statistics: %w", err)
+	}
+	return s, nil
+}
+
+// ApplyDevices runs registry operations in one transaction; an op that
+// fails is rolled back to its savepoint and the others go on.
+func (db *DB) ApplyDevices(ctx context.Context, ops []registry.Op) ([]registry.Result, error) {
+	res := make([]registry.Result, len(ops))
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		for i, op := range ops {
+			sp, err := tx.Begin(ctx) // a savepoint
+			if err != nil {
+				return err
+			}
+			d, err := applyOp(ctx, sp, op)
+			if err != nil {
+				if rerr := sp.Rollback(ctx); rerr != nil {
+					return rerr
+				}
+				if herd.ErrorCodeOf(err) == herd.ErrInternal {
+					return fmt.Errorf("%s: %w", op.DeviceID, err)
+				}
+				res[i] = registry.Result{Err: err}
+				continue
+			}
+			if err := sp.Commit(ctx); err != nil {
+				return err
+			}
+			res[i] = registry.Result{Device: d}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("apply registry operations: %w", err)
+	}
+	return res, nil
+}
+
+func applyOp(ctx context.Context, tx pgx.Tx, op registry.Op) (*herd.Device, error) {
+	if op.Kind == registry.OpCreate {
+		return insertDevice(ctx, tx, op.Device, op.Twin)
+	}
+	cur, err := scanDevice(tx.QueryRow(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = $1 FOR UPDATE`, op.DeviceID))
+	if errors.Is(err, pgx.ErrNoRows) {
+		if op.Kind == registry.OpUpdate && op.CreateIfMissing {
+			return insertDevice(ctx, tx, op.Device, op.Twin)
+		}
+		return nil, notFound(op.DeviceID)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := op.Change(cur); err != nil {
+		return nil, err
+	}
+	if op.Kind == registry.OpDelete {
+		if _, err := tx.Exec(ctx, `DELETE FROM devices WHERE device_id = $1`, op.DeviceID); err != nil {
+			return nil, err
+		}
+		return cur, nil
+	}
+	scopes, err := scopesJSON(cur.ParentScopes)
+	if err != nil {
+		return nil, err
+	}
+	a := cur.Authentication
+	var etag int64
+	err = tx.QueryRow(ctx, `UPDATE devices SET etag = etag + 1, status = $1, status_reason = $2,
+		status_updated_time = $3, auth_type = $4, primary_key = $5, secondary_key = $6,
+		primary_thumbprint = $7, secondary_thumbprint = $8, iot_edge = $9, device_scope = $10, parent_scopes = $11
+		WHERE device_id = $12 RETURNING etag`,
+		string(cur.Status), cur.StatusReason, cur.StatusUpdatedTime.String(), string(a.Type),
+		a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey,
+		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
+		cur.Capabilities.IoTEdge, cur.DeviceScope, scopes, op.DeviceID).Scan(&etag)
+	if err != nil {
+		return nil, err
+	}
+	cur.ETag = registry.ETagString(etag)
+	return cur, nil
+}
+
+func scopesJSON(s []string) (json.RawMessage, error) {
+	if s == nil {
+		s = []string{}
+	}
+	b, err := json.Marshal(s)
+	return b, err
+}
+
+func insertDevice(ctx context.Context, tx pgx.Tx, d *herd.Device, doc *twin.Doc) (*herd.Device, error) {
+	scopes, err := scopesJSON(d.ParentScopes)
+	if err != nil {
+		return nil, err
+	}
+	docArgs, err := encodeDoc(doc)
+	if err != nil {
+		return nil, err
+	}
+	a := d.Authentication
+	args := append([]any{d.DeviceID, d.GenerationID, int64(1), string(d.Status), d.StatusReason, d.StatusUpdatedTime.String(),
+		string(a.Type), a.SymmetricKey.PrimaryKey, a.SymmetricKey.SecondaryKey,
+		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
+		d.Capabilities.IoTEdge, d.DeviceScope, scopes, string(herd.Disconnected),
+		herd.Time{}.String(), herd.Time{}.String(), int64(0)}, docArgs...)
+	tag, err := tx.Exec(ctx, `INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
+		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
+		$19, $20, $21, $22, $23, $24, $25, $26, $27) ON CONFLICT (device_id) DO NOTHING`, args...)
+	if err != nil {
+		return nil, err
+	}
+	if tag.RowsAffected() == 0 {
+		return nil, herd.Errorf(herd.ErrDeviceAlreadyExists, "device %q already exists", d.DeviceID)
+	}
+	out := *d
+	out.ETag = registry.ETagString(1)
+	out.ConnectionState = herd.Disconnected
+	return &out, nil
+}
+
+// SetConnectionStates records a batch of connection changes in one
+// statement (activity never moves backwards).
+func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
+	ids := make([]string, len(changes))
+	states := make([]*string, len(changes))
+	stateAts := make([]*string, len(changes))
+	acts := make([]string, len(changes))
+	for i, c := range changes {
+		ids[i], acts[i] = c.DeviceID, herd.NewTime(c.ActivityAt).String()
+		if c.State != "" {
+			s, at := string(c.State), herd.NewTime(c.StateAt).String()
+			states[i], stateAts[i] = &s, &at
+		}
+	}
+	_, err := db.pool.Exec(ctx, `UPDATE devices d SET
+		connection_state = COALESCE(c.state, d.connection_state),
+		connection_state_updated_time = COALESCE(c.state_at, d.connection_state_updated_time),
+		last_activity_time = GREATEST(d.last_activity_time, c.act)
+		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS c(id, state, state_at, act)
+		WHERE d.device_id = c.id`, ids, states, stateAts, acts)
+	if err != nil {
+		return fmt.Errorf("record connection states: %w", err)
+	}
+	return nil
+}
+
+// Twin returns a device's identity and twin document.
+func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, error) {
+	var raw rawDoc
+	d, err := scanDevice(db.pool.QueryRow(ctx, `SELECT `+identityColumns+`, `+twinColumns+` FROM devices WHERE device_id = $1`, id), raw.dest()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil, notFound(id)
+	}
+	if err != nil {
+		return nil, nil, fmt.Errorf("get twin %q: %w", id, err)
+	}
+	doc, err := raw.decode()
+	if err != nil {
+		return nil, nil, fmt.Errorf("get twin %q: %w", id, err)
+	}
+	return d, doc, nil
+}
+
+// UpdateTwin reads a twin under a row lock, lets fn change it and writes
+// it, in one transaction; if fn fails nothing is written.
+func (db *DB) UpdateTwin(ctx context.Context, id string, fn func(*herd.Device, *twin.Doc) error) (*herd.Device, *twin.Doc, error) {
+	var dev *herd.Device
+	var doc *twin.Doc
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		var raw rawDoc
+		d, err := scanDevice(tx.QueryRow(ctx, `SELECT `+identityColumns+`, `+twinColumns+` FROM devices WHERE device_id = $1 FOR UPDATE`, id), raw.dest()...)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return notFound(id)
+		}
+		if err != nil {
+			return err
+		}
+		if doc, err = raw.decode(); err != nil {
+			return err
+		}
+		if err := fn(d, doc); err != nil {
+			return err
+		}
+		dev = d
+		return writeDoc(ctx, tx, id, doc)
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, nil, err
+		}
+		return nil, nil, fmt.Errorf("update twin %q: %w", id, err)
+	}
+	return dev, doc, nil
+}
+
+// writeDoc stores a twin document.
+func writeDoc(ctx context.Context, tx pgx.Tx, id string, doc *twin.Doc) error {
+	args, err := encodeDoc(doc)
+	if err != nil {
+		return err
+	}
+	_, err = tx.Exec(ctx, `UPDATE devices SET twin_etag = $1, twin_version = $2, tags = $3, desired = $4,
+		desired_version = $5, desired_metadata = $6, reported = $7, reported_version = $8, reported_metadata = $9
+		WHERE device_id = $10`, append(args, id)...)
+	return err
+}

@@ -1,0 +1,583 @@
+package postgres
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
+)
+
+var _ job.Store = (*DB)(nil)
+
+// jobColumns are the jobs columns scanJob reads, in order.
+const jobColumns = `job_id, type, status, query_condition, created_time, start_time, end_time,
+	max_execution_seconds, request, failure_reason, status_message, device_count,
+	succeeded_count, failed_count, running_count, pending_count, started_time`
+
+func jobNotFound(id string) error {
+	return herd.Errorf(herd.ErrJobNotFound, "job %q does not exist", id)
+}
+
+func stamp(t time.Time) string { return herd.NewTime(t).String() }
+
+func scanJob(row pgx.Row) (*job.Record, error) {
+	var (
+		r                       job.Record
+		typ, status             string
+		created, start, request string
+		end, started            *string
+		failure, message        *string
+		st                      herd.DeviceJobStatistics
+	)
+	err := row.Scan(&r.JobID, &typ, &status, &r.QueryCondition, &created, &start, &end,
+		&r.MaxExecutionTimeInSeconds, &request, &failure, &message, &st.DeviceCount,
+		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started)
+	if err != nil {
+		return nil, err
+	}
+	r.Type, r.Status = herd.JobType(typ), herd.JobStatus(status)
+	c, s := parseTime(created), parseTime(start)
+	r.CreatedTime, r.StartTime = &c, &s
+	if end != nil {
+		e := parseTime(*end)
+		r.EndTime = &e
+	}
+	if started != nil {
+		r.Started = parseTime(*started).Time
+	}
+	if failure != nil {
+		r.FailureReason = *failure
+	}
+	if message != nil {
+		r.StatusMessage = *message
+	}
+	r.DeviceJobStatistics = &st
+	r.Request = json.RawMessage(request)
+	if err := r.Decode(); err != nil {
+		return nil, fmt.Errorf("decode job %q: %w", r.JobID, err)
+	}
+	return &r, nil
+}
+
+// condition compiles a query's WHERE clause in this store's dialect; its
+// placeholders are $1…$n, and p continues after them.
+func condition(q *query.Query) (query.SQL, *placeholders, error) {
+	c, err := query.CompileCondition(query.Postgres, q, "")
+	if err != nil {
+		return c, nil, query.AsHerdError(err)
+	}
+	return c, &placeholders{args: append([]any(nil), c.Args...)}, nil
+}
+
+// CreateJob stores a new job whose condition compiles.
+func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
+	if _, err := query.CompileJobCondition(query.Postgres, r.QueryCondition, ""); err != nil {
+		return query.AsHerdError(err)
+	}
+	tag, err := db.pool.Exec(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
+		created_time, start_time, max_execution_seconds, request) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		ON CONFLICT (job_id) DO NOTHING`,
+		r.JobID, string(r.Type), string(r.Status), r.QueryCondition, r.CreatedTime.String(),
+		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request))
+	if err != nil {
+		return fmt.Errorf("create job %q: %w", r.JobID, err)
+	}
+	if tag.RowsAffected() == 0 {
+		return herd.Errorf(herd.ErrJobAlreadyExists, "a job with id %q already exists", r.JobID)
+	}
+	return nil
+}
+
+// Job returns one job.
+func (db *DB) Job(ctx context.Context, id string) (*job.Record, error) {
+	return getJob(ctx, db.pool, id)
+}
+
+type queryer interface {
+	QueryRow(ctx context.Context, sql string, args ...any) pgx.Row
+}
+
+func getJob(ctx context.Context, q queryer, id string) (*job.Record, error) {
+	r, err := scanJob(q.QueryRow(ctx, `SELECT `+jobColumns+` FROM jobs WHERE job_id = $1`, id))
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, jobNotFound(id)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("get job %q: %w", id, err)
+	}
+	return r, nil
+}
+
+// ListJobs returns a page of jobs in creation order.
+func (db *DB) ListJobs(ctx context.Context, f job.ListFilter) ([]*job.Record, string, error) {
+	where := []string{"TRUE"}
+	var p placeholders
+	if f.Type != "" {
+		where = append(where, "type = "+p.add(string(f.Type)))
+	}
+	if f.Status != "" {
+		where = append(where, "status = "+p.add(string(f.Status)))
+	}
+	if f.After != "" {
+		created, id, err := decodeContinuation(f.After)
+		if err != nil {
+			return nil, "", err
+		}
+		where = append(where, "(created_time, job_id) > ("+p.add(created)+", "+p.add(id)+")")
+	}
+	limit := p.add(f.Limit + 1)
+	rows, err := db.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE `+strings.Join(where, " AND ")+`
+		ORDER BY created_time, job_id LIMIT `+limit, p.args...)
+	if err != nil {
+		return nil, "", fmt.Errorf("list jobs: %w", err)
+	}
+	defer rows.Close()
+	out := []*job.Record{}
+	for rows.Next() {
+		r, err := scanJob(rows)
+		if err != nil {
+			return nil, "", fmt.Errorf("list jobs: %w", err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, "", fmt.Errorf("list jobs: %w", err)
+	}
+	next := ""
+	if len(out) > f.Limit {
+		out = out[:f.Limit]
+		last := out[len(out)-1]
+		next = base64.RawURLEncoding.EncodeToString([]byte(last.CreatedTime.String() + "\n" + last.JobID))
+	}
+	return out, next, nil
+}
+
+func decodeContinuation(token string) (created, id string, err error) {
+	b, err := base64.RawURLEncoding.DecodeString(token)
+	if err == nil {
+		var ok bool
+		if created, id, ok = strings.Cut(string(b), "\n"); ok {
+			return created, id, nil
+		}
+	}
+	return "", "", herd.Errorf(herd.ErrArgumentInvalid, "the continuation token %q is not one this hub issued", token)
+}
+
+// ActiveJobs returns the jobs the engine looks after.
+func (db *DB) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs
+		WHERE status IN ('queued', 'scheduled', 'running') OR (status = 'cancelled' AND end_time IS NULL)
+		ORDER BY start_time, job_id`)
+	if err != nil {
+		return nil, fmt.Errorf("active jobs: %w", err)
+	}
+	defer rows.Close()
+	var out []*job.Record
+	for rows.Next() {
+		r, err := scanJob(rows)
+		if err != nil {
+			return nil, fmt.Errorf("active jobs: %w", err)
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
+}
+
+// ScheduleJob moves a queued job to scheduled.
+func (db *DB) ScheduleJob(ctx context.Context, id string, now time.Time) error {
+	if _, err := db.pool.Exec(ctx, `UPDATE jobs SET status = 'scheduled' WHERE job_id = $1 AND status = 'queued'`, id); err != nil {
+		return fmt.Errorf("schedule job %q: %w", id, err)
+	}
+	return nil
+}
+
+// finishIfDone ends a running or cancelled job whose devices are all done.
+func finishIfDone(ctx context.Context, tx pgx.Tx, id string, now time.Time) error {
+	_, err := tx.Exec(ctx, `UPDATE jobs SET
+		status = CASE status WHEN 'running' THEN 'completed' ELSE status END,
+		end_time = $1,
+		status_message = CASE WHEN status_message IS NULL THEN
+			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
+			ELSE status_message END
+		WHERE job_id = $2 AND end_time IS NULL AND status IN ('running', 'cancelled')
+		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
+	return err
+}
+
+// StartJob snapshots the target devices and starts the job.
+func (db *DB) StartJob(ctx context.Context, id string, where *query.Query, now time.Time) (*job.Record, error) {
+	cond, p, err := condition(where)
+	if err != nil {
+		return nil, err
+	}
+	var out *job.Record
+	err = db.tx(ctx, func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE jobs SET status = 'running', started_time = $1
+			WHERE job_id = $2 AND status IN ('queued', 'scheduled')`, stamp(now), id)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 1 {
+			var typ string
+			if err := tx.QueryRow(ctx, `SELECT type FROM jobs WHERE job_id = $1`, id).Scan(&typ); err != nil {
+				return err
+			}
+			zero, at := herd.Time{}.String(), stamp(now)
+			q := *p
+			text := `INSERT INTO device_jobs (job_id, device_id, job_type, status,
+				start_time, end_time, created_time, last_updated_time)
+				SELECT ` + q.add(id) + `, device_id, ` + q.add(typ) + `, 'pending', ` + q.add(zero) + `, ` + q.add(zero) + `, ` +
+				q.add(at) + `, ` + q.add(at) + ` FROM devices WHERE ` + cond.Text
+			tag, err := tx.Exec(ctx, text, q.args...)
+			if err != nil {
+				return &conditionError{err}
+			}
+			n := tag.RowsAffected()
+			if _, err := tx.Exec(ctx, `UPDATE jobs SET device_count = $1, pending_count = $1 WHERE job_id = $2`, n, id); err != nil {
+				return err
+			}
+			if err := finishIfDone(ctx, tx, id, now); err != nil {
+				return err
+			}
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	var ce *conditionError
+	if errors.As(err, &ce) {
+		return nil, herd.Errorf(herd.ErrArgumentInvalid, "the query condition could not be evaluated: %v", ce.err)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("start job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// conditionError is a failure of the compiled query condition itself.
+type conditionError struct{ err error }
+
+func (e *conditionError) Error() string { return e.err.Error() }
+
+// FailJob ends a job that could not run.
+func (db *DB) FailJob(ctx context.Context, id, reason string, now time.Time) error {
+	_, err := db.pool.Exec(ctx, `UPDATE jobs SET status = 'failed', failure_reason = $1, end_time = $2,
+		started_time = coalesce(started_time, $2) WHERE job_id = $3 AND end_time IS NULL`, reason, stamp(now), id)
+	if err != nil {
+		return fmt.Errorf("fail job %q: %w", id, err)
+	}
+	return nil
+}
+
+// CancelJob cancels a job that has not ended.
+func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		var status string
+		err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE`, id).Scan(&status)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return jobNotFound(id)
+		}
+		if err != nil {
+			return err
+		}
+		at := stamp(now)
+		switch herd.JobStatus(status) {
+		case herd.JobQueued, herd.JobScheduled:
+			_, err = tx.Exec(ctx, `UPDATE jobs SET status = 'cancelled', end_time = $1,
+				status_message = 'cancelled before it started' WHERE job_id = $2`, at, id)
+		case herd.JobRunning:
+			var tag pgconn.CommandTag
+			tag, err = tx.Exec(ctx, `UPDATE device_jobs SET status = 'canceled', end_time = $1, last_updated_time = $1
+				WHERE job_id = $2 AND status = 'pending'`, at, id)
+			if err != nil {
+				return err
+			}
+			n := tag.RowsAffected()
+			if _, err = tx.Exec(ctx, `UPDATE jobs SET status = 'cancelled', pending_count = pending_count - $1,
+				failed_count = failed_count + $1 WHERE job_id = $2`, n, id); err != nil {
+				return err
+			}
+			err = finishIfDone(ctx, tx, id, now)
+		}
+		if err != nil {
+			return err
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, err
+		}
+		return nil, fmt.Errorf("cancel job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// PendingDevices returns pending device ids after the cursor.
+func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error) {
+	rows, err := db.pool.Query(ctx, `SELECT device_id FROM device_jobs
+		WHERE job_id = $1 AND device_id > $2 AND status = 'pending' ORDER BY device_id LIMIT $3`, id, after, limit)
+	if err != nil {
+		return nil, fmt.Errorf("pending devices of job %q: %w", id, err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return nil, fmt.Errorf("pending devices of job %q: %w", id, err)
+	}
+	return ids, nil
+}
+
+// ClaimDevices moves devices from pending to running.
+func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
+	var out []string
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		at := stamp(now)
+		rows, err := tx.Query(ctx, `UPDATE device_jobs SET status = 'running', start_time = $1, last_updated_time = $1
+			WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3) RETURNING device_id`, at, id, deviceIDs)
+		if err != nil {
+			return err
+		}
+		if out, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE jobs SET pending_count = pending_count - $1, running_count = running_count + $1
+			WHERE job_id = $2`, len(out), id)
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("claim devices of job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// outcomeJSON encodes a method job's device outcome.
+func outcomeJSON(r *herd.MethodResult) (string, error) {
+	payload := []byte(r.Payload)
+	if len(payload) == 0 {
+		payload = []byte("null")
+	} else if !json.Valid(payload) {
+		b, err := json.Marshal(string(payload))
+		if err != nil {
+			return "", err
+		}
+		payload = b
+	}
+	return `{"deviceMethodResponse":{"status":` + strconv.Itoa(r.Status) + `,"payload":` + string(payload) + `}}`, nil
+}
+
+// transition is a change of device record status.
+type transition struct {
+	from string
+	to   herd.DeviceJobStatus
+}
+
+// outcomeRows are the outcomes of one transition, as parallel arrays for
+// unnest.
+type outcomeRows struct {
+	ids                   []string
+	outcomes, codes, desc []*string
+}
+
+// FinishDevices records outcomes in one transaction: one statement per
+// transition, its rows joined from arrays.
+func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
+	groups := map[transition]*outcomeRows{}
+	for _, o := range outcomes {
+		k := transition{"running", o.Status}
+		if o.FromPending {
+			k.from = "pending"
+		}
+		g := groups[k]
+		if g == nil {
+			g = &outcomeRows{}
+			groups[k] = g
+		}
+		var outcome, code, desc *string
+		if o.Response != nil {
+			s, err := outcomeJSON(o.Response)
+			if err != nil {
+				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
+			}
+			outcome = &s
+		}
+		if o.Error != nil {
+			code, desc = &o.Error.Code, &o.Error.Description
+		}
+		g.ids, g.outcomes, g.codes, g.desc = append(g.ids, o.DeviceID), append(g.outcomes, outcome), append(g.codes, code), append(g.desc, desc)
+	}
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		at := stamp(now)
+		for k, g := range groups {
+			tag, err := tx.Exec(ctx, `UPDATE device_jobs dj SET status = $1, end_time = $2, last_updated_time = $2,
+				start_time = CASE WHEN dj.status = 'pending' THEN $2 ELSE dj.start_time END,
+				outcome = o.outcome::jsonb, error_code = o.code, error_description = o.descr
+				FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS o(id, outcome, code, descr)
+				WHERE dj.job_id = $7 AND dj.status = $8 AND dj.device_id = o.id`,
+				string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from)
+			if err != nil {
+				return err
+			}
+			n := tag.RowsAffected()
+			from := "running_count"
+			if k.from == "pending" {
+				from = "pending_count"
+			}
+			to := "failed_count"
+			if k.to == herd.DeviceJobCompleted {
+				to = "succeeded_count"
+			}
+			if _, err := tx.Exec(ctx, `UPDATE jobs SET `+from+` = `+from+` - $1, `+to+` = `+to+` + $1 WHERE job_id = $2`, n, id); err != nil {
+				return err
+			}
+		}
+		return finishIfDone(ctx, tx, id, now)
+	})
+	if err != nil {
+		return fmt.Errorf("record outcomes of job %q: %w", id, err)
+	}
+	return nil
+}
+
+// ExpireJob ends a job at its deadline.
+func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error {
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		at := stamp(now)
+		tag, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', end_time = $1, last_updated_time = $1,
+			error_code = $2, error_description = $3 WHERE job_id = $4 AND status IN ('pending', 'running')`,
+			at, devErr.Code, devErr.Description, id)
+		if err != nil {
+			return err
+		}
+		n := tag.RowsAffected()
+		_, err = tx.Exec(ctx, `UPDATE jobs SET
+			failed_count = failed_count + $1, pending_count = 0, running_count = 0, end_time = $2,
+			failure_reason = CASE status WHEN 'running' THEN $3 ELSE failure_reason END,
+			status_message = succeeded_count || ' of ' || device_count || ' devices succeeded, ' || (failed_count + $1) || ' failed',
+			status = CASE status WHEN 'running' THEN 'failed' ELSE status END
+			WHERE job_id = $4 AND end_time IS NULL`, n, at, reason, id)
+		return err
+	})
+	if err != nil {
+		return fmt.Errorf("expire job %q: %w", id, err)
+	}
+	return nil
+}
+
+// InterruptRunning fails the running devices of a job.
+func (db *DB) InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error) {
+	var n int64
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		at := stamp(now)
+		tag, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', end_time = $1, last_updated_time = $1,
+			error_code = $2, error_description = $3 WHERE job_id = $4 AND status = 'running'`,
+			at, devErr.Code, devErr.Description, id)
+		if err != nil {
+			return err
+		}
+		n = tag.RowsAffected()
+		if _, err := tx.Exec(ctx, `UPDATE jobs SET running_count = running_count - $1, failed_count = failed_count + $1
+			WHERE job_id = $2`, n, id); err != nil {
+			return err
+		}
+		return finishIfDone(ctx, tx, id, now)
+	})
+	if err != nil {
+		return 0, fmt.Errorf("interrupt running devices of job %q: %w", id, err)
+	}
+	return int(n), nil
+}
+
+// purgeChunk is how many device records one purge statement deletes.
+const purgeChunk = 20000
+
+// PurgeJobs deletes jobs that ended before the given time.
+func (db *DB) PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error) {
+	rows, err := db.pool.Query(ctx, `SELECT job_id FROM jobs WHERE end_time IS NOT NULL AND end_time < $1`, stamp(endedBefore))
+	if err != nil {
+		return 0, fmt.Errorf("find old jobs: %w", err)
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, fmt.Errorf("find old jobs: %w", err)
+	}
+	for _, id := range ids {
+		for {
+			tag, err := db.pool.Exec(ctx, `DELETE FROM device_jobs WHERE job_id = $1 AND device_id IN
+				(SELECT device_id FROM device_jobs WHERE job_id = $1 LIMIT $2)`, id, purgeChunk)
+			if err != nil {
+				return 0, fmt.Errorf("purge job %q: %w", id, err)
+			}
+			if tag.RowsAffected() < purgeChunk {
+				break
+			}
+		}
+		if _, err := db.pool.Exec(ctx, `DELETE FROM jobs WHERE job_id = $1`, id); err != nil {
+			return 0, fmt.Errorf("purge job %q: %w", id, err)
+		}
+	}
+	return len(ids), nil
+}
+
+// deviceJobColumns are the device_jobs columns of a herd.DeviceJob.
+const deviceJobColumns = `job_id, device_id, job_type, status, start_time, end_time, created_time,
+	last_updated_time, outcome::text, error_code, error_description`
+
+// scanDeviceJob reads deviceJobColumns.
+func scanDeviceJob(row pgx.Row) (*herd.DeviceJob, error) {
+	var (
+		j                            herd.DeviceJob
+		typ, status                  string
+		start, end, created, updated string
+		outcome, code, desc          *string
+	)
+	if err := row.Scan(&j.JobID, &j.DeviceID, &typ, &status, &start, &end, &created, &updated, &outcome, &code, &desc); err != nil {
+		return nil, err
+	}
+	j.JobType, j.Status = herd.JobType(typ), herd.DeviceJobStatus(status)
+	j.StartTimeUTC, j.EndTimeUTC = parseTime(start), parseTime(end)
+	j.CreatedDateTimeUTC, j.LastUpdatedDateTimeUTC = parseTime(created), parseTime(updated)
+	if outcome != nil {
+		j.Outcome = &herd.DeviceJobOutcome{}
+		if err := json.Unmarshal([]byte(*outcome), j.Outcome); err != nil {
+			return nil, fmt.Errorf("decode outcome of %s/%s: %w", j.JobID, j.DeviceID, err)
+		}
+	}
+	if code != nil {
+		j.Error = &herd.DeviceJobError{Code: *code}
+		if desc != nil {
+			j.Error.Description = *desc
+		}
+	}
+	return &j, nil
+}
+
+// DeviceJobs returns a job's device records in device order (for tests and
+// tools; clients read them with SELECT * FROM devices.jobs).
+func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error) {
+	rows, err := db.pool.Query(ctx, `SELECT `+deviceJobColumns+` FROM device_jobs WHERE job_id = $1 ORDER BY device_id`, id)
+	if err != nil {
+		return nil, fmt.Errorf("device records of job %q: %w", id, err)
+	}
+	defer rows.Close()
+	var out []herd.DeviceJob
+	for rows.Next() {
+		j, err := scanDeviceJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *j)
+	}
+	return out, rows.Err()
+}

@@ -1,0 +1,134 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/bus"
+)
+
+var _ auth.Store = (*DB)(nil)
+
+// Policies returns the hub's shared access policies.
+func (db *DB) Policies(ctx context.Context) ([]auth.Policy, error) {
+	rows, err := db.pool.Query(ctx, `SELECT name, primary_key, secondary_key, rights FROM policies ORDER BY name`)
+	if err != nil {
+		return nil, fmt.Errorf("list policies: %w", err)
+	}
+	defer rows.Close()
+	var out []auth.Policy
+	for rows.Next() {
+		var p auth.Policy
+		var rights int32
+		if err := rows.Scan(&p.Name, &p.PrimaryKey, &p.SecondaryKey, &rights); err != nil {
+			return nil, fmt.Errorf("list policies: %w", err)
+		}
+		p.Rights = auth.Rights(rights)
+		out = append(out, p)
+	}
+	return out, rows.Err()
+}
+
+// CreatePolicies stores new policies; several nodes starting on a new
+// database at once create the same set, so a policy that exists is left
+// as it is.
+func (db *DB) CreatePolicies(ctx context.Context, ps []auth.Policy) error {
+	return db.tx(ctx, func(tx pgx.Tx) error {
+		for _, p := range ps {
+			if _, err := tx.Exec(ctx, `INSERT INTO policies (name, primary_key, secondary_key, rights) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (name) DO NOTHING`, p.Name, p.PrimaryKey, p.SecondaryKey, int32(p.Rights)); err != nil {
+				return fmt.Errorf("create policy %q: %w", p.Name, err)
+			}
+		}
+		return nil
+	})
+}
+
+// Setting returns a stored setting, or "" if it was never set.
+func (db *DB) Setting(ctx context.Context, name string) (string, error) {
+	var v string
+	err := db.pool.QueryRow(ctx, `SELECT value FROM settings WHERE name = $1`, name).Scan(&v)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("read setting %q: %w", name, err)
+	}
+	return v, nil
+}
+
+// SetSetting stores a setting.
+func (db *DB) SetSetting(ctx context.Context, name, value string) error {
+	_, err := db.pool.Exec(ctx, `INSERT INTO settings (name, value) VALUES ($1, $2)
+		ON CONFLICT (name) DO UPDATE SET value = excluded.value`, name, value)
+	if err != nil {
+		return fmt.Errorf("write setting %q: %w", name, err)
+	}
+	return nil
+}
+
+// Session returns a device's stored MQTT subscription set.
+func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, error) {
+	var subs int32
+	err := db.pool.QueryRow(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = $1`, deviceID).Scan(&subs)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return 0, false, nil
+	}
+	if err != nil {
+		return 0, false, fmt.Errorf("read session of %q: %w", deviceID, err)
+	}
+	return bus.Feature(subs), true, nil
+}
+
+// SaveSessions writes a batch of session changes in one transaction;
+// sessions of devices that no longer exist are not created.
+func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {
+	var upsertIDs, deleteIDs []string
+	var subs []int32
+	for _, c := range changes {
+		if c.Delete {
+			deleteIDs = append(deleteIDs, c.DeviceID)
+		} else {
+			upsertIDs, subs = append(upsertIDs, c.DeviceID), append(subs, int32(c.Subscriptions))
+		}
+	}
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		if len(deleteIDs) > 0 {
+			if _, err := tx.Exec(ctx, `DELETE FROM device_sessions WHERE device_id = ANY($1)`, deleteIDs); err != nil {
+				return err
+			}
+		}
+		if len(upsertIDs) > 0 {
+			// The last change of a device in the batch wins.
+			if _, err := tx.Exec(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
+				SELECT DISTINCT ON (c.id) c.id, c.subs FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS c(id, subs, n)
+				JOIN devices d ON d.device_id = c.id ORDER BY c.id, c.n DESC
+				ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`, upsertIDs, subs); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("save sessions: %w", err)
+	}
+	return nil
+}
+
+// ResetConnectionStates marks every connected device Disconnected (at hub
+// start: a single node holds every connection, and a crash may have left
+// stale states).
+func (db *DB) ResetConnectionStates(ctx context.Context, at time.Time) error {
+	_, err := db.pool.Exec(ctx, `UPDATE devices SET connection_state = $1, connection_state_updated_time = $2
+		WHERE connection_state = $3`, string(herd.Disconnected), herd.NewTime(at).String(), string(herd.Connected))
+	if err != nil {
+		return fmt.Errorf("reset connection states: %w", err)
+	}
+	return nil
+}
