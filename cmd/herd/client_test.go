@@ -30,7 +30,11 @@ func TestNoHub(t *testing.T) {
 	h := hubtest.Start(t)
 	_, port, _ := net.SplitHostPort(h.HTTPSAddr().String())
 	h.Stop()
-	_, err := runCLI(t, noEnv, "device", "list", "--data", h.Dir)
+	args := []string{"device", "list", "--data", h.Dir}
+	if spec := hubtest.StoreFor(t, h.Dir); spec != "" {
+		args = append(args, "--store", spec) // HERD_TEST_STORE=postgres
+	}
+	_, err := runCLI(t, noEnv, args...)
 	want := fmt.Sprintf("no hub answers at https://localhost:%s (is `herd serve` running?)", port)
 	if err == nil || err.Error() != want {
 		t.Errorf("device list on a stopped hub: %v; want %q", err, want)

@@ -15,8 +15,9 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/device"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/registry"
-	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/internal/twin"
 	"github.com/herd-iot/herd/sas"
 	"github.com/herd-iot/herd/service"
@@ -47,7 +48,7 @@ func TestKillDuringMethodJob(t *testing.T) {
 	const devices, inFlight = 40, 4
 	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "herd.db"))
+	db, err := store.Open(ctx, hubtest.StoreFor(t, dir), dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -3,7 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"database/sql"
 	"fmt"
 	"os/exec"
 	"path/filepath"
@@ -14,8 +13,10 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/registry"
-	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/query"
+	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/internal/twin"
 	"github.com/herd-iot/herd/service"
 )
@@ -40,7 +41,11 @@ type served struct {
 // the test's end kills it. Later args override earlier ones.
 func serveProcess(t *testing.T, bin, dir string, args ...string) served {
 	t.Helper()
-	cmd := exec.Command(bin, append([]string{"serve", "--data", dir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-level", "warn"}, args...)...)
+	base := []string{"serve", "--data", dir, "--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0", "--log-level", "warn"}
+	if spec := hubtest.StoreFor(t, dir); spec != "" {
+		base = append(base, "--store", spec) // HERD_TEST_STORE=postgres
+	}
+	cmd := exec.Command(bin, append(base, args...)...)
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -74,7 +79,7 @@ func serveProcess(t *testing.T, bin, dir string, args ...string) served {
 
 func localClient(t *testing.T, dir string) *service.Client {
 	t.Helper()
-	l, err := localHub(context.Background(), "", dir)
+	l, err := localHub(context.Background(), hubtest.StoreFor(t, dir), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,7 +101,7 @@ func TestKillDuringTwinJob(t *testing.T) {
 	const devices = 10000
 	dir := t.TempDir()
 	ctx := context.Background()
-	db, err := sqlite.Open(ctx, filepath.Join(dir, "herd.db"))
+	db, err := store.Open(ctx, hubtest.StoreFor(t, dir), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -176,25 +181,25 @@ func TestKillDuringTwinJob(t *testing.T) {
 	serve.Process.Signal(syscall.SIGTERM)
 	serve.Wait()
 
-	raw, err := sql.Open("sqlite", filepath.Join(dir, "herd.db"))
+	// Read the twins straight from the store, as the hub left them.
+	st, err := store.Open(ctx, hubtest.StoreFor(t, dir), dir)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer raw.Close()
-	var wrong int
-	var minV, maxV sql.NullInt64
-	if err := raw.QueryRow(`SELECT count(*), min(desired_version), max(desired_version) FROM devices WHERE desired_version != ?`, 1+jobs).Scan(&wrong, &minV, &maxV); err != nil {
-		t.Fatal(err)
+	defer st.Close()
+	count := func(q string) map[string]any {
+		t.Helper()
+		res, err := query.NewService(st).Run(ctx, q, 1, "")
+		if err != nil || len(res.Items) != 1 {
+			t.Fatalf("%s: %v %v", q, err, res)
+		}
+		return res.Items[0].(map[string]any)
 	}
-	if wrong != 0 {
-		t.Errorf("%d of %d twins have a desired $version other than %d (range %v..%v): a patch was lost or applied twice", wrong, devices, 1+jobs, minV, maxV)
+	if r := count(fmt.Sprintf("SELECT COUNT() AS n, MIN(properties.desired.$version) AS lo, MAX(properties.desired.$version) AS hi FROM devices WHERE properties.desired.$version != %d", 1+jobs)); r["n"] != float64(0) && r["n"] != int64(0) {
+		t.Errorf("%v of %d twins have a desired $version other than %d (range %v..%v): a patch was lost or applied twice", r["n"], devices, 1+jobs, r["lo"], r["hi"])
 	}
-	var lastJob int
-	if err := raw.QueryRow(`SELECT count(*) FROM devices WHERE desired ->> '$.job' != ?`, jobs-1).Scan(&lastJob); err != nil {
-		t.Fatal(err)
-	}
-	if lastJob != 0 {
-		t.Errorf("%d twins do not hold the last job's value", lastJob)
+	if r := count(fmt.Sprintf("SELECT COUNT() AS n FROM devices WHERE NOT IS_DEFINED(properties.desired.job) OR properties.desired.job != %d", jobs-1)); r["n"] != float64(0) && r["n"] != int64(0) {
+		t.Errorf("%v twins do not hold the last job's value", r["n"])
 	}
 	t.Logf("%d jobs over %d devices, hub killed %d times", jobs, devices, kills)
 }

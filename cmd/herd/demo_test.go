@@ -41,7 +41,7 @@ func TestDemo(t *testing.T) {
 	// The hub's data agrees: building 43 has floor 3 desired and reported,
 	// building 44 is untouched, every lockDoor record completed with the
 	// device's answer.
-	h := hubtest.Start(t, hubtest.WithDir(dir))
+	h := hubtest.Start(t, hubtest.WithDir(dir), hubtest.WithSQLite()) // the demo's own database
 	ctx := context.Background()
 	count := func(q string) int {
 		t.Helper()

@@ -7,12 +7,14 @@ import (
 	"context"
 	"log/slog"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/store"
+	"github.com/herd-iot/herd/internal/store/pgtest"
 	"github.com/herd-iot/herd/service"
 )
 
@@ -48,6 +50,19 @@ func WithFakeClock(f *clock.Fake) Option {
 	return func(c *hub.Config) { c.Now = f.Now; c.Clock = f }
 }
 
+// WithSQLite runs the hub on the SQLite database in its data folder,
+// whatever HERD_TEST_STORE says (for a test that made that database with
+// another program, such as herd demo). Give it after WithDir.
+func WithSQLite() Option {
+	return func(c *hub.Config) {
+		s, err := store.Open(context.Background(), "", c.DataDir)
+		if err != nil {
+			panic("hubtest: open SQLite in " + c.DataDir + ": " + err.Error())
+		}
+		c.Store = s
+	}
+}
+
 // WithConfig lets a test change any field.
 func WithConfig(fn func(*hub.Config)) Option { return func(c *hub.Config) { fn(c) } }
 
@@ -66,7 +81,7 @@ func Start(t testing.TB, opts ...Option) *Hub {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	if cfg.Store == nil {
-		s, err := store.Open(ctx, "", cfg.DataDir)
+		s, err := store.Open(ctx, StoreFor(t, cfg.DataDir), cfg.DataDir)
 		if err != nil {
 			cancel()
 			t.Fatalf("open store: %v", err)
@@ -100,6 +115,36 @@ func Start(t testing.TB, opts ...Option) *Hub {
 	t.Cleanup(th.Stop)
 	return th
 }
+
+// StoreEnv names the store the test hubs use: "postgres" runs them on
+// PostgreSQL (a throwaway server, internal/store/pgtest), anything else on
+// SQLite in their data folder. `make test` runs the hub-level suites both
+// ways.
+const StoreEnv = "HERD_TEST_STORE"
+
+// StoreFor returns the --store value of a test hub whose data folder is
+// dir: "" for SQLite, or a PostgreSQL database kept per data folder (a
+// restart on the same folder finds the same database), dropped when the
+// test ends.
+func StoreFor(t testing.TB, dir string) string {
+	t.Helper()
+	if os.Getenv(StoreEnv) != "postgres" {
+		return ""
+	}
+	pgMu.Lock()
+	defer pgMu.Unlock()
+	if u, ok := pgURLs[dir]; ok {
+		return u
+	}
+	u := pgtest.URL(t)
+	pgURLs[dir] = u
+	return u
+}
+
+var (
+	pgMu   sync.Mutex
+	pgURLs = map[string]string{}
+)
 
 // Client returns a service SDK client for the given connection string.
 func (h *Hub) Client(t testing.TB, connectionString string) *service.Client {

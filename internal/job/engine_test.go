@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"path/filepath"
 	"sync"
 	"testing"
 	"time"
@@ -14,9 +13,11 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/registry"
-	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/store"
+	"github.com/herd-iot/herd/internal/store/storetest"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -132,8 +133,9 @@ func (n *notes) of(id string) []string {
 // env is a job service over a temp-file SQLite store.
 type env struct {
 	t     *testing.T
-	db    *sqlite.DB
-	path  string
+	db    storetest.Store
+	path  string // the --store value ("" for SQLite in dir)
+	dir   string
 	clock *clock.Fake
 	fleet *fleet
 	notes *notes
@@ -145,8 +147,11 @@ type option func(*job.Config)
 
 func newEnv(t *testing.T, opts ...option) *env {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "herd.db")
-	e := &env{t: t, path: path, clock: clock.NewFake(t0), fleet: newFleet(), notes: &notes{}}
+	dir := t.TempDir()
+	// The store the job tests run on: SQLite in dir, or PostgreSQL
+	// (HERD_TEST_STORE=postgres, as make test runs them too).
+	path := hubtest.StoreFor(t, dir)
+	e := &env{t: t, path: path, dir: dir, clock: clock.NewFake(t0), fleet: newFleet(), notes: &notes{}}
 	e.open(opts...)
 	return e
 }
@@ -154,10 +159,11 @@ func newEnv(t *testing.T, opts ...option) *env {
 // open opens the store and starts an engine on it.
 func (e *env) open(opts ...option) {
 	t := e.t
-	db, err := sqlite.Open(context.Background(), e.path)
+	st, err := store.Open(context.Background(), e.path, e.dir)
 	if err != nil {
 		t.Fatal(err)
 	}
+	db := st.(storetest.Store)
 	e.db = db
 	cfg := job.Config{Store: db, Twins: e.notes, Methods: e.fleet, Clock: e.clock,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), TwinBatch: 3}

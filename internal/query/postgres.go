@@ -47,8 +47,14 @@ func (postgresDialect) JSONPath(keys []string) (string, error) {
 }
 
 // at is the jsonb value at path in doc (NULL where there is none). The
-// path parameter is text, cast once per statement.
-func at(doc, path string) string { return "(" + doc + " #> " + path + "::text::text[])" }
+// path parameter is text, cast once per statement. A device job's outcome
+// is stored as text (the bytes the device sent) and read as jsonb.
+func at(doc, path string) string {
+	if doc == "outcome" || strings.HasSuffix(doc, ".outcome") {
+		doc += "::jsonb"
+	}
+	return "(" + doc + " #> " + path + "::text::text[])"
+}
 
 func (postgresDialect) JSONKind(doc, path string) string {
 	x := at(doc, path)
@@ -104,7 +110,7 @@ func (postgresDialect) JSONNumber(doc, path string) string {
 
 func (postgresDialect) JSONString(doc, path string) string {
 	x := at(doc, path)
-	return "(CASE WHEN jsonb_typeof(" + x + ") = 'string' THEN " + doc + " #>> " + path + "::text::text[] END) COLLATE \"C\""
+	return "(CASE WHEN jsonb_typeof(" + x + ") = 'string' THEN " + x + " #>> '{}' END) COLLATE \"C\""
 }
 
 func (postgresDialect) JSONBool(doc, path string) string {

@@ -1,3 +1,5 @@
+//go:build linux
+
 // Package pgtest runs a throwaway PostgreSQL server for tests, from the
 // system's PostgreSQL binaries (Debian's postgresql package puts them in
 // /usr/lib/postgresql/<version>/bin): a cluster made with initdb in a
@@ -110,8 +112,8 @@ func URL(t testing.TB) string {
 	if err != nil {
 		Unavailable(t, err)
 	}
-	name := fmt.Sprintf("test_%d_%d", os.Getpid(), s.dbs.Add(1))
-	if err := s.exec(context.Background(), "CREATE DATABASE "+name); err != nil {
+	name, err := s.CreateDatabase(context.Background())
+	if err != nil {
 		t.Fatalf("create database: %v", err)
 	}
 	t.Cleanup(func() {
@@ -123,6 +125,18 @@ func URL(t testing.TB) string {
 	})
 	return s.url(name)
 }
+
+// Start starts a server of the caller's own (pgtestd; tests use Shared).
+func Start() (*Server, error) { return start() }
+
+// CreateDatabase creates a new, empty database and returns its name.
+func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
+	name := fmt.Sprintf("test_%d_%d", os.Getpid(), s.dbs.Add(1))
+	return name, s.exec(ctx, "CREATE DATABASE "+name)
+}
+
+// DatabaseURL is the URL of the named database of the server.
+func (s *Server) DatabaseURL(name string) string { return s.url(name) }
 
 // url is a database's URL: the unix socket in the server's folder.
 func (s *Server) url(db string) string {
@@ -164,13 +178,41 @@ func (s *Server) Kill() {
 	<-s.exited
 }
 
+// ownerFile names the process that started a server, so that a later run
+// removes the folders of servers whose owner died without stopping them
+// (the server itself gets SIGKILL when its owner dies).
+const ownerFile = "owner.pid"
+
+// removeStale removes server folders left by processes that are gone.
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), "herd-pg-*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid == os.Getpid() {
+			continue
+		}
+		if syscall.Kill(pid, 0) == syscall.ESRCH {
+			os.RemoveAll(d)
+		}
+	}
+}
+
 func start() (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
 	}
+	removeStale()
 	dir, err := os.MkdirTemp("", "herd-pg-")
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		os.RemoveAll(dir)
 		return nil, err
 	}
 	s := &Server{dir: dir, port: 5432}

@@ -422,7 +422,7 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 		for k, g := range groups {
 			tag, err := tx.Exec(ctx, `UPDATE device_jobs dj SET status = $1, end_time = $2, last_updated_time = $2,
 				start_time = CASE WHEN dj.status = 'pending' THEN $2 ELSE dj.start_time END,
-				outcome = o.outcome::jsonb, error_code = o.code, error_description = o.descr
+				outcome = o.outcome, error_code = o.code, error_description = o.descr
 				FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS o(id, outcome, code, descr)
 				WHERE dj.job_id = $7 AND dj.status = $8 AND dj.device_id = o.id`,
 				string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from)
@@ -532,7 +532,7 @@ func (db *DB) PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
 
 // deviceJobColumns are the device_jobs columns of a herd.DeviceJob.
 const deviceJobColumns = `job_id, device_id, job_type, status, start_time, end_time, created_time,
-	last_updated_time, outcome::text, error_code, error_description`
+	last_updated_time, outcome, error_code, error_description`
 
 // scanDeviceJob reads deviceJobColumns.
 func scanDeviceJob(row pgx.Row) (*herd.DeviceJob, error) {

@@ -85,7 +85,9 @@ CREATE INDEX jobs_created ON jobs (created_time, job_id);
 CREATE INDEX jobs_end ON jobs (end_time) WHERE end_time IS NOT NULL;
 
 -- One row per device a job targets (the devices.jobs query source).
--- outcome is {"deviceMethodResponse":…} of a method job, or NULL.
+-- outcome is {"deviceMethodResponse":…} of a method job, or NULL: text,
+-- so that the device's payload comes back as the bytes it sent (queries
+-- on devices.jobs.outcome read it as jsonb).
 CREATE TABLE device_jobs (
     job_id            text COLLATE "C" NOT NULL,
     device_id         text COLLATE "C" NOT NULL,
@@ -95,7 +97,7 @@ CREATE TABLE device_jobs (
     end_time          text COLLATE "C" NOT NULL,
     created_time      text COLLATE "C" NOT NULL,
     last_updated_time text COLLATE "C" NOT NULL,
-    outcome           jsonb,
+    outcome           text,
     error_code        text COLLATE "C",
     error_description text COLLATE "C",
     PRIMARY KEY (job_id, device_id)
