@@ -13,15 +13,18 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
-// Store is everything a complete Herd store implements.
+// Store is everything a complete Herd store implements. (Its CA
+// certificates are checked by RunCACertificates.)
 type Store interface {
 	registry.Store
 	twin.Store
 	auth.Store
+	certauth.Store
 }
 
 // Run runs the suite. open returns a new, empty store for each subtest.
