@@ -25,6 +25,7 @@ import (
 
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/events"
@@ -127,6 +128,9 @@ type Hub struct {
 	Methods  *method.Service
 	Gateway  *gateway.Server
 	Events   *events.Stream
+	// Certificates holds the CA certificates and authenticates X.509
+	// devices.
+	Certificates *certauth.Service
 
 	tlsConfig *tls.Config
 	serving   atomic.Bool // Run is serving (GET /readyz)
@@ -216,6 +220,11 @@ func (h *Hub) wire(cfg Config) error {
 		}
 	}, cfg.Log)
 	h.Twins = twin.NewService(h.DB, cfg.Now, h.Bus.Desired)
+	h.Certificates = certauth.NewService(h.DB, cfg.Now, func() {
+		if gw != nil {
+			gw.CertificatesChanged()
+		}
+	})
 	h.Metrics = prometheus.NewRegistry()
 	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.Methods = method.NewService(h.Bus, func(ctx context.Context, id string) error {
@@ -226,6 +235,7 @@ func (h *Hub) wire(cfg Config) error {
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
 		Methods: h.Methods, Bus: h.Bus, Sessions: h.DB, Events: h.Events.Publish,
 		Clock: clk, Log: cfg.Log, Metrics: h.Metrics, MaxConnections: cfg.MaxConnections,
+		Certificates: h.Certificates,
 	})
 	h.Gateway = gw
 	h.Jobs = newJobs(h, cfg, clk)
@@ -239,6 +249,7 @@ func (h *Hub) wire(cfg Config) error {
 	})
 	h.api.HandleMethods(h.Methods)
 	h.api.HandleEvents(h.Events)
+	h.api.HandleCertificates(h.Certificates)
 	return nil
 }
 
@@ -255,7 +266,11 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS certificate: %w", err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	// A client certificate is asked for but not required, and not checked
+	// here: X.509 devices are authenticated at CONNECT against the registry
+	// (internal/certauth); everyone else sends none, as before.
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.RequestClientCert}, nil
 }
 
 // listen binds addr and explains the usual failures.
