@@ -23,6 +23,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/certauth"
@@ -335,14 +336,18 @@ func (h *Hub) ConnectionString(policy string) (string, error) {
 }
 
 // DeviceConnectionString returns a device's connection string with its
-// primary key.
+// primary key, or with x509=true for a device that uses a certificate.
 func (h *Hub) DeviceConnectionString(ctx context.Context, deviceID string) (string, error) {
 	d, err := h.Registry.Get(ctx, deviceID)
 	if err != nil {
 		return "", err
 	}
-	return sas.ConnectionString{HostName: h.cfg.Hostname, DeviceID: d.DeviceID,
-		SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String(), nil
+	cs := sas.ConnectionString{HostName: h.cfg.Hostname, DeviceID: d.DeviceID,
+		SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+	if t := d.Authentication.Type; t == herd.AuthSelfSigned || t == herd.AuthCertificateAuthority {
+		cs.SharedAccessKey, cs.X509 = "", true // the device brings its certificate
+	}
+	return cs.String(), nil
 }
 
 // ready is GET /readyz: the hub is serving (Run has started its
