@@ -265,6 +265,16 @@ func (s *Service) Verify(ctx context.Context, name, proof, ifMatch string) (CA, 
 	if err != nil {
 		return CA{}, herd.Errorf(herd.ErrArgumentInvalid, "the verification certificate: %v", err)
 	}
+	cur, err := s.store.CACertificate(ctx, name)
+	if err != nil {
+		return CA{}, err
+	}
+	if err := twin.CheckETag(ifMatch, ETagString(cur.ETag)); err != nil {
+		return CA{}, err
+	}
+	if cur.Verified {
+		return cur, nil // nothing to write, nobody to recheck
+	}
 	now := s.now()
 	ca, err := s.store.UpdateCACertificate(ctx, name, func(c *CA) error {
 		if err := twin.CheckETag(ifMatch, ETagString(c.ETag)); err != nil {
