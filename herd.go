@@ -138,7 +138,23 @@ type SymmetricKey struct {
 	SecondaryKey string `json:"secondaryKey"`
 }
 
-// X509Thumbprint holds the thumbprints of a self-signed device certificate.
+// MarshalJSON writes an empty key as null, as Azure does for devices that
+// authenticate with certificates (a null key decodes back to "").
+func (k SymmetricKey) MarshalJSON() ([]byte, error) {
+	orNull := func(s string) *string {
+		if s == "" {
+			return nil
+		}
+		return &s
+	}
+	return json.Marshal(struct {
+		PrimaryKey   *string `json:"primaryKey"`
+		SecondaryKey *string `json:"secondaryKey"`
+	}{orNull(k.PrimaryKey), orNull(k.SecondaryKey)})
+}
+
+// X509Thumbprint holds the thumbprints of a self-signed device certificate:
+// the hex SHA-1 or SHA-256 digest of its DER encoding.
 type X509Thumbprint struct {
 	PrimaryThumbprint   *string `json:"primaryThumbprint"`
 	SecondaryThumbprint *string `json:"secondaryThumbprint"`

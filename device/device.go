@@ -5,7 +5,9 @@
 //
 // A Client connects over MQTT with TLS (default), secure WebSocket, or
 // plain TCP for load tests. It signs its own SAS tokens from the
-// connection string's key, renews them before they expire by reconnecting,
+// connection string's key, renews them before they expire by reconnecting
+// (or, for a connection string with x509=true, authenticates with the
+// client certificate of WithClientCertificate),
 // and reconnects with exponential back-off and jitter when the connection
 // drops; OnConnectionState tells the program as it happens. It is built on
 // github.com/eclipse/paho.mqtt.golang; it never imports Herd's server
@@ -125,8 +127,9 @@ type desiredPush struct {
 }
 
 // New returns a client for the device named by a device connection string
-// (HostName=…;DeviceId=…;SharedAccessKey=… or SharedAccessSignature=…,
-// optionally GatewayHostName=…). It does not connect; call Connect.
+// (HostName=…;DeviceId=…;SharedAccessKey=… or SharedAccessSignature=… or
+// x509=true with WithClientCertificate, optionally GatewayHostName=…). It
+// does not connect; call Connect.
 func New(connectionString string, opts ...Option) (*Client, error) {
 	cs, err := sas.ParseConnectionString(connectionString)
 	if err != nil {
@@ -146,6 +149,14 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 	}
 	if o.transport == Plain && o.address == "" {
 		return nil, errors.New("device: the Plain transport needs WithAddress")
+	}
+	if cs.X509 && cs.SharedAccessKey == "" && cs.SharedAccessSignature == "" {
+		switch {
+		case o.clientCert == nil:
+			return nil, errors.New("device: a connection string with x509=true needs WithClientCertificate")
+		case o.transport == Plain:
+			return nil, errors.New("device: X.509 authentication needs the TLS or WebSocket transport")
+		}
 	}
 	host, _, _ := strings.Cut(cs.HostName, ":")
 	life, stop := context.WithCancel(context.Background())
@@ -235,8 +246,18 @@ func (c *Client) Close() error {
 	return nil
 }
 
-// token returns the password for the next CONNECT and its expiry.
+// usesCertificate reports whether the client authenticates with its client
+// certificate rather than a SAS token (x509=true and no key or token).
+func (c *Client) usesCertificate() bool {
+	return c.cs.X509 && c.cs.SharedAccessKey == "" && c.cs.SharedAccessSignature == ""
+}
+
+// token returns the password for the next CONNECT and its expiry: none
+// for a device that authenticates with its certificate (§1.4, §8.2).
 func (c *Client) token() (string, time.Time, error) {
+	if c.usesCertificate() {
+		return "", time.Time{}, nil
+	}
 	if c.cs.SharedAccessSignature != "" {
 		t, err := sas.Parse(c.cs.SharedAccessSignature)
 		if err != nil {
@@ -300,7 +321,11 @@ func (c *Client) dial(ctx context.Context) error {
 		SetOrderMatters(true).
 		SetDefaultPublishHandler(c.route)
 	if c.opts.transport != Plain {
-		o.SetTLSConfig(&tls.Config{RootCAs: c.opts.roots, ServerName: c.host, MinVersion: tls.VersionTLS12})
+		tc := &tls.Config{RootCAs: c.opts.roots, ServerName: c.host, MinVersion: tls.VersionTLS12}
+		if c.opts.clientCert != nil {
+			tc.Certificates = []tls.Certificate{*c.opts.clientCert}
+		}
+		o.SetTLSConfig(tc)
 	}
 	var conn mqtt.Client
 	o.SetConnectionLostHandler(func(_ mqtt.Client, err error) {
@@ -399,8 +424,8 @@ func (c *Client) supervise() {
 	for {
 		c.mu.Lock()
 		renewIn := c.expires.Sub(c.opts.now()) - c.opts.renewMargin
-		if c.cs.SharedAccessSignature != "" {
-			renewIn = time.Duration(1<<63 - 1) // a fixed token is never renewed
+		if c.cs.SharedAccessSignature != "" || c.usesCertificate() {
+			renewIn = time.Duration(1<<63 - 1) // a fixed token or a certificate is never renewed
 		}
 		current := c.conn
 		c.mu.Unlock()

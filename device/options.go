@@ -1,6 +1,7 @@
 package device
 
 import (
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -28,6 +29,7 @@ type options struct {
 	transport     Transport
 	address       string
 	roots         *x509.CertPool
+	clientCert    *tls.Certificate
 	tokenValidity time.Duration
 	renewMargin   time.Duration
 	backoffMin    time.Duration
@@ -94,6 +96,35 @@ func WithCAFile(path string) Option {
 			return fmt.Errorf("read CA: %w", err)
 		}
 		return WithCA(b)(o)
+	}
+}
+
+// WithClientCertificate authenticates the device with an X.509 client
+// certificate (and its key) in the TLS handshake, for a device registered
+// with selfSigned or certificateAuthority authentication and a
+// connection string with x509=true instead of a key. It works over TLS
+// and WebSocket. Include intermediate CA certificates in cert.Certificate
+// after the device's own, as crypto/tls expects.
+func WithClientCertificate(cert tls.Certificate) Option {
+	return func(o *options) error {
+		if len(cert.Certificate) == 0 || cert.PrivateKey == nil {
+			return errors.New("the client certificate has no certificate or no private key")
+		}
+		o.clientCert = &cert
+		return nil
+	}
+}
+
+// WithClientCertificateFiles is WithClientCertificate with the certificate
+// (PEM, the device's first, then any intermediates) and its private key
+// read from files, such as those `herd cert device` writes.
+func WithClientCertificateFiles(certFile, keyFile string) Option {
+	return func(o *options) error {
+		cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return fmt.Errorf("load client certificate: %w", err)
+		}
+		return WithClientCertificate(cert)(o)
 	}
 }
 

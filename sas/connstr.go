@@ -7,8 +7,9 @@ import (
 
 // ConnectionString is a parsed IoT Hub connection string: the semicolon
 // separated Key=Value pairs of a service (HostName, SharedAccessKeyName,
-// SharedAccessKey) or device (HostName, DeviceId, SharedAccessKey or
-// SharedAccessSignature, optional GatewayHostName) connection string.
+// SharedAccessKey) or device (HostName, DeviceId, SharedAccessKey,
+// SharedAccessSignature or x509=true, optional GatewayHostName) connection
+// string.
 type ConnectionString struct {
 	HostName              string
 	GatewayHostName       string
@@ -17,6 +18,9 @@ type ConnectionString struct {
 	SharedAccessKeyName   string
 	SharedAccessKey       string
 	SharedAccessSignature string
+	// X509 is x509=true: the device authenticates with a client
+	// certificate given to the device SDK, not with a key or token.
+	X509 bool
 }
 
 // ParseConnectionString splits s into its fields. It checks only that the
@@ -47,6 +51,8 @@ func ParseConnectionString(s string) (ConnectionString, error) {
 			cs.SharedAccessKey = v
 		case "SharedAccessSignature":
 			cs.SharedAccessSignature = v
+		case "x509":
+			cs.X509 = strings.EqualFold(v, "true")
 		}
 	}
 	if cs.HostName == "" {
@@ -63,13 +69,13 @@ func (cs ConnectionString) ForService() error {
 	return nil
 }
 
-// ForDevice checks that cs names a device and a key or token.
+// ForDevice checks that cs names a device and a key, a token or x509=true.
 func (cs ConnectionString) ForDevice() error {
 	if cs.DeviceID == "" {
 		return fmt.Errorf("device connection string has no DeviceId")
 	}
-	if cs.SharedAccessKey == "" && cs.SharedAccessSignature == "" {
-		return fmt.Errorf("device connection string needs SharedAccessKey or SharedAccessSignature")
+	if cs.SharedAccessKey == "" && cs.SharedAccessSignature == "" && !cs.X509 {
+		return fmt.Errorf("device connection string needs SharedAccessKey, SharedAccessSignature or x509=true")
 	}
 	return nil
 }
@@ -77,11 +83,15 @@ func (cs ConnectionString) ForDevice() error {
 // String formats cs in the canonical field order, leaving out empty fields.
 func (cs ConnectionString) String() string {
 	var parts []string
+	x509 := ""
+	if cs.X509 {
+		x509 = "true"
+	}
 	for _, f := range [...]struct{ k, v string }{
 		{"HostName", cs.HostName}, {"GatewayHostName", cs.GatewayHostName},
 		{"DeviceId", cs.DeviceID}, {"ModuleId", cs.ModuleID},
 		{"SharedAccessKeyName", cs.SharedAccessKeyName}, {"SharedAccessKey", cs.SharedAccessKey},
-		{"SharedAccessSignature", cs.SharedAccessSignature},
+		{"SharedAccessSignature", cs.SharedAccessSignature}, {"x509", x509},
 	} {
 		if f.v != "" {
 			parts = append(parts, f.k+"="+f.v)

@@ -83,3 +83,25 @@ func TestConnectionString(t *testing.T) {
 		}
 	}
 }
+
+// A device that authenticates with a certificate has x509=true in its
+// connection string instead of a key (§1.7).
+func TestConnectionStringX509(t *testing.T) {
+	cs, err := ParseConnectionString("HostName=localhost;DeviceId=d1;x509=true")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cs.X509 || cs.SharedAccessKey != "" {
+		t.Errorf("parsed %+v", cs)
+	}
+	if err := cs.ForDevice(); err != nil {
+		t.Errorf("ForDevice: %v", err)
+	}
+	if got := cs.String(); got != "HostName=localhost;DeviceId=d1;x509=true" {
+		t.Errorf("String = %s", got)
+	}
+	cs, _ = ParseConnectionString("HostName=localhost;DeviceId=d1;x509=false")
+	if err := cs.ForDevice(); err == nil {
+		t.Error("x509=false with no key passed ForDevice")
+	}
+}

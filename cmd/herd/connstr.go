@@ -7,6 +7,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/sas"
 )
@@ -18,6 +19,10 @@ func connectionStringCommand(e *env) *cobra.Command {
 		Short: "Print a policy's or a device's connection string",
 		Long: `Print the connection string of a shared access policy (default
 iothubowner) or, with --device, of a device, read from a hub's data folder.
+
+A device that authenticates with an X.509 certificate (selfSigned or
+certificateAuthority) gets x509=true instead of a key: the program gives
+the SDK its certificate and key (Node: client.setOptions({cert, key})).
 
 When the hub's MQTT over TLS listens on a port other than 8883 (the port
 devices dial), a device's connection string names it:
@@ -52,8 +57,12 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 				if err != nil {
 					return err
 				}
-				fmt.Fprintln(e.stdout, sas.ConnectionString{HostName: host, GatewayHostName: gateway, DeviceID: d.DeviceID,
-					SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String())
+				out := sas.ConnectionString{HostName: host, GatewayHostName: gateway, DeviceID: d.DeviceID,
+					SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+				if t := d.Authentication.Type; t == herd.AuthSelfSigned || t == herd.AuthCertificateAuthority {
+					out.SharedAccessKey, out.X509 = "", true // the device brings its certificate
+				}
+				fmt.Fprintln(e.stdout, out.String())
 				return nil
 			}
 			ps, err := db.Policies(ctx)

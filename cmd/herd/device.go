@@ -22,19 +22,31 @@ func deviceCommand(e *env) *cobra.Command {
 
 	var create herd.Device
 	var status, primary, secondary string
-	var edge bool
+	var thumbprints []string
+	var edge, byCA bool
 	createCmd := &cobra.Command{
 		Use:   "create ID",
-		Short: "Register a device (keys are generated unless given)",
-		Args:  cobra.ExactArgs(1),
+		Short: "Register a device (keys are generated unless given, or it uses a certificate)",
+		Long: `Register a device. By default it authenticates with SAS tokens signed with
+its symmetric keys, generated unless --primary-key and --secondary-key give
+them. With --x509-thumbprint it authenticates with a self-signed (or any)
+X.509 certificate whose SHA-1 or SHA-256 thumbprint (hex) is one of the one
+or two given; with --x509-ca with a certificate whose common name is the
+device id, issued by a CA certificate registered and verified with the hub
+(herd ca add). herd cert device issues such certificates for trying it.`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
+			auth, err := createAuth(primary, secondary, thumbprints, byCA)
+			if err != nil {
+				return err
+			}
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
 				return err
 			}
 			create.DeviceID = args[0]
 			create.Status = herd.DeviceStatus(status)
-			create.Authentication.SymmetricKey = herd.SymmetricKey{PrimaryKey: primary, SecondaryKey: secondary}
+			create.Authentication = auth
 			create.Capabilities.IoTEdge = edge
 			d, err := c.CreateDevice(cmd.Context(), create)
 			if err != nil {
@@ -47,6 +59,10 @@ func deviceCommand(e *env) *cobra.Command {
 	createCmd.Flags().StringVar(&primary, "primary-key", "", "primary key (base64; default generated)")
 	createCmd.Flags().StringVar(&secondary, "secondary-key", "", "secondary key (base64; default generated)")
 	createCmd.Flags().BoolVar(&edge, "edge", false, "mark the device as an IoT Edge device")
+	createCmd.Flags().StringSliceVar(&thumbprints, "x509-thumbprint", nil,
+		"authenticate with an X.509 certificate of this thumbprint: HEX[,HEX] (primary, secondary; SHA-1 or SHA-256)")
+	createCmd.Flags().BoolVar(&byCA, "x509-ca", false, "authenticate with an X.509 certificate (CN = device id) issued by a verified CA (herd ca add)")
+	createCmd.MarkFlagsMutuallyExclusive("x509-thumbprint", "x509-ca")
 
 	showCmd := &cobra.Command{
 		Use:   "show ID",
@@ -249,6 +265,28 @@ func updateDevice(ctx context.Context, c *service.Client, id string, change func
 		return nil, fmt.Errorf("device %s changed while this command updated it; run it again: %w", id, err)
 	}
 	return out, err
+}
+
+// createAuth is the authentication of herd device create: SAS keys (given
+// or to be generated), selfSigned thumbprints, or certificateAuthority.
+func createAuth(primary, secondary string, thumbprints []string, byCA bool) (herd.Authentication, error) {
+	keys := primary != "" || secondary != ""
+	switch {
+	case keys && (len(thumbprints) > 0 || byCA):
+		return herd.Authentication{}, fmt.Errorf("--primary-key and --secondary-key are for SAS devices; a device with --x509-thumbprint or --x509-ca has no keys")
+	case len(thumbprints) > 2:
+		return herd.Authentication{}, fmt.Errorf("--x509-thumbprint takes one or two thumbprints (primary,secondary), not %d", len(thumbprints))
+	case len(thumbprints) > 0:
+		a := herd.Authentication{Type: herd.AuthSelfSigned}
+		a.X509Thumbprint.PrimaryThumbprint = &thumbprints[0]
+		if len(thumbprints) == 2 {
+			a.X509Thumbprint.SecondaryThumbprint = &thumbprints[1]
+		}
+		return a, nil
+	case byCA:
+		return herd.Authentication{Type: herd.AuthCertificateAuthority}, nil
+	}
+	return herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: primary, SecondaryKey: secondary}}, nil
 }
 
 // maxListDevices is the most devices GET /devices returns (Azure's limit

@@ -44,6 +44,8 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		connectionStringCommand(e),
 		tokenCommand(e),
 		deviceCommand(e),
+		caCommand(e),
+		certCommand(e),
 		twinCommand(e),
 		jobCommand(e),
 		queryCommand(e),

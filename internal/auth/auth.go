@@ -262,6 +262,18 @@ type DeviceKeys struct {
 	PrimaryKey   string
 	SecondaryKey string
 	Enabled      bool
+	// Type is the device's authentication type (herd.AuthSAS,
+	// AuthSelfSigned, AuthCertificateAuthority or AuthNone).
+	Type string
+	// PrimaryThumbprint and SecondaryThumbprint are a selfSigned device's
+	// certificate thumbprints (hex SHA-1 or SHA-256, either case), or "".
+	PrimaryThumbprint, SecondaryThumbprint string
+}
+
+// UsesCertificate reports whether the device authenticates with an X.509
+// certificate (selfSigned or certificateAuthority) rather than SAS tokens.
+func (k DeviceKeys) UsesCertificate() bool {
+	return k.Type == herd.AuthSelfSigned || k.Type == herd.AuthCertificateAuthority
 }
 
 // AuthenticateDevice checks the SAS token a device presents as its MQTT
@@ -297,10 +309,12 @@ func (s *Service) verifyDevice(password, deviceID string, keys DeviceKeys) (time
 	var ok bool
 	var used string
 	if tok.KeyName == "" {
+		// An empty key (a device without symmetric keys) signs nothing:
+		// HMAC with an empty key is computable by anyone.
 		switch {
-		case tok.Verify(keys.PrimaryKey):
+		case keys.PrimaryKey != "" && tok.Verify(keys.PrimaryKey):
 			ok, used = true, keys.PrimaryKey
-		case tok.Verify(keys.SecondaryKey):
+		case keys.SecondaryKey != "" && tok.Verify(keys.SecondaryKey):
 			ok, used = true, keys.SecondaryKey
 		}
 	} else {

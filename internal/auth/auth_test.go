@@ -143,7 +143,10 @@ func TestAuthenticateDevice(t *testing.T) {
 		{"device policy, all devices", token(t, "myhub.local%2Fdevices", "device", devPolicy.PrimaryKey, later), "d1", keys, true},
 		{"device policy, other device", token(t, sas.DeviceResource("myhub.local", "d2"), "device", devPolicy.PrimaryKey, later), "d1", keys, false},
 		{"device policy, device id prefix", token(t, sas.DeviceResource("myhub.local", "d"), "device", devPolicy.PrimaryKey, later), "d1", keys, false},
-		{"disabled", token(t, sr, "", keys.PrimaryKey, later), "d1", DeviceKeys{keys.PrimaryKey, keys.SecondaryKey, false}, false},
+		{"disabled", token(t, sr, "", keys.PrimaryKey, later), "d1", DeviceKeys{PrimaryKey: keys.PrimaryKey, SecondaryKey: keys.SecondaryKey}, false},
+		// A device without symmetric keys (it uses a certificate) has no
+		// key to sign with: HMAC with an empty key is anyone's.
+		{"empty key", token(t, sr, "", "", later), "d1", DeviceKeys{Enabled: true, Type: "certificateAuthority"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"io"
@@ -30,6 +31,8 @@ const (
 	reasonDeleted      = "device_deleted"
 	reasonDisabled     = "device_disabled"
 	reasonKeyChanged   = "key_changed"
+	reasonCertExpired  = "certificate_expired"
+	reasonCertChanged  = "certificate_not_accepted"
 	reasonSlow         = "queue_overflow"
 	reasonWriteFailed  = "write_failed"
 	reasonProtocol     = "protocol_violation"
@@ -49,7 +52,11 @@ type conn struct {
 	nc       net.Conn
 	deviceID string
 	// key is the device key that signed the token ("" for a policy).
-	key    string
+	key string
+	// chain is the client certificate chain that authenticated a
+	// selfSigned or certificateAuthority device (nil for SAS), checked
+	// again when the device or the CA certificates change.
+	chain  []*x509.Certificate
 	clean  bool
 	will   *packets.PublishPacket
 	expiry clock.Timer
@@ -382,6 +389,9 @@ func (c *conn) touch() {
 func (c *conn) ended() {
 	if c.expiry != nil {
 		c.expiry.Stop()
+	}
+	if c.chain != nil {
+		c.s.trackCertificate(c, false)
 	}
 	reason := c.closeReason()
 	c.s.sessions.release(c.deviceID, c)

@@ -2,6 +2,9 @@ package gateway
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
 	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
@@ -15,10 +18,17 @@ import (
 //
 // CONNACK codes: 1 for anything but MQTT 3.1.1; 2 for an empty or module
 // client id; 4 for a user name that is not {host}/{clientId}/?…; 5 for a
-// missing, malformed, expired or wrongly signed token and for an unknown
-// or disabled device; 3 when the registry cannot be read. A malformed CONNECT
+// missing, malformed, expired or wrongly signed token, for a device that
+// authenticates with an X.509 certificate and presented none or one that
+// does not pass (see certauth.Service.Authenticate), and for an unknown or
+// disabled device; 3 when the registry cannot be read. A malformed CONNECT
 // (reserved bit, bad protocol name, U+0000 or bad UTF-8 in a string: see
 // rules.go) is closed without CONNACK.
+//
+// How a device authenticates follows its registry entry (§1.4, §8.2): a
+// sas device with a SAS token as its password; a selfSigned or
+// certificateAuthority device with the client certificate of its TLS
+// handshake (its password, which the SDKs leave empty, is ignored).
 func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	log := c.s.cfg.Log
 	refuse := func(code byte, why string) (time.Duration, bool) {
@@ -56,9 +66,6 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	if _, err := ParseUsername(cp.Username, c.s.cfg.Host, id); err != nil {
 		return refuse(packets.ErrRefusedBadUsernameOrPassword, err.Error())
 	}
-	if !cp.PasswordFlag || len(cp.Password) == 0 {
-		return refuse(packets.ErrRefusedNotAuthorised, "no SAS token (X.509 authentication is not supported)")
-	}
 	if cp.WillFlag {
 		t, err := ParseTopic(id, cp.WillTopic)
 		if err != nil || t.Kind != KindTelemetry || cp.WillQos > 1 {
@@ -75,12 +82,36 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 		log.Error("read device keys", "device_id", id, "err", err)
 		return refuse(packets.ErrRefusedServerUnavailable, "registry unavailable")
 	}
-	da, err := c.s.cfg.Auth.VerifyDevice(string(cp.Password), id, keys)
-	if err != nil {
-		return refuse(packets.ErrRefusedNotAuthorised, herd.ErrorMessage(err))
+	var expires time.Time
+	switch {
+	case keys.UsesCertificate():
+		chain := peerCertificates(c.nc)
+		if c.s.cfg.Certificates == nil {
+			return refuse(packets.ErrRefusedNotAuthorised, "X.509 authentication is not configured on this hub")
+		}
+		res, err := c.s.cfg.Certificates.Authenticate(ctx, id, keys, chain)
+		if herd.ErrorCodeOf(err) == herd.ErrInternal {
+			log.Error("authenticate device certificate", "device_id", id, "err", err)
+			return refuse(packets.ErrRefusedServerUnavailable, "certificate store unavailable")
+		}
+		if err != nil {
+			return refuse(packets.ErrRefusedNotAuthorised, herd.ErrorMessage(err))
+		}
+		c.chain, expires = chain, res.Expires
+	case keys.Type == herd.AuthNone:
+		return refuse(packets.ErrRefusedNotAuthorised, "device "+id+" has authentication type none: it cannot connect")
+	default:
+		if !cp.PasswordFlag || len(cp.Password) == 0 {
+			return refuse(packets.ErrRefusedNotAuthorised, "no SAS token (the device uses sas authentication)")
+		}
+		da, err := c.s.cfg.Auth.VerifyDevice(string(cp.Password), id, keys)
+		if err != nil {
+			return refuse(packets.ErrRefusedNotAuthorised, herd.ErrorMessage(err))
+		}
+		c.key, expires = da.Key, da.Expires
 	}
 
-	c.deviceID, c.key, c.clean = id, da.Key, cp.CleanSession
+	c.deviceID, c.clean = id, cp.CleanSession
 	if cp.WillFlag {
 		c.will = &packets.PublishPacket{TopicName: cp.WillTopic, Payload: cp.WillMessage}
 	}
@@ -91,7 +122,10 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	c.s.sessions.claim(id, c)
 	if cp.CleanSession {
 		c.s.sessions.discard(id)
-	} else if prev, ok := c.s.cfg.Bus.Lookup(id).(*conn); ok && prev != nil {
+	} else if prev, ok := c.s.cfg.Bus.Lookup(id).(*conn); ok && prev != nil && !prev.clean {
+		// Taking over a persistent session; a clean=1 connection's
+		// session ends with it (MQTT-3.1.2-6), and a device replacing one
+		// that has not closed yet starts without a session.
 		subs, present = prev.Features(), true
 	} else {
 		subs, present, err = c.s.sessions.load(ctx, id)
@@ -114,14 +148,24 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 		log.Info("device connected again; closing its previous connection", "device_id", id, "op", "takeover")
 		prev.close(reasonTakeover)
 	}
+	if c.chain != nil {
+		c.s.trackCertificate(c, true) // before the recheck: see CertificatesChanged
+	}
 	c.connackFirst(present)
 	// A registry change that committed while this CONNECT was being
 	// checked looked for the device before it was attached: check again.
 	c.recheck(ctx)
-	c.expiry = c.s.cfg.Clock.AfterFunc(da.Expires.Sub(now), func() {
-		log.Info("device token expired; disconnecting", "device_id", id, "op", "token_expiry")
-		c.close(reasonTokenExpired)
-	})
+	if c.chain != nil {
+		c.expiry = c.s.cfg.Clock.AfterFunc(expires.Sub(now), func() {
+			log.Info("device certificate expired; disconnecting", "device_id", id, "op", "certificate_expiry")
+			c.close(reasonCertExpired)
+		})
+	} else {
+		c.expiry = c.s.cfg.Clock.AfterFunc(expires.Sub(now), func() {
+			log.Info("device token expired; disconnecting", "device_id", id, "op", "token_expiry")
+			c.close(reasonTokenExpired)
+		})
+	}
 	c.s.cfg.Registry.RecordConnection(id, herd.Connected, now)
 	keepAlive := maxKeepAlive
 	if cp.Keepalive > 0 {
@@ -142,4 +186,16 @@ func (c *conn) connackFirst(sessionPresent bool) {
 	c.queued += len(b)
 	c.mu.Unlock()
 	c.flush()
+}
+
+// peerCertificates returns the client certificate chain of a TLS or
+// WebSocket connection's handshake (leaf first), or nil.
+func peerCertificates(nc net.Conn) []*x509.Certificate {
+	switch t := nc.(type) {
+	case *tls.Conn:
+		return t.ConnectionState().PeerCertificates
+	case interface{ PeerCertificates() []*x509.Certificate }:
+		return t.PeerCertificates()
+	}
+	return nil
 }

@@ -16,6 +16,7 @@ package gateway
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"log/slog"
 	"net"
@@ -28,6 +29,7 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -72,6 +74,12 @@ type Authenticator interface {
 	VerifyDevice(password, deviceID string, keys auth.DeviceKeys) (auth.DeviceAuth, error)
 }
 
+// Certificates authenticates devices with X.509 client certificates
+// (internal/certauth.Service).
+type Certificates interface {
+	Authenticate(ctx context.Context, deviceID string, keys auth.DeviceKeys, chain []*x509.Certificate) (certauth.Result, error)
+}
+
 // Twins is what the gateway needs of the twin service.
 type Twins interface {
 	DeviceView(ctx context.Context, deviceID string) ([]byte, error)
@@ -112,6 +120,9 @@ type Config struct {
 	// and closed. Zero means no bound. Connections given to ServeConn
 	// (in-memory transports) are not sockets and are not counted.
 	MaxConnections int
+	// Certificates authenticates selfSigned and certificateAuthority
+	// devices with their TLS client certificates; nil refuses them.
+	Certificates Certificates
 }
 
 // Server accepts device connections.
@@ -127,9 +138,12 @@ type Server struct {
 	// MaxConnections); refusing holds those over the bound being refused.
 	sockets  int
 	refusing map[*conn]struct{}
-	closed   bool
-	done     chan struct{} // closed with closed
-	wg       sync.WaitGroup
+	// certConns are the connected devices that authenticated with a
+	// certificate (CertificatesChanged checks them again).
+	certConns map[*conn]struct{}
+	closed    bool
+	done      chan struct{} // closed with closed
+	wg        sync.WaitGroup
 }
 
 // New returns a gateway. Serve listeners on it and Run it.
@@ -149,6 +163,7 @@ func New(cfg Config) *Server {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 		refusing:  map[*conn]struct{}{},
+		certConns: map[*conn]struct{}{},
 		done:      make(chan struct{}),
 	}
 	s.m = newMetrics(cfg.Metrics, cfg.Bus, s.openSockets)
@@ -391,8 +406,46 @@ func (s *Server) DeviceChanged(deviceID string) {
 	}()
 }
 
-// recheck closes the connection if its device was deleted or disabled, or
-// if the key that signed its token is no longer one of the device's keys.
+// CertificatesChanged is called by the CA certificate service after a CA
+// was verified, replaced or deleted: every device connected with a
+// certificate is checked again, and those whose chain no longer ends at a
+// verified CA are disconnected.
+func (s *Server) CertificatesChanged() {
+	s.mu.Lock()
+	cs := make([]*conn, 0, len(s.certConns))
+	for c := range s.certConns {
+		cs = append(cs, c)
+	}
+	s.mu.Unlock()
+	if len(cs) == 0 {
+		return
+	}
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		for _, c := range cs {
+			c.recheck(ctx)
+		}
+	}()
+}
+
+// trackCertificate adds c to (or removes it from) the connections that
+// authenticated with a certificate.
+func (s *Server) trackCertificate(c *conn, add bool) {
+	s.mu.Lock()
+	if add {
+		s.certConns[c] = struct{}{}
+	} else {
+		delete(s.certConns, c)
+	}
+	s.mu.Unlock()
+}
+
+// recheck closes the connection if its device was deleted or disabled, if
+// the key that signed its token is no longer one of the device's keys, if
+// it now authenticates with a certificate, or if the certificate it
+// connected with no longer passes (thumbprints changed, CA no longer
+// verified, authentication type changed).
 func (c *conn) recheck(ctx context.Context) {
 	keys, err := c.s.cfg.Registry.Keys(ctx, c.deviceID)
 	switch {
@@ -402,6 +455,23 @@ func (c *conn) recheck(ctx context.Context) {
 		c.s.cfg.Log.Error("recheck device after registry change", "device_id", c.deviceID, "err", err)
 	case !keys.Enabled:
 		c.close(reasonDisabled)
+	case c.chain != nil:
+		if !keys.UsesCertificate() {
+			c.s.cfg.Log.Info("device no longer authenticates with a certificate; disconnecting", "device_id", c.deviceID, "op", reasonCertChanged)
+			c.close(reasonCertChanged)
+			return
+		}
+		_, err := c.s.cfg.Certificates.Authenticate(ctx, c.deviceID, keys, c.chain)
+		switch {
+		case herd.ErrorCodeOf(err) == herd.ErrInternal:
+			c.s.cfg.Log.Error("recheck device certificate", "device_id", c.deviceID, "err", err)
+		case err != nil:
+			c.s.cfg.Log.Info("device certificate no longer accepted; disconnecting", "device_id", c.deviceID,
+				"op", reasonCertChanged, "err", herd.ErrorMessage(err))
+			c.close(reasonCertChanged)
+		}
+	case keys.UsesCertificate() || keys.Type == herd.AuthNone:
+		c.close(reasonKeyChanged)
 	case c.key != "" && c.key != keys.PrimaryKey && c.key != keys.SecondaryKey:
 		c.close(reasonKeyChanged)
 	}

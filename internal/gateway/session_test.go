@@ -52,6 +52,25 @@ func TestPersistentSession(t *testing.T) {
 	}
 }
 
+// TestTakeoverOfCleanSession: a clean=0 connection that takes over a
+// clean=1 one still open gets no session (a clean session ends with its
+// connection): sessionPresent=0 and no subscriptions.
+func TestTakeoverOfCleanSession(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	b := dialPlain(t, h)
+	b.connect(d, true, time.Now())
+	b.subscribe("$iothub/methods/POST/#")
+	c := dialPlain(t, h)
+	if ack := c.connect(d, false, time.Now()); ack.SessionPresent {
+		t.Fatal("sessionPresent=1 after taking over a clean-session connection")
+	}
+	b.expectClosed()
+	if _, err := h.Service.InvokeMethod(context.Background(), d.id, herd.MethodRequest{MethodName: "m"}); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+		t.Fatalf("the new connection inherited a clean session's subscriptions: %v", err)
+	}
+}
+
 func TestSessionSurvivesHubRestart(t *testing.T) {
 	h := hubtest.Start(t)
 	d := newDevice(t, h, "dev1")

@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"crypto/x509"
+	"net"
 	"net/http"
 
 	"github.com/coder/websocket"
@@ -18,7 +20,8 @@ func (s *Server) WebSocketHandler() http.Handler {
 		ws, err := websocket.Accept(w, r, &websocket.AcceptOptions{
 			Subprotocols: []string{"mqtt"},
 			// Devices are not browsers and authenticate with SAS tokens
-			// inside MQTT; there is no cookie to protect.
+			// inside MQTT or client certificates; there is no cookie to
+			// protect.
 			InsecureSkipVerify: true,
 		})
 		if err != nil {
@@ -29,6 +32,22 @@ func (s *Server) WebSocketHandler() http.Handler {
 			return
 		}
 		ws.SetReadLimit(MaxPacket + 1024)
-		s.serveConn(websocket.NetConn(r.Context(), ws, websocket.MessageBinary), true)
+		nc := websocket.NetConn(r.Context(), ws, websocket.MessageBinary)
+		if r.TLS != nil && len(r.TLS.PeerCertificates) > 0 {
+			// The client certificate of the HTTPS handshake authenticates
+			// X.509 devices, as on 8883.
+			nc = certConn{Conn: nc, chain: r.TLS.PeerCertificates}
+		}
+		s.serveConn(nc, true)
 	})
 }
+
+// certConn is a WebSocket connection with the client certificate chain of
+// the TLS handshake it came through.
+type certConn struct {
+	net.Conn
+	chain []*x509.Certificate
+}
+
+// PeerCertificates returns the chain, leaf first.
+func (c certConn) PeerCertificates() []*x509.Certificate { return c.chain }

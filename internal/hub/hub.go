@@ -23,8 +23,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/events"
@@ -132,6 +134,9 @@ type Hub struct {
 	Methods  *method.Service
 	Gateway  *gateway.Server
 	Events   *events.Stream
+	// Certificates holds the CA certificates and authenticates X.509
+	// devices.
+	Certificates *certauth.Service
 
 	tlsConfig *tls.Config
 	serving   atomic.Bool // Run is serving (GET /readyz)
@@ -221,6 +226,11 @@ func (h *Hub) wire(cfg Config) error {
 		}
 	}, cfg.Log)
 	h.Twins = twin.NewService(h.Store, cfg.Now, h.Bus.Desired)
+	h.Certificates = certauth.NewService(h.Store, cfg.Now, func() {
+		if gw != nil {
+			gw.CertificatesChanged()
+		}
+	})
 	h.Metrics = prometheus.NewRegistry()
 	h.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	h.Methods = method.NewService(h.Bus, func(ctx context.Context, id string) error {
@@ -231,6 +241,7 @@ func (h *Hub) wire(cfg Config) error {
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
 		Methods: h.Methods, Bus: h.Bus, Sessions: h.Store, Events: h.Events.Publish,
 		Clock: clk, Log: cfg.Log, Metrics: h.Metrics, MaxConnections: cfg.MaxConnections,
+		Certificates: h.Certificates,
 	})
 	h.Gateway = gw
 	h.Jobs = newJobs(h, cfg, clk)
@@ -244,6 +255,7 @@ func (h *Hub) wire(cfg Config) error {
 	})
 	h.api.HandleMethods(h.Methods)
 	h.api.HandleEvents(h.Events)
+	h.api.HandleCertificates(h.Certificates)
 	return nil
 }
 
@@ -260,7 +272,11 @@ func tlsConfig(cfg Config) (*tls.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("TLS certificate: %w", err)
 	}
-	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+	// A client certificate is asked for but not required, and not checked
+	// here: X.509 devices are authenticated at CONNECT against the registry
+	// (internal/certauth); everyone else sends none, as before.
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12,
+		ClientAuth: tls.RequestClientCert}, nil
 }
 
 // listen binds addr and explains the usual failures.
@@ -325,14 +341,18 @@ func (h *Hub) ConnectionString(policy string) (string, error) {
 }
 
 // DeviceConnectionString returns a device's connection string with its
-// primary key.
+// primary key, or with x509=true for a device that uses a certificate.
 func (h *Hub) DeviceConnectionString(ctx context.Context, deviceID string) (string, error) {
 	d, err := h.Registry.Get(ctx, deviceID)
 	if err != nil {
 		return "", err
 	}
-	return sas.ConnectionString{HostName: h.cfg.Hostname, DeviceID: d.DeviceID,
-		SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}.String(), nil
+	cs := sas.ConnectionString{HostName: h.cfg.Hostname, DeviceID: d.DeviceID,
+		SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+	if t := d.Authentication.Type; t == herd.AuthSelfSigned || t == herd.AuthCertificateAuthority {
+		cs.SharedAccessKey, cs.X509 = "", true // the device brings its certificate
+	}
+	return cs.String(), nil
 }
 
 // ready is GET /readyz: the hub is serving (Run has started its

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/query"
@@ -20,6 +21,7 @@ type Store interface {
 	registry.Store
 	twin.Store
 	auth.Store
+	certauth.Store
 	job.Store
 	query.Store
 	gateway.SessionStore

@@ -275,6 +275,10 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 		PrimaryKey:   d.Authentication.SymmetricKey.PrimaryKey,
 		SecondaryKey: d.Authentication.SymmetricKey.SecondaryKey,
 		Enabled:      d.Status == herd.DeviceEnabled,
+		Type:         d.Authentication.Type,
+	}
+	if t := d.Authentication.X509Thumbprint; d.Authentication.Type == herd.AuthSelfSigned {
+		k.PrimaryThumbprint, k.SecondaryThumbprint = deref(t.PrimaryThumbprint), deref(t.SecondaryThumbprint)
 	}
 	s.keysMu.Lock()
 	if s.keysGen == gen {

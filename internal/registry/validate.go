@@ -2,6 +2,7 @@ package registry
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"fmt"
 
 	"github.com/herd-iot/herd"
@@ -84,9 +85,21 @@ func normalize(d *herd.Device, generate bool) error {
 	if d.StatusReason != nil && len(*d.StatusReason) > 128 {
 		return herd.Errorf(herd.ErrArgumentInvalid, "statusReason is longer than 128 characters")
 	}
-	a := &d.Authentication
+	return normalizeAuth(&d.Authentication, generate)
+}
+
+// normalizeAuth checks a device's authentication (§3.7) and fills its
+// type and, when generate is set, empty sas keys. sas takes keys and no
+// thumbprints; selfSigned a primary thumbprint (and optionally a
+// secondary: hex SHA-1 or SHA-256 of the device certificate, either case)
+// and no keys; certificateAuthority and none neither. A null or empty
+// thumbprint or key counts as absent.
+func normalizeAuth(a *herd.Authentication, generate bool) error {
+	primary, secondary := deref(a.X509Thumbprint.PrimaryThumbprint), deref(a.X509Thumbprint.SecondaryThumbprint)
+	hasThumb := primary != "" || secondary != ""
+	hasKey := a.SymmetricKey.PrimaryKey != "" || a.SymmetricKey.SecondaryKey != ""
 	if a.Type == "" {
-		if a.X509Thumbprint.PrimaryThumbprint != nil || a.X509Thumbprint.SecondaryThumbprint != nil {
+		if hasThumb {
 			a.Type = herd.AuthSelfSigned
 		} else {
 			a.Type = herd.AuthSAS
@@ -94,6 +107,9 @@ func normalize(d *herd.Device, generate bool) error {
 	}
 	switch a.Type {
 	case herd.AuthSAS:
+		if hasThumb {
+			return herd.Errorf(herd.ErrArgumentInvalid, "sas authentication takes symmetric keys, not an x509Thumbprint; use type selfSigned for a certificate")
+		}
 		if generate {
 			a.SymmetricKey.PrimaryKey = keyOrNew(a.SymmetricKey.PrimaryKey)
 			a.SymmetricKey.SecondaryKey = keyOrNew(a.SymmetricKey.SecondaryKey)
@@ -106,15 +122,53 @@ func normalize(d *herd.Device, generate bool) error {
 		}
 		a.X509Thumbprint = herd.X509Thumbprint{}
 	case herd.AuthSelfSigned:
-		if a.X509Thumbprint.PrimaryThumbprint == nil || *a.X509Thumbprint.PrimaryThumbprint == "" {
+		if hasKey {
+			return herd.Errorf(herd.ErrArgumentInvalid, "selfSigned authentication takes an x509Thumbprint, not symmetric keys")
+		}
+		if primary == "" {
 			return herd.Errorf(herd.ErrArgumentInvalid, "selfSigned authentication needs a primary thumbprint")
 		}
+		if err := validateThumbprint("primary thumbprint", primary); err != nil {
+			return err
+		}
+		if err := validateThumbprint("secondary thumbprint", secondary); err != nil {
+			return err
+		}
 		a.SymmetricKey = herd.SymmetricKey{}
+		a.X509Thumbprint = herd.X509Thumbprint{PrimaryThumbprint: &primary}
+		if secondary != "" {
+			a.X509Thumbprint.SecondaryThumbprint = &secondary
+		}
 	case herd.AuthCertificateAuthority, herd.AuthNone:
+		if hasKey || hasThumb {
+			return herd.Errorf(herd.ErrArgumentInvalid, "%s authentication takes neither symmetric keys nor an x509Thumbprint", a.Type)
+		}
 		a.SymmetricKey = herd.SymmetricKey{}
 		a.X509Thumbprint = herd.X509Thumbprint{}
 	default:
 		return herd.Errorf(herd.ErrArgumentInvalid, "authentication type %q is not one of sas, selfSigned, certificateAuthority, none", a.Type)
+	}
+	return nil
+}
+
+func deref(s *string) string {
+	if s == nil {
+		return ""
+	}
+	return *s
+}
+
+// validateThumbprint checks a certificate thumbprint: the hex of a SHA-1
+// (40 digits) or SHA-256 (64 digits) digest, in either case; "" passes.
+func validateThumbprint(name, t string) error {
+	if t == "" {
+		return nil
+	}
+	if len(t) != 40 && len(t) != 64 {
+		return herd.Errorf(herd.ErrArgumentInvalid, "the %s must be 40 (SHA-1) or 64 (SHA-256) hex digits, not %d characters", name, len(t))
+	}
+	if _, err := hex.DecodeString(t); err != nil {
+		return herd.Errorf(herd.ErrArgumentInvalid, "the %s %q is not hexadecimal", name, t)
 	}
 	return nil
 }

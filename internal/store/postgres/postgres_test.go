@@ -26,4 +26,4 @@ func TestConformance(t *testing.T) {
 }
 
 // FuzzQuerySQL runs the conformance suite's query fuzzer on PostgreSQL.
-func FuzzQuerySQL(f *testing.F) { storetest.FuzzQueries(f, openDB(f)) }
+func FuzzQuerySQL(f *testing.F) { storetest.QueryFuzzer(f, openDB(f)) }

@@ -7,4 +7,4 @@ import (
 )
 
 // FuzzQuerySQL runs the conformance suite's query fuzzer on SQLite.
-func FuzzQuerySQL(f *testing.F) { storetest.FuzzQueries(f, openDB(f)) }
+func FuzzQuerySQL(f *testing.F) { storetest.QueryFuzzer(f, openDB(f)) }

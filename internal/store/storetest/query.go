@@ -635,11 +635,11 @@ func testSeed() int64 {
 	return time.Now().UnixNano()
 }
 
-// FuzzQueries runs every query that parses against the store: the
+// QueryFuzzer runs every query that parses against the store: the
 // compiled SQL must run without error and select what the reference
 // evaluator selects. The seed corpus is the query package's golden
 // queries; a store's package calls it from its own fuzz target.
-func FuzzQueries(f *testing.F, db Store) {
+func QueryFuzzer(f *testing.F, db Store) {
 	file, err := os.Open("../../query/testdata/valid.txt") // from internal/store/<store>
 	if err != nil {
 		f.Fatal(err)

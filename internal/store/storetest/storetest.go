@@ -42,6 +42,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		{"Registry", registryTests},
 		{"Jobs", jobTests},
 		{"Hub", hubTests},
+		{"CACertificates", caTests},
 		{"Queries", queryTests},
 	}
 	for _, g := range groups {
