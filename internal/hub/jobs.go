@@ -20,8 +20,12 @@ func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 		TwinBatch:   cfg.JobTwinBatch,
 		Retention:   cfg.JobRetention,
 		Metrics:     h.Metrics,
+		Targets:     query.NewService(h.DB), // POST /jobs/v2/preview
 	})
 }
+
+// The query service counts and samples a job's devices for its preview.
+var _ job.Targets = (*query.Service)(nil)
 
 // compileCondition compiles a job's queryCondition with the query
 // language (internal/query): the WHERE part of a twin query, "*" for every
