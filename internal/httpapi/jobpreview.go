@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strconv"
-	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
@@ -48,72 +47,49 @@ func (s *Server) previewJob(w http.ResponseWriter, r *http.Request) error {
 	return nil
 }
 
-// jobEnded reports whether a job will not change any more: a terminal
-// status and its end time set (a cancelled job's running devices finish
-// first).
-func jobEnded(j *herd.Job) bool { return j.Status.Terminal() && j.EndTime != nil }
-
 // jobEvents serves GET /jobs/v2/{id}/events: Server-Sent Events of the
 // job's progress. The first event is the job as it is ("progress"); then
-// one each time the engine reports a change (coalesced, at most
-// 1/job.ProgressEvery), with the job as GET /jobs/v2/{id} returns it; and
+// one each time the engine reports a change (coalesced, at most one per
+// job.ProgressEvery), with the job as GET /jobs/v2/{id} returns it; and
 // "end" with the final job, after which the stream closes. Nothing polls
-// the store: a change notification is what makes the stream read the job.
+// the store: a change notification is what makes the stream read the job
+// (job.Service.Follow).
 func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		return herd.Errorf(herd.ErrInternal, "streaming is not supported by this connection")
 	}
-	id := r.PathValue("jobId")
-	watch := s.cfg.Jobs.Watch(id)
-	defer watch.Close()
-	j, err := s.cfg.Jobs.Get(r.Context(), id)
-	if err != nil {
+	started := false
+	err := s.cfg.Jobs.Follow(r.Context(), r.PathValue("jobId"), heartbeatEvery, func() error {
+		_, err := fmt.Fprint(w, ": keep-alive\n\n")
+		flusher.Flush()
 		return err
-	}
-	h := w.Header()
-	h.Set("Content-Type", "text/event-stream")
-	h.Set("Cache-Control", "no-cache")
-	h.Set("X-Accel-Buffering", "no")
-	w.WriteHeader(http.StatusOK)
-	beat := time.NewTicker(heartbeatEvery)
-	defer beat.Stop()
-	for {
+	}, func(j *herd.Job, ended bool) error {
+		if !started {
+			h := w.Header()
+			h.Set("Content-Type", "text/event-stream")
+			h.Set("Cache-Control", "no-cache")
+			h.Set("X-Accel-Buffering", "no")
+			w.WriteHeader(http.StatusOK)
+			started = true
+		}
 		name := "progress"
-		if jobEnded(j) {
+		if ended {
 			name = "end"
 		}
 		b, err := json.Marshal(j)
 		if err != nil {
-			return nil
+			return err
 		}
-		if _, err := fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b); err != nil {
-			return nil
-		}
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b)
 		flusher.Flush()
-		if name == "end" {
-			return nil
-		}
-	wait:
-		for {
-			select {
-			case <-r.Context().Done():
-				return nil
-			case <-watch.Done():
-				return nil
-			case <-beat.C:
-				if _, err := fmt.Fprint(w, ": keep-alive\n\n"); err != nil {
-					return nil
-				}
-				flusher.Flush()
-			case <-watch.C():
-				break wait
-			}
-		}
-		if j, err = s.cfg.Jobs.Get(r.Context(), id); err != nil {
-			// Purged or the store failed: say so and end the stream.
-			fmt.Fprintf(w, "event: error\ndata: %q\n\n", herd.ErrorMessage(err))
-			return nil
-		}
+		return err
+	})
+	if err != nil && !started {
+		return err // the job does not exist (or the store failed): an API error
 	}
+	if err != nil && herd.IsCode(err, herd.ErrJobNotFound) {
+		fmt.Fprintf(w, "event: error\ndata: %q\n\n", herd.ErrorMessage(err)) // purged meanwhile
+	}
+	return nil
 }

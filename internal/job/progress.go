@@ -181,3 +181,48 @@ func (n notifying) InterruptRunning(ctx context.Context, id string, devErr herd.
 	defer n.p.changed(id)
 	return n.Store.InterruptRunning(ctx, id, devErr, now)
 }
+
+// Ended reports whether a job will not change any more: its status is
+// terminal and its end time set (a cancelled job's running devices finish
+// first).
+func Ended(j *herd.Job) bool { return j.Status.Terminal() && j.EndTime != nil }
+
+// Follow calls fn with the job as it is and again after each change the
+// engine reports (coalesced, at most one per ProgressEvery), until the job
+// has ended (fn's last call has ended true), ctx ends or the engine stops.
+// Between changes, idle is called every idleEvery (stream keep-alives). An
+// error from Get before the first call (an unknown job) is returned
+// before fn is called; a later one ends Follow with it; an error from fn
+// or idle ends Follow with that error. Nothing polls: the job is read
+// only when it changed.
+func (s *Service) Follow(ctx context.Context, id string, idleEvery time.Duration, idle func() error, fn func(j *herd.Job, ended bool) error) error {
+	w := s.Watch(id)
+	defer w.Close()
+	beat := time.NewTicker(idleEvery)
+	defer beat.Stop()
+	for {
+		j, err := s.Get(ctx, id)
+		if err != nil {
+			return err
+		}
+		ended := Ended(j)
+		if err := fn(j, ended); err != nil || ended {
+			return err
+		}
+	wait:
+		for {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-w.Done():
+				return nil
+			case <-beat.C:
+				if err := idle(); err != nil {
+					return err
+				}
+			case <-w.C():
+				break wait
+			}
+		}
+	}
+}

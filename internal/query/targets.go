@@ -16,7 +16,7 @@ import (
 // connectionState. It serves the job preview (internal/job.Targets) and
 // the dashboard's device counts.
 func (s *Service) CountTargets(ctx context.Context, queryCondition string) (total, connected int64, err error) {
-	where, err := whereClause(queryCondition)
+	where, err := WhereClause(queryCondition)
 	if err != nil {
 		return 0, 0, err
 	}
@@ -42,7 +42,7 @@ func (s *Service) CountTargets(ctx context.Context, queryCondition string) (tota
 // a queryCondition selects, in device id order: one page of SELECT
 // deviceId FROM devices WHERE (condition).
 func (s *Service) SampleTargets(ctx context.Context, queryCondition string, n int) ([]string, error) {
-	where, err := whereClause(queryCondition)
+	where, err := WhereClause(queryCondition)
 	if err != nil {
 		return nil, err
 	}
@@ -60,10 +60,11 @@ func (s *Service) SampleTargets(ctx context.Context, queryCondition string, n in
 	return ids, nil
 }
 
-// whereClause returns " WHERE (condition)" for a job's queryCondition, or
-// "" for "*". The condition is parsed first, so that the text put into the
-// query is exactly one expression (nothing can follow it).
-func whereClause(queryCondition string) (string, error) {
+// WhereClause returns " WHERE (condition)" for a job's queryCondition, to
+// follow "SELECT … FROM devices", or "" for "*". The condition is parsed
+// first, so that the text put into the query is exactly one expression
+// (nothing can follow it); errors are as AsHerdError gives them.
+func WhereClause(queryCondition string) (string, error) {
 	c := strings.TrimSpace(queryCondition)
 	q, err := ParseCondition(c)
 	if err != nil {
