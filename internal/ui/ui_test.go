@@ -2,9 +2,9 @@ package ui_test
 
 import (
 	"context"
-	"fmt"
 	"crypto/tls"
 	"crypto/x509"
+	"fmt"
 	"html"
 	"io"
 	"net/http"
