@@ -499,6 +499,7 @@ func (d *demo) printKeep() {
 	w := d.e.stdout
 	cs, _ := d.hub.ConnectionString("iothubowner")
 	dev, _ := d.hub.DeviceConnectionString(context.Background(), demoPrefix+"000000")
+	fmt.Fprintf(w, "The dashboard: %s (sign in with the service connection string below).\n\n", d.hub.DashboardURL())
 	fmt.Fprintf(w, "For the official Azure IoT SDKs:\n\n")
 	fmt.Fprintf(w, "  service connection string  %s\n", cs)
 	fmt.Fprintf(w, "  device connection string   %s\n", dev)

@@ -179,7 +179,7 @@ func (s *Service) estimate(p *Preview, r *Record) {
 			offline = fmt.Sprintf("are waited for up to %.0f s", connect)
 		}
 		p.Estimate = fmt.Sprintf("method job: %d connected devices at about %.0f calls/s if they answer at once (measured, docs/benchmarks.md), "+
-			"at worst %.0f rounds of %d calls in flight each taking the %.0f s response timeout; %d disconnected devices %s",
+			"at worst %.0f round(s) of up to %d calls in flight each taking the %.0f s response timeout; %d disconnected devices %s",
 			p.ConnectedCount, estimateMethodRate, rounds, s.cfg.MaxInFlight, response, p.DisconnectedCount, offline)
 	}
 	p.EstimatedDurationInSeconds = roundSeconds(min(expected, deadline))

@@ -19,6 +19,7 @@ import (
 var funcs = template.FuncMap{
 	"json":    prettyJSON,
 	"compact": compactJSON,
+	"clip":    clip,
 	"when":    when,
 	"num":     num,
 	"current": func(path, prefix string) bool {
@@ -65,6 +66,14 @@ func compactJSON(v any, max int) string {
 		return fmt.Sprint(v)
 	}
 	s := string(b)
+	if r := []rune(s); len(r) > max {
+		return string(r[:max]) + "…"
+	}
+	return s
+}
+
+// clip cuts a string after max runes.
+func clip(s string, max int) string {
 	if r := []rune(s); len(r) > max {
 		return string(r[:max]) + "…"
 	}

@@ -211,7 +211,8 @@ type jobForm struct {
 	MethodName, Payload             string
 	ResponseTimeout, ConnectTimeout string
 	// StartTime is UTC, as an <input type=datetime-local> writes it
-	// (2026-11-27T02:00) or RFC 3339; empty means now.
+	// (2026-11-27T02:00, with :05 seconds when given) or RFC 3339; empty
+	// means now.
 	StartTime    string
 	MaxExecution string
 }
@@ -307,11 +308,15 @@ func (f jobForm) body(selected []string, now time.Time) (string, []byte, error) 
 		return bad("choose what the job does: a direct method or a twin update")
 	}
 	if f.StartTime != "" {
-		t, err := time.Parse("2006-01-02T15:04", f.StartTime)
-		if err != nil {
-			if t, err = time.Parse(time.RFC3339, f.StartTime); err != nil {
-				return bad("the start time %q is not a date and time (UTC)", f.StartTime)
+		var t time.Time
+		var err error
+		for _, layout := range []string{"2006-01-02T15:04", "2006-01-02T15:04:05", time.RFC3339} {
+			if t, err = time.Parse(layout, f.StartTime); err == nil {
+				break
 			}
+		}
+		if err != nil {
+			return bad("the start time %q is not a date and time (UTC)", f.StartTime)
 		}
 		req["startTime"] = t.UTC().Format(time.RFC3339)
 	}

@@ -12,8 +12,9 @@ function setState(root, text) {
   if (el) el.textContent = text;
 }
 
-// A job page: update the counts on every progress event; reload once at
-// the end, to show the final device records.
+// A job page: update the counts on every progress event, without
+// reloading the page; at the end, offer a reload for the final device
+// records.
 function followJob(section) {
   const es = new EventSource(section.dataset.jobEvents);
   const apply = (p) => {
@@ -33,8 +34,15 @@ function followJob(section) {
   es.addEventListener('end', (e) => {
     apply(JSON.parse(e.data));
     es.close();
-    setState(section, 'The job has ended.');
-    window.location.reload();
+    const state = section.querySelector('[data-stream-state]');
+    if (state) {
+      state.textContent = 'The job has ended. ';
+      const a = document.createElement('a');
+      a.href = window.location.pathname + '#devices';
+      a.textContent = 'Reload for the final device records';
+      a.addEventListener('click', () => window.location.reload());
+      state.appendChild(a);
+    }
   });
   es.addEventListener('error', () => setState(section, 'Connection lost; reconnecting…'));
 }
