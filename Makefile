@@ -3,18 +3,45 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz compat
+.PHONY: test build vet bench bench-quick fuzz compat ui ui-screenshots chromium
 
-## test: every test: vet, the Go tests with -race, and the official Azure SDK suite
+## test: every test: vet, the Go tests with -race, the official Azure SDK suite
+## and the dashboard's browser suite
 test: vet
 	$(GO) test -race -count=1 ./...
 	$(MAKE) compat
+	$(MAKE) ui
 
 ## compat: the official Azure IoT Node.js SDKs (compat/node) against a real
 ## `herd serve` on port 443; needs Node 20 and npm, takes a machine-wide lock
 compat:
 	cd compat/node && npm ci --no-audit --no-fund
 	GO="$(GO)" node compat/node/run.mjs
+
+## ui: the dashboard's end-to-end suite (compat/ui): Debian's Chromium, headless,
+## driven by playwright-core against a real `herd serve` on free ports with
+## simulated devices; screenshots in compat/ui/.run/screenshots
+CHROMIUM ?= /usr/bin/chromium
+ui: chromium
+	cd compat/ui && npm ci --no-audit --no-fund
+	GO="$(GO)" HERD_UI_CHROMIUM="$(CHROMIUM)" node compat/ui/run.mjs
+
+## ui-screenshots: the same, writing the screenshots to docs/dashboard/
+ui-screenshots:
+	HERD_UI_SCREENSHOTS=docs/dashboard $(MAKE) ui
+
+## chromium: installs Debian's chromium when it is missing and we are root
+## (apt-get); otherwise a missing browser fails the suite, it never skips
+chromium:
+	@if [ ! -x "$(CHROMIUM)" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's chromium for the dashboard tests"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+	  else \
+	    echo "the dashboard tests need Chromium at $(CHROMIUM): run \`sudo apt-get install chromium\` (or make CHROMIUM=/path/to/chromium)" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 ## vet: go.mod and go.sum as `go mod tidy` leaves them, and go vet
 vet:

@@ -45,6 +45,9 @@ const (
 	// demoKeepDir is the data folder of a kept demo hub, so that the
 	// commands to explore it are the same every time.
 	demoKeepDir = "herd-demo"
+	// demoKeepTelemetry is how often each device of a kept demo sends
+	// telemetry.
+	demoKeepTelemetry = 10 * time.Second
 )
 
 func demoCommand(e *env) *cobra.Command {
@@ -168,7 +171,11 @@ func runDemo(ctx context.Context, e *env, df *demoFlags, httpsGiven, mqttGiven b
 	if err != nil {
 		return err
 	}
-	d.fleet = sim.New(sim.Config{Host: d.hub.Hostname(), Devices: prov.Identities, Concurrency: 64, ReportDesired: true, Reconnect: true, Dial: dial})
+	fc := sim.Config{Host: d.hub.Hostname(), Devices: prov.Identities, Concurrency: 64, ReportDesired: true, Reconnect: true, Dial: dial}
+	if df.keep {
+		fc.Telemetry = demoKeepTelemetry // something for the dashboard's monitor to show
+	}
+	d.fleet = sim.New(fc)
 	start = time.Now()
 	if err := d.connect(ctx, tr); err != nil {
 		d.fleet.Disconnect()
@@ -508,6 +515,8 @@ func (d *demo) printKeep() {
 	w := d.e.stdout
 	cs, _ := d.hub.ConnectionString("iothubowner")
 	dev, _ := d.hub.DeviceConnectionString(context.Background(), demoPrefix+"000000")
+	fmt.Fprintf(w, "The dashboard: %s (sign in with the service connection string below; the devices send telemetry every %s).\n\n",
+		d.hub.DashboardURL(), demoKeepTelemetry)
 	fmt.Fprintf(w, "For the official Azure IoT SDKs:\n\n")
 	fmt.Fprintf(w, "  service connection string  %s\n", cs)
 	fmt.Fprintf(w, "  device connection string   %s\n", dev)

@@ -101,6 +101,7 @@ func printReady(e *env, h *hub.Hub, cs string) {
 	defer func() { _, _ = io.WriteString(e.stdout, w.String()) }()
 	fmt.Fprintf(w, "Herd is ready.\n\n")
 	fmt.Fprintf(w, "  REST API     https://%s (listening on %s)\n", hostPort(h), h.HTTPSAddr())
+	fmt.Fprintf(w, "  Dashboard    %s (sign in with a connection string)\n", h.DashboardURL())
 	if a := h.MQTTAddr(); a != nil {
 		fmt.Fprintf(w, "  MQTT (TLS)   %s (devices: GatewayHostName=%s)\n", a, mqttHostPort(h, a))
 	}

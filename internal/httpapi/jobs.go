@@ -28,6 +28,7 @@ func (s *Server) jobRoutes() {
 		http.MethodGet: {read, s.getJob},
 	})
 	s.Handle("/jobs/v2/{jobId}/cancel", map[string]Endpoint{http.MethodPost: {write, s.cancelJob}})
+	s.jobPreviewRoutes(read, write)
 }
 
 // jobRights are the rights of what a job does (§2.6): a twin job writes

@@ -37,6 +37,7 @@ import (
 	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
+	"github.com/herd-iot/herd/internal/ui"
 	"github.com/herd-iot/herd/sas"
 )
 
@@ -144,6 +145,7 @@ type Hub struct {
 	mqtt      net.Listener // TLS; nil when off
 	mqttPlain net.Listener // nil when off
 	api       *httpapi.Server
+	ui        *ui.Server // the dashboard at /ui/
 }
 
 // New opens the store, builds the services and binds the listeners. Nothing
@@ -256,7 +258,9 @@ func (h *Hub) wire(cfg Config) error {
 	h.api.HandleMethods(h.Methods)
 	h.api.HandleEvents(h.Events)
 	h.api.HandleCertificates(h.Certificates)
-	return nil
+	var err error
+	h.ui, err = h.newDashboard(cfg)
+	return err
 }
 
 func tlsConfig(cfg Config) (*tls.Config, error) {
@@ -373,7 +377,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	context.AfterFunc(ctx, func() { h.serving.Store(false) })
 	mux := http.NewServeMux()
 	mux.Handle(gateway.WebSocketPath, h.Gateway.WebSocketHandler())
-	mux.Handle("/", h.api.Handler())
+	h.withDashboard(mux, h.api.Handler())
 	srv := &http.Server{
 		Handler:           mux,
 		TLSConfig:         h.tlsConfig,

@@ -3,6 +3,7 @@ package hub
 import (
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/query"
 )
 
 // newJobs builds the job service over the hub's store, twins and direct
@@ -18,5 +19,9 @@ func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 		TwinBatch:   cfg.JobTwinBatch,
 		Retention:   cfg.JobRetention,
 		Metrics:     h.Metrics,
+		Targets:     query.NewService(h.Store), // POST /jobs/v2/preview
 	})
 }
+
+// The query service counts and samples a job's devices for its preview.
+var _ job.Targets = (*query.Service)(nil)

@@ -25,6 +25,7 @@ type runner struct {
 // and purges job history older than the retention period. It returns nil
 // when ctx ends.
 func (s *Service) Run(ctx context.Context) error {
+	defer s.progress.close()
 	if err := s.recover(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting

@@ -57,6 +57,9 @@ type Config struct {
 	TwinBatch int
 	// Retention is how long finished jobs are kept.
 	Retention time.Duration
+	// Targets counts and samples the devices a condition selects, for
+	// Preview (nil: Preview is not available).
+	Targets Targets
 	// Metrics, if not nil, is where the engine registers its collectors.
 	Metrics prometheus.Registerer
 }
@@ -100,7 +103,8 @@ type Service struct {
 	waiting chan struct{} // semaphore of MaxWaiting
 	wake    chan struct{} // buffered 1: the scheduler should look again
 
-	metrics *metrics
+	metrics  *metrics
+	progress *progress // job change notifications (Watch)
 
 	mu      sync.Mutex
 	runners map[string]*runner // jobs being run, by id
@@ -109,8 +113,9 @@ type Service struct {
 // New returns a job service. Jobs run only while Run runs.
 func New(cfg Config) *Service {
 	cfg.defaults()
+	prog := newProgress(cfg.Clock)
 	s := &Service{
-		cfg: cfg, store: cfg.Store, clock: cfg.Clock, log: cfg.Log,
+		cfg: cfg, store: notifying{cfg.Store, prog}, clock: cfg.Clock, log: cfg.Log, progress: prog,
 		slots:   newLimiter(cfg.MaxInFlight),
 		waiting: make(chan struct{}, cfg.MaxWaiting),
 		wake:    make(chan struct{}, 1),

@@ -1,0 +1,67 @@
+package job_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/job"
+)
+
+// TestWatchCoalescesProgress: a job's watchers are signalled at once for
+// the first change, then at most once per job.ProgressEvery, and always for
+// the last change; they learn when the engine stops.
+func TestWatchCoalescesProgress(t *testing.T) {
+	e := newEnv(t) // twin batches of 3
+	e.devices("d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9")
+	w := e.svc.Watch("tw")
+	defer w.Close()
+	signalled := func(what string) {
+		t.Helper()
+		select {
+		case <-w.C():
+		case <-time.After(10 * time.Second):
+			t.Fatalf("no signal for %s", what)
+		}
+	}
+	quiet := func(what string) {
+		t.Helper()
+		select {
+		case <-w.C():
+			t.Fatalf("a signal %s", what)
+		default:
+		}
+	}
+	start := t0.Add(time.Hour).Format(time.RFC3339Nano)
+	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}},"startTime":"`+start+`"}`)
+	e.waitFor("tw", "scheduled", func(j *herd.Job) bool { return j.Status == herd.JobScheduled })
+	signalled("scheduling")
+	quiet("without a change")
+
+	// Start, three batches and the end within one instant of the fake
+	// clock: one signal now, the rest coalesced into one more.
+	e.clock.Advance(time.Hour)
+	e.waitEnded("tw")
+	signalled("the start")
+	quiet("before ProgressEvery passed")
+	e.clock.Advance(job.ProgressEvery)
+	signalled("the coalesced changes")
+	if j := e.get("tw"); j.Status != herd.JobCompleted || j.DeviceJobStatistics.SucceededCount != 9 {
+		t.Errorf("after the last signal: %s %+v", j.Status, *j.DeviceJobStatistics)
+	}
+	quiet("after the last change")
+
+	// A job nobody watches schedules no timers.
+	other := e.svc.Watch("other")
+	other.Close()
+	e.create("unwatched", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"b":1}}}`)
+	e.waitEnded("unwatched")
+	quiet("for another job")
+
+	e.stop()
+	select {
+	case <-w.Done():
+	case <-time.After(10 * time.Second):
+		t.Fatal("Done is not closed after the engine stopped")
+	}
+}

@@ -1,0 +1,424 @@
+package ui
+
+import (
+	"crypto/hmac"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/httpapi"
+	"github.com/herd-iot/herd/internal/job"
+)
+
+// allow checks a job's kind against the session's policy with the rule
+// of PUT /jobs/v2/{id} (httpapi.JobRights).
+func allow(p auth.Policy, op string) job.Allow {
+	return func(t herd.JobType) error {
+		return p.Require(httpapi.JobRights(t), fmt.Sprintf("%s a %s job", op, t))
+	}
+}
+
+// jobsData is the job list's.
+type jobsData struct {
+	Status, Type string
+	Statuses     []string
+	Rows         []jobRow
+	Next, First  string
+}
+
+type jobRow struct {
+	Job      *herd.Job
+	Progress progressView
+}
+
+var jobStatuses = []string{"queued", "scheduled", "running", "completed", "failed", "cancelled"}
+
+func (s *Server) jobs(w http.ResponseWriter, r *http.Request, c *call) error {
+	q := r.URL.Query()
+	jd := jobsData{Status: q.Get("status"), Type: q.Get("type"), Statuses: jobStatuses}
+	jobs, next, err := s.cfg.Jobs.List(r.Context(), job.ListQuery{Status: jd.Status, Type: jd.Type, Continuation: q.Get("c"), PageSize: jobPage})
+	if err != nil {
+		return err
+	}
+	now := s.cfg.Now()
+	for _, j := range jobs {
+		jd.Rows = append(jd.Rows, jobRow{Job: j, Progress: progressOf(j, now)})
+	}
+	filter := url.Values{"status": {jd.Status}, "type": {jd.Type}}
+	if next != "" {
+		v := url.Values{"status": {jd.Status}, "type": {jd.Type}, "c": {next}}
+		jd.Next = "/ui/jobs?" + v.Encode()
+	}
+	if q.Get("c") != "" {
+		jd.First = "/ui/jobs?" + filter.Encode()
+	}
+	d := s.data(r, c, "Jobs")
+	d.Body = jd
+	s.render(w, http.StatusOK, "jobs", d)
+	return nil
+}
+
+// progressView is a job's progress as the pages and the live stream
+// show it.
+type progressView struct {
+	Status    herd.JobStatus `json:"status"`
+	Message   string         `json:"message"`
+	Total     int64          `json:"total"`
+	Succeeded int64          `json:"succeeded"`
+	Failed    int64          `json:"failed"`
+	Running   int64          `json:"running"`
+	Pending   int64          `json:"pending"`
+	Done      int64          `json:"done"`
+	Percent   string         `json:"percent"`
+	// Rate is devices done per second since the start; ETA the time left
+	// at that rate.
+	Rate  string `json:"rate"`
+	ETA   string `json:"eta"`
+	Ended bool   `json:"ended"`
+}
+
+func progressOf(j *herd.Job, now time.Time) progressView {
+	p := progressView{Status: j.Status, Message: j.StatusMessage, Ended: job.Ended(j), Rate: "–", ETA: "–"}
+	if j.FailureReason != "" {
+		p.Message = j.FailureReason
+	}
+	if st := j.DeviceJobStatistics; st != nil {
+		p.Total, p.Succeeded, p.Failed, p.Running, p.Pending = st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount
+	}
+	p.Done = p.Succeeded + p.Failed
+	p.Percent = "0"
+	if p.Total > 0 {
+		p.Percent = strconv.FormatFloat(100*float64(p.Done)/float64(p.Total), 'f', 1, 64)
+	} else if p.Ended {
+		p.Percent = "100"
+	}
+	if j.StartTime == nil {
+		return p
+	}
+	start := j.StartTime.Time
+	switch {
+	case j.Status == herd.JobQueued || j.Status == herd.JobScheduled:
+		if start.After(now) {
+			p.ETA = "starts in " + seconds(start.Sub(now).Seconds())
+		}
+		return p
+	case p.Ended:
+		p.ETA = "ended " + when(j.EndTime)
+	}
+	end := now
+	if j.EndTime != nil {
+		end = j.EndTime.Time
+	}
+	if secs := end.Sub(start).Seconds(); secs > 0 && p.Done > 0 {
+		rate := float64(p.Done) / secs
+		p.Rate = strconv.FormatFloat(rate, 'f', 0, 64) + " devices/s"
+		if !p.Ended && j.Status == herd.JobRunning {
+			p.ETA = seconds(float64(p.Total-p.Done) / rate)
+		}
+	}
+	return p
+}
+
+// jobData is a job's page.
+type jobData struct {
+	Job       *herd.Job
+	Progress  progressView
+	Filter    string
+	Filters   []string
+	Rows      []*herd.DeviceJob
+	Next      string
+	First     string
+	CanCancel bool
+	Request   string
+}
+
+var deviceJobStatuses = []string{"pending", "running", "completed", "failed", "canceled"}
+
+// job serves a job's page: progress (live through jobEvents while it
+// runs), and its device records one page at a time (SELECT * FROM
+// devices.jobs WHERE devices.jobs.jobId = …), filtered by outcome.
+func (s *Server) job(w http.ResponseWriter, r *http.Request, c *call) error {
+	id := r.PathValue("id")
+	j, err := s.cfg.Jobs.Get(r.Context(), id)
+	if err != nil {
+		return err
+	}
+	q := r.URL.Query()
+	jd := jobData{Job: j, Progress: progressOf(j, s.cfg.Now()), Filters: deviceJobStatuses}
+	for _, f := range deviceJobStatuses {
+		if q.Get("outcome") == f {
+			jd.Filter = f
+		}
+	}
+	jd.CanCancel = !jd.Progress.Ended && !j.Status.Terminal() && c.policy.Require(httpapi.JobRights(j.Type), "") == nil
+	switch {
+	case j.CloudToDeviceMethod != nil:
+		jd.Request = prettyJSON(j.CloudToDeviceMethod)
+	case j.UpdateTwin != nil:
+		jd.Request = prettyJSON(j.UpdateTwin)
+	}
+	text := "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = " + quote(id)
+	if jd.Filter != "" {
+		text += " AND devices.jobs.status = " + quote(jd.Filter)
+	}
+	res, err := s.cfg.Query.Run(r.Context(), text, deviceJobPage, q.Get("c"))
+	if err != nil {
+		return err
+	}
+	for _, it := range res.Items {
+		if dj, ok := it.(*herd.DeviceJob); ok {
+			jd.Rows = append(jd.Rows, dj)
+		}
+	}
+	base := "/ui/jobs/" + pathEscape(id) + "?" + url.Values{"outcome": {jd.Filter}}.Encode()
+	if res.Continuation != "" {
+		jd.Next = base + "&" + url.Values{"c": {res.Continuation}}.Encode() + "#devices"
+	}
+	if q.Get("c") != "" {
+		jd.First = base + "#devices"
+	}
+	d := s.data(r, c, "Job "+id)
+	d.Body = jd
+	s.render(w, http.StatusOK, "job", d)
+	return nil
+}
+
+// cancelJob cancels a job (POST /jobs/v2/{id}/cancel: the rights of
+// creating it).
+func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	id := r.PathValue("id")
+	if _, err := s.cfg.Jobs.Cancel(r.Context(), id, allow(c.policy, "cancelling")); err != nil {
+		return err
+	}
+	s.redirect(w, r, c, "/ui/jobs/"+pathEscape(id), "Job cancelled: pending devices were canceled; devices already running finish.")
+	return nil
+}
+
+// jobForm is what the new-job form and the devices page's bulk action
+// send, as typed.
+type jobForm struct {
+	JobID, Type, Target, Condition  string
+	Tags, Desired                   string
+	MethodName, Payload             string
+	ResponseTimeout, ConnectTimeout string
+	// StartTime is UTC, as an <input type=datetime-local> writes it
+	// (2026-11-27T02:00, with :05 seconds when given) or RFC 3339; empty
+	// means now.
+	StartTime    string
+	MaxExecution string
+}
+
+func readJobForm(r *http.Request) jobForm {
+	v := func(k string) string { return strings.TrimSpace(r.FormValue(k)) }
+	return jobForm{JobID: v("jobId"), Type: v("type"), Target: v("target"), Condition: v("condition"),
+		Tags: v("tags"), Desired: v("desired"), MethodName: v("methodName"), Payload: v("payload"),
+		ResponseTimeout: v("responseTimeout"), ConnectTimeout: v("connectTimeout"),
+		StartTime: v("startTime"), MaxExecution: v("maxExecution")}
+}
+
+// values is the form as a query string (to edit it again).
+func (f jobForm) values() url.Values {
+	out := url.Values{}
+	for k, v := range map[string]string{"jobId": f.JobID, "type": f.Type, "target": f.Target, "condition": f.Condition,
+		"tags": f.Tags, "desired": f.Desired, "methodName": f.MethodName, "payload": f.Payload,
+		"responseTimeout": f.ResponseTimeout, "connectTimeout": f.ConnectTimeout, "startTime": f.StartTime, "maxExecution": f.MaxExecution} {
+		if v != "" {
+			out.Set(k, v)
+		}
+	}
+	return out
+}
+
+// body builds the job's PUT /jobs/v2/{id} body; the job service
+// validates it as it validates the API's.
+func (f jobForm) body(selected []string, now time.Time) (string, []byte, error) {
+	bad := func(format string, args ...any) (string, []byte, error) {
+		return "", nil, herd.Errorf(herd.ErrArgumentInvalid, format, args...)
+	}
+	id := f.JobID
+	if id == "" {
+		b := make([]byte, 3)
+		_, _ = rand.Read(b)
+		id = "ui-" + now.UTC().Format("20060102-150405") + "-" + hex.EncodeToString(b)
+	}
+	req := map[string]any{"jobId": id, "type": f.Type}
+	switch f.Target {
+	case "selection":
+		if len(selected) == 0 {
+			return bad("no devices are selected: tick devices on the Devices page, or choose every device matching the query")
+		}
+		req["queryCondition"] = selectionCondition(selected)
+	default:
+		req["queryCondition"] = condition(f.Condition)
+	}
+	object := func(name, text string) (json.RawMessage, error) {
+		var m map[string]any
+		if json.Unmarshal([]byte(text), &m) != nil || m == nil {
+			return nil, herd.Errorf(herd.ErrArgumentInvalid, "%s must be a JSON object, such as {\"floor\": 3}", name)
+		}
+		return json.RawMessage(text), nil
+	}
+	switch herd.JobType(f.Type) {
+	case herd.JobUpdateTwin:
+		up := map[string]any{"etag": "*"}
+		if f.Tags != "" {
+			t, err := object("Tags", f.Tags)
+			if err != nil {
+				return "", nil, err
+			}
+			up["tags"] = t
+		}
+		if f.Desired != "" {
+			d, err := object("Desired properties", f.Desired)
+			if err != nil {
+				return "", nil, err
+			}
+			up["properties"] = map[string]any{"desired": d}
+		}
+		req["updateTwin"] = up
+	case herd.JobDeviceMethod:
+		m := map[string]any{"methodName": f.MethodName}
+		if f.Payload != "" {
+			if !json.Valid([]byte(f.Payload)) {
+				return bad("the payload is not valid JSON")
+			}
+			m["payload"] = json.RawMessage(f.Payload)
+		}
+		for name, v := range map[string]string{"responseTimeoutInSeconds": f.ResponseTimeout, "connectTimeoutInSeconds": f.ConnectTimeout} {
+			if v == "" {
+				continue
+			}
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return bad("%s must be a whole number of seconds", name)
+			}
+			m[name] = n
+		}
+		req["cloudToDeviceMethod"] = m
+	default:
+		return bad("choose what the job does: a direct method or a twin update")
+	}
+	if f.StartTime != "" {
+		var t time.Time
+		var err error
+		for _, layout := range []string{"2006-01-02T15:04", "2006-01-02T15:04:05", time.RFC3339} {
+			if t, err = time.Parse(layout, f.StartTime); err == nil {
+				break
+			}
+		}
+		if err != nil {
+			return bad("the start time %q is not a date and time (UTC)", f.StartTime)
+		}
+		req["startTime"] = t.UTC().Format(time.RFC3339)
+	}
+	if f.MaxExecution != "" {
+		n, err := strconv.Atoi(f.MaxExecution)
+		if err != nil {
+			return bad("the deadline must be a whole number of seconds")
+		}
+		req["maxExecutionTimeInSeconds"] = n
+	}
+	b, err := json.Marshal(req)
+	return id, b, err
+}
+
+// newJobData is the new-job page's.
+type newJobData struct {
+	Form      jobForm
+	Selected  int
+	FormError string
+}
+
+func (s *Server) newJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	f := readJobForm(r)
+	if f.Type == "" {
+		f.Type = string(herd.JobDeviceMethod)
+		if !c.policy.Rights.Any(auth.ServiceConnect) {
+			f.Type = string(herd.JobUpdateTwin)
+		}
+	}
+	if f.MaxExecution == "" {
+		f.MaxExecution = strconv.Itoa(job.DefaultMaxExecution)
+	}
+	d := s.data(r, c, "New job")
+	d.Body = newJobData{Form: f, Selected: len(c.sess.selected())}
+	s.render(w, http.StatusOK, "newjob", d)
+	return nil
+}
+
+// previewData is the preview page's: what the job would do, and the
+// exact body that "Schedule" creates.
+type previewData struct {
+	Preview *job.Preview
+	JobID   string
+	Body    string
+	MAC     string
+	Request string
+	EditURL string
+}
+
+// previewJob shows what a job would do before it is scheduled (POST
+// /jobs/v2/preview). The page's Schedule button sends back the previewed
+// body with a MAC over it, so that what is scheduled is exactly what was
+// previewed.
+func (s *Server) previewJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	f := readJobForm(r)
+	id, body, err := f.body(c.sess.selected(), s.cfg.Now())
+	var p *job.Preview
+	if err == nil {
+		p, err = s.cfg.Jobs.Preview(r.Context(), body, job.DefaultPreviewSample, allow(c.policy, "creating"))
+	}
+	if err != nil {
+		if herd.ErrorCodeOf(err) == herd.ErrInternal || herd.IsCode(err, herd.ErrUnauthorized) {
+			return err
+		}
+		d := s.data(r, c, "New job")
+		d.Body = newJobData{Form: f, Selected: len(c.sess.selected()), FormError: herd.ErrorMessage(err)}
+		s.render(w, http.StatusBadRequest, "newjob", d)
+		return nil
+	}
+	var req map[string]json.RawMessage
+	_ = json.Unmarshal(body, &req)
+	work := req["cloudToDeviceMethod"]
+	if work == nil {
+		work = req["updateTwin"]
+	}
+	d := s.data(r, c, "Preview")
+	d.Body = previewData{Preview: p, JobID: id, Body: string(body), MAC: s.mac(c.sess, id, body),
+		Request: prettyJSON(work), EditURL: "/ui/jobs/new?" + f.values().Encode()}
+	s.render(w, http.StatusOK, "preview", d)
+	return nil
+}
+
+// createJob schedules a previewed job (PUT /jobs/v2/{id}).
+func (s *Server) createJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	id, body := r.PostFormValue("jobId"), []byte(r.PostFormValue("body"))
+	if !hmac.Equal([]byte(r.PostFormValue("mac")), []byte(s.mac(c.sess, id, body))) {
+		return herd.Errorf(herd.ErrArgumentInvalid, "this job was not previewed in this session: create it from its preview")
+	}
+	if _, err := s.cfg.Jobs.Create(r.Context(), id, body, allow(c.policy, "creating")); err != nil {
+		return err
+	}
+	s.redirect(w, r, c, "/ui/jobs/"+pathEscape(id), "Job "+id+" scheduled.")
+	return nil
+}
+
+// mac signs a previewed job for the session.
+func (s *Server) mac(sess *session, id string, body []byte) string {
+	m := hmac.New(sha256.New, s.macKey)
+	m.Write([]byte(sess.id))
+	m.Write([]byte{0})
+	m.Write([]byte(id))
+	m.Write([]byte{0})
+	m.Write(body)
+	return hex.EncodeToString(m.Sum(nil))
+}
