@@ -3,20 +3,50 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz compat ui ui-screenshots chromium
+.PHONY: test build vet bench bench-quick fuzz compat compat-postgres ui ui-screenshots chromium postgresql test-postgres
 
-## test: every test: vet, the Go tests with -race, the official Azure SDK suite
-## and the dashboard's browser suite
-test: vet
+## test: every test: vet, the Go tests with -race (the store conformance suite
+## on SQLite and on a throwaway PostgreSQL), the hub-level suites again on
+## PostgreSQL, the official Azure SDK suite on both stores and the
+## dashboard's browser suite
+test: vet postgresql
 	$(GO) test -race -count=1 ./...
+	$(MAKE) test-postgres
 	$(MAKE) compat
+	$(MAKE) compat-postgres
 	$(MAKE) ui
+
+## test-postgres: the suites that run whole hubs (job engine, REST API, hub,
+## dashboard, CLI and the kill -9 crash tests) with PostgreSQL as their store
+PG_SUITES = ./internal/job/... ./internal/httpapi/... ./internal/hub/... ./internal/ui/... ./cmd/herd/...
+test-postgres: postgresql
+	HERD_TEST_STORE=postgres $(GO) test -race -count=1 $(PG_SUITES)
 
 ## compat: the official Azure IoT Node.js SDKs (compat/node) against a real
 ## `herd serve` on port 443; needs Node 20 and npm, takes a machine-wide lock
 compat:
 	cd compat/node && npm ci --no-audit --no-fund
 	GO="$(GO)" node compat/node/run.mjs
+
+## compat-postgres: the same suite with the hub on a throwaway PostgreSQL
+compat-postgres: postgresql
+	cd compat/node && npm ci --no-audit --no-fund
+	GO="$(GO)" HERD_COMPAT_STORE=postgres node compat/node/run.mjs
+
+## postgresql: installs Debian's postgresql when no PostgreSQL server binaries
+## are found and we are root (apt-get); otherwise it stops with what to
+## install. The tests run their own throwaway clusters
+## (internal/store/pgtest): no server needs to be running
+postgresql:
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's postgresql for the PostgreSQL store tests"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
+	  else \
+	    echo "the PostgreSQL store tests need PostgreSQL's server binaries (initdb, postgres): run \`sudo apt-get install postgresql\`" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
 
 ## ui: the dashboard's end-to-end suite (compat/ui): Debian's Chromium, headless,
 ## driven by playwright-core against a real `herd serve` on free ports with

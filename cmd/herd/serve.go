@@ -49,9 +49,10 @@ variable is ignored, as if it were not set.`,
 				h.Close()
 				return err
 			}
-			printReady(e, h, cs)
+			where := store.Describe(storeSpec, cfg.DataDir)
+			printReady(e, h, cs, where)
 			log.Info("hub ready", "https_addr", h.HTTPSAddr().String(), "mqtt_addr", addrString(h.MQTTAddr()),
-				"mqtt_plain_addr", addrString(h.MQTTPlainAddr()), "hostname", cfg.Hostname)
+				"mqtt_plain_addr", addrString(h.MQTTPlainAddr()), "hostname", cfg.Hostname, "store", where)
 			err = h.Run(cmd.Context())
 			log.Info("hub stopped")
 			return err
@@ -96,7 +97,7 @@ func newLogger(e *env, format, level string) (*slog.Logger, error) {
 // printReady writes the ready banner in one write, so that a reader that
 // sees "Herd is ready." also sees the rest (a test or a script reading
 // stdout as the hub starts).
-func printReady(e *env, h *hub.Hub, cs string) {
+func printReady(e *env, h *hub.Hub, cs, where string) {
 	w := &strings.Builder{}
 	defer func() { _, _ = io.WriteString(e.stdout, w.String()) }()
 	fmt.Fprintf(w, "Herd is ready.\n\n")
@@ -109,6 +110,7 @@ func printReady(e *env, h *hub.Hub, cs string) {
 	if a := h.MQTTPlainAddr(); a != nil {
 		fmt.Fprintf(w, "  MQTT (plain) %s — unencrypted, for trusted networks only\n", a)
 	}
+	fmt.Fprintf(w, "  Store        %s\n", where)
 	if ca := h.CAFile(); ca != "" {
 		fmt.Fprintf(w, "  CA           %s\n", ca)
 		fmt.Fprintf(w, "               trust it with: export NODE_EXTRA_CA_CERTS=%s\n", ca)

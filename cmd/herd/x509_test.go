@@ -38,9 +38,17 @@ var sha1Line = regexp.MustCompile(`(?m)^thumbprint\s+([0-9A-F]{40}) \(SHA-1\)$`)
 func TestX509CLI(t *testing.T) {
 	h := hubtest.Start(t)
 	dir, out := h.Dir, t.TempDir()
+	local := []string{"--data", dir}
+	if spec := hubtest.StoreFor(t, dir); spec != "" {
+		local = append(local, "--store", spec) // HERD_TEST_STORE=postgres
+	}
 	cli := func(args ...string) string {
 		t.Helper()
-		s, err := runCLI(t, noEnv, append(args, "--data", dir)...)
+		flags := local
+		if args[0] == "cert" { // reads the data folder's CA only
+			flags = local[:2]
+		}
+		s, err := runCLI(t, noEnv, append(args, flags...)...)
 		if err != nil {
 			t.Fatalf("herd %s: %v\n%s", strings.Join(args, " "), err, s)
 		}
@@ -123,7 +131,7 @@ func TestX509CLI(t *testing.T) {
 		t.Errorf("ca list:\n%s", s)
 	}
 	cli("ca", "delete", "other")
-	if s, err := runCLI(t, noEnv, "ca", "show", "other", "--data", dir); err == nil || !strings.Contains(err.Error(), "no CA certificate named") {
+	if s, err := runCLI(t, noEnv, append([]string{"ca", "show", "other"}, local...)...); err == nil || !strings.Contains(err.Error(), "no CA certificate named") {
 		t.Errorf("ca show of a deleted CA: %v\n%s", err, s)
 	}
 

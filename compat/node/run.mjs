@@ -16,7 +16,10 @@
 //
 // Environment: GO (the go command, default "go"); HERD_COMPAT_HERD=<path>
 // runs that herd binary instead of building one; HERD_COMPAT_KEEP=1 keeps
-// the data folder for a look after the run.
+// the data folder for a look after the run; HERD_COMPAT_STORE=postgres runs
+// the hub on a throwaway PostgreSQL database (internal/store/pgtest/pgtestd,
+// which needs Debian's postgresql) instead of SQLite: every herd command of
+// the run gets it as HERD_STORE.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -58,13 +61,48 @@ function prepare() {
   }
   const bin = path.join(runDir, 'herd');
   log(`building herd from ${root}`);
+  goBuild(bin, './cmd/herd');
+  return bin;
+}
+
+function goBuild(out, pkg) {
   const go = process.env.GO || 'go';
-  const b = spawnSync(go, ['build', '-o', bin, './cmd/herd'], {
+  const b = spawnSync(go, ['build', '-o', out, pkg], {
     cwd: root, stdio: 'inherit', env: { ...process.env, CGO_ENABLED: '0' },
   });
   if (b.error) fail(`cannot run ${go}: ${b.error.message}`);
-  if (b.status !== 0) fail('go build ./cmd/herd failed');
-  return bin;
+  if (b.status !== 0) fail(`go build ${pkg} failed`);
+}
+
+// startPostgres starts pgtestd, a throwaway PostgreSQL server, and resolves
+// with the URL of its empty database (its first line of output). The server
+// stops when pgtestd's standard input closes, so it goes with this process.
+async function startPostgres() {
+  const bin = path.join(runDir, 'pgtestd');
+  goBuild(bin, './internal/store/pgtest/pgtestd');
+  const p = spawn(bin, [], { stdio: ['pipe', 'pipe', 'inherit'] });
+  let out = '';
+  let exited = null;
+  p.stdout.on('data', (b) => { out += b; });
+  p.on('exit', (code, signal) => { exited = code ?? signal; });
+  const deadline = Date.now() + readyDeadlineMs;
+  while (Date.now() < deadline) {
+    const nl = out.indexOf('\n');
+    if (nl >= 0) return { proc: p, url: out.slice(0, nl).trim() };
+    if (exited !== null) throw new Error(`pgtestd exited (${exited}) before it served a database`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  p.kill('SIGTERM');
+  throw new Error(`pgtestd did not serve a database within ${readyDeadlineMs / 1000} s`);
+}
+
+async function stopPostgres(pg) {
+  if (!pg || pg.proc.exitCode !== null || pg.proc.signalCode !== null) return;
+  const gone = once(pg.proc, 'exit');
+  pg.proc.stdin.end();
+  const timer = setTimeout(() => pg.proc.kill('SIGKILL'), 30_000);
+  await gone;
+  clearTimeout(timer);
 }
 
 // Step 2: take the machine-wide 443 lock by running ourselves again under
@@ -210,16 +248,27 @@ async function runLocked() {
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herd-compat-'));
   const logPath = path.join(runDir, 'herd.log');
   let hub = null;
+  let pg = null;
   let code = 1;
   const stop = async () => {
     if (hub) await stopHub(hub);
     hub = null;
+    await stopPostgres(pg);
+    pg = null;
   };
   for (const sig of ['SIGINT', 'SIGTERM']) {
     process.on(sig, () => { stop().finally(() => process.exit(130)); });
   }
   try {
-    log(`starting herd serve (data ${dataDir}, log ${logPath})`);
+    const storeKind = process.env.HERD_COMPAT_STORE || 'sqlite';
+    if (storeKind === 'postgres') {
+      log('starting a throwaway PostgreSQL (pgtestd)');
+      pg = await startPostgres();
+      process.env.HERD_STORE = pg.url;
+    } else if (storeKind !== 'sqlite') {
+      throw new Error(`HERD_COMPAT_STORE=${storeKind}: want sqlite or postgres`);
+    }
+    log(`starting herd serve (data ${dataDir}, store ${storeKind}, log ${logPath})`);
     const started = await startHub(bin, dataDir, logPath, mqtt);
     hub = started.hub;
     const ca = path.join(dataDir, 'ca.pem');

@@ -8,6 +8,7 @@ package store
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"strings"
 
@@ -69,18 +70,41 @@ func Open(ctx context.Context, spec, dataDir string) (hub.Store, error) {
 	return db, nil
 }
 
-// Redact hides the password of a URL for messages and logs.
+// Redact hides the password of a URL for messages and logs: in the
+// user information (postgres://herd:***@db/herd) and in a password query
+// parameter (?password=***).
 func Redact(spec string) string {
-	scheme, rest, ok := strings.Cut(spec, "://")
-	if !ok {
+	u, err := url.Parse(spec)
+	if err != nil || u.Scheme == "" || u.Opaque != "" {
+		if scheme, rest, ok := strings.Cut(spec, "://"); ok {
+			if userinfo, host, ok := strings.Cut(rest, "@"); ok {
+				if user, _, hasPass := strings.Cut(userinfo, ":"); hasPass {
+					return scheme + "://" + user + ":***@" + host
+				}
+			}
+		}
 		return spec
 	}
-	userinfo, host, ok := strings.Cut(rest, "@")
-	if !ok {
-		return spec
+	if _, hasPass := u.User.Password(); hasPass {
+		u.User = url.UserPassword(u.User.Username(), "***")
 	}
-	if user, _, hasPass := strings.Cut(userinfo, ":"); hasPass {
-		return scheme + "://" + user + ":***@" + host
+	if q := u.Query(); q.Has("password") {
+		q.Set("password", "***")
+		u.RawQuery = q.Encode()
 	}
-	return spec
+	return strings.ReplaceAll(u.String(), "%2A%2A%2A", "***")
+}
+
+// Describe says in a few words which store spec names, for the hub's
+// banner and logs: "SQLite herd-data/herd.db" or "PostgreSQL
+// postgres://herd:***@db:5432/herd".
+func Describe(spec, dataDir string) string {
+	kind, where, err := Parse(spec, dataDir)
+	if err != nil {
+		return Redact(spec)
+	}
+	if kind == Postgres {
+		return "PostgreSQL " + Redact(where)
+	}
+	return "SQLite " + where
 }
