@@ -53,6 +53,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		monitorCommand(e),
 		simCommand(e),
 		demoCommand(e),
+		storeCommand(e),
 		versionCommand(e),
 	)
 	return explain(root.ExecuteContext(ctx))
