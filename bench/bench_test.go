@@ -8,6 +8,8 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+
+	"github.com/herd-iot/herd/internal/store/pgtest"
 )
 
 // TestMain lets the test binary play the fleet child, as the bench
@@ -27,9 +29,18 @@ func TestMain(m *testing.M) {
 // and checks that the report has every row with a figure (no timing is
 // asserted: figures depend on the machine).
 func TestQuickAtSmallScale(t *testing.T) {
+	stores, flag := []string{"SQLite", "PostgreSQL"}, "sqlite,postgres"
+	if _, err := pgtest.BinDir(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("PostgreSQL is required in CI: %v", err)
+		}
+		t.Logf("PostgreSQL not available, measuring SQLite only: %v", err)
+		stores, flag = stores[:1], "sqlite"
+	}
 	var out, errOut bytes.Buffer
 	err := run(context.Background(), []string{"--quick", "--gateway-devices", "60", "--round-trips", "300ms", "--inflight", "20",
-		"--pipe-devices", "150", "--twin-devices", "200,300", "--query-twins", "400", "--start-jobs", "3", "--dir", t.TempDir()}, &out, &errOut)
+		"--pipe-devices", "150", "--twin-devices", "200,300", "--query-twins", "400", "--start-jobs", "3",
+		"--import-devices", "250", "--copy-devices", "300", "--stores", flag, "--dir", t.TempDir()}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("bench: %v\n%s", err, errOut.String())
 	}
@@ -38,25 +49,40 @@ func TestQuickAtSmallScale(t *testing.T) {
 		`(?m)^- Machine: .+ cores`,
 		`(?m)^- Load average .+ at the start: \S+, \S+, \S+`,
 		`(?m)^- Command: .flock /tmp/herd-bench.lock go run ./bench --quick`,
-		`\| SAS-authenticated connects, plain MQTT, first connect .* \| 60 devices \| \*\*[\d,]+/s\*\*`,
-		`\| hub RSS per idle connected device, plain MQTT .* \| 60 devices \| \*\*-?[\d.]+ KB\*\*`,
-		`\| direct-method round trips .* \| 60 devices \| \*\*[\d,]+/s\*\*, p50 \S+ m?s, p99 \S+ m?s, 0 errors`,
-		`\| method job, devices over plain MQTT sockets .* \| 60 devices \| \*\*[\d,]+ devices/s\*\* .* \| 6 s \| 1 s \| 4 s \|`,
-		`\| SAS-authenticated connects, plain MQTT, reconnect .* \| 60 devices \| \*\*[\d,]+/s\*\*`,
-		`\| method job, devices through the in-memory transport .* \| 150 devices \| \*\*[\d,]+ devices/s\*\*`,
-		`\| twin-update job .* \| 200 registered devices \| \*\*.+\*\* \([\d,]+ devices/s\) \|\s*\| 20 s \| 4 s \| 12 s \|`,
-		`\| twin-update job .* \| 300 registered devices \|`,
-		"\\| twin query `SELECT \\* FROM devices WHERE tags.building = 43`: first page .* \\| 400 twins \\| \\*\\*.+\\*\\* \\(\\d+ items?\\) \\| ≤ 1 s \\|",
-		"\\| twin query `SELECT tags.building, COUNT\\(\\) AS n FROM devices GROUP BY tags.building`: .* \\| 400 twins \\| \\*\\*.+\\*\\* \\(\\d+ items?\\) \\|\\s*\\|",
-		`\| job start after its .startTime. .* \| 3 jobs \| \*\*p50 .+, p99 .+, max .+\*\* \| within 1 s \|`,
-		`In-memory fleet of 150 devices: connected in`,
+		"\\| `herd store copy` of a hub .*, SQLite → PostgreSQL \\| both \\| 300 devices \\(jobs fleet\\) \\| \\*\\*.+\\*\\* \\([\\d,]+ devices/s\\)",
+		"\\| `herd store copy` of a hub .*, PostgreSQL → SQLite \\| both \\| 300 devices",
 	} {
+		if len(stores) == 1 && strings.Contains(re, "PostgreSQL") {
+			continue
+		}
 		if !regexp.MustCompile(re).MatchString(text) {
 			t.Errorf("report does not match %s", re)
 		}
 	}
-	if n := strings.Count(text, "| twin query"); n != 7 {
-		t.Errorf("%d query rows, want 7", n)
+	for _, st := range stores {
+		for _, re := range []string{
+			`\| SAS-authenticated connects, plain MQTT, first connect .* \| ` + st + ` \| 60 devices \| \*\*[\d,]+/s\*\*`,
+			`\| hub RSS per idle connected device, plain MQTT .* \| ` + st + ` \| 60 devices \| \*\*-?[\d.]+ KB\*\*`,
+			`\| direct-method round trips .* \| ` + st + ` \| 60 devices \| \*\*[\d,]+/s\*\*, p50 \S+ m?s, p99 \S+ m?s, 0 errors`,
+			`\| method job, devices over plain MQTT sockets .* \| ` + st + ` \| 60 devices \| \*\*[\d,]+ devices/s\*\* .* \| 6 s \| 1 s \| 4 s \|`,
+			`\| SAS-authenticated connects, plain MQTT, reconnect .* \| ` + st + ` \| 60 devices \| \*\*[\d,]+/s\*\*`,
+			`\| method job, devices through the in-memory transport .* \| ` + st + ` \| 150 devices \| \*\*[\d,]+ devices/s\*\*`,
+			`\| twin-update job .* \| ` + st + ` \| 200 registered devices \| \*\*.+\*\* \([\d,]+ devices/s\) \|\s*\| 20 s \| 4 s \| 12 s \|`,
+			`\| twin-update job .* \| ` + st + ` \| 300 registered devices \|`,
+			`\| the same merge as one raw SQL UPDATE .* \| ` + st + ` \| 300 registered devices \| \*\*.+\*\*, job \*\*[\d.]+×\*\*`,
+			"\\| twin query `SELECT \\* FROM devices WHERE tags.building = 43`: first page .* \\| " + st + " \\| 400 twins \\| \\*\\*.+\\*\\* \\(\\d+ items?\\) \\| ≤ 1 s \\|",
+			"\\| twin query `SELECT tags.building, COUNT\\(\\) AS n FROM devices GROUP BY tags.building`: .* \\| " + st + " \\| 400 twins \\| \\*\\*.+\\*\\* \\(\\d+ items?\\) \\|\\s*\\|",
+			`\| bulk import through the registry API .* \| ` + st + ` \| 250 devices \| \*\*.+\*\* \([\d,]+ devices/s\)`,
+			`\| job start after its .startTime. .* \| ` + st + ` \| 3 jobs \| \*\*p50 .+, p99 .+, max .+\*\* \| within 1 s \|`,
+			`In-memory fleet of 150 devices \(` + st + `\): connected in`,
+		} {
+			if !regexp.MustCompile(re).MatchString(text) {
+				t.Errorf("report does not match %s", re)
+			}
+		}
+		if n := strings.Count(text, "| twin query"); n != 7*len(stores) {
+			t.Errorf("%d query rows, want %d", n, 7*len(stores))
+		}
 	}
 	if t.Failed() {
 		t.Logf("report:\n%s\nlog:\n%s", text, errOut.String())
@@ -69,6 +95,7 @@ func TestFlags(t *testing.T) {
 		{"--twin-devices 10,x", "--twin-devices"},
 		{"--gateway-devices 30000", "at most ~19,000 sockets"},
 		{"extra", "unexpected arguments"},
+		{"--stores mysql", `--stores "mysql"`},
 	} {
 		var out, errOut bytes.Buffer
 		err := run(context.Background(), strings.Fields(tc.args), &out, &errOut)

@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -24,34 +23,38 @@ import (
 // benchHub is a hub running in this process.
 type benchHub struct {
 	*hub.Hub
-	dir    string
-	cancel context.CancelFunc
-	done   chan error
+	dir     string
+	store   *backend
+	cancel  context.CancelFunc
+	done    chan error
+	cleanup func()
 }
 
-// inprocHub starts a hub on a temporary data folder of its own (HTTPS on
-// a free loopback port, no TLS MQTT; plain MQTT on a free port if plain),
-// on a copy of the database seed when seed is not "". stop removes the
-// folder.
-func inprocHub(ctx context.Context, name, seed string, plain bool) (*benchHub, error) {
+// hub starts a hub on a temporary data folder of its own (HTTPS on a free
+// loopback port, no TLS MQTT; plain MQTT on a free port if plain), on a
+// new store of b: empty, or a fresh copy of the fleet of shape with n
+// devices. stop removes the folder and the store.
+func (b *backend) hub(ctx context.Context, name string, shape fleetdb.Shape, n int, plain bool) (*benchHub, error) {
 	dir, err := os.MkdirTemp("", "herd-bench-"+name+"-")
 	if err != nil {
 		return nil, err
 	}
-	h, err := runHubIn(ctx, dir, seed, plain)
+	spec, cleanup, err := b.storeFor(ctx, dir, shape, n)
 	if err != nil {
 		os.RemoveAll(dir)
 		return nil, err
 	}
+	h, err := runHubIn(ctx, dir, spec, plain)
+	if err != nil {
+		cleanup()
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	h.store, h.cleanup = b, cleanup
 	return h, nil
 }
 
-func runHubIn(ctx context.Context, dir, seed string, plain bool) (*benchHub, error) {
-	if seed != "" {
-		if err := fleetdb.Copy(seed, filepath.Join(dir, "herd.db")); err != nil {
-			return nil, err
-		}
-	}
+func runHubIn(ctx context.Context, dir, spec string, plain bool) (*benchHub, error) {
 	cfg := hub.Default()
 	cfg.DataDir = dir
 	cfg.HTTPSAddr = "127.0.0.1:0"
@@ -61,23 +64,25 @@ func runHubIn(ctx context.Context, dir, seed string, plain bool) (*benchHub, err
 	}
 	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
 	var err error
-	if cfg.Store, err = store.Open(ctx, "", dir); err != nil {
+	if cfg.Store, err = store.Open(ctx, spec, dir); err != nil {
 		return nil, err
 	}
-	h, err := hub.New(ctx, cfg)
+	h, err := hub.New(ctx, cfg) // closes the store if it fails
 	if err != nil {
 		return nil, err
 	}
 	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	b := &benchHub{Hub: h, dir: dir, cancel: cancel, done: make(chan error, 1)}
+	b := &benchHub{Hub: h, dir: dir, cancel: cancel, done: make(chan error, 1), cleanup: func() {}}
 	go func() { b.done <- h.Run(hctx) }()
 	return b, nil
 }
 
-// stop shuts the hub down, waits for it and removes its data folder.
+// stop shuts the hub down, waits for it and removes its data folder and
+// store.
 func (h *benchHub) stop() error {
 	h.cancel()
 	err := <-h.done
+	h.cleanup()
 	return errors.Join(err, os.RemoveAll(h.dir))
 }
 

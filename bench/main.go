@@ -75,13 +75,26 @@ type config struct {
 	queryTwins     int           // twins the queries run over
 	queryRuns      int           // runs of each query (the median is reported)
 	startJobs      int           // jobs of the start-precision measurement
+	importDevices  int           // devices of the bulk import
+	copyDevices    int           // devices of the hub herd store copy copies
+	stores         []string      // storeSQLite, storePostgres
+	postgres       string        // a PostgreSQL server to use instead of a throwaway one
 	dir            string        // where fleet databases are cached
 	sections       map[string]bool
 	out            string // also write the report here
 }
 
+// bench is one run: its configuration, its report, its log and the stores
+// it measures side by side.
+type bench struct {
+	cfg      *config
+	r        *report
+	logf     func(string, ...any)
+	backends []*backend
+}
+
 // sectionNames are the parts of a run, in order.
-var sectionNames = []string{"gateway", "methodjob", "twinjob", "query", "start"}
+var sectionNames = []string{"gateway", "methodjob", "twinjob", "query", "import", "copy", "start"}
 
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -96,6 +109,10 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	qt := fs.Int("query-twins", 0, "twins the queries run over (default 1000000; quick 10000)")
 	qruns := fs.Int("query-runs", 0, "runs of each query; the median is reported (default 3; quick 1)")
 	startJobs := fs.Int("start-jobs", 0, "jobs due 50 ms apart for the start precision (default 100; quick 20)")
+	importN := fs.Int("import-devices", 0, "devices created through the bulk registry API (default 1000000; quick 10000)")
+	copyN := fs.Int("copy-devices", 0, "devices of the hub herd store copy copies (default 1000000; quick 10000)")
+	stores := fs.String("stores", storeSQLite+","+storePostgres, "the stores to measure side by side: sqlite, postgres or both")
+	pgURL := fs.String("postgres", os.Getenv("HERD_BENCH_POSTGRES"), "a PostgreSQL server to measure on (a URL whose user may create databases; HERD_BENCH_POSTGRES); default: a server the harness starts from the system's binaries")
 	defDir := os.Getenv("HERD_BENCH_DIR")
 	if defDir == "" {
 		defDir = filepath.Join(os.TempDir(), "herd-bench")
@@ -109,7 +126,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected arguments %q", fs.Args())
 	}
-	c := &config{quick: *quick, inflight: *inflight, dir: *dir, out: *out, sections: map[string]bool{}}
+	c := &config{quick: *quick, inflight: *inflight, dir: *dir, out: *out, postgres: *pgURL, sections: map[string]bool{}}
 	pick := func(v, full, q int) int {
 		switch {
 		case v > 0:
@@ -124,6 +141,17 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	c.queryTwins = pick(*qt, 1_000_000, 10_000)
 	c.queryRuns = pick(*qruns, 3, 1)
 	c.startJobs = pick(*startJobs, 100, 20)
+	c.importDevices = pick(*importN, 1_000_000, 10_000)
+	c.copyDevices = pick(*copyN, 1_000_000, 10_000)
+	for _, st := range strings.Split(*stores, ",") {
+		st = strings.TrimSpace(st)
+		if st != storeSQLite && st != storePostgres {
+			return nil, fmt.Errorf("--stores %q: the stores are sqlite and postgres", *stores)
+		}
+		if !contains(c.stores, st) {
+			c.stores = append(c.stores, st)
+		}
+	}
 	c.roundTrips = *rt
 	if c.roundTrips <= 0 {
 		c.roundTrips = 10 * time.Second
@@ -192,14 +220,23 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	}
 	r := newReport(cfg, args)
 	logf := func(format string, a ...any) { fmt.Fprintf(stderr, "bench: "+format+"\n", a...) }
+	e := &bench{cfg: cfg, r: r, logf: logf}
+	bs, closeStores, err := backends(ctx, e)
+	if err != nil {
+		return err
+	}
+	defer closeStores()
+	e.backends = bs
 	steps := []struct {
 		name string
-		fn   func(context.Context, *config, *report, func(string, ...any)) error
+		fn   func(context.Context, *bench) error
 	}{
 		{"gateway", benchGateway},
 		{"methodjob", benchPipeJobs},
 		{"twinjob", benchTwinJobs},
 		{"query", benchQueries},
+		{"import", benchImport},
+		{"copy", benchCopy},
 		{"start", benchStart},
 	}
 	for _, s := range steps {
@@ -211,7 +248,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		}
 		start := time.Now()
 		logf("%s …", s.name)
-		if err := s.fn(ctx, cfg, r, logf); err != nil {
+		if err := s.fn(ctx, e); err != nil {
 			return fmt.Errorf("%s: %w", s.name, err)
 		}
 		logf("%s done in %s", s.name, time.Since(start).Round(time.Second))

@@ -9,23 +9,41 @@ import (
 
 	"github.com/herd-iot/herd/internal/fleetdb"
 	"github.com/herd-iot/herd/internal/query"
-	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/store"
 )
 
 // benchQueries times the query benchmarks' queries (fleetdb.Queries) over
 // a fleet of the query shape through the query service, as POST
-// /devices/query runs them: one untimed run, then the median of the runs.
-func benchQueries(ctx context.Context, cfg *config, r *report, logf func(string, ...any)) error {
+// /devices/query runs them, on each store: one untimed run, then the
+// median of the runs.
+func benchQueries(ctx context.Context, e *bench) error {
+	for _, b := range e.backends {
+		if err := queriesOn(ctx, e, b); err != nil {
+			return fmt.Errorf("%s: %w", b.Name(), err)
+		}
+	}
+	return nil
+}
+
+func queriesOn(ctx context.Context, e *bench, b *backend) error {
+	cfg, r := e.cfg, e.r
 	n := cfg.queryTwins
-	start := time.Now()
-	path, built, err := fleetdb.Path(ctx, cfg.dir, fleetdb.Query, n)
-	if err != nil {
-		return err
+	var spec string
+	switch b.kind {
+	case storeSQLite:
+		path, err := sqliteFleet(ctx, e, fleetdb.Query, n)
+		if err != nil {
+			return err
+		}
+		spec = "sqlite:" + path
+	default:
+		name, err := b.pg.fleet(ctx, e, fleetdb.Query, n)
+		if err != nil {
+			return err
+		}
+		spec = b.pg.url(name) // read only: the template itself
 	}
-	if built {
-		logf("built %d twins in %s (kept in %s)", n, time.Since(start).Round(time.Second), cfg.dir)
-	}
-	db, err := sqlite.Open(ctx, path)
+	db, err := store.Open(ctx, spec, cfg.dir)
 	if err != nil {
 		return err
 	}
@@ -58,7 +76,7 @@ func benchQueries(ctx context.Context, cfg *config, r *report, logf func(string,
 		if strings.Contains(q.Text, "WHERE") {
 			target = "≤ 1 s"
 		}
-		r.add(row{what: fmt.Sprintf("twin query `%s`: %s", q.Text, q.What), scale: fmt.Sprintf("%s twins", count(n)),
+		r.add(row{what: fmt.Sprintf("twin query `%s`: %s", q.Text, q.What), store: b.Name(), scale: fmt.Sprintf("%s twins", count(n)),
 			measured: fmt.Sprintf("**%s** (%s)", seconds(took[len(took)/2]), plural(items, "item")), target: target})
 	}
 	return nil

@@ -10,7 +10,7 @@ import (
 
 // row is one line of the report.
 type row struct {
-	what, scale, measured, target string
+	what, store, scale, measured, target string
 	// n is the number of device operations of a job (0: not a job), for
 	// the comparison columns.
 	n int
@@ -57,8 +57,8 @@ func (r *report) markdown() string {
 		cmd += " " + strings.Join(r.args, " ")
 	}
 	fmt.Fprintf(&b, "- Command: `flock /tmp/herd-bench.lock %s`\n\n", cmd)
-	fmt.Fprintln(&b, "| what | scale | measured | target | same job, Azure IoT Hub S1 (10 ops/s) | Azure S3, 1 unit (50 ops/s) | AWS IoT Jobs (1,000 devices/min) |")
-	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|")
+	fmt.Fprintln(&b, "| what | store | scale | measured | target | same job, Azure IoT Hub S1 (10 ops/s) | Azure S3, 1 unit (50 ops/s) | AWS IoT Jobs (1,000 devices/min) |")
+	fmt.Fprintln(&b, "|---|---|---|---|---|---|---|---|")
 	for _, rw := range r.rows {
 		s1, s3, aws := "", "", ""
 		if rw.n > 0 {
@@ -66,7 +66,7 @@ func (r *report) markdown() string {
 			s3 = human(time.Duration(float64(rw.n) / azureS3PerSecond * float64(time.Second)))
 			aws = human(time.Duration(float64(rw.n) / awsPerMinute * float64(time.Minute)))
 		}
-		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s |\n", rw.what, rw.scale, rw.measured, rw.target, s1, s3, aws)
+		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", rw.what, rw.store, rw.scale, rw.measured, rw.target, s1, s3, aws)
 	}
 	if len(r.notes) > 0 {
 		fmt.Fprintln(&b)

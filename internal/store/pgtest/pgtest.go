@@ -129,6 +129,12 @@ func URL(t testing.TB) string {
 // Start starts a server of the caller's own (pgtestd; tests use Shared).
 func Start() (*Server, error) { return start() }
 
+// StartWith starts a server of the caller's own with settings
+// ("name=value", as postgres -c takes them) over the throwaway defaults:
+// the benchmarks turn fsync and synchronous commits back on and give the
+// server memory.
+func StartWith(settings ...string) (*Server, error) { return start(settings...) }
+
 // CreateDatabase creates a new, empty database and returns its name.
 func (s *Server) CreateDatabase(ctx context.Context) (string, error) {
 	name := fmt.Sprintf("test_%d_%d", os.Getpid(), s.dbs.Add(1))
@@ -201,7 +207,7 @@ func removeStale() {
 	}
 }
 
-func start() (*Server, error) {
+func start(settings ...string) (*Server, error) {
 	bin, err := BinDir()
 	if err != nil {
 		return nil, err
@@ -241,6 +247,9 @@ func start() (*Server, error) {
 	s.cmd = exec.Command(filepath.Join(bin, "postgres"), "-D", data, "-k", dir, "-c", "listen_addresses=",
 		"-c", "port="+strconv.Itoa(s.port), "-c", "fsync=off", "-c", "synchronous_commit=off",
 		"-c", "full_page_writes=off", "-c", "max_connections=300", "-c", "shared_buffers=256MB")
+	for _, kv := range settings { // a later -c wins
+		s.cmd.Args = append(s.cmd.Args, "-c", kv)
+	}
 	s.cmd.SysProcAttr = &syscall.SysProcAttr{Credential: cred, Pdeathsig: syscall.SIGKILL}
 	s.cmd.Dir = dir
 	var logs bytes.Buffer

@@ -32,6 +32,12 @@ func Shared() (*Server, error) { return nil, errNotLinux }
 // Start fails: no server on this system.
 func Start() (*Server, error) { return nil, errNotLinux }
 
+// StartWith fails: no server on this system.
+func StartWith(...string) (*Server, error) { return nil, errNotLinux }
+
+// AdminURL is empty.
+func (*Server) AdminURL() string { return "" }
+
 // Main runs the tests.
 func Main(m *testing.M) { os.Exit(m.Run()) }
 
