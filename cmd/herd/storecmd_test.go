@@ -93,3 +93,30 @@ func TestStoreCopy(t *testing.T) {
 		}
 	}
 }
+
+// TestServeOneHubPerDatabase: a second herd serve on a PostgreSQL database
+// that a hub serves refuses to start, saying why; local readers work
+// beside the hub; once the first hub stops, another may start.
+func TestServeOneHubPerDatabase(t *testing.T) {
+	pg := pgtest.URL(t)
+	dir := filepath.Join(t.TempDir(), "data")
+	out, stop := startServe(t, noEnv, "--data", dir, "--store", pg, "--https-addr", "127.0.0.1:0")
+	if !strings.Contains(out.String(), "Store        PostgreSQL postgres://") {
+		t.Errorf("the banner does not name the store:\n%s", out.String())
+	}
+	_, err := runCLI(t, noEnv, "serve", "--data", filepath.Join(t.TempDir(), "other"), "--store", pg,
+		"--https-addr", "127.0.0.1:0", "--mqtt-addr", "127.0.0.1:0")
+	if err == nil || !strings.Contains(err.Error(), "another hub is serving database") {
+		t.Errorf("second hub on the same database: %v", err)
+	}
+	if cs, err := runCLI(t, noEnv, "connection-string", "--data", dir, "--store", pg); err != nil || !strings.Contains(cs, "SharedAccessKeyName=iothubowner") {
+		t.Errorf("connection-string beside the hub: %v %s", err, cs)
+	}
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	_, stop = startServe(t, noEnv, "--data", dir, "--store", pg, "--https-addr", "127.0.0.1:0")
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -171,6 +171,11 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 			h.Close()
 		}
 	}()
+	if c, ok := h.Store.(Claimer); ok {
+		if err := c.Claim(ctx); err != nil {
+			return nil, err
+		}
+	}
 	if err := h.Store.SetSetting(ctx, "hostname", cfg.Hostname); err != nil {
 		return nil, err
 	}

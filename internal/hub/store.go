@@ -36,3 +36,12 @@ type Store interface {
 	Ping(ctx context.Context) error
 	Close() error
 }
+
+// Claimer is a store that several hubs could open at once (a database
+// server): Claim makes the hub that calls it the only one serving the
+// store until the store is closed, or fails if another hub serves it. A
+// hub's bus, caches and job engine assume they are alone until cluster
+// mode; a store in one file needs no claim.
+type Claimer interface {
+	Claim(ctx context.Context) error
+}

@@ -26,6 +26,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -39,7 +40,14 @@ var migrations embed.FS
 // DB is a Herd database on a PostgreSQL server.
 type DB struct {
 	pool *pgxpool.Pool
+
+	mu      sync.Mutex
+	claimed *pgx.Conn // holds hubLock while a hub serves the database
 }
+
+// hubLock is the advisory lock key a serving hub holds (the text
+// "herd.hub" hashed).
+const hubLock = 7218307461234906438
 
 // migrationLock is the advisory lock key under which migrations run (the
 // text "herd.migrations" hashed, any constant would do).
@@ -179,7 +187,43 @@ func (db *DB) migrate(ctx context.Context) error {
 
 // Close closes the pool.
 func (db *DB) Close() error {
+	db.mu.Lock()
+	if db.claimed != nil {
+		db.claimed.Close(context.Background()) // ends the session: the lock goes with it
+		db.claimed = nil
+	}
+	db.mu.Unlock()
 	db.pool.Close()
+	return nil
+}
+
+// Claim makes the calling hub the only one serving this database
+// (hub.Claimer) until Close: it takes a session advisory lock on a
+// connection of its own, outside the pool, which PostgreSQL releases when
+// that session ends — at Close, or when the process dies. Until cluster
+// mode, a second hub on the same database is refused.
+func (db *DB) Claim(ctx context.Context) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.claimed != nil {
+		return nil
+	}
+	cfg := db.pool.Config().ConnConfig.Copy()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("claim the database: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(hubLock)).Scan(&ok); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("claim the database: %w", err)
+	}
+	if !ok {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("another hub is serving database %q: run one herd serve per database (several hubs on one database is cluster mode, not available yet; docs/postgres.md)",
+			cfg.Database)
+	}
+	db.claimed = conn
 	return nil
 }
 
