@@ -244,6 +244,16 @@ func (db *DB) StartJob(ctx context.Context, id string, where *query.Query, now t
 				return &conditionError{err}
 			}
 			n := tag.RowsAffected()
+			// The planner must know how many records the job has: with
+			// the statistics of before the snapshot (a few rows, or none)
+			// it reads every remaining record of the job to pick each
+			// batch, quadratic in the job's size. ANALYZE samples a fixed
+			// number of rows, whatever the table's size.
+			if n >= analyzeAfter {
+				if _, err := tx.Exec(ctx, `ANALYZE device_jobs`); err != nil {
+					return err
+				}
+			}
 			if _, err := tx.Exec(ctx, `UPDATE jobs SET device_count = $1, pending_count = $1 WHERE job_id = $2`, n, id); err != nil {
 				return err
 			}
@@ -263,6 +273,10 @@ func (db *DB) StartJob(ctx context.Context, id string, where *query.Query, now t
 	}
 	return out, nil
 }
+
+// analyzeAfter is the size of a job's snapshot from which StartJob
+// refreshes the statistics of device_jobs.
+const analyzeAfter = 1000
 
 // conditionError is a failure of the compiled query condition itself.
 type conditionError struct{ err error }
@@ -328,7 +342,7 @@ func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Rec
 // PendingDevices returns pending device ids after the cursor.
 func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error) {
 	rows, err := db.pool.Query(ctx, `SELECT device_id FROM device_jobs
-		WHERE job_id = $1 AND device_id > $2 AND status = 'pending' ORDER BY device_id LIMIT $3`, id, after, limit)
+		WHERE job_id = $1 AND device_id > $2 AND status = 'pending' ORDER BY job_id, device_id LIMIT $3`, id, after, limit)
 	if err != nil {
 		return nil, fmt.Errorf("pending devices of job %q: %w", id, err)
 	}
@@ -419,12 +433,22 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 	}
 	err := db.tx(ctx, func(tx pgx.Tx) error {
 		at := stamp(now)
+		// The statistics of device_jobs are those of the snapshot, when
+		// every record was pending: the planner then takes the records
+		// "running" to be nearly none and joins them to the outcomes by
+		// a nested loop that scans all the outcomes for each record,
+		// quadratic in the batch. A hash join of the outcomes with the
+		// records found through the primary key (device_id = ANY) is
+		// linear in the batch whatever the statistics say.
+		if _, err := tx.Exec(ctx, `SET LOCAL enable_nestloop = off`); err != nil {
+			return err
+		}
 		for k, g := range groups {
 			tag, err := tx.Exec(ctx, `UPDATE device_jobs dj SET status = $1, end_time = $2, last_updated_time = $2,
 				start_time = CASE WHEN dj.status = 'pending' THEN $2 ELSE dj.start_time END,
 				outcome = o.outcome, error_code = o.code, error_description = o.descr
 				FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS o(id, outcome, code, descr)
-				WHERE dj.job_id = $7 AND dj.status = $8 AND dj.device_id = o.id`,
+				WHERE dj.job_id = $7 AND dj.device_id = ANY($3) AND dj.status = $8 AND dj.device_id = o.id`,
 				string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from)
 			if err != nil {
 				return err

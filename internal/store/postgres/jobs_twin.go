@@ -53,7 +53,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 		var last *string
 		var count int
 		if err := tx.QueryRow(ctx, `SELECT max(device_id), count(*) FROM (SELECT device_id FROM device_jobs
-			WHERE job_id = $1 AND device_id > $2 AND status = 'pending' ORDER BY device_id LIMIT $3) s`, id, after, limit).
+			WHERE job_id = $1 AND device_id > $2 AND status = 'pending' ORDER BY job_id, device_id LIMIT $3) s`, id, after, limit).
 			Scan(&last, &count); err != nil {
 			return err
 		}
