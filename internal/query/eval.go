@@ -406,6 +406,7 @@ func (q *Query) Aggregate(docs []map[string]any) []map[string]any {
 }
 
 // groupKey identifies a value for grouping: numbers by numeric value,
+// also inside arrays and objects ({"n":1} and {"n":1.0} are one group),
 // everything else by kind and JSON text.
 func groupKey(v any) string {
 	k := kindOf(v)
@@ -415,8 +416,30 @@ func groupKey(v any) string {
 	case Number:
 		return "n" + strconv.FormatFloat(num(v), 'g', -1, 64)
 	}
-	b, _ := json.Marshal(v)
+	b, _ := json.Marshal(canonNumbers(v))
 	return string(rune('a'+k)) + string(b)
+}
+
+// canonNumbers returns v with every number, at any depth, as a float64,
+// so that equal numbers marshal alike whatever their JSON spelling.
+func canonNumbers(v any) any {
+	switch x := v.(type) {
+	case map[string]any:
+		m := make(map[string]any, len(x))
+		for k, e := range x {
+			m[k] = canonNumbers(e)
+		}
+		return m
+	case []any:
+		a := make([]any, len(x))
+		for i, e := range x {
+			a[i] = canonNumbers(e)
+		}
+		return a
+	case json.Number, float64, int, int64:
+		return num(x) + 0 // -0 groups with 0
+	}
+	return v
 }
 
 // aggregate computes one aggregate over a group: COUNT counts documents;

@@ -94,10 +94,17 @@ func keyOf(buf []byte, kind, v any) ([]byte, string, any) {
 					v = s
 				}
 			}
-		case text[0] == '{':
+		case text[0] == '{', text[0] == '[':
 			k = "object"
-		case text[0] == '[':
-			k = "array"
+			if text[0] == '[' {
+				k = "array"
+			}
+			// The group is the value, not its spelling: key order and
+			// number forms (1, 1.0, 1e0) do not split it. The row shows
+			// the first spelling seen.
+			buf = append(buf, byte(kindRank[k]))
+			buf = appendCanonJSON(buf, text)
+			return buf, k, v
 		default:
 			k = "number"
 			if n, err := strconv.ParseInt(text, 10, 64); err == nil {
@@ -118,6 +125,23 @@ func keyOf(buf []byte, kind, v any) ([]byte, string, any) {
 		buf = append(buf, x...)
 	}
 	return buf, k, v
+}
+
+// appendCanonJSON appends the canonical form of a JSON array or object:
+// keys sorted, numbers as their float64 value. Text that does not decode
+// is appended as it is.
+func appendCanonJSON(buf []byte, text string) []byte {
+	dec := json.NewDecoder(strings.NewReader(text))
+	dec.UseNumber()
+	var v any
+	if dec.Decode(&v) != nil {
+		return append(buf, text...)
+	}
+	b, err := json.Marshal(canonNumbers(v))
+	if err != nil {
+		return append(buf, text...)
+	}
+	return append(buf, b...)
 }
 
 // Step adds one row. It keeps copies of the strings it retains, so the

@@ -50,14 +50,16 @@ func TestGrouperKeys(t *testing.T) {
 		t.Fatal(err)
 	}
 	// 1 and 1.0 are one group; "\u0061" and "a" are one group; null,
-	// undefined, true and an object are groups of their own.
-	for _, k := range []any{"1", "1.0", `"a"`, `"\u0061"`, "null", nil, "true", `{"a":1}`, "-0", "0"} {
+	// undefined and true are groups of their own; objects and arrays are
+	// grouped by value whatever their key order and number spelling.
+	for _, k := range []any{"1", "1.0", `"a"`, `"\u0061"`, "null", nil, "true", `{"a":1}`, "-0", "0",
+		`{"a":1.0}`, `{"b":[2],"a":1}`, `{"a":1e0,"b":[2.0]}`, `[1,{"x":-0}]`, `[1.00, {"x":0}]`} {
 		if err := g.Step([]any{"json", k}); err != nil {
 			t.Fatal(err)
 		}
 	}
 	got, _ := g.Result()
-	want := `[["",null,1],["null",null,1],["true",null,1],["number",0,2],["number",1,2],["string","a",2],["object","{\"a\":1}",1]]`
+	want := `[["",null,1],["null",null,1],["true",null,1],["number",0,2],["number",1,2],["string","a",2],["array","[1,{\"x\":-0}]",2],["object","{\"a\":1}",2],["object","{\"b\":[2],\"a\":1}",2]]`
 	if got != want {
 		t.Errorf("Result = %s\nwant %s", got, want)
 	}
