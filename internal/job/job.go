@@ -167,6 +167,14 @@ type Store interface {
 	PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
 }
 
+// TwinBatchWriters is implemented by stores that write several
+// transactions at once (a database server, unlike SQLite's one writer):
+// TwinBatchWriters is how many batches of one twin job the engine keeps in
+// flight at a time.
+type TwinBatchWriters interface {
+	TwinBatchWriters() int
+}
+
 // Device-level error codes the engine writes (besides the direct-method
 // codes DeviceNotOnline and GatewayTimeout, and DeviceNotFound).
 const (

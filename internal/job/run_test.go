@@ -510,6 +510,83 @@ func TestTwinBatchFailingTwiceFailsItsDevice(t *testing.T) {
 	}
 }
 
+// TestTwinJobConcurrentBatches: with several batches of one job in flight
+// (as on PostgreSQL), every targeted twin is patched exactly once, every
+// device has one completed record, each is told once, and the job
+// completes with its statistics whichever batch commits last; a batch
+// that fails twice the same way is tried one by one while the others go
+// on.
+func TestTwinJobConcurrentBatches(t *testing.T) {
+	for _, workers := range []int{2, 5} {
+		t.Run(fmt.Sprint(workers), func(t *testing.T) {
+			e := newEnv(t, func(c *job.Config) {
+				c.TwinWorkers = workers
+				c.Store = poisonedStore{Store: c.Store, poisoned: "d031"}
+			})
+			var ids []string
+			for i := range 100 {
+				ids = append(ids, fmt.Sprintf("d%03d", i))
+			}
+			e.devices(append(ids, "other")...)
+			e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"STARTSWITH(deviceId, 'd')","updateTwin":{"etag":"*","tags":{"a":1},"properties":{"desired":{"fw":"2.0"}}}}`)
+			deadline := time.Now().Add(20 * time.Second)
+			for e.get("tw").EndTime == nil {
+				if time.Now().After(deadline) {
+					t.Fatalf("job did not end: %+v", stats(e.get("tw")))
+				}
+				e.clock.Advance(time.Second) // through the pauses between attempts
+				time.Sleep(time.Millisecond)
+			}
+			j := e.get("tw")
+			if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 100, SucceededCount: 99, FailedCount: 1}) {
+				t.Fatalf("job %s %+v", j.Status, stats(j))
+			}
+			recs := e.records("tw")
+			for _, id := range ids {
+				r := recs[id]
+				want := herd.DeviceJobCompleted
+				if id == "d031" {
+					want = herd.DeviceJobFailed
+				}
+				if r.Status != want {
+					t.Errorf("%s record %s, want %s", id, r.Status, want)
+				}
+				_, doc, err := e.db.Twin(context.Background(), id)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if id == "d031" {
+					if doc.DesiredVersion != 1 {
+						t.Errorf("%s: the failed device was patched (v%d)", id, doc.DesiredVersion)
+					}
+					continue
+				}
+				if doc.DesiredVersion != 2 || doc.Tags["a"] == nil {
+					t.Errorf("%s twin: tags %v v%d, want patched once", id, doc.Tags, doc.DesiredVersion)
+				}
+			}
+			if len(recs) != 100 {
+				t.Errorf("%d records, want 100", len(recs))
+			}
+			for _, id := range ids {
+				if id == "d031" {
+					continue
+				}
+				deadline := time.Now().Add(10 * time.Second)
+				for len(e.notes.of(id)) == 0 && time.Now().Before(deadline) {
+					time.Sleep(5 * time.Millisecond) // notifications follow the commit
+				}
+				if n := e.notes.of(id); len(n) != 1 {
+					t.Errorf("%s told %d times", id, len(n))
+				}
+			}
+			if _, doc, _ := e.db.Twin(context.Background(), "other"); doc.Tags["a"] != nil {
+				t.Error("a device outside the condition was patched")
+			}
+		})
+	}
+}
+
 // TestTwinJobWithUnusablePatchFails: a job whose stored patch no longer
 // passes validation (stored by an older Herd: arrays nested past the depth
 // limit) fails with its devices at once instead of being retried.

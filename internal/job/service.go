@@ -55,6 +55,9 @@ type Config struct {
 	MaxWaiting int
 	// TwinBatch is how many twins one transaction patches.
 	TwinBatch int
+	// TwinWorkers is how many batches of one twin job are in flight at
+	// once (0: what the store says, TwinBatchWriters, else 1).
+	TwinWorkers int
 	// Retention is how long finished jobs are kept.
 	Retention time.Duration
 	// Targets counts and samples the devices a condition selects, for
@@ -101,6 +104,8 @@ type Service struct {
 	log     *slog.Logger
 	slots   *limiter
 	waiting chan struct{} // semaphore of MaxWaiting
+	// twinWorkers is Config.TwinWorkers or the store's preference.
+	twinWorkers int
 	wake    chan struct{} // buffered 1: the scheduler should look again
 
 	metrics  *metrics
@@ -121,6 +126,11 @@ func New(cfg Config) *Service {
 		wake:    make(chan struct{}, 1),
 		runners: map[string]*runner{},
 	}
+	s.twinWorkers = cfg.TwinWorkers
+	if w, ok := cfg.Store.(TwinBatchWriters); ok && s.twinWorkers <= 0 {
+		s.twinWorkers = w.TwinBatchWriters()
+	}
+	s.twinWorkers = max(s.twinWorkers, 1)
 	s.metrics = newMetrics(s, cfg.Metrics)
 	return s
 }

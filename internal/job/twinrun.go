@@ -2,8 +2,11 @@ package job
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/twin"
@@ -35,43 +38,117 @@ func (s *Service) runTwin(ctx, feed context.Context, r *Record) error {
 }
 
 func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte) error {
+	if s.twinWorkers > 1 {
+		return s.twinBatchesConcurrent(feed, r, p, body)
+	}
 	cursor := ""
-	var failed error // the error of the last attempt at the batch at cursor
 	for {
 		n, err := s.slots.acquire(feed, r.JobID, s.cfg.TwinBatch)
 		if err != nil {
 			return nil // feed ended
 		}
-		res, err := s.store.ApplyTwinBatch(feed, r.JobID, p, cursor, n, s.clock.Now())
+		res, err := s.twinBatch(feed, r, p, cursor, n)
 		s.slots.release(n)
 		if err != nil {
 			if feed.Err() != nil {
 				return nil // the transaction rolled back; nothing was applied
 			}
-			if failed == nil || failed.Error() != err.Error() {
-				failed = err
-				s.log.Warn("twin batch failed; trying again", "job_id", r.JobID, "op", "twin_batch", "err", err)
-				if !s.sleep(feed, retryPause) {
-					return nil
-				}
-				continue
-			}
-			if res, err = s.twinOneByOne(feed, r, p, cursor, n); err != nil {
-				if feed.Err() != nil {
-					return nil
-				}
-				return err
-			}
+			return err
 		}
-		failed = nil
-		s.metrics.devices.WithLabelValues(string(r.Type), "succeeded").Add(float64(len(res.Updated)))
-		s.metrics.devices.WithLabelValues(string(r.Type), "failed").Add(float64(res.Failed))
-		s.notify(body, res.Updated)
+		s.twinBatchDone(r, body, res)
 		if res.Done {
 			return nil
 		}
 		cursor = res.Next
 	}
+}
+
+// twinBatchesConcurrent keeps up to twinWorkers batches of the job in
+// flight at once, for stores that write several transactions at a time
+// (TwinBatchWriters). The batches cover consecutive ranges of the pending
+// devices, each bounded before it is handed out (the device that ends its
+// range is the n-th pending one after the previous bound), so they never
+// overlap; each batch completes the job in its transaction if it is the
+// last to commit. A range whose batch fails is tried again on its own, as
+// the one-at-a-time loop does, while the others go on.
+func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte) error {
+	g, ctx := errgroup.WithContext(feed)
+	g.SetLimit(s.twinWorkers)
+	cursor := ""
+	var err error
+	for {
+		n, aerr := s.slots.acquire(ctx, r.JobID, s.cfg.TwinBatch)
+		if aerr != nil {
+			break // feed ended, or a batch failed
+		}
+		var ids []string
+		if ids, err = s.store.PendingDevices(ctx, r.JobID, cursor, n); err != nil || len(ids) == 0 {
+			s.slots.release(n)
+			break
+		}
+		after := cursor
+		cursor = ids[len(ids)-1]
+		g.Go(func() error {
+			defer s.slots.release(n)
+			res, err := s.twinBatch(ctx, r, p, after, n)
+			if err != nil {
+				return err
+			}
+			s.twinBatchDone(r, body, res)
+			return nil
+		})
+		if len(ids) < n {
+			break
+		}
+	}
+	err = errors.Join(err, g.Wait())
+	if feed.Err() != nil {
+		return nil // what was in flight committed or rolled back whole
+	}
+	if err != nil {
+		return err
+	}
+	// No pending device is left after cursor: the batch there completes
+	// the job if no batch did (a job resumed with nothing pending).
+	res, err := s.twinBatch(feed, r, p, cursor, 1)
+	if err != nil && feed.Err() == nil {
+		return err
+	}
+	s.twinBatchDone(r, body, res)
+	return nil
+}
+
+// twinBatch applies the batch of up to n pending devices after cursor. A
+// batch that fails is tried again after retryPause; if it fails the same
+// way twice, its devices are tried one by one (twinOneByOne). The error is
+// feed's when it ended, else the store's.
+func (s *Service) twinBatch(feed context.Context, r *Record, p twin.Patch, cursor string, n int) (TwinBatchResult, error) {
+	var failed error // the error of the last attempt
+	for {
+		res, err := s.store.ApplyTwinBatch(feed, r.JobID, p, cursor, n, s.clock.Now())
+		if err == nil {
+			return res, nil
+		}
+		if feed.Err() != nil {
+			return TwinBatchResult{}, feed.Err() // the transaction rolled back; nothing was applied
+		}
+		if failed != nil && failed.Error() == err.Error() {
+			return s.twinOneByOne(feed, r, p, cursor, n)
+		}
+		failed = err
+		s.log.Warn("twin batch failed; trying again", "job_id", r.JobID, "op", "twin_batch", "err", err)
+		if !s.sleep(feed, retryPause) {
+			return TwinBatchResult{}, feed.Err()
+		}
+	}
+}
+
+// twinBatchDone counts a committed batch's devices and tells the connected
+// ones about their desired changes.
+func (s *Service) twinBatchDone(r *Record, body func(int64) []byte, res TwinBatchResult) {
+	s.metrics.devices.WithLabelValues(string(r.Type), "succeeded").Add(float64(len(res.Updated)))
+	s.metrics.devices.WithLabelValues(string(r.Type), "failed").Add(float64(res.Failed))
+	s.notify(body, res.Updated)
 }
 
 // twinOneByOne patches the next limit pending devices after the cursor

@@ -269,3 +269,15 @@ func patchOneByOne(ctx context.Context, tx pgx.Tx, p twin.Patch, id, after, last
 	}
 	return updated, failed, nil
 }
+
+// TwinBatchWriters is how many batches of one twin job the engine keeps in
+// flight (job.TwinBatchWriters): while one batch waits for its commit to
+// be flushed, another is written. Two halved a million-twin job on a
+// 2-core machine; a third added nothing there (docs/benchmarks.md). A
+// small pool (pool_max_conns) keeps at least half its connections for
+// everything else.
+func (db *DB) TwinBatchWriters() int {
+	return int(max(1, min(2, db.pool.Config().MaxConns/2)))
+}
+
+var _ job.TwinBatchWriters = (*DB)(nil)
