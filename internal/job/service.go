@@ -106,7 +106,7 @@ type Service struct {
 	waiting chan struct{} // semaphore of MaxWaiting
 	// twinWorkers is Config.TwinWorkers or the store's preference.
 	twinWorkers int
-	wake    chan struct{} // buffered 1: the scheduler should look again
+	wake        chan struct{} // buffered 1: the scheduler should look again
 
 	metrics  *metrics
 	progress *progress // job change notifications (Watch)
