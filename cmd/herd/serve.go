@@ -72,7 +72,7 @@ variable is ignored, as if it were not set.`,
 	f.BoolVar(&cfg.MetricsPublic, "metrics-public", false, "serve /metrics without authorization")
 	f.DurationVar(&cfg.JobRetention, "job-retention", job.DefaultRetention, "how long finished jobs are kept before they are purged")
 	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")
-	f.IntVar(&cfg.JobTwinBatch, "job-twin-batch", job.DefaultTwinBatch, "twins a twin-update job patches per transaction")
+	f.IntVar(&cfg.JobTwinBatch, "job-twin-batch", 0, "twins a twin-update job patches per transaction (0: 2000 on SQLite, 5000 on PostgreSQL)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	allowEmpty(f, "mqtt-addr", "mqtt-plain-addr")

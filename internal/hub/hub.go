@@ -68,7 +68,7 @@ type Config struct {
 	// jobs (0: job.DefaultMaxInFlight).
 	JobMaxInFlight int
 	// JobTwinBatch is how many twins one twin-job transaction patches
-	// (0: job.DefaultTwinBatch).
+	// (0: the store's choice, job.TwinBatching, else job.DefaultTwinBatch).
 	JobTwinBatch int
 	// MaxConnections bounds the device sockets (TCP, TLS, WebSocket) open
 	// at once; more are refused with CONNACK 3 (0: no bound). Default

@@ -167,12 +167,15 @@ type Store interface {
 	PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
 }
 
-// TwinBatchWriters is implemented by stores that write several
-// transactions at once (a database server, unlike SQLite's one writer):
-// TwinBatchWriters is how many batches of one twin job the engine keeps in
-// flight at a time.
-type TwinBatchWriters interface {
-	TwinBatchWriters() int
+// TwinBatching is implemented by stores whose twin jobs run best in
+// other batches than the engine's defaults (DefaultTwinBatch, one batch
+// at a time): a database server writes several transactions at once,
+// unlike SQLite's one writer. Config.TwinBatch and TwinWorkers, when set,
+// win.
+type TwinBatching interface {
+	// TwinBatching returns how many twins one batch patches and how many
+	// batches of one job are in flight at a time (0: the default).
+	TwinBatching() (size, writers int)
 }
 
 // Device-level error codes the engine writes (besides the direct-method

@@ -53,10 +53,11 @@ type Config struct {
 	// MaxWaiting caps the offline devices waited for at once across all
 	// method jobs (each costs a small goroutine).
 	MaxWaiting int
-	// TwinBatch is how many twins one transaction patches.
+	// TwinBatch is how many twins one transaction patches (0: what the
+	// store says, TwinBatching, else DefaultTwinBatch).
 	TwinBatch int
 	// TwinWorkers is how many batches of one twin job are in flight at
-	// once (0: what the store says, TwinBatchWriters, else 1).
+	// once (0: what the store says, TwinBatching, else 1).
 	TwinWorkers int
 	// Retention is how long finished jobs are kept.
 	Retention time.Duration
@@ -82,9 +83,19 @@ func (c *Config) defaults() {
 	if c.MaxWaiting <= 0 {
 		c.MaxWaiting = DefaultMaxWaiting
 	}
+	if tb, ok := c.Store.(TwinBatching); ok {
+		size, writers := tb.TwinBatching()
+		if c.TwinBatch <= 0 {
+			c.TwinBatch = size
+		}
+		if c.TwinWorkers <= 0 {
+			c.TwinWorkers = writers
+		}
+	}
 	if c.TwinBatch <= 0 {
 		c.TwinBatch = DefaultTwinBatch
 	}
+	c.TwinWorkers = max(c.TwinWorkers, 1)
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention
 	}
@@ -104,8 +115,6 @@ type Service struct {
 	log     *slog.Logger
 	slots   *limiter
 	waiting chan struct{} // semaphore of MaxWaiting
-	// twinWorkers is Config.TwinWorkers or the store's preference.
-	twinWorkers int
 	wake        chan struct{} // buffered 1: the scheduler should look again
 
 	metrics  *metrics
@@ -126,11 +135,6 @@ func New(cfg Config) *Service {
 		wake:    make(chan struct{}, 1),
 		runners: map[string]*runner{},
 	}
-	s.twinWorkers = cfg.TwinWorkers
-	if w, ok := cfg.Store.(TwinBatchWriters); ok && s.twinWorkers <= 0 {
-		s.twinWorkers = w.TwinBatchWriters()
-	}
-	s.twinWorkers = max(s.twinWorkers, 1)
 	s.metrics = newMetrics(s, cfg.Metrics)
 	return s
 }

@@ -38,7 +38,7 @@ func (s *Service) runTwin(ctx, feed context.Context, r *Record) error {
 }
 
 func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte) error {
-	if s.twinWorkers > 1 {
+	if s.cfg.TwinWorkers > 1 {
 		return s.twinBatchesConcurrent(feed, r, p, body)
 	}
 	cursor := ""
@@ -63,9 +63,9 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 	}
 }
 
-// twinBatchesConcurrent keeps up to twinWorkers batches of the job in
+// twinBatchesConcurrent keeps up to TwinWorkers batches of the job in
 // flight at once, for stores that write several transactions at a time
-// (TwinBatchWriters). The batches cover consecutive ranges of the pending
+// (TwinBatching). The batches cover consecutive ranges of the pending
 // devices, each bounded before it is handed out (the device that ends its
 // range is the n-th pending one after the previous bound), so they never
 // overlap; each batch completes the job in its transaction if it is the
@@ -73,7 +73,7 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 // the one-at-a-time loop does, while the others go on.
 func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte) error {
 	g, ctx := errgroup.WithContext(feed)
-	g.SetLimit(s.twinWorkers)
+	g.SetLimit(s.cfg.TwinWorkers)
 	cursor := ""
 	var err error
 	for {

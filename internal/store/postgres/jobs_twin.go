@@ -270,14 +270,15 @@ func patchOneByOne(ctx context.Context, tx pgx.Tx, p twin.Patch, id, after, last
 	return updated, failed, nil
 }
 
-// TwinBatchWriters is how many batches of one twin job the engine keeps in
-// flight (job.TwinBatchWriters): while one batch waits for its commit to
-// be flushed, another is written. Two halved a million-twin job on a
-// 2-core machine; a third added nothing there (docs/benchmarks.md). A
-// small pool (pool_max_conns) keeps at least half its connections for
-// everything else.
-func (db *DB) TwinBatchWriters() int {
-	return int(max(1, min(2, db.pool.Config().MaxConns/2)))
+// TwinBatching (job.TwinBatching): batches of 5,000 twins, two in flight
+// at once — while one batch waits for its commit to be flushed, the other
+// is written. On a 2-core machine two in flight took a million-twin job
+// from 26-28 s to 20 s and 5,000 rather than 2,000 twins a batch to
+// 15-16 s; a third batch in flight, or 10,000 a batch, was slower
+// (docs/benchmarks.md). A small pool (pool_max_conns) keeps at least
+// half its connections for everything else.
+func (db *DB) TwinBatching() (size, writers int) {
+	return 5000, int(max(1, min(2, db.pool.Config().MaxConns/2)))
 }
 
-var _ job.TwinBatchWriters = (*DB)(nil)
+var _ job.TwinBatching = (*DB)(nil)
