@@ -115,7 +115,7 @@ type Service struct {
 	log     *slog.Logger
 	slots   *limiter
 	waiting chan struct{} // semaphore of MaxWaiting
-	wake        chan struct{} // buffered 1: the scheduler should look again
+	wake    chan struct{} // buffered 1: the scheduler should look again
 
 	metrics  *metrics
 	progress *progress // job change notifications (Watch)
