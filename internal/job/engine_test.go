@@ -252,6 +252,21 @@ func (e *env) waitEnded(id string) *herd.Job {
 	return e.waitFor(id, "ended", func(j *herd.Job) bool { return j.EndTime != nil })
 }
 
+// waitEndedAdvancing polls until the job has ended, advancing the fake
+// clock a second at a time through the pauses between a batch's attempts.
+func (e *env) waitEndedAdvancing(id string) *herd.Job {
+	e.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for e.get(id).EndTime == nil {
+		if time.Now().After(deadline) {
+			e.t.Fatalf("job %s did not end: %+v", id, stats(e.get(id)))
+		}
+		e.clock.Advance(time.Second)
+		time.Sleep(time.Millisecond)
+	}
+	return e.get(id)
+}
+
 func (e *env) records(id string) map[string]herd.DeviceJob {
 	e.t.Helper()
 	djs, err := e.db.DeviceJobs(context.Background(), id)

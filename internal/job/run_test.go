@@ -489,15 +489,7 @@ func TestTwinBatchFailingTwiceFailsItsDevice(t *testing.T) {
 	e := newEnv(t, func(c *job.Config) { c.Store = poisonedStore{Store: c.Store, poisoned: "d5"} })
 	e.devices("d1", "d2", "d3", "d4", "d5", "d6", "d7")
 	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}}}`)
-	deadline := time.Now().Add(20 * time.Second)
-	for e.get("tw").EndTime == nil {
-		if time.Now().After(deadline) {
-			t.Fatalf("job did not end: %+v", stats(e.get("tw")))
-		}
-		e.clock.Advance(time.Second) // through the pauses between attempts
-		time.Sleep(time.Millisecond)
-	}
-	j := e.get("tw")
+	j := e.waitEndedAdvancing("tw")
 	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 7, SucceededCount: 6, FailedCount: 1}) {
 		t.Fatalf("job %s %+v", j.Status, stats(j))
 	}
@@ -529,15 +521,7 @@ func TestTwinJobConcurrentBatches(t *testing.T) {
 			}
 			e.devices(append(ids, "other")...)
 			e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"STARTSWITH(deviceId, 'd')","updateTwin":{"etag":"*","tags":{"a":1},"properties":{"desired":{"fw":"2.0"}}}}`)
-			deadline := time.Now().Add(20 * time.Second)
-			for e.get("tw").EndTime == nil {
-				if time.Now().After(deadline) {
-					t.Fatalf("job did not end: %+v", stats(e.get("tw")))
-				}
-				e.clock.Advance(time.Second) // through the pauses between attempts
-				time.Sleep(time.Millisecond)
-			}
-			j := e.get("tw")
+			j := e.waitEndedAdvancing("tw")
 			if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 100, SucceededCount: 99, FailedCount: 1}) {
 				t.Fatalf("job %s %+v", j.Status, stats(j))
 			}
