@@ -111,10 +111,12 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 	// No pending device is left after cursor: the batch there completes
 	// the job if no batch did (a job resumed with nothing pending).
 	res, err := s.twinBatch(feed, r, p, cursor, 1)
-	if err != nil && feed.Err() == nil {
+	switch {
+	case err == nil:
+		s.twinBatchDone(r, body, res)
+	case feed.Err() == nil:
 		return err
 	}
-	s.twinBatchDone(r, body, res)
 	return nil
 }
 
