@@ -263,6 +263,9 @@ const (
 	JobFailed    JobStatus = "failed"
 	JobCancelled JobStatus = "cancelled"
 	JobUnknown   JobStatus = "unknown"
+	// JobPaused is Herd's: a job paused (POST /jobs/v2/{id}/pause) starts
+	// no device until it is resumed; its deadline still runs.
+	JobPaused JobStatus = "paused"
 )
 
 // Terminal reports whether a job in status s will not change any more.
@@ -299,7 +302,72 @@ type Job struct {
 	FailureReason             string               `json:"failureReason,omitempty"`
 	StatusMessage             string               `json:"statusMessage,omitempty"`
 	DeviceJobStatistics       *DeviceJobStatistics `json:"deviceJobStatistics,omitempty"`
+	// Herd is Herd's extension member (ignored by the Azure SDKs): how the
+	// job rolls out and when it aborts.
+	Herd *JobOptions `json:"herd,omitempty"`
 }
+
+// JobOptions is the "herd" member of a job: rollout controls that Azure
+// IoT Hub does not have (docs/jobs.md, "Rollouts").
+type JobOptions struct {
+	Rollout *Rollout     `json:"rollout,omitempty"`
+	Abort   *AbortPolicy `json:"abort,omitempty"`
+}
+
+// Rollout paces a job: how many devices it starts per minute, fixed
+// (MaxPerMinute) or ramping up (Exponential, capped by MaxPerMinute when
+// both are set).
+type Rollout struct {
+	MaxPerMinute int64            `json:"maxPerMinute,omitempty"`
+	Exponential  *ExponentialRate `json:"exponential,omitempty"`
+}
+
+// ExponentialRate starts a job at BaseRatePerMinute devices a minute and
+// multiplies the rate by IncrementFactor each time
+// RateIncreaseCriteria.NumberOfSucceededDevices more devices succeed.
+type ExponentialRate struct {
+	BaseRatePerMinute    int64                `json:"baseRatePerMinute"`
+	IncrementFactor      float64              `json:"incrementFactor"`
+	RateIncreaseCriteria RateIncreaseCriteria `json:"rateIncreaseCriteria"`
+}
+
+// RateIncreaseCriteria says when an exponential rollout speeds up.
+type RateIncreaseCriteria struct {
+	NumberOfSucceededDevices int64 `json:"numberOfSucceededDevices"`
+}
+
+// AbortPolicy stops a job whose devices fail too often: the first
+// criterion met cancels the pending devices and fails the job.
+type AbortPolicy struct {
+	Criteria []AbortCriterion `json:"criteria"`
+}
+
+// AbortCriterion fires once at least MinExecutedDevices devices have an
+// outcome and ThresholdPercentage percent or more of them failed with
+// FailureType.
+type AbortCriterion struct {
+	FailureType         FailureType `json:"failureType"`
+	ThresholdPercentage float64     `json:"thresholdPercentage"`
+	MinExecutedDevices  int64       `json:"minExecutedDevices"`
+}
+
+// FailureType classifies a device's failure for abort criteria.
+type FailureType string
+
+// Failure types.
+const (
+	// FailureFailed: a method answered with a status of 400 or more, or
+	// the device failed otherwise (a twin write refused, the device
+	// deleted, a call interrupted by a restart).
+	FailureFailed FailureType = "Failed"
+	// FailureTimedOut: the device did not answer within
+	// responseTimeoutInSeconds (GatewayTimeout).
+	FailureTimedOut FailureType = "TimedOut"
+	// FailureNotOnline: the device was not online (DeviceNotOnline).
+	FailureNotOnline FailureType = "DeviceNotOnline"
+	// FailureAny: any of the above.
+	FailureAny FailureType = "Any"
+)
 
 // DeviceJobStatistics counts a job's devices by outcome. DeviceCount is the
 // sum of the other four.

@@ -28,6 +28,10 @@ func (s *Server) jobRoutes() {
 		http.MethodGet: {read, s.getJob},
 	})
 	s.Handle("/jobs/v2/{jobId}/cancel", map[string]Endpoint{http.MethodPost: {write, s.cancelJob}})
+	// Herd's: pause and resume need the rights of what the job does, as
+	// cancel does.
+	s.Handle("/jobs/v2/{jobId}/pause", map[string]Endpoint{http.MethodPost: {write, s.pauseJob}})
+	s.Handle("/jobs/v2/{jobId}/resume", map[string]Endpoint{http.MethodPost: {write, s.resumeJob}})
 	s.jobPreviewRoutes(read, write)
 }
 
@@ -78,6 +82,25 @@ func (s *Server) getJob(w http.ResponseWriter, r *http.Request) error {
 // Content-Type).
 func (s *Server) cancelJob(w http.ResponseWriter, r *http.Request) error {
 	j, err := s.cfg.Jobs.Cancel(r.Context(), r.PathValue("jobId"), allowJobs(r, "cancelling"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, j)
+	return nil
+}
+
+// pauseJob and resumeJob take no body, as cancelJob.
+func (s *Server) pauseJob(w http.ResponseWriter, r *http.Request) error {
+	j, err := s.cfg.Jobs.Pause(r.Context(), r.PathValue("jobId"), allowJobs(r, "pausing"))
+	if err != nil {
+		return err
+	}
+	writeJSON(w, http.StatusOK, j)
+	return nil
+}
+
+func (s *Server) resumeJob(w http.ResponseWriter, r *http.Request) error {
+	j, err := s.cfg.Jobs.Resume(r.Context(), r.PathValue("jobId"), allowJobs(r, "resuming"))
 	if err != nil {
 		return err
 	}

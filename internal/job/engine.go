@@ -79,6 +79,24 @@ func (s *Service) schedule(ctx context.Context, wg *sync.WaitGroup) (time.Time, 
 		if running {
 			continue
 		}
+		if r.Status == herd.JobPaused {
+			// A paused job starts no device; a started one still fails at
+			// its deadline.
+			if r.Started.IsZero() {
+				continue
+			}
+			if deadline := r.Deadline(); deadline.After(now) {
+				if next.IsZero() || deadline.Before(next) {
+					next = deadline
+				}
+				continue
+			}
+			s.log.Info("job deadline passed while paused", "job_id", r.JobID)
+			if err := s.store.ExpireJob(ctx, r.JobID, deadlineReason(r), deadlineError(r), now); err != nil {
+				return time.Time{}, err
+			}
+			continue
+		}
 		if r.Status == herd.JobQueued || r.Status == herd.JobScheduled {
 			if start := r.StartTime.Time; start.After(now) {
 				if r.Status == herd.JobQueued {
@@ -183,11 +201,14 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 		return err
 	}
 	if context.Cause(run.feed) == errDeadline {
-		reason := fmt.Sprintf("The job did not finish within maxExecutionTimeInSeconds (%d s); the devices not done by then failed.", r.MaxExecutionTimeInSeconds)
 		s.log.Info("job deadline passed", "job_id", r.JobID)
-		return s.store.ExpireJob(context.WithoutCancel(ctx), r.JobID, reason, deadlineError(r), s.clock.Now())
+		return s.store.ExpireJob(context.WithoutCancel(ctx), r.JobID, deadlineReason(r), deadlineError(r), s.clock.Now())
 	}
 	return nil
+}
+
+func deadlineReason(r *Record) string {
+	return fmt.Sprintf("The job did not finish within maxExecutionTimeInSeconds (%d s); the devices not done by then failed.", r.MaxExecutionTimeInSeconds)
 }
 
 // start compiles the query condition and snapshots the target devices. It

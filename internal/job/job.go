@@ -79,6 +79,29 @@ type Outcome struct {
 	FromPending bool
 }
 
+// FailureCounts are a job's device outcomes by failure type, as abort
+// criteria count them (herd.FailureType): Executed devices have an outcome
+// (completed or failed; canceled ones do not count); Failed are failures
+// other than the two below, and methods that answered with a status of 400
+// or more; TimedOut are GatewayTimeout failures; NotOnline DeviceNotOnline
+// ones.
+type FailureCounts struct {
+	Executed, Failed, TimedOut, NotOnline int64
+}
+
+// Of returns the count of one failure type.
+func (c FailureCounts) Of(t herd.FailureType) int64 {
+	switch t {
+	case herd.FailureFailed:
+		return c.Failed
+	case herd.FailureTimedOut:
+		return c.TimedOut
+	case herd.FailureNotOnline:
+		return c.NotOnline
+	}
+	return c.Failed + c.TimedOut + c.NotOnline
+}
+
 // TwinBatchResult is what one twin-update batch did.
 type TwinBatchResult struct {
 	// Next is the cursor for the next batch (the last device id seen);
@@ -156,6 +179,22 @@ type Store interface {
 	// FinishDevices records outcomes. An outcome for a device that is no
 	// longer in the expected state (pending or running) is ignored.
 	FinishDevices(ctx context.Context, id string, outcomes []Outcome, now time.Time) error
+	// PauseJob pauses a queued, scheduled or running job (the engine
+	// starts no device of a paused job) and returns it after; a job in
+	// another state is returned unchanged.
+	PauseJob(ctx context.Context, id string, now time.Time) (*Record, error)
+	// ResumeJob moves a paused job back to running (or queued, if it had
+	// not started; a started job with nothing left to do completes) and
+	// returns it after; a job in another state is returned unchanged.
+	ResumeJob(ctx context.Context, id string, now time.Time) (*Record, error)
+	// AbortJob fails a running or paused job with reason, as a cancel
+	// does: pending devices become canceled, running ones finish, and the
+	// job ends (status failed) when they have. It returns the job after;
+	// a job in another state is returned unchanged.
+	AbortJob(ctx context.Context, id, reason string, now time.Time) (*Record, error)
+	// FailureCounts counts the devices of a job that have an outcome
+	// (completed or failed) and its failures by type.
+	FailureCounts(ctx context.Context, id string) (FailureCounts, error)
 	// ExpireJob ends a job at its deadline: every device not done fails
 	// with devErr, and the job fails with reason.
 	ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error

@@ -158,6 +158,21 @@ func (n notifying) CancelJob(ctx context.Context, id string, now time.Time) (*Re
 	return n.Store.CancelJob(ctx, id, now)
 }
 
+func (n notifying) PauseJob(ctx context.Context, id string, now time.Time) (*Record, error) {
+	defer n.p.changed(id)
+	return n.Store.PauseJob(ctx, id, now)
+}
+
+func (n notifying) ResumeJob(ctx context.Context, id string, now time.Time) (*Record, error) {
+	defer n.p.changed(id)
+	return n.Store.ResumeJob(ctx, id, now)
+}
+
+func (n notifying) AbortJob(ctx context.Context, id, reason string, now time.Time) (*Record, error) {
+	defer n.p.changed(id)
+	return n.Store.AbortJob(ctx, id, reason, now)
+}
+
 func (n notifying) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after string, limit int, now time.Time) (TwinBatchResult, error) {
 	defer n.p.changed(id)
 	return n.Store.ApplyTwinBatch(ctx, id, p, after, limit, now)

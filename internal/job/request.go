@@ -23,6 +23,7 @@ type request struct {
 	QueryCondition            json.RawMessage `json:"queryCondition"`
 	StartTime                 json.RawMessage `json:"startTime"`
 	MaxExecutionTimeInSeconds json.RawMessage `json:"maxExecutionTimeInSeconds"`
+	Herd                      json.RawMessage `json:"herd"`
 }
 
 // legacyTypes are job type names from the 2016–2019 documentation that
@@ -121,6 +122,11 @@ func ParseRequest(pathID string, body []byte, now time.Time) (*Record, error) {
 		}
 		r.MaxExecutionTimeInSeconds = v
 	}
+	opts, err := parseOptions(req.Herd)
+	if err != nil {
+		return nil, err
+	}
+	r.Herd = opts
 	r.DeviceJobStatistics = &herd.DeviceJobStatistics{}
 	return r, nil
 }

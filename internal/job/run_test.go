@@ -673,3 +673,67 @@ func compactJSON(t *testing.T, raw []byte) string {
 	b, _ := json.Marshal(v)
 	return string(b)
 }
+
+func TestPauseAndResume(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 2 })
+	ids := []string{"a", "b", "c", "d", "e", "f"}
+	e.devices(ids...)
+	e.fleet.connect(ids...)
+	e.fleet.hold = make(chan struct{})
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","maxExecutionTimeInSeconds":60,"cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	e.waitFor("m", "running 2", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 2 })
+	j, err := e.svc.Pause(context.Background(), "m", nil)
+	if err != nil || j.Status != herd.JobPaused || j.EndTime != nil {
+		t.Fatalf("pause: %+v %v", j, err)
+	}
+	close(e.fleet.hold) // the running calls finish; nothing else starts
+	j = e.waitFor("m", "the running calls done", func(j *herd.Job) bool { return j.DeviceJobStatistics.SucceededCount == 2 })
+	if j.Status != herd.JobPaused || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 6, SucceededCount: 2, PendingCount: 4}) {
+		t.Fatalf("paused: %s %+v", j.Status, stats(j))
+	}
+	total := func() int {
+		n := 0
+		for _, id := range ids {
+			n += e.fleet.callCount(id)
+		}
+		return n
+	}
+	if n := total(); n != 2 {
+		t.Errorf("%d devices invoked while paused, want 2", n)
+	}
+	if j, err := e.svc.Resume(context.Background(), "m", nil); err != nil || j.Status != herd.JobRunning {
+		t.Fatalf("resume: %+v %v", j, err)
+	}
+	j = e.waitEnded("m")
+	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 6, SucceededCount: 6}) {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	for _, id := range ids {
+		if n := e.fleet.callCount(id); n != 1 {
+			t.Errorf("%s invoked %d times, want once", id, n)
+		}
+	}
+	if _, err := e.svc.Pause(context.Background(), "nope", nil); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("pause unknown: %v", err)
+	}
+}
+
+func TestPausedJobFailsAtItsDeadline(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 1 })
+	e.devices("a", "b")
+	e.fleet.connect("a", "b")
+	e.fleet.hold = make(chan struct{})
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","maxExecutionTimeInSeconds":60,"cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	e.waitFor("m", "running 1", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 1 })
+	if _, err := e.svc.Pause(context.Background(), "m", nil); err != nil {
+		t.Fatal(err)
+	}
+	close(e.fleet.hold)
+	e.waitFor("m", "a done", func(j *herd.Job) bool { return j.DeviceJobStatistics.SucceededCount == 1 })
+	e.clock.Advance(61 * time.Second)
+	j := e.waitEnded("m")
+	if j.Status != herd.JobFailed || !strings.Contains(j.FailureReason, "maxExecutionTimeInSeconds") ||
+		stats(j) != (herd.DeviceJobStatistics{DeviceCount: 2, SucceededCount: 1, FailedCount: 1}) {
+		t.Fatalf("%s %q %+v", j.Status, j.FailureReason, stats(j))
+	}
+}

@@ -210,6 +210,56 @@ func (s *Service) Cancel(ctx context.Context, id string, allow Allow) (*herd.Job
 	return &r.Job, nil
 }
 
+// Pause pauses a job (POST /jobs/v2/{id}/pause): it starts no more
+// devices until it is resumed; calls in flight finish, offline devices
+// waited for stay pending, and the job's deadline keeps running. A job
+// that has ended, or is ending, is returned unchanged. allow is asked
+// first with the job's type.
+func (s *Service) Pause(ctx context.Context, id string, allow Allow) (*herd.Job, error) {
+	return s.setPaused(ctx, id, true, allow)
+}
+
+// Resume resumes a paused job (POST /jobs/v2/{id}/resume) from its
+// pending devices; a job in another state is returned unchanged.
+func (s *Service) Resume(ctx context.Context, id string, allow Allow) (*herd.Job, error) {
+	return s.setPaused(ctx, id, false, allow)
+}
+
+func (s *Service) setPaused(ctx context.Context, id string, pause bool, allow Allow) (*herd.Job, error) {
+	if allow != nil {
+		r, err := s.store.Job(ctx, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := allow(r.Type); err != nil {
+			return nil, err
+		}
+	}
+	var r *Record
+	var err error
+	if pause {
+		r, err = s.store.PauseJob(ctx, id, s.clock.Now())
+	} else {
+		r, err = s.store.ResumeJob(ctx, id, s.clock.Now())
+	}
+	if err != nil {
+		return nil, err
+	}
+	if pause && r.Status == herd.JobPaused {
+		s.mu.Lock()
+		run := s.runners[id]
+		s.mu.Unlock()
+		if run != nil {
+			run.cancel(errPaused)
+		}
+		s.log.Info("job paused", "job_id", id)
+	} else if !pause && r.Status != herd.JobPaused && r.EndTime == nil {
+		s.log.Info("job resumed", "job_id", id)
+	}
+	s.poke()
+	return &r.Job, nil
+}
+
 // ListQuery is a parsed GET /jobs/v2/query.
 type ListQuery struct {
 	// Type and Status as the caller wrote them; matched
@@ -238,7 +288,7 @@ func (s *Service) List(ctx context.Context, q ListQuery) ([]*herd.Job, string, e
 		f.Type = herd.JobType(t)
 	}
 	if q.Status != "" {
-		st, ok := canonical(q.Status, []string{"queued", "enqueued", "scheduled", "running", "completed", "failed", "cancelled", "canceled"})
+		st, ok := canonical(q.Status, []string{"queued", "enqueued", "scheduled", "running", "paused", "completed", "failed", "cancelled", "canceled"})
 		if !ok {
 			return []*herd.Job{}, "", nil
 		}
@@ -293,6 +343,7 @@ func (s *Service) poke() {
 var (
 	errCancelled = errors.New("job cancelled")
 	errDeadline  = errors.New("job deadline passed")
+	errPaused    = errors.New("job paused")
 )
 
 // notify sends the desired-change notifications of a twin batch.

@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/job"
@@ -23,7 +22,7 @@ var _ job.Store = (*DB)(nil)
 // jobColumns are the jobs columns scanJob reads, in order.
 const jobColumns = `job_id, type, status, query_condition, created_time, start_time, end_time,
 	max_execution_seconds, request, failure_reason, status_message, device_count,
-	succeeded_count, failed_count, running_count, pending_count, started_time`
+	succeeded_count, failed_count, running_count, pending_count, started_time, herd`
 
 func jobNotFound(id string) error {
 	return herd.Errorf(herd.ErrJobNotFound, "job %q does not exist", id)
@@ -37,14 +36,19 @@ func scanJob(row pgx.Row) (*job.Record, error) {
 		typ, status             string
 		created, start, request string
 		end, started            *string
-		failure, message        *string
+		failure, message, opts  *string
 		st                      herd.DeviceJobStatistics
 	)
 	err := row.Scan(&r.JobID, &typ, &status, &r.QueryCondition, &created, &start, &end,
 		&r.MaxExecutionTimeInSeconds, &request, &failure, &message, &st.DeviceCount,
-		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started)
+		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started, &opts)
 	if err != nil {
 		return nil, err
+	}
+	if opts != nil {
+		if r.Herd, err = job.DecodeOptions(*opts); err != nil {
+			return nil, fmt.Errorf("decode the herd options of job %q: %w", r.JobID, err)
+		}
 	}
 	r.Type, r.Status = herd.JobType(typ), herd.JobStatus(status)
 	c, s := parseTime(created), parseTime(start)
@@ -86,10 +90,10 @@ func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
 		return query.AsHerdError(err)
 	}
 	tag, err := db.pool.Exec(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
-		created_time, start_time, max_execution_seconds, request) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+		created_time, start_time, max_execution_seconds, request, herd) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
 		ON CONFLICT (job_id) DO NOTHING`,
 		r.JobID, string(r.Type), string(r.Status), r.QueryCondition, r.CreatedTime.String(),
-		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request))
+		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request), nullable(job.EncodeOptions(r.Herd)))
 	if err != nil {
 		return fmt.Errorf("create job %q: %w", r.JobID, err)
 	}
@@ -177,7 +181,7 @@ func decodeContinuation(token string) (created, id string, err error) {
 // ActiveJobs returns the jobs the engine looks after.
 func (db *DB) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
 	rows, err := db.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs
-		WHERE status IN ('queued', 'scheduled', 'running') OR (status = 'cancelled' AND end_time IS NULL)
+		WHERE status IN ('queued', 'scheduled', 'running', 'paused') OR (status IN ('cancelled', 'failed') AND end_time IS NULL)
 		ORDER BY start_time, job_id`)
 	if err != nil {
 		return nil, fmt.Errorf("active jobs: %w", err)
@@ -202,15 +206,17 @@ func (db *DB) ScheduleJob(ctx context.Context, id string, now time.Time) error {
 	return nil
 }
 
-// finishIfDone ends a running or cancelled job whose devices are all done.
+// finishIfDone ends a started job whose devices are all done: a running
+// or paused one completes; a cancelled or aborted one (failed) ends.
 func finishIfDone(ctx context.Context, tx pgx.Tx, id string, now time.Time) error {
 	_, err := tx.Exec(ctx, `UPDATE jobs SET
-		status = CASE status WHEN 'running' THEN 'completed' ELSE status END,
+		status = CASE WHEN status IN ('running', 'paused') THEN 'completed' ELSE status END,
 		end_time = $1,
 		status_message = CASE WHEN status_message IS NULL THEN
 			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
 			ELSE status_message END
-		WHERE job_id = $2 AND end_time IS NULL AND status IN ('running', 'cancelled')
+		WHERE job_id = $2 AND end_time IS NULL AND started_time IS NOT NULL
+		AND status IN ('running', 'paused', 'cancelled', 'failed')
 		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
 	return err
 }
@@ -297,34 +303,11 @@ func (db *DB) FailJob(ctx context.Context, id, reason string, now time.Time) err
 func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
 	var out *job.Record
 	err := db.tx(ctx, func(tx pgx.Tx) error {
-		var status string
-		err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE`, id).Scan(&status)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return jobNotFound(id)
-		}
+		status, started, err := jobState(ctx, tx, id)
 		if err != nil {
 			return err
 		}
-		at := stamp(now)
-		switch herd.JobStatus(status) {
-		case herd.JobQueued, herd.JobScheduled:
-			_, err = tx.Exec(ctx, `UPDATE jobs SET status = 'cancelled', end_time = $1,
-				status_message = 'cancelled before it started' WHERE job_id = $2`, at, id)
-		case herd.JobRunning:
-			var tag pgconn.CommandTag
-			tag, err = tx.Exec(ctx, `UPDATE device_jobs SET status = 'canceled', end_time = $1, last_updated_time = $1
-				WHERE job_id = $2 AND status = 'pending'`, at, id)
-			if err != nil {
-				return err
-			}
-			n := tag.RowsAffected()
-			if _, err = tx.Exec(ctx, `UPDATE jobs SET status = 'cancelled', pending_count = pending_count - $1,
-				failed_count = failed_count + $1 WHERE job_id = $2`, n, id); err != nil {
-				return err
-			}
-			err = finishIfDone(ctx, tx, id, now)
-		}
-		if err != nil {
+		if err := stopJob(ctx, tx, id, status, started, herd.JobCancelled, "", now); err != nil {
 			return err
 		}
 		out, err = getJob(ctx, tx, id)
@@ -337,6 +320,134 @@ func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Rec
 		return nil, fmt.Errorf("cancel job %q: %w", id, err)
 	}
 	return out, nil
+}
+
+// stopJob cancels (to = cancelled) or aborts (to = failed, with reason) a
+// job in status from: one that has not started ends at once; a started
+// one's pending devices are canceled and it ends when its running ones
+// finish. A job that has ended, or is ending, is left as it is.
+func stopJob(ctx context.Context, tx pgx.Tx, id string, from herd.JobStatus, started bool, to herd.JobStatus, reason string, now time.Time) error {
+	at := stamp(now)
+	switch {
+	case from == herd.JobQueued || from == herd.JobScheduled || from == herd.JobPaused && !started:
+		_, err := tx.Exec(ctx, `UPDATE jobs SET status = $1, end_time = $2, failure_reason = nullif($3, ''),
+			status_message = 'cancelled before it started' WHERE job_id = $4`, string(to), at, reason, id)
+		return err
+	case from == herd.JobRunning || from == herd.JobPaused:
+		tag, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'canceled', end_time = $1, last_updated_time = $1
+			WHERE job_id = $2 AND status = 'pending'`, at, id)
+		if err != nil {
+			return err
+		}
+		n := tag.RowsAffected()
+		if _, err = tx.Exec(ctx, `UPDATE jobs SET status = $1, failure_reason = nullif($2, ''), pending_count = pending_count - $3,
+			failed_count = failed_count + $3 WHERE job_id = $4`, string(to), reason, n, id); err != nil {
+			return err
+		}
+		return finishIfDone(ctx, tx, id, now)
+	}
+	return nil
+}
+
+// jobState reads a job's status and whether it has started, locking its
+// row for the transaction.
+func jobState(ctx context.Context, tx pgx.Tx, id string) (herd.JobStatus, bool, error) {
+	var status string
+	var started *string
+	err := tx.QueryRow(ctx, `SELECT status, started_time FROM jobs WHERE job_id = $1 FOR UPDATE`, id).Scan(&status, &started)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", false, jobNotFound(id)
+	}
+	return herd.JobStatus(status), started != nil, err
+}
+
+// AbortJob fails a job whose abort criterion fired.
+func (db *DB) AbortJob(ctx context.Context, id, reason string, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		status, started, err := jobState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if status == herd.JobRunning || status == herd.JobPaused {
+			if err := stopJob(ctx, tx, id, status, started, herd.JobFailed, reason, now); err != nil {
+				return err
+			}
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, err
+		}
+		return nil, fmt.Errorf("abort job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// PauseJob pauses a job that has not ended.
+func (db *DB) PauseJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	return db.setPaused(ctx, id, true, now)
+}
+
+// ResumeJob resumes a paused job.
+func (db *DB) ResumeJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	return db.setPaused(ctx, id, false, now)
+}
+
+func (db *DB) setPaused(ctx context.Context, id string, pause bool, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		status, started, err := jobState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		switch {
+		case pause && (status == herd.JobQueued || status == herd.JobScheduled || status == herd.JobRunning):
+			_, err = tx.Exec(ctx, `UPDATE jobs SET status = 'paused' WHERE job_id = $1`, id)
+		case !pause && status == herd.JobPaused:
+			// Back to running, or to queued for the scheduler if it had
+			// not started; a job whose devices all finished completes.
+			to := herd.JobQueued
+			if started {
+				to = herd.JobRunning
+			}
+			if _, err = tx.Exec(ctx, `UPDATE jobs SET status = $1 WHERE job_id = $2`, string(to), id); err == nil {
+				err = finishIfDone(ctx, tx, id, now)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, err
+		}
+		return nil, fmt.Errorf("pause or resume job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// FailureCounts counts a job's device outcomes by failure type.
+func (db *DB) FailureCounts(ctx context.Context, id string) (job.FailureCounts, error) {
+	var c job.FailureCounts
+	err := db.pool.QueryRow(ctx, `SELECT
+		count(*) FILTER (WHERE status IN ('completed', 'failed')),
+		count(*) FILTER (WHERE status = 'failed' AND error_code = $1),
+		count(*) FILTER (WHERE status = 'failed' AND error_code = $2),
+		count(*) FILTER (WHERE status = 'failed' AND coalesce(error_code, '') NOT IN ($1, $2)
+			OR status = 'completed' AND (outcome::jsonb #>> '{deviceMethodResponse,status}')::numeric >= 400)
+		FROM device_jobs WHERE job_id = $3`,
+		string(herd.ErrDeviceNotOnline), string(herd.ErrGatewayTimeout), id).
+		Scan(&c.Executed, &c.NotOnline, &c.TimedOut, &c.Failed)
+	if err != nil {
+		return c, fmt.Errorf("failure counts of job %q: %w", id, err)
+	}
+	return c, nil
 }
 
 // PendingDevices returns pending device ids after the cursor.
@@ -487,9 +598,9 @@ func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.Devi
 		n := tag.RowsAffected()
 		_, err = tx.Exec(ctx, `UPDATE jobs SET
 			failed_count = failed_count + $1, pending_count = 0, running_count = 0, end_time = $2,
-			failure_reason = CASE status WHEN 'running' THEN $3 ELSE failure_reason END,
+			failure_reason = CASE WHEN status IN ('running', 'paused') THEN $3 ELSE failure_reason END,
 			status_message = succeeded_count || ' of ' || device_count || ' devices succeeded, ' || (failed_count + $1) || ' failed',
-			status = CASE status WHEN 'running' THEN 'failed' ELSE status END
+			status = CASE WHEN status IN ('running', 'paused') THEN 'failed' ELSE status END
 			WHERE job_id = $4 AND end_time IS NULL`, n, at, reason, id)
 		return err
 	})

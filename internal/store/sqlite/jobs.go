@@ -21,7 +21,7 @@ var _ job.Store = (*DB)(nil)
 // jobColumns are the jobs columns scanJob reads, in order.
 const jobColumns = `job_id, type, status, query_condition, created_time, start_time, end_time,
 	max_execution_seconds, request, failure_reason, status_message, device_count,
-	succeeded_count, failed_count, running_count, pending_count, started_time`
+	succeeded_count, failed_count, running_count, pending_count, started_time, herd`
 
 func jobNotFound(id string) error {
 	return herd.Errorf(herd.ErrJobNotFound, "job %q does not exist", id)
@@ -32,14 +32,17 @@ func scanJob(row scanner) (*job.Record, error) {
 		r                       job.Record
 		created, start, request string
 		end, started            sql.NullString
-		failure, message        sql.NullString
+		failure, message, opts  sql.NullString
 		st                      herd.DeviceJobStatistics
 	)
 	err := row.Scan(&r.JobID, &r.Type, &r.Status, &r.QueryCondition, &created, &start, &end,
 		&r.MaxExecutionTimeInSeconds, &request, &failure, &message, &st.DeviceCount,
-		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started)
+		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started, &opts)
 	if err != nil {
 		return nil, err
+	}
+	if r.Herd, err = job.DecodeOptions(opts.String); err != nil {
+		return nil, fmt.Errorf("decode the herd options of job %q: %w", r.JobID, err)
 	}
 	c, s := parseTime(created), parseTime(start)
 	r.CreatedTime, r.StartTime = &c, &s
@@ -67,10 +70,10 @@ func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
 		return query.AsHerdError(err)
 	}
 	res, err := db.write.ExecContext(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
-		created_time, start_time, max_execution_seconds, request) VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+		created_time, start_time, max_execution_seconds, request, herd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (job_id) DO NOTHING`,
 		r.JobID, string(r.Type), string(r.Status), r.QueryCondition, r.CreatedTime.String(),
-		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request))
+		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request), nullable(job.EncodeOptions(r.Herd)))
 	if err != nil {
 		return fmt.Errorf("create job %q: %w", r.JobID, err)
 	}
@@ -158,7 +161,7 @@ func decodeContinuation(token string) (created, id string, err error) {
 // ActiveJobs returns the jobs the engine looks after.
 func (db *DB) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
 	rows, err := db.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs
-		WHERE status IN ('queued', 'scheduled', 'running') OR (status = 'cancelled' AND end_time IS NULL)
+		WHERE status IN ('queued', 'scheduled', 'running', 'paused') OR (status IN ('cancelled', 'failed') AND end_time IS NULL)
 		ORDER BY start_time, job_id`)
 	if err != nil {
 		return nil, fmt.Errorf("active jobs: %w", err)
@@ -184,15 +187,17 @@ func (db *DB) ScheduleJob(ctx context.Context, id string, now time.Time) error {
 	return nil
 }
 
-// finishIfDone ends a running or cancelled job whose devices are all done.
+// finishIfDone ends a started job whose devices are all done: a running
+// or paused one completes; a cancelled or aborted one (failed) ends.
 func finishIfDone(ctx context.Context, tx *sql.Tx, id string, now time.Time) error {
 	_, err := tx.ExecContext(ctx, `UPDATE jobs SET
-		status = CASE status WHEN 'running' THEN 'completed' ELSE status END,
+		status = CASE WHEN status IN ('running', 'paused') THEN 'completed' ELSE status END,
 		end_time = ?,
 		status_message = CASE WHEN status_message IS NULL THEN
 			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
 			ELSE status_message END
-		WHERE job_id = ? AND end_time IS NULL AND status IN ('running', 'cancelled')
+		WHERE job_id = ? AND end_time IS NULL AND started_time IS NOT NULL
+		AND status IN ('running', 'paused', 'cancelled', 'failed')
 		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
 	return err
 }
@@ -263,34 +268,11 @@ func (db *DB) FailJob(ctx context.Context, id, reason string, now time.Time) err
 func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
 	var out *job.Record
 	err := db.tx(ctx, func(tx *sql.Tx) error {
-		var status string
-		err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE job_id = ?`, id).Scan(&status)
-		if errors.Is(err, sql.ErrNoRows) {
-			return jobNotFound(id)
-		}
+		status, started, err := jobState(ctx, tx, id)
 		if err != nil {
 			return err
 		}
-		at := stamp(now)
-		switch herd.JobStatus(status) {
-		case herd.JobQueued, herd.JobScheduled:
-			_, err = tx.ExecContext(ctx, `UPDATE jobs SET status = 'cancelled', end_time = ?,
-				status_message = 'cancelled before it started' WHERE job_id = ?`, at, id)
-		case herd.JobRunning:
-			var res sql.Result
-			res, err = tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'canceled', end_time = ?, last_updated_time = ?
-				WHERE job_id = ? AND status = 'pending'`, at, at, id)
-			if err != nil {
-				return err
-			}
-			n, _ := res.RowsAffected()
-			if _, err = tx.ExecContext(ctx, `UPDATE jobs SET status = 'cancelled', pending_count = pending_count - ?,
-				failed_count = failed_count + ? WHERE job_id = ?`, n, n, id); err != nil {
-				return err
-			}
-			err = finishIfDone(ctx, tx, id, now)
-		}
-		if err != nil {
+		if err := stopJob(ctx, tx, id, status, started, herd.JobCancelled, "", now); err != nil {
 			return err
 		}
 		out, err = getJob(ctx, tx, id)
@@ -303,6 +285,134 @@ func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Rec
 		return nil, fmt.Errorf("cancel job %q: %w", id, err)
 	}
 	return out, nil
+}
+
+// stopJob cancels (to = cancelled) or aborts (to = failed, with reason) a
+// job in status from: one that has not started ends at once; a started
+// one's pending devices are canceled and it ends when its running ones
+// finish. A job that has ended, or is ending, is left as it is.
+func stopJob(ctx context.Context, tx *sql.Tx, id string, from herd.JobStatus, started bool, to herd.JobStatus, reason string, now time.Time) error {
+	at := stamp(now)
+	switch {
+	case from == herd.JobQueued || from == herd.JobScheduled || from == herd.JobPaused && !started:
+		_, err := tx.ExecContext(ctx, `UPDATE jobs SET status = ?, end_time = ?, failure_reason = nullif(?, ''),
+			status_message = 'cancelled before it started' WHERE job_id = ?`, string(to), at, reason, id)
+		return err
+	case from == herd.JobRunning || from == herd.JobPaused:
+		res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'canceled', end_time = ?, last_updated_time = ?
+			WHERE job_id = ? AND status = 'pending'`, at, at, id)
+		if err != nil {
+			return err
+		}
+		n, _ := res.RowsAffected()
+		if _, err = tx.ExecContext(ctx, `UPDATE jobs SET status = ?, failure_reason = nullif(?, ''), pending_count = pending_count - ?,
+			failed_count = failed_count + ? WHERE job_id = ?`, string(to), reason, n, n, id); err != nil {
+			return err
+		}
+		return finishIfDone(ctx, tx, id, now)
+	}
+	return nil
+}
+
+// jobState reads a job's status and whether it has started, for update.
+func jobState(ctx context.Context, tx *sql.Tx, id string) (herd.JobStatus, bool, error) {
+	var status string
+	var started sql.NullString
+	err := tx.QueryRowContext(ctx, `SELECT status, started_time FROM jobs WHERE job_id = ?`, id).Scan(&status, &started)
+	if errors.Is(err, sql.ErrNoRows) {
+		return "", false, jobNotFound(id)
+	}
+	return herd.JobStatus(status), started.Valid, err
+}
+
+// AbortJob fails a job whose abort criterion fired.
+func (db *DB) AbortJob(ctx context.Context, id, reason string, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		status, started, err := jobState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		if status == herd.JobRunning || status == herd.JobPaused {
+			if err := stopJob(ctx, tx, id, status, started, herd.JobFailed, reason, now); err != nil {
+				return err
+			}
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, err
+		}
+		return nil, fmt.Errorf("abort job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// PauseJob pauses a job that has not ended.
+func (db *DB) PauseJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	return db.setPaused(ctx, id, true, now)
+}
+
+// ResumeJob resumes a paused job.
+func (db *DB) ResumeJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	return db.setPaused(ctx, id, false, now)
+}
+
+func (db *DB) setPaused(ctx context.Context, id string, pause bool, now time.Time) (*job.Record, error) {
+	var out *job.Record
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		status, started, err := jobState(ctx, tx, id)
+		if err != nil {
+			return err
+		}
+		switch {
+		case pause && (status == herd.JobQueued || status == herd.JobScheduled || status == herd.JobRunning):
+			_, err = tx.ExecContext(ctx, `UPDATE jobs SET status = 'paused' WHERE job_id = ?`, id)
+		case !pause && status == herd.JobPaused:
+			// Back to running, or to queued for the scheduler if it had
+			// not started; a job whose devices all finished completes.
+			to := herd.JobQueued
+			if started {
+				to = herd.JobRunning
+			}
+			if _, err = tx.ExecContext(ctx, `UPDATE jobs SET status = ? WHERE job_id = ?`, string(to), id); err == nil {
+				err = finishIfDone(ctx, tx, id, now)
+			}
+		}
+		if err != nil {
+			return err
+		}
+		out, err = getJob(ctx, tx, id)
+		return err
+	})
+	if err != nil {
+		if herd.ErrorCodeOf(err) != herd.ErrInternal {
+			return nil, err
+		}
+		return nil, fmt.Errorf("pause or resume job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// FailureCounts counts a job's device outcomes by failure type.
+func (db *DB) FailureCounts(ctx context.Context, id string) (job.FailureCounts, error) {
+	var c job.FailureCounts
+	err := db.read.QueryRowContext(ctx, `SELECT
+		coalesce(sum(status IN ('completed', 'failed')), 0),
+		coalesce(sum(status = 'failed' AND error_code = ?), 0),
+		coalesce(sum(status = 'failed' AND error_code = ?), 0),
+		coalesce(sum(status = 'failed' AND coalesce(error_code, '') NOT IN (?, ?)
+			OR status = 'completed' AND json_extract(outcome, '$.deviceMethodResponse.status') >= 400), 0)
+		FROM device_jobs WHERE job_id = ?`,
+		string(herd.ErrDeviceNotOnline), string(herd.ErrGatewayTimeout),
+		string(herd.ErrDeviceNotOnline), string(herd.ErrGatewayTimeout), id).
+		Scan(&c.Executed, &c.NotOnline, &c.TimedOut, &c.Failed)
+	if err != nil {
+		return c, fmt.Errorf("failure counts of job %q: %w", id, err)
+	}
+	return c, nil
 }
 
 // PendingDevices returns pending device ids after the cursor.
@@ -527,9 +637,9 @@ func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.Devi
 		n, _ := res.RowsAffected()
 		_, err = tx.ExecContext(ctx, `UPDATE jobs SET
 			failed_count = failed_count + ?, pending_count = 0, running_count = 0, end_time = ?,
-			failure_reason = CASE status WHEN 'running' THEN ? ELSE failure_reason END,
+			failure_reason = CASE WHEN status IN ('running', 'paused') THEN ? ELSE failure_reason END,
 			status_message = succeeded_count || ' of ' || device_count || ' devices succeeded, ' || (failed_count + ?) || ' failed',
-			status = CASE status WHEN 'running' THEN 'failed' ELSE status END
+			status = CASE WHEN status IN ('running', 'paused') THEN 'failed' ELSE status END
 			WHERE job_id = ? AND end_time IS NULL`, n, at, reason, n, id)
 		return err
 	})

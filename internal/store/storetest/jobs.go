@@ -26,6 +26,7 @@ var jobTests = []struct {
 	{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
 	{"ManyDistinctOutcomes", testManyDistinctOutcomes},
 	{"CancelAndExpire", testCancelAndExpire},
+	{"PauseResumeAbort", testPauseResumeAbort},
 	{"Purge", testPurge},
 }
 
@@ -584,6 +585,146 @@ func testManyDistinctOutcomes(t *testing.T, s JobStore) {
 			if d.Error == nil || d.Error.Code != "DeviceNotOnline" || d.StartTimeUTC.IsZero() {
 				t.Errorf("%s: %+v", d.DeviceID, d)
 			}
+		}
+	}
+}
+
+func testPauseResumeAbort(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "p1", "p2", "p3", "p4", "p5")
+	// The herd options are stored and read back as written.
+	r := newJob(t, "paced", herd.JobDeviceMethod, `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	r.Herd = &herd.JobOptions{
+		Rollout: &herd.Rollout{MaxPerMinute: 600, Exponential: &herd.ExponentialRate{BaseRatePerMinute: 50, IncrementFactor: 2,
+			RateIncreaseCriteria: herd.RateIncreaseCriteria{NumberOfSucceededDevices: 10}}},
+		Abort: &herd.AbortPolicy{Criteria: []herd.AbortCriterion{{FailureType: herd.FailureAny, ThresholdPercentage: 40, MinExecutedDevices: 2}}},
+	}
+	if err := s.CreateJob(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	got, err := s.Job(ctx, "paced")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a, b := job.EncodeOptions(got.Herd), job.EncodeOptions(r.Herd); a != b || a == "" {
+		t.Errorf("herd options read back as %s, want %s", a, b)
+	}
+	if plain := methodJob(t, s, "plain"); plain != nil {
+		if got, _ := s.Job(ctx, "plain"); got.Herd != nil {
+			t.Errorf("a job without options reads back with %+v", got.Herd)
+		}
+	}
+	// Paused before it starts: resumed, it is queued again.
+	if r, err := s.PauseJob(ctx, "plain", t0); err != nil || r.Status != herd.JobPaused || r.EndTime != nil {
+		t.Fatalf("pause queued: %+v %v", r, err)
+	}
+	if active, _ := s.ActiveJobs(ctx); len(active) != 2 {
+		t.Errorf("active jobs with a paused one: %d, want 2", len(active))
+	}
+	if r, err := s.StartJob(ctx, "plain", everyDevice, t0); err != nil || r.Status != herd.JobPaused || r.DeviceJobStatistics.DeviceCount != 0 {
+		t.Errorf("a paused job started: %+v %v", r, err)
+	}
+	if r, err := s.ResumeJob(ctx, "plain", t0); err != nil || r.Status != herd.JobQueued {
+		t.Fatalf("resume before start: %+v %v", r, err)
+	}
+	if r, err := s.ResumeJob(ctx, "plain", t0); err != nil || r.Status != herd.JobQueued {
+		t.Errorf("resume of a queued job changed it: %+v %v", r, err)
+	}
+	// Paused while running: devices keep their states; cancel works.
+	if _, err := s.StartJob(ctx, "plain", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.ClaimDevices(ctx, "plain", []string{"p1"}, t0)
+	if r, err := s.PauseJob(ctx, "plain", t0); err != nil || r.Status != herd.JobPaused {
+		t.Fatalf("pause running: %+v %v", r, err)
+	}
+	checkStats(t, s, "plain", herd.DeviceJobStatistics{DeviceCount: 5, RunningCount: 1, PendingCount: 4})
+	if r, err := s.CancelJob(ctx, "plain", t0.Add(time.Second)); err != nil || r.Status != herd.JobCancelled || r.EndTime != nil {
+		t.Fatalf("cancel paused: %+v %v", r, err)
+	}
+	checkStats(t, s, "plain", herd.DeviceJobStatistics{DeviceCount: 5, RunningCount: 1, FailedCount: 4})
+	if r, err := s.PauseJob(ctx, "plain", t0); err != nil || r.Status != herd.JobCancelled {
+		t.Errorf("pause of a cancelled job changed it: %+v %v", r, err)
+	}
+	// A paused job whose last device finishes completes; so does one
+	// resumed with nothing left.
+	if _, err := s.StartJob(ctx, "paced", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.ClaimDevices(ctx, "paced", []string{"p1", "p2", "p3", "p4"}, t0)
+	ok := &herd.MethodResult{Status: 200, Payload: json.RawMessage("null")}
+	err = s.FinishDevices(ctx, "paced", []job.Outcome{
+		{DeviceID: "p1", Status: herd.DeviceJobCompleted, Response: ok},
+		{DeviceID: "p2", Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 500, Payload: json.RawMessage(`"no"`)}},
+		{DeviceID: "p3", Status: herd.DeviceJobFailed, Error: &herd.DeviceJobError{Code: "GatewayTimeout", Description: "slow"}},
+		{DeviceID: "p5", Status: herd.DeviceJobFailed, FromPending: true, Error: &herd.DeviceJobError{Code: "DeviceNotOnline", Description: "off"}},
+	}, t0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := s.FailureCounts(ctx, "paced")
+	if want := (job.FailureCounts{Executed: 4, Failed: 1, TimedOut: 1, NotOnline: 1}); err != nil || c != want {
+		t.Errorf("failure counts = %+v %v, want %+v", c, err, want)
+	}
+	if c.Of(herd.FailureAny) != 3 {
+		t.Errorf("Any = %d", c.Of(herd.FailureAny))
+	}
+	if _, err := s.PauseJob(ctx, "paced", t0); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FinishDevices(ctx, "paced", []job.Outcome{{DeviceID: "p4", Status: herd.DeviceJobCompleted, Response: ok}}, t0.Add(time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r = checkStats(t, s, "paced", herd.DeviceJobStatistics{DeviceCount: 5, SucceededCount: 3, FailedCount: 2})
+	if r.Status != herd.JobCompleted || r.EndTime == nil {
+		t.Errorf("paused job after its last device: %+v", r.Job)
+	}
+	// Abort: pending devices are canceled, the running one finishes, then
+	// the job ends failed with the reason.
+	methodJob(t, s, "bad")
+	if _, err := s.StartJob(ctx, "bad", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.ClaimDevices(ctx, "bad", []string{"p1"}, t0)
+	r, err = s.AbortJob(ctx, "bad", "too many failures", t0.Add(time.Second))
+	if err != nil || r.Status != herd.JobFailed || r.FailureReason != "too many failures" || r.EndTime != nil {
+		t.Fatalf("abort: %+v %v", r, err)
+	}
+	checkStats(t, s, "bad", herd.DeviceJobStatistics{DeviceCount: 5, RunningCount: 1, FailedCount: 4})
+	active, _ := s.ActiveJobs(ctx)
+	if !slices.ContainsFunc(active, func(r *job.Record) bool { return r.JobID == "bad" }) {
+		t.Errorf("an aborting job is not active")
+	}
+	if c, _ := s.FailureCounts(ctx, "bad"); c.Executed != 0 {
+		t.Errorf("canceled devices counted as executed: %+v", c)
+	}
+	if err := s.FinishDevices(ctx, "bad", []job.Outcome{{DeviceID: "p1", Status: herd.DeviceJobCompleted, Response: ok}}, t0.Add(2*time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r = checkStats(t, s, "bad", herd.DeviceJobStatistics{DeviceCount: 5, SucceededCount: 1, FailedCount: 4})
+	if r.Status != herd.JobFailed || r.EndTime == nil || r.FailureReason != "too many failures" {
+		t.Errorf("aborted job after its last running device: %+v", r.Job)
+	}
+	if r, err := s.AbortJob(ctx, "bad", "again", t0.Add(time.Hour)); err != nil || r.FailureReason != "too many failures" {
+		t.Errorf("aborting an ended job changed it: %+v %v", r, err)
+	}
+	// The deadline of a paused job fails it.
+	methodJob(t, s, "sleepy")
+	s.StartJob(ctx, "sleepy", everyDevice, t0)
+	s.PauseJob(ctx, "sleepy", t0)
+	if err := s.ExpireJob(ctx, "sleepy", "too slow", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if r, _ := s.Job(ctx, "sleepy"); r.Status != herd.JobFailed || r.FailureReason != "too slow" {
+		t.Errorf("expired paused job: %+v", r.Job)
+	}
+	for _, f := range []func() (*job.Record, error){
+		func() (*job.Record, error) { return s.PauseJob(ctx, "nope", t0) },
+		func() (*job.Record, error) { return s.ResumeJob(ctx, "nope", t0) },
+		func() (*job.Record, error) { return s.AbortJob(ctx, "nope", "x", t0) },
+	} {
+		if _, err := f(); !herd.IsCode(err, herd.ErrJobNotFound) {
+			t.Errorf("unknown job: %v, want JobNotFound", err)
 		}
 	}
 }

@@ -1,0 +1,308 @@
+package job
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"math"
+	"strings"
+
+	"github.com/herd-iot/herd"
+)
+
+// Bounds of the "herd" member's numbers.
+const (
+	// MaxRatePerMinute bounds a rollout's rates: a hundred million
+	// devices a minute is far past what one hub does, and keeps the
+	// pacing arithmetic exact.
+	MaxRatePerMinute = 100_000_000
+	// MaxIncrementFactor bounds an exponential rollout's factor.
+	MaxIncrementFactor = 100
+)
+
+// notYet are members of the rollout design (docs/jobs.md) that this
+// version refuses rather than ignores: a job must not look steered when it
+// is not.
+var notYet = map[string]string{
+	"retry":      "herd.retry",
+	"continuous": "herd.continuous",
+}
+
+// enforced says whether the engine honours rollout and abort options yet:
+// until it does, a job that sets them is refused (ParseRequest), while the
+// parsing, validation and storage below are in place and tested.
+var enforced = false
+
+var notYetRollout = map[string]string{
+	"waves":             "herd.rollout.waves",
+	"pauseBetweenWaves": "herd.rollout.pauseBetweenWaves",
+}
+
+// parseOptions checks a job's "herd" member: an object whose members are
+// each known and within bounds. It returns nil for a null member.
+func parseOptions(raw json.RawMessage) (*herd.JobOptions, error) {
+	if isNull(raw) {
+		return nil, nil
+	}
+	members, err := object(raw, "herd")
+	if err != nil {
+		return nil, err
+	}
+	out := &herd.JobOptions{}
+	for k, v := range members {
+		switch k {
+		case "rollout":
+			if out.Rollout, err = parseRollout(v); err != nil {
+				return nil, err
+			}
+		case "abort":
+			if out.Abort, err = parseAbort(v); err != nil {
+				return nil, err
+			}
+		default:
+			if name, ok := notYet[k]; ok {
+				return nil, invalid("%s is not supported by this version of Herd", name)
+			}
+			return nil, invalid("herd.%s is not a member of a job's herd options (rollout, abort)", k)
+		}
+	}
+	if out.Rollout == nil && out.Abort == nil {
+		return nil, nil
+	}
+	if !enforced {
+		name := "herd.abort"
+		if out.Rollout != nil {
+			name = "herd.rollout"
+		}
+		return nil, invalid("%s is not supported by this version of Herd: it is validated, but the engine does not pace or abort jobs yet", name)
+	}
+	return out, nil
+}
+
+// object decodes a JSON object into its raw members; null members are
+// dropped (as absent).
+func object(raw json.RawMessage, name string) (map[string]json.RawMessage, error) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] != '{' {
+		return nil, invalid("%s must be a JSON object, not %s", name, raw)
+	}
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(raw, &m); err != nil {
+		return nil, invalid("%s is not a valid JSON object: %v", name, err)
+	}
+	for k, v := range m {
+		if isNull(v) {
+			delete(m, k)
+		}
+	}
+	return m, nil
+}
+
+func parseRollout(raw json.RawMessage) (*herd.Rollout, error) {
+	members, err := object(raw, "herd.rollout")
+	if err != nil {
+		return nil, err
+	}
+	out := &herd.Rollout{}
+	for k, v := range members {
+		switch k {
+		case "maxPerMinute":
+			if out.MaxPerMinute, err = rate(v, "herd.rollout.maxPerMinute"); err != nil {
+				return nil, err
+			}
+		case "exponential":
+			if out.Exponential, err = parseExponential(v); err != nil {
+				return nil, err
+			}
+		default:
+			if name, ok := notYetRollout[k]; ok {
+				return nil, invalid("%s is not supported by this version of Herd", name)
+			}
+			return nil, invalid("herd.rollout.%s is not a member of a rollout (maxPerMinute, exponential)", k)
+		}
+	}
+	if out.MaxPerMinute == 0 && out.Exponential == nil {
+		return nil, invalid("herd.rollout needs maxPerMinute and/or exponential")
+	}
+	if e := out.Exponential; e != nil && out.MaxPerMinute > 0 && e.BaseRatePerMinute > out.MaxPerMinute {
+		return nil, invalid("herd.rollout.exponential.baseRatePerMinute (%d) is above maxPerMinute (%d)", e.BaseRatePerMinute, out.MaxPerMinute)
+	}
+	return out, nil
+}
+
+// rate reads a whole number of devices per minute within bounds.
+func rate(raw json.RawMessage, name string) (int64, error) {
+	v, err := wholeNumber(raw)
+	if err != nil || v < 1 || v > MaxRatePerMinute {
+		return 0, invalid("%s must be a whole number of devices per minute from 1 to %d, not %s", name, MaxRatePerMinute, raw)
+	}
+	return v, nil
+}
+
+func parseExponential(raw json.RawMessage) (*herd.ExponentialRate, error) {
+	members, err := object(raw, "herd.rollout.exponential")
+	if err != nil {
+		return nil, err
+	}
+	out := &herd.ExponentialRate{}
+	var haveBase, haveFactor, haveCriteria bool
+	for k, v := range members {
+		switch k {
+		case "baseRatePerMinute":
+			if out.BaseRatePerMinute, err = rate(v, "herd.rollout.exponential.baseRatePerMinute"); err != nil {
+				return nil, err
+			}
+			haveBase = true
+		case "incrementFactor":
+			f, ok := number(v)
+			if !ok || f <= 1 || f > MaxIncrementFactor {
+				return nil, invalid("herd.rollout.exponential.incrementFactor must be a number above 1 and at most %d, not %s", MaxIncrementFactor, v)
+			}
+			out.IncrementFactor, haveFactor = f, true
+		case "rateIncreaseCriteria":
+			c, err := object(v, "herd.rollout.exponential.rateIncreaseCriteria")
+			if err != nil {
+				return nil, err
+			}
+			for ck, cv := range c {
+				if ck != "numberOfSucceededDevices" {
+					return nil, invalid("herd.rollout.exponential.rateIncreaseCriteria.%s is not supported (numberOfSucceededDevices is)", ck)
+				}
+				n, err := wholeNumber(cv)
+				if err != nil || n < 1 {
+					return nil, invalid("herd.rollout.exponential.rateIncreaseCriteria.numberOfSucceededDevices must be a whole number of at least 1, not %s", cv)
+				}
+				out.RateIncreaseCriteria.NumberOfSucceededDevices, haveCriteria = n, true
+			}
+		default:
+			return nil, invalid("herd.rollout.exponential.%s is not a member of an exponential rate (baseRatePerMinute, incrementFactor, rateIncreaseCriteria)", k)
+		}
+	}
+	switch {
+	case !haveBase:
+		return nil, herd.Errorf(herd.ErrArgumentNull, "herd.rollout.exponential.baseRatePerMinute is required")
+	case !haveFactor:
+		return nil, herd.Errorf(herd.ErrArgumentNull, "herd.rollout.exponential.incrementFactor is required")
+	case !haveCriteria:
+		return nil, herd.Errorf(herd.ErrArgumentNull, "herd.rollout.exponential.rateIncreaseCriteria.numberOfSucceededDevices is required")
+	}
+	return out, nil
+}
+
+// number reads a JSON number (not a string holding one).
+func number(raw json.RawMessage) (float64, bool) {
+	raw = bytes.TrimSpace(raw)
+	if len(raw) == 0 || raw[0] == '"' {
+		return 0, false
+	}
+	var f float64
+	if json.Unmarshal(raw, &f) != nil || math.IsNaN(f) || math.IsInf(f, 0) {
+		return 0, false
+	}
+	return f, true
+}
+
+// MaxAbortCriteria bounds herd.abort.criteria.
+const MaxAbortCriteria = 10
+
+var failureTypes = []herd.FailureType{herd.FailureFailed, herd.FailureTimedOut, herd.FailureNotOnline, herd.FailureAny}
+
+func parseAbort(raw json.RawMessage) (*herd.AbortPolicy, error) {
+	members, err := object(raw, "herd.abort")
+	if err != nil {
+		return nil, err
+	}
+	out := &herd.AbortPolicy{}
+	for k, v := range members {
+		if k != "criteria" {
+			return nil, invalid("herd.abort.%s is not a member of an abort policy (criteria)", k)
+		}
+		var list []json.RawMessage
+		if json.Unmarshal(v, &list) != nil {
+			return nil, invalid("herd.abort.criteria must be an array, not %s", v)
+		}
+		if len(list) == 0 || len(list) > MaxAbortCriteria {
+			return nil, invalid("herd.abort.criteria must hold from 1 to %d criteria, not %d", MaxAbortCriteria, len(list))
+		}
+		for i, c := range list {
+			crit, err := parseCriterion(c, fmt.Sprintf("herd.abort.criteria[%d]", i))
+			if err != nil {
+				return nil, err
+			}
+			out.Criteria = append(out.Criteria, crit)
+		}
+	}
+	if len(out.Criteria) == 0 {
+		return nil, herd.Errorf(herd.ErrArgumentNull, "herd.abort needs criteria")
+	}
+	return out, nil
+}
+
+func parseCriterion(raw json.RawMessage, name string) (herd.AbortCriterion, error) {
+	var out herd.AbortCriterion
+	members, err := object(raw, name)
+	if err != nil {
+		return out, err
+	}
+	var haveType, haveThreshold bool
+	out.MinExecutedDevices = 1
+	for k, v := range members {
+		switch k {
+		case "failureType":
+			var s string
+			if json.Unmarshal(v, &s) != nil {
+				return out, invalid("%s.failureType must be a string", name)
+			}
+			for _, t := range failureTypes {
+				if strings.EqualFold(s, string(t)) {
+					out.FailureType, haveType = t, true
+				}
+			}
+			if !haveType {
+				return out, invalid("%s.failureType %q is not one of Failed, TimedOut, DeviceNotOnline, Any", name, s)
+			}
+		case "thresholdPercentage":
+			f, ok := number(v)
+			if !ok || f <= 0 || f > 100 {
+				return out, invalid("%s.thresholdPercentage must be a number above 0 and at most 100, not %s", name, v)
+			}
+			out.ThresholdPercentage, haveThreshold = f, true
+		case "minExecutedDevices":
+			n, err := wholeNumber(v)
+			if err != nil || n < 1 {
+				return out, invalid("%s.minExecutedDevices must be a whole number of at least 1, not %s", name, v)
+			}
+			out.MinExecutedDevices = n
+		default:
+			return out, invalid("%s.%s is not a member of an abort criterion (failureType, thresholdPercentage, minExecutedDevices)", name, k)
+		}
+	}
+	switch {
+	case !haveType:
+		return out, herd.Errorf(herd.ErrArgumentNull, "%s.failureType is required", name)
+	case !haveThreshold:
+		return out, herd.Errorf(herd.ErrArgumentNull, "%s.thresholdPercentage is required", name)
+	}
+	return out, nil
+}
+
+// EncodeOptions is the stored form of a job's herd options ("" for none).
+func EncodeOptions(o *herd.JobOptions) string {
+	if o == nil {
+		return ""
+	}
+	b, _ := json.Marshal(o)
+	return string(b)
+}
+
+// DecodeOptions reads the stored form of a job's herd options.
+func DecodeOptions(s string) (*herd.JobOptions, error) {
+	if s == "" {
+		return nil, nil
+	}
+	var o herd.JobOptions
+	if err := json.Unmarshal([]byte(s), &o); err != nil {
+		return nil, err
+	}
+	return &o, nil
+}
