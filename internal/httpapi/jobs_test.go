@@ -106,7 +106,26 @@ func TestJobWire(t *testing.T) {
 	resp, body = r.do(http.MethodPost, "/jobs/v2/nope/cancel?api-version=2021-04-12", "", map[string]string{"Content-Length": "0"})
 	expectError(t, resp, body, 404, herd.ErrJobNotFound)
 
-	// Cancel: Content-Length 0, no Content-Type.
+	// Pause and resume (Herd's), no body; then cancel: Content-Length 0,
+	// no Content-Type.
+	resp, body = r.do(http.MethodPost, "/jobs/v2/nope/pause?api-version=2021-04-12", "", nil)
+	expectError(t, resp, body, 404, herd.ErrJobNotFound)
+	resp, body = r.do(http.MethodPost, "/jobs/v2/42/pause?api-version=2021-04-12", "", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"paused"`) {
+		t.Fatalf("pause: %d %s", resp.StatusCode, body)
+	}
+	resp, body = r.do(http.MethodGet, "/jobs/v2/query?api-version=2021-04-12&jobStatus=Paused", "", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"jobId":"42"`) {
+		t.Errorf("list paused: %d %s", resp.StatusCode, body)
+	}
+	resp, body = r.do(http.MethodPost, "/jobs/v2/42/resume?api-version=2021-04-12", "", nil)
+	if resp.StatusCode != 200 || strings.Contains(string(body), `"status":"paused"`) {
+		t.Fatalf("resume: %d %s", resp.StatusCode, body)
+	}
+	resp, body = r.do(http.MethodPost, "/jobs/v2/42/pause?api-version=2021-04-12", "", nil)
+	if resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"paused"`) {
+		t.Fatalf("pause again: %d %s", resp.StatusCode, body)
+	}
 	resp, body = r.do(http.MethodPost, "/jobs/v2/42/cancel?api-version=2021-04-12", "", nil)
 	if resp.StatusCode != 200 || !strings.Contains(string(body), `"status":"cancelled"`) {
 		t.Fatalf("cancel: %d %s", resp.StatusCode, body)
@@ -254,17 +273,19 @@ func TestJobRights(t *testing.T) {
 	calls := []call{
 		{"put twin job", http.MethodPut, "/jobs/v2/%s", twinJob},
 		{"put method job", http.MethodPut, "/jobs/v2/%s", methodJob},
+		{"pause twin job", http.MethodPost, "/jobs/v2/ctwin/pause", ""},
+		{"resume method job", http.MethodPost, "/jobs/v2/cmethod/resume", ""},
 		{"cancel twin job", http.MethodPost, "/jobs/v2/ctwin/cancel", ""},
 		{"cancel method job", http.MethodPost, "/jobs/v2/cmethod/cancel", ""},
 		{"get job", http.MethodGet, "/jobs/v2/ctwin", ""},
 		{"list jobs", http.MethodGet, "/jobs/v2/query", ""},
 	}
 	allowed := map[string][]bool{ // in the order of calls
-		"iothubowner":       {true, true, true, true, true, true},
-		"service":           {true, true, true, true, true, true},
-		"registryReadWrite": {true, false, true, false, true, true},
-		"registryRead":      {false, false, false, false, true, true},
-		"device":            {false, false, false, false, false, false},
+		"iothubowner":       {true, true, true, true, true, true, true, true},
+		"service":           {true, true, true, true, true, true, true, true},
+		"registryReadWrite": {true, false, true, false, true, false, true, true},
+		"registryRead":      {false, false, false, false, false, false, true, true},
+		"device":            {false, false, false, false, false, false, false, false},
 	}
 	// Refused calls come first, so that the cancels they try find the jobs
 	// still queued.
