@@ -148,3 +148,23 @@ func TestClose(t *testing.T) {
 		t.Fatalf("%d requests reached the hub after Close", hits-before)
 	}
 }
+
+// PauseJob and ResumeJob move a job to paused and back.
+func TestPauseAndResumeJob(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	start := time.Now().Add(time.Hour)
+	if _, err := h.Service.ScheduleTwinUpdate(ctx, "later", "*", herd.TwinPatch{Tags: map[string]any{"x": 1}},
+		service.JobOptions{StartTime: start}); err != nil {
+		t.Fatal(err)
+	}
+	if j, err := h.Service.PauseJob(ctx, "later"); err != nil || j.Status != herd.JobPaused {
+		t.Fatalf("pause: %+v %v", j, err)
+	}
+	if j, err := h.Service.ResumeJob(ctx, "later"); err != nil || j.Status == herd.JobPaused || j.EndTime != nil {
+		t.Fatalf("resume: %+v %v", j, err)
+	}
+	if _, err := h.Service.PauseJob(ctx, "nope"); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("pause unknown: %v", err)
+	}
+}

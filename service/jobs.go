@@ -73,6 +73,26 @@ func (c *Client) CancelJob(ctx context.Context, jobID string) (*herd.Job, error)
 	return &out, nil
 }
 
+// PauseJob pauses a job (Herd's POST /jobs/v2/{id}/pause): it starts no
+// more devices until ResumeJob; calls in flight finish and its deadline
+// keeps running. A job in another state is returned unchanged.
+func (c *Client) PauseJob(ctx context.Context, jobID string) (*herd.Job, error) {
+	var out herd.Job
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: jobPath(jobID) + "/pause", out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// ResumeJob resumes a paused job (Herd's POST /jobs/v2/{id}/resume).
+func (c *Client) ResumeJob(ctx context.Context, jobID string) (*herd.Job, error) {
+	var out herd.Job
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: jobPath(jobID) + "/resume", out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
 // JobFilter narrows ListJobs; zero values match every job.
 type JobFilter struct {
 	Type   herd.JobType

@@ -26,7 +26,8 @@ func jobCommand(e *env) *cobra.Command {
 	})
 	cf.register(cmd)
 	cmd.AddCommand(scheduleMethodCommand(e, &cf), scheduleTwinCommand(e, &cf),
-		jobShowCommand(e, &cf), jobListCommand(e, &cf), jobCancelCommand(e, &cf), jobWatchCommand(e, &cf))
+		jobShowCommand(e, &cf), jobListCommand(e, &cf), jobCancelCommand(e, &cf),
+		jobPauseCommand(e, &cf), jobResumeCommand(e, &cf), jobWatchCommand(e, &cf))
 	return cmd
 }
 
@@ -217,12 +218,20 @@ func jobListCommand(e *env, cf *clientFlags) *cobra.Command {
 		},
 	}
 	cmd.Flags().StringVar(&typ, "type", "", "only jobs of this type: scheduleDeviceMethod or scheduleUpdateTwin")
-	cmd.Flags().StringVar(&status, "status", "", "only jobs in this status: queued, scheduled, running, completed, failed or cancelled")
+	cmd.Flags().StringVar(&status, "status", "", "only jobs in this status: queued, scheduled, running, paused, completed, failed or cancelled")
 	return cmd
 }
 
 func jobCancelCommand(e *env, cf *clientFlags) *cobra.Command {
 	return jobCallCommand(e, cf, "cancel JOB-ID", "Cancel a job: pending devices are canceled, running ones finish", (*service.Client).CancelJob)
+}
+
+func jobPauseCommand(e *env, cf *clientFlags) *cobra.Command {
+	return jobCallCommand(e, cf, "pause JOB-ID", "Pause a job: no more devices start until it is resumed; calls in flight finish, the deadline keeps running", (*service.Client).PauseJob)
+}
+
+func jobResumeCommand(e *env, cf *clientFlags) *cobra.Command {
+	return jobCallCommand(e, cf, "resume JOB-ID", "Resume a paused job from its pending devices", (*service.Client).ResumeJob)
 }
 
 func jobWatchCommand(e *env, cf *clientFlags) *cobra.Command {

@@ -41,6 +41,14 @@ func TestJobCLI(t *testing.T) {
 	if err != nil || !strings.Contains(out, `"status": "queued"`) {
 		t.Fatalf("schedule later: %v\n%s", err, out)
 	}
+	out, err = runCLI(t, env, "job", "pause", "later")
+	if err != nil || !strings.Contains(out, "paused") {
+		t.Errorf("pause: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "resume", "later")
+	if err != nil || strings.Contains(out, "paused") {
+		t.Errorf("resume: %v\n%s", err, out)
+	}
 	out, err = runCLI(t, env, "job", "cancel", "later")
 	if err != nil || !strings.Contains(out, "cancelled") {
 		t.Errorf("cancel: %v\n%s", err, out)

@@ -40,7 +40,7 @@ type jobRow struct {
 	Progress progressView
 }
 
-var jobStatuses = []string{"queued", "scheduled", "running", "completed", "failed", "cancelled"}
+var jobStatuses = []string{"queued", "scheduled", "running", "paused", "completed", "failed", "cancelled"}
 
 func (s *Server) jobs(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
@@ -138,7 +138,10 @@ type jobData struct {
 	Next      string
 	First     string
 	CanCancel bool
-	Request   string
+	// CanPause and CanResume: the caller may steer the job, and it is
+	// in a state that pauses (queued, scheduled, running) or resumes.
+	CanPause, CanResume bool
+	Request             string
 }
 
 var deviceJobStatuses = []string{"pending", "running", "completed", "failed", "canceled"}
@@ -160,6 +163,8 @@ func (s *Server) job(w http.ResponseWriter, r *http.Request, c *call) error {
 		}
 	}
 	jd.CanCancel = !jd.Progress.Ended && !j.Status.Terminal() && c.policy.Require(httpapi.JobRights(j.Type), "") == nil
+	jd.CanPause = jd.CanCancel && j.Status != herd.JobPaused
+	jd.CanResume = jd.CanCancel && j.Status == herd.JobPaused
 	switch {
 	case j.CloudToDeviceMethod != nil:
 		jd.Request = prettyJSON(j.CloudToDeviceMethod)
@@ -189,6 +194,26 @@ func (s *Server) job(w http.ResponseWriter, r *http.Request, c *call) error {
 	d := s.data(r, c, "Job "+id)
 	d.Body = jd
 	s.render(w, http.StatusOK, "job", d)
+	return nil
+}
+
+// pauseJob and resumeJob pause and resume a job (POST
+// /jobs/v2/{id}/pause, /resume: the rights of creating it).
+func (s *Server) pauseJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	id := r.PathValue("id")
+	if _, err := s.cfg.Jobs.Pause(r.Context(), id, allow(c.policy, "pausing")); err != nil {
+		return err
+	}
+	s.redirect(w, r, c, "/ui/jobs/"+pathEscape(id), "Job paused: no more devices start; calls in flight finish.")
+	return nil
+}
+
+func (s *Server) resumeJob(w http.ResponseWriter, r *http.Request, c *call) error {
+	id := r.PathValue("id")
+	if _, err := s.cfg.Jobs.Resume(r.Context(), id, allow(c.policy, "resuming")); err != nil {
+		return err
+	}
+	s.redirect(w, r, c, "/ui/jobs/"+pathEscape(id), "Job resumed.")
 	return nil
 }
 

@@ -164,6 +164,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /ui/jobs", s.post(write|svc, s.createJob))
 	s.mux.HandleFunc("GET /ui/jobs/{id}", s.page(anyService, s.job))
 	s.mux.HandleFunc("POST /ui/jobs/{id}/cancel", s.post(write|svc, s.cancelJob))
+	s.mux.HandleFunc("POST /ui/jobs/{id}/pause", s.post(write|svc, s.pauseJob))
+	s.mux.HandleFunc("POST /ui/jobs/{id}/resume", s.post(write|svc, s.resumeJob))
 	s.mux.HandleFunc("GET /ui/jobs/{id}/events", s.page(anyService, s.jobEvents))
 	// Monitor, as GET /events.
 	s.mux.HandleFunc("GET /ui/monitor", s.page(svc, s.monitor))

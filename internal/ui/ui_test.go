@@ -308,7 +308,7 @@ func TestReadOnlyPolicySeesAndDoesNoWrites(t *testing.T) {
 		"/ui/devices":    {"Bulk action", "Preview job", "/ui/jobs/preview"},
 		"/ui/devices/d1": {"Disable", "Regenerate", "Save twin", "Invoke", "/twin\"", "/method\"", "Live telemetry"},
 		"/ui/jobs":       {"New job"},
-		"/ui/jobs/later": {"Cancel job"},
+		"/ui/jobs/later": {"Cancel job", "Pause job"},
 		"/ui/":           {"Monitor", "schedule a new one"},
 	}
 	for path, absent := range pages {
@@ -335,6 +335,8 @@ func TestReadOnlyPolicySeesAndDoesNoWrites(t *testing.T) {
 		"/ui/jobs/preview":          {"type": {"scheduleUpdateTwin"}, "condition": {"*"}, "tags": {`{"hacked":1}`}},
 		"/ui/jobs":                  {"jobId": {"forged"}, "body": {`{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}}}`}},
 		"/ui/jobs/later/cancel":     {},
+		"/ui/jobs/later/pause":      {},
+		"/ui/jobs/later/resume":     {},
 	} {
 		if p := b.post(path, form); p.status != http.StatusForbidden {
 			t.Errorf("POST %s as registryRead: %d, want 403", path, p.status)
@@ -361,6 +363,21 @@ func TestReadOnlyPolicySeesAndDoesNoWrites(t *testing.T) {
 	}
 	if p := rw.post("/ui/jobs/preview", url.Values{"type": {"scheduleDeviceMethod"}, "condition": {"*"}, "methodName": {"reboot"}}); p.status != http.StatusForbidden {
 		t.Errorf("method job preview as registryReadWrite: %d", p.status)
+	}
+	// ... and pauses and resumes them.
+	if p := rw.get("/ui/jobs/later"); !strings.Contains(p.body, "Pause job") || strings.Contains(p.body, "Resume job") {
+		t.Errorf("the twin job's page has no pause button for registryReadWrite")
+	}
+	rw.post("/ui/jobs/later/pause", url.Values{})
+	if j, _ := h.Service.GetJob(ctx, "later"); j.Status != herd.JobPaused {
+		t.Errorf("after Pause job: %s", j.Status)
+	}
+	if p := rw.get("/ui/jobs/later"); !strings.Contains(p.body, "Resume job") || strings.Contains(p.body, "Pause job") {
+		t.Errorf("the paused job's page has no resume button")
+	}
+	rw.post("/ui/jobs/later/resume", url.Values{})
+	if j, _ := h.Service.GetJob(ctx, "later"); j.Status == herd.JobPaused || j.EndTime != nil {
+		t.Errorf("after Resume job: %s", j.Status)
 	}
 }
 
