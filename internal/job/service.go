@@ -183,14 +183,8 @@ func (s *Service) Get(ctx context.Context, id string) (*herd.Job, error) {
 // A job that has ended is returned unchanged. allow is asked first with
 // the job's type.
 func (s *Service) Cancel(ctx context.Context, id string, allow Allow) (*herd.Job, error) {
-	if allow != nil {
-		r, err := s.store.Job(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if err := allow(r.Type); err != nil {
-			return nil, err
-		}
+	if err := s.check(ctx, id, allow); err != nil {
+		return nil, err
 	}
 	r, err := s.store.CancelJob(ctx, id, s.clock.Now())
 	if err != nil {
@@ -210,6 +204,19 @@ func (s *Service) Cancel(ctx context.Context, id string, allow Allow) (*herd.Job
 	return &r.Job, nil
 }
 
+// check asks allow (if not nil) whether the caller may change job id,
+// given its type.
+func (s *Service) check(ctx context.Context, id string, allow Allow) error {
+	if allow == nil {
+		return nil
+	}
+	r, err := s.store.Job(ctx, id)
+	if err != nil {
+		return err
+	}
+	return allow(r.Type)
+}
+
 // Pause pauses a job (POST /jobs/v2/{id}/pause): it starts no more
 // devices until it is resumed; calls in flight finish, offline devices
 // waited for stay pending, and the job's deadline keeps running. A job
@@ -226,14 +233,8 @@ func (s *Service) Resume(ctx context.Context, id string, allow Allow) (*herd.Job
 }
 
 func (s *Service) setPaused(ctx context.Context, id string, pause bool, allow Allow) (*herd.Job, error) {
-	if allow != nil {
-		r, err := s.store.Job(ctx, id)
-		if err != nil {
-			return nil, err
-		}
-		if err := allow(r.Type); err != nil {
-			return nil, err
-		}
+	if err := s.check(ctx, id, allow); err != nil {
+		return nil, err
 	}
 	var r *Record
 	var err error

@@ -301,13 +301,21 @@ func (db *DB) FailJob(ctx context.Context, id, reason string, now time.Time) err
 
 // CancelJob cancels a job that has not ended.
 func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	return db.changeJob(ctx, id, "cancel", func(tx pgx.Tx, status herd.JobStatus, started bool) error {
+		return stopJob(ctx, tx, id, status, started, herd.JobCancelled, "", now)
+	})
+}
+
+// changeJob runs change on a job's status and start in one transaction and
+// returns the job after; op names the change in an internal error.
+func (db *DB) changeJob(ctx context.Context, id, op string, change func(tx pgx.Tx, status herd.JobStatus, started bool) error) (*job.Record, error) {
 	var out *job.Record
 	err := db.tx(ctx, func(tx pgx.Tx) error {
 		status, started, err := jobState(ctx, tx, id)
 		if err != nil {
 			return err
 		}
-		if err := stopJob(ctx, tx, id, status, started, herd.JobCancelled, "", now); err != nil {
+		if err := change(tx, status, started); err != nil {
 			return err
 		}
 		out, err = getJob(ctx, tx, id)
@@ -317,7 +325,7 @@ func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Rec
 		if herd.ErrorCodeOf(err) != herd.ErrInternal {
 			return nil, err
 		}
-		return nil, fmt.Errorf("cancel job %q: %w", id, err)
+		return nil, fmt.Errorf("%s job %q: %w", op, id, err)
 	}
 	return out, nil
 }
@@ -363,73 +371,42 @@ func jobState(ctx context.Context, tx pgx.Tx, id string) (herd.JobStatus, bool, 
 
 // AbortJob fails a job whose abort criterion fired.
 func (db *DB) AbortJob(ctx context.Context, id, reason string, now time.Time) (*job.Record, error) {
-	var out *job.Record
-	err := db.tx(ctx, func(tx pgx.Tx) error {
-		status, started, err := jobState(ctx, tx, id)
-		if err != nil {
-			return err
+	return db.changeJob(ctx, id, "abort", func(tx pgx.Tx, status herd.JobStatus, started bool) error {
+		if status != herd.JobRunning && status != herd.JobPaused {
+			return nil
 		}
-		if status == herd.JobRunning || status == herd.JobPaused {
-			if err := stopJob(ctx, tx, id, status, started, herd.JobFailed, reason, now); err != nil {
-				return err
-			}
-		}
-		out, err = getJob(ctx, tx, id)
-		return err
+		return stopJob(ctx, tx, id, status, started, herd.JobFailed, reason, now)
 	})
-	if err != nil {
-		if herd.ErrorCodeOf(err) != herd.ErrInternal {
-			return nil, err
-		}
-		return nil, fmt.Errorf("abort job %q: %w", id, err)
-	}
-	return out, nil
 }
 
 // PauseJob pauses a job that has not ended.
 func (db *DB) PauseJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
-	return db.setPaused(ctx, id, true, now)
-}
-
-// ResumeJob resumes a paused job.
-func (db *DB) ResumeJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
-	return db.setPaused(ctx, id, false, now)
-}
-
-func (db *DB) setPaused(ctx context.Context, id string, pause bool, now time.Time) (*job.Record, error) {
-	var out *job.Record
-	err := db.tx(ctx, func(tx pgx.Tx) error {
-		status, started, err := jobState(ctx, tx, id)
-		if err != nil {
-			return err
+	return db.changeJob(ctx, id, "pause", func(tx pgx.Tx, status herd.JobStatus, started bool) error {
+		if status != herd.JobQueued && status != herd.JobScheduled && status != herd.JobRunning {
+			return nil
 		}
-		switch {
-		case pause && (status == herd.JobQueued || status == herd.JobScheduled || status == herd.JobRunning):
-			_, err = tx.Exec(ctx, `UPDATE jobs SET status = 'paused' WHERE job_id = $1`, id)
-		case !pause && status == herd.JobPaused:
-			// Back to running, or to queued for the scheduler if it had
-			// not started; a job whose devices all finished completes.
-			to := herd.JobQueued
-			if started {
-				to = herd.JobRunning
-			}
-			if _, err = tx.Exec(ctx, `UPDATE jobs SET status = $1 WHERE job_id = $2`, string(to), id); err == nil {
-				err = finishIfDone(ctx, tx, id, now)
-			}
-		}
-		if err != nil {
-			return err
-		}
-		out, err = getJob(ctx, tx, id)
+		_, err := tx.Exec(ctx, `UPDATE jobs SET status = 'paused' WHERE job_id = $1`, id)
 		return err
 	})
-	if err != nil {
-		if herd.ErrorCodeOf(err) != herd.ErrInternal {
-			return nil, err
+}
+
+// ResumeJob resumes a paused job: back to running, or to queued for the
+// scheduler if it had not started; a job whose devices all finished
+// completes.
+func (db *DB) ResumeJob(ctx context.Context, id string, now time.Time) (*job.Record, error) {
+	return db.changeJob(ctx, id, "resume", func(tx pgx.Tx, status herd.JobStatus, started bool) error {
+		if status != herd.JobPaused {
+			return nil
 		}
-		return nil, fmt.Errorf("pause or resume job %q: %w", id, err)
-	}
-	return out, nil
+		to := herd.JobQueued
+		if started {
+			to = herd.JobRunning
+		}
+		if _, err := tx.Exec(ctx, `UPDATE jobs SET status = $1 WHERE job_id = $2`, string(to), id); err != nil {
+			return err
+		}
+		return finishIfDone(ctx, tx, id, now)
+	})
 }
 
 // FailureCounts counts a job's device outcomes by failure type.
