@@ -18,6 +18,9 @@ type JobOptions struct {
 	// zero means the hub's default (one hour). It is sent in whole
 	// seconds.
 	MaxExecutionTime time.Duration
+	// Herd are Herd's own job options (the "herd" member: abort criteria;
+	// nil for none). The hub validates them; see docs/jobs.md.
+	Herd *herd.JobOptions
 }
 
 func jobPath(id string) string { return "/jobs/v2/" + url.PathEscape(id) }
@@ -47,6 +50,7 @@ func (c *Client) scheduleJob(ctx context.Context, j herd.Job, opts JobOptions) (
 	if opts.MaxExecutionTime > 0 {
 		j.MaxExecutionTimeInSeconds = int64((opts.MaxExecutionTime + time.Second - 1) / time.Second)
 	}
+	j.Herd = opts.Herd
 	var out herd.Job
 	if _, err := c.do(ctx, request{method: http.MethodPut, path: jobPath(j.JobID), body: j, out: &out}); err != nil {
 		return nil, err

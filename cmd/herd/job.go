@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -37,6 +38,7 @@ type scheduleFlags struct {
 	start   string
 	maxTime time.Duration
 	wait    bool
+	abort   []string
 }
 
 func (f *scheduleFlags) register(cmd *cobra.Command) {
@@ -44,6 +46,7 @@ func (f *scheduleFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.start, "start", "", "when to start: an ISO 8601 time, or a delay such as 10m (default: now)")
 	cmd.Flags().DurationVar(&f.maxTime, "max-time", 0, "the job's deadline after its start (default: 1h); devices not done by then fail")
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch); exit non-zero unless every device succeeded")
+	cmd.Flags().StringArrayVar(&f.abort, "abort", nil, "abort the job when failures reach a share: TYPE:PERCENT[:MIN-EXECUTED], TYPE one of Failed, TimedOut, DeviceNotOnline, Any (repeatable; e.g. Any:10:100)")
 }
 
 // scheduleLong is the help both scheduling commands share.
@@ -61,6 +64,16 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		return service.JobOptions{}, fmt.Errorf(`--query is required: the WHERE part of a twin query (--query "tags.building = 43"), or --query "*" for every device`)
 	}
 	opts := service.JobOptions{MaxExecutionTime: f.maxTime}
+	for _, a := range f.abort {
+		c, err := parseAbortFlag(a)
+		if err != nil {
+			return opts, err
+		}
+		if opts.Herd == nil {
+			opts.Herd = &herd.JobOptions{Abort: &herd.AbortPolicy{}}
+		}
+		opts.Herd.Abort.Criteria = append(opts.Herd.Abort.Criteria, c)
+	}
 	if f.start != "" {
 		if d, err := time.ParseDuration(strings.TrimPrefix(f.start, "+")); err == nil {
 			opts.StartTime = now.Add(d)
@@ -71,6 +84,29 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		}
 	}
 	return opts, nil
+}
+
+// parseAbortFlag reads an --abort value, TYPE:PERCENT[:MIN-EXECUTED]; the
+// hub checks the figures.
+func parseAbortFlag(v string) (herd.AbortCriterion, error) {
+	c := herd.AbortCriterion{MinExecutedDevices: 1}
+	parts := strings.Split(v, ":")
+	bad := fmt.Errorf("--abort %q: write TYPE:PERCENT[:MIN-EXECUTED], e.g. Any:10 or Failed:5:100 (TYPE: Failed, TimedOut, DeviceNotOnline, Any)", v)
+	if len(parts) < 2 || len(parts) > 3 {
+		return c, bad
+	}
+	c.FailureType = herd.FailureType(parts[0])
+	p, err := strconv.ParseFloat(strings.TrimSuffix(parts[1], "%"), 64)
+	if err != nil {
+		return c, bad
+	}
+	c.ThresholdPercentage = p
+	if len(parts) == 3 {
+		if c.MinExecutedDevices, err = strconv.ParseInt(parts[2], 10, 64); err != nil {
+			return c, bad
+		}
+	}
+	return c, nil
 }
 
 // after prints a new job, then watches it with --wait.
@@ -271,6 +307,12 @@ func printJob(e *env, cf *clientFlags, j *herd.Job) error {
 	if st := j.DeviceJobStatistics; st != nil {
 		fmt.Fprintf(w, "Devices:\t%d (succeeded %d, failed %d, running %d, pending %d)\n",
 			st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+	}
+	if j.Herd != nil && j.Herd.Abort != nil {
+		for _, c := range j.Herd.Abort.Criteria {
+			fmt.Fprintf(w, "Abort:\t%s at %s%% of at least %d executed\n", c.FailureType,
+				strconv.FormatFloat(c.ThresholdPercentage, 'f', -1, 64), c.MinExecutedDevices)
+		}
 	}
 	if j.StatusMessage != "" {
 		fmt.Fprintf(w, "Message:\t%s\n", j.StatusMessage)

@@ -89,6 +89,24 @@ func TestJobCLI(t *testing.T) {
 	if _, err := runCLI(t, env, "job", "schedule-twin", "x", "--tags", `{"x":1}`, "--query", "*", "--start", "someday"); err == nil || !strings.Contains(err.Error(), "--start") {
 		t.Errorf("bad start: %v", err)
 	}
+	// Abort criteria: sent in the job's herd member, shown by job show;
+	// a malformed flag is refused before the hub, a bad type by it.
+	out, err = runCLI(t, env, "job", "schedule-twin", "guarded", "--tags", `{"x":2}`, "--query", "*",
+		"--abort", "Any:10%:5", "--abort", "DeviceNotOnline:50", "--wait")
+	if err != nil {
+		t.Fatalf("--abort: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "show", "guarded")
+	if err != nil || !strings.Contains(out, "Any at 10% of at least 5 executed") ||
+		!strings.Contains(out, "DeviceNotOnline at 50% of at least 1 executed") {
+		t.Errorf("show guarded: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "g2", "--tags", `{"x":1}`, "--query", "*", "--abort", "Any"); err == nil || !strings.Contains(err.Error(), "TYPE:PERCENT") {
+		t.Errorf("--abort Any: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "g3", "--tags", `{"x":1}`, "--query", "*", "--abort", "Sad:10"); err == nil || !strings.Contains(err.Error(), "failureType") {
+		t.Errorf("--abort Sad:10: %v", err)
+	}
 	if _, err := runCLI(t, env, "job", "show", "nope"); err == nil || !strings.Contains(err.Error(), "JobNotFound") {
 		t.Errorf("show unknown: %v", err)
 	}

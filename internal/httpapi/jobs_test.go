@@ -63,6 +63,10 @@ func TestJobRequestsValidation(t *testing.T) {
 		{"condition with a bad operator", "j1", `{"type":"scheduleDeviceMethod","queryCondition":"tags.a == 1","cloudToDeviceMethod":{"methodName":"x"}}`, 400, herd.ErrArgumentInvalid},
 		{"arrays too deep", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":` + strings.Repeat("[", 10) + strings.Repeat("]", 10) + `}}}`, 400, herd.ErrArgumentInvalid},
 		{"arrays past SQLite's depth", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","properties":{"desired":{"a":` + strings.Repeat("[", 1200) + strings.Repeat("]", 1200) + `}}}}`, 400, herd.ErrArgumentInvalid},
+		{"herd not an object", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":[]}`, 400, herd.ErrArgumentInvalid},
+		{"herd abort bad type", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"abort":{"criteria":[{"failureType":"Sad","thresholdPercentage":5}]}}}`, 400, herd.ErrArgumentInvalid},
+		{"herd abort no threshold", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"abort":{"criteria":[{"failureType":"Any"}]}}}`, 400, herd.ErrArgumentNull},
+		{"herd rollout not yet", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"rollout":{"maxPerMinute":60}}}`, 400, herd.ErrArgumentInvalid},
 		{"invalid UTF-8", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":"` + "\xff" + `"}}}`, 400, herd.ErrIotHubFormatError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -332,4 +336,22 @@ func TestJobRights(t *testing.T) {
 			}
 		}
 	}
+}
+
+func TestJobHerdOptions(t *testing.T) {
+	h := hubtest.Start(t)
+	r := newRaw(t, h)
+	// Herd's abort criteria are stored and echoed, with the default
+	// minExecutedDevices filled in.
+	resp, body := r.do(http.MethodPut, "/jobs/v2/guarded?api-version=2021-04-12", `{"type":"scheduleUpdateTwin","queryCondition":"*",
+		"startTime":"2099-01-01T00:00:00Z","updateTwin":{"etag":"*","tags":{"a":1}},
+		"herd":{"abort":{"criteria":[{"failureType":"any","thresholdPercentage":12.5}]}}}`, nil)
+	want := `"herd":{"abort":{"criteria":[{"failureType":"Any","thresholdPercentage":12.5,"minExecutedDevices":1}]}}`
+	if resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+		t.Errorf("PUT with herd.abort: %d %s", resp.StatusCode, body)
+	}
+	if resp, body = r.do(http.MethodGet, "/jobs/v2/guarded?api-version=2021-04-12", "", nil); resp.StatusCode != 200 || !strings.Contains(string(body), want) {
+		t.Errorf("GET with herd.abort: %d %s", resp.StatusCode, body)
+	}
+
 }

@@ -188,12 +188,17 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	}
 	deadline := s.clock.AfterFunc(r.Deadline().Sub(s.clock.Now()), func() { run.stop(errDeadline) })
 	defer deadline.Stop()
-	var err error
+	// The aborter may abort at once: the job crossed a threshold just
+	// before it last stopped. The run then ends as for a cancel.
+	abort, err := s.newAborter(ctx, r, run.stop)
+	if err != nil {
+		return err
+	}
 	switch r.Type {
 	case herd.JobUpdateTwin:
-		err = s.runTwin(ctx, run.feed, r)
+		err = s.runTwin(ctx, run.feed, r, abort)
 	case herd.JobDeviceMethod:
-		err = s.runMethod(ctx, run.feed, r)
+		err = s.runMethod(ctx, run.feed, r, abort)
 	default:
 		return s.store.FailJob(ctx, r.JobID, fmt.Sprintf("job type %q cannot run", r.Type), s.clock.Now())
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -99,6 +100,9 @@ func (f *fleet) Invoke(ctx context.Context, id string, req herd.MethodRequest) (
 	}
 	if id == "silent" {
 		return nil, herd.Errorf(herd.ErrGatewayTimeout, "Timed out waiting for the response from device.")
+	}
+	if strings.HasPrefix(id, "bad") { // answers, with an error status
+		return &herd.MethodResult{Status: 500, Payload: json.RawMessage(`{"error":"broken"}`)}, nil
 	}
 	return &herd.MethodResult{Status: 200, Payload: json.RawMessage(fmt.Sprintf(`{"device":%q,"method":%q}`, id, req.MethodName))}, nil
 }

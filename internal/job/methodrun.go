@@ -34,6 +34,7 @@ type methodRun struct {
 	calls    sync.WaitGroup
 	waiters  sync.WaitGroup
 	claimErr error // first store failure of the claimer (claimer only)
+	abort    *aborter
 }
 
 // runMethod works through a method job's pending devices. A device that is
@@ -45,7 +46,7 @@ type methodRun struct {
 // up to that long, bounded by the job's deadline, and is invoked the moment
 // it comes online. Outcomes are written in batches. The global slot
 // limiter bounds the calls in flight.
-func (s *Service) runMethod(ctx, feed context.Context, r *Record) error {
+func (s *Service) runMethod(ctx, feed context.Context, r *Record, abort *aborter) error {
 	call, stopCalls := context.WithCancel(ctx)
 	defer stopCalls()
 	go func() {
@@ -54,7 +55,7 @@ func (s *Service) runMethod(ctx, feed context.Context, r *Record) error {
 			stopCalls()
 		}
 	}()
-	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call,
+	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, abort: abort,
 		claims: make(chan string, maxClaimBatch), outcomes: make(chan Outcome, maxWriteBatch)}
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- m.write() }()
@@ -258,6 +259,9 @@ func (m *methodRun) write() error {
 			default:
 				break drain
 			}
+		}
+		if err := m.abort.outcomes(m.call, batch); err != nil && firstErr == nil {
+			firstErr = err
 		}
 		if err := m.record(batch); err != nil {
 			firstErr = err

@@ -28,10 +28,10 @@ var notYet = map[string]string{
 	"continuous": "herd.continuous",
 }
 
-// enforced says whether the engine honours rollout and abort options yet:
-// until it does, a job that sets them is refused (ParseRequest), while the
-// parsing, validation and storage below are in place and tested.
-var enforced = false
+// paced says whether the engine paces rollouts yet: until it does, a job
+// that sets herd.rollout is refused (ParseRequest), while the parsing,
+// validation and storage below are in place and tested.
+var paced = false
 
 var notYetRollout = map[string]string{
 	"waves":             "herd.rollout.waves",
@@ -69,12 +69,8 @@ func parseOptions(raw json.RawMessage) (*herd.JobOptions, error) {
 	if out.Rollout == nil && out.Abort == nil {
 		return nil, nil
 	}
-	if !enforced {
-		name := "herd.abort"
-		if out.Rollout != nil {
-			name = "herd.rollout"
-		}
-		return nil, invalid("%s is not supported by this version of Herd: it is validated, but the engine does not pace or abort jobs yet", name)
+	if out.Rollout != nil && !paced {
+		return nil, invalid("herd.rollout is not supported by this version of Herd: it is validated, but the engine does not pace jobs yet")
 	}
 	return out, nil
 }

@@ -8,8 +8,8 @@ import (
 )
 
 func TestParseOptions(t *testing.T) {
-	enforced = true
-	defer func() { enforced = false }()
+	paced = true
+	defer func() { paced = false }()
 	good := `{"rollout":{"maxPerMinute":600,"exponential":{"baseRatePerMinute":50,"incrementFactor":2,
 		"rateIncreaseCriteria":{"numberOfSucceededDevices":1000}}},
 		"abort":{"criteria":[{"failureType":"any","thresholdPercentage":10,"minExecutedDevices":100}]}}`
@@ -54,8 +54,8 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
-// Until the engine paces and aborts jobs, a job that asks for it is
-// refused rather than run as if it were not.
+// Until the engine paces jobs, a job that asks for it is refused rather
+// than run as if it were not.
 func TestOptionsRefusedUntilEnforced(t *testing.T) {
 	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"rollout":{"maxPerMinute":60}}}`
 	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {
@@ -64,5 +64,29 @@ func TestOptionsRefusedUntilEnforced(t *testing.T) {
 	body = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":null}`
 	if r, err := ParseRequest("j", []byte(body), time.Now()); err != nil || r.Herd != nil {
 		t.Errorf("herd: null: %+v %v", r, err)
+	}
+}
+
+// An abort criterion fires at its threshold exactly, once enough devices
+// have executed.
+func TestAbortCriterionFires(t *testing.T) {
+	k := herd.AbortCriterion{FailureType: herd.FailureFailed, ThresholdPercentage: 25, MinExecutedDevices: 4}
+	for _, c := range []struct {
+		counts FailureCounts
+		want   bool
+	}{
+		{FailureCounts{Executed: 4, Failed: 1}, true},
+		{FailureCounts{Executed: 5, Failed: 1}, false},
+		{FailureCounts{Executed: 3, Failed: 3}, false}, // under minExecutedDevices
+		{FailureCounts{Executed: 4, TimedOut: 4}, false},
+		{FailureCounts{}, false},
+	} {
+		if got := fires(k, c.counts); got != c.want {
+			t.Errorf("%+v: fires %v, want %v", c.counts, got, c.want)
+		}
+	}
+	k = herd.AbortCriterion{FailureType: herd.FailureAny, ThresholdPercentage: 33.3, MinExecutedDevices: 1}
+	if !fires(k, FailureCounts{Executed: 3, NotOnline: 1}) || fires(k, FailureCounts{Executed: 1000, TimedOut: 332}) {
+		t.Error("33.3% of Any")
 	}
 }

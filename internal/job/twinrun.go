@@ -22,12 +22,12 @@ import (
 // way twice, its devices are tried one by one and each that fails again is
 // recorded failed (ErrCodeTwinWrite), so that a write the store refuses
 // every time ends in device outcomes instead of retries until the deadline.
-func (s *Service) runTwin(ctx, feed context.Context, r *Record) error {
+func (s *Service) runTwin(ctx, feed context.Context, r *Record, abort *aborter) error {
 	p, err := Patch(r)
 	if err == nil {
 		var body func(int64) []byte
 		if body, err = p.NotificationBody(); err == nil {
-			return s.twinBatches(feed, r, p, body)
+			return s.twinBatches(feed, r, p, body, abort)
 		}
 	}
 	// A stored patch that no longer passes validation (a job stored by an
@@ -37,9 +37,9 @@ func (s *Service) runTwin(ctx, feed context.Context, r *Record) error {
 	return s.store.ExpireJob(ctx, r.JobID, reason, herd.DeviceJobError{Code: ErrCodeTwinWrite, Description: reason}, s.clock.Now())
 }
 
-func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte) error {
+func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, abort *aborter) error {
 	if s.cfg.TwinWorkers > 1 {
-		return s.twinBatchesConcurrent(feed, r, p, body)
+		return s.twinBatchesConcurrent(feed, r, p, body, abort)
 	}
 	cursor := ""
 	for {
@@ -55,7 +55,9 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 			}
 			return err
 		}
-		s.twinBatchDone(r, body, res)
+		if err := s.twinBatchDone(feed, r, body, res, abort); err != nil {
+			return err
+		}
 		if res.Done {
 			return nil
 		}
@@ -71,7 +73,7 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 // overlap; each batch completes the job in its transaction if it is the
 // last to commit. A range whose batch fails is tried again on its own, as
 // the one-at-a-time loop does, while the others go on.
-func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte) error {
+func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, abort *aborter) error {
 	g, ctx := errgroup.WithContext(feed)
 	g.SetLimit(s.cfg.TwinWorkers)
 	cursor := ""
@@ -94,8 +96,7 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 			if err != nil {
 				return err
 			}
-			s.twinBatchDone(r, body, res)
-			return nil
+			return s.twinBatchDone(ctx, r, body, res, abort)
 		})
 		if len(ids) < n {
 			break
@@ -113,7 +114,10 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 	res, err := s.twinBatch(feed, r, p, cursor, 1)
 	switch {
 	case err == nil:
-		s.twinBatchDone(r, body, res)
+		err = s.twinBatchDone(feed, r, body, res, abort)
+		if err != nil && feed.Err() == nil {
+			return err
+		}
 	case feed.Err() == nil:
 		return err
 	}
@@ -145,12 +149,14 @@ func (s *Service) twinBatch(feed context.Context, r *Record, p twin.Patch, curso
 	}
 }
 
-// twinBatchDone counts a committed batch's devices and tells the connected
-// ones about their desired changes.
-func (s *Service) twinBatchDone(r *Record, body func(int64) []byte, res TwinBatchResult) {
+// twinBatchDone counts a committed batch's devices, tells the connected
+// ones about their desired changes and checks the abort criteria (the
+// error is the store's, if aborting failed).
+func (s *Service) twinBatchDone(ctx context.Context, r *Record, body func(int64) []byte, res TwinBatchResult, abort *aborter) error {
 	s.metrics.devices.WithLabelValues(string(r.Type), "succeeded").Add(float64(len(res.Updated)))
 	s.metrics.devices.WithLabelValues(string(r.Type), "failed").Add(float64(res.Failed))
 	s.notify(body, res.Updated)
+	return abort.twins(ctx, res)
 }
 
 // twinOneByOne patches the next limit pending devices after the cursor
