@@ -2,6 +2,7 @@ package job
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -30,7 +31,7 @@ type aborter struct {
 }
 
 // errAborted stops a runner whose abort criterion fired.
-var errAborted = fmt.Errorf("job aborted")
+var errAborted = errors.New("job aborted")
 
 // newAborter returns the aborter of a job (nil if it has no abort
 // criteria), after checking the counts it already has: it may have been
@@ -74,6 +75,9 @@ func (a *aborter) outcomes(ctx context.Context, batch []Outcome) error {
 			return nil
 		}
 		claimed, err := a.s.store.ClaimDevices(context.WithoutCancel(ctx), a.jobID, ids, a.s.clock.Now())
+		if errors.Is(err, ErrNotRunning) {
+			return nil // paused meanwhile: the abort cancels them with the rest
+		}
 		if err != nil {
 			return err
 		}

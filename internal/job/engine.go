@@ -198,7 +198,7 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	case herd.JobUpdateTwin:
 		err = s.runTwin(ctx, run.feed, r, abort)
 	case herd.JobDeviceMethod:
-		err = s.runMethod(ctx, run.feed, r, abort)
+		err = s.runMethod(ctx, run.feed, run.stop, r, abort)
 	default:
 		return s.store.FailJob(ctx, r.JobID, fmt.Sprintf("job type %q cannot run", r.Type), s.clock.Now())
 	}

@@ -14,6 +14,7 @@ package job
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"time"
 
 	"github.com/herd-iot/herd"
@@ -78,6 +79,11 @@ type Outcome struct {
 	// claimed (an offline device); others move from running.
 	FromPending bool
 }
+
+// ErrNotRunning is the store's answer to a claim or a twin batch of a job
+// that is not running (paused, cancelled or aborting meanwhile): nothing
+// was changed, and the runner stops.
+var ErrNotRunning = errors.New("the job is not running")
 
 // FailureCounts are a job's device outcomes by failure type, as abort
 // criteria count them (herd.FailureType): Executed devices have an outcome
@@ -168,13 +174,16 @@ type Store interface {
 	CancelJob(ctx context.Context, id string, now time.Time) (*Record, error)
 	// ApplyTwinBatch applies a twin job's patch to up to limit pending
 	// devices after the cursor and completes their records, in one
-	// transaction.
+	// transaction; ErrNotRunning if the job is not running (paused,
+	// cancelled or aborting).
 	ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after string, limit int, now time.Time) (TwinBatchResult, error)
 	// PendingDevices returns up to limit pending device ids after the
 	// cursor, in order.
 	PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error)
 	// ClaimDevices moves the given devices from pending to running and
-	// returns those it moved (a device cancelled meanwhile is not).
+	// returns those it moved (a device cancelled meanwhile is not);
+	// ErrNotRunning if the job is not running, checked in the same
+	// transaction, so that no device starts after a pause commits.
 	ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error)
 	// FinishDevices records outcomes. An outcome for a device that is no
 	// longer in the expected state (pending or running) is ignored.

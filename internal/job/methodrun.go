@@ -35,6 +35,7 @@ type methodRun struct {
 	waiters  sync.WaitGroup
 	claimErr error // first store failure of the claimer (claimer only)
 	abort    *aborter
+	stop     func(cause error) // ends feed
 }
 
 // runMethod works through a method job's pending devices. A device that is
@@ -46,7 +47,7 @@ type methodRun struct {
 // up to that long, bounded by the job's deadline, and is invoked the moment
 // it comes online. Outcomes are written in batches. The global slot
 // limiter bounds the calls in flight.
-func (s *Service) runMethod(ctx, feed context.Context, r *Record, abort *aborter) error {
+func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, abort *aborter) error {
 	call, stopCalls := context.WithCancel(ctx)
 	defer stopCalls()
 	go func() {
@@ -55,7 +56,7 @@ func (s *Service) runMethod(ctx, feed context.Context, r *Record, abort *aborter
 			stopCalls()
 		}
 	}()
-	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, abort: abort,
+	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, abort: abort, stop: stop,
 		claims: make(chan string, maxClaimBatch), outcomes: make(chan Outcome, maxWriteBatch)}
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- m.write() }()
@@ -179,6 +180,13 @@ func (m *methodRun) claim() {
 			continue
 		}
 		claimed, err := m.s.store.ClaimDevices(m.call, m.r.JobID, batch, m.s.clock.Now())
+		if errors.Is(err, ErrNotRunning) {
+			// Paused, cancelled or aborted before this claim: the devices
+			// stay as the store has them, and no more are fed.
+			m.stop(errNotRunning)
+			m.s.slots.release(len(batch))
+			continue
+		}
 		if err != nil {
 			if m.call.Err() == nil {
 				m.claimErr = err

@@ -737,3 +737,36 @@ func TestPausedJobFailsAtItsDeadline(t *testing.T) {
 		t.Fatalf("%s %q %+v", j.Status, j.FailureReason, stats(j))
 	}
 }
+
+// TestPauseCommittedUnderARunner: a pause that the runner did not hear of
+// (it raced with the runner's start, or came from another node) stops the
+// runner at its next claim: no device starts while paused, the run ends
+// without a store error, and resume goes on with each device called once.
+func TestPauseCommittedUnderARunner(t *testing.T) {
+	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 1 })
+	ids := []string{"a", "b", "c"}
+	e.devices(ids...)
+	e.fleet.connect(ids...)
+	e.fleet.hold = make(chan struct{})
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"}}`)
+	e.waitFor("m", "running 1", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 1 })
+	if _, err := e.db.PauseJob(context.Background(), "m", t0); err != nil { // the store only: the runner is not told
+		t.Fatal(err)
+	}
+	close(e.fleet.hold)
+	j := e.waitFor("m", "a done", func(j *herd.Job) bool { return j.DeviceJobStatistics.SucceededCount == 1 })
+	if j.Status != herd.JobPaused || j.DeviceJobStatistics.RunningCount != 0 {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	if _, err := e.svc.Resume(context.Background(), "m", nil); err != nil {
+		t.Fatal(err)
+	}
+	if j := e.waitEnded("m"); j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 3, SucceededCount: 3}) {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	for _, id := range ids {
+		if n := e.fleet.callCount(id); n != 1 {
+			t.Errorf("%s invoked %d times", id, n)
+		}
+	}
+}

@@ -345,6 +345,9 @@ var (
 	errCancelled = errors.New("job cancelled")
 	errDeadline  = errors.New("job deadline passed")
 	errPaused    = errors.New("job paused")
+	// errNotRunning: the store refused a claim because the job was no
+	// longer running (a pause that raced with the runner's start).
+	errNotRunning = errors.New("job not running")
 )
 
 // notify sends the desired-change notifications of a twin batch.

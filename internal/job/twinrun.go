@@ -49,6 +49,11 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 		}
 		res, err := s.twinBatch(feed, r, p, cursor, n)
 		s.slots.release(n)
+		if errors.Is(err, ErrNotRunning) {
+			// Paused (or cancelled) meanwhile: what the device-by-device
+			// path applied before it noticed still counts.
+			return s.twinBatchDone(feed, r, body, res, abort)
+		}
 		if err != nil {
 			if feed.Err() != nil {
 				return nil // the transaction rolled back; nothing was applied
@@ -93,6 +98,9 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 		g.Go(func() error {
 			defer s.slots.release(n)
 			res, err := s.twinBatch(ctx, r, p, after, n)
+			if errors.Is(err, ErrNotRunning) {
+				return errors.Join(err, s.twinBatchDone(ctx, r, body, res, abort))
+			}
 			if err != nil {
 				return err
 			}
@@ -103,7 +111,7 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 		}
 	}
 	err = errors.Join(err, g.Wait())
-	if feed.Err() != nil {
+	if feed.Err() != nil || errors.Is(err, ErrNotRunning) {
 		return nil // what was in flight committed or rolled back whole
 	}
 	if err != nil {
@@ -118,7 +126,7 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 		if err != nil && feed.Err() == nil {
 			return err
 		}
-	case feed.Err() == nil:
+	case feed.Err() == nil && !errors.Is(err, ErrNotRunning):
 		return err
 	}
 	return nil
@@ -137,6 +145,9 @@ func (s *Service) twinBatch(feed context.Context, r *Record, p twin.Patch, curso
 		}
 		if feed.Err() != nil {
 			return TwinBatchResult{}, feed.Err() // the transaction rolled back; nothing was applied
+		}
+		if errors.Is(err, ErrNotRunning) {
+			return TwinBatchResult{}, err
 		}
 		if failed != nil && failed.Error() == err.Error() {
 			return s.twinOneByOne(feed, r, p, cursor, n)
@@ -176,6 +187,8 @@ func (s *Service) twinOneByOne(feed context.Context, r *Record, p twin.Patch, af
 			res.Failed += one.Failed
 		case feed.Err() != nil:
 			return TwinBatchResult{}, feed.Err()
+		case errors.Is(err, ErrNotRunning):
+			return res, err // what was applied so far, for its notifications
 		default:
 			s.log.Warn("twin update failed twice; the device fails", "job_id", r.JobID, "device_id", id, "op", "twin_batch", "err", err)
 			if err := s.store.FinishDevices(feed, r.JobID, []Outcome{{

@@ -445,6 +445,11 @@ func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) (
 func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
 	var out []string
 	err := db.tx(ctx, func(tx pgx.Tx) error {
+		// The job's row locked until commit: a pause waits for this claim,
+		// or this claim sees it.
+		if err := requireRunning(ctx, tx, id, " FOR UPDATE"); err != nil {
+			return err
+		}
 		at := stamp(now)
 		rows, err := tx.Query(ctx, `UPDATE device_jobs SET status = 'running', start_time = $1, last_updated_time = $1
 			WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3) RETURNING device_id`, at, id, deviceIDs)
@@ -458,10 +463,24 @@ func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, n
 			WHERE job_id = $2`, len(out), id)
 		return err
 	})
+	if errors.Is(err, job.ErrNotRunning) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("claim devices of job %q: %w", id, err)
 	}
 	return out, nil
+}
+
+// requireRunning returns job.ErrNotRunning unless the job is running; lock
+// is "" or a locking clause.
+func requireRunning(ctx context.Context, tx pgx.Tx, id, lock string) error {
+	var status string
+	err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1`+lock, id).Scan(&status)
+	if errors.Is(err, pgx.ErrNoRows) || err == nil && status != string(herd.JobRunning) {
+		return job.ErrNotRunning
+	}
+	return err
 }
 
 // outcomeJSON encodes a method job's device outcome.

@@ -50,6 +50,12 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 	}
 	err = db.tx(ctx, func(tx pgx.Tx) error {
 		res = job.TwinBatchResult{}
+		// Not locked: several batches of a job commit at once. A pause
+		// that commits meanwhile lets this batch finish, as a call in
+		// flight does.
+		if err := requireRunning(ctx, tx, id, ""); err != nil {
+			return err
+		}
 		var last *string
 		var count int
 		if err := tx.QueryRow(ctx, `SELECT max(device_id), count(*) FROM (SELECT device_id FROM device_jobs

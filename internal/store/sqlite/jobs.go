@@ -419,6 +419,9 @@ func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, n
 	}
 	var out []string
 	err = db.tx(ctx, func(tx *sql.Tx) error {
+		if err := requireRunning(ctx, tx, id); err != nil {
+			return err
+		}
 		at := stamp(now)
 		rows, err := tx.QueryContext(ctx, `UPDATE device_jobs SET status = 'running', start_time = ?, last_updated_time = ?
 			WHERE job_id = ? AND status = 'pending' AND device_id IN (SELECT value FROM json_each(?))
@@ -442,10 +445,24 @@ func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, n
 			WHERE job_id = ?`, len(out), len(out), id)
 		return err
 	})
+	if errors.Is(err, job.ErrNotRunning) {
+		return nil, err
+	}
 	if err != nil {
 		return nil, fmt.Errorf("claim devices of job %q: %w", id, err)
 	}
 	return out, nil
+}
+
+// requireRunning returns job.ErrNotRunning unless the job is running
+// (under SQLite's single writer, until the transaction ends).
+func requireRunning(ctx context.Context, tx *sql.Tx, id string) error {
+	var status string
+	err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE job_id = ?`, id).Scan(&status)
+	if errors.Is(err, sql.ErrNoRows) || err == nil && status != string(herd.JobRunning) {
+		return job.ErrNotRunning
+	}
+	return err
 }
 
 // outcomeRow is one outcome as FinishDevices passes it to SQL.

@@ -46,6 +46,9 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 	}
 	err = db.tx(ctx, func(tx *sql.Tx) error {
 		res = job.TwinBatchResult{}
+		if err := requireRunning(ctx, tx, id); err != nil {
+			return err
+		}
 		var last sql.NullString
 		var count int
 		if err := tx.QueryRowContext(ctx, `SELECT max(device_id), count(*) FROM (SELECT device_id FROM device_jobs

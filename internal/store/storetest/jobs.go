@@ -3,6 +3,7 @@ package storetest
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand"
 	"slices"
@@ -636,6 +637,14 @@ func testPauseResumeAbort(t *testing.T, s JobStore) {
 	s.ClaimDevices(ctx, "plain", []string{"p1"}, t0)
 	if r, err := s.PauseJob(ctx, "plain", t0); err != nil || r.Status != herd.JobPaused {
 		t.Fatalf("pause running: %+v %v", r, err)
+	}
+	checkStats(t, s, "plain", herd.DeviceJobStatistics{DeviceCount: 5, RunningCount: 1, PendingCount: 4})
+	// A paused job's devices are neither claimed nor patched.
+	if got, err := s.ClaimDevices(ctx, "plain", []string{"p2"}, t0); !errors.Is(err, job.ErrNotRunning) || len(got) != 0 {
+		t.Errorf("claim while paused: %v %v, want ErrNotRunning", got, err)
+	}
+	if _, err := s.ApplyTwinBatch(ctx, "plain", twin.Patch{Tags: twin.Change{Set: true, Value: map[string]any{"x": 1.0}}}, "", 10, t0); !errors.Is(err, job.ErrNotRunning) {
+		t.Errorf("twin batch while paused: %v, want ErrNotRunning", err)
 	}
 	checkStats(t, s, "plain", herd.DeviceJobStatistics{DeviceCount: 5, RunningCount: 1, PendingCount: 4})
 	if r, err := s.CancelJob(ctx, "plain", t0.Add(time.Second)); err != nil || r.Status != herd.JobCancelled || r.EndTime != nil {
