@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -39,6 +40,8 @@ type scheduleFlags struct {
 	maxTime time.Duration
 	wait    bool
 	abort   []string
+	rate    int64
+	ramp    string
 }
 
 func (f *scheduleFlags) register(cmd *cobra.Command) {
@@ -46,6 +49,8 @@ func (f *scheduleFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.start, "start", "", "when to start: an ISO 8601 time, or a delay such as 10m (default: now)")
 	cmd.Flags().DurationVar(&f.maxTime, "max-time", 0, "the job's deadline after its start (default: 1h); devices not done by then fail")
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch); exit non-zero unless every device succeeded")
+	cmd.Flags().Int64Var(&f.rate, "rate", 0, "start at most this many devices a minute (the cap of --ramp, if both are given)")
+	cmd.Flags().StringVar(&f.ramp, "ramp", "", "ramp the rate up: BASE:FACTOR:EVERY starts at BASE devices a minute and multiplies the rate by FACTOR each time EVERY more devices succeed (e.g. 50:2:1000)")
 	cmd.Flags().StringArrayVar(&f.abort, "abort", nil, "abort the job when failures reach a share: TYPE:PERCENT[:MIN-EXECUTED], TYPE one of Failed, TimedOut, DeviceNotOnline, Any (repeatable; e.g. Any:10:100)")
 }
 
@@ -64,13 +69,27 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		return service.JobOptions{}, fmt.Errorf(`--query is required: the WHERE part of a twin query (--query "tags.building = 43"), or --query "*" for every device`)
 	}
 	opts := service.JobOptions{MaxExecutionTime: f.maxTime}
+	if f.rate != 0 || f.ramp != "" {
+		ro := &herd.Rollout{MaxPerMinute: f.rate}
+		if f.ramp != "" {
+			e, err := parseRampFlag(f.ramp)
+			if err != nil {
+				return opts, err
+			}
+			ro.Exponential = e
+		}
+		opts.Herd = &herd.JobOptions{Rollout: ro}
+	}
 	for _, a := range f.abort {
 		c, err := parseAbortFlag(a)
 		if err != nil {
 			return opts, err
 		}
 		if opts.Herd == nil {
-			opts.Herd = &herd.JobOptions{Abort: &herd.AbortPolicy{}}
+			opts.Herd = &herd.JobOptions{}
+		}
+		if opts.Herd.Abort == nil {
+			opts.Herd.Abort = &herd.AbortPolicy{}
 		}
 		opts.Herd.Abort.Criteria = append(opts.Herd.Abort.Criteria, c)
 	}
@@ -84,6 +103,24 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		}
 	}
 	return opts, nil
+}
+
+// parseRampFlag reads a --ramp value, BASE:FACTOR:EVERY; the hub checks
+// the figures.
+func parseRampFlag(v string) (*herd.ExponentialRate, error) {
+	bad := fmt.Errorf("--ramp %q: write BASE:FACTOR:EVERY, e.g. 50:2:1000 (start at 50 devices a minute, double the rate each time 1000 more succeed)", v)
+	parts := strings.Split(v, ":")
+	if len(parts) != 3 {
+		return nil, bad
+	}
+	base, err1 := strconv.ParseInt(parts[0], 10, 64)
+	factor, err2 := strconv.ParseFloat(parts[1], 64)
+	every, err3 := strconv.ParseInt(parts[2], 10, 64)
+	if err := errors.Join(err1, err2, err3); err != nil {
+		return nil, bad
+	}
+	return &herd.ExponentialRate{BaseRatePerMinute: base, IncrementFactor: factor,
+		RateIncreaseCriteria: herd.RateIncreaseCriteria{NumberOfSucceededDevices: every}}, nil
 }
 
 // parseAbortFlag reads an --abort value, TYPE:PERCENT[:MIN-EXECUTED]; the
@@ -307,6 +344,19 @@ func printJob(e *env, cf *clientFlags, j *herd.Job) error {
 	if st := j.DeviceJobStatistics; st != nil {
 		fmt.Fprintf(w, "Devices:\t%d (succeeded %d, failed %d, running %d, pending %d)\n",
 			st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+	}
+	if j.Herd != nil && j.Herd.Rollout != nil {
+		ro := j.Herd.Rollout
+		if e := ro.Exponential; e != nil {
+			fmt.Fprintf(w, "Rollout:\t%d devices a minute, times %s each %d that succeed", e.BaseRatePerMinute,
+				strconv.FormatFloat(e.IncrementFactor, 'f', -1, 64), e.RateIncreaseCriteria.NumberOfSucceededDevices)
+			if ro.MaxPerMinute > 0 {
+				fmt.Fprintf(w, ", up to %d", ro.MaxPerMinute)
+			}
+			fmt.Fprintln(w)
+		} else {
+			fmt.Fprintf(w, "Rollout:\t%d devices a minute\n", ro.MaxPerMinute)
+		}
 	}
 	if j.Herd != nil && j.Herd.Abort != nil {
 		for _, c := range j.Herd.Abort.Criteria {

@@ -101,6 +101,18 @@ func TestJobCLI(t *testing.T) {
 		!strings.Contains(out, "DeviceNotOnline at 50% of at least 1 executed") {
 		t.Errorf("show guarded: %v\n%s", err, out)
 	}
+	out, err = runCLI(t, env, "job", "schedule-method", "paced", "--method", "m", "--query", "*", "--start", "1h",
+		"--rate", "600", "--ramp", "50:2:1000", "--abort", "Failed:5")
+	if err != nil || !strings.Contains(out, "50 devices a minute, times 2 each 1000 that succeed, up to 600") ||
+		!strings.Contains(out, "Failed at 5% of at least 1 executed") {
+		t.Errorf("--rate --ramp: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "g4", "--tags", `{"x":1}`, "--query", "*", "--ramp", "50:2"); err == nil || !strings.Contains(err.Error(), "BASE:FACTOR:EVERY") {
+		t.Errorf("--ramp 50:2: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "g5", "--tags", `{"x":1}`, "--query", "*", "--rate", "-1"); err == nil || !strings.Contains(err.Error(), "maxPerMinute") {
+		t.Errorf("--rate -1: %v", err)
+	}
 	if _, err := runCLI(t, env, "job", "schedule-twin", "g2", "--tags", `{"x":1}`, "--query", "*", "--abort", "Any"); err == nil || !strings.Contains(err.Error(), "TYPE:PERCENT") {
 		t.Errorf("--abort Any: %v", err)
 	}

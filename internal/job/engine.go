@@ -190,15 +190,15 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	defer deadline.Stop()
 	// The aborter may abort at once: the job crossed a threshold just
 	// before it last stopped. The run then ends as for a cancel.
-	abort, err := s.newAborter(ctx, r, run.stop)
+	st, err := s.newSteer(ctx, r, run.stop)
 	if err != nil {
 		return err
 	}
 	switch r.Type {
 	case herd.JobUpdateTwin:
-		err = s.runTwin(ctx, run.feed, r, abort)
+		err = s.runTwin(ctx, run.feed, r, st)
 	case herd.JobDeviceMethod:
-		err = s.runMethod(ctx, run.feed, run.stop, r, abort)
+		err = s.runMethod(ctx, run.feed, run.stop, r, st)
 	default:
 		return s.store.FailJob(ctx, r.JobID, fmt.Sprintf("job type %q cannot run", r.Type), s.clock.Now())
 	}

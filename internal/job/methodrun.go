@@ -34,7 +34,7 @@ type methodRun struct {
 	calls    sync.WaitGroup
 	waiters  sync.WaitGroup
 	claimErr error // first store failure of the claimer (claimer only)
-	abort    *aborter
+	steer    *steer
 	stop     func(cause error) // ends feed
 }
 
@@ -47,7 +47,7 @@ type methodRun struct {
 // up to that long, bounded by the job's deadline, and is invoked the moment
 // it comes online. Outcomes are written in batches. The global slot
 // limiter bounds the calls in flight.
-func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, abort *aborter) error {
+func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, st *steer) error {
 	call, stopCalls := context.WithCancel(ctx)
 	defer stopCalls()
 	go func() {
@@ -56,7 +56,7 @@ func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Reco
 			stopCalls()
 		}
 	}()
-	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, abort: abort, stop: stop,
+	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, steer: st, stop: stop,
 		claims: make(chan string, maxClaimBatch), outcomes: make(chan Outcome, maxWriteBatch)}
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- m.write() }()
@@ -95,6 +95,9 @@ func (m *methodRun) feedDevices() error {
 		}
 		cursor = ids[len(ids)-1]
 		for _, id := range ids {
+			if !m.steer.wait(m.feed, 1) {
+				return nil
+			}
 			if m.s.cfg.Methods.Online(id) {
 				if !m.dispatch(id) {
 					return nil
@@ -268,7 +271,7 @@ func (m *methodRun) write() error {
 				break drain
 			}
 		}
-		if err := m.abort.outcomes(m.call, batch); err != nil && firstErr == nil {
+		if err := m.steer.outcomes(m.call, batch); err != nil && firstErr == nil {
 			firstErr = err
 		}
 		if err := m.record(batch); err != nil {

@@ -28,11 +28,6 @@ var notYet = map[string]string{
 	"continuous": "herd.continuous",
 }
 
-// paced says whether the engine paces rollouts yet: until it does, a job
-// that sets herd.rollout is refused (ParseRequest), while the parsing,
-// validation and storage below are in place and tested.
-var paced = false
-
 var notYetRollout = map[string]string{
 	"waves":             "herd.rollout.waves",
 	"pauseBetweenWaves": "herd.rollout.pauseBetweenWaves",
@@ -69,9 +64,6 @@ func parseOptions(raw json.RawMessage) (*herd.JobOptions, error) {
 	if out.Rollout == nil && out.Abort == nil {
 		return nil, nil
 	}
-	if out.Rollout != nil && !paced {
-		return nil, invalid("herd.rollout is not supported by this version of Herd: it is validated, but the engine does not pace jobs yet")
-	}
 	return out, nil
 }
 
@@ -103,7 +95,7 @@ func parseRollout(raw json.RawMessage) (*herd.Rollout, error) {
 	for k, v := range members {
 		switch k {
 		case "maxPerMinute":
-			if out.MaxPerMinute, err = rate(v, "herd.rollout.maxPerMinute"); err != nil {
+			if out.MaxPerMinute, err = perMinuteValue(v, "herd.rollout.maxPerMinute"); err != nil {
 				return nil, err
 			}
 		case "exponential":
@@ -126,8 +118,8 @@ func parseRollout(raw json.RawMessage) (*herd.Rollout, error) {
 	return out, nil
 }
 
-// rate reads a whole number of devices per minute within bounds.
-func rate(raw json.RawMessage, name string) (int64, error) {
+// perMinuteValue reads a whole number of devices per minute within bounds.
+func perMinuteValue(raw json.RawMessage, name string) (int64, error) {
 	v, err := wholeNumber(raw)
 	if err != nil || v < 1 || v > MaxRatePerMinute {
 		return 0, invalid("%s must be a whole number of devices per minute from 1 to %d, not %s", name, MaxRatePerMinute, raw)
@@ -145,7 +137,7 @@ func parseExponential(raw json.RawMessage) (*herd.ExponentialRate, error) {
 	for k, v := range members {
 		switch k {
 		case "baseRatePerMinute":
-			if out.BaseRatePerMinute, err = rate(v, "herd.rollout.exponential.baseRatePerMinute"); err != nil {
+			if out.BaseRatePerMinute, err = perMinuteValue(v, "herd.rollout.exponential.baseRatePerMinute"); err != nil {
 				return nil, err
 			}
 			haveBase = true

@@ -8,8 +8,6 @@ import (
 )
 
 func TestParseOptions(t *testing.T) {
-	paced = true
-	defer func() { paced = false }()
 	good := `{"rollout":{"maxPerMinute":600,"exponential":{"baseRatePerMinute":50,"incrementFactor":2,
 		"rateIncreaseCriteria":{"numberOfSucceededDevices":1000}}},
 		"abort":{"criteria":[{"failureType":"any","thresholdPercentage":10,"minExecutedDevices":100}]}}`
@@ -54,16 +52,38 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
-// Until the engine paces jobs, a job that asks for it is refused rather
-// than run as if it were not.
-func TestOptionsRefusedUntilEnforced(t *testing.T) {
-	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"rollout":{"maxPerMinute":60}}}`
+// A member the engine does not honour yet is refused rather than run as
+// if it were not; herd: null is no options.
+func TestOptionsNotYetRefused(t *testing.T) {
+	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"rollout":{"maxPerMinute":60,"waves":[{"percent":1}]}}}`
 	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {
-		t.Errorf("a rollout was accepted: %v", err)
+		t.Errorf("waves were accepted: %v", err)
 	}
 	body = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":null}`
 	if r, err := ParseRequest("j", []byte(body), time.Now()); err != nil || r.Herd != nil {
 		t.Errorf("herd: null: %+v %v", r, err)
+	}
+}
+
+// perMinute: the exponential rate multiplies per step of succeeded
+// devices, capped by maxPerMinute (or Herd's bound when unset).
+func TestRolloutPerMinute(t *testing.T) {
+	ro := herd.Rollout{MaxPerMinute: 1000, Exponential: &herd.ExponentialRate{BaseRatePerMinute: 50, IncrementFactor: 2,
+		RateIncreaseCriteria: herd.RateIncreaseCriteria{NumberOfSucceededDevices: 100}}}
+	for succeeded, want := range map[int64]float64{0: 50, 99: 50, 100: 100, 250: 200, 400: 800, 500: 1000, 1 << 40: 1000} {
+		if got := perMinute(ro, succeeded); got != want {
+			t.Errorf("after %d succeeded: %v a minute, want %v", succeeded, got, want)
+		}
+	}
+	ro.MaxPerMinute = 0
+	if got := perMinute(ro, 1<<40); got != MaxRatePerMinute {
+		t.Errorf("uncapped: %v", got)
+	}
+	if got := perMinute(herd.Rollout{MaxPerMinute: 600}, 12345); got != 600 {
+		t.Errorf("fixed: %v", got)
+	}
+	if burst(600) != 10 || burst(30) != 1 || burst(61) != 2 {
+		t.Error("burst: a second's worth, at least one")
 	}
 }
 

@@ -22,12 +22,12 @@ import (
 // way twice, its devices are tried one by one and each that fails again is
 // recorded failed (ErrCodeTwinWrite), so that a write the store refuses
 // every time ends in device outcomes instead of retries until the deadline.
-func (s *Service) runTwin(ctx, feed context.Context, r *Record, abort *aborter) error {
+func (s *Service) runTwin(ctx, feed context.Context, r *Record, st *steer) error {
 	p, err := Patch(r)
 	if err == nil {
 		var body func(int64) []byte
 		if body, err = p.NotificationBody(); err == nil {
-			return s.twinBatches(feed, r, p, body, abort)
+			return s.twinBatches(feed, r, p, body, st)
 		}
 	}
 	// A stored patch that no longer passes validation (a job stored by an
@@ -37,13 +37,17 @@ func (s *Service) runTwin(ctx, feed context.Context, r *Record, abort *aborter) 
 	return s.store.ExpireJob(ctx, r.JobID, reason, herd.DeviceJobError{Code: ErrCodeTwinWrite, Description: reason}, s.clock.Now())
 }
 
-func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, abort *aborter) error {
+func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer) error {
 	if s.cfg.TwinWorkers > 1 {
-		return s.twinBatchesConcurrent(feed, r, p, body, abort)
+		return s.twinBatchesConcurrent(feed, r, p, body, st)
 	}
 	cursor := ""
 	for {
-		n, err := s.slots.acquire(feed, r.JobID, s.cfg.TwinBatch)
+		want := st.batch(s.cfg.TwinBatch)
+		if !st.wait(feed, want) {
+			return nil // feed ended
+		}
+		n, err := s.slots.acquire(feed, r.JobID, want)
 		if err != nil {
 			return nil // feed ended
 		}
@@ -52,7 +56,7 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 		if errors.Is(err, ErrNotRunning) {
 			// Paused (or cancelled) meanwhile: what the device-by-device
 			// path applied before it noticed still counts.
-			return s.twinBatchDone(feed, r, body, res, abort)
+			return s.twinBatchDone(feed, r, body, res, st)
 		}
 		if err != nil {
 			if feed.Err() != nil {
@@ -60,7 +64,7 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 			}
 			return err
 		}
-		if err := s.twinBatchDone(feed, r, body, res, abort); err != nil {
+		if err := s.twinBatchDone(feed, r, body, res, st); err != nil {
 			return err
 		}
 		if res.Done {
@@ -78,13 +82,17 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 // overlap; each batch completes the job in its transaction if it is the
 // last to commit. A range whose batch fails is tried again on its own, as
 // the one-at-a-time loop does, while the others go on.
-func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, abort *aborter) error {
+func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer) error {
 	g, ctx := errgroup.WithContext(feed)
 	g.SetLimit(s.cfg.TwinWorkers)
 	cursor := ""
 	var err error
 	for {
-		n, aerr := s.slots.acquire(ctx, r.JobID, s.cfg.TwinBatch)
+		want := st.batch(s.cfg.TwinBatch)
+		if !st.wait(ctx, want) {
+			break
+		}
+		n, aerr := s.slots.acquire(ctx, r.JobID, want)
 		if aerr != nil {
 			break // feed ended, or a batch failed
 		}
@@ -99,12 +107,12 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 			defer s.slots.release(n)
 			res, err := s.twinBatch(ctx, r, p, after, n)
 			if errors.Is(err, ErrNotRunning) {
-				return errors.Join(err, s.twinBatchDone(ctx, r, body, res, abort))
+				return errors.Join(err, s.twinBatchDone(ctx, r, body, res, st))
 			}
 			if err != nil {
 				return err
 			}
-			return s.twinBatchDone(ctx, r, body, res, abort)
+			return s.twinBatchDone(ctx, r, body, res, st)
 		})
 		if len(ids) < n {
 			break
@@ -122,7 +130,7 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 	res, err := s.twinBatch(feed, r, p, cursor, 1)
 	switch {
 	case err == nil:
-		err = s.twinBatchDone(feed, r, body, res, abort)
+		err = s.twinBatchDone(feed, r, body, res, st)
 		if err != nil && feed.Err() == nil {
 			return err
 		}
@@ -163,11 +171,11 @@ func (s *Service) twinBatch(feed context.Context, r *Record, p twin.Patch, curso
 // twinBatchDone counts a committed batch's devices, tells the connected
 // ones about their desired changes and checks the abort criteria (the
 // error is the store's, if aborting failed).
-func (s *Service) twinBatchDone(ctx context.Context, r *Record, body func(int64) []byte, res TwinBatchResult, abort *aborter) error {
+func (s *Service) twinBatchDone(ctx context.Context, r *Record, body func(int64) []byte, res TwinBatchResult, st *steer) error {
 	s.metrics.devices.WithLabelValues(string(r.Type), "succeeded").Add(float64(len(res.Updated)))
 	s.metrics.devices.WithLabelValues(string(r.Type), "failed").Add(float64(res.Failed))
 	s.notify(body, res.Updated)
-	return abort.twins(ctx, res)
+	return st.twins(ctx, res)
 }
 
 // twinOneByOne patches the next limit pending devices after the cursor

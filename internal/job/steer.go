@@ -10,19 +10,23 @@ import (
 	"github.com/herd-iot/herd"
 )
 
-// aborter checks a running job's outcomes against its abort criteria
-// (herd.abort) as they are recorded, and aborts the job when one fires: the
-// store cancels the pending devices and fails the job with the reason once
-// the devices in flight finish, and the runner stops feeding devices.
+// steer applies a running job's herd options. It paces the devices the
+// job starts (herd.rollout, see pacer) and checks the job's outcomes
+// against its abort criteria (herd.abort) as they are recorded, aborting
+// the job when one fires: the store cancels the pending devices and fails
+// the job with the reason once the devices in flight finish, and the
+// runner stops feeding devices.
 //
 // The counts start from the store's (FailureCounts), so a job resumed after
-// a restart or a pause counts every outcome it already had; then each
-// committed batch of outcomes adds to them in memory, classified as the
-// store classifies them. A nil *aborter checks nothing.
-type aborter struct {
+// a restart or a pause counts every outcome it already had (and an
+// exponential rollout goes on at the rate it had reached); then each batch
+// of outcomes adds to them in memory, classified as the store classifies
+// them. A nil *steer paces and checks nothing.
+type steer struct {
 	s        *Service
 	jobID    string
 	criteria []herd.AbortCriterion
+	pace     *pacer // nil: not paced
 	stop     func(cause error)
 
 	mu     sync.Mutex
@@ -33,20 +37,45 @@ type aborter struct {
 // errAborted stops a runner whose abort criterion fired.
 var errAborted = errors.New("job aborted")
 
-// newAborter returns the aborter of a job (nil if it has no abort
-// criteria), after checking the counts it already has: it may have been
-// stopped between recording the outcome that crosses a threshold and
-// aborting.
-func (s *Service) newAborter(ctx context.Context, r *Record, stop func(error)) (*aborter, error) {
-	if r.Herd == nil || r.Herd.Abort == nil || len(r.Herd.Abort.Criteria) == 0 {
+// newSteer returns the steer of a job (nil if it has no herd options),
+// after checking the counts it already has: it may have been stopped
+// between recording the outcome that crosses a threshold and aborting.
+func (s *Service) newSteer(ctx context.Context, r *Record, stop func(error)) (*steer, error) {
+	o := r.Herd
+	if o == nil || o.Rollout == nil && (o.Abort == nil || len(o.Abort.Criteria) == 0) {
 		return nil, nil
 	}
 	c, err := s.store.FailureCounts(ctx, r.JobID)
 	if err != nil {
 		return nil, err
 	}
-	a := &aborter{s: s, jobID: r.JobID, criteria: r.Herd.Abort.Criteria, stop: stop, counts: c}
-	return a, a.check(ctx, FailureCounts{}, nil)
+	st := &steer{s: s, jobID: r.JobID, stop: stop, counts: c}
+	if o.Abort != nil {
+		st.criteria = o.Abort.Criteria
+	}
+	if o.Rollout != nil {
+		st.pace = newPacer(s.clock, *o.Rollout, c.succeeded())
+	}
+	return st, st.check(ctx, FailureCounts{}, nil)
+}
+
+// succeeded counts the executed devices that did not fail.
+func (c FailureCounts) succeeded() int64 { return c.Executed - c.Of(herd.FailureAny) }
+
+// batch returns how many devices to start at once, at most limit.
+func (st *steer) batch(limit int) int {
+	if st == nil || st.pace == nil {
+		return limit
+	}
+	return st.pace.batch(limit)
+}
+
+// wait waits until n more devices may start; false if ctx ended first.
+func (st *steer) wait(ctx context.Context, n int) bool {
+	if st == nil || st.pace == nil {
+		return true
+	}
+	return st.pace.wait(ctx, st.s, n)
 }
 
 // outcomes counts a batch of method outcomes before it is recorded, so
@@ -56,15 +85,15 @@ func (s *Service) newAborter(ctx context.Context, r *Record, stop func(error)) (
 // are claimed first, so that the abort, which cancels pending devices,
 // leaves them to their outcome; those outcomes are changed to move from
 // running.
-func (a *aborter) outcomes(ctx context.Context, batch []Outcome) error {
-	if a == nil {
+func (st *steer) outcomes(ctx context.Context, batch []Outcome) error {
+	if st == nil {
 		return nil
 	}
 	var d FailureCounts
 	for _, o := range batch {
 		d = d.add(classify(o))
 	}
-	return a.check(ctx, d, func() error {
+	return st.check(ctx, d, func() error {
 		var ids []string
 		for _, o := range batch {
 			if o.FromPending {
@@ -74,7 +103,7 @@ func (a *aborter) outcomes(ctx context.Context, batch []Outcome) error {
 		if len(ids) == 0 {
 			return nil
 		}
-		claimed, err := a.s.store.ClaimDevices(context.WithoutCancel(ctx), a.jobID, ids, a.s.clock.Now())
+		claimed, err := st.s.store.ClaimDevices(context.WithoutCancel(ctx), st.jobID, ids, st.s.clock.Now())
 		if errors.Is(err, ErrNotRunning) {
 			return nil // paused meanwhile: the abort cancels them with the rest
 		}
@@ -96,12 +125,12 @@ func (a *aborter) outcomes(ctx context.Context, batch []Outcome) error {
 
 // twins counts a committed twin batch: its updated devices succeeded, its
 // failed ones are Failed.
-func (a *aborter) twins(ctx context.Context, res TwinBatchResult) error {
-	if a == nil {
+func (st *steer) twins(ctx context.Context, res TwinBatchResult) error {
+	if st == nil {
 		return nil
 	}
 	n := int64(res.Failed)
-	return a.check(ctx, FailureCounts{Executed: int64(len(res.Updated)) + n, Failed: n}, nil)
+	return st.check(ctx, FailureCounts{Executed: int64(len(res.Updated)) + n, Failed: n}, nil)
 }
 
 func (c FailureCounts) add(d FailureCounts) FailureCounts {
@@ -139,44 +168,47 @@ func classify(o Outcome) FailureCounts {
 // check adds d to the counts and aborts the job if a criterion fires,
 // after calling before (if not nil). The store refuses nothing here: a job
 // that ended or is ending meanwhile is left as it is.
-func (a *aborter) check(ctx context.Context, d FailureCounts, before func() error) error {
-	a.mu.Lock()
-	a.counts = a.counts.add(d)
-	if a.fired {
-		a.mu.Unlock()
+func (st *steer) check(ctx context.Context, d FailureCounts, before func() error) error {
+	st.mu.Lock()
+	st.counts = st.counts.add(d)
+	if st.pace != nil {
+		st.pace.succeeded(st.counts.succeeded())
+	}
+	if st.fired {
+		st.mu.Unlock()
 		return nil
 	}
-	c := a.counts
+	c := st.counts
 	var reason string
-	for _, k := range a.criteria {
+	for _, k := range st.criteria {
 		if fires(k, c) {
 			reason = abortReason(k, c)
 			break
 		}
 	}
 	if reason == "" {
-		a.mu.Unlock()
+		st.mu.Unlock()
 		return nil
 	}
-	a.fired = true
-	a.mu.Unlock()
+	st.fired = true
+	st.mu.Unlock()
 	var err error
 	if before != nil {
 		err = before()
 	}
 	var r *Record
 	if err == nil {
-		r, err = a.s.store.AbortJob(context.WithoutCancel(ctx), a.jobID, reason, a.s.clock.Now())
+		r, err = st.s.store.AbortJob(context.WithoutCancel(ctx), st.jobID, reason, st.s.clock.Now())
 	}
 	if err != nil {
-		a.mu.Lock()
-		a.fired = false // checked again with the next batch, or the next run
-		a.mu.Unlock()
+		st.mu.Lock()
+		st.fired = false // checked again with the next batch, or the next run
+		st.mu.Unlock()
 		return err
 	}
-	a.stop(errAborted)
+	st.stop(errAborted)
 	if r.Status == herd.JobFailed {
-		a.s.log.Warn("job aborted", "job_id", a.jobID, "reason", reason)
+		st.s.log.Warn("job aborted", "job_id", st.jobID, "reason", reason)
 	}
 	return nil
 }
