@@ -59,10 +59,27 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	}
 	r.add(row{what: "method job, devices through the in-memory transport (hub and devices in one process), every outcome persisted",
 		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), measured: rate(n, took), target: "", n: n})
+	// The same fleet, paced: does the rollout keep to its rate? A job at
+	// paceRate starts a second's worth of devices at once, then the rest
+	// at the rate, so (n - burst) devices take the measured time.
+	logf("method job paced at %s devices a minute over %d devices (%s)", count(paceRate), n, b.Name())
+	paced, err := jobRuns(ctx, h, 1, n, "pipe-paced", fmt.Sprintf(
+		`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor"},"herd":{"rollout":{"maxPerMinute":%d}}}`, paceRate))
+	if err != nil {
+		return err
+	}
+	burst := (paceRate + 59) / 60
+	got := float64(n-burst) / paced[0].Minutes()
+	r.add(row{what: fmt.Sprintf("the same method job paced at `herd.rollout.maxPerMinute` %s: devices started per minute after the first second's worth", count(paceRate)),
+		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), target: "within 2 % of the rate",
+		measured: fmt.Sprintf("**%s/min** (%+.2f %%, %s)", count(int(got)), (got/float64(paceRate)-1)*100, seconds(paced[0]))})
 	r.note("In-memory fleet of %s devices (%s): connected in %s (%s/s, SAS-authenticated, both ends in one process); the process grew by %.1f KB per device, hub and simulated device together.",
 		count(n), b.Name(), seconds(connect), count(int(float64(n)/connect.Seconds())), float64(mem-base)/float64(n))
 	return nil
 }
+
+// paceRate is the rate of the paced method job, devices a minute.
+const paceRate = 100_000
 
 // benchTwinJobs runs a twin-update job (a tag and a desired property) over
 // every device of a registered fleet (fleetdb.Jobs, no device connected)

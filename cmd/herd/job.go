@@ -40,6 +40,7 @@ type scheduleFlags struct {
 	maxTime time.Duration
 	wait    bool
 	abort   []string
+	failed  string
 	rate    int64
 	ramp    string
 }
@@ -51,6 +52,7 @@ func (f *scheduleFlags) register(cmd *cobra.Command) {
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch); exit non-zero unless every device succeeded")
 	cmd.Flags().Int64Var(&f.rate, "rate", 0, "start at most this many devices a minute (the cap of --ramp, if both are given)")
 	cmd.Flags().StringVar(&f.ramp, "ramp", "", "ramp the rate up: BASE:FACTOR:EVERY starts at BASE devices a minute and multiplies the rate by FACTOR each time EVERY more devices succeed (e.g. 50:2:1000)")
+	cmd.Flags().StringVar(&f.failed, "abort-failed", "", "abort the job once this share of the devices executed failed in any way (e.g. 10%; short for --abort Any:10)")
 	cmd.Flags().StringArrayVar(&f.abort, "abort", nil, "abort the job when failures reach a share: TYPE:PERCENT[:MIN-EXECUTED], TYPE one of Failed, TimedOut, DeviceNotOnline, Any (repeatable; e.g. Any:10:100)")
 }
 
@@ -80,7 +82,11 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		}
 		opts.Herd = &herd.JobOptions{Rollout: ro}
 	}
-	for _, a := range f.abort {
+	abort := f.abort
+	if f.failed != "" {
+		abort = append([]string{"Any:" + f.failed}, abort...)
+	}
+	for _, a := range abort {
 		c, err := parseAbortFlag(a)
 		if err != nil {
 			return opts, err

@@ -102,9 +102,9 @@ func TestJobCLI(t *testing.T) {
 		t.Errorf("show guarded: %v\n%s", err, out)
 	}
 	out, err = runCLI(t, env, "job", "schedule-method", "paced", "--method", "m", "--query", "*", "--start", "1h",
-		"--rate", "600", "--ramp", "50:2:1000", "--abort", "Failed:5")
+		"--rate", "600", "--ramp", "50:2:1000", "--abort", "Failed:5", "--abort-failed", "20%")
 	if err != nil || !strings.Contains(out, "50 devices a minute, times 2 each 1000 that succeed, up to 600") ||
-		!strings.Contains(out, "Failed at 5% of at least 1 executed") {
+		!strings.Contains(out, "Failed at 5% of at least 1 executed") || !strings.Contains(out, "Any at 20% of at least 1 executed") {
 		t.Errorf("--rate --ramp: %v\n%s", err, out)
 	}
 	if _, err := runCLI(t, env, "job", "schedule-twin", "g4", "--tags", `{"x":1}`, "--query", "*", "--ramp", "50:2"); err == nil || !strings.Contains(err.Error(), "BASE:FACTOR:EVERY") {

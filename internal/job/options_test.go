@@ -1,6 +1,7 @@
 package job
 
 import (
+	"math"
 	"testing"
 	"time"
 
@@ -108,5 +109,27 @@ func TestAbortCriterionFires(t *testing.T) {
 	k = herd.AbortCriterion{FailureType: herd.FailureAny, ThresholdPercentage: 33.3, MinExecutedDevices: 1}
 	if !fires(k, FailureCounts{Executed: 3, NotOnline: 1}) || fires(k, FailureCounts{Executed: 1000, TimedOut: 332}) {
 		t.Error("33.3% of Any")
+	}
+}
+
+// rolloutSeconds: the preview's time to start a job's devices under its
+// rollout.
+func TestRolloutSeconds(t *testing.T) {
+	if got := rolloutSeconds(herd.Rollout{MaxPerMinute: 600}, 610); got != 60 {
+		t.Errorf("610 devices at 600/min (10 at once): %v s, want 60", got)
+	}
+	if got := rolloutSeconds(herd.Rollout{MaxPerMinute: 600}, 5); got != 0 {
+		t.Errorf("5 devices within the first second's worth: %v s", got)
+	}
+	// 60/min for devices 1–2, 120/min for 2–4, 240/min (the cap) after.
+	ro := herd.Rollout{MaxPerMinute: 240, Exponential: &herd.ExponentialRate{BaseRatePerMinute: 60, IncrementFactor: 2,
+		RateIncreaseCriteria: herd.RateIncreaseCriteria{NumberOfSucceededDevices: 2}}}
+	if got, want := rolloutSeconds(ro, 12), 1+2*0.5+8*0.25; got != want {
+		t.Errorf("12 devices ramping: %v s, want %v", got, want)
+	}
+	ro = herd.Rollout{Exponential: &herd.ExponentialRate{BaseRatePerMinute: 1, IncrementFactor: 1.000001,
+		RateIncreaseCriteria: herd.RateIncreaseCriteria{NumberOfSucceededDevices: 1}}}
+	if got := rolloutSeconds(ro, 1_000_000); got <= 0 || math.IsInf(got, 0) {
+		t.Errorf("a slow ramp over a million devices: %v s", got)
 	}
 }

@@ -182,11 +182,38 @@ func (s *Service) estimate(p *Preview, r *Record) {
 			"at worst %.0f round(s) of up to %d calls in flight each taking the %.0f s response timeout; %d disconnected devices %s",
 			p.ConnectedCount, estimateMethodRate, rounds, s.cfg.MaxInFlight, response, p.DisconnectedCount, offline)
 	}
+	if r.Herd != nil && r.Herd.Rollout != nil {
+		paced := rolloutSeconds(*r.Herd.Rollout, p.DeviceCount)
+		expected, worst = max(expected, paced), max(worst, paced)
+		p.Estimate += fmt.Sprintf("; the rollout's pace starts the %d devices in about %.0f s (every device succeeding)", p.DeviceCount, paced)
+	}
 	p.EstimatedDurationInSeconds = roundSeconds(min(expected, deadline))
 	p.MaxDurationInSeconds = roundSeconds(min(worst, deadline))
 	if worst > deadline {
 		p.Estimate += fmt.Sprintf("; the deadline (maxExecutionTimeInSeconds %d) may end it first", r.MaxExecutionTimeInSeconds)
 	}
+}
+
+// rolloutSeconds is how long a rollout takes to start n devices if every
+// device succeeds as it starts: the first second's worth at once, then the
+// rest at the rate, which an exponential rollout raises with each step of
+// succeeded devices (pacer).
+func rolloutSeconds(ro herd.Rollout, n int64) float64 {
+	started := min(n, int64(burst(perMinute(ro, 0))))
+	left := float64(n - started)
+	var took float64
+	for i := 0; left > 0; i++ {
+		rate := perMinute(ro, started) / 60
+		step := left
+		if e := ro.Exponential; e != nil && i < 10000 && rate < perMinute(ro, math.MaxInt64/2)/60 {
+			next := (started/e.RateIncreaseCriteria.NumberOfSucceededDevices + 1) * e.RateIncreaseCriteria.NumberOfSucceededDevices
+			step = min(left, float64(next-started))
+		}
+		took += step / rate
+		left -= step
+		started += int64(step)
+	}
+	return took
 }
 
 // roundSeconds rounds up to milliseconds.
