@@ -305,6 +305,16 @@ type Job struct {
 	// Herd is Herd's extension member (ignored by the Azure SDKs): how the
 	// job rolls out and when it aborts.
 	Herd *JobOptions `json:"herd,omitempty"`
+	// HerdStatus is where a job with waves is in its rollout (Herd's; set
+	// by the hub, ignored in a request).
+	HerdStatus *JobHerdStatus `json:"herdStatus,omitempty"`
+}
+
+// JobHerdStatus is the rollout state of a job with waves: Wave is the
+// wave its devices are started from (1-based) of Waves.
+type JobHerdStatus struct {
+	Wave  int `json:"wave"`
+	Waves int `json:"waves"`
 }
 
 // JobOptions is the "herd" member of a job: rollout controls that Azure
@@ -320,6 +330,19 @@ type JobOptions struct {
 type Rollout struct {
 	MaxPerMinute int64            `json:"maxPerMinute,omitempty"`
 	Exponential  *ExponentialRate `json:"exponential,omitempty"`
+	// Waves split the job's devices: each wave starts once the devices of
+	// the one before have finished; Percent is cumulative (of the job's
+	// devices), and the last wave takes the rest.
+	Waves []Wave `json:"waves,omitempty"`
+	// PauseBetweenWaves pauses the job after each wave (status paused)
+	// until it is resumed.
+	PauseBetweenWaves bool `json:"pauseBetweenWaves,omitempty"`
+}
+
+// Wave is one wave of a rollout: the share of the job's devices started by
+// its end.
+type Wave struct {
+	Percent float64 `json:"percent"`
 }
 
 // ExponentialRate starts a job at BaseRatePerMinute devices a minute and

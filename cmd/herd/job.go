@@ -43,6 +43,8 @@ type scheduleFlags struct {
 	failed  string
 	rate    int64
 	ramp    string
+	waves   []float64
+	pause   bool
 }
 
 func (f *scheduleFlags) register(cmd *cobra.Command) {
@@ -53,6 +55,8 @@ func (f *scheduleFlags) register(cmd *cobra.Command) {
 	cmd.Flags().Int64Var(&f.rate, "rate", 0, "start at most this many devices a minute (the cap of --ramp, if both are given)")
 	cmd.Flags().StringVar(&f.ramp, "ramp", "", "ramp the rate up: BASE:FACTOR:EVERY starts at BASE devices a minute and multiplies the rate by FACTOR each time EVERY more devices succeed (e.g. 50:2:1000)")
 	cmd.Flags().StringVar(&f.failed, "abort-failed", "", "abort the job once this share of the devices executed failed in any way (e.g. 10%; short for --abort Any:10)")
+	cmd.Flags().Float64SliceVar(&f.waves, "waves", nil, "roll out in waves: cumulative percentages of the devices, e.g. 1,10,100 (each wave starts when the one before has finished)")
+	cmd.Flags().BoolVar(&f.pause, "pause-between-waves", false, "pause the job after each wave until herd job resume")
 	cmd.Flags().StringArrayVar(&f.abort, "abort", nil, "abort the job when failures reach a share: TYPE:PERCENT[:MIN-EXECUTED], TYPE one of Failed, TimedOut, DeviceNotOnline, Any (repeatable; e.g. Any:10:100)")
 }
 
@@ -71,8 +75,11 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		return service.JobOptions{}, fmt.Errorf(`--query is required: the WHERE part of a twin query (--query "tags.building = 43"), or --query "*" for every device`)
 	}
 	opts := service.JobOptions{MaxExecutionTime: f.maxTime}
-	if f.rate != 0 || f.ramp != "" {
-		ro := &herd.Rollout{MaxPerMinute: f.rate}
+	if f.rate != 0 || f.ramp != "" || len(f.waves) > 0 || f.pause {
+		ro := &herd.Rollout{MaxPerMinute: f.rate, PauseBetweenWaves: f.pause}
+		for _, p := range f.waves {
+			ro.Waves = append(ro.Waves, herd.Wave{Percent: p})
+		}
 		if f.ramp != "" {
 			e, err := parseRampFlag(f.ramp)
 			if err != nil {
@@ -360,8 +367,22 @@ func printJob(e *env, cf *clientFlags, j *herd.Job) error {
 				fmt.Fprintf(w, ", up to %d", ro.MaxPerMinute)
 			}
 			fmt.Fprintln(w)
-		} else {
+		} else if ro.MaxPerMinute > 0 {
 			fmt.Fprintf(w, "Rollout:\t%d devices a minute\n", ro.MaxPerMinute)
+		}
+		if len(ro.Waves) > 0 {
+			var pct []string
+			for _, wv := range ro.Waves {
+				pct = append(pct, strconv.FormatFloat(wv.Percent, 'f', -1, 64)+"%")
+			}
+			fmt.Fprintf(w, "Waves:\t%s", strings.Join(pct, ", "))
+			if ro.PauseBetweenWaves {
+				fmt.Fprint(w, ", pausing between waves")
+			}
+			if hs := j.HerdStatus; hs != nil {
+				fmt.Fprintf(w, " (now wave %d of %d)", hs.Wave, hs.Waves)
+			}
+			fmt.Fprintln(w)
 		}
 	}
 	if j.Herd != nil && j.Herd.Abort != nil {

@@ -107,6 +107,13 @@ func TestJobCLI(t *testing.T) {
 		!strings.Contains(out, "Failed at 5% of at least 1 executed") || !strings.Contains(out, "Any at 20% of at least 1 executed") {
 		t.Errorf("--rate --ramp: %v\n%s", err, out)
 	}
+	out, err = runCLI(t, env, "job", "schedule-twin", "waved", "--tags", `{"w":1}`, "--query", "*", "--waves", "50,100", "--pause-between-waves")
+	if err != nil || !strings.Contains(out, "Waves:") || !strings.Contains(out, "50%, 100%, pausing between waves") {
+		t.Errorf("--waves: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "g6", "--tags", `{"x":1}`, "--query", "*", "--waves", "50,10"); err == nil || !strings.Contains(err.Error(), "cumulative") {
+		t.Errorf("--waves 50,10: %v", err)
+	}
 	if _, err := runCLI(t, env, "job", "schedule-twin", "g4", "--tags", `{"x":1}`, "--query", "*", "--ramp", "50:2"); err == nil || !strings.Contains(err.Error(), "BASE:FACTOR:EVERY") {
 		t.Errorf("--ramp 50:2: %v", err)
 	}

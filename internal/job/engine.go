@@ -194,14 +194,15 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	if err != nil {
 		return err
 	}
-	switch r.Type {
-	case herd.JobUpdateTwin:
-		err = s.runTwin(ctx, run.feed, r, st)
-	case herd.JobDeviceMethod:
-		err = s.runMethod(ctx, run.feed, run.stop, r, st)
-	default:
+	if r.Type != herd.JobUpdateTwin && r.Type != herd.JobDeviceMethod {
 		return s.store.FailJob(ctx, r.JobID, fmt.Sprintf("job type %q cannot run", r.Type), s.clock.Now())
 	}
+	err = s.runWaves(ctx, run, r, func(limit int64) error {
+		if r.Type == herd.JobUpdateTwin {
+			return s.runTwin(ctx, run.feed, r, st, limit)
+		}
+		return s.runMethod(ctx, run.feed, run.stop, r, st, limit)
+	})
 	if err != nil && run.feed.Err() == nil {
 		return err
 	}

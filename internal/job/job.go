@@ -28,6 +28,9 @@ type Record struct {
 	// Started is when the engine started the job (zero before); the
 	// deadline counts from it.
 	Started time.Time
+	// Wave is the wave of the job's rollout its devices are started from
+	// (0-based; 0 for a job without waves).
+	Wave int
 	// Request is the job's work as stored: the updateTwin member as
 	// received (compact JSON), or the cloudToDeviceMethod member with its
 	// defaults filled in.
@@ -37,6 +40,7 @@ type Record struct {
 // Decode fills the echo member (CloudToDeviceMethod or UpdateTwin) from
 // Request, as a store does after reading a job.
 func (r *Record) Decode() error {
+	r.HerdStatus = herdStatus(r)
 	switch r.Type {
 	case herd.JobDeviceMethod:
 		var m herd.MethodRequest
@@ -201,6 +205,10 @@ type Store interface {
 	// job ends (status failed) when they have. It returns the job after;
 	// a job in another state is returned unchanged.
 	AbortJob(ctx context.Context, id, reason string, now time.Time) (*Record, error)
+	// AdvanceWave moves a running or paused job whose wave is below wave
+	// to wave, and with pause pauses it if running, in one statement; the
+	// job as it is after.
+	AdvanceWave(ctx context.Context, id string, wave int, pause bool, now time.Time) (*Record, error)
 	// FailureCounts counts the devices of a job that have an outcome
 	// (completed or failed) and its failures by type.
 	FailureCounts(ctx context.Context, id string) (FailureCounts, error)

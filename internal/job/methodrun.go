@@ -34,6 +34,7 @@ type methodRun struct {
 	calls    sync.WaitGroup
 	waiters  sync.WaitGroup
 	claimErr error // first store failure of the claimer (claimer only)
+	limit    int64 // devices to start at most (-1: every pending one)
 	steer    *steer
 	stop     func(cause error) // ends feed
 }
@@ -47,7 +48,7 @@ type methodRun struct {
 // up to that long, bounded by the job's deadline, and is invoked the moment
 // it comes online. Outcomes are written in batches. The global slot
 // limiter bounds the calls in flight.
-func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, st *steer) error {
+func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, st *steer, limit int64) error {
 	call, stopCalls := context.WithCancel(ctx)
 	defer stopCalls()
 	go func() {
@@ -56,7 +57,7 @@ func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Reco
 			stopCalls()
 		}
 	}()
-	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, steer: st, stop: stop,
+	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, steer: st, stop: stop, limit: limit,
 		claims: make(chan string, maxClaimBatch), outcomes: make(chan Outcome, maxWriteBatch)}
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- m.write() }()
@@ -95,6 +96,10 @@ func (m *methodRun) feedDevices() error {
 		}
 		cursor = ids[len(ids)-1]
 		for _, id := range ids {
+			if m.limit == 0 {
+				return nil // the wave's devices are all started
+			}
+			m.limit--
 			if !m.steer.wait(m.feed, 1) {
 				return nil
 			}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
+	"strconv"
 	"strings"
 
 	"github.com/herd-iot/herd"
@@ -26,11 +27,6 @@ const (
 var notYet = map[string]string{
 	"retry":      "herd.retry",
 	"continuous": "herd.continuous",
-}
-
-var notYetRollout = map[string]string{
-	"waves":             "herd.rollout.waves",
-	"pauseBetweenWaves": "herd.rollout.pauseBetweenWaves",
 }
 
 // parseOptions checks a job's "herd" member: an object whose members are
@@ -102,18 +98,68 @@ func parseRollout(raw json.RawMessage) (*herd.Rollout, error) {
 			if out.Exponential, err = parseExponential(v); err != nil {
 				return nil, err
 			}
-		default:
-			if name, ok := notYetRollout[k]; ok {
-				return nil, invalid("%s is not supported by this version of Herd", name)
+		case "waves":
+			if out.Waves, err = parseWaves(v); err != nil {
+				return nil, err
 			}
-			return nil, invalid("herd.rollout.%s is not a member of a rollout (maxPerMinute, exponential)", k)
+		case "pauseBetweenWaves":
+			if json.Unmarshal(v, &out.PauseBetweenWaves) != nil {
+				return nil, invalid("herd.rollout.pauseBetweenWaves must be true or false, not %s", v)
+			}
+		default:
+			return nil, invalid("herd.rollout.%s is not a member of a rollout (maxPerMinute, exponential, waves, pauseBetweenWaves)", k)
 		}
 	}
-	if out.MaxPerMinute == 0 && out.Exponential == nil {
-		return nil, invalid("herd.rollout needs maxPerMinute and/or exponential")
+	if out.MaxPerMinute == 0 && out.Exponential == nil && len(out.Waves) == 0 {
+		return nil, invalid("herd.rollout needs maxPerMinute, exponential or waves")
+	}
+	if out.PauseBetweenWaves && len(out.Waves) == 0 {
+		return nil, invalid("herd.rollout.pauseBetweenWaves needs herd.rollout.waves")
 	}
 	if e := out.Exponential; e != nil && out.MaxPerMinute > 0 && e.BaseRatePerMinute > out.MaxPerMinute {
 		return nil, invalid("herd.rollout.exponential.baseRatePerMinute (%d) is above maxPerMinute (%d)", e.BaseRatePerMinute, out.MaxPerMinute)
+	}
+	return out, nil
+}
+
+// MaxWaves bounds herd.rollout.waves.
+const MaxWaves = 20
+
+// parseWaves reads a rollout's waves: 1 to MaxWaves objects whose percent
+// rises strictly, each above 0 and at most 100.
+func parseWaves(raw json.RawMessage) ([]herd.Wave, error) {
+	var list []json.RawMessage
+	if json.Unmarshal(raw, &list) != nil {
+		return nil, invalid("herd.rollout.waves must be an array, not %s", raw)
+	}
+	if len(list) == 0 || len(list) > MaxWaves {
+		return nil, invalid("herd.rollout.waves must hold from 1 to %d waves, not %d", MaxWaves, len(list))
+	}
+	out := make([]herd.Wave, len(list))
+	for i, w := range list {
+		name := fmt.Sprintf("herd.rollout.waves[%d]", i)
+		members, err := object(w, name)
+		if err != nil {
+			return nil, err
+		}
+		v, ok := members["percent"]
+		if !ok {
+			return nil, herd.Errorf(herd.ErrArgumentNull, "%s.percent is required", name)
+		}
+		for k := range members {
+			if k != "percent" {
+				return nil, invalid("%s.%s is not a member of a wave (percent)", name, k)
+			}
+		}
+		f, ok := number(v)
+		if !ok || f <= 0 || f > 100 {
+			return nil, invalid("%s.percent must be a number above 0 and at most 100, not %s", name, v)
+		}
+		if i > 0 && f <= out[i-1].Percent {
+			return nil, invalid("%s.percent (%s) must be above the wave before's (%s): the percentages are cumulative", name, v,
+				strconv.FormatFloat(out[i-1].Percent, 'f', -1, 64))
+		}
+		out[i].Percent = f
 	}
 	return out, nil
 }

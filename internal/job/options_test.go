@@ -1,6 +1,7 @@
 package job
 
 import (
+	"fmt"
 	"math"
 	"testing"
 	"time"
@@ -26,13 +27,21 @@ func TestParseOptions(t *testing.T) {
 	if o, err := parseOptions([]byte(`{"abort":{"criteria":[{"failureType":"Failed","thresholdPercentage":5}]}}`)); err != nil || o.Abort.Criteria[0].MinExecutedDevices != 1 {
 		t.Errorf("default minExecutedDevices: %+v %v", o, err)
 	}
+	if o, err := parseOptions([]byte(`{"rollout":{"waves":[{"percent":1},{"percent":10.5},{"percent":100}],"pauseBetweenWaves":true}}`)); err != nil ||
+		len(o.Rollout.Waves) != 3 || o.Rollout.Waves[1].Percent != 10.5 || !o.Rollout.PauseBetweenWaves || o.Rollout.MaxPerMinute != 0 {
+		t.Errorf("waves: %+v %v", o, err)
+	}
 	if o, err := parseOptions([]byte(`null`)); err != nil || o != nil {
 		t.Errorf("null: %+v %v", o, err)
 	}
 	for _, bad := range []string{
 		`[]`, `"x"`, `{"retry":{}}`, `{"continuous":true}`, `{"speed":1}`,
 		`{"rollout":{}}`, `{"rollout":{"maxPerMinute":0}}`, `{"rollout":{"maxPerMinute":"10"}}`, `{"rollout":{"maxPerMinute":1.5}}`,
-		`{"rollout":{"waves":[{"percent":1}]}}`, `{"rollout":{"maxPerMinute":100000001}}`,
+		`{"rollout":{"maxPerMinute":100000001}}`,
+		`{"rollout":{"waves":[]}}`, `{"rollout":{"waves":[{"percent":0}]}}`, `{"rollout":{"waves":[{"percent":50},{"percent":10}]}}`,
+		`{"rollout":{"waves":[{"percent":10},{"percent":10}]}}`, `{"rollout":{"waves":[{"percent":"5"}]}}`, `{"rollout":{"waves":[{"percent":101}]}}`,
+		`{"rollout":{"waves":[{}]}}`, `{"rollout":{"waves":[{"percent":5,"devices":3}]}}`, `{"rollout":{"waves":{"percent":5}}}`,
+		`{"rollout":{"pauseBetweenWaves":true}}`, `{"rollout":{"waves":[{"percent":5}],"pauseBetweenWaves":"yes"}}`,
 		`{"rollout":{"exponential":{"incrementFactor":2,"rateIncreaseCriteria":{"numberOfSucceededDevices":1}}}}`,
 		`{"rollout":{"exponential":{"baseRatePerMinute":5,"incrementFactor":1,"rateIncreaseCriteria":{"numberOfSucceededDevices":1}}}}`,
 		`{"rollout":{"exponential":{"baseRatePerMinute":5,"incrementFactor":2}}}`,
@@ -56,9 +65,9 @@ func TestParseOptions(t *testing.T) {
 // A member the engine does not honour yet is refused rather than run as
 // if it were not; herd: null is no options.
 func TestOptionsNotYetRefused(t *testing.T) {
-	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"rollout":{"maxPerMinute":60,"waves":[{"percent":1}]}}}`
+	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":5}]}}}`
 	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {
-		t.Errorf("waves were accepted: %v", err)
+		t.Errorf("retry was accepted: %v", err)
 	}
 	body = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":null}`
 	if r, err := ParseRequest("j", []byte(body), time.Now()); err != nil || r.Herd != nil {
@@ -131,5 +140,21 @@ func TestRolloutSeconds(t *testing.T) {
 		RateIncreaseCriteria: herd.RateIncreaseCriteria{NumberOfSucceededDevices: 1}}}
 	if got := rolloutSeconds(ro, 1_000_000); got <= 0 || math.IsInf(got, 0) {
 		t.Errorf("a slow ramp over a million devices: %v s", got)
+	}
+}
+
+// waveEnds: cumulative device counts per wave, rounded up; waves empty at
+// a size are left out; the last wave takes the rest.
+func TestWaveEnds(t *testing.T) {
+	ro := &herd.Rollout{Waves: []herd.Wave{{Percent: 1}, {Percent: 10}, {Percent: 100}}}
+	for n, want := range map[int64]string{
+		10000: "[100 1000 10000]", 20: "[1 2 20]", 5: "[1 5]", 1: "[1]", 0: "[0]",
+	} {
+		if got := fmt.Sprint(waveEnds(ro, n)); got != want {
+			t.Errorf("%d devices: %s, want %s", n, got, want)
+		}
+	}
+	if got := fmt.Sprint(waveEnds(&herd.Rollout{Waves: []herd.Wave{{Percent: 33.3}}}, 1000)); got != "[333 1000]" {
+		t.Errorf("33.3%% of 1000: %s", got)
 	}
 }

@@ -182,7 +182,7 @@ func (s *Service) estimate(p *Preview, r *Record) {
 			"at worst %.0f round(s) of up to %d calls in flight each taking the %.0f s response timeout; %d disconnected devices %s",
 			p.ConnectedCount, estimateMethodRate, rounds, s.cfg.MaxInFlight, response, p.DisconnectedCount, offline)
 	}
-	if r.Herd != nil && r.Herd.Rollout != nil {
+	if ro := rolloutOf(r); ro != nil && (ro.MaxPerMinute > 0 || ro.Exponential != nil) {
 		paced := rolloutSeconds(*r.Herd.Rollout, p.DeviceCount)
 		expected, worst = max(expected, paced), max(worst, paced)
 		p.Estimate += fmt.Sprintf("; the rollout's pace starts the %d devices in about %.0f s (every device succeeding)", p.DeviceCount, paced)

@@ -168,6 +168,11 @@ func (n notifying) ResumeJob(ctx context.Context, id string, now time.Time) (*Re
 	return n.Store.ResumeJob(ctx, id, now)
 }
 
+func (n notifying) AdvanceWave(ctx context.Context, id string, wave int, pause bool, now time.Time) (*Record, error) {
+	defer n.p.changed(id)
+	return n.Store.AdvanceWave(ctx, id, wave, pause, now)
+}
+
 func (n notifying) AbortJob(ctx context.Context, id, reason string, now time.Time) (*Record, error) {
 	defer n.p.changed(id)
 	return n.Store.AbortJob(ctx, id, reason, now)

@@ -45,6 +45,10 @@ func (s *Service) newSteer(ctx context.Context, r *Record, stop func(error)) (*s
 	if o == nil || o.Rollout == nil && (o.Abort == nil || len(o.Abort.Criteria) == 0) {
 		return nil, nil
 	}
+	if ro := o.Rollout; ro != nil && ro.MaxPerMinute == 0 && ro.Exponential == nil && (o.Abort == nil || len(o.Abort.Criteria) == 0) {
+		// Waves only: the engine's wave loop needs no counts.
+		return nil, nil
+	}
 	c, err := s.store.FailureCounts(ctx, r.JobID)
 	if err != nil {
 		return nil, err
@@ -53,8 +57,8 @@ func (s *Service) newSteer(ctx context.Context, r *Record, stop func(error)) (*s
 	if o.Abort != nil {
 		st.criteria = o.Abort.Criteria
 	}
-	if o.Rollout != nil {
-		st.pace = newPacer(s.clock, *o.Rollout, c.succeeded())
+	if ro := o.Rollout; ro != nil && (ro.MaxPerMinute > 0 || ro.Exponential != nil) {
+		st.pace = newPacer(s.clock, *ro, c.succeeded())
 	}
 	return st, st.check(ctx, FailureCounts{}, nil)
 }

@@ -22,12 +22,13 @@ import (
 // way twice, its devices are tried one by one and each that fails again is
 // recorded failed (ErrCodeTwinWrite), so that a write the store refuses
 // every time ends in device outcomes instead of retries until the deadline.
-func (s *Service) runTwin(ctx, feed context.Context, r *Record, st *steer) error {
+// limit bounds the devices patched (-1: every pending one), for a wave.
+func (s *Service) runTwin(ctx, feed context.Context, r *Record, st *steer, limit int64) error {
 	p, err := Patch(r)
 	if err == nil {
 		var body func(int64) []byte
 		if body, err = p.NotificationBody(); err == nil {
-			return s.twinBatches(feed, r, p, body, st)
+			return s.twinBatches(feed, r, p, body, st, limit)
 		}
 	}
 	// A stored patch that no longer passes validation (a job stored by an
@@ -37,13 +38,19 @@ func (s *Service) runTwin(ctx, feed context.Context, r *Record, st *steer) error
 	return s.store.ExpireJob(ctx, r.JobID, reason, herd.DeviceJobError{Code: ErrCodeTwinWrite, Description: reason}, s.clock.Now())
 }
 
-func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer) error {
+func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer, limit int64) error {
 	if s.cfg.TwinWorkers > 1 {
-		return s.twinBatchesConcurrent(feed, r, p, body, st)
+		return s.twinBatchesConcurrent(feed, r, p, body, st, limit)
 	}
 	cursor := ""
 	for {
 		want := st.batch(s.cfg.TwinBatch)
+		if limit >= 0 {
+			if limit == 0 {
+				return nil // the wave's devices are all patched
+			}
+			want = int(min(int64(want), limit))
+		}
 		if !st.wait(feed, want) {
 			return nil // feed ended
 		}
@@ -67,6 +74,9 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 		if err := s.twinBatchDone(feed, r, body, res, st); err != nil {
 			return err
 		}
+		if limit >= 0 {
+			limit -= int64(len(res.Updated) + res.Failed)
+		}
 		if res.Done {
 			return nil
 		}
@@ -82,13 +92,19 @@ func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, bod
 // overlap; each batch completes the job in its transaction if it is the
 // last to commit. A range whose batch fails is tried again on its own, as
 // the one-at-a-time loop does, while the others go on.
-func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer) error {
+func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer, limit int64) error {
 	g, ctx := errgroup.WithContext(feed)
 	g.SetLimit(s.cfg.TwinWorkers)
 	cursor := ""
 	var err error
 	for {
 		want := st.batch(s.cfg.TwinBatch)
+		if limit >= 0 {
+			if limit == 0 {
+				break // the wave's devices are all handed out
+			}
+			want = int(min(int64(want), limit))
+		}
 		if !st.wait(ctx, want) {
 			break
 		}
@@ -103,6 +119,9 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 		}
 		after := cursor
 		cursor = ids[len(ids)-1]
+		if limit >= 0 {
+			limit -= int64(len(ids))
+		}
 		g.Go(func() error {
 			defer s.slots.release(n)
 			res, err := s.twinBatch(ctx, r, p, after, n)
@@ -124,6 +143,9 @@ func (s *Service) twinBatchesConcurrent(feed context.Context, r *Record, p twin.
 	}
 	if err != nil {
 		return err
+	}
+	if limit == 0 {
+		return nil // a wave ends here; the job goes on
 	}
 	// No pending device is left after cursor: the batch there completes
 	// the job if no batch did (a job resumed with nothing pending).

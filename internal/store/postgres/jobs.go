@@ -22,7 +22,7 @@ var _ job.Store = (*DB)(nil)
 // jobColumns are the jobs columns scanJob reads, in order.
 const jobColumns = `job_id, type, status, query_condition, created_time, start_time, end_time,
 	max_execution_seconds, request, failure_reason, status_message, device_count,
-	succeeded_count, failed_count, running_count, pending_count, started_time, herd`
+	succeeded_count, failed_count, running_count, pending_count, started_time, herd, wave`
 
 func jobNotFound(id string) error {
 	return herd.Errorf(herd.ErrJobNotFound, "job %q does not exist", id)
@@ -41,7 +41,7 @@ func scanJob(row pgx.Row) (*job.Record, error) {
 	)
 	err := row.Scan(&r.JobID, &typ, &status, &r.QueryCondition, &created, &start, &end,
 		&r.MaxExecutionTimeInSeconds, &request, &failure, &message, &st.DeviceCount,
-		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started, &opts)
+		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started, &opts, &r.Wave)
 	if err != nil {
 		return nil, err
 	}
@@ -376,6 +376,19 @@ func (db *DB) AbortJob(ctx context.Context, id, reason string, now time.Time) (*
 			return nil
 		}
 		return stopJob(ctx, tx, id, status, started, herd.JobFailed, reason, now)
+	})
+}
+
+// AdvanceWave moves a job's rollout to wave, pausing it with pause.
+func (db *DB) AdvanceWave(ctx context.Context, id string, wave int, pause bool, now time.Time) (*job.Record, error) {
+	return db.changeJob(ctx, id, "advance the wave of", func(tx pgx.Tx, status herd.JobStatus, started bool) error {
+		if status != herd.JobRunning && status != herd.JobPaused {
+			return nil
+		}
+		_, err := tx.Exec(ctx, `UPDATE jobs SET wave = $1,
+			status = CASE WHEN $2 AND status = 'running' THEN 'paused' ELSE status END
+			WHERE job_id = $3 AND wave < $1`, wave, pause, id)
+		return err
 	})
 }
 

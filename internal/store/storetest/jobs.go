@@ -716,6 +716,21 @@ func testPauseResumeAbort(t *testing.T, s JobStore) {
 	if r, err := s.AbortJob(ctx, "bad", "again", t0.Add(time.Hour)); err != nil || r.FailureReason != "too many failures" {
 		t.Errorf("aborting an ended job changed it: %+v %v", r, err)
 	}
+	// Waves: the wave moves on (never back), pausing the job if asked.
+	methodJob(t, s, "waved")
+	s.StartJob(ctx, "waved", everyDevice, t0)
+	if r, err := s.AdvanceWave(ctx, "waved", 1, false, t0); err != nil || r.Wave != 1 || r.Status != herd.JobRunning {
+		t.Errorf("advance: %+v %v", r, err)
+	}
+	if r, err := s.AdvanceWave(ctx, "waved", 2, true, t0); err != nil || r.Wave != 2 || r.Status != herd.JobPaused {
+		t.Errorf("advance and pause: %+v %v", r, err)
+	}
+	if r, err := s.AdvanceWave(ctx, "waved", 1, false, t0); err != nil || r.Wave != 2 {
+		t.Errorf("a wave moved back: %+v %v", r, err)
+	}
+	if r, _ := s.Job(ctx, "waved"); r.Wave != 2 || r.Status != herd.JobPaused {
+		t.Errorf("read back: wave %d %s", r.Wave, r.Status)
+	}
 	// The deadline of a paused job fails it.
 	methodJob(t, s, "sleepy")
 	s.StartJob(ctx, "sleepy", everyDevice, t0)
