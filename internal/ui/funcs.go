@@ -32,6 +32,7 @@ var funcs = template.FuncMap{
 	"add":        func(a, b int64) int64 { return a + b },
 	"list":       func(v ...any) []any { return v },
 	"seconds":    seconds,
+	"rollout":    rolloutText,
 	"statusClass": func(s any) string {
 		return "status-" + strings.ToLower(fmt.Sprint(s))
 	},
@@ -239,3 +240,31 @@ func quote(s string) string {
 
 // pathEscape escapes a device or job id for a URL path.
 func pathEscape(id string) string { return url.PathEscape(id) }
+
+// rolloutText describes a job's rollout in words ("600 devices a minute;
+// waves 1%, 10%, 100%, pausing between them").
+func rolloutText(ro *herd.Rollout) string {
+	var parts []string
+	if e := ro.Exponential; e != nil {
+		t := fmt.Sprintf("from %d devices a minute, times %s each %d that succeed", e.BaseRatePerMinute,
+			strconv.FormatFloat(e.IncrementFactor, 'f', -1, 64), e.RateIncreaseCriteria.NumberOfSucceededDevices)
+		if ro.MaxPerMinute > 0 {
+			t += fmt.Sprintf(", up to %d", ro.MaxPerMinute)
+		}
+		parts = append(parts, t)
+	} else if ro.MaxPerMinute > 0 {
+		parts = append(parts, fmt.Sprintf("%d devices a minute", ro.MaxPerMinute))
+	}
+	if len(ro.Waves) > 0 {
+		var pct []string
+		for _, w := range ro.Waves {
+			pct = append(pct, strconv.FormatFloat(w.Percent, 'f', -1, 64)+"%")
+		}
+		t := "waves " + strings.Join(pct, ", ")
+		if ro.PauseBetweenWaves {
+			t += ", pausing between them"
+		}
+		parts = append(parts, t)
+	}
+	return strings.Join(parts, "; ")
+}

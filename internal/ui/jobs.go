@@ -84,6 +84,10 @@ type progressView struct {
 	Rate  string `json:"rate"`
 	ETA   string `json:"eta"`
 	Ended bool   `json:"ended"`
+	// Wave is where a job with waves is ("2 of 3"; "–" before it
+	// starts); HasWaves says it has waves.
+	Wave     string `json:"wave"`
+	HasWaves bool   `json:"-"`
 }
 
 func progressOf(j *herd.Job, now time.Time) progressView {
@@ -95,6 +99,12 @@ func progressOf(j *herd.Job, now time.Time) progressView {
 		p.Total, p.Succeeded, p.Failed, p.Running, p.Pending = st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount
 	}
 	p.Done = p.Succeeded + p.Failed
+	if j.Herd != nil && j.Herd.Rollout != nil && len(j.Herd.Rollout.Waves) > 0 {
+		p.HasWaves, p.Wave = true, "–"
+		if hs := j.HerdStatus; hs != nil {
+			p.Wave = fmt.Sprintf("%d of %d", hs.Wave, hs.Waves)
+		}
+	}
 	p.Percent = "0"
 	if p.Total > 0 {
 		p.Percent = strconv.FormatFloat(100*float64(p.Done)/float64(p.Total), 'f', 1, 64)
@@ -240,6 +250,10 @@ type jobForm struct {
 	// means now.
 	StartTime    string
 	MaxExecution string
+	// Rollout controls (the job's herd member): devices a minute, waves
+	// as cumulative percentages ("1,10,100"), pause between waves ("on"),
+	// and an abort when failures reach a share of the devices executed.
+	Rate, Waves, PauseWaves, AbortPercent, AbortMin string
 }
 
 func readJobForm(r *http.Request) jobForm {
@@ -247,7 +261,8 @@ func readJobForm(r *http.Request) jobForm {
 	return jobForm{JobID: v("jobId"), Type: v("type"), Target: v("target"), Condition: v("condition"),
 		Tags: v("tags"), Desired: v("desired"), MethodName: v("methodName"), Payload: v("payload"),
 		ResponseTimeout: v("responseTimeout"), ConnectTimeout: v("connectTimeout"),
-		StartTime: v("startTime"), MaxExecution: v("maxExecution")}
+		StartTime: v("startTime"), MaxExecution: v("maxExecution"),
+		Rate: v("rate"), Waves: v("waves"), PauseWaves: v("pauseWaves"), AbortPercent: v("abortPercent"), AbortMin: v("abortMin")}
 }
 
 // values is the form as a query string (to edit it again).
@@ -255,7 +270,8 @@ func (f jobForm) values() url.Values {
 	out := url.Values{}
 	for k, v := range map[string]string{"jobId": f.JobID, "type": f.Type, "target": f.Target, "condition": f.Condition,
 		"tags": f.Tags, "desired": f.Desired, "methodName": f.MethodName, "payload": f.Payload,
-		"responseTimeout": f.ResponseTimeout, "connectTimeout": f.ConnectTimeout, "startTime": f.StartTime, "maxExecution": f.MaxExecution} {
+		"responseTimeout": f.ResponseTimeout, "connectTimeout": f.ConnectTimeout, "startTime": f.StartTime, "maxExecution": f.MaxExecution,
+		"rate": f.Rate, "waves": f.Waves, "pauseWaves": f.PauseWaves, "abortPercent": f.AbortPercent, "abortMin": f.AbortMin} {
 		if v != "" {
 			out.Set(k, v)
 		}
@@ -352,8 +368,59 @@ func (f jobForm) body(selected []string, now time.Time) (string, []byte, error) 
 		}
 		req["maxExecutionTimeInSeconds"] = n
 	}
+	opts, err := f.herdOptions()
+	if err != nil {
+		return "", nil, err
+	}
+	if opts != nil {
+		req["herd"] = opts
+	}
 	b, err := json.Marshal(req)
 	return id, b, err
+}
+
+// herdOptions builds the job's herd member from the rollout controls (nil
+// when none is set); the job service checks the figures.
+func (f jobForm) herdOptions() (*herd.JobOptions, error) {
+	bad := func(format string, args ...any) error { return herd.Errorf(herd.ErrArgumentInvalid, format, args...) }
+	var o herd.JobOptions
+	if f.Rate != "" || f.Waves != "" || f.PauseWaves != "" {
+		o.Rollout = &herd.Rollout{PauseBetweenWaves: f.PauseWaves != ""}
+		if f.Rate != "" {
+			n, err := strconv.ParseInt(f.Rate, 10, 64)
+			if err != nil {
+				return nil, bad("the rate must be a whole number of devices a minute")
+			}
+			o.Rollout.MaxPerMinute = n
+		}
+		for _, w := range strings.Split(f.Waves, ",") {
+			if w = strings.TrimSpace(strings.TrimSuffix(strings.TrimSpace(w), "%")); w == "" {
+				continue
+			}
+			p, err := strconv.ParseFloat(w, 64)
+			if err != nil {
+				return nil, bad("the waves must be percentages separated by commas, such as 1, 10, 100")
+			}
+			o.Rollout.Waves = append(o.Rollout.Waves, herd.Wave{Percent: p})
+		}
+	}
+	if f.AbortPercent != "" {
+		p, err := strconv.ParseFloat(strings.TrimSuffix(f.AbortPercent, "%"), 64)
+		if err != nil {
+			return nil, bad("the abort threshold must be a percentage")
+		}
+		c := herd.AbortCriterion{FailureType: herd.FailureAny, ThresholdPercentage: p, MinExecutedDevices: 1}
+		if f.AbortMin != "" {
+			if c.MinExecutedDevices, err = strconv.ParseInt(f.AbortMin, 10, 64); err != nil {
+				return nil, bad("the devices executed before an abort must be a whole number")
+			}
+		}
+		o.Abort = &herd.AbortPolicy{Criteria: []herd.AbortCriterion{c}}
+	}
+	if o.Rollout == nil && o.Abort == nil {
+		return nil, nil
+	}
+	return &o, nil
 }
 
 // newJobData is the new-job page's.

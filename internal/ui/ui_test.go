@@ -556,3 +556,57 @@ func TestRootRedirectsBrowsersOnly(t *testing.T) {
 }
 
 func timeIn(seconds int) time.Time { return time.Now().Add(time.Duration(seconds) * time.Second) }
+
+// TestRolloutControls: the new-job form's rollout fields become the job's
+// herd member, shown on the job page; bad figures are refused with the
+// form kept.
+func TestRolloutControls(t *testing.T) {
+	h := hubtest.Start(t)
+	createDevices(t, h, map[string]any{"building": 43}, "a1", "a2", "a3", "a4")
+	b := newBrowser(t, h)
+	b.signIn("iothubowner")
+	form := url.Values{"jobId": {"paced"}, "target": {"query"}, "condition": {"*"}, "type": {"scheduleUpdateTwin"},
+		"tags": {`{"r":1}`}, "rate": {"600"}, "waves": {"25, 100%"}, "pauseWaves": {"on"}, "abortPercent": {"10"}, "abortMin": {"2"}}
+	p := b.post("/ui/jobs/preview", form)
+	if p.status != 200 || !strings.Contains(p.body, `data-testid="preview-count">4<`) {
+		t.Fatalf("preview: %d %s", p.status, p.body)
+	}
+	m := regexp.MustCompile(`name="body" value="([^"]*)"`).FindStringSubmatch(p.body)
+	mac := regexp.MustCompile(`name="mac" value="([^"]*)"`).FindStringSubmatch(p.body)
+	if m == nil || mac == nil {
+		t.Fatal("no body in the preview")
+	}
+	body := html.UnescapeString(m[1])
+	for _, want := range []string{`"maxPerMinute":600`, `"waves":[{"percent":25},{"percent":100}]`, `"pauseBetweenWaves":true`,
+		`"failureType":"Any","thresholdPercentage":10,"minExecutedDevices":2`} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the job body lacks %s: %s", want, body)
+		}
+	}
+	if p := b.post("/ui/jobs", url.Values{"jobId": {"paced"}, "body": {body}, "mac": {html.UnescapeString(mac[1])}}); p.status != http.StatusSeeOther {
+		t.Fatalf("schedule: %d %s", p.status, p.body)
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		jp := b.get("/ui/jobs/paced")
+		if strings.Contains(jp.body, `data-testid="job-status">paused<`) {
+			if !strings.Contains(jp.body, "600 devices a minute; waves 25%, 100%, pausing between them") ||
+				!strings.Contains(jp.body, `data-testid="wave">2 of 2<`) || !strings.Contains(jp.body, "Any at 10% of at least 2 executed") {
+				t.Errorf("job page: %s", jp.body)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the job did not pause after its first wave: %s", jp.body)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	form.Set("waves", "50, 10")
+	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "cumulative") || !strings.Contains(p.body, `value="50, 10"`) {
+		t.Errorf("bad waves: %d %s", p.status, p.body)
+	}
+	form.Set("waves", "a lot")
+	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "percentages separated by commas") {
+		t.Errorf("unparsable waves: %d", p.status)
+	}
+}

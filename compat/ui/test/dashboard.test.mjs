@@ -205,6 +205,26 @@ test('create a method job from its preview and watch it complete live', async ()
   assert.match(await owner.locator('table.devicejobs tbody').textContent(), /No device records with this outcome/);
 });
 
+test('a twin job in waves stops after its canary until resumed', async () => {
+  await owner.goto(`${base}/ui/jobs/new`);
+  await owner.getByLabel('Job id').fill('waves-e2e');
+  await owner.getByLabel('Update twins').check();
+  await owner.getByLabel('Tags to set').fill('{"wave": "e2e"}');
+  await owner.getByLabel('Waves (cumulative percentages').fill('10, 100');
+  await owner.getByLabel('Pause after each wave until resumed').check();
+  await owner.getByRole('button', { name: 'Preview job' }).click();
+  assert.equal(await text(owner, 'preview-count'), String(devices));
+  await owner.getByRole('button', { name: 'Schedule job' }).click();
+  await owner.waitForURL(`${base}/ui/jobs/waves-e2e`);
+  assert.equal(await text(owner, 'rollout'), 'waves 10%, 100%, pausing between them');
+  await eventually('paused after the canary', async () => (await text(owner, 'job-status')) === 'paused', { ms: 30_000 });
+  assert.equal(await text(owner, 'succeeded'), String(Math.ceil(devices / 10)));
+  assert.equal(await text(owner, 'wave'), '2 of 2');
+  await owner.getByRole('button', { name: 'Resume job' }).click();
+  await eventually('completed after resume', async () => (await text(owner, 'job-status')) === 'completed', { ms: 30_000 });
+  assert.equal(await text(owner, 'succeeded'), String(devices));
+});
+
 test('cancel a scheduled job', async () => {
   await owner.goto(`${base}/ui/jobs/new`);
   await owner.getByLabel('Job id').fill('later-e2e');
