@@ -35,17 +35,28 @@ func freeAddr(t *testing.T) string {
 	return l.Addr().String()
 }
 
-// TestKillDuringMethodJob kills a real `herd serve` (SIGKILL) while a
-// method job has calls in flight to devices connected over MQTT, restarts
-// it, and checks the at-most-once contract: no device runs the method
-// twice, the calls that were in flight fail with MethodInterrupted, and
-// every other device is invoked after the restart (the devices reconnect
-// on their own and are waited for).
-func TestKillDuringMethodJob(t *testing.T) {
+// crashFleet is a real `herd serve` with devices connected over MQTT that
+// count the method calls they get, for the kill -9 tests.
+type crashFleet struct {
+	t     *testing.T
+	bin   string
+	dir   string
+	args  []string
+	c     *service.Client
+	serve served
+
+	mu      sync.Mutex
+	invoked map[string]int
+}
+
+// newCrashFleet registers devices dev-00… in a new data folder, starts
+// `herd serve` on it with inFlight method calls at most, and connects the
+// devices; each answers "upgrade" after 100 ms.
+func newCrashFleet(t *testing.T, devices, inFlight int) *crashFleet {
+	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
 	}
-	const devices, inFlight = 40, 4
 	dir := t.TempDir()
 	ctx := context.Background()
 	db, err := store.Open(ctx, hubtest.StoreFor(t, dir), dir)
@@ -66,16 +77,14 @@ func TestKillDuringMethodJob(t *testing.T) {
 	}
 	db.Close()
 
-	bin := buildHerd(t)
-	args := []string{"--https-addr", freeAddr(t), "--mqtt-addr", freeAddr(t), "--job-max-in-flight", fmt.Sprint(inFlight)}
-	mqttAddr := args[3]
-	serve := serveProcess(t, bin, dir, args...)
+	f := &crashFleet{t: t, bin: buildHerd(t), dir: dir, invoked: map[string]int{},
+		args: []string{"--https-addr", freeAddr(t), "--mqtt-addr", freeAddr(t), "--job-max-in-flight", fmt.Sprint(inFlight)}}
+	mqttAddr := f.args[3]
+	serve := serveProcess(t, f.bin, dir, f.args...)
 	ca, err := os.ReadFile(filepath.Join(dir, "ca.pem"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var mu sync.Mutex
-	invoked := map[string]int{}
 	for id, key := range keys {
 		cs := sas.ConnectionString{HostName: "localhost", DeviceID: id, SharedAccessKey: key}.String()
 		c, err := device.New(cs, device.WithCA(ca), device.WithAddress(mqttAddr))
@@ -83,9 +92,9 @@ func TestKillDuringMethodJob(t *testing.T) {
 			t.Fatal(err)
 		}
 		c.OnMethod("upgrade", func(ctx context.Context, _ json.RawMessage) (int, any) {
-			mu.Lock()
-			invoked[id]++
-			mu.Unlock()
+			f.mu.Lock()
+			f.invoked[id]++
+			f.mu.Unlock()
 			time.Sleep(100 * time.Millisecond) // long enough to be in flight when the hub dies
 			return 200, map[string]string{"device": id}
 		})
@@ -94,29 +103,89 @@ func TestKillDuringMethodJob(t *testing.T) {
 		}
 		t.Cleanup(func() { c.Close() })
 	}
-	c := localClient(t, dir)
-	if _, err := c.ScheduleDeviceMethod(ctx, "upgrade", "*", herd.MethodRequest{MethodName: "upgrade",
-		ResponseTimeoutInSeconds: 30, ConnectTimeoutInSeconds: 120}, service.JobOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	f.c = localClient(t, dir)
+	f.serve = serve
+	return f
+}
+
+// killWhen polls the job until cond holds, then kills the hub (SIGKILL)
+// and starts it again on the same folder and ports.
+func (f *crashFleet) killWhen(jobID string, cond func(st herd.DeviceJobStatistics) bool) {
+	f.t.Helper()
 	for {
-		j, err := c.GetJob(ctx, "upgrade")
+		j, err := f.c.GetJob(context.Background(), jobID)
 		if err != nil {
-			t.Fatal(err)
+			f.t.Fatal(err)
 		}
 		if j.EndTime != nil {
-			t.Fatal("the job ended before the hub could be killed")
+			f.t.Fatal("the job ended before the hub could be killed")
 		}
-		if st := j.DeviceJobStatistics; st.SucceededCount >= inFlight && st.RunningCount > 0 {
+		if cond(*j.DeviceJobStatistics) {
 			break
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	serve.Process.Signal(syscall.SIGKILL)
-	serve.Wait()
-	serveProcess(t, bin, dir, args...)
-	c = localClient(t, dir)
-	j, err := c.WaitJob(ctx, "upgrade", nil)
+	f.serve.Process.Signal(syscall.SIGKILL)
+	f.serve.Wait()
+	f.serve = serveProcess(f.t, f.bin, f.dir, f.args...)
+	f.c = localClient(f.t, f.dir)
+}
+
+// checkAtMostOnce checks every device record of the job against the calls
+// the devices got: a completed device ran the method once, a failed one
+// (MethodInterrupted) at most once. It returns the devices called.
+func (f *crashFleet) checkAtMostOnce(jobID string) int {
+	f.t.Helper()
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for page, err := range f.c.Query(context.Background(), "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '"+jobID+"'") {
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		djs, _ := page.DeviceJobs()
+		for _, d := range djs {
+			n := f.invoked[d.DeviceID]
+			switch d.Status {
+			case herd.DeviceJobCompleted:
+				if n != 1 {
+					f.t.Errorf("%s completed but ran the method %d times", d.DeviceID, n)
+				}
+			case herd.DeviceJobFailed:
+				if d.Error == nil || d.Error.Code != "MethodInterrupted" || n > 1 {
+					f.t.Errorf("%s failed (%+v) and ran the method %d times", d.DeviceID, d.Error, n)
+				}
+			case herd.DeviceJobPending:
+				if n != 0 {
+					f.t.Errorf("%s pending but ran the method %d times", d.DeviceID, n)
+				}
+			default:
+				f.t.Errorf("%s: %s", d.DeviceID, d.Status)
+			}
+		}
+	}
+	called := 0
+	for _, n := range f.invoked {
+		called += min(n, 1)
+	}
+	return called
+}
+
+// TestKillDuringMethodJob kills a real `herd serve` (SIGKILL) while a
+// method job has calls in flight to devices connected over MQTT, restarts
+// it, and checks the at-most-once contract: no device runs the method
+// twice, the calls that were in flight fail with MethodInterrupted, and
+// every other device is invoked after the restart (the devices reconnect
+// on their own and are waited for).
+func TestKillDuringMethodJob(t *testing.T) {
+	const devices, inFlight = 40, 4
+	f := newCrashFleet(t, devices, inFlight)
+	ctx := context.Background()
+	if _, err := f.c.ScheduleDeviceMethod(ctx, "upgrade", "*", herd.MethodRequest{MethodName: "upgrade",
+		ResponseTimeoutInSeconds: 30, ConnectTimeoutInSeconds: 120}, service.JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	f.killWhen("upgrade", func(st herd.DeviceJobStatistics) bool { return st.SucceededCount >= inFlight && st.RunningCount > 0 })
+	j, err := f.c.WaitJob(ctx, "upgrade", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -125,28 +194,58 @@ func TestKillDuringMethodJob(t *testing.T) {
 		st.FailedCount == 0 || st.FailedCount > inFlight {
 		t.Fatalf("job after the restart: %s %+v", j.Status, st)
 	}
-	mu.Lock()
-	defer mu.Unlock()
-	for page, err := range c.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'upgrade'") {
-		if err != nil {
+	f.checkAtMostOnce("upgrade")
+	t.Logf("%d devices: %d succeeded, %d in flight at the kill (MethodInterrupted)", devices, st.SucceededCount, st.FailedCount)
+}
+
+// TestKillDuringWave kills the hub in the middle of a rollout's first
+// wave (25 %, pausing between waves): after the restart the wave finishes
+// and no more, the job pauses at its second wave, a second kill while
+// paused keeps it there, and resumed it runs the rest; no device runs the
+// method twice.
+func TestKillDuringWave(t *testing.T) {
+	const devices, inFlight, wave = 40, 4, 10
+	f := newCrashFleet(t, devices, inFlight)
+	ctx := context.Background()
+	opts := service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{Waves: []herd.Wave{{Percent: 25}}, PauseBetweenWaves: true}}}
+	if _, err := f.c.ScheduleDeviceMethod(ctx, "waves", "*", herd.MethodRequest{MethodName: "upgrade",
+		ResponseTimeoutInSeconds: 30, ConnectTimeoutInSeconds: 120}, opts); err != nil {
+		t.Fatal(err)
+	}
+	f.killWhen("waves", func(st herd.DeviceJobStatistics) bool { return st.SucceededCount >= 1 && st.RunningCount > 0 })
+	var j *herd.Job
+	for deadline := time.Now().Add(time.Minute); ; time.Sleep(10 * time.Millisecond) {
+		var err error
+		if j, err = f.c.GetJob(ctx, "waves"); err != nil {
 			t.Fatal(err)
 		}
-		djs, _ := page.DeviceJobs()
-		for _, d := range djs {
-			n := invoked[d.DeviceID]
-			switch d.Status {
-			case herd.DeviceJobCompleted:
-				if n != 1 {
-					t.Errorf("%s completed but ran the method %d times", d.DeviceID, n)
-				}
-			case herd.DeviceJobFailed:
-				if d.Error == nil || d.Error.Code != "MethodInterrupted" || n > 1 {
-					t.Errorf("%s failed (%+v) and ran the method %d times", d.DeviceID, d.Error, n)
-				}
-			default:
-				t.Errorf("%s: %s", d.DeviceID, d.Status)
-			}
+		if j.Status == herd.JobPaused && j.DeviceJobStatistics.RunningCount == 0 {
+			break
+		}
+		if j.EndTime != nil || time.Now().After(deadline) {
+			t.Fatalf("the job did not pause after its first wave: %s %+v", j.Status, *j.DeviceJobStatistics)
 		}
 	}
-	t.Logf("%d devices: %d succeeded, %d in flight at the kill (MethodInterrupted)", devices, st.SucceededCount, st.FailedCount)
+	st := *j.DeviceJobStatistics
+	if st.SucceededCount+st.FailedCount != wave || st.PendingCount != devices-wave || j.HerdStatus == nil || j.HerdStatus.Wave != 2 {
+		t.Fatalf("after the first wave: %+v %+v", st, j.HerdStatus)
+	}
+	if n := f.checkAtMostOnce("waves"); n > wave {
+		t.Fatalf("%d devices called in a wave of %d", n, wave)
+	}
+	f.killWhen("waves", func(herd.DeviceJobStatistics) bool { return true })
+	if j, err := f.c.GetJob(ctx, "waves"); err != nil || j.Status != herd.JobPaused || j.HerdStatus.Wave != 2 {
+		t.Fatalf("after a kill while paused: %+v %v", j, err)
+	}
+	if _, err := f.c.ResumeJob(ctx, "waves"); err != nil {
+		t.Fatal(err)
+	}
+	j, err := f.c.WaitJob(ctx, "waves", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := *j.DeviceJobStatistics; j.Status != herd.JobCompleted || st.SucceededCount+st.FailedCount != devices || st.FailedCount > inFlight {
+		t.Fatalf("job after resume: %s %+v", j.Status, st)
+	}
+	f.checkAtMostOnce("waves")
 }
