@@ -310,6 +310,33 @@ type Job struct {
 	HerdStatus *JobHerdStatus `json:"herdStatus,omitempty"`
 }
 
+// JobPreview is what a job would do if it were created now (POST
+// /jobs/v2/preview): the devices its condition selects, a sample of them,
+// and an estimate of how long it would run. Nothing is stored.
+type JobPreview struct {
+	JobID                     string  `json:"jobId,omitempty"`
+	Type                      JobType `json:"type"`
+	QueryCondition            string  `json:"queryCondition"`
+	StartTime                 *Time   `json:"startTime"`
+	MaxExecutionTimeInSeconds int64   `json:"maxExecutionTimeInSeconds"`
+	// DeviceCount is how many devices the condition selects now;
+	// ConnectedCount and DisconnectedCount split it by connection state.
+	DeviceCount       int64 `json:"deviceCount"`
+	ConnectedCount    int64 `json:"connectedCount"`
+	DisconnectedCount int64 `json:"disconnectedCount"`
+	// SampleDeviceIDs are the first devices selected, in id order.
+	SampleDeviceIDs []string `json:"sampleDeviceIds"`
+	// EstimatedDurationInSeconds is how long the job should run once
+	// started when devices answer at once; MaxDurationInSeconds how long
+	// it may run at worst (every device using its whole timeouts), never
+	// more than the deadline. Both are estimates (Estimate says how they
+	// were made), not promises: other jobs share the engine's capacity.
+	EstimatedDurationInSeconds float64 `json:"estimatedDurationInSeconds"`
+	MaxDurationInSeconds       float64 `json:"maxDurationInSeconds"`
+	EstimatedEndTime           Time    `json:"estimatedEndTime"`
+	Estimate                   string  `json:"estimate"`
+}
+
 // JobHerdStatus is the rollout state of a job with waves: Wave is the
 // wave its devices are started from (1-based) of Waves.
 type JobHerdStatus struct {

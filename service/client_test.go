@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -166,5 +167,34 @@ func TestPauseAndResumeJob(t *testing.T) {
 	}
 	if _, err := h.Service.PauseJob(ctx, "nope"); !herd.IsCode(err, herd.ErrJobNotFound) {
 		t.Errorf("pause unknown: %v", err)
+	}
+}
+
+// PreviewDeviceMethod and PreviewTwinUpdate report the target set and the
+// estimate, with or without a job id, and schedule nothing; the options
+// go with the job (a bad one is refused as scheduling would refuse it).
+func TestPreviewJob(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	for _, id := range []string{"p1", "p2", "p3"} {
+		if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	opts := service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{MaxPerMinute: 60}}}
+	p, err := h.Service.PreviewDeviceMethod(ctx, "", "*", herd.MethodRequest{MethodName: "m"}, opts, 2)
+	if err != nil || p.DeviceCount != 3 || p.DisconnectedCount != 3 || len(p.SampleDeviceIDs) != 2 || !strings.Contains(p.Estimate, "pace") {
+		t.Fatalf("method preview: %+v %v", p, err)
+	}
+	p, err = h.Service.PreviewTwinUpdate(ctx, "tw", "deviceId = 'p2'", herd.TwinPatch{Tags: map[string]any{"x": 1}}, service.JobOptions{}, 0)
+	if err != nil || p.DeviceCount != 1 || p.JobID != "tw" || len(p.SampleDeviceIDs) != 1 || p.SampleDeviceIDs[0] != "p2" {
+		t.Fatalf("twin preview: %+v %v", p, err)
+	}
+	bad := service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{Waves: []herd.Wave{{Percent: 50}, {Percent: 5}}}}}
+	if _, err := h.Service.PreviewTwinUpdate(ctx, "", "*", herd.TwinPatch{Tags: map[string]any{"x": 1}}, bad, 0); !herd.IsCode(err, herd.ErrArgumentInvalid) {
+		t.Errorf("bad waves: %v", err)
+	}
+	if jobs, _ := h.Service.ListJobs(ctx, service.JobFilter{}); len(jobs) != 0 {
+		t.Errorf("a preview stored %d jobs", len(jobs))
 	}
 }

@@ -2,6 +2,7 @@ package service
 
 import (
 	"context"
+	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -42,7 +43,50 @@ func (c *Client) ScheduleTwinUpdate(ctx context.Context, jobID, queryCondition s
 		UpdateTwin: &patch}, opts)
 }
 
-func (c *Client) scheduleJob(ctx context.Context, j herd.Job, opts JobOptions) (*herd.Job, error) {
+// PreviewDeviceMethod reports what ScheduleDeviceMethod would do now,
+// without scheduling anything (Herd's POST /jobs/v2/preview): the devices
+// queryCondition selects, connected or not, a sample of up to sample ids
+// (0: the hub's default, 10) and an estimate of the job's duration. The
+// hub validates the job as it would schedule it; jobID may be empty.
+func (c *Client) PreviewDeviceMethod(ctx context.Context, jobID, queryCondition string, req herd.MethodRequest, opts JobOptions, sample int) (*herd.JobPreview, error) {
+	return c.previewJob(ctx, herd.Job{JobID: jobID, Type: herd.JobDeviceMethod, QueryCondition: queryCondition, CloudToDeviceMethod: &req}, opts, sample)
+}
+
+// PreviewTwinUpdate reports what ScheduleTwinUpdate would do now, as
+// PreviewDeviceMethod does.
+func (c *Client) PreviewTwinUpdate(ctx context.Context, jobID, queryCondition string, patch herd.TwinPatch, opts JobOptions, sample int) (*herd.JobPreview, error) {
+	patch.ETag = "*"
+	return c.previewJob(ctx, herd.Job{JobID: jobID, Type: herd.JobUpdateTwin, QueryCondition: queryCondition, UpdateTwin: &patch}, opts, sample)
+}
+
+func (c *Client) previewJob(ctx context.Context, j herd.Job, opts JobOptions, sample int) (*herd.JobPreview, error) {
+	opts.apply(&j)
+	var q url.Values
+	if sample > 0 {
+		q = url.Values{"sample": {strconv.Itoa(sample)}}
+	}
+	var body any = j
+	if j.JobID == "" { // no id at all: "jobId": "" is not a valid one
+		b, err := json.Marshal(j)
+		if err != nil {
+			return nil, err
+		}
+		var m map[string]json.RawMessage
+		if err := json.Unmarshal(b, &m); err != nil {
+			return nil, err
+		}
+		delete(m, "jobId")
+		body = m
+	}
+	var out herd.JobPreview
+	if _, err := c.do(ctx, request{method: http.MethodPost, path: "/jobs/v2/preview", query: q, body: body, out: &out}); err != nil {
+		return nil, err
+	}
+	return &out, nil
+}
+
+// apply sets the options on a job body.
+func (opts JobOptions) apply(j *herd.Job) {
 	if !opts.StartTime.IsZero() {
 		t := herd.NewTime(opts.StartTime)
 		j.StartTime = &t
@@ -51,6 +95,10 @@ func (c *Client) scheduleJob(ctx context.Context, j herd.Job, opts JobOptions) (
 		j.MaxExecutionTimeInSeconds = int64((opts.MaxExecutionTime + time.Second - 1) / time.Second)
 	}
 	j.Herd = opts.Herd
+}
+
+func (c *Client) scheduleJob(ctx context.Context, j herd.Job, opts JobOptions) (*herd.Job, error) {
+	opts.apply(&j)
 	var out herd.Job
 	if _, err := c.do(ctx, request{method: http.MethodPut, path: jobPath(j.JobID), body: j, out: &out}); err != nil {
 		return nil, err

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
@@ -45,12 +46,14 @@ type scheduleFlags struct {
 	ramp    string
 	waves   []float64
 	pause   bool
+	preview bool
 }
 
 func (f *scheduleFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVarP(&f.query, "query", "q", "", `required: which devices, the WHERE part of a twin query, or "*" for every device`)
 	cmd.Flags().StringVar(&f.start, "start", "", "when to start: an ISO 8601 time, or a delay such as 10m (default: now)")
 	cmd.Flags().DurationVar(&f.maxTime, "max-time", 0, "the job's deadline after its start (default: 1h); devices not done by then fail")
+	cmd.Flags().BoolVar(&f.preview, "preview", false, "first show what the job would do (devices, connected, a sample, how long) and, on a terminal, ask before scheduling it; elsewhere only show it")
 	cmd.Flags().BoolVar(&f.wait, "wait", false, "watch the job until it ends (like herd job watch); exit non-zero unless every device succeeded")
 	cmd.Flags().Int64Var(&f.rate, "rate", 0, "start at most this many devices a minute (the cap of --ramp, if both are given)")
 	cmd.Flags().StringVar(&f.ramp, "ramp", "", "ramp the rate up: BASE:FACTOR:EVERY starts at BASE devices a minute and multiplies the rate by FACTOR each time EVERY more devices succeed (e.g. 50:2:1000)")
@@ -159,6 +162,51 @@ func parseAbortFlag(v string) (herd.AbortCriterion, error) {
 	return c, nil
 }
 
+// previewFirst shows the preview with --preview and says whether to
+// schedule: on a terminal the user is asked; elsewhere nothing is
+// scheduled. Without --preview it says yes at once.
+func (f *scheduleFlags) previewFirst(ctx context.Context, e *env, cf *clientFlags, id string, get func() (*herd.JobPreview, error)) (bool, error) {
+	if !f.preview {
+		return true, nil
+	}
+	p, err := get()
+	if err != nil {
+		return false, err
+	}
+	if err := printPreview(e, cf, p); err != nil {
+		return false, err
+	}
+	if !isTerminal(e.stdin) || !isTerminal(e.stdout) {
+		fmt.Fprintln(e.stderr, "--preview without a terminal: nothing was scheduled")
+		return false, nil
+	}
+	return confirm(e.stdin, e.stdout, fmt.Sprintf("Schedule job %s on these %d devices? [y/N] ", id, p.DeviceCount)), nil
+}
+
+// confirm asks a yes/no question; only y or yes (any case) is yes.
+func confirm(r io.Reader, w io.Writer, question string) bool {
+	fmt.Fprint(w, question)
+	line, _ := bufio.NewReader(r).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return true
+	}
+	return false
+}
+
+// printPreview prints a job preview as JSON or as a short summary.
+func printPreview(e *env, cf *clientFlags, p *herd.JobPreview) error {
+	if cf.output == "json" {
+		return printJSON(e, p)
+	}
+	w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(w, "Devices:\t%d (%d connected, %d not)\nSample:\t%s\nDuration:\tabout %s (at worst %s)\nEstimate:\t%s\n",
+		p.DeviceCount, p.ConnectedCount, p.DisconnectedCount, strings.Join(p.SampleDeviceIDs, " "),
+		time.Duration(p.EstimatedDurationInSeconds*float64(time.Second)).Round(time.Millisecond),
+		time.Duration(p.MaxDurationInSeconds*float64(time.Second)).Round(time.Millisecond), p.Estimate)
+	return w.Flush()
+}
+
 // after prints a new job, then watches it with --wait.
 func (f *scheduleFlags) after(ctx context.Context, e *env, c *service.Client, cf *clientFlags, j *herd.Job) error {
 	if !f.wait {
@@ -194,6 +242,12 @@ func scheduleMethodCommand(e *env, cf *clientFlags) *cobra.Command {
 			}
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
+				return err
+			}
+			ok, err := sf.previewFirst(cmd.Context(), e, cf, args[0], func() (*herd.JobPreview, error) {
+				return c.PreviewDeviceMethod(cmd.Context(), args[0], sf.query, req, opts, 0)
+			})
+			if err != nil || !ok {
 				return err
 			}
 			j, err := c.ScheduleDeviceMethod(cmd.Context(), args[0], sf.query, req, opts)
@@ -232,6 +286,12 @@ func scheduleTwinCommand(e *env, cf *clientFlags) *cobra.Command {
 			}
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
+				return err
+			}
+			ok, err := sf.previewFirst(cmd.Context(), e, cf, args[0], func() (*herd.JobPreview, error) {
+				return c.PreviewTwinUpdate(cmd.Context(), args[0], sf.query, p, opts, 0)
+			})
+			if err != nil || !ok {
 				return err
 			}
 			j, err := c.ScheduleTwinUpdate(cmd.Context(), args[0], sf.query, p, opts)
@@ -401,7 +461,7 @@ func printJob(e *env, cf *clientFlags, j *herd.Job) error {
 }
 
 // isTerminal reports whether w is an interactive terminal.
-func isTerminal(w io.Writer) bool {
+func isTerminal(w any) bool {
 	f, ok := w.(*os.File)
 	return ok && term.IsTerminal(int(f.Fd()))
 }

@@ -114,6 +114,14 @@ func TestJobCLI(t *testing.T) {
 	if _, err := runCLI(t, env, "job", "schedule-twin", "g6", "--tags", `{"x":1}`, "--query", "*", "--waves", "50,10"); err == nil || !strings.Contains(err.Error(), "cumulative") {
 		t.Errorf("--waves 50,10: %v", err)
 	}
+	// --preview without a terminal shows the preview and schedules nothing.
+	out, err = runCLI(t, env, "job", "schedule-twin", "previewed", "--tags", `{"p":1}`, "--query", "*", "--preview", "--rate", "60")
+	if err != nil || !strings.Contains(out, "Devices:") || !strings.Contains(out, "rollout's pace") {
+		t.Errorf("--preview: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "job", "show", "previewed"); err == nil || !strings.Contains(err.Error(), "JobNotFound") {
+		t.Errorf("--preview scheduled the job: %v", err)
+	}
 	if _, err := runCLI(t, env, "job", "schedule-twin", "g4", "--tags", `{"x":1}`, "--query", "*", "--ramp", "50:2"); err == nil || !strings.Contains(err.Error(), "BASE:FACTOR:EVERY") {
 		t.Errorf("--ramp 50:2: %v", err)
 	}
@@ -186,5 +194,14 @@ func TestJobWaitDeviceFailed(t *testing.T) {
 	}
 	if out, _ := runCLI(t, env, "job", "watch", "--help"); !strings.Contains(out, "non-zero") {
 		t.Errorf("watch help does not say when it exits non-zero:\n%s", out)
+	}
+}
+
+func TestConfirm(t *testing.T) {
+	for answer, want := range map[string]bool{"y\n": true, "YES\n": true, " yes ": true, "n\n": false, "\n": false, "": false, "yep\n": false} {
+		var w strings.Builder
+		if got := confirm(strings.NewReader(answer), &w, "Go? "); got != want || w.String() != "Go? " {
+			t.Errorf("%q: %v (asked %q), want %v", answer, got, w.String(), want)
+		}
 	}
 }
