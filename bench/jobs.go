@@ -8,6 +8,7 @@ import (
 
 	"github.com/herd-iot/herd/bench/measure"
 	"github.com/herd-iot/herd/internal/fleetdb"
+	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/sim"
 )
 
@@ -59,6 +60,17 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	}
 	r.add(row{what: "method job, devices through the in-memory transport (hub and devices in one process), every outcome persisted",
 		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), measured: rate(n, took), target: "", n: n})
+	// The pacer's own cost: the same job with a rollout rate it never
+	// reaches (each device still takes a token), in the same run.
+	logf("method job with a rollout that never binds over %d devices, %d runs (%s)", n, cfg.jobRuns, b.Name())
+	steered, err := jobRuns(ctx, h, cfg.jobRuns, n, "pipe-steered", fmt.Sprintf(
+		`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}},"herd":{"rollout":{"maxPerMinute":%d}}}`, job.MaxRatePerMinute))
+	if err != nil {
+		return err
+	}
+	r.add(row{what: fmt.Sprintf("the same method job with `herd.rollout.maxPerMinute` %s (the pacer in the path, never binding), and its time over the unpaced job's", count(job.MaxRatePerMinute)),
+		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), target: "within noise of the unpaced job",
+		measured: rate(n, steered) + fmt.Sprintf(", **%.2f×**", steered[len(steered)/2].Seconds()/took[len(took)/2].Seconds())})
 	// The same fleet, paced: does the rollout keep to its rate? A job at
 	// paceRate starts a second's worth of devices at once, then the rest
 	// at the rate, so (n - burst) devices take the measured time.
