@@ -51,7 +51,10 @@ func (s *Server) previewJob(w http.ResponseWriter, r *http.Request) error {
 // job's progress. The first event is the job as it is ("progress"); then
 // one each time the engine reports a change (coalesced, at most one per
 // job.ProgressEvery), with the job as GET /jobs/v2/{id} returns it; and
-// "end" with the final job, after which the stream closes. Nothing polls
+// "end" with the final job, after which the stream closes. Before a
+// progress or end event, "status" says that the job's status changed
+// ({"status", "failureReason"}: paused, resumed, aborted…) and "wave"
+// that a rollout moved to its next wave ({"wave", "waves"}). Nothing polls
 // the store: a change notification is what makes the stream read the job
 // (job.Service.Follow).
 func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
@@ -60,6 +63,15 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 		return herd.Errorf(herd.ErrInternal, "streaming is not supported by this connection")
 	}
 	started := false
+	var prev *herd.Job
+	event := func(name string, v any) error {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b)
+		return err
+	}
 	err := s.cfg.Jobs.Follow(r.Context(), r.PathValue("jobId"), heartbeatEvery, func() error {
 		_, err := fmt.Fprint(w, ": keep-alive\n\n")
 		flusher.Flush()
@@ -73,15 +85,22 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 			w.WriteHeader(http.StatusOK)
 			started = true
 		}
+		if prev != nil && j.Status != prev.Status {
+			if err := event("status", map[string]any{"status": j.Status, "failureReason": j.FailureReason}); err != nil {
+				return err
+			}
+		}
+		if hs := j.HerdStatus; hs != nil && prev != nil && (prev.HerdStatus == nil || prev.HerdStatus.Wave != hs.Wave) {
+			if err := event("wave", hs); err != nil {
+				return err
+			}
+		}
+		prev = j
 		name := "progress"
 		if ended {
 			name = "end"
 		}
-		b, err := json.Marshal(j)
-		if err != nil {
-			return err
-		}
-		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b)
+		err := event(name, j)
 		flusher.Flush()
 		return err
 	})

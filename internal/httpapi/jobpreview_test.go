@@ -201,12 +201,21 @@ func TestJobEvents(t *testing.T) {
 	got := make(chan sseEvent, 100)
 	go readEvents(t, resp, got)
 	var events []herd.Job
+	var statuses []string
 	deadline := time.After(30 * time.Second)
 	for done := false; !done; {
 		select {
 		case e, ok := <-got:
 			if !ok {
 				t.Fatalf("the stream ended without an end event after %d events", len(events))
+			}
+			if e.name == "status" {
+				var s struct{ Status string }
+				if err := json.Unmarshal([]byte(e.data), &s); err != nil {
+					t.Fatalf("status event: %v: %s", err, e.data)
+				}
+				statuses = append(statuses, s.Status)
+				continue
 			}
 			var j herd.Job
 			if err := json.Unmarshal([]byte(e.data), &j); err != nil {
@@ -229,6 +238,10 @@ func TestJobEvents(t *testing.T) {
 	if last.Status != herd.JobCompleted || last.EndTime == nil || st.DeviceCount != 40 || st.SucceededCount != 40 {
 		t.Errorf("the end event: %s, %+v", last.Status, st)
 	}
+	// Each status change is told as such; the last is completed.
+	if len(statuses) == 0 || statuses[len(statuses)-1] != "completed" {
+		t.Errorf("status events %v, want them to end with completed", statuses)
+	}
 	// Coalesced: a handful of events, not one per device or batch.
 	if len(events) > 20 {
 		t.Errorf("%d events for a job of a second", len(events))
@@ -237,6 +250,47 @@ func TestJobEvents(t *testing.T) {
 		t.Error("the stream went on after its end event")
 	}
 
+	t.Run("waves", func(t *testing.T) {
+		opts := service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{Waves: []herd.Wave{{Percent: 10}}, PauseBetweenWaves: true}}}
+		if _, err := h.Service.ScheduleDeviceMethod(ctx, "canary", "*", herd.MethodRequest{MethodName: "lockDoor"},
+			service.JobOptions{StartTime: time.Now().Add(300 * time.Millisecond), Herd: opts.Herd}); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan sseEvent, 100)
+		go readEvents(t, stream(t, r, "iothubowner", "canary"), got)
+		var seen []string
+		deadline := time.After(30 * time.Second)
+	read:
+		for {
+			select {
+			case e, ok := <-got:
+				if !ok {
+					t.Fatalf("the stream ended without an end event: %v", seen)
+				}
+				switch e.name {
+				case "status", "wave":
+					seen = append(seen, e.name+" "+e.data)
+				case "end":
+					break read
+				}
+				if e.name == "status" && strings.Contains(e.data, `"status":"paused"`) {
+					if _, err := h.Service.ResumeJob(ctx, "canary"); err != nil {
+						t.Fatal(err)
+					}
+				}
+			case <-deadline:
+				t.Fatalf("no end within 30 s: %v", seen)
+			}
+		}
+		// The changes are coalesced, so "running" may not be seen on its
+		// own; the pause, the wave and the end are.
+		all := strings.Join(seen, "\n")
+		paused := strings.Index(all, `status {"failureReason":"","status":"paused"}`)
+		wave := strings.Index(all, `wave {"wave":2,"waves":2}`)
+		if paused < 0 || wave < 0 || !strings.HasSuffix(all, `status {"failureReason":"","status":"completed"}`) {
+			t.Errorf("events:\n%s", all)
+		}
+	})
 	t.Run("ended job", func(t *testing.T) {
 		got := make(chan sseEvent, 10)
 		go readEvents(t, stream(t, r, "iothubowner", "lock"), got)
