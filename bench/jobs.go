@@ -80,11 +80,19 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	if err != nil {
 		return err
 	}
+	// From when the engine started the job (after its snapshot of the
+	// target devices, which the pace does not govern) to its end.
+	rec, err := h.Store.Job(ctx, "pipe-paced-1")
+	if err != nil {
+		return err
+	}
+	ran := rec.EndTime.Sub(rec.Started)
 	burst := (paceRate + 59) / 60
-	got := float64(n-burst) / paced[0].Minutes()
+	got := float64(n-burst) / ran.Minutes()
 	r.add(row{what: fmt.Sprintf("the same method job paced at `herd.rollout.maxPerMinute` %s: devices started per minute after the first second's worth", count(paceRate)),
 		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), target: "within 2 % of the rate",
-		measured: fmt.Sprintf("**%s/min** (%+.2f %%, %s)", count(int(got)), (got/float64(paceRate)-1)*100, seconds(paced[0]))})
+		measured: fmt.Sprintf("**%s/min** (%+.2f %%, %s from the engine's start to the end; %s from the job's start time)",
+			count(int(got)), (got/float64(paceRate)-1)*100, seconds(ran), seconds(paced[0]))})
 	r.note("In-memory fleet of %s devices (%s): connected in %s (%s/s, SAS-authenticated, both ends in one process); the process grew by %.1f KB per device, hub and simulated device together.",
 		count(n), b.Name(), seconds(connect), count(int(float64(n)/connect.Seconds())), float64(mem-base)/float64(n))
 	return nil
