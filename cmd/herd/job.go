@@ -529,7 +529,11 @@ func jobStats(j *herd.Job) *herd.DeviceJobStatistics {
 // jobDescription is a job's status and device split, as progress shows it.
 func jobDescription(j *herd.Job) string {
 	st := jobStats(j)
-	return fmt.Sprintf("%s  %d succeeded  %d failed  %d running  %d pending", j.Status, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+	d := fmt.Sprintf("%s  %d succeeded  %d failed  %d running  %d pending", j.Status, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount)
+	if hs := j.HerdStatus; hs != nil {
+		d += fmt.Sprintf("  wave %d/%d", hs.Wave, hs.Waves)
+	}
+	return d
 }
 
 // jobLine is a job's progress as one plain line (for output that is not a

@@ -7,6 +7,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/hubtest"
@@ -110,6 +111,21 @@ func TestJobCLI(t *testing.T) {
 	out, err = runCLI(t, env, "job", "schedule-twin", "waved", "--tags", `{"w":1}`, "--query", "*", "--waves", "50,100", "--pause-between-waves")
 	if err != nil || !strings.Contains(out, "Waves:") || !strings.Contains(out, "50%, 100%, pausing between waves") {
 		t.Errorf("--waves: %v\n%s", err, out)
+	}
+	for deadline := time.Now().Add(20 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		out, err := runCLI(t, env, "job", "show", "waved", "-o", "json")
+		if err == nil && strings.Contains(out, `"status": "paused"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the job with waves did not pause after its first wave: %v\n%s", err, out)
+		}
+	}
+	if _, err := runCLI(t, env, "job", "resume", "waved"); err != nil {
+		t.Fatal(err)
+	}
+	if out, err := runCLI(t, env, "job", "watch", "waved"); err != nil || !strings.Contains(out, "completed") || !strings.Contains(out, "wave 2/2") {
+		t.Errorf("watch a job with waves: %v\n%s", err, out)
 	}
 	if _, err := runCLI(t, env, "job", "schedule-twin", "g6", "--tags", `{"x":1}`, "--query", "*", "--waves", "50,10"); err == nil || !strings.Contains(err.Error(), "cumulative") {
 		t.Errorf("--waves 50,10: %v", err)
