@@ -37,16 +37,7 @@ func (e *env) checkAborted(id string, ids []string) int {
 // reason names the criterion and the figures.
 func TestAbortWhenFailuresReachTheThreshold(t *testing.T) {
 	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 1 })
-	var ids []string
-	for i := range 3 {
-		ids = append(ids, fmt.Sprintf("a%d", i)) // answer 200
-	}
-	for i := range 5 {
-		ids = append(ids, fmt.Sprintf("bad%d", i)) // answer 500
-	}
-	for i := range 30 {
-		ids = append(ids, fmt.Sprintf("c%02d", i))
-	}
+	ids := append(append(names("a", 3), names("bad", 5)...), names("c", 30)...) // bad* answer 500
 	e.devices(ids...)
 	e.fleet.connect(ids...)
 	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot"},
@@ -127,10 +118,7 @@ func TestAbortByFailureType(t *testing.T) {
 // when it resumes, without invoking another device.
 func TestAbortAfterRestart(t *testing.T) {
 	e := newEnv(t, func(c *job.Config) { c.MaxInFlight = 3 })
-	var ids []string
-	for i := range 10 {
-		ids = append(ids, fmt.Sprintf("r%d", i))
-	}
+	ids := names("r", 10)
 	e.devices(ids...)
 	e.fleet.connect(ids...)
 	e.fleet.hold = make(chan struct{})
@@ -158,8 +146,8 @@ func TestAbortTwinJob(t *testing.T) {
 		ids = append(ids, fmt.Sprintf("d%d", i))
 	}
 	e.devices(ids...)
-	// Batches of 3: d0, d1, d10 first, which fails twice and goes one by
-	// one; d1 fails (1 of 3 executed).
+	// Batches of 3 in id order: d0, d1, d10 first, which fails twice and
+	// goes one by one; d1 fails (1 of 3 executed).
 	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}},
 		"herd":{"abort":{"criteria":[{"failureType":"Any","thresholdPercentage":10}]}}}`)
 	j := e.waitEndedAdvancing("tw")
