@@ -66,7 +66,8 @@ func TestJobRequestsValidation(t *testing.T) {
 		{"herd not an object", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":[]}`, 400, herd.ErrArgumentInvalid},
 		{"herd abort bad type", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"abort":{"criteria":[{"failureType":"Sad","thresholdPercentage":5}]}}}`, 400, herd.ErrArgumentInvalid},
 		{"herd abort no threshold", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"abort":{"criteria":[{"failureType":"Any"}]}}}`, 400, herd.ErrArgumentNull},
-		{"herd waves not yet", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"rollout":{"maxPerMinute":60,"waves":[{"percent":1}]}}}`, 400, herd.ErrArgumentInvalid},
+		{"herd retry not yet", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":3}]}}}`, 400, herd.ErrArgumentInvalid},
+		{"herd waves falling", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"rollout":{"waves":[{"percent":50},{"percent":5}]}}}`, 400, herd.ErrArgumentInvalid},
 		{"herd rollout zero", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*",` + twinPatch + `,"herd":{"rollout":{"maxPerMinute":0}}}`, 400, herd.ErrArgumentInvalid},
 		{"invalid UTF-8", "j1", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":"` + "\xff" + `"}}}`, 400, herd.ErrIotHubFormatError},
 	} {
