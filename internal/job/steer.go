@@ -37,27 +37,30 @@ type steer struct {
 // errAborted stops a runner whose abort criterion fired.
 var errAborted = errors.New("job aborted")
 
-// newSteer returns the steer of a job (nil if it has no herd options),
-// after checking the counts it already has: it may have been stopped
-// between recording the outcome that crosses a threshold and aborting.
+// newSteer returns the steer of a job (nil if it is neither paced nor has
+// abort criteria; waves are the engine's wave loop, runWaves), after
+// checking the counts it already has: it may have been stopped between
+// recording the outcome that crosses a threshold and aborting.
 func (s *Service) newSteer(ctx context.Context, r *Record, stop func(error)) (*steer, error) {
-	o := r.Herd
-	if o == nil || o.Rollout == nil && (o.Abort == nil || len(o.Abort.Criteria) == 0) {
-		return nil, nil
+	var criteria []herd.AbortCriterion
+	var ro *herd.Rollout
+	if o := r.Herd; o != nil {
+		if o.Abort != nil {
+			criteria = o.Abort.Criteria
+		}
+		if o.Rollout != nil && (o.Rollout.MaxPerMinute > 0 || o.Rollout.Exponential != nil) {
+			ro = o.Rollout
+		}
 	}
-	if ro := o.Rollout; ro != nil && ro.MaxPerMinute == 0 && ro.Exponential == nil && (o.Abort == nil || len(o.Abort.Criteria) == 0) {
-		// Waves only: the engine's wave loop needs no counts.
+	if ro == nil && len(criteria) == 0 {
 		return nil, nil
 	}
 	c, err := s.store.FailureCounts(ctx, r.JobID)
 	if err != nil {
 		return nil, err
 	}
-	st := &steer{s: s, jobID: r.JobID, stop: stop, counts: c}
-	if o.Abort != nil {
-		st.criteria = o.Abort.Criteria
-	}
-	if ro := o.Rollout; ro != nil && (ro.MaxPerMinute > 0 || ro.Exponential != nil) {
+	st := &steer{s: s, jobID: r.JobID, criteria: criteria, stop: stop, counts: c}
+	if ro != nil {
 		st.pace = newPacer(s.clock, *ro, c.succeeded())
 	}
 	return st, st.check(ctx, FailureCounts{}, nil)
