@@ -49,6 +49,10 @@ func FuzzParseRequest(f *testing.F) {
 		`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m","timeoutInSeconds":10,"connectTimeoutInSeconds":5},"startTime":"2026-01-01T00:00:00.1234567Z","maxExecutionTimeInSeconds":10}`,
 		`{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","properties":{"desired":null}}}`,
 		`{"type":"scheduleTwinUpdate"}`, `[]`, `null`, `{"type":1}`, `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":"x"}`,
+		`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"rollout":{"maxPerMinute":600,
+			"exponential":{"baseRatePerMinute":50,"incrementFactor":2,"rateIncreaseCriteria":{"numberOfSucceededDevices":1000}},
+			"waves":[{"percent":1},{"percent":10}],"pauseBetweenWaves":true},"abort":{"criteria":[{"failureType":"Any","thresholdPercentage":10}]}}}`,
+		`{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}},"herd":{"rollout":{"waves":[{"percent":50},{"percent":5}]}}}`,
 	} {
 		f.Add("job-1", s)
 	}
@@ -70,6 +74,30 @@ func FuzzParseRequest(f *testing.F) {
 		if r.Type == herd.JobUpdateTwin {
 			if _, err := Patch(r); err != nil {
 				t.Fatalf("accepted twin job has no patch: %v", err)
+			}
+		}
+		if r.Herd == nil {
+			return
+		}
+		back, err := DecodeOptions(EncodeOptions(r.Herd))
+		if err != nil || EncodeOptions(back) != EncodeOptions(r.Herd) {
+			t.Fatalf("herd options do not round-trip: %v %s", err, EncodeOptions(r.Herd))
+		}
+		if ro := r.Herd.Rollout; ro != nil {
+			for _, n := range []int64{0, 1, 7, 1000, 1 << 40} {
+				ends := waveEnds(ro, n)
+				for i := range ends {
+					if ends[i] > n || i > 0 && ends[i] <= ends[i-1] || ends[len(ends)-1] != n {
+						t.Fatalf("waves of %d devices: %v", n, ends)
+					}
+				}
+			}
+			if ro.MaxPerMinute > 0 || ro.Exponential != nil {
+				for _, done := range []int64{0, 1, 1 << 20, 1 << 62} {
+					if r := perMinute(*ro, done); !(r >= 1 && r <= MaxRatePerMinute) {
+						t.Fatalf("rate %v after %d succeeded", r, done)
+					}
+				}
 			}
 		}
 	})
