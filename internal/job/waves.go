@@ -2,6 +2,7 @@ package job
 
 import (
 	"context"
+	"fmt"
 	"math"
 
 	"github.com/herd-iot/herd"
@@ -77,8 +78,13 @@ func (s *Service) runWaves(ctx context.Context, run *runner, r *Record, runOnce 
 			if r.EndTime != nil || r.Status != herd.JobRunning {
 				return nil
 			}
-			if st.DeviceCount-st.PendingCount < ends[r.Wave] && st.PendingCount > 0 {
-				continue // some devices were not started (claims refused): go on with the wave
+			if now := st.DeviceCount - st.PendingCount; now < ends[r.Wave] && st.PendingCount > 0 {
+				if now == started {
+					// Nothing started: a store error shows as one, so that
+					// the engine tries again after a pause, not in a loop.
+					return fmt.Errorf("wave %d of job %q started no device", r.Wave+1, r.JobID)
+				}
+				continue // some devices were not started: go on with the wave
 			}
 		}
 		next, err := s.store.AdvanceWave(context.WithoutCancel(ctx), r.JobID, r.Wave+1, ro.PauseBetweenWaves, s.clock.Now())
