@@ -384,8 +384,11 @@ func (h *Hub) Run(ctx context.Context) error {
 	mux.Handle(gateway.WebSocketPath, h.Gateway.WebSocketHandler())
 	h.withDashboard(mux, h.api.Handler())
 	srv := &http.Server{
-		Handler:           mux,
-		TLSConfig:         h.tlsConfig,
+		Handler: mux,
+		// A copy of its own: net/http adds its protocols (h2) to the
+		// server's TLS config when it starts serving, which would race with
+		// the MQTT listener's handshakes on a shared one.
+		TLSConfig:         h.tlsConfig.Clone(),
 		ReadHeaderTimeout: 10 * time.Second,
 		IdleTimeout:       5 * time.Minute,
 		ErrorLog:          slog.NewLogLogger(h.cfg.Log.Handler(), slog.LevelDebug),
