@@ -2,7 +2,6 @@ package service
 
 import (
 	"context"
-	"encoding/json"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -65,19 +64,11 @@ func (c *Client) previewJob(ctx context.Context, j herd.Job, opts JobOptions, sa
 	if sample > 0 {
 		q = url.Values{"sample": {strconv.Itoa(sample)}}
 	}
-	var body any = j
-	if j.JobID == "" { // no id at all: "jobId": "" is not a valid one
-		b, err := json.Marshal(j)
-		if err != nil {
-			return nil, err
-		}
-		var m map[string]json.RawMessage
-		if err := json.Unmarshal(b, &m); err != nil {
-			return nil, err
-		}
-		delete(m, "jobId")
-		body = m
-	}
+	// jobId is optional here: no id at all, as "jobId": "" is not a valid one.
+	body := struct {
+		herd.Job
+		JobID string `json:"jobId,omitempty"`
+	}{j, j.JobID}
 	var out herd.JobPreview
 	if _, err := c.do(ctx, request{method: http.MethodPost, path: "/jobs/v2/preview", query: q, body: body, out: &out}); err != nil {
 		return nil, err

@@ -188,7 +188,7 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	}
 	deadline := s.clock.AfterFunc(r.Deadline().Sub(s.clock.Now()), func() { run.stop(errDeadline) })
 	defer deadline.Stop()
-	// The aborter may abort at once: the job crossed a threshold just
+	// The steer may abort at once: the job crossed a threshold just
 	// before it last stopped. The run then ends as for a cancel.
 	st, err := s.newSteer(ctx, r, run.stop)
 	if err != nil {

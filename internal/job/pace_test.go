@@ -12,7 +12,7 @@ import (
 // checking at each step that the devices started so far are within what
 // the rate allows since the job started: a bucketful plus perSecond for
 // each second. It returns the fake time the job took.
-func (e *env) advancePaced(id string, ids []string, started func() int, bucket int, perSecond float64) time.Duration {
+func (e *env) advancePaced(id string, started func() int, bucket int, perSecond float64) time.Duration {
 	e.t.Helper()
 	begin := e.clock.Now()
 	deadline := time.Now().Add(30 * time.Second)
@@ -30,6 +30,15 @@ func (e *env) advancePaced(id string, ids []string, started func() int, bucket i
 		}
 		e.clock.Advance(50 * time.Millisecond)
 		time.Sleep(time.Millisecond)
+	}
+}
+
+// wantAllSucceeded checks that a job completed with its n devices
+// succeeded.
+func (e *env) wantAllSucceeded(id string, n int64) {
+	e.t.Helper()
+	if j := e.get(id); j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: n, SucceededCount: n}) {
+		e.t.Fatalf("job %s: %s %+v, want completed with %d devices succeeded", id, j.Status, stats(j), n)
 	}
 }
 
@@ -60,10 +69,8 @@ func TestRolloutFixedRate(t *testing.T) {
 	e.fleet.connect(ids...)
 	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},
 		"herd":{"rollout":{"maxPerMinute":60}}}`)
-	took := e.advancePaced("m", ids, e.calls(ids), 1, 1)
-	if j := e.get("m"); j.Status != herd.JobCompleted || j.DeviceJobStatistics.SucceededCount != 6 {
-		t.Fatalf("%s %+v", j.Status, stats(j))
-	}
+	took := e.advancePaced("m", e.calls(ids), 1, 1)
+	e.wantAllSucceeded("m", 6)
 	if took < 5*time.Second {
 		t.Errorf("6 devices at 1 a second took %v", took)
 	}
@@ -83,10 +90,8 @@ func TestRolloutExponential(t *testing.T) {
 	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},
 		"herd":{"rollout":{"maxPerMinute":240,"exponential":{"baseRatePerMinute":60,"incrementFactor":2,
 		"rateIncreaseCriteria":{"numberOfSucceededDevices":2}}}}}`)
-	took := e.advancePaced("m", ids, e.calls(ids), 4, 4)
-	if j := e.get("m"); j.Status != herd.JobCompleted || j.DeviceJobStatistics.SucceededCount != 12 {
-		t.Fatalf("%s %+v", j.Status, stats(j))
-	}
+	took := e.advancePaced("m", e.calls(ids), 4, 4)
+	e.wantAllSucceeded("m", 12)
 	// At the base rate 12 devices take 11 s; at the cap, (12-4)/4 = 2 s.
 	if took >= 8*time.Second || took < 2*time.Second {
 		t.Errorf("12 devices ramping from 1/s to 4/s took %v", took)
@@ -102,10 +107,8 @@ func TestRolloutTwinJob(t *testing.T) {
 	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}},
 		"herd":{"rollout":{"maxPerMinute":120}}}`)
 	done := func() int { return int(e.get("tw").DeviceJobStatistics.SucceededCount) }
-	took := e.advancePaced("tw", ids, done, 2, 2)
-	if j := e.get("tw"); j.Status != herd.JobCompleted || j.DeviceJobStatistics.SucceededCount != 10 {
-		t.Fatalf("%s %+v", j.Status, stats(j))
-	}
+	took := e.advancePaced("tw", done, 2, 2)
+	e.wantAllSucceeded("tw", 10)
 	if took < 4*time.Second {
 		t.Errorf("10 twins at 2 a second took %v", took)
 	}
