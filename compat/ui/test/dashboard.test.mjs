@@ -196,8 +196,13 @@ test('create a method job from its preview and watch it complete live', async ()
   await eventually('the job page shows completed', async () => (await text(owner, 'job-status')) === 'completed', { ms: 30_000 });
   assert.equal(await text(owner, 'succeeded'), String(half));
   assert.equal(await owner.evaluate(() => window.herdNotReloaded), true, 'the page reloaded instead of following the job');
-  await owner.getByRole('link', { name: 'Reload for the final device records' }).click();
-  await owner.waitForLoadState('load');
+  // The link reloads the page from a click handler: wait for the new
+  // document's load, not the current one's (already loaded).
+  await Promise.all([
+    owner.waitForEvent('load'),
+    owner.getByRole('link', { name: 'Reload for the final device records' }).click(),
+  ]);
+  assert.equal(await owner.evaluate(() => window.herdNotReloaded), undefined, 'the page did not reload');
   assert.equal(await owner.locator('table.devicejobs tbody tr').count(), 50);
   await shot(owner, 'job', { full: false });
   await owner.getByLabel('Outcome').selectOption('failed');
@@ -219,6 +224,10 @@ test('a twin job in waves stops after its canary until resumed', async () => {
   assert.equal(await text(owner, 'rollout'), 'waves 10%, 100%, pausing between them');
   await eventually('paused after the canary', async () => (await text(owner, 'job-status')) === 'paused', { ms: 30_000 });
   assert.equal(await text(owner, 'succeeded'), String(Math.ceil(devices / 10)));
+  assert.equal(await text(owner, 'wave'), '2 of 2');
+  // The live stream updates the figures, not the buttons: those of the
+  // paused job come with the page.
+  await owner.reload();
   assert.equal(await text(owner, 'wave'), '2 of 2');
   await owner.getByRole('button', { name: 'Resume job' }).click();
   await eventually('completed after resume', async () => (await text(owner, 'job-status')) === 'completed', { ms: 30_000 });
