@@ -349,7 +349,32 @@ type JobHerdStatus struct {
 type JobOptions struct {
 	Rollout *Rollout     `json:"rollout,omitempty"`
 	Abort   *AbortPolicy `json:"abort,omitempty"`
+	Retry   *RetryPolicy `json:"retry,omitempty"`
 }
+
+// RetryPolicy calls a method job's devices again after failures of the
+// listed types: a failed attempt whose type a criterion names, while the
+// device has made fewer than its MaxAttempts attempts, goes back to
+// pending and is started again BackoffSeconds × BackoffFactor^(n−1)
+// seconds after its n-th attempt ended (at most MaxRetryDelaySeconds).
+// Only the last attempt's outcome counts as the device's.
+type RetryPolicy struct {
+	Criteria       []RetryCriterion `json:"criteria"`
+	BackoffSeconds float64          `json:"backoffSeconds"`
+	BackoffFactor  float64          `json:"backoffFactor"`
+}
+
+// RetryCriterion retries failures of FailureType until a device has made
+// MaxAttempts attempts (the first call counts as one). The first criterion
+// that names a failure's type (Any names every type) decides.
+type RetryCriterion struct {
+	FailureType FailureType `json:"failureType"`
+	MaxAttempts int         `json:"maxAttempts"`
+}
+
+// MaxRetryDelaySeconds bounds the wait before one retry, whatever the
+// backoff grows to.
+const MaxRetryDelaySeconds = 3600
 
 // Rollout paces a job: how many devices it starts per minute, fixed
 // (MaxPerMinute) or ramping up (Exponential, capped by MaxPerMinute when
@@ -413,7 +438,9 @@ const (
 	// FailureTimedOut: the device did not answer within
 	// responseTimeoutInSeconds (GatewayTimeout).
 	FailureTimedOut FailureType = "TimedOut"
-	// FailureNotOnline: the device was not online (DeviceNotOnline).
+	// FailureNotOnline: the device was not online (DeviceNotOnline): the
+	// request never reached its connection, so a retry of this type never
+	// runs a method twice.
 	FailureNotOnline FailureType = "DeviceNotOnline"
 	// FailureAny: any of the above.
 	FailureAny FailureType = "Any"
@@ -442,6 +469,10 @@ type DeviceJob struct {
 	LastUpdatedDateTimeUTC Time              `json:"lastUpdatedDateTimeUtc"`
 	Outcome                *DeviceJobOutcome `json:"outcome,omitempty"`
 	Error                  *DeviceJobError   `json:"error,omitempty"`
+	// Attempts is how many times the device was started: a method called
+	// or found offline, a twin written (Herd's addition; more than one
+	// only under a retry policy, herd.retry).
+	Attempts int64 `json:"attempts"`
 }
 
 // DeviceJobOutcome is what a device job produced.

@@ -101,6 +101,9 @@ func (f *fleet) Invoke(ctx context.Context, id string, req herd.MethodRequest) (
 	if id == "silent" {
 		return nil, herd.Errorf(herd.ErrGatewayTimeout, "Timed out waiting for the response from device.")
 	}
+	if strings.HasPrefix(id, "flaky") && f.callCount(id) == 1 { // the first call fails
+		return &herd.MethodResult{Status: 503, Payload: json.RawMessage(`{"error":"busy"}`)}, nil
+	}
 	if strings.HasPrefix(id, "bad") { // answers, with an error status
 		return &herd.MethodResult{Status: 500, Payload: json.RawMessage(`{"error":"broken"}`)}, nil
 	}

@@ -82,6 +82,26 @@ type Outcome struct {
 	// FromPending marks a device that fails without ever having been
 	// claimed (an offline device); others move from running.
 	FromPending bool
+	// RetryAt, when set, makes a failure an attempt to be made again
+	// (herd.retry): the device goes back to pending, keeping the error,
+	// and is not due before RetryAt. The store records it as a failure
+	// (the device's last) if the job is neither running nor paused.
+	RetryAt time.Time
+}
+
+// DueDevice is a pending device of a method job that may start now, and
+// how many attempts it has made.
+type DueDevice struct {
+	ID       string
+	Attempts int
+}
+
+// RetryState is how many of a job's pending devices have made attempts
+// (they wait for a retry, herd.retry) and when the earliest is due (zero
+// if none is).
+type RetryState struct {
+	Retrying int64
+	Next     time.Time
 }
 
 // ErrNotRunning is the store's answer to a claim or a twin batch of a job
@@ -184,13 +204,20 @@ type Store interface {
 	// PendingDevices returns up to limit pending device ids after the
 	// cursor, in order.
 	PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error)
-	// ClaimDevices moves the given devices from pending to running and
+	// DueDevices returns up to limit pending device ids after the cursor,
+	// in order, leaving out devices whose retry is due after now.
+	DueDevices(ctx context.Context, id, after string, limit int, now time.Time) ([]DueDevice, error)
+	// Retries returns the job's devices waiting for a retry.
+	Retries(ctx context.Context, id string) (RetryState, error)
+	// ClaimDevices moves the given devices from pending to running (one
+	// more attempt each) and
 	// returns those it moved (a device cancelled meanwhile is not);
 	// ErrNotRunning if the job is not running, checked in the same
 	// transaction, so that no device starts after a pause commits.
 	ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error)
 	// FinishDevices records outcomes. An outcome for a device that is no
-	// longer in the expected state (pending or running) is ignored.
+	// longer in the expected state (pending or running) is ignored; one
+	// from pending counts an attempt.
 	FinishDevices(ctx context.Context, id string, outcomes []Outcome, now time.Time) error
 	// PauseJob pauses a queued, scheduled or running job (the engine
 	// starts no device of a paused job) and returns it after; a job in

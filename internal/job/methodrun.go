@@ -3,6 +3,7 @@ package job
 import (
 	"context"
 	"errors"
+	"math"
 	"sync"
 	"time"
 
@@ -23,18 +24,19 @@ const (
 
 // methodRun is one method job being run.
 type methodRun struct {
-	s    *Service
-	r    *Record
-	req  herd.MethodRequest
-	feed context.Context // ends on cancel, deadline or shutdown
-	call context.Context // ends on deadline or shutdown: in-flight calls finish after a cancel
+	s     *Service
+	r     *Record
+	req   herd.MethodRequest
+	retry *herd.RetryPolicy // nil: no device is called twice
+	feed  context.Context   // ends on cancel, deadline or shutdown
+	call  context.Context   // ends on deadline or shutdown: in-flight calls finish after a cancel
 
-	claims   chan string  // online devices holding a slot, to be claimed
-	outcomes chan Outcome // to be written
+	claims   chan DueDevice // online devices holding a slot, to be claimed
+	outcomes chan Outcome   // to be written
 	calls    sync.WaitGroup
 	waiters  sync.WaitGroup
 	claimErr error // first store failure of the claimer (claimer only)
-	limit    int64 // devices to start at most (-1: every pending one)
+	limit    int64 // new devices to start at most (-1: every pending one)
 	steer    *steer
 	stop     func(cause error) // ends feed
 }
@@ -48,6 +50,12 @@ type methodRun struct {
 // up to that long, bounded by the job's deadline, and is invoked the moment
 // it comes online. Outcomes are written in batches. The global slot
 // limiter bounds the calls in flight.
+//
+// Under a retry policy (herd.retry) a failed attempt may go back to
+// pending, due again after its backoff: once a pass over the pending
+// devices is done, the run waits for the earliest retry and passes again,
+// until no device waits for one. limit counts devices started for the
+// first time; retries of devices already started do not count.
 func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, st *steer, limit int64) error {
 	call, stopCalls := context.WithCancel(ctx)
 	defer stopCalls()
@@ -57,8 +65,31 @@ func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Reco
 			stopCalls()
 		}
 	}()
-	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, steer: st, stop: stop, limit: limit,
-		claims: make(chan string, maxClaimBatch), outcomes: make(chan Outcome, maxWriteBatch)}
+	m := &methodRun{s: s, r: r, req: *r.CloudToDeviceMethod, feed: feed, call: call, steer: st, stop: stop, limit: limit}
+	if r.Herd != nil {
+		m.retry = r.Herd.Retry
+	}
+	for {
+		if err := m.pass(); err != nil || feed.Err() != nil || m.retry == nil {
+			return err
+		}
+		rs, err := s.store.Retries(ctx, r.JobID)
+		if err != nil || rs.Retrying == 0 {
+			return err
+		}
+		if wait := rs.Next.Sub(s.clock.Now()); wait > 0 {
+			s.log.Debug("job waits for retries", "job_id", r.JobID, "devices", rs.Retrying, "wait", wait)
+			if !s.sleep(feed, wait) {
+				return nil
+			}
+		}
+	}
+}
+
+// pass feeds the devices due now through the claimer, the calls and the
+// writer, and returns once every outcome is written.
+func (m *methodRun) pass() error {
+	m.claims, m.outcomes, m.claimErr = make(chan DueDevice, maxClaimBatch), make(chan Outcome, maxWriteBatch), nil
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- m.write() }()
 	claimDone := make(chan struct{})
@@ -78,39 +109,44 @@ func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Reco
 	return errors.Join(err, m.claimErr, werr)
 }
 
-// feedDevices reads the pending devices and routes each: online ones to
-// the claimer (after taking a slot), offline ones to a waiter or straight
-// to failure.
+// feedDevices reads the pending devices that are due and routes each:
+// online ones to the claimer (after taking a slot), offline ones to a
+// waiter or straight to failure.
 func (m *methodRun) feedDevices() error {
 	cursor := ""
 	for m.feed.Err() == nil {
-		ids, err := m.s.store.PendingDevices(m.feed, m.r.JobID, cursor, pendingPage)
+		due, err := m.s.store.DueDevices(m.feed, m.r.JobID, cursor, pendingPage, m.s.clock.Now())
 		if err != nil {
 			if m.feed.Err() != nil {
 				return nil
 			}
 			return err
 		}
-		if len(ids) == 0 {
+		if len(due) == 0 {
 			return nil
 		}
-		cursor = ids[len(ids)-1]
-		for _, id := range ids {
-			if m.limit == 0 {
-				return nil // the wave's devices are all started
+		cursor = due[len(due)-1].ID
+		for _, d := range due {
+			if d.Attempts == 0 {
+				if m.limit == 0 {
+					if m.retry == nil {
+						return nil // the wave's devices are all started
+					}
+					continue // left for the next wave; retries go on
+				}
+				m.limit--
 			}
-			m.limit--
 			if !m.steer.wait(m.feed, 1) {
 				return nil
 			}
-			if m.s.cfg.Methods.Online(id) {
-				if !m.dispatch(id) {
+			if m.s.cfg.Methods.Online(d.ID) {
+				if !m.dispatch(d) {
 					return nil
 				}
 				continue
 			}
 			if m.req.ConnectTimeoutInSeconds == 0 {
-				m.fail(id, herd.ErrDeviceNotOnline, msgNotOnline, true)
+				m.fail(d, herd.ErrDeviceNotOnline, msgNotOnline, true)
 				continue
 			}
 			select {
@@ -119,7 +155,7 @@ func (m *methodRun) feedDevices() error {
 				return nil
 			}
 			m.waiters.Add(1)
-			go m.wait(id)
+			go m.wait(d)
 		}
 	}
 	return nil
@@ -127,12 +163,12 @@ func (m *methodRun) feedDevices() error {
 
 // dispatch takes a slot for an online device and hands it to the
 // claimer; false if the job stopped feeding.
-func (m *methodRun) dispatch(id string) bool {
+func (m *methodRun) dispatch(d DueDevice) bool {
 	if _, err := m.s.slots.acquire(m.feed, m.r.JobID, 1); err != nil {
 		return false
 	}
 	select {
-	case m.claims <- id:
+	case m.claims <- d:
 		return true
 	case <-m.feed.Done():
 		m.s.slots.release(1)
@@ -143,7 +179,7 @@ func (m *methodRun) dispatch(id string) bool {
 // wait waits for an offline device to come online, up to the connect
 // timeout and the job's deadline, then dispatches it; a device that does
 // not come online fails with DeviceNotOnline.
-func (m *methodRun) wait(id string) {
+func (m *methodRun) wait(d DueDevice) {
 	defer m.waiters.Done()
 	defer func() { <-m.s.waiting }()
 	limit := time.Duration(m.req.ConnectTimeoutInSeconds) * time.Second
@@ -152,33 +188,37 @@ func (m *methodRun) wait(id string) {
 	timedOut := make(chan struct{})
 	t := m.s.clock.AfterFunc(limit, func() { close(timedOut); cancel() })
 	defer t.Stop()
-	err := m.s.cfg.Methods.WaitOnline(ctx, id)
+	err := m.s.cfg.Methods.WaitOnline(ctx, d.ID)
 	select {
 	case <-timedOut:
-		m.fail(id, herd.ErrDeviceNotOnline, msgNotOnline, true)
+		m.fail(d, herd.ErrDeviceNotOnline, msgNotOnline, true)
 		return
 	default:
 	}
 	if err != nil {
 		return // cancelled, deadline or shutdown: the store settles the record
 	}
-	m.dispatch(id)
+	m.dispatch(d)
 }
 
 // claim moves online devices from pending to running in batches and
 // invokes each claimed device.
 func (m *methodRun) claim() {
 	batch := make([]string, 0, maxClaimBatch)
-	for id := range m.claims {
-		batch = append(batch[:0], id)
+	attempts := make(map[string]int, maxClaimBatch)
+	for d := range m.claims {
+		batch = append(batch[:0], d.ID)
+		clear(attempts)
+		attempts[d.ID] = d.Attempts
 	drain:
 		for len(batch) < maxClaimBatch {
 			select {
-			case id, ok := <-m.claims:
+			case d, ok := <-m.claims:
 				if !ok {
 					break drain
 				}
-				batch = append(batch, id)
+				batch = append(batch, d.ID)
+				attempts[d.ID] = d.Attempts
 			default:
 				break drain
 			}
@@ -206,31 +246,70 @@ func (m *methodRun) claim() {
 		m.s.slots.release(len(batch) - len(claimed))
 		for _, id := range claimed {
 			m.calls.Add(1)
-			go m.invoke(id)
+			go m.invoke(DueDevice{ID: id, Attempts: attempts[id]})
 		}
 	}
 }
 
 // invoke calls the method on one claimed device and queues the outcome.
-func (m *methodRun) invoke(id string) {
+func (m *methodRun) invoke(d DueDevice) {
 	defer m.calls.Done()
 	defer m.s.slots.release(1)
-	res, err := m.s.cfg.Methods.Invoke(m.call, id, m.req)
+	res, err := m.s.cfg.Methods.Invoke(m.call, d.ID, m.req)
 	switch {
 	case err == nil:
-		m.outcomes <- Outcome{DeviceID: id, Status: herd.DeviceJobCompleted, Response: res}
+		o := Outcome{DeviceID: d.ID, Status: herd.DeviceJobCompleted, Response: res}
+		if res.Status >= 400 {
+			o.RetryAt = m.retryAt(d, herd.FailureFailed)
+		}
+		m.outcomes <- o
 	case m.call.Err() != nil && (errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded)):
 		// Deadline or shutdown: ExpireJob or the next start's recovery
 		// settles the record.
 	default:
 		code := herd.ErrorCodeOf(err)
-		m.fail(id, code, herd.ErrorMessage(err), false)
+		m.fail(d, code, herd.ErrorMessage(err), false)
 	}
 }
 
-func (m *methodRun) fail(id string, code herd.ErrorCode, msg string, fromPending bool) {
-	m.outcomes <- Outcome{DeviceID: id, Status: herd.DeviceJobFailed, FromPending: fromPending,
+func (m *methodRun) fail(d DueDevice, code herd.ErrorCode, msg string, fromPending bool) {
+	o := Outcome{DeviceID: d.ID, Status: herd.DeviceJobFailed, FromPending: fromPending,
 		Error: &herd.DeviceJobError{Code: string(code), Description: msg}}
+	if code != herd.ErrDeviceNotFound { // deleted since the snapshot: never found again
+		o.RetryAt = m.retryAt(d, classify(o).failureType())
+	}
+	m.outcomes <- o
+}
+
+// retryAt returns when a device whose attempt just failed with failure
+// type t is due again under the job's retry policy, or zero if it is not
+// retried: the first criterion naming t decides, and a device that has
+// made its maxAttempts attempts is done. The wait is backoffSeconds ×
+// backoffFactor^(attempts−1), at most MaxRetryDelaySeconds, rounded up to
+// a whole second (so that a batch's retries are written alike).
+func (m *methodRun) retryAt(d DueDevice, t herd.FailureType) time.Time {
+	return retryTime(m.retry, d.Attempts+1, t, m.s.clock.Now())
+}
+
+func retryTime(p *herd.RetryPolicy, attempts int, t herd.FailureType, now time.Time) time.Time {
+	if p == nil || t == "" {
+		return time.Time{}
+	}
+	for _, c := range p.Criteria {
+		if c.FailureType != t && c.FailureType != herd.FailureAny {
+			continue
+		}
+		if attempts >= c.MaxAttempts {
+			return time.Time{}
+		}
+		secs := min(p.BackoffSeconds*math.Pow(p.BackoffFactor, float64(attempts-1)), herd.MaxRetryDelaySeconds)
+		at := now.Add(time.Duration(secs * float64(time.Second)))
+		if r := at.Truncate(time.Second); !r.Equal(at) {
+			at = r.Add(time.Second)
+		}
+		return at
+	}
+	return time.Time{}
 }
 
 // record writes a batch of outcomes, trying again after a store failure
@@ -283,14 +362,20 @@ func (m *methodRun) write() error {
 			firstErr = err
 			continue
 		}
-		ok := 0
+		ok, retried := 0, 0
 		for _, o := range batch {
-			if o.Status == herd.DeviceJobCompleted {
+			switch {
+			case !o.RetryAt.IsZero():
+				retried++
+			case o.Status == herd.DeviceJobCompleted:
 				ok++
 			}
 		}
 		m.s.metrics.devices.WithLabelValues(string(m.r.Type), "succeeded").Add(float64(ok))
-		m.s.metrics.devices.WithLabelValues(string(m.r.Type), "failed").Add(float64(len(batch) - ok))
+		m.s.metrics.devices.WithLabelValues(string(m.r.Type), "failed").Add(float64(len(batch) - ok - retried))
+		if retried > 0 {
+			m.s.metrics.devices.WithLabelValues(string(m.r.Type), "retried").Add(float64(retried))
+		}
 	}
 	return firstErr
 }

@@ -12,7 +12,7 @@ func newMetrics(s *Service, reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		devices: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herd_job_device_operations_total",
-			Help: "Device operations finished by jobs, by job type and result (succeeded, failed).",
+			Help: "Device operations finished by jobs, by job type and result (succeeded, failed; retried: a failed attempt to be made again).",
 		}, []string{"type", "result"}),
 		startDelay: prometheus.NewHistogram(prometheus.HistogramOpts{
 			Name:    "herd_job_start_delay_seconds",

@@ -25,7 +25,6 @@ const (
 // version refuses rather than ignores: a job must not look steered when it
 // is not.
 var notYet = map[string]string{
-	"retry":      "herd.retry",
 	"continuous": "herd.continuous",
 }
 
@@ -50,14 +49,18 @@ func parseOptions(raw json.RawMessage) (*herd.JobOptions, error) {
 			if out.Abort, err = parseAbort(v); err != nil {
 				return nil, err
 			}
+		case "retry":
+			if out.Retry, err = parseRetry(v); err != nil {
+				return nil, err
+			}
 		default:
 			if name, ok := notYet[k]; ok {
 				return nil, invalid("%s is not supported by this version of Herd", name)
 			}
-			return nil, invalid("herd.%s is not a member of a job's herd options (rollout, abort)", k)
+			return nil, invalid("herd.%s is not a member of a job's herd options (rollout, abort, retry)", k)
 		}
 	}
-	if out.Rollout == nil && out.Abort == nil {
+	if out.Rollout == nil && out.Abort == nil && out.Retry == nil {
 		return nil, nil
 	}
 	return out, nil
@@ -283,18 +286,10 @@ func parseCriterion(raw json.RawMessage, name string) (herd.AbortCriterion, erro
 	for k, v := range members {
 		switch k {
 		case "failureType":
-			var s string
-			if json.Unmarshal(v, &s) != nil {
-				return out, invalid("%s.failureType must be a string", name)
+			if out.FailureType, err = failureType(v, name); err != nil {
+				return out, err
 			}
-			for _, t := range failureTypes {
-				if strings.EqualFold(s, string(t)) {
-					out.FailureType, haveType = t, true
-				}
-			}
-			if !haveType {
-				return out, invalid("%s.failureType %q is not one of Failed, TimedOut, DeviceNotOnline, Any", name, s)
-			}
+			haveType = true
 		case "thresholdPercentage":
 			f, ok := number(v)
 			if !ok || f <= 0 || f > 100 {
@@ -318,6 +313,112 @@ func parseCriterion(raw json.RawMessage, name string) (herd.AbortCriterion, erro
 		return out, herd.Errorf(herd.ErrArgumentNull, "%s.thresholdPercentage is required", name)
 	}
 	return out, nil
+}
+
+// Bounds and defaults of herd.retry.
+const (
+	MaxRetryCriteria      = 4
+	MaxRetryAttempts      = 100
+	DefaultBackoffSeconds = 30
+	DefaultBackoffFactor  = 2
+	MaxBackoffFactor      = 10
+)
+
+func parseRetry(raw json.RawMessage) (*herd.RetryPolicy, error) {
+	members, err := object(raw, "herd.retry")
+	if err != nil {
+		return nil, err
+	}
+	out := &herd.RetryPolicy{BackoffSeconds: DefaultBackoffSeconds, BackoffFactor: DefaultBackoffFactor}
+	for k, v := range members {
+		switch k {
+		case "criteria":
+			var list []json.RawMessage
+			if json.Unmarshal(v, &list) != nil {
+				return nil, invalid("herd.retry.criteria must be an array, not %s", v)
+			}
+			if len(list) == 0 || len(list) > MaxRetryCriteria {
+				return nil, invalid("herd.retry.criteria must hold from 1 to %d criteria, not %d", MaxRetryCriteria, len(list))
+			}
+			for i, c := range list {
+				crit, err := parseRetryCriterion(c, fmt.Sprintf("herd.retry.criteria[%d]", i))
+				if err != nil {
+					return nil, err
+				}
+				for _, prev := range out.Criteria {
+					if prev.FailureType == crit.FailureType {
+						return nil, invalid("herd.retry.criteria names failureType %s twice", crit.FailureType)
+					}
+				}
+				out.Criteria = append(out.Criteria, crit)
+			}
+		case "backoffSeconds":
+			f, ok := number(v)
+			if !ok || f < 0 || f > herd.MaxRetryDelaySeconds {
+				return nil, invalid("herd.retry.backoffSeconds must be a number of seconds from 0 to %d, not %s", herd.MaxRetryDelaySeconds, v)
+			}
+			out.BackoffSeconds = f
+		case "backoffFactor":
+			f, ok := number(v)
+			if !ok || f < 1 || f > MaxBackoffFactor {
+				return nil, invalid("herd.retry.backoffFactor must be a number from 1 to %d, not %s", MaxBackoffFactor, v)
+			}
+			out.BackoffFactor = f
+		default:
+			return nil, invalid("herd.retry.%s is not a member of a retry policy (criteria, backoffSeconds, backoffFactor)", k)
+		}
+	}
+	if len(out.Criteria) == 0 {
+		return nil, herd.Errorf(herd.ErrArgumentNull, "herd.retry needs criteria")
+	}
+	return out, nil
+}
+
+func parseRetryCriterion(raw json.RawMessage, name string) (herd.RetryCriterion, error) {
+	var out herd.RetryCriterion
+	members, err := object(raw, name)
+	if err != nil {
+		return out, err
+	}
+	var haveType, haveMax bool
+	for k, v := range members {
+		switch k {
+		case "failureType":
+			if out.FailureType, err = failureType(v, name); err != nil {
+				return out, err
+			}
+			haveType = true
+		case "maxAttempts":
+			n, err := wholeNumber(v)
+			if err != nil || n < 2 || n > MaxRetryAttempts {
+				return out, invalid("%s.maxAttempts must be a whole number from 2 to %d (the first call counts as one attempt), not %s", name, MaxRetryAttempts, v)
+			}
+			out.MaxAttempts, haveMax = int(n), true
+		default:
+			return out, invalid("%s.%s is not a member of a retry criterion (failureType, maxAttempts)", name, k)
+		}
+	}
+	switch {
+	case !haveType:
+		return out, herd.Errorf(herd.ErrArgumentNull, "%s.failureType is required", name)
+	case !haveMax:
+		return out, herd.Errorf(herd.ErrArgumentNull, "%s.maxAttempts is required", name)
+	}
+	return out, nil
+}
+
+// failureType reads a failure type (case-insensitive).
+func failureType(raw json.RawMessage, name string) (herd.FailureType, error) {
+	var s string
+	if json.Unmarshal(raw, &s) != nil {
+		return "", invalid("%s.failureType must be a string", name)
+	}
+	for _, t := range failureTypes {
+		if strings.EqualFold(s, string(t)) {
+			return t, nil
+		}
+	}
+	return "", invalid("%s.failureType %q is not one of Failed, TimedOut, DeviceNotOnline, Any", name, s)
 }
 
 // EncodeOptions is the stored form of a job's herd options ("" for none).

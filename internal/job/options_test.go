@@ -55,6 +55,18 @@ func TestParseOptions(t *testing.T) {
 		`{"abort":{"criteria":[{"thresholdPercentage":5}]}}`,
 		`{"abort":{"criteria":[{"failureType":"Any","thresholdPercentage":5,"minExecutedDevices":0}]}}`,
 		`{"abort":{"criteria":[{"failureType":"Any","thresholdPercentage":5,"action":"CANCEL"}]}}`,
+		`{"retry":{"criteria":[]}}`, `{"retry":{"criteria":{}}}`, `{"retry":{"backoffSeconds":5}}`,
+		`{"retry":{"criteria":[{"failureType":"Sad","maxAttempts":3}]}}`,
+		`{"retry":{"criteria":[{"failureType":"Any"}]}}`, `{"retry":{"criteria":[{"maxAttempts":3}]}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":1}]}}`, `{"retry":{"criteria":[{"failureType":"Any","maxAttempts":101}]}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":2.5}]}}`, `{"retry":{"criteria":[{"failureType":"Any","maxAttempts":"3"}]}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3,"delay":1}]}}`,
+		`{"retry":{"criteria":[{"failureType":"TimedOut","maxAttempts":3},{"failureType":"timedout","maxAttempts":2}]}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":-1}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":3601}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffFactor":0.5}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffFactor":11}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"jitter":true}}`,
 	} {
 		if _, err := parseOptions([]byte(bad)); !herd.IsCode(err, herd.ErrArgumentInvalid) && !herd.IsCode(err, herd.ErrArgumentNull) {
 			t.Errorf("%s: %v, want ArgumentInvalid or ArgumentNull", bad, err)
@@ -65,13 +77,71 @@ func TestParseOptions(t *testing.T) {
 // A member the engine does not honour yet is refused rather than run as
 // if it were not; herd: null is no options.
 func TestOptionsNotYetRefused(t *testing.T) {
-	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":5}]}}}`
+	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"continuous":true}}`
 	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {
-		t.Errorf("retry was accepted: %v", err)
+		t.Errorf("continuous was accepted: %v", err)
 	}
 	body = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":null}`
 	if r, err := ParseRequest("j", []byte(body), time.Now()); err != nil || r.Herd != nil {
 		t.Errorf("herd: null: %+v %v", r, err)
+	}
+}
+
+// herd.retry: defaults, the round trip, and method jobs only.
+func TestRetryOptions(t *testing.T) {
+	o, err := parseOptions([]byte(`{"retry":{"criteria":[{"failureType":"deviceNotOnline","maxAttempts":5},{"failureType":"Any","maxAttempts":2}]}}`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := o.Retry
+	if len(p.Criteria) != 2 || p.Criteria[0].FailureType != herd.FailureNotOnline || p.Criteria[0].MaxAttempts != 5 ||
+		p.BackoffSeconds != DefaultBackoffSeconds || p.BackoffFactor != DefaultBackoffFactor {
+		t.Errorf("parsed %+v", p)
+	}
+	if back, err := DecodeOptions(EncodeOptions(o)); err != nil || EncodeOptions(back) != EncodeOptions(o) {
+		t.Errorf("round trip: %v", err)
+	}
+	if o, err := parseOptions([]byte(`{"retry":{"criteria":[{"failureType":"TimedOut","maxAttempts":3}],"backoffSeconds":0,"backoffFactor":1}}`)); err != nil ||
+		o.Retry.BackoffSeconds != 0 || o.Retry.BackoffFactor != 1 {
+		t.Errorf("no backoff: %+v %v", o, err)
+	}
+	body := `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"tags":{"a":1}},"herd":{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}]}}}`
+	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {
+		t.Errorf("retry of a twin job was accepted: %v", err)
+	}
+}
+
+// retryTime: the first criterion naming the type decides; the wait grows
+// by the factor, is capped, and rounds up to a second.
+func TestRetryTime(t *testing.T) {
+	p := &herd.RetryPolicy{Criteria: []herd.RetryCriterion{{FailureType: herd.FailureNotOnline, MaxAttempts: 4},
+		{FailureType: herd.FailureAny, MaxAttempts: 2}}, BackoffSeconds: 1.5, BackoffFactor: 3}
+	now := time.Date(2026, 12, 2, 10, 0, 0, 0, time.UTC)
+	for _, c := range []struct {
+		attempts int
+		t        herd.FailureType
+		want     time.Duration // 0: not retried
+	}{
+		{1, herd.FailureNotOnline, 2 * time.Second},  // 1.5 s, rounded up
+		{2, herd.FailureNotOnline, 5 * time.Second},  // 4.5 s
+		{3, herd.FailureNotOnline, 14 * time.Second}, // 13.5 s
+		{4, herd.FailureNotOnline, 0},
+		{1, herd.FailureTimedOut, 2 * time.Second},
+		{2, herd.FailureTimedOut, 0},
+		{1, herd.FailureFailed, 2 * time.Second},
+		{1, "", 0},
+	} {
+		got := retryTime(p, c.attempts, c.t, now)
+		if c.want == 0 && !got.IsZero() || c.want != 0 && !got.Equal(now.Add(c.want)) {
+			t.Errorf("attempts %d %s: %v, want +%v", c.attempts, c.t, got, c.want)
+		}
+	}
+	long := &herd.RetryPolicy{Criteria: []herd.RetryCriterion{{FailureType: herd.FailureAny, MaxAttempts: 100}}, BackoffSeconds: 60, BackoffFactor: 10}
+	if got := retryTime(long, 50, herd.FailureFailed, now); !got.Equal(now.Add(herd.MaxRetryDelaySeconds * time.Second)) {
+		t.Errorf("capped: %v", got)
+	}
+	if retryTime(nil, 1, herd.FailureFailed, now) != (time.Time{}) {
+		t.Error("no policy retried")
 	}
 }
 

@@ -126,6 +126,11 @@ func ParseRequest(pathID string, body []byte, now time.Time) (*Record, error) {
 	if err != nil {
 		return nil, err
 	}
+	if opts != nil && opts.Retry != nil && r.Type != herd.JobDeviceMethod {
+		// A twin write fails only when the device was deleted or its twin
+		// would pass a size limit: another attempt changes neither.
+		return nil, invalid("herd.retry applies to method jobs (scheduleDeviceMethod), not to %s jobs", r.Type)
+	}
 	r.Herd = opts
 	r.DeviceJobStatistics = &herd.DeviceJobStatistics{}
 	return r, nil

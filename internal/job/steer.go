@@ -150,6 +150,9 @@ func (c FailureCounts) add(d FailureCounts) FailureCounts {
 // DeviceNotOnline, or else Failed, and so is a method that answered with a
 // status of 400 or more. Canceled devices do not count.
 func classify(o Outcome) FailureCounts {
+	if !o.RetryAt.IsZero() {
+		return FailureCounts{} // not the device's outcome: it is tried again
+	}
 	switch o.Status {
 	case herd.DeviceJobCompleted:
 		if o.Response != nil && o.Response.Status >= 400 {
@@ -170,6 +173,19 @@ func classify(o Outcome) FailureCounts {
 		return FailureCounts{Executed: 1, Failed: 1}
 	}
 	return FailureCounts{}
+}
+
+// failureType is the type of the one failure c counts ("" for none).
+func (c FailureCounts) failureType() herd.FailureType {
+	switch {
+	case c.Failed > 0:
+		return herd.FailureFailed
+	case c.TimedOut > 0:
+		return herd.FailureTimedOut
+	case c.NotOnline > 0:
+		return herd.FailureNotOnline
+	}
+	return ""
 }
 
 // check adds d to the counts and aborts the job if a criterion fires,

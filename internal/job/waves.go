@@ -62,15 +62,19 @@ func (s *Service) runWaves(ctx context.Context, run *runner, r *Record, runOnce 
 	ends := waveEnds(ro, r.DeviceJobStatistics.DeviceCount)
 	for {
 		st := r.DeviceJobStatistics
-		started := st.DeviceCount - st.PendingCount
 		if r.Wave >= len(ends)-1 {
 			return runOnce(-1) // the last wave
 		}
-		if left := ends[r.Wave] - started; left > 0 && st.PendingCount > 0 {
-			if err := runOnce(left); err != nil || run.feed.Err() != nil {
+		started, retrying, err := s.started(ctx, r)
+		if err != nil {
+			return err
+		}
+		// A wave is done when its devices are started and none waits for
+		// a retry (after a restart, some may).
+		if left := ends[r.Wave] - started; left > 0 && st.PendingCount > 0 || retrying > 0 {
+			if err := runOnce(max(left, 0)); err != nil || run.feed.Err() != nil {
 				return err
 			}
-			var err error
 			if r, err = s.store.Job(ctx, r.JobID); err != nil {
 				return err
 			}
@@ -78,7 +82,11 @@ func (s *Service) runWaves(ctx context.Context, run *runner, r *Record, runOnce 
 			if r.EndTime != nil || r.Status != herd.JobRunning {
 				return nil
 			}
-			if now := st.DeviceCount - st.PendingCount; now < ends[r.Wave] && st.PendingCount > 0 {
+			now, retrying, err := s.started(ctx, r)
+			if err != nil {
+				return err
+			}
+			if now < ends[r.Wave] && st.PendingCount > 0 || retrying > 0 {
 				if now == started {
 					// Nothing started: a store error shows as one, so that
 					// the engine tries again after a pause, not in a loop.
@@ -92,10 +100,23 @@ func (s *Service) runWaves(ctx context.Context, run *runner, r *Record, runOnce 
 			return err
 		}
 		s.log.Info("job wave done", "job_id", r.JobID, "wave", r.Wave+1, "waves", len(ends),
-			"started", st.DeviceCount-st.PendingCount, "paused", next.Status == herd.JobPaused)
+			"started", started, "paused", next.Status == herd.JobPaused)
 		if next.Status != herd.JobRunning || next.EndTime != nil {
 			return nil // paused between waves, or cancelled meanwhile
 		}
 		r = next
 	}
+}
+
+// started counts the devices of a job that have started: those no longer
+// pending, and pending ones waiting for a retry (herd.retry), which it
+// also returns.
+func (s *Service) started(ctx context.Context, r *Record) (started, retrying int64, err error) {
+	st := r.DeviceJobStatistics
+	started = st.DeviceCount - st.PendingCount
+	if r.Herd == nil || r.Herd.Retry == nil {
+		return started, 0, nil
+	}
+	rs, err := s.store.Retries(ctx, r.JobID)
+	return started + rs.Retrying, rs.Retrying, err
 }

@@ -47,7 +47,7 @@ var jobSchema = func() *field {
 	f := object("", false,
 		leaf("deviceId"), leaf("jobId"), leaf("jobType"), leaf("status"),
 		leaf("startTimeUtc"), leaf("endTimeUtc"), leaf("createdDateTimeUtc"),
-		leaf("lastUpdatedDateTimeUtc"),
+		leaf("lastUpdatedDateTimeUtc"), leaf("attempts"),
 		object("outcome", true),
 		object("error", false, leaf("code"), leaf("description")),
 	)

@@ -747,6 +747,8 @@ func (c *compiler) jobPath(p *Path) operand {
 		return static(String, c.col(col))
 	}
 	switch s[0] {
+	case "attempts":
+		return static(Number, c.col("attempts"))
 	case "outcome":
 		return c.jsonPath("outcome", s[1:], p.Pos)
 	case "error":

@@ -454,6 +454,39 @@ func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) (
 	return ids, nil
 }
 
+// DueDevices returns the pending devices that may start now.
+func (db *DB) DueDevices(ctx context.Context, id, after string, limit int, now time.Time) ([]job.DueDevice, error) {
+	rows, err := db.pool.Query(ctx, `SELECT device_id, attempts FROM device_jobs
+		WHERE job_id = $1 AND device_id > $2 AND status = 'pending' AND (retry_at IS NULL OR retry_at <= $3)
+		ORDER BY job_id, device_id LIMIT $4`, id, after, stamp(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("due devices of job %q: %w", id, err)
+	}
+	out, err := pgx.CollectRows(rows, func(row pgx.CollectableRow) (job.DueDevice, error) {
+		var d job.DueDevice
+		return d, row.Scan(&d.ID, &d.Attempts)
+	})
+	if err != nil {
+		return nil, fmt.Errorf("due devices of job %q: %w", id, err)
+	}
+	return out, nil
+}
+
+// Retries returns the job's devices waiting for a retry.
+func (db *DB) Retries(ctx context.Context, id string) (job.RetryState, error) {
+	var rs job.RetryState
+	var next *string
+	err := db.pool.QueryRow(ctx, `SELECT count(*), min(retry_at) FROM device_jobs
+		WHERE job_id = $1 AND status = 'pending' AND attempts > 0`, id).Scan(&rs.Retrying, &next)
+	if err != nil {
+		return rs, fmt.Errorf("retries of job %q: %w", id, err)
+	}
+	if next != nil {
+		rs.Next = parseTime(*next).Time
+	}
+	return rs, nil
+}
+
 // ClaimDevices moves devices from pending to running.
 func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
 	var out []string
@@ -464,8 +497,8 @@ func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, n
 			return err
 		}
 		at := stamp(now)
-		rows, err := tx.Query(ctx, `UPDATE device_jobs SET status = 'running', start_time = $1, last_updated_time = $1
-			WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3) RETURNING device_id`, at, id, deviceIDs)
+		rows, err := tx.Query(ctx, `UPDATE device_jobs SET status = 'running', start_time = $1, last_updated_time = $1,
+			attempts = attempts + 1, retry_at = NULL WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3) RETURNING device_id`, at, id, deviceIDs)
 		if err != nil {
 			return err
 		}
@@ -520,38 +553,64 @@ type transition struct {
 // outcomeRows are the outcomes of one transition, as parallel arrays for
 // unnest.
 type outcomeRows struct {
-	ids                   []string
-	outcomes, codes, desc []*string
+	ids                            []string
+	outcomes, codes, desc, retryAt []*string
+}
+
+// hasRetry says whether a batch holds retries.
+func hasRetry(outcomes []job.Outcome) bool {
+	for _, o := range outcomes {
+		if !o.RetryAt.IsZero() {
+			return true
+		}
+	}
+	return false
 }
 
 // FinishDevices records outcomes in one transaction: one statement per
 // transition, its rows joined from arrays.
 func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
-	groups := map[transition]*outcomeRows{}
-	for _, o := range outcomes {
-		k := transition{"running", o.Status}
-		if o.FromPending {
-			k.from = "pending"
-		}
-		g := groups[k]
-		if g == nil {
-			g = &outcomeRows{}
-			groups[k] = g
-		}
-		var outcome, code, desc *string
-		if o.Response != nil {
-			s, err := outcomeJSON(o.Response)
-			if err != nil {
-				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
-			}
-			outcome = &s
-		}
-		if o.Error != nil {
-			code, desc = &o.Error.Code, &o.Error.Description
-		}
-		g.ids, g.outcomes, g.codes, g.desc = append(g.ids, o.DeviceID), append(g.outcomes, outcome), append(g.codes, code), append(g.desc, desc)
-	}
 	err := db.tx(ctx, func(tx pgx.Tx) error {
+		retry := false
+		if hasRetry(outcomes) {
+			// A job that is ending (cancelled, aborted) retries nothing;
+			// the row lock holds off a cancel until this commits.
+			var status string
+			if err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE`, id).Scan(&status); err != nil {
+				return err
+			}
+			retry = status == string(herd.JobRunning) || status == string(herd.JobPaused)
+		}
+		groups := map[transition]*outcomeRows{}
+		for _, o := range outcomes {
+			k := transition{"running", o.Status}
+			if o.FromPending {
+				k.from = "pending"
+			}
+			var outcome, code, desc, retryAt *string
+			if !o.RetryAt.IsZero() && retry {
+				k.to = herd.DeviceJobPending
+				at := stamp(o.RetryAt)
+				retryAt = &at
+			}
+			g := groups[k]
+			if g == nil {
+				g = &outcomeRows{}
+				groups[k] = g
+			}
+			if o.Response != nil {
+				s, err := outcomeJSON(o.Response)
+				if err != nil {
+					return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
+				}
+				outcome = &s
+			}
+			if o.Error != nil {
+				code, desc = &o.Error.Code, &o.Error.Description
+			}
+			g.ids, g.outcomes, g.codes, g.desc = append(g.ids, o.DeviceID), append(g.outcomes, outcome), append(g.codes, code), append(g.desc, desc)
+			g.retryAt = append(g.retryAt, retryAt)
+		}
 		at := stamp(now)
 		// The statistics of device_jobs are those of the snapshot, when
 		// every record was pending: the planner then takes the records
@@ -566,21 +625,28 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 		for k, g := range groups {
 			tag, err := tx.Exec(ctx, `UPDATE device_jobs dj SET status = $1, end_time = $2, last_updated_time = $2,
 				start_time = CASE WHEN dj.status = 'pending' THEN $2 ELSE dj.start_time END,
+				attempts = dj.attempts + CASE WHEN dj.status = 'pending' THEN 1 ELSE 0 END, retry_at = o.retry_at,
 				outcome = o.outcome, error_code = o.code, error_description = o.descr
-				FROM unnest($3::text[], $4::text[], $5::text[], $6::text[]) AS o(id, outcome, code, descr)
+				FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $9::text[]) AS o(id, outcome, code, descr, retry_at)
 				WHERE dj.job_id = $7 AND dj.device_id = ANY($3) AND dj.status = $8 AND dj.device_id = o.id`,
-				string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from)
+				string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from, g.retryAt)
 			if err != nil {
 				return err
 			}
 			n := tag.RowsAffected()
+			if k.from == "pending" && k.to == herd.DeviceJobPending {
+				continue // a retry of a device that stays pending
+			}
 			from := "running_count"
 			if k.from == "pending" {
 				from = "pending_count"
 			}
 			to := "failed_count"
-			if k.to == herd.DeviceJobCompleted {
+			switch k.to {
+			case herd.DeviceJobCompleted:
 				to = "succeeded_count"
+			case herd.DeviceJobPending:
+				to = "pending_count"
 			}
 			if _, err := tx.Exec(ctx, `UPDATE jobs SET `+from+` = `+from+` - $1, `+to+` = `+to+` + $1 WHERE job_id = $2`, n, id); err != nil {
 				return err
@@ -676,7 +742,7 @@ func (db *DB) PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
 
 // deviceJobColumns are the device_jobs columns of a herd.DeviceJob.
 const deviceJobColumns = `job_id, device_id, job_type, status, start_time, end_time, created_time,
-	last_updated_time, outcome, error_code, error_description`
+	last_updated_time, outcome, error_code, error_description, attempts`
 
 // scanDeviceJob reads deviceJobColumns.
 func scanDeviceJob(row pgx.Row) (*herd.DeviceJob, error) {
@@ -686,7 +752,7 @@ func scanDeviceJob(row pgx.Row) (*herd.DeviceJob, error) {
 		start, end, created, updated string
 		outcome, code, desc          *string
 	)
-	if err := row.Scan(&j.JobID, &j.DeviceID, &typ, &status, &start, &end, &created, &updated, &outcome, &code, &desc); err != nil {
+	if err := row.Scan(&j.JobID, &j.DeviceID, &typ, &status, &start, &end, &created, &updated, &outcome, &code, &desc, &j.Attempts); err != nil {
 		return nil, err
 	}
 	j.JobType, j.Status = herd.JobType(typ), herd.DeviceJobStatus(status)

@@ -75,7 +75,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 		res.Updated = updated
 		at := stamp(now)
 		if len(updated) == count {
-			if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'completed', start_time = $1, end_time = $1,
+			if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'completed', start_time = $1, end_time = $1, attempts = 1,
 				last_updated_time = $1 WHERE job_id = $2 AND device_id > $3 AND device_id <= $4 AND status = 'pending'`,
 				at, id, after, *last); err != nil {
 				return err
@@ -85,7 +85,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 			for i, u := range updated {
 				ids[i] = u.DeviceID
 			}
-			if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'completed', start_time = $1, end_time = $1,
+			if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'completed', start_time = $1, end_time = $1, attempts = 1,
 				last_updated_time = $1 WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3)`, at, id, ids); err != nil {
 				return err
 			}
@@ -261,14 +261,14 @@ func patchOneByOne(ctx context.Context, tx pgx.Tx, p twin.Patch, id, after, last
 		}
 		if devErr != nil {
 			failed++
-			if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', start_time = $1, end_time = $1,
+			if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', start_time = $1, end_time = $1, attempts = 1,
 				last_updated_time = $1, error_code = $2, error_description = $3 WHERE job_id = $4 AND device_id = $5`,
 				at, devErr.Code, devErr.Description, id, dev); err != nil {
 				return nil, 0, err
 			}
 			continue
 		}
-		if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'completed', start_time = $1, end_time = $1,
+		if _, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'completed', start_time = $1, end_time = $1, attempts = 1,
 			last_updated_time = $1 WHERE job_id = $2 AND device_id = $3`, at, id, dev); err != nil {
 			return nil, 0, err
 		}

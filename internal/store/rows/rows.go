@@ -83,7 +83,7 @@ var Tables = []*Table{
 		{"job_id", Text}, {"device_id", Text}, {"job_type", Text}, {"status", Text},
 		{"start_time", Text}, {"end_time", Text}, {"created_time", Text},
 		{"last_updated_time", Text}, {"outcome", Text}, {"error_code", Text},
-		{"error_description", Text},
+		{"error_description", Text}, {"attempts", Int}, {"retry_at", Text},
 	}},
 	{Name: "ca_certificates", Key: []string{"name"}, Columns: []Column{
 		{"name", Text}, {"certificate", Text}, {"thumbprint", Text}, {"verified", Bool},

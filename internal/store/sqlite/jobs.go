@@ -424,6 +424,41 @@ func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) (
 	return out, rows.Err()
 }
 
+// DueDevices returns the pending devices that may start now.
+func (db *DB) DueDevices(ctx context.Context, id, after string, limit int, now time.Time) ([]job.DueDevice, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT device_id, attempts FROM device_jobs
+		WHERE job_id = ? AND device_id > ? AND status = 'pending' AND (retry_at IS NULL OR retry_at <= ?)
+		ORDER BY device_id LIMIT ?`, id, after, stamp(now), limit)
+	if err != nil {
+		return nil, fmt.Errorf("due devices of job %q: %w", id, err)
+	}
+	defer rows.Close()
+	var out []job.DueDevice
+	for rows.Next() {
+		var d job.DueDevice
+		if err := rows.Scan(&d.ID, &d.Attempts); err != nil {
+			return nil, err
+		}
+		out = append(out, d)
+	}
+	return out, rows.Err()
+}
+
+// Retries returns the job's devices waiting for a retry.
+func (db *DB) Retries(ctx context.Context, id string) (job.RetryState, error) {
+	var rs job.RetryState
+	var next sql.NullString
+	err := db.read.QueryRowContext(ctx, `SELECT count(*), min(retry_at) FROM device_jobs
+		WHERE job_id = ? AND status = 'pending' AND attempts > 0`, id).Scan(&rs.Retrying, &next)
+	if err != nil {
+		return rs, fmt.Errorf("retries of job %q: %w", id, err)
+	}
+	if next.Valid {
+		rs.Next = parseTime(next.String).Time
+	}
+	return rs, nil
+}
+
 // ClaimDevices moves devices from pending to running.
 func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
 	list, err := json.Marshal(deviceIDs)
@@ -436,8 +471,8 @@ func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, n
 			return err
 		}
 		at := stamp(now)
-		rows, err := tx.QueryContext(ctx, `UPDATE device_jobs SET status = 'running', start_time = ?, last_updated_time = ?
-			WHERE job_id = ? AND status = 'pending' AND device_id IN (SELECT value FROM json_each(?))
+		rows, err := tx.QueryContext(ctx, `UPDATE device_jobs SET status = 'running', start_time = ?, last_updated_time = ?,
+			attempts = attempts + 1, retry_at = NULL WHERE job_id = ? AND status = 'pending' AND device_id IN (SELECT value FROM json_each(?))
 			RETURNING device_id`, at, at, id, string(list))
 		if err != nil {
 			return err
@@ -484,9 +519,10 @@ type outcomeRow struct {
 	O *string `json:"o"`
 	C *string `json:"c"`
 	E *string `json:"e"`
+	R *string `json:"r"`
 }
 
-// transition is a change of device record status.
+// transition is a change of device record status (to pending: a retry).
 type transition struct {
 	from string
 	to   herd.DeviceJobStatus
@@ -495,8 +531,8 @@ type transition struct {
 // outcomeKey groups outcomes that write the same values.
 type outcomeKey struct {
 	transition
-	outcome, code, desc string
-	hasOutcome, hasErr  bool
+	outcome, code, desc, retryAt string
+	hasOutcome, hasErr             bool
 }
 
 // maxOutcomeGroups is how many distinct outcomes a batch may have and
@@ -519,8 +555,9 @@ func outcomeJSON(r *herd.MethodResult) (string, error) {
 	return `{"deviceMethodResponse":{"status":` + strconv.Itoa(r.Status) + `,"payload":` + string(payload) + `}}`, nil
 }
 
-// FinishDevices records outcomes in one transaction.
-func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
+// groupOutcomes sorts outcomes by the values they write. With retry
+// false, retries are written as the failures they are.
+func groupOutcomes(outcomes []job.Outcome, retry bool) (map[outcomeKey][]string, map[transition][]outcomeRow, error) {
 	groups := map[outcomeKey][]string{}
 	byTransition := map[transition][]outcomeRow{}
 	for _, o := range outcomes {
@@ -529,10 +566,14 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 			k.from = "pending"
 		}
 		row := outcomeRow{D: o.DeviceID}
+		if !o.RetryAt.IsZero() && retry {
+			k.to, k.retryAt = herd.DeviceJobPending, stamp(o.RetryAt)
+			row.R = &k.retryAt
+		}
 		if o.Response != nil {
 			s, err := outcomeJSON(o.Response)
 			if err != nil {
-				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
+				return nil, nil, fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
 			}
 			k.outcome, k.hasOutcome, row.O = s, true, &s
 		}
@@ -543,7 +584,35 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 		groups[k] = append(groups[k], o.DeviceID)
 		byTransition[k.transition] = append(byTransition[k.transition], row)
 	}
+	return groups, byTransition, nil
+}
+
+// hasRetry says whether a batch holds retries.
+func hasRetry(outcomes []job.Outcome) bool {
+	for _, o := range outcomes {
+		if !o.RetryAt.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
+// FinishDevices records outcomes in one transaction.
+func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
 	err := db.tx(ctx, func(tx *sql.Tx) error {
+		retry := false
+		if hasRetry(outcomes) {
+			// A job that is ending (cancelled, aborted) retries nothing.
+			var status string
+			if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE job_id = ?`, id).Scan(&status); err != nil {
+				return err
+			}
+			retry = status == string(herd.JobRunning) || status == string(herd.JobPaused)
+		}
+		groups, byTransition, err := groupOutcomes(outcomes, retry)
+		if err != nil {
+			return err
+		}
 		at := stamp(now)
 		moved := map[transition]int64{}
 		if len(groups) <= maxOutcomeGroups {
@@ -552,18 +621,22 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 				if err != nil {
 					return err
 				}
-				var outcome, code, desc any
+				var outcome, code, desc, retryAt any
 				if k.hasOutcome {
 					outcome = k.outcome
 				}
 				if k.hasErr {
 					code, desc = k.code, k.desc
 				}
+				if k.retryAt != "" {
+					retryAt = k.retryAt
+				}
 				res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
 					start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
+					attempts = attempts + (status = 'pending'), retry_at = ?,
 					outcome = ?, error_code = ?, error_description = ?
 					WHERE job_id = ? AND status = ? AND device_id IN (SELECT value FROM json_each(?))`,
-					string(k.to), at, at, at, outcome, code, desc, id, k.from, string(list))
+					string(k.to), at, at, at, retryAt, outcome, code, desc, id, k.from, string(list))
 				if err != nil {
 					return err
 				}
@@ -580,13 +653,19 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 			}
 		}
 		for k, n := range moved {
+			if k.from == "pending" && k.to == herd.DeviceJobPending {
+				continue // a retry of a device that stays pending
+			}
 			from := "running_count"
 			if k.from == "pending" {
 				from = "pending_count"
 			}
 			to := "failed_count"
-			if k.to == herd.DeviceJobCompleted {
+			switch k.to {
+			case herd.DeviceJobCompleted:
 				to = "succeeded_count"
+			case herd.DeviceJobPending:
+				to = "pending_count"
 			}
 			if _, err := tx.ExecContext(ctx, `UPDATE jobs SET `+from+` = `+from+` - ?, `+to+` = `+to+` + ? WHERE job_id = ?`, n, n, id); err != nil {
 				return err
@@ -610,19 +689,20 @@ func finishThroughTemp(ctx context.Context, tx *sql.Tx, id string, k transition,
 		return 0, err
 	}
 	if _, err := tx.ExecContext(ctx, `CREATE TEMP TABLE IF NOT EXISTS job_outcomes
-		(d TEXT PRIMARY KEY, o TEXT, c TEXT, e TEXT) WITHOUT ROWID`); err != nil {
+		(d TEXT PRIMARY KEY, o TEXT, c TEXT, e TEXT, r TEXT) WITHOUT ROWID`); err != nil {
 		return 0, err
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM temp.job_outcomes`); err != nil {
 		return 0, err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT OR REPLACE INTO temp.job_outcomes
-		SELECT value ->> '$.d', value ->> '$.o', value ->> '$.c', value ->> '$.e' FROM json_each(?)`, string(list)); err != nil {
+		SELECT value ->> '$.d', value ->> '$.o', value ->> '$.c', value ->> '$.e', value ->> '$.r' FROM json_each(?)`, string(list)); err != nil {
 		return 0, err
 	}
 	res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = ?, end_time = ?, last_updated_time = ?,
 		start_time = CASE WHEN status = 'pending' THEN ? ELSE start_time END,
-		(outcome, error_code, error_description) = (SELECT o, c, e FROM temp.job_outcomes WHERE d = device_jobs.device_id)
+		attempts = attempts + (status = 'pending'),
+		(outcome, error_code, error_description, retry_at) = (SELECT o, c, e, r FROM temp.job_outcomes WHERE d = device_jobs.device_id)
 		WHERE job_id = ? AND status = ? AND device_id IN (SELECT d FROM temp.job_outcomes)`,
 		string(k.to), at, at, at, id, k.from)
 	if err != nil {
@@ -721,8 +801,7 @@ func (db *DB) PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
 // DeviceJobs returns a job's device records in device order (for tests and
 // tools; clients read them with SELECT * FROM devices.jobs).
 func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error) {
-	rows, err := db.read.QueryContext(ctx, `SELECT device_id, job_id, job_type, status, start_time, end_time,
-		created_time, last_updated_time, outcome, error_code, error_description
+	rows, err := db.read.QueryContext(ctx, `SELECT `+deviceJobColumns+`
 		FROM device_jobs WHERE job_id = ? ORDER BY device_id`, id)
 	if err != nil {
 		return nil, fmt.Errorf("device records of job %q: %w", id, err)
@@ -730,27 +809,11 @@ func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, erro
 	defer rows.Close()
 	var out []herd.DeviceJob
 	for rows.Next() {
-		var (
-			d                            herd.DeviceJob
-			start, end, created, updated string
-			outcome, code, desc          sql.NullString
-		)
-		if err := rows.Scan(&d.DeviceID, &d.JobID, &d.JobType, &d.Status, &start, &end, &created, &updated,
-			&outcome, &code, &desc); err != nil {
+		d, err := scanDeviceJob(rows)
+		if err != nil {
 			return nil, err
 		}
-		d.StartTimeUTC, d.EndTimeUTC = parseTime(start), parseTime(end)
-		d.CreatedDateTimeUTC, d.LastUpdatedDateTimeUTC = parseTime(created), parseTime(updated)
-		if outcome.Valid {
-			d.Outcome = &herd.DeviceJobOutcome{}
-			if err := json.Unmarshal([]byte(outcome.String), d.Outcome); err != nil {
-				return nil, err
-			}
-		}
-		if code.Valid {
-			d.Error = &herd.DeviceJobError{Code: code.String, Description: desc.String}
-		}
-		out = append(out, d)
+		out = append(out, *d)
 	}
 	return out, rows.Err()
 }

@@ -68,7 +68,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 		res.Updated = updated
 		at := stamp(now)
 		if len(updated) == count {
-			_, err = tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'completed', start_time = ?, end_time = ?,
+			_, err = tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'completed', start_time = ?, end_time = ?, attempts = 1,
 				last_updated_time = ? WHERE job_id = ? AND device_id > ? AND device_id <= ? AND status = 'pending'`,
 				at, at, at, id, after, last.String)
 			if err != nil {
@@ -202,7 +202,7 @@ func completeDevices(ctx context.Context, tx *sql.Tx, id string, ids []string, a
 	if err != nil {
 		return err
 	}
-	_, err = tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'completed', start_time = ?, end_time = ?,
+	_, err = tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'completed', start_time = ?, end_time = ?, attempts = 1,
 		last_updated_time = ? WHERE job_id = ? AND status = 'pending' AND device_id IN (SELECT value FROM json_each(?))`,
 		at, at, at, id, string(list))
 	return err
@@ -268,14 +268,14 @@ func (db *DB) patchOneByOne(ctx context.Context, tx *sql.Tx, p twin.Patch, id, a
 		}
 		if devErr != nil {
 			failed++
-			if _, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'failed', start_time = ?, end_time = ?,
+			if _, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'failed', start_time = ?, end_time = ?, attempts = 1,
 				last_updated_time = ?, error_code = ?, error_description = ? WHERE job_id = ? AND device_id = ?`,
 				at, at, at, devErr.Code, devErr.Description, id, dev); err != nil {
 				return nil, 0, err
 			}
 			continue
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'completed', start_time = ?, end_time = ?,
+		if _, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'completed', start_time = ?, end_time = ?, attempts = 1,
 			last_updated_time = ? WHERE job_id = ? AND device_id = ?`, at, at, at, id, dev); err != nil {
 			return nil, 0, err
 		}

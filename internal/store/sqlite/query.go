@@ -183,7 +183,7 @@ func toMap(v any) (map[string]any, error) {
 
 // deviceJobColumns are the device_jobs columns of a herd.DeviceJob.
 const deviceJobColumns = `job_id, device_id, job_type, status, start_time, end_time, created_time,
-	last_updated_time, outcome, error_code, error_description`
+	last_updated_time, outcome, error_code, error_description, attempts`
 
 func (db *DB) deviceJobs(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
 	cond, err := condition(q)
@@ -228,7 +228,7 @@ func scanDeviceJob(row scanner) (*herd.DeviceJob, error) {
 		outcome, errCode, errDescription sql.NullString
 	)
 	if err := row.Scan(&j.JobID, &j.DeviceID, &j.JobType, &j.Status, &start, &end, &created, &updated,
-		&outcome, &errCode, &errDescription); err != nil {
+		&outcome, &errCode, &errDescription, &j.Attempts); err != nil {
 		return nil, err
 	}
 	j.StartTimeUTC, j.EndTimeUTC = parseTime(start), parseTime(end)

@@ -25,6 +25,7 @@ var jobTests = []struct {
 	{"TwinBatchMatchesApply", testTwinBatchMatchesApply},
 	{"TwinBatchLimitsAndDeletedDevices", testTwinBatchEdges},
 	{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
+	{"Retries", testRetries},
 	{"ManyDistinctOutcomes", testManyDistinctOutcomes},
 	{"CancelAndExpire", testCancelAndExpire},
 	{"PauseResumeAbort", testPauseResumeAbort},
@@ -749,5 +750,107 @@ func testPauseResumeAbort(t *testing.T, s JobStore) {
 		if _, err := f(); !herd.IsCode(err, herd.ErrJobNotFound) {
 			t.Errorf("unknown job: %v, want JobNotFound", err)
 		}
+	}
+}
+
+// testRetries: a retry outcome puts a device back to pending with its
+// error (from running or from pending), counts its attempt once, hides it
+// from DueDevices until it is due, and shows in Retries; a job that is
+// ending records the retry as the failure it is.
+func testRetries(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "r1", "r2", "r3", "r4")
+	methodJob(t, s, "rj")
+	if _, err := s.StartJob(ctx, "rj", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.ClaimDevices(ctx, "rj", []string{"r1", "r2"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	later, muchLater := t0.Add(30*time.Second), t0.Add(time.Hour)
+	notOnline := &herd.DeviceJobError{Code: "DeviceNotOnline", Description: "off"}
+	err := s.FinishDevices(ctx, "rj", []job.Outcome{
+		{DeviceID: "r1", Status: herd.DeviceJobFailed, Error: &herd.DeviceJobError{Code: "GatewayTimeout", Description: "slow"}, RetryAt: later},
+		{DeviceID: "r2", Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 200, Payload: json.RawMessage(`1`)}},
+		{DeviceID: "r3", Status: herd.DeviceJobFailed, FromPending: true, Error: notOnline, RetryAt: muchLater},
+	}, t0.Add(time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStats(t, s, "rj", herd.DeviceJobStatistics{DeviceCount: 4, SucceededCount: 1, PendingCount: 3})
+	rs, err := s.Retries(ctx, "rj")
+	if err != nil || rs.Retrying != 2 || !rs.Next.Equal(later) {
+		t.Fatalf("retries: %+v %v", rs, err)
+	}
+	due := func(now time.Time) []job.DueDevice {
+		t.Helper()
+		d, err := s.DueDevices(ctx, "rj", "", 10, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d
+	}
+	if d := due(t0.Add(2 * time.Second)); !slices.Equal(d, []job.DueDevice{{ID: "r4"}}) {
+		t.Errorf("due before any retry: %+v", d)
+	}
+	if d := due(later); !slices.Equal(d, []job.DueDevice{{ID: "r1", Attempts: 1}, {ID: "r4"}}) {
+		t.Errorf("due at the first retry: %+v", d)
+	}
+	if d := due(muchLater); !slices.Equal(d, []job.DueDevice{{ID: "r1", Attempts: 1}, {ID: "r3", Attempts: 1}, {ID: "r4"}}) {
+		t.Errorf("due at the last retry: %+v", d)
+	}
+	djs, _ := s.DeviceJobs(ctx, "rj")
+	if d := djs[0]; d.Status != herd.DeviceJobPending || d.Attempts != 1 || d.Error == nil || d.Error.Code != "GatewayTimeout" {
+		t.Errorf("r1 waiting for a retry: %+v", d)
+	}
+	if d := djs[2]; d.Status != herd.DeviceJobPending || d.Attempts != 1 || d.Error == nil || d.Error.Code != "DeviceNotOnline" {
+		t.Errorf("r3 waiting for a retry: %+v", d)
+	}
+	// The second attempt of r1 succeeds; r3 fails from pending again.
+	if c, err := s.ClaimDevices(ctx, "rj", []string{"r1"}, later); err != nil || len(c) != 1 {
+		t.Fatalf("claim r1 again: %v %v", c, err)
+	}
+	err = s.FinishDevices(ctx, "rj", []job.Outcome{
+		{DeviceID: "r1", Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 200, Payload: json.RawMessage(`2`)}},
+		{DeviceID: "r3", Status: herd.DeviceJobFailed, FromPending: true, Error: notOnline, RetryAt: muchLater.Add(time.Hour)},
+	}, muchLater)
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkStats(t, s, "rj", herd.DeviceJobStatistics{DeviceCount: 4, SucceededCount: 2, PendingCount: 2})
+	djs, _ = s.DeviceJobs(ctx, "rj")
+	if d := djs[0]; d.Status != herd.DeviceJobCompleted || d.Attempts != 2 || d.Error != nil || d.Outcome == nil {
+		t.Errorf("r1 after its retry: %+v", d)
+	}
+	if d := djs[2]; d.Attempts != 2 || d.Status != herd.DeviceJobPending {
+		t.Errorf("r3 after two attempts: %+v", d)
+	}
+	// Cancelled: the devices waiting are canceled, and a retry that
+	// arrives from a call in flight is recorded failed.
+	if _, err := s.ClaimDevices(ctx, "rj", []string{"r4"}, muchLater); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CancelJob(ctx, "rj", muchLater); err != nil {
+		t.Fatal(err)
+	}
+	err = s.FinishDevices(ctx, "rj", []job.Outcome{
+		{DeviceID: "r4", Status: herd.DeviceJobFailed, Error: notOnline, RetryAt: muchLater.Add(time.Minute)},
+	}, muchLater)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := checkStats(t, s, "rj", herd.DeviceJobStatistics{DeviceCount: 4, SucceededCount: 2, FailedCount: 2})
+	if r.Status != herd.JobCancelled || r.EndTime == nil {
+		t.Errorf("job after cancel: %s %v", r.Status, r.EndTime)
+	}
+	djs, _ = s.DeviceJobs(ctx, "rj")
+	if d := djs[3]; d.Status != herd.DeviceJobFailed || d.Attempts != 1 {
+		t.Errorf("r4 retried in a cancelled job: %+v", d)
+	}
+	if d := djs[2]; d.Status != herd.DeviceJobCanceled || d.Attempts != 2 {
+		t.Errorf("r3 after cancel: %+v", d)
+	}
+	if rs, err := s.Retries(ctx, "rj"); err != nil || rs.Retrying != 0 || !rs.Next.IsZero() {
+		t.Errorf("retries after cancel: %+v %v", rs, err)
 	}
 }

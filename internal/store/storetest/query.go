@@ -120,7 +120,7 @@ func genPath(r *gen) string {
 			"devices.jobs.startTimeUtc", "devices.jobs.endTimeUtc", "devices.jobs.lastUpdatedDateTimeUtc",
 			"devices.jobs.outcome", "devices.jobs.outcome.deviceMethodResponse",
 			"devices.jobs.outcome.deviceMethodResponse.status", "devices.jobs.outcome.deviceMethodResponse.payload.a",
-			"devices.jobs.error", "devices.jobs.error.code", "devices.jobs.error.description"}[r.Intn(17)]
+			"devices.jobs.error", "devices.jobs.error.code", "devices.jobs.error.description", "devices.jobs.attempts"}[r.Intn(18)]
 	}
 	key := func() string {
 		k := genKeys[r.Intn(len(genKeys))]
@@ -533,7 +533,11 @@ func testDifferentialDeviceJobs(t *testing.T, db Store) {
 			if r.Intn(2) == 0 {
 				e.Description = "Timed out waiting for device to connect."
 			}
-			outs = append(outs, job.Outcome{DeviceID: id, Status: herd.DeviceJobFailed, Error: e, FromPending: true})
+			o := job.Outcome{DeviceID: id, Status: herd.DeviceJobFailed, Error: e, FromPending: true}
+			if r.Intn(3) == 0 { // back to pending, one attempt made
+				o.RetryAt = at().Add(time.Minute)
+			}
+			outs = append(outs, o)
 		}
 		if _, err := db.ClaimDevices(ctx, jid, claim, at()); err != nil {
 			t.Fatal(err)
