@@ -358,10 +358,13 @@ type JobOptions struct {
 // pending and is started again BackoffSeconds × BackoffFactor^(n−1)
 // seconds after its n-th attempt ended (at most MaxRetryDelaySeconds).
 // Only the last attempt's outcome counts as the device's.
+//
+// A zero BackoffSeconds or BackoffFactor is left out, and the hub uses its
+// default (30 seconds, 2).
 type RetryPolicy struct {
 	Criteria       []RetryCriterion `json:"criteria"`
-	BackoffSeconds float64          `json:"backoffSeconds"`
-	BackoffFactor  float64          `json:"backoffFactor"`
+	BackoffSeconds float64          `json:"backoffSeconds,omitempty"`
+	BackoffFactor  float64          `json:"backoffFactor,omitempty"`
 }
 
 // RetryCriterion retries failures of FailureType until a device has made

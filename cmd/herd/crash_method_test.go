@@ -47,12 +47,23 @@ type crashFleet struct {
 
 	mu      sync.Mutex
 	invoked map[string]int
+	called  map[string][]time.Time // when each call came
+	// answer is the status a device answers its n-th call with (200 when
+	// nil).
+	answer func(id string, n int) int
 }
 
 // newCrashFleet registers devices dev-00… in a new data folder, starts
 // `herd serve` on it with inFlight method calls at most, and connects the
 // devices; each answers "upgrade" after 100 ms.
 func newCrashFleet(t *testing.T, devices, inFlight int) *crashFleet {
+	t.Helper()
+	return newCrashFleetAnswering(t, devices, inFlight, nil)
+}
+
+// newCrashFleetAnswering is newCrashFleet with devices that answer their
+// n-th call with answer(id, n).
+func newCrashFleetAnswering(t *testing.T, devices, inFlight int, answer func(id string, n int) int) *crashFleet {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("builds the binary")
@@ -77,7 +88,7 @@ func newCrashFleet(t *testing.T, devices, inFlight int) *crashFleet {
 	}
 	db.Close()
 
-	f := &crashFleet{t: t, bin: buildHerd(t), dir: dir, invoked: map[string]int{},
+	f := &crashFleet{t: t, bin: buildHerd(t), dir: dir, invoked: map[string]int{}, called: map[string][]time.Time{}, answer: answer,
 		args: []string{"--https-addr", freeAddr(t), "--mqtt-addr", freeAddr(t), "--job-max-in-flight", fmt.Sprint(inFlight)}}
 	mqttAddr := f.args[3]
 	serve := serveProcess(t, f.bin, dir, f.args...)
@@ -94,9 +105,14 @@ func newCrashFleet(t *testing.T, devices, inFlight int) *crashFleet {
 		c.OnMethod("upgrade", func(ctx context.Context, _ json.RawMessage) (int, any) {
 			f.mu.Lock()
 			f.invoked[id]++
+			f.called[id] = append(f.called[id], time.Now())
+			status := 200
+			if f.answer != nil {
+				status = f.answer(id, f.invoked[id])
+			}
 			f.mu.Unlock()
 			time.Sleep(100 * time.Millisecond) // long enough to be in flight when the hub dies
-			return 200, map[string]string{"device": id}
+			return status, map[string]string{"device": id}
 		})
 		if err := c.Connect(ctx); err != nil {
 			t.Fatal(err)
@@ -269,4 +285,62 @@ func TestKillDuringWave(t *testing.T) {
 		t.Fatalf("job after resume: %s %+v", j.Status, st)
 	}
 	f.checkAtMostOnce("waves")
+}
+
+// TestKillDuringRetryBackoff kills the hub while half of a method job's
+// devices wait for their retry (herd.retry: they answered 503 the first
+// time): after the restart each is called again once its backoff has
+// passed, not before, and succeeds; no device is called more than the
+// policy allows.
+func TestKillDuringRetryBackoff(t *testing.T) {
+	const devices, inFlight, backoff = 20, 4, 4
+	flaky := func(id string) bool { return id[len(id)-1]%2 == 0 }
+	f := newCrashFleetAnswering(t, devices, inFlight, func(id string, n int) int {
+		if flaky(id) && n == 1 {
+			return 503
+		}
+		return 200
+	})
+	ctx := context.Background()
+	opts := service.JobOptions{Herd: &herd.JobOptions{Retry: &herd.RetryPolicy{
+		Criteria: []herd.RetryCriterion{{FailureType: herd.FailureFailed, MaxAttempts: 3}}, BackoffSeconds: backoff, BackoffFactor: 1}}}
+	if _, err := f.c.ScheduleDeviceMethod(ctx, "retry", "*", herd.MethodRequest{MethodName: "upgrade",
+		ResponseTimeoutInSeconds: 30, ConnectTimeoutInSeconds: 120}, opts); err != nil {
+		t.Fatal(err)
+	}
+	// Every first attempt done, the flaky half back to pending.
+	f.killWhen("retry", func(st herd.DeviceJobStatistics) bool {
+		return st.SucceededCount == devices/2 && st.PendingCount == devices/2 && st.RunningCount == 0
+	})
+	j, err := f.c.WaitJob(ctx, "retry", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st := *j.DeviceJobStatistics; j.Status != herd.JobCompleted || st.SucceededCount != devices {
+		t.Fatalf("job after the restart: %s %+v", j.Status, st)
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	for page, err := range f.c.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'retry'") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		djs, _ := page.DeviceJobs()
+		for _, d := range djs {
+			calls := f.called[d.DeviceID]
+			want := 1
+			if flaky(d.DeviceID) {
+				want = 2
+			}
+			if len(calls) != want || d.Attempts != int64(want) || d.Status != herd.DeviceJobCompleted || d.Outcome.DeviceMethodResponse.Status != 200 {
+				t.Errorf("%s: %d calls, record %+v", d.DeviceID, len(calls), d)
+				continue
+			}
+			// The answer took 100 ms; the retry is due backoff seconds
+			// after the outcome was recorded.
+			if want == 2 && calls[1].Sub(calls[0]) < backoff*time.Second {
+				t.Errorf("%s called again %v after its first call, before its backoff of %ds", d.DeviceID, calls[1].Sub(calls[0]), backoff)
+			}
+		}
+	}
 }

@@ -47,6 +47,17 @@ type scheduleFlags struct {
 	waves   []float64
 	pause   bool
 	preview bool
+	// Method jobs only.
+	retry        []string
+	retryBackoff time.Duration
+	retryFactor  float64
+}
+
+// registerRetry adds the retry flags (method jobs).
+func (f *scheduleFlags) registerRetry(cmd *cobra.Command) {
+	cmd.Flags().StringArrayVar(&f.retry, "retry", nil, "call a device again after a failure: TYPE:MAX-ATTEMPTS, TYPE one of Failed, TimedOut, DeviceNotOnline, Any (repeatable; e.g. DeviceNotOnline:5; the first call counts as one attempt)")
+	cmd.Flags().DurationVar(&f.retryBackoff, "retry-backoff", 0, "wait this long before a device's first retry (default: 30s; whole seconds)")
+	cmd.Flags().Float64Var(&f.retryFactor, "retry-factor", 0, "multiply the wait by this after each retry (default: 2)")
 }
 
 func (f *scheduleFlags) register(cmd *cobra.Command) {
@@ -109,6 +120,24 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 		}
 		opts.Herd.Abort.Criteria = append(opts.Herd.Abort.Criteria, c)
 	}
+	if len(f.retry) > 0 || f.retryBackoff != 0 || f.retryFactor != 0 {
+		if len(f.retry) == 0 {
+			return opts, fmt.Errorf("--retry-backoff and --retry-factor need --retry TYPE:MAX-ATTEMPTS")
+		}
+		// Zero figures are left out: the hub's defaults.
+		p := &herd.RetryPolicy{BackoffSeconds: f.retryBackoff.Seconds(), BackoffFactor: f.retryFactor}
+		for _, v := range f.retry {
+			c, err := parseRetryFlag(v)
+			if err != nil {
+				return opts, err
+			}
+			p.Criteria = append(p.Criteria, c)
+		}
+		if opts.Herd == nil {
+			opts.Herd = &herd.JobOptions{}
+		}
+		opts.Herd.Retry = p
+	}
 	if f.start != "" {
 		if d, err := time.ParseDuration(strings.TrimPrefix(f.start, "+")); err == nil {
 			opts.StartTime = now.Add(d)
@@ -160,6 +189,18 @@ func parseAbortFlag(v string) (herd.AbortCriterion, error) {
 		}
 	}
 	return c, nil
+}
+
+// parseRetryFlag reads a --retry value, TYPE:MAX-ATTEMPTS; the hub checks
+// the figures.
+func parseRetryFlag(v string) (herd.RetryCriterion, error) {
+	var c herd.RetryCriterion
+	typ, n, ok := strings.Cut(v, ":")
+	max, err := strconv.Atoi(n)
+	if !ok || err != nil {
+		return c, fmt.Errorf("--retry %q: write TYPE:MAX-ATTEMPTS, e.g. DeviceNotOnline:5 (TYPE: Failed, TimedOut, DeviceNotOnline, Any)", v)
+	}
+	return herd.RetryCriterion{FailureType: herd.FailureType(typ), MaxAttempts: max}, nil
 }
 
 // previewFirst shows the preview with --preview and says whether to
@@ -258,6 +299,7 @@ func scheduleMethodCommand(e *env, cf *clientFlags) *cobra.Command {
 		},
 	}
 	sf.register(cmd)
+	sf.registerRetry(cmd)
 	cmd.Flags().StringVar(&req.MethodName, "method", "", "the method name")
 	cmd.Flags().StringVar(&payload, "payload", "", "the method payload, as JSON (default: null)")
 	cmd.Flags().IntVar(&req.ResponseTimeoutInSeconds, "response-timeout", 30, "seconds each device has to answer (5 to 300)")
@@ -449,6 +491,13 @@ func printJob(e *env, cf *clientFlags, j *herd.Job) error {
 		for _, c := range j.Herd.Abort.Criteria {
 			fmt.Fprintf(w, "Abort:\t%s at %s%% of at least %d executed\n", c.FailureType,
 				strconv.FormatFloat(c.ThresholdPercentage, 'f', -1, 64), c.MinExecutedDevices)
+		}
+	}
+	if j.Herd != nil && j.Herd.Retry != nil {
+		p := j.Herd.Retry
+		for _, c := range p.Criteria {
+			fmt.Fprintf(w, "Retry:\t%s up to %d attempts, waiting %ss times %s\n", c.FailureType, c.MaxAttempts,
+				strconv.FormatFloat(p.BackoffSeconds, 'f', -1, 64), strconv.FormatFloat(p.BackoffFactor, 'f', -1, 64))
 		}
 	}
 	if j.StatusMessage != "" {

@@ -108,6 +108,25 @@ func TestJobCLI(t *testing.T) {
 		!strings.Contains(out, "Failed at 5% of at least 1 executed") || !strings.Contains(out, "Any at 20% of at least 1 executed") {
 		t.Errorf("--rate --ramp: %v\n%s", err, out)
 	}
+	out, err = runCLI(t, env, "job", "schedule-method", "retried", "--method", "m", "--query", "*", "--start", "1h",
+		"--retry", "DeviceNotOnline:5", "--retry", "TimedOut:2", "--retry-backoff", "1m", "--retry-factor", "3")
+	if err != nil || !strings.Contains(out, "DeviceNotOnline up to 5 attempts, waiting 60s times 3") ||
+		!strings.Contains(out, "TimedOut up to 2 attempts, waiting 60s times 3") {
+		t.Errorf("--retry: %v\n%s", err, out)
+	}
+	out, err = runCLI(t, env, "job", "schedule-method", "retried2", "--method", "m", "--query", "*", "--start", "1h", "--retry", "Any:3")
+	if err != nil || !strings.Contains(out, "Any up to 3 attempts, waiting 30s times 2") {
+		t.Errorf("--retry with the default backoff: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-method", "r3", "--method", "m", "--query", "*", "--retry", "Any"); err == nil || !strings.Contains(err.Error(), "TYPE:MAX-ATTEMPTS") {
+		t.Errorf("--retry Any: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-method", "r4", "--method", "m", "--query", "*", "--retry", "Any:1"); err == nil || !strings.Contains(err.Error(), "maxAttempts") {
+		t.Errorf("--retry Any:1: %v", err)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-method", "r5", "--method", "m", "--query", "*", "--retry-backoff", "5s"); err == nil || !strings.Contains(err.Error(), "--retry") {
+		t.Errorf("--retry-backoff alone: %v", err)
+	}
 	out, err = runCLI(t, env, "job", "schedule-twin", "waved", "--tags", `{"w":1}`, "--query", "*", "--waves", "50,100", "--pause-between-waves")
 	if err != nil || !strings.Contains(out, "Waves:") || !strings.Contains(out, "50%, 100%, pausing between waves") {
 		t.Errorf("--waves: %v\n%s", err, out)

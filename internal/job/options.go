@@ -354,8 +354,8 @@ func parseRetry(raw json.RawMessage) (*herd.RetryPolicy, error) {
 			}
 		case "backoffSeconds":
 			f, ok := number(v)
-			if !ok || f < 0 || f > herd.MaxRetryDelaySeconds {
-				return nil, invalid("herd.retry.backoffSeconds must be a number of seconds from 0 to %d, not %s", herd.MaxRetryDelaySeconds, v)
+			if !ok || f < 1 || f > herd.MaxRetryDelaySeconds {
+				return nil, invalid("herd.retry.backoffSeconds must be a number of seconds from 1 to %d, not %s", herd.MaxRetryDelaySeconds, v)
 			}
 			out.BackoffSeconds = f
 		case "backoffFactor":

@@ -62,7 +62,7 @@ func TestParseOptions(t *testing.T) {
 		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":2.5}]}}`, `{"retry":{"criteria":[{"failureType":"Any","maxAttempts":"3"}]}}`,
 		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3,"delay":1}]}}`,
 		`{"retry":{"criteria":[{"failureType":"TimedOut","maxAttempts":3},{"failureType":"timedout","maxAttempts":2}]}}`,
-		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":-1}}`,
+		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":0}}`,
 		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":3601}}`,
 		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffFactor":0.5}}`,
 		`{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffFactor":11}}`,
@@ -101,9 +101,9 @@ func TestRetryOptions(t *testing.T) {
 	if back, err := DecodeOptions(EncodeOptions(o)); err != nil || EncodeOptions(back) != EncodeOptions(o) {
 		t.Errorf("round trip: %v", err)
 	}
-	if o, err := parseOptions([]byte(`{"retry":{"criteria":[{"failureType":"TimedOut","maxAttempts":3}],"backoffSeconds":0,"backoffFactor":1}}`)); err != nil ||
-		o.Retry.BackoffSeconds != 0 || o.Retry.BackoffFactor != 1 {
-		t.Errorf("no backoff: %+v %v", o, err)
+	if o, err := parseOptions([]byte(`{"retry":{"criteria":[{"failureType":"TimedOut","maxAttempts":3}],"backoffSeconds":1,"backoffFactor":1}}`)); err != nil ||
+		o.Retry.BackoffSeconds != 1 || o.Retry.BackoffFactor != 1 {
+		t.Errorf("shortest backoff: %+v %v", o, err)
 	}
 	body := `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"tags":{"a":1}},"herd":{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}]}}}`
 	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {

@@ -107,8 +107,8 @@ func TestRetryByFailureType(t *testing.T) {
 	e.devices("flaky1", "bad1", "silent")
 	e.fleet.connect("flaky1", "bad1", "silent")
 	e.create("failed", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},
-		"herd":{"retry":{"criteria":[{"failureType":"Failed","maxAttempts":2}],"backoffSeconds":0}}}`)
-	j := e.waitEnded("failed")
+		"herd":{"retry":{"criteria":[{"failureType":"Failed","maxAttempts":2}],"backoffSeconds":1}}}`)
+	j := e.waitEndedAdvancing("failed")
 	recs := e.records("failed")
 	if r := recs["flaky1"]; r.Status != herd.DeviceJobCompleted || r.Attempts != 2 || r.Outcome.DeviceMethodResponse.Status != 200 {
 		t.Errorf("flaky1: %+v", r)
@@ -123,16 +123,16 @@ func TestRetryByFailureType(t *testing.T) {
 		t.Errorf("statistics %+v", stats(j))
 	}
 	e.create("notonline", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},
-		"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":5}],"backoffSeconds":0}}}`)
-	e.waitEnded("notonline")
+		"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":5}],"backoffSeconds":1}}}`)
+	e.waitEndedAdvancing("notonline")
 	for d, r := range e.records("notonline") {
 		if r.Attempts != 1 {
 			t.Errorf("%s answered but was retried for DeviceNotOnline: %+v", d, r)
 		}
 	}
 	e.create("any", `{"type":"scheduleDeviceMethod","queryCondition":"deviceId = 'silent'","cloudToDeviceMethod":{"methodName":"m"},
-		"herd":{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":0}}}`)
-	e.waitEnded("any")
+		"herd":{"retry":{"criteria":[{"failureType":"Any","maxAttempts":3}],"backoffSeconds":1}}}`)
+	e.waitEndedAdvancing("any")
 	if r := e.records("any")["silent"]; r.Attempts != 3 || r.Error == nil || r.Error.Code != string(herd.ErrGatewayTimeout) {
 		t.Errorf("silent under Any: %+v", r)
 	}
