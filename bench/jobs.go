@@ -57,10 +57,13 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	// a rollout rate it never reaches (each device still takes a token),
 	// the two alternating so that both see the same store (its device
 	// records grow with every run).
-	logf("method job over %d in-memory devices, %d runs, alternating with the same job under a rollout that never binds (%s)", n, cfg.jobRuns, b.Name())
+	logf("method job over %d in-memory devices, %d runs, alternating with the same job under a rollout and a retry policy that never bind (%s)", n, cfg.jobRuns, b.Name())
 	const plainBody = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}}}`
 	steeredBody := fmt.Sprintf(`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}},"herd":{"rollout":{"maxPerMinute":%d}}}`, job.MaxRatePerMinute)
-	var took, steered []time.Duration
+	// And the same job under a retry policy that never retries (every
+	// device is online), for the cost of the retry bookkeeping.
+	const retriedBody = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}},"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":2}]}}}`
+	var took, steered, retried []time.Duration
 	for i := 1; i <= cfg.jobRuns; i++ {
 		d, err := jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-method-%d", i), plainBody)
 		if err != nil {
@@ -71,14 +74,22 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 			return err
 		}
 		steered = append(steered, d...)
+		if d, err = jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-retried-%d", i), retriedBody); err != nil {
+			return err
+		}
+		retried = append(retried, d...)
 	}
 	slices.Sort(took)
 	slices.Sort(steered)
+	slices.Sort(retried)
 	r.add(row{what: "method job, devices through the in-memory transport (hub and devices in one process), every outcome persisted",
 		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), measured: rate(n, took), target: "", n: n})
 	r.add(row{what: fmt.Sprintf("the same method job with `herd.rollout.maxPerMinute` %s (the pacer in the path, never binding), and its time over the unpaced job's", count(job.MaxRatePerMinute)),
 		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), target: "within noise of the unpaced job",
 		measured: rate(n, steered) + fmt.Sprintf(", **%.2f×**", steered[len(steered)/2].Seconds()/took[len(took)/2].Seconds())})
+	r.add(row{what: "the same method job with `herd.retry` (DeviceNotOnline, 2 attempts; every device online, so none is retried), and its time over the plain job's",
+		store: b.Name(), scale: fmt.Sprintf("%s devices", count(n)), target: "within noise of the plain job",
+		measured: rate(n, retried) + fmt.Sprintf(", **%.2f×**", retried[len(retried)/2].Seconds()/took[len(took)/2].Seconds())})
 	// The same fleet, paced: does the rollout keep to its rate? A job at
 	// paceRate starts a second's worth of devices at once, then the rest
 	// at the rate, so (n - burst) devices take the measured time.

@@ -88,6 +88,11 @@ type progressView struct {
 	// starts); HasWaves says it has waves.
 	Wave     string `json:"wave"`
 	HasWaves bool   `json:"-"`
+	// Which of the job page's actions its status allows (the page shows
+	// them to callers with the rights, and follows them live).
+	Cancellable bool `json:"cancellable"`
+	Pausable    bool `json:"pausable"`
+	Resumable   bool `json:"resumable"`
 }
 
 func progressOf(j *herd.Job, now time.Time) progressView {
@@ -99,6 +104,9 @@ func progressOf(j *herd.Job, now time.Time) progressView {
 		p.Total, p.Succeeded, p.Failed, p.Running, p.Pending = st.DeviceCount, st.SucceededCount, st.FailedCount, st.RunningCount, st.PendingCount
 	}
 	p.Done = p.Succeeded + p.Failed
+	p.Cancellable = !p.Ended && !j.Status.Terminal()
+	p.Pausable = p.Cancellable && j.Status != herd.JobPaused
+	p.Resumable = p.Cancellable && j.Status == herd.JobPaused
 	if j.Herd != nil && j.Herd.Rollout != nil && len(j.Herd.Rollout.Waves) > 0 {
 		p.HasWaves, p.Wave = true, "–"
 		if hs := j.HerdStatus; hs != nil {
@@ -147,11 +155,10 @@ type jobData struct {
 	Rows      []*herd.DeviceJob
 	Next      string
 	First     string
-	CanCancel bool
-	// CanPause and CanResume: the caller may steer the job, and it is
-	// in a state that pauses (queued, scheduled, running) or resumes.
-	CanPause, CanResume bool
-	Request             string
+	// CanSteer: the caller may cancel, pause and resume the job, and it
+	// has not ended; which of those its status allows is in Progress.
+	CanSteer bool
+	Request  string
 }
 
 var deviceJobStatuses = []string{"pending", "running", "completed", "failed", "canceled"}
@@ -172,9 +179,7 @@ func (s *Server) job(w http.ResponseWriter, r *http.Request, c *call) error {
 			jd.Filter = f
 		}
 	}
-	jd.CanCancel = !jd.Progress.Ended && !j.Status.Terminal() && c.policy.Require(httpapi.JobRights(j.Type), "") == nil
-	jd.CanPause = jd.CanCancel && j.Status != herd.JobPaused
-	jd.CanResume = jd.CanCancel && j.Status == herd.JobPaused
+	jd.CanSteer = jd.Progress.Cancellable && c.policy.Require(httpapi.JobRights(j.Type), "") == nil
 	switch {
 	case j.CloudToDeviceMethod != nil:
 		jd.Request = prettyJSON(j.CloudToDeviceMethod)
@@ -254,6 +259,9 @@ type jobForm struct {
 	// as cumulative percentages ("1,10,100"), pause between waves ("on"),
 	// and an abort when failures reach a share of the devices executed.
 	Rate, Waves, PauseWaves, AbortPercent, AbortMin string
+	// Retries of a method job's devices that were not online: attempts
+	// at most, and the wait before the first retry in seconds.
+	RetryOffline, RetryBackoff string
 }
 
 func readJobForm(r *http.Request) jobForm {
@@ -262,7 +270,8 @@ func readJobForm(r *http.Request) jobForm {
 		Tags: v("tags"), Desired: v("desired"), MethodName: v("methodName"), Payload: v("payload"),
 		ResponseTimeout: v("responseTimeout"), ConnectTimeout: v("connectTimeout"),
 		StartTime: v("startTime"), MaxExecution: v("maxExecution"),
-		Rate: v("rate"), Waves: v("waves"), PauseWaves: v("pauseWaves"), AbortPercent: v("abortPercent"), AbortMin: v("abortMin")}
+		Rate: v("rate"), Waves: v("waves"), PauseWaves: v("pauseWaves"), AbortPercent: v("abortPercent"), AbortMin: v("abortMin"),
+		RetryOffline: v("retryOffline"), RetryBackoff: v("retryBackoff")}
 }
 
 // values is the form as a query string (to edit it again).
@@ -271,7 +280,8 @@ func (f jobForm) values() url.Values {
 	for k, v := range map[string]string{"jobId": f.JobID, "type": f.Type, "target": f.Target, "condition": f.Condition,
 		"tags": f.Tags, "desired": f.Desired, "methodName": f.MethodName, "payload": f.Payload,
 		"responseTimeout": f.ResponseTimeout, "connectTimeout": f.ConnectTimeout, "startTime": f.StartTime, "maxExecution": f.MaxExecution,
-		"rate": f.Rate, "waves": f.Waves, "pauseWaves": f.PauseWaves, "abortPercent": f.AbortPercent, "abortMin": f.AbortMin} {
+		"rate": f.Rate, "waves": f.Waves, "pauseWaves": f.PauseWaves, "abortPercent": f.AbortPercent, "abortMin": f.AbortMin,
+		"retryOffline": f.RetryOffline, "retryBackoff": f.RetryBackoff} {
 		if v != "" {
 			out.Set(k, v)
 		}
@@ -417,7 +427,22 @@ func (f jobForm) herdOptions() (*herd.JobOptions, error) {
 		}
 		o.Abort = &herd.AbortPolicy{Criteria: []herd.AbortCriterion{c}}
 	}
-	if o.Rollout == nil && o.Abort == nil {
+	if f.RetryOffline != "" || f.RetryBackoff != "" {
+		if f.RetryOffline == "" {
+			return nil, bad("the wait before a retry needs the attempts at most")
+		}
+		n, err := strconv.Atoi(f.RetryOffline)
+		if err != nil {
+			return nil, bad("the attempts at most must be a whole number")
+		}
+		o.Retry = &herd.RetryPolicy{Criteria: []herd.RetryCriterion{{FailureType: herd.FailureNotOnline, MaxAttempts: n}}}
+		if f.RetryBackoff != "" {
+			if o.Retry.BackoffSeconds, err = strconv.ParseFloat(f.RetryBackoff, 64); err != nil || o.Retry.BackoffSeconds == 0 {
+				return nil, bad("the wait before the first retry must be a number of seconds from 1")
+			}
+		}
+	}
+	if o.Rollout == nil && o.Abort == nil && o.Retry == nil {
 		return nil, nil
 	}
 	return &o, nil

@@ -365,14 +365,14 @@ func TestReadOnlyPolicySeesAndDoesNoWrites(t *testing.T) {
 		t.Errorf("method job preview as registryReadWrite: %d", p.status)
 	}
 	// ... and pauses and resumes them.
-	if p := rw.get("/ui/jobs/later"); !strings.Contains(p.body, "Pause job") || strings.Contains(p.body, "Resume job") {
+	if p := rw.get("/ui/jobs/later"); !shown(p.body, "pausable") || shown(p.body, "resumable") || !shown(p.body, "cancellable") {
 		t.Errorf("the twin job's page has no pause button for registryReadWrite")
 	}
 	rw.post("/ui/jobs/later/pause", url.Values{})
 	if j, _ := h.Service.GetJob(ctx, "later"); j.Status != herd.JobPaused {
 		t.Errorf("after Pause job: %s", j.Status)
 	}
-	if p := rw.get("/ui/jobs/later"); !strings.Contains(p.body, "Resume job") || strings.Contains(p.body, "Pause job") {
+	if p := rw.get("/ui/jobs/later"); !shown(p.body, "resumable") || shown(p.body, "pausable") || !shown(p.body, "cancellable") {
 		t.Errorf("the paused job's page has no resume button")
 	}
 	rw.post("/ui/jobs/later/resume", url.Values{})
@@ -555,6 +555,12 @@ func TestRootRedirectsBrowsersOnly(t *testing.T) {
 	}
 }
 
+// shown says whether a job page shows one of its actions (pausable,
+// resumable, cancellable): the form is there and not hidden.
+func shown(body, action string) bool {
+	return strings.Contains(body, `data-action="`+action+`"`) && !strings.Contains(body, `data-action="`+action+`" hidden`)
+}
+
 func timeIn(seconds int) time.Time { return time.Now().Add(time.Duration(seconds) * time.Second) }
 
 // TestRolloutControls: the new-job form's rollout fields become the job's
@@ -608,5 +614,34 @@ func TestRolloutControls(t *testing.T) {
 	form.Set("waves", "a lot")
 	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "percentages separated by commas") {
 		t.Errorf("unparsable waves: %d", p.status)
+	}
+	// Retries: method jobs only, shown on the job page with the attempts.
+	form = url.Values{"jobId": {"retried"}, "target": {"query"}, "condition": {"*"}, "type": {"scheduleDeviceMethod"},
+		"methodName": {"reboot"}, "retryOffline": {"3"}, "retryBackoff": {"5"}}
+	p = b.post("/ui/jobs/preview", form)
+	m = regexp.MustCompile(`name="body" value="([^"]*)"`).FindStringSubmatch(p.body)
+	mac = regexp.MustCompile(`name="mac" value="([^"]*)"`).FindStringSubmatch(p.body)
+	if p.status != 200 || m == nil || mac == nil {
+		t.Fatalf("retry preview: %d %s", p.status, p.body)
+	}
+	body = html.UnescapeString(m[1])
+	if want := `"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":3}],"backoffSeconds":5}`; !strings.Contains(body, want) {
+		t.Errorf("the job body lacks %s: %s", want, body)
+	}
+	if p := b.post("/ui/jobs", url.Values{"jobId": {"retried"}, "body": {body}, "mac": {html.UnescapeString(mac[1])}}); p.status != http.StatusSeeOther {
+		t.Fatalf("schedule: %d %s", p.status, p.body)
+	}
+	if jp := b.get("/ui/jobs/retried"); !strings.Contains(jp.body, "DeviceNotOnline up to 3 attempts, waiting 5 s, times 2 after each") ||
+		!strings.Contains(jp.body, `<th scope="col">Attempts</th>`) {
+		t.Errorf("retry job page: %s", jp.body)
+	}
+	form.Set("type", "scheduleUpdateTwin")
+	form.Set("tags", `{"r":2}`)
+	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "herd.retry applies to method jobs") {
+		t.Errorf("retry of a twin job: %d", p.status)
+	}
+	form.Set("retryOffline", "")
+	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "needs the attempts") {
+		t.Errorf("a retry wait without attempts: %d", p.status)
 	}
 }

@@ -221,14 +221,16 @@ test('a twin job in waves stops after its canary until resumed', async () => {
   assert.equal(await text(owner, 'preview-count'), String(devices));
   await owner.getByRole('button', { name: 'Schedule job' }).click();
   await owner.waitForURL(`${base}/ui/jobs/waves-e2e`);
+  await owner.evaluate(() => { window.herdNotReloaded = true; });
   assert.equal(await text(owner, 'rollout'), 'waves 10%, 100%, pausing between them');
   await eventually('paused after the canary', async () => (await text(owner, 'job-status')) === 'paused', { ms: 30_000 });
   assert.equal(await text(owner, 'succeeded'), String(Math.ceil(devices / 10)));
   assert.equal(await text(owner, 'wave'), '2 of 2');
-  // The live stream updates the figures, not the buttons: those of the
-  // paused job come with the page.
-  await owner.reload();
-  assert.equal(await text(owner, 'wave'), '2 of 2');
+  // The buttons follow the status live: Resume shows, Pause hides, with
+  // no reload.
+  await eventually('Resume shown', async () => await owner.getByRole('button', { name: 'Resume job' }).isVisible());
+  assert.equal(await owner.getByRole('button', { name: 'Pause job' }).count(), 0, 'Pause job still shown on a paused job');
+  assert.equal(await owner.evaluate(() => window.herdNotReloaded), true, 'the page reloaded instead of following the job');
   await owner.getByRole('button', { name: 'Resume job' }).click();
   await eventually('completed after resume', async () => (await text(owner, 'job-status')) === 'completed', { ms: 30_000 });
   assert.equal(await text(owner, 'succeeded'), String(devices));

@@ -18,6 +18,10 @@ function setState(root, text) {
 function followJob(section) {
   const es = new EventSource(section.dataset.jobEvents);
   const apply = (p) => {
+    // Pause, resume and cancel follow what the job's status allows.
+    for (const el of section.querySelectorAll('[data-action]')) {
+      if (el.dataset.action in p) el.hidden = !p[el.dataset.action];
+    }
     for (const el of section.querySelectorAll('[data-field]')) {
       const f = el.dataset.field;
       if (f === 'progress') {
