@@ -148,13 +148,13 @@ func progressOf(j *herd.Job, now time.Time) progressView {
 
 // jobData is a job's page.
 type jobData struct {
-	Job       *herd.Job
-	Progress  progressView
-	Filter    string
-	Filters   []string
-	Rows      []*herd.DeviceJob
-	Next      string
-	First     string
+	Job      *herd.Job
+	Progress progressView
+	Filter   string
+	Filters  []string
+	Rows     []*herd.DeviceJob
+	Next     string
+	First    string
 	// CanSteer: the caller may cancel, pause and resume the job, and it
 	// has not ended; which of those its status allows is in Progress.
 	CanSteer bool

@@ -532,7 +532,7 @@ type transition struct {
 type outcomeKey struct {
 	transition
 	outcome, code, desc, retryAt string
-	hasOutcome, hasErr             bool
+	hasOutcome, hasErr           bool
 }
 
 // maxOutcomeGroups is how many distinct outcomes a batch may have and
