@@ -89,6 +89,16 @@ type Outcome struct {
 	RetryAt time.Time
 }
 
+// HasRetry says whether a batch of outcomes holds retries.
+func HasRetry(outcomes []Outcome) bool {
+	for _, o := range outcomes {
+		if !o.RetryAt.IsZero() {
+			return true
+		}
+	}
+	return false
+}
+
 // DueDevice is a pending device of a method job that may start now, and
 // how many attempts it has made.
 type DueDevice struct {

@@ -254,19 +254,8 @@ func parseAbort(raw json.RawMessage) (*herd.AbortPolicy, error) {
 		if k != "criteria" {
 			return nil, invalid("herd.abort.%s is not a member of an abort policy (criteria)", k)
 		}
-		var list []json.RawMessage
-		if json.Unmarshal(v, &list) != nil {
-			return nil, invalid("herd.abort.criteria must be an array, not %s", v)
-		}
-		if len(list) == 0 || len(list) > MaxAbortCriteria {
-			return nil, invalid("herd.abort.criteria must hold from 1 to %d criteria, not %d", MaxAbortCriteria, len(list))
-		}
-		for i, c := range list {
-			crit, err := parseCriterion(c, fmt.Sprintf("herd.abort.criteria[%d]", i))
-			if err != nil {
-				return nil, err
-			}
-			out.Criteria = append(out.Criteria, crit)
+		if out.Criteria, err = parseList(v, "herd.abort.criteria", MaxAbortCriteria, parseCriterion); err != nil {
+			return nil, err
 		}
 	}
 	if len(out.Criteria) == 0 {
@@ -333,24 +322,15 @@ func parseRetry(raw json.RawMessage) (*herd.RetryPolicy, error) {
 	for k, v := range members {
 		switch k {
 		case "criteria":
-			var list []json.RawMessage
-			if json.Unmarshal(v, &list) != nil {
-				return nil, invalid("herd.retry.criteria must be an array, not %s", v)
+			if out.Criteria, err = parseList(v, "herd.retry.criteria", MaxRetryCriteria, parseRetryCriterion); err != nil {
+				return nil, err
 			}
-			if len(list) == 0 || len(list) > MaxRetryCriteria {
-				return nil, invalid("herd.retry.criteria must hold from 1 to %d criteria, not %d", MaxRetryCriteria, len(list))
-			}
-			for i, c := range list {
-				crit, err := parseRetryCriterion(c, fmt.Sprintf("herd.retry.criteria[%d]", i))
-				if err != nil {
-					return nil, err
-				}
-				for _, prev := range out.Criteria {
-					if prev.FailureType == crit.FailureType {
-						return nil, invalid("herd.retry.criteria names failureType %s twice", crit.FailureType)
+			for i, c := range out.Criteria {
+				for _, prev := range out.Criteria[:i] {
+					if prev.FailureType == c.FailureType {
+						return nil, invalid("herd.retry.criteria names failureType %s twice", c.FailureType)
 					}
 				}
-				out.Criteria = append(out.Criteria, crit)
 			}
 		case "backoffSeconds":
 			f, ok := number(v)
@@ -419,6 +399,26 @@ func failureType(raw json.RawMessage, name string) (herd.FailureType, error) {
 		}
 	}
 	return "", invalid("%s.failureType %q is not one of Failed, TimedOut, DeviceNotOnline, Any", name, s)
+}
+
+// parseList reads an array of 1 to maxN criteria, each with parse (named
+// name[i] in errors).
+func parseList[T any](raw json.RawMessage, name string, maxN int, parse func(json.RawMessage, string) (T, error)) ([]T, error) {
+	var list []json.RawMessage
+	if json.Unmarshal(raw, &list) != nil {
+		return nil, invalid("%s must be an array, not %s", name, raw)
+	}
+	if len(list) == 0 || len(list) > maxN {
+		return nil, invalid("%s must hold from 1 to %d criteria, not %d", name, maxN, len(list))
+	}
+	out := make([]T, len(list))
+	for i, c := range list {
+		var err error
+		if out[i], err = parse(c, fmt.Sprintf("%s[%d]", name, i)); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
 }
 
 // EncodeOptions is the stored form of a job's herd options ("" for none).

@@ -557,22 +557,12 @@ type outcomeRows struct {
 	outcomes, codes, desc, retryAt []*string
 }
 
-// hasRetry says whether a batch holds retries.
-func hasRetry(outcomes []job.Outcome) bool {
-	for _, o := range outcomes {
-		if !o.RetryAt.IsZero() {
-			return true
-		}
-	}
-	return false
-}
-
 // FinishDevices records outcomes in one transaction: one statement per
 // transition, its rows joined from arrays.
 func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
 	err := db.tx(ctx, func(tx pgx.Tx) error {
 		retry := false
-		if hasRetry(outcomes) {
+		if job.HasRetry(outcomes) {
 			// A job that is ending (cancelled, aborted) retries nothing;
 			// the row lock holds off a cancel until this commits.
 			var status string

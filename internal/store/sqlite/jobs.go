@@ -587,21 +587,11 @@ func groupOutcomes(outcomes []job.Outcome, retry bool) (map[outcomeKey][]string,
 	return groups, byTransition, nil
 }
 
-// hasRetry says whether a batch holds retries.
-func hasRetry(outcomes []job.Outcome) bool {
-	for _, o := range outcomes {
-		if !o.RetryAt.IsZero() {
-			return true
-		}
-	}
-	return false
-}
-
 // FinishDevices records outcomes in one transaction.
 func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
 	err := db.tx(ctx, func(tx *sql.Tx) error {
 		retry := false
-		if hasRetry(outcomes) {
+		if job.HasRetry(outcomes) {
 			// A job that is ending (cancelled, aborted) retries nothing.
 			var status string
 			if err := tx.QueryRowContext(ctx, `SELECT status FROM jobs WHERE job_id = ?`, id).Scan(&status); err != nil {
