@@ -55,7 +55,7 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	mem := measure.SettledRSS()
 	// The pacer's own cost: beside each run of the job, the same job with
 	// a rollout rate it never reaches (each device still takes a token),
-	// the two alternating so that both see the same store (its device
+	// the variants alternating so that all see the same store (its device
 	// records grow with every run).
 	logf("method job over %d in-memory devices, %d runs, alternating with the same job under a rollout and a retry policy that never bind (%s)", n, cfg.jobRuns, b.Name())
 	const plainBody = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}}}`
@@ -64,20 +64,23 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	// device is online), for the cost of the retry bookkeeping.
 	const retriedBody = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"}},"herd":{"retry":{"criteria":[{"failureType":"DeviceNotOnline","maxAttempts":2}]}}}`
 	var took, steered, retried []time.Duration
+	variants := []struct {
+		name string
+		body string
+		out  *[]time.Duration
+	}{{"method", plainBody, &took}, {"steered", steeredBody, &steered}, {"retried", retriedBody, &retried}}
 	for i := 1; i <= cfg.jobRuns; i++ {
-		d, err := jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-method-%d", i), plainBody)
-		if err != nil {
-			return err
+		// Each run starts with the next variant, so that none always
+		// follows the same one (the store's state after a job shapes the
+		// next: its growing records, a checkpoint due).
+		for k := range variants {
+			v := variants[(i+k)%len(variants)]
+			d, err := jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-%s-%d", v.name, i), v.body)
+			if err != nil {
+				return err
+			}
+			*v.out = append(*v.out, d...)
 		}
-		took = append(took, d...)
-		if d, err = jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-steered-%d", i), steeredBody); err != nil {
-			return err
-		}
-		steered = append(steered, d...)
-		if d, err = jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-retried-%d", i), retriedBody); err != nil {
-			return err
-		}
-		retried = append(retried, d...)
 	}
 	slices.Sort(took)
 	slices.Sort(steered)
