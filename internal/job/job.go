@@ -173,6 +173,9 @@ type ListFilter struct {
 	// After is the continuation from the previous page ("" for the first).
 	After string
 	Limit int
+	// Newest lists the newest jobs first (the continuation then leads to
+	// older ones).
+	Newest bool
 }
 
 // Store keeps jobs and their device records. Every method that changes
@@ -186,8 +189,9 @@ type Store interface {
 	CreateJob(ctx context.Context, r *Record) error
 	// Job returns one job; JobNotFound if there is none.
 	Job(ctx context.Context, id string) (*Record, error)
-	// ListJobs returns a page of jobs in creation order and the
-	// continuation for the next page ("" on the last).
+	// ListJobs returns a page of jobs in creation order (newest first
+	// with f.Newest) and the continuation for the next page ("" on the
+	// last).
 	ListJobs(ctx context.Context, f ListFilter) ([]*Record, string, error)
 	// ActiveJobs returns the jobs the engine must look after: queued,
 	// scheduled and running ones, and cancelled ones still finishing.

@@ -269,6 +269,9 @@ type ListQuery struct {
 	// Continuation and PageSize page through the results.
 	Continuation string
 	PageSize     int
+	// Newest lists the newest jobs first (the API lists in creation
+	// order; the dashboard newest first).
+	Newest bool
 }
 
 // MaxPageSize caps a page of jobs (§3.5).
@@ -277,7 +280,7 @@ const MaxPageSize = 100
 // List returns a page of jobs and the continuation for the next page ("" on
 // the last page).
 func (s *Service) List(ctx context.Context, q ListQuery) ([]*herd.Job, string, error) {
-	f := ListFilter{After: q.Continuation, Limit: q.PageSize}
+	f := ListFilter{After: q.Continuation, Limit: q.PageSize, Newest: q.Newest}
 	if f.Limit <= 0 || f.Limit > MaxPageSize {
 		f.Limit = MaxPageSize
 	}

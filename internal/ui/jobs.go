@@ -45,7 +45,7 @@ var jobStatuses = []string{"queued", "scheduled", "running", "paused", "complete
 func (s *Server) jobs(w http.ResponseWriter, r *http.Request, c *call) error {
 	q := r.URL.Query()
 	jd := jobsData{Status: q.Get("status"), Type: q.Get("type"), Statuses: jobStatuses}
-	jobs, next, err := s.cfg.Jobs.List(r.Context(), job.ListQuery{Status: jd.Status, Type: jd.Type, Continuation: q.Get("c"), PageSize: jobPage})
+	jobs, next, err := s.cfg.Jobs.List(r.Context(), job.ListQuery{Status: jd.Status, Type: jd.Type, Continuation: q.Get("c"), PageSize: jobPage, Newest: true})
 	if err != nil {
 		return err
 	}

@@ -277,6 +277,9 @@ test('a bulk action on devices selected across pages, through the preview', asyn
 test('the jobs list and the monitor', async () => {
   await owner.goto(`${base}/ui/jobs`);
   for (const id of ['lockdoor-e2e', 'later-e2e']) await owner.getByRole('link', { name: id }).waitFor();
+  // Newest first: later-e2e was created after lockdoor-e2e.
+  const listed = await owner.locator('table.jobs tbody tr td:first-child a').allTextContents();
+  assert.ok(listed.indexOf('later-e2e') < listed.indexOf('lockdoor-e2e'), `jobs not newest first: ${listed.join(', ')}`);
   await shot(owner, 'jobs');
   await owner.getByRole('link', { name: 'Monitor' }).click();
   await eventually('telemetry from several devices', async () => (await owner.locator('[data-telemetry] tbody tr').count()) >= 5);

@@ -125,6 +125,10 @@ func getJob(ctx context.Context, q queryer, id string) (*job.Record, error) {
 
 // ListJobs returns a page of jobs in creation order.
 func (db *DB) ListJobs(ctx context.Context, f job.ListFilter) ([]*job.Record, string, error) {
+	after, order := ">", ""
+	if f.Newest {
+		after, order = "<", " DESC"
+	}
 	where := []string{"TRUE"}
 	var p placeholders
 	if f.Type != "" {
@@ -138,11 +142,11 @@ func (db *DB) ListJobs(ctx context.Context, f job.ListFilter) ([]*job.Record, st
 		if err != nil {
 			return nil, "", err
 		}
-		where = append(where, "(created_time, job_id) > ("+p.add(created)+", "+p.add(id)+")")
+		where = append(where, "(created_time, job_id) "+after+" ("+p.add(created)+", "+p.add(id)+")")
 	}
 	limit := p.add(f.Limit + 1)
 	rows, err := db.pool.Query(ctx, `SELECT `+jobColumns+` FROM jobs WHERE `+strings.Join(where, " AND ")+`
-		ORDER BY created_time, job_id LIMIT `+limit, p.args...)
+		ORDER BY created_time`+order+`, job_id`+order+` LIMIT `+limit, p.args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list jobs: %w", err)
 	}

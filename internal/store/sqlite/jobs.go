@@ -105,6 +105,10 @@ func getJob(ctx context.Context, q queryer, id string) (*job.Record, error) {
 
 // ListJobs returns a page of jobs in creation order.
 func (db *DB) ListJobs(ctx context.Context, f job.ListFilter) ([]*job.Record, string, error) {
+	after, order := ">", ""
+	if f.Newest {
+		after, order = "<", " DESC"
+	}
 	where := []string{"1"}
 	var args []any
 	if f.Type != "" {
@@ -118,11 +122,11 @@ func (db *DB) ListJobs(ctx context.Context, f job.ListFilter) ([]*job.Record, st
 		if err != nil {
 			return nil, "", err
 		}
-		where, args = append(where, "(created_time, job_id) > (?, ?)"), append(args, created, id)
+		where, args = append(where, "(created_time, job_id) "+after+" (?, ?)"), append(args, created, id)
 	}
 	args = append(args, f.Limit+1)
 	rows, err := db.read.QueryContext(ctx, `SELECT `+jobColumns+` FROM jobs WHERE `+strings.Join(where, " AND ")+`
-		ORDER BY created_time, job_id LIMIT ?`, args...)
+		ORDER BY created_time`+order+`, job_id`+order+` LIMIT ?`, args...)
 	if err != nil {
 		return nil, "", fmt.Errorf("list jobs: %w", err)
 	}

@@ -120,26 +120,37 @@ func testJobCreateGetList(t *testing.T, s JobStore) {
 	for i := range 5 {
 		methodJob(t, s, fmt.Sprintf("job-c%d", i))
 	}
-	var all []string
-	after := ""
-	for pages := 0; ; pages++ {
-		page, next, err := s.ListJobs(ctx, job.ListFilter{After: after, Limit: 3})
-		if err != nil {
-			t.Fatal(err)
+	listAll := func(newest bool) []string {
+		t.Helper()
+		var all []string
+		after := ""
+		for pages := 0; ; pages++ {
+			page, next, err := s.ListJobs(ctx, job.ListFilter{After: after, Limit: 3, Newest: newest})
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range page {
+				all = append(all, r.JobID)
+			}
+			if next == "" {
+				break
+			}
+			if pages > 5 {
+				t.Fatal("paging does not end")
+			}
+			after = next
 		}
-		for _, r := range page {
-			all = append(all, r.JobID)
-		}
-		if next == "" {
-			break
-		}
-		if pages > 5 {
-			t.Fatal("paging does not end")
-		}
-		after = next
+		return all
 	}
+	all := listAll(false)
 	if len(all) != 7 || !slices.Contains(all, "job-a") || !slices.Contains(all, "job-c4") {
 		t.Errorf("all pages = %v", all)
+	}
+	// Newest first: the same jobs, in the opposite order, across pages.
+	newest := listAll(true)
+	slices.Reverse(newest)
+	if !slices.Equal(newest, all) {
+		t.Errorf("newest first, reversed = %v, want %v", newest, all)
 	}
 	page, next, err := s.ListJobs(ctx, job.ListFilter{Type: herd.JobUpdateTwin, Limit: 3})
 	if err != nil || len(page) != 1 || page[0].JobID != "job-a" || next != "" {
