@@ -18,7 +18,7 @@ test: vet postgresql
 
 ## test-postgres: the suites that run whole hubs (job engine, REST API, hub,
 ## dashboard, CLI and the kill -9 crash tests) with PostgreSQL as their store
-PG_SUITES = ./internal/job/... ./internal/httpapi/... ./internal/hub/... ./internal/ui/... ./cmd/herd/...
+PG_SUITES = ./internal/job/... ./internal/config/... ./internal/httpapi/... ./internal/hub/... ./internal/ui/... ./cmd/herd/...
 test-postgres: postgresql
 	HERD_TEST_STORE=postgres $(GO) test -race -count=1 $(PG_SUITES)
 

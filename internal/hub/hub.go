@@ -29,6 +29,7 @@ import (
 	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/config"
 	"github.com/herd-iot/herd/internal/events"
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/httpapi"
@@ -138,6 +139,9 @@ type Hub struct {
 	// Certificates holds the CA certificates and authenticates X.509
 	// devices.
 	Certificates *certauth.Service
+	// Configurations are the automatic device configurations, applied
+	// as devices change.
+	Configurations *config.Service
 
 	tlsConfig *tls.Config
 	serving   atomic.Bool // Run is serving (GET /readyz)
@@ -251,9 +255,13 @@ func (h *Hub) wire(cfg Config) error {
 		Certificates: h.Certificates,
 	})
 	h.Gateway = gw
+	queries := query.NewService(h.Store)
+	h.Configurations = config.New(h.Store, h.Twins, queries, cfg.Now, cfg.Log)
+	h.Registry.OnTwinChange(h.Configurations.Changed)
+	h.Twins.OnChange(h.Configurations.Changed)
 	h.Jobs = newJobs(h, cfg, clk)
 	h.api = httpapi.New(httpapi.Config{
-		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: query.NewService(h.Store),
+		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: queries,
 		Connected: h.Bus.Connected,
 		Metrics:   h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		BodyTimeout: cfg.HTTPBodyTimeout,
@@ -263,6 +271,7 @@ func (h *Hub) wire(cfg Config) error {
 	h.api.HandleMethods(h.Methods)
 	h.api.HandleEvents(h.Events)
 	h.api.HandleCertificates(h.Certificates)
+	h.api.HandleConfigurations(h.Configurations)
 	var err error
 	h.ui, err = h.newDashboard(cfg)
 	return err
@@ -424,6 +433,7 @@ func (h *Hub) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return h.Registry.Run(regCtx) })
 	g.Go(func() error { return h.Jobs.Run(ctx) })
+	g.Go(func() error { return h.Configurations.Run(ctx) })
 	return g.Wait()
 }
 

@@ -12,6 +12,7 @@ func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 	return job.New(job.Config{
 		Store:       h.Store,
 		Twins:       h.Twins,
+		Changed:     h.Configurations.Changed,
 		Methods:     jobMethods{h},
 		Clock:       clk,
 		Log:         cfg.Log,

@@ -6,6 +6,7 @@ import (
 
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/certauth"
+	"github.com/herd-iot/herd/internal/config"
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/query"
@@ -23,6 +24,7 @@ type Store interface {
 	auth.Store
 	certauth.Store
 	job.Store
+	config.Store
 	query.Store
 	gateway.SessionStore
 	// Setting and SetSetting keep small named values: the host name and

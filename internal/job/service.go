@@ -42,6 +42,10 @@ type Config struct {
 	Store Store
 	// Twins is told about desired changes after each twin batch commits.
 	Twins Notifier
+	// Changed, if set, is told about every twin a batch wrote, after the
+	// batch commits (automatic device configurations follow tags with
+	// it); it must not block.
+	Changed func(deviceID string)
 	// Methods invokes direct methods; nil means method jobs fail with a
 	// reason saying that the hub has no device gateway.
 	Methods Methods
@@ -355,6 +359,11 @@ var (
 
 // notify sends the desired-change notifications of a twin batch.
 func (s *Service) notify(body func(int64) []byte, updated []Updated) {
+	if s.cfg.Changed != nil {
+		for _, u := range updated {
+			s.cfg.Changed(u.DeviceID)
+		}
+	}
 	if body == nil || s.cfg.Twins == nil {
 		return
 	}

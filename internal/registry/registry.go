@@ -81,6 +81,7 @@ type Service struct {
 	store    Store
 	now      func() time.Time
 	onChange ChangeFunc
+	onTwin   func(deviceID string) // after a create or an update (nil: none)
 	log      *slog.Logger
 
 	keysMu sync.RWMutex
@@ -132,6 +133,12 @@ func (s *Service) prepareCreate(d *herd.Device) error {
 	d.CloudToDeviceMessageCount = 0
 	return nil
 }
+
+// OnTwinChange makes the service call fn after each device it creates or
+// updates commits (a bulk import may set tags); fn must not block.
+// Automatic device configurations (internal/config) follow devices with
+// it.
+func (s *Service) OnTwinChange(fn func(deviceID string)) { s.onTwin = fn }
 
 // Create registers a new device. Empty keys are generated.
 func (s *Service) Create(ctx context.Context, d herd.Device) (*herd.Device, error) {
@@ -218,6 +225,9 @@ func (s *Service) apply(ctx context.Context, ops []Op) ([]Result, error) {
 		if res[i].Err == nil && op.Kind != OpCreate {
 			s.forget(op.DeviceID)
 			s.onChange(op.DeviceID)
+		}
+		if res[i].Err == nil && op.Kind != OpDelete && s.onTwin != nil {
+			s.onTwin(op.DeviceID)
 		}
 	}
 	return res, nil

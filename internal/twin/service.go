@@ -3,6 +3,7 @@ package twin
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"strings"
 	"time"
@@ -25,10 +26,16 @@ type NotifyFunc func(deviceID string, version int64, body []byte)
 
 // Service reads and writes twins.
 type Service struct {
-	store  Store
-	now    func() time.Time
-	notify NotifyFunc
+	store   Store
+	now     func() time.Time
+	notify  NotifyFunc
+	changed func(deviceID string) // after a service-side write (nil: none)
 }
+
+// OnChange makes the service call fn after each service-side write (tags
+// or desired properties, Update) commits; fn must not block. Automatic
+// device configurations (internal/config) follow devices with it.
+func (s *Service) OnChange(fn func(deviceID string)) { s.changed = fn }
 
 // NewService returns a twin service. notify may be nil.
 func NewService(store Store, now func() time.Time, notify NotifyFunc) *Service {
@@ -88,7 +95,40 @@ func (s *Service) Update(ctx context.Context, deviceID string, p Patch, replace 
 		return nil, err
 	}
 	s.publish(deviceID, up)
+	if s.changed != nil {
+		s.changed(deviceID)
+	}
 	return View(dev, doc), nil
+}
+
+// errUnchanged ends an UpdateIf that writes nothing.
+var errUnchanged = errors.New("twin unchanged")
+
+// UpdateIf reads a device's twin and, in the same transaction, applies the
+// patch decide returns for it (service side, as Update without a
+// replace) when decide says to; it reports whether it wrote. Connected
+// devices are told about desired changes after the write commits.
+func (s *Service) UpdateIf(ctx context.Context, deviceID string, decide func(*herd.Twin) (Patch, bool, error)) (bool, error) {
+	var up Update
+	_, _, err := s.store.UpdateTwin(ctx, deviceID, func(dev *herd.Device, d *Doc) error {
+		p, ok, err := decide(View(dev, d))
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return errUnchanged
+		}
+		up, err = d.Apply(p, false, s.now())
+		return err
+	})
+	if errors.Is(err, errUnchanged) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	s.publish(deviceID, up)
+	return true, nil
 }
 
 // PatchReported applies a device's reported-properties patch and returns

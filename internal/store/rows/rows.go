@@ -90,6 +90,9 @@ var Tables = []*Table{
 		{"verification_code", Text}, {"created_time", Text}, {"updated_time", Text},
 		{"etag", Int},
 	}},
+	{Name: "configurations", Key: []string{"id"}, Columns: []Column{
+		{"id", Text}, {"body", Text}, {"created_time", Text}, {"updated_time", Text}, {"etag", Int},
+	}},
 }
 
 // Source is a store whose rows can be read out.
