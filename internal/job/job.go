@@ -219,8 +219,10 @@ type Store interface {
 	// cursor, in order.
 	PendingDevices(ctx context.Context, id, after string, limit int) ([]string, error)
 	// DueDevices returns up to limit pending device ids after the cursor,
-	// in order, leaving out devices whose retry is due after now.
-	DueDevices(ctx context.Context, id, after string, limit int, now time.Time) ([]DueDevice, error)
+	// in order, leaving out devices whose retry is due after now; with
+	// retries, only devices that have made attempts (waiting for a
+	// retry).
+	DueDevices(ctx context.Context, id, after string, limit int, now time.Time, retries bool) ([]DueDevice, error)
 	// Retries returns the job's devices waiting for a retry.
 	Retries(ctx context.Context, id string) (RetryState, error)
 	// ClaimDevices moves the given devices from pending to running (one

@@ -115,7 +115,10 @@ func (m *methodRun) pass() error {
 func (m *methodRun) feedDevices() error {
 	cursor := ""
 	for m.feed.Err() == nil {
-		due, err := m.s.store.DueDevices(m.feed, m.r.JobID, cursor, pendingPage, m.s.clock.Now())
+		// Once the wave's new devices are all started, only retries are
+		// left to find.
+		retriesOnly := m.limit == 0 && m.retry != nil
+		due, err := m.s.store.DueDevices(m.feed, m.r.JobID, cursor, pendingPage, m.s.clock.Now(), retriesOnly)
 		if err != nil {
 			if m.feed.Err() != nil {
 				return nil

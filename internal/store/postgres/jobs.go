@@ -459,10 +459,14 @@ func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) (
 }
 
 // DueDevices returns the pending devices that may start now.
-func (db *DB) DueDevices(ctx context.Context, id, after string, limit int, now time.Time) ([]job.DueDevice, error) {
+func (db *DB) DueDevices(ctx context.Context, id, after string, limit int, now time.Time, retries bool) ([]job.DueDevice, error) {
+	minAttempts := 0
+	if retries {
+		minAttempts = 1
+	}
 	rows, err := db.pool.Query(ctx, `SELECT device_id, attempts FROM device_jobs
 		WHERE job_id = $1 AND device_id > $2 AND status = 'pending' AND (retry_at IS NULL OR retry_at <= $3)
-		ORDER BY job_id, device_id LIMIT $4`, id, after, stamp(now), limit)
+		AND attempts >= $5 ORDER BY job_id, device_id LIMIT $4`, id, after, stamp(now), limit, minAttempts)
 	if err != nil {
 		return nil, fmt.Errorf("due devices of job %q: %w", id, err)
 	}

@@ -429,10 +429,14 @@ func (db *DB) PendingDevices(ctx context.Context, id, after string, limit int) (
 }
 
 // DueDevices returns the pending devices that may start now.
-func (db *DB) DueDevices(ctx context.Context, id, after string, limit int, now time.Time) ([]job.DueDevice, error) {
+func (db *DB) DueDevices(ctx context.Context, id, after string, limit int, now time.Time, retries bool) ([]job.DueDevice, error) {
+	minAttempts := 0
+	if retries {
+		minAttempts = 1
+	}
 	rows, err := db.read.QueryContext(ctx, `SELECT device_id, attempts FROM device_jobs
 		WHERE job_id = ? AND device_id > ? AND status = 'pending' AND (retry_at IS NULL OR retry_at <= ?)
-		ORDER BY device_id LIMIT ?`, id, after, stamp(now), limit)
+		AND attempts >= ? ORDER BY device_id LIMIT ?`, id, after, stamp(now), minAttempts, limit)
 	if err != nil {
 		return nil, fmt.Errorf("due devices of job %q: %w", id, err)
 	}

@@ -795,7 +795,7 @@ func testRetries(t *testing.T, s JobStore) {
 	}
 	due := func(now time.Time) []job.DueDevice {
 		t.Helper()
-		d, err := s.DueDevices(ctx, "rj", "", 10, now)
+		d, err := s.DueDevices(ctx, "rj", "", 10, now, false)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -809,6 +809,9 @@ func testRetries(t *testing.T, s JobStore) {
 	}
 	if d := due(muchLater); !slices.Equal(d, []job.DueDevice{{ID: "r1", Attempts: 1}, {ID: "r3", Attempts: 1}, {ID: "r4"}}) {
 		t.Errorf("due at the last retry: %+v", d)
+	}
+	if d, err := s.DueDevices(ctx, "rj", "", 10, muchLater, true); err != nil || !slices.Equal(d, []job.DueDevice{{ID: "r1", Attempts: 1}, {ID: "r3", Attempts: 1}}) {
+		t.Errorf("retries only: %+v %v", d, err)
 	}
 	djs, _ := s.DeviceJobs(ctx, "rj")
 	if d := djs[0]; d.Status != herd.DeviceJobPending || d.Attempts != 1 || d.Error == nil || d.Error.Code != "GatewayTimeout" {
