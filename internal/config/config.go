@@ -773,20 +773,10 @@ func (s *Service) applyTo(ctx context.Context, deviceID string) error {
 
 // holds says whether a twin document has the configuration's content.
 func (c *compiled) holds(doc map[string]any) bool {
-	props, _ := doc["properties"].(map[string]any)
-	desired, _ := props["desired"].(map[string]any)
 	for i, p := range c.paths {
-		var v any = desired
-		for _, s := range p {
-			m, ok := v.(map[string]any)
-			if !ok {
-				return false
-			}
-			if v, ok = m[s]; !ok {
-				return false
-			}
-		}
-		if !sameJSON(v, c.vals[i]) {
+		// The query evaluator's own path lookup (undefined when missing).
+		v := query.Eval(&query.Path{Segs: append([]string{"properties", "desired"}, p...)}, doc)
+		if !query.Defined(v) || !sameJSON(v, c.vals[i]) {
 			return false
 		}
 	}
