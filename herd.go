@@ -350,6 +350,11 @@ type JobOptions struct {
 	Rollout *Rollout     `json:"rollout,omitempty"`
 	Abort   *AbortPolicy `json:"abort,omitempty"`
 	Retry   *RetryPolicy `json:"retry,omitempty"`
+	// Continuous keeps the job running until its deadline (or a cancel):
+	// a device that starts matching the queryCondition after the job
+	// started (created, tagged, changed) is targeted too, once. A
+	// continuous job ends completed at its deadline.
+	Continuous bool `json:"continuous,omitempty"`
 }
 
 // RetryPolicy calls a method job's devices again after failures of the

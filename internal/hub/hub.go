@@ -257,9 +257,15 @@ func (h *Hub) wire(cfg Config) error {
 	h.Gateway = gw
 	queries := query.NewService(h.Store)
 	h.Configurations = config.New(h.Store, h.Twins, queries, cfg.Now, cfg.Log)
-	h.Registry.OnTwinChange(h.Configurations.Changed)
 	h.Twins.OnChange(h.Configurations.Changed)
 	h.Jobs = newJobs(h, cfg, clk)
+	// Continuous jobs follow every change of a device: its registry entry
+	// (created, enabled), its tags, desired and reported properties.
+	h.Registry.OnTwinChange(func(id string) {
+		h.Configurations.Changed(id)
+		h.Jobs.DeviceChanged(id)
+	})
+	h.Twins.OnWrite(h.Jobs.DeviceChanged)
 	h.api = httpapi.New(httpapi.Config{
 		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: queries,
 		Connected: h.Bus.Connected,

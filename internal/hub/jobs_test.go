@@ -173,3 +173,83 @@ func TestTwinJobNotifiesConnectedDevices(t *testing.T) {
 		t.Errorf("notifications: %v", seen)
 	}
 }
+
+// TestContinuousJobsFollowTheHub: continuous jobs (herd.continuous) over
+// a whole hub pick up devices as the service and the devices change them —
+// a device created through the registry, one tagged through the twin API,
+// and one whose device reports the property a condition reads — each once.
+func TestContinuousJobsFollowTheHub(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	cnt := &calls{n: map[string]int{}}
+	connect := func(id string) *device.Client {
+		t.Helper()
+		if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: id, Status: herd.DeviceEnabled}); err != nil {
+			t.Fatal(err)
+		}
+		cs, err := h.DeviceConnectionString(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := device.New(cs, device.WithCA(h.CA), device.WithAddress(h.MQTTAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.OnMethod("enroll", cnt.handler(id))
+		t.Cleanup(func() { c.Close() })
+		if err := c.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	stats := func(id string) herd.DeviceJobStatistics {
+		j, err := h.Service.GetJob(ctx, id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if j.EndTime != nil {
+			t.Fatalf("job %s ended: %s %q", id, j.Status, j.FailureReason)
+		}
+		return *j.DeviceJobStatistics
+	}
+	connect("m1")
+	cont := service.JobOptions{Herd: &herd.JobOptions{Continuous: true}}
+	req := herd.MethodRequest{MethodName: "enroll", ResponseTimeoutInSeconds: 30, ConnectTimeoutInSeconds: 60}
+	if _, err := h.Service.ScheduleDeviceMethod(ctx, "by-tag", "tags.fleet = 'new'", req, cont); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Service.ScheduleDeviceMethod(ctx, "by-report", "properties.reported.mode = 'ready'", req, cont); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Service.ScheduleTwinUpdate(ctx, "by-id", "STARTSWITH(deviceId, 'm')",
+		herd.TwinPatch{ETag: "*", Properties: &herd.PatchProperties{Desired: map[string]any{"welcome": true}}}, cont); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool { return stats("by-id").SucceededCount == 1 }, "m1 welcomed")
+	// Created through the registry: the twin job patches it.
+	m2 := connect("m2")
+	hubtest.Eventually(t, 10*time.Second, func() bool { return stats("by-id").SucceededCount == 2 }, "m2 welcomed")
+	// Tagged through the twin API: the method job calls it.
+	if _, err := h.Service.UpdateTwin(ctx, "m1", herd.TwinPatch{Tags: map[string]any{"fleet": "new"}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool { return stats("by-tag").SucceededCount == 1 }, "m1 called by tag")
+	// Reported by the device itself: the other method job calls it.
+	if _, err := m2.ReportProperties(ctx, map[string]any{"mode": "ready"}); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool { return stats("by-report").SucceededCount == 1 }, "m2 called by its report")
+	// Reporting again does not call it again.
+	if _, err := m2.ReportProperties(ctx, map[string]any{"mode": "ready", "n": 2}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Service.UpdateTwin(ctx, "m1", herd.TwinPatch{Tags: map[string]any{"fleet": "new", "n": 2}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		return stats("by-id").SucceededCount == 2 && stats("by-tag").DeviceCount == 1 && stats("by-report").DeviceCount == 1
+	}, "no device targeted twice")
+	if cnt.of("m1") != 1 || cnt.of("m2") != 1 {
+		t.Errorf("calls: m1 %d, m2 %d; want one each", cnt.of("m1"), cnt.of("m2"))
+	}
+}

@@ -34,10 +34,14 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()
-	wg.Add(1)
+	wg.Add(2)
 	go func() {
 		defer wg.Done()
 		s.retain(ctx)
+	}()
+	go func() {
+		defer wg.Done()
+		s.runFollower(ctx)
 	}()
 	for {
 		next, err := s.schedule(ctx, &wg)
@@ -92,7 +96,7 @@ func (s *Service) schedule(ctx context.Context, wg *sync.WaitGroup) (time.Time, 
 				continue
 			}
 			s.log.Info("job deadline passed while paused", "job_id", r.JobID)
-			if err := s.store.ExpireJob(ctx, r.JobID, deadlineReason(r), deadlineError(r), now); err != nil {
+			if err := s.store.ExpireJob(ctx, r.JobID, deadlineEnd(r), deadlineReason(r), deadlineError(r), now); err != nil {
 				return time.Time{}, err
 			}
 			continue
@@ -174,8 +178,19 @@ func (s *Service) logEnded(ctx context.Context, id string) {
 const retryPause = 5 * time.Second
 
 // runJob starts a job if needed and works through its devices until they
-// are done, the job is cancelled, its deadline passes or ctx ends.
+// are done, the job is cancelled, its deadline passes or ctx ends. A
+// continuous job's devices are never done: once those it has are, it
+// waits for the follower to add more.
 func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
+	var follow *followed
+	if continuous(r) {
+		// A condition that does not parse fails the job in start.
+		if cond, err := parseWhere(r.QueryCondition); err == nil {
+			var unfollow func()
+			follow, unfollow = s.followJob(r.JobID, cond, !r.Started.IsZero())
+			defer unfollow()
+		}
+	}
 	if r.Status == herd.JobQueued || r.Status == herd.JobScheduled {
 		started, err := s.start(ctx, r)
 		if err != nil || started == nil {
@@ -197,20 +212,41 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 	if r.Type != herd.JobUpdateTwin && r.Type != herd.JobDeviceMethod {
 		return s.store.FailJob(ctx, r.JobID, fmt.Sprintf("job type %q cannot run", r.Type), s.clock.Now())
 	}
-	err = s.runWaves(ctx, run, r, func(limit int64) error {
-		if r.Type == herd.JobUpdateTwin {
-			return s.runTwin(ctx, run.feed, r, st, limit)
+	for {
+		err = s.runWaves(ctx, run, r, func(limit int64) error {
+			if r.Type == herd.JobUpdateTwin {
+				return s.runTwin(ctx, run.feed, r, st, limit)
+			}
+			return s.runMethod(ctx, run.feed, run.stop, r, st, limit)
+		})
+		if err != nil || run.feed.Err() != nil || follow == nil {
+			break
 		}
-		return s.runMethod(ctx, run.feed, run.stop, r, st, limit)
-	})
+		select {
+		case <-follow.more:
+		case <-run.feed.Done():
+		}
+	}
 	if err != nil && run.feed.Err() == nil {
 		return err
 	}
 	if context.Cause(run.feed) == errDeadline {
-		s.log.Info("job deadline passed", "job_id", r.JobID)
-		return s.store.ExpireJob(context.WithoutCancel(ctx), r.JobID, deadlineReason(r), deadlineError(r), s.clock.Now())
+		s.log.Info("job deadline passed", "job_id", r.JobID, "continuous", follow != nil)
+		return s.store.ExpireJob(context.WithoutCancel(ctx), r.JobID, deadlineEnd(r), deadlineReason(r), deadlineError(r), s.clock.Now())
 	}
 	return nil
+}
+
+// continuous says whether a job runs until its deadline (herd.continuous).
+func continuous(r *Record) bool { return r.Herd != nil && r.Herd.Continuous }
+
+// deadlineEnd is the status a job ends with at its deadline: a continuous
+// job completes (its deadline is its end), another fails.
+func deadlineEnd(r *Record) herd.JobStatus {
+	if continuous(r) {
+		return herd.JobCompleted
+	}
+	return herd.JobFailed
 }
 
 func deadlineReason(r *Record) string {

@@ -201,7 +201,9 @@ type Store interface {
 	// StartJob moves a queued or scheduled job to running and inserts a
 	// pending device record for every device matching the parsed
 	// queryCondition (compiled by the store in its own SQL dialect), in
-	// one transaction. A job with no devices completes at once. It
+	// one transaction. A job with no devices completes at once, unless it
+	// is continuous (herd.continuous): a continuous job that is running or
+	// paused never completes for want of devices, only at its deadline. It
 	// returns the job as it is after (possibly unchanged, if it was
 	// cancelled); a condition the store cannot run is ArgumentInvalid.
 	StartJob(ctx context.Context, id string, cond *query.Query, now time.Time) (*Record, error)
@@ -256,8 +258,15 @@ type Store interface {
 	// (completed or failed) and its failures by type.
 	FailureCounts(ctx context.Context, id string) (FailureCounts, error)
 	// ExpireJob ends a job at its deadline: every device not done fails
-	// with devErr, and the job fails with reason.
-	ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error
+	// with devErr, and the job ends with status end: failed with reason,
+	// or completed (a continuous job's natural end; reason is unused).
+	ExpireJob(ctx context.Context, id string, end herd.JobStatus, reason string, devErr herd.DeviceJobError, now time.Time) error
+	// AddDevices targets more devices of a continuous job that is running
+	// or paused: a pending record for each device matching cond — among
+	// deviceIDs, or every device when deviceIDs is nil — that the job has
+	// no record of yet, counted in its statistics, in one transaction. It
+	// returns how many it added (none for a job in another state).
+	AddDevices(ctx context.Context, id string, cond *query.Query, deviceIDs []string, now time.Time) (int64, error)
 	// InterruptRunning fails every running device of a job with devErr
 	// (methods in flight when the hub stopped) and returns how many.
 	InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error)

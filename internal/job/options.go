@@ -21,13 +21,6 @@ const (
 	MaxIncrementFactor = 100
 )
 
-// notYet are members of the rollout design (docs/jobs.md) that this
-// version refuses rather than ignores: a job must not look steered when it
-// is not.
-var notYet = map[string]string{
-	"continuous": "herd.continuous",
-}
-
 // parseOptions checks a job's "herd" member: an object whose members are
 // each known and within bounds. It returns nil for a null member.
 func parseOptions(raw json.RawMessage) (*herd.JobOptions, error) {
@@ -53,14 +46,20 @@ func parseOptions(raw json.RawMessage) (*herd.JobOptions, error) {
 			if out.Retry, err = parseRetry(v); err != nil {
 				return nil, err
 			}
-		default:
-			if name, ok := notYet[k]; ok {
-				return nil, invalid("%s is not supported by this version of Herd", name)
+		case "continuous":
+			if json.Unmarshal(v, &out.Continuous) != nil {
+				return nil, invalid("herd.continuous must be true or false, not %s", v)
 			}
-			return nil, invalid("herd.%s is not a member of a job's herd options (rollout, abort, retry)", k)
+		default:
+			return nil, invalid("herd.%s is not a member of a job's herd options (rollout, abort, retry, continuous)", k)
 		}
 	}
-	if out.Rollout == nil && out.Abort == nil && out.Retry == nil {
+	if out.Continuous && out.Rollout != nil && len(out.Rollout.Waves) > 0 {
+		// A wave is a share of the job's devices, which a continuous job
+		// does not know until its deadline.
+		return nil, invalid("herd.continuous cannot be combined with herd.rollout.waves: a continuous job's devices are not known in advance")
+	}
+	if out.Rollout == nil && out.Abort == nil && out.Retry == nil && !out.Continuous {
 		return nil, nil
 	}
 	return out, nil

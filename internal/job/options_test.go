@@ -35,7 +35,8 @@ func TestParseOptions(t *testing.T) {
 		t.Errorf("null: %+v %v", o, err)
 	}
 	for _, bad := range []string{
-		`[]`, `"x"`, `{"retry":{}}`, `{"continuous":true}`, `{"speed":1}`,
+		`[]`, `"x"`, `{"retry":{}}`, `{"continuous":"yes"}`, `{"continuous":1}`, `{"speed":1}`,
+		`{"continuous":true,"rollout":{"waves":[{"percent":10}]}}`,
 		`{"rollout":{}}`, `{"rollout":{"maxPerMinute":0}}`, `{"rollout":{"maxPerMinute":"10"}}`, `{"rollout":{"maxPerMinute":1.5}}`,
 		`{"rollout":{"maxPerMinute":100000001}}`,
 		`{"rollout":{"waves":[]}}`, `{"rollout":{"waves":[{"percent":0}]}}`, `{"rollout":{"waves":[{"percent":50},{"percent":10}]}}`,
@@ -74,12 +75,22 @@ func TestParseOptions(t *testing.T) {
 	}
 }
 
-// A member the engine does not honour yet is refused rather than run as
-// if it were not; herd: null is no options.
-func TestOptionsNotYetRefused(t *testing.T) {
+// herd.continuous: true is kept (with other members or alone), false is no
+// option; herd: null is no options.
+func TestContinuousOption(t *testing.T) {
 	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":{"continuous":true}}`
-	if _, err := ParseRequest("j", []byte(body), time.Now()); !herd.IsCode(err, herd.ErrArgumentInvalid) {
-		t.Errorf("continuous was accepted: %v", err)
+	if r, err := ParseRequest("j", []byte(body), time.Now()); err != nil || r.Herd == nil || !r.Herd.Continuous {
+		t.Errorf("continuous: %+v %v", r, err)
+	}
+	o, err := parseOptions([]byte(`{"continuous":true,"rollout":{"maxPerMinute":60}}`))
+	if err != nil || !o.Continuous || o.Rollout.MaxPerMinute != 60 {
+		t.Errorf("continuous with a rate: %+v %v", o, err)
+	}
+	if back, err := DecodeOptions(EncodeOptions(o)); err != nil || !back.Continuous {
+		t.Errorf("round trip: %+v %v", back, err)
+	}
+	if o, err := parseOptions([]byte(`{"continuous":false}`)); err != nil || o != nil {
+		t.Errorf("continuous false: %+v %v", o, err)
 	}
 	body = `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},"herd":null}`
 	if r, err := ParseRequest("j", []byte(body), time.Now()); err != nil || r.Herd != nil {

@@ -193,9 +193,17 @@ func (n notifying) FinishDevices(ctx context.Context, id string, outcomes []Outc
 	return n.Store.FinishDevices(ctx, id, outcomes, now)
 }
 
-func (n notifying) ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error {
+func (n notifying) ExpireJob(ctx context.Context, id string, end herd.JobStatus, reason string, devErr herd.DeviceJobError, now time.Time) error {
 	defer n.p.changed(id)
-	return n.Store.ExpireJob(ctx, id, reason, devErr, now)
+	return n.Store.ExpireJob(ctx, id, end, reason, devErr, now)
+}
+
+func (n notifying) AddDevices(ctx context.Context, id string, cond *query.Query, deviceIDs []string, now time.Time) (int64, error) {
+	added, err := n.Store.AddDevices(ctx, id, cond, deviceIDs, now)
+	if added > 0 {
+		n.p.changed(id)
+	}
+	return added, err
 }
 
 func (n notifying) InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error) {

@@ -70,6 +70,10 @@ type Config struct {
 	Targets Targets
 	// Metrics, if not nil, is where the engine registers its collectors.
 	Metrics prometheus.Registerer
+	// ContinuousRescan is how often a continuous job looks for matching
+	// devices over the whole fleet, besides following device changes
+	// (0: DefaultContinuousRescan).
+	ContinuousRescan time.Duration
 }
 
 // Defaults for Config.
@@ -103,6 +107,9 @@ func (c *Config) defaults() {
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention
 	}
+	if c.ContinuousRescan <= 0 {
+		c.ContinuousRescan = DefaultContinuousRescan
+	}
 	if c.Clock == nil {
 		c.Clock = clock.Real{}
 	}
@@ -123,6 +130,7 @@ type Service struct {
 
 	metrics  *metrics
 	progress *progress // job change notifications (Watch)
+	follow   *follower // device changes, for continuous jobs
 
 	mu      sync.Mutex
 	runners map[string]*runner // jobs being run, by id
@@ -138,6 +146,7 @@ func New(cfg Config) *Service {
 		waiting: make(chan struct{}, cfg.MaxWaiting),
 		wake:    make(chan struct{}, 1),
 		runners: map[string]*runner{},
+		follow:  newFollower(),
 	}
 	s.metrics = newMetrics(s, cfg.Metrics)
 	return s
@@ -359,10 +368,11 @@ var (
 
 // notify sends the desired-change notifications of a twin batch.
 func (s *Service) notify(body func(int64) []byte, updated []Updated) {
-	if s.cfg.Changed != nil {
-		for _, u := range updated {
+	for _, u := range updated {
+		if s.cfg.Changed != nil {
 			s.cfg.Changed(u.DeviceID)
 		}
+		s.DeviceChanged(u.DeviceID)
 	}
 	if body == nil || s.cfg.Twins == nil {
 		return

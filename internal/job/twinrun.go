@@ -35,7 +35,7 @@ func (s *Service) runTwin(ctx, feed context.Context, r *Record, st *steer, limit
 	// older Herd): every attempt would fail the same way, so the job and
 	// its devices fail now (ExpireJob ends a running job that way).
 	reason := fmt.Sprintf("The job's updateTwin cannot be applied: %s", herd.ErrorMessage(err))
-	return s.store.ExpireJob(ctx, r.JobID, reason, herd.DeviceJobError{Code: ErrCodeTwinWrite, Description: reason}, s.clock.Now())
+	return s.store.ExpireJob(ctx, r.JobID, herd.JobFailed, reason, herd.DeviceJobError{Code: ErrCodeTwinWrite, Description: reason}, s.clock.Now())
 }
 
 func (s *Service) twinBatches(feed context.Context, r *Record, p twin.Patch, body func(int64) []byte, st *steer, limit int64) error {

@@ -30,12 +30,25 @@ type Service struct {
 	now     func() time.Time
 	notify  NotifyFunc
 	changed func(deviceID string) // after a service-side write (nil: none)
+	written func(deviceID string) // after every write (nil: none)
 }
 
 // OnChange makes the service call fn after each service-side write (tags
 // or desired properties, Update) commits; fn must not block. Automatic
 // device configurations (internal/config) follow devices with it.
 func (s *Service) OnChange(fn func(deviceID string)) { s.changed = fn }
+
+// OnWrite makes the service call fn after every twin write it makes
+// commits — Update, UpdateIf and a device's PatchReported; fn must not
+// block. Continuous jobs (internal/job) follow devices with it, as their
+// conditions may read any part of a twin.
+func (s *Service) OnWrite(fn func(deviceID string)) { s.written = fn }
+
+func (s *Service) wrote(deviceID string) {
+	if s.written != nil {
+		s.written(deviceID)
+	}
+}
 
 // NewService returns a twin service. notify may be nil.
 func NewService(store Store, now func() time.Time, notify NotifyFunc) *Service {
@@ -98,6 +111,7 @@ func (s *Service) Update(ctx context.Context, deviceID string, p Patch, replace 
 	if s.changed != nil {
 		s.changed(deviceID)
 	}
+	s.wrote(deviceID)
 	return View(dev, doc), nil
 }
 
@@ -128,6 +142,7 @@ func (s *Service) UpdateIf(ctx context.Context, deviceID string, decide func(*he
 		return false, err
 	}
 	s.publish(deviceID, up)
+	s.wrote(deviceID)
 	return true, nil
 }
 
@@ -144,6 +159,7 @@ func (s *Service) PatchReported(ctx context.Context, deviceID string, p Patch) (
 	if err != nil {
 		return 0, err
 	}
+	s.wrote(deviceID)
 	return doc.ReportedVersion, nil
 }
 

@@ -90,10 +90,11 @@ func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
 		return query.AsHerdError(err)
 	}
 	tag, err := db.pool.Exec(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
-		created_time, start_time, max_execution_seconds, request, herd) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+		created_time, start_time, max_execution_seconds, request, herd, continuous) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
 		ON CONFLICT (job_id) DO NOTHING`,
 		r.JobID, string(r.Type), string(r.Status), r.QueryCondition, r.CreatedTime.String(),
-		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request), nullable(job.EncodeOptions(r.Herd)))
+		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request), nullable(job.EncodeOptions(r.Herd)),
+		r.Herd != nil && r.Herd.Continuous)
 	if err != nil {
 		return fmt.Errorf("create job %q: %w", r.JobID, err)
 	}
@@ -220,7 +221,7 @@ func finishIfDone(ctx context.Context, tx pgx.Tx, id string, now time.Time) erro
 			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
 			ELSE status_message END
 		WHERE job_id = $2 AND end_time IS NULL AND started_time IS NOT NULL
-		AND status IN ('running', 'paused', 'cancelled', 'failed')
+		AND (status IN ('cancelled', 'failed') OR status IN ('running', 'paused') AND NOT continuous)
 		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
 	return err
 }
@@ -659,7 +660,12 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 }
 
 // ExpireJob ends a job at its deadline.
-func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error {
+func (db *DB) ExpireJob(ctx context.Context, id string, end herd.JobStatus, reason string, devErr herd.DeviceJobError, now time.Time) error {
+	if end != herd.JobCompleted {
+		end = herd.JobFailed
+	} else {
+		reason = ""
+	}
 	err := db.tx(ctx, func(tx pgx.Tx) error {
 		at := stamp(now)
 		tag, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', end_time = $1, last_updated_time = $1,
@@ -671,16 +677,63 @@ func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.Devi
 		n := tag.RowsAffected()
 		_, err = tx.Exec(ctx, `UPDATE jobs SET
 			failed_count = failed_count + $1, pending_count = 0, running_count = 0, end_time = $2,
-			failure_reason = CASE WHEN status IN ('running', 'paused') THEN $3 ELSE failure_reason END,
+			failure_reason = CASE WHEN status IN ('running', 'paused') THEN nullif($3, '') ELSE failure_reason END,
 			status_message = succeeded_count || ' of ' || device_count || ' devices succeeded, ' || (failed_count + $1) || ' failed',
-			status = CASE WHEN status IN ('running', 'paused') THEN 'failed' ELSE status END
-			WHERE job_id = $4 AND end_time IS NULL`, n, at, reason, id)
+			status = CASE WHEN status IN ('running', 'paused') THEN $5 ELSE status END
+			WHERE job_id = $4 AND end_time IS NULL`, n, at, reason, id, string(end))
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("expire job %q: %w", id, err)
 	}
 	return nil
+}
+
+// AddDevices targets the devices that started matching a continuous job.
+func (db *DB) AddDevices(ctx context.Context, id string, where *query.Query, deviceIDs []string, now time.Time) (int64, error) {
+	cond, p, err := condition(where)
+	if err != nil {
+		return 0, err
+	}
+	var added int64
+	err = db.tx(ctx, func(tx pgx.Tx) error {
+		// The job's row locked until commit, as a claim locks it: a
+		// cancel or the deadline either sees these devices or comes
+		// after.
+		var typ string
+		err := tx.QueryRow(ctx, `SELECT type FROM jobs WHERE job_id = $1 AND continuous
+			AND status IN ('running', 'paused') AND end_time IS NULL FOR UPDATE`, id).Scan(&typ)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return nil // not (or no longer) taking devices
+		}
+		if err != nil {
+			return err
+		}
+		zero, at := herd.Time{}.String(), stamp(now)
+		q := *p
+		text := cond.Text
+		if deviceIDs != nil {
+			text = `device_id = ANY(` + q.add(deviceIDs) + `) AND (` + text + `)`
+		}
+		tag, err := tx.Exec(ctx, `INSERT INTO device_jobs (job_id, device_id, job_type, status,
+			start_time, end_time, created_time, last_updated_time)
+			SELECT `+q.add(id)+`, device_id, `+q.add(typ)+`, 'pending', `+q.add(zero)+`, `+q.add(zero)+`, `+
+			q.add(at)+`, `+q.add(at)+` FROM devices WHERE `+text+`
+			ON CONFLICT (job_id, device_id) DO NOTHING`, q.args...)
+		if err != nil {
+			return err
+		}
+		if added = tag.RowsAffected(); added == 0 {
+			return nil
+		}
+		_, err = tx.Exec(ctx, `UPDATE jobs SET device_count = device_count + $1, pending_count = pending_count + $1
+			WHERE job_id = $2`, added, id)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("add devices to job %q: %w", id, err)
+	}
+	return added, nil
 }
 
 // InterruptRunning fails the running devices of a job.

@@ -70,10 +70,11 @@ func (db *DB) CreateJob(ctx context.Context, r *job.Record) error {
 		return query.AsHerdError(err)
 	}
 	res, err := db.write.ExecContext(ctx, `INSERT INTO jobs (job_id, type, status, query_condition,
-		created_time, start_time, max_execution_seconds, request, herd) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+		created_time, start_time, max_execution_seconds, request, herd, continuous) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (job_id) DO NOTHING`,
 		r.JobID, string(r.Type), string(r.Status), r.QueryCondition, r.CreatedTime.String(),
-		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request), nullable(job.EncodeOptions(r.Herd)))
+		r.StartTime.String(), r.MaxExecutionTimeInSeconds, string(r.Request), nullable(job.EncodeOptions(r.Herd)),
+		r.Herd != nil && r.Herd.Continuous)
 	if err != nil {
 		return fmt.Errorf("create job %q: %w", r.JobID, err)
 	}
@@ -192,7 +193,8 @@ func (db *DB) ScheduleJob(ctx context.Context, id string, now time.Time) error {
 }
 
 // finishIfDone ends a started job whose devices are all done: a running
-// or paused one completes; a cancelled or aborted one (failed) ends.
+// or paused one completes, unless it is continuous (it runs until its
+// deadline); a cancelled or aborted one (failed) ends.
 func finishIfDone(ctx context.Context, tx *sql.Tx, id string, now time.Time) error {
 	_, err := tx.ExecContext(ctx, `UPDATE jobs SET
 		status = CASE WHEN status IN ('running', 'paused') THEN 'completed' ELSE status END,
@@ -201,7 +203,7 @@ func finishIfDone(ctx context.Context, tx *sql.Tx, id string, now time.Time) err
 			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
 			ELSE status_message END
 		WHERE job_id = ? AND end_time IS NULL AND started_time IS NOT NULL
-		AND status IN ('running', 'paused', 'cancelled', 'failed')
+		AND (status IN ('cancelled', 'failed') OR status IN ('running', 'paused') AND NOT continuous)
 		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
 	return err
 }
@@ -710,7 +712,12 @@ func finishThroughTemp(ctx context.Context, tx *sql.Tx, id string, k transition,
 }
 
 // ExpireJob ends a job at its deadline.
-func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.DeviceJobError, now time.Time) error {
+func (db *DB) ExpireJob(ctx context.Context, id string, end herd.JobStatus, reason string, devErr herd.DeviceJobError, now time.Time) error {
+	if end != herd.JobCompleted {
+		end = herd.JobFailed
+	} else {
+		reason = ""
+	}
 	err := db.tx(ctx, func(tx *sql.Tx) error {
 		at := stamp(now)
 		res, err := tx.ExecContext(ctx, `UPDATE device_jobs SET status = 'failed', end_time = ?, last_updated_time = ?,
@@ -722,16 +729,65 @@ func (db *DB) ExpireJob(ctx context.Context, id, reason string, devErr herd.Devi
 		n, _ := res.RowsAffected()
 		_, err = tx.ExecContext(ctx, `UPDATE jobs SET
 			failed_count = failed_count + ?, pending_count = 0, running_count = 0, end_time = ?,
-			failure_reason = CASE WHEN status IN ('running', 'paused') THEN ? ELSE failure_reason END,
+			failure_reason = CASE WHEN status IN ('running', 'paused') THEN nullif(?, '') ELSE failure_reason END,
 			status_message = succeeded_count || ' of ' || device_count || ' devices succeeded, ' || (failed_count + ?) || ' failed',
-			status = CASE WHEN status IN ('running', 'paused') THEN 'failed' ELSE status END
-			WHERE job_id = ? AND end_time IS NULL`, n, at, reason, n, id)
+			status = CASE WHEN status IN ('running', 'paused') THEN ? ELSE status END
+			WHERE job_id = ? AND end_time IS NULL`, n, at, reason, n, string(end), id)
 		return err
 	})
 	if err != nil {
 		return fmt.Errorf("expire job %q: %w", id, err)
 	}
 	return nil
+}
+
+// AddDevices targets the devices that started matching a continuous job.
+func (db *DB) AddDevices(ctx context.Context, id string, where *query.Query, deviceIDs []string, now time.Time) (int64, error) {
+	cond, err := condition(where)
+	if err != nil {
+		return 0, err
+	}
+	text, args := cond.Text, cond.Args
+	if deviceIDs != nil {
+		list, err := json.Marshal(deviceIDs)
+		if err != nil {
+			return 0, err
+		}
+		text = `device_id IN (SELECT value FROM json_each(?)) AND (` + text + `)`
+		args = append([]any{string(list)}, args...)
+	}
+	var added int64
+	err = db.tx(ctx, func(tx *sql.Tx) error {
+		var typ string
+		err := tx.QueryRowContext(ctx, `SELECT type FROM jobs WHERE job_id = ? AND continuous
+			AND status IN ('running', 'paused') AND end_time IS NULL`, id).Scan(&typ)
+		if errors.Is(err, sql.ErrNoRows) {
+			return nil // not (or no longer) taking devices
+		}
+		if err != nil {
+			return err
+		}
+		zero, at := herd.Time{}.String(), stamp(now)
+		// WHERE is never empty here, so ON CONFLICT is not read as a join
+		// constraint of the SELECT.
+		res, err := tx.ExecContext(ctx, `INSERT INTO device_jobs (job_id, device_id, job_type, status,
+			start_time, end_time, created_time, last_updated_time)
+			SELECT ?, device_id, ?, 'pending', ?, ?, ?, ? FROM devices WHERE `+text+`
+			ON CONFLICT (job_id, device_id) DO NOTHING`, append([]any{id, typ, zero, zero, at, at}, args...)...)
+		if err != nil {
+			return &conditionError{err}
+		}
+		if added, _ = res.RowsAffected(); added == 0 {
+			return nil
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE jobs SET device_count = device_count + ?, pending_count = pending_count + ?
+			WHERE job_id = ?`, added, added, id)
+		return err
+	})
+	if err != nil {
+		return 0, fmt.Errorf("add devices to job %q: %w", id, err)
+	}
+	return added, nil
 }
 
 // InterruptRunning fails the running devices of a job.

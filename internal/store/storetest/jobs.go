@@ -30,6 +30,7 @@ var jobTests = []struct {
 	{"CancelAndExpire", testCancelAndExpire},
 	{"PauseResumeAbort", testPauseResumeAbort},
 	{"Purge", testPurge},
+	{"Continuous", testContinuous},
 }
 
 // everyDevice is the condition "*".
@@ -489,7 +490,7 @@ func testCancelAndExpire(t *testing.T, s JobStore) {
 		t.Fatal(err)
 	}
 	s.ClaimDevices(ctx, "late", []string{"c2"}, t0)
-	if err := s.ExpireJob(ctx, "late", "too slow", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
+	if err := s.ExpireJob(ctx, "late", herd.JobFailed, "too slow", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	r = checkStats(t, s, "late", herd.DeviceJobStatistics{DeviceCount: 3, FailedCount: 3})
@@ -527,8 +528,8 @@ func testPurge(t *testing.T, s JobStore) {
 			t.Fatal(err)
 		}
 	}
-	s.ExpireJob(ctx, "old", "x", herd.DeviceJobError{Code: "c"}, t0)
-	s.ExpireJob(ctx, "new", "x", herd.DeviceJobError{Code: "c"}, t0.Add(48*time.Hour))
+	s.ExpireJob(ctx, "old", herd.JobFailed, "x", herd.DeviceJobError{Code: "c"}, t0)
+	s.ExpireJob(ctx, "new", herd.JobFailed, "x", herd.DeviceJobError{Code: "c"}, t0.Add(48*time.Hour))
 	n, err := s.PurgeJobs(ctx, t0.Add(24*time.Hour))
 	if err != nil || n != 1 {
 		t.Fatalf("purge: %d %v", n, err)
@@ -747,7 +748,7 @@ func testPauseResumeAbort(t *testing.T, s JobStore) {
 	methodJob(t, s, "sleepy")
 	s.StartJob(ctx, "sleepy", everyDevice, t0)
 	s.PauseJob(ctx, "sleepy", t0)
-	if err := s.ExpireJob(ctx, "sleepy", "too slow", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
+	if err := s.ExpireJob(ctx, "sleepy", herd.JobFailed, "too slow", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
 		t.Fatal(err)
 	}
 	if r, _ := s.Job(ctx, "sleepy"); r.Status != herd.JobFailed || r.FailureReason != "too slow" {
@@ -866,5 +867,123 @@ func testRetries(t *testing.T, s JobStore) {
 	}
 	if rs, err := s.Retries(ctx, "rj"); err != nil || rs.Retrying != 0 || !rs.Next.IsZero() {
 		t.Errorf("retries after cancel: %+v %v", rs, err)
+	}
+}
+
+// setTag writes one tag of a device's twin.
+func setTag(t *testing.T, s JobStore, id, name string, v any) {
+	t.Helper()
+	if _, _, err := s.UpdateTwin(context.Background(), id, func(_ *herd.Device, d *twin.Doc) error {
+		_, err := d.Apply(twin.Patch{Tags: twin.Change{Set: true, Value: map[string]any{name: v}}}, false, t0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A continuous job is not completed when its devices are done; AddDevices
+// targets the devices that match it, each once, while it is running or
+// paused; its deadline completes it.
+func testContinuous(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "k1", "k2", "k3", "k4")
+	setTag(t, s, "k1", "site", "x")
+	cond := mustParse("tags.site = 'x'")
+	body := `{"type":"scheduleDeviceMethod","queryCondition":"tags.site = 'x'","cloudToDeviceMethod":{"methodName":"m"},"herd":{"continuous":true}}`
+	r := newJob(t, "cont", herd.JobDeviceMethod, body)
+	if err := s.CreateJob(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	// Not taking devices before it starts.
+	if n, err := s.AddDevices(ctx, "cont", cond, nil, t0); err != nil || n != 0 {
+		t.Errorf("added to a queued job: %d %v", n, err)
+	}
+	started, err := s.StartJob(ctx, "cont", cond, t0)
+	if err != nil || started.Status != herd.JobRunning || started.DeviceJobStatistics.DeviceCount != 1 {
+		t.Fatalf("start: %+v %v", started, err)
+	}
+	if _, err := s.ClaimDevices(ctx, "cont", []string{"k1"}, t0); err != nil {
+		t.Fatal(err)
+	}
+	ok := func(id string) job.Outcome {
+		return job.Outcome{DeviceID: id, Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 200, Payload: json.RawMessage("1")}}
+	}
+	if err := s.FinishDevices(ctx, "cont", []job.Outcome{ok("k1")}, t0); err != nil {
+		t.Fatal(err)
+	}
+	r = checkStats(t, s, "cont", herd.DeviceJobStatistics{DeviceCount: 1, SucceededCount: 1})
+	if r.Status != herd.JobRunning || r.EndTime != nil {
+		t.Errorf("continuous job ended with its devices: %+v", r.Job)
+	}
+	// k2 starts matching, k3 does not; k1 is not added twice.
+	setTag(t, s, "k2", "site", "x")
+	setTag(t, s, "k3", "site", "y")
+	if n, err := s.AddDevices(ctx, "cont", cond, []string{"k1", "k2", "k3", "nobody"}, t0.Add(time.Second)); err != nil || n != 1 {
+		t.Errorf("added %d (%v), want k2", n, err)
+	}
+	checkStats(t, s, "cont", herd.DeviceJobStatistics{DeviceCount: 2, SucceededCount: 1, PendingCount: 1})
+	if n, err := s.AddDevices(ctx, "cont", cond, []string{"k2"}, t0.Add(time.Second)); err != nil || n != 0 {
+		t.Errorf("k2 added twice: %d %v", n, err)
+	}
+	if ids, err := s.PendingDevices(ctx, "cont", "", 10); err != nil || !slices.Equal(ids, []string{"k2"}) {
+		t.Errorf("pending %v %v", ids, err)
+	}
+	// Paused, it still takes devices (it starts them on resume); a rescan
+	// (no ids) finds every device that matches.
+	if _, err := s.PauseJob(ctx, "cont", t0); err != nil {
+		t.Fatal(err)
+	}
+	setTag(t, s, "k3", "site", "x")
+	setTag(t, s, "k4", "site", "x")
+	if n, err := s.AddDevices(ctx, "cont", cond, nil, t0.Add(2*time.Second)); err != nil || n != 2 {
+		t.Errorf("rescan added %d (%v), want k3 and k4", n, err)
+	}
+	if r, err := s.ResumeJob(ctx, "cont", t0); err != nil || r.Status != herd.JobRunning {
+		t.Errorf("resume: %+v %v", r, err)
+	}
+	s.ClaimDevices(ctx, "cont", []string{"k2", "k3", "k4"}, t0)
+	if err := s.FinishDevices(ctx, "cont", []job.Outcome{ok("k2"), ok("k3")}, t0); err != nil {
+		t.Fatal(err)
+	}
+	// The deadline completes it; the device still running fails.
+	if err := s.ExpireJob(ctx, "cont", herd.JobCompleted, "unused", herd.DeviceJobError{Code: job.ErrCodeDeadline, Description: "d"}, t0.Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	r = checkStats(t, s, "cont", herd.DeviceJobStatistics{DeviceCount: 4, SucceededCount: 3, FailedCount: 1})
+	if r.Status != herd.JobCompleted || r.EndTime == nil || r.FailureReason != "" {
+		t.Errorf("after its deadline: %+v", r.Job)
+	}
+	if n, err := s.AddDevices(ctx, "cont", cond, nil, t0.Add(2*time.Hour)); err != nil || n != 0 {
+		t.Errorf("added to an ended job: %d %v", n, err)
+	}
+	// A continuous job that matches nothing runs; a cancel ends it at
+	// once, and it takes no device after.
+	r = newJob(t, "empty", herd.JobUpdateTwin, `{"type":"scheduleUpdateTwin","queryCondition":"tags.site = 'z'","updateTwin":{"etag":"*","tags":{"seen":true}},"herd":{"continuous":true}}`)
+	if err := s.CreateJob(ctx, r); err != nil {
+		t.Fatal(err)
+	}
+	zcond := mustParse("tags.site = 'z'")
+	if r, err := s.StartJob(ctx, "empty", zcond, t0); err != nil || r.Status != herd.JobRunning || r.EndTime != nil {
+		t.Errorf("empty continuous job: %+v %v", r, err)
+	}
+	// A twin job's batch that finds nothing pending leaves it running.
+	if res, err := s.ApplyTwinBatch(ctx, "empty", twin.Patch{Tags: twin.Change{Set: true, Value: map[string]any{"seen": true}}}, "", 10, t0); err != nil || !res.Done {
+		t.Errorf("empty batch: %+v %v", res, err)
+	}
+	if r, _ := s.Job(ctx, "empty"); r.Status != herd.JobRunning || r.EndTime != nil {
+		t.Errorf("after an empty batch: %+v", r.Job)
+	}
+	if r, err := s.CancelJob(ctx, "empty", t0); err != nil || r.Status != herd.JobCancelled || r.EndTime == nil {
+		t.Errorf("cancel: %+v %v", r, err)
+	}
+	setTag(t, s, "k1", "site", "z")
+	if n, err := s.AddDevices(ctx, "empty", zcond, []string{"k1"}, t0); err != nil || n != 0 {
+		t.Errorf("added to a cancelled job: %d %v", n, err)
+	}
+	// A job that is not continuous takes no device.
+	methodJob(t, s, "plain")
+	s.StartJob(ctx, "plain", mustParse("deviceId = 'k1'"), t0)
+	if n, err := s.AddDevices(ctx, "plain", everyDevice, nil, t0); err != nil || n != 0 {
+		t.Errorf("added to a job that is not continuous: %d %v", n, err)
 	}
 }
