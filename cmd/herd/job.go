@@ -47,6 +47,7 @@ type scheduleFlags struct {
 	waves   []float64
 	pause   bool
 	preview bool
+	cont    bool
 	// Method jobs only.
 	retry        []string
 	retryBackoff time.Duration
@@ -71,6 +72,7 @@ func (f *scheduleFlags) register(cmd *cobra.Command) {
 	cmd.Flags().StringVar(&f.failed, "abort-failed", "", "abort the job once this share of the devices executed failed in any way (e.g. 10%; short for --abort Any:10)")
 	cmd.Flags().Float64SliceVar(&f.waves, "waves", nil, "roll out in waves: cumulative percentages of the devices, e.g. 1,10,100 (each wave starts when the one before has finished)")
 	cmd.Flags().BoolVar(&f.pause, "pause-between-waves", false, "pause the job after each wave until herd job resume")
+	cmd.Flags().BoolVar(&f.cont, "continuous", false, "keep the job running until its deadline (--max-time): a device that starts matching --query later (created, tagged, changed) is targeted too, once")
 	cmd.Flags().StringArrayVar(&f.abort, "abort", nil, "abort the job when failures reach a share: TYPE:PERCENT[:MIN-EXECUTED], TYPE one of Failed, TimedOut, DeviceNotOnline, Any (repeatable; e.g. Any:10:100)")
 }
 
@@ -137,6 +139,12 @@ func (f *scheduleFlags) options(now time.Time) (service.JobOptions, error) {
 			opts.Herd = &herd.JobOptions{}
 		}
 		opts.Herd.Retry = p
+	}
+	if f.cont {
+		if opts.Herd == nil {
+			opts.Herd = &herd.JobOptions{}
+		}
+		opts.Herd.Continuous = true
 	}
 	if f.start != "" {
 		if d, err := time.ParseDuration(strings.TrimPrefix(f.start, "+")); err == nil {
@@ -499,6 +507,9 @@ func printJob(e *env, cf *clientFlags, j *herd.Job) error {
 			fmt.Fprintf(w, "Retry:\t%s up to %d attempts, waiting %ss times %s\n", c.FailureType, c.MaxAttempts,
 				strconv.FormatFloat(p.BackoffSeconds, 'f', -1, 64), strconv.FormatFloat(p.BackoffFactor, 'f', -1, 64))
 		}
+	}
+	if j.Herd != nil && j.Herd.Continuous {
+		fmt.Fprintln(w, "Continuous:\tuntil its deadline, devices that start matching the query are targeted too")
 	}
 	if j.StatusMessage != "" {
 		fmt.Fprintf(w, "Message:\t%s\n", j.StatusMessage)

@@ -127,6 +127,13 @@ func TestJobCLI(t *testing.T) {
 	if _, err := runCLI(t, env, "job", "schedule-method", "r5", "--method", "m", "--query", "*", "--retry-backoff", "5s"); err == nil || !strings.Contains(err.Error(), "--retry") {
 		t.Errorf("--retry-backoff alone: %v", err)
 	}
+	out, err = runCLI(t, env, "job", "schedule-twin", "always", "--tags", `{"c":1}`, "--query", "tags.c = 1", "--continuous", "--max-time", "10m")
+	if err != nil || !strings.Contains(out, "Continuous:") || !strings.Contains(out, "devices that start matching the query are targeted too") {
+		t.Errorf("--continuous: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "job", "schedule-twin", "c2", "--tags", `{"c":1}`, "--query", "*", "--continuous", "--waves", "10,100"); err == nil || !strings.Contains(err.Error(), "waves") {
+		t.Errorf("--continuous --waves: %v", err)
+	}
 	out, err = runCLI(t, env, "job", "schedule-twin", "waved", "--tags", `{"w":1}`, "--query", "*", "--waves", "50,100", "--pause-between-waves")
 	if err != nil || !strings.Contains(out, "Waves:") || !strings.Contains(out, "50%, 100%, pausing between waves") {
 		t.Errorf("--waves: %v\n%s", err, out)

@@ -262,6 +262,9 @@ type jobForm struct {
 	// Retries of a method job's devices that were not online: attempts
 	// at most, and the wait before the first retry in seconds.
 	RetryOffline, RetryBackoff string
+	// Continuous ("on") keeps the job running until its deadline for
+	// devices that start matching later.
+	Continuous string
 }
 
 func readJobForm(r *http.Request) jobForm {
@@ -271,7 +274,7 @@ func readJobForm(r *http.Request) jobForm {
 		ResponseTimeout: v("responseTimeout"), ConnectTimeout: v("connectTimeout"),
 		StartTime: v("startTime"), MaxExecution: v("maxExecution"),
 		Rate: v("rate"), Waves: v("waves"), PauseWaves: v("pauseWaves"), AbortPercent: v("abortPercent"), AbortMin: v("abortMin"),
-		RetryOffline: v("retryOffline"), RetryBackoff: v("retryBackoff")}
+		RetryOffline: v("retryOffline"), RetryBackoff: v("retryBackoff"), Continuous: v("continuous")}
 }
 
 // values is the form as a query string (to edit it again).
@@ -281,7 +284,7 @@ func (f jobForm) values() url.Values {
 		"tags": f.Tags, "desired": f.Desired, "methodName": f.MethodName, "payload": f.Payload,
 		"responseTimeout": f.ResponseTimeout, "connectTimeout": f.ConnectTimeout, "startTime": f.StartTime, "maxExecution": f.MaxExecution,
 		"rate": f.Rate, "waves": f.Waves, "pauseWaves": f.PauseWaves, "abortPercent": f.AbortPercent, "abortMin": f.AbortMin,
-		"retryOffline": f.RetryOffline, "retryBackoff": f.RetryBackoff} {
+		"retryOffline": f.RetryOffline, "retryBackoff": f.RetryBackoff, "continuous": f.Continuous} {
 		if v != "" {
 			out.Set(k, v)
 		}
@@ -442,7 +445,8 @@ func (f jobForm) herdOptions() (*herd.JobOptions, error) {
 			}
 		}
 	}
-	if o.Rollout == nil && o.Abort == nil && o.Retry == nil {
+	o.Continuous = f.Continuous != ""
+	if o.Rollout == nil && o.Abort == nil && o.Retry == nil && !o.Continuous {
 		return nil, nil
 	}
 	return &o, nil

@@ -644,4 +644,27 @@ func TestRolloutControls(t *testing.T) {
 	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "needs the attempts") {
 		t.Errorf("a retry wait without attempts: %d", p.status)
 	}
+	// Continuous: in the body, shown on the job page; refused with waves.
+	form = url.Values{"jobId": {"always"}, "target": {"query"}, "condition": {"tags.r = 9"}, "type": {"scheduleUpdateTwin"},
+		"tags": {`{"seen":1}`}, "continuous": {"on"}, "maxExecution": {"600"}}
+	p = b.post("/ui/jobs/preview", form)
+	m = regexp.MustCompile(`name="body" value="([^"]*)"`).FindStringSubmatch(p.body)
+	mac = regexp.MustCompile(`name="mac" value="([^"]*)"`).FindStringSubmatch(p.body)
+	if p.status != 200 || m == nil || mac == nil {
+		t.Fatalf("continuous preview: %d %s", p.status, p.body)
+	}
+	if body = html.UnescapeString(m[1]); !strings.Contains(body, `"continuous":true`) {
+		t.Errorf("the job body lacks continuous: %s", body)
+	}
+	if p := b.post("/ui/jobs", url.Values{"jobId": {"always"}, "body": {body}, "mac": {html.UnescapeString(mac[1])}}); p.status != http.StatusSeeOther {
+		t.Fatalf("schedule: %d %s", p.status, p.body)
+	}
+	if jp := b.get("/ui/jobs/always"); !strings.Contains(jp.body, `data-testid="continuous"`) {
+		t.Errorf("continuous job page: %s", jp.body)
+	}
+	form.Set("waves", "10, 100")
+	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "cannot be combined with herd.rollout.waves") ||
+		!strings.Contains(p.body, `id="jn-continuous" name="continuous" type="checkbox" checked`) {
+		t.Errorf("continuous with waves: %d %s", p.status, p.body)
+	}
 }
