@@ -198,3 +198,40 @@ func TestPreviewJob(t *testing.T) {
 		t.Errorf("a preview stored %d jobs", len(jobs))
 	}
 }
+
+// FollowJob streams a job to its end, with each device's record when
+// asked; WaitJob uses the stream; an unknown job is JobNotFound.
+func TestFollowJob(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	for _, id := range []string{"f1", "f2", "f3"} {
+		if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := h.Service.ScheduleTwinUpdate(ctx, "tw", "*", herd.TwinPatch{Tags: map[string]any{"x": 1}},
+		service.JobOptions{StartTime: time.Now().Add(300 * time.Millisecond)}); err != nil {
+		t.Fatal(err)
+	}
+	var progress int
+	var devices []string
+	j, err := h.Service.FollowJob(ctx, "tw", service.JobHandler{
+		Progress: func(*herd.Job) error { progress++; return nil },
+		Device:   func(d *herd.DeviceJob) error { devices = append(devices, d.DeviceID+":"+string(d.Status)); return nil },
+	})
+	if err != nil || j.Status != herd.JobCompleted || !service.Ended(j) {
+		t.Fatalf("FollowJob: %+v %v", j, err)
+	}
+	if progress < 2 || strings.Join(devices, ",") != "f1:completed,f2:completed,f3:completed" {
+		t.Errorf("%d progress calls, devices %v", progress, devices)
+	}
+	if j, err := h.Service.WaitJob(ctx, "tw", nil); err != nil || j.Status != herd.JobCompleted {
+		t.Errorf("WaitJob of an ended job: %+v %v", j, err)
+	}
+	if _, err := h.Service.FollowJob(ctx, "nope", service.JobHandler{}); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("unknown job: %v", err)
+	}
+	if _, err := h.Service.WaitJob(ctx, "nope", nil); !herd.IsCode(err, herd.ErrJobNotFound) {
+		t.Errorf("WaitJob of an unknown job: %v", err)
+	}
+}

@@ -30,11 +30,24 @@ type EventHandler struct {
 // deviceID is "". It returns nil when ctx ends, the handler's error if it
 // fails, or an error when the stream breaks.
 func (c *Client) MonitorEvents(ctx context.Context, deviceID string, h EventHandler) error {
-	q := url.Values{"api-version": {herd.APIVersion}}
+	q := url.Values{}
 	if deviceID != "" {
 		q.Set("deviceId", deviceID)
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.endpoint+"/events?"+q.Encode(), nil)
+	err := c.stream(ctx, "/events", q, func(kind, data string) error { return dispatch(kind, data, h) })
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
+}
+
+// stream opens a Server-Sent Events stream of the hub (GET path) and
+// hands each event to fn until the stream ends, fn fails or ctx ends. An
+// error reply is returned as a *herd.Error; a stream the hub closes is
+// errStreamClosed.
+func (c *Client) stream(ctx context.Context, path string, q url.Values, fn func(kind, data string) error) error {
+	q.Set("api-version", herd.APIVersion)
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, c.endpoint+path+"?"+q.Encode(), nil)
 	if err != nil {
 		return err
 	}
@@ -46,9 +59,6 @@ func (c *Client) MonitorEvents(ctx context.Context, deviceID string, h EventHand
 	req.Header.Set("Accept", "text/event-stream")
 	resp, err := c.send(req)
 	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
 		return err
 	}
 	defer c.release()
@@ -57,16 +67,19 @@ func (c *Client) MonitorEvents(ctx context.Context, deviceID string, h EventHand
 		data, _ := io.ReadAll(resp.Body)
 		return parseError(resp, data)
 	}
-	err = readEvents(resp.Body, h)
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
+	return readEvents(resp.Body, fn)
 }
+
+// errStreamClosed: the hub ended an event stream (it shut down, or the
+// connection broke).
+var errStreamClosed = errors.New("the hub closed the event stream")
+
+// errStreamDone ends readEvents from a handler that has what it wanted.
+var errStreamDone = errors.New("event stream done")
 
 // readEvents parses a Server-Sent Events stream: "event:" and "data:"
 // lines, a blank line ends an event, lines starting with ':' are comments.
-func readEvents(r io.Reader, h EventHandler) error {
+func readEvents(r io.Reader, fn func(kind, data string) error) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 64*1024), 2<<20)
 	var kind string
@@ -76,7 +89,7 @@ func readEvents(r io.Reader, h EventHandler) error {
 		switch {
 		case line == "":
 			if data.Len() > 0 {
-				if err := dispatch(kind, data.String(), h); err != nil {
+				if err := fn(kind, data.String()); err != nil {
 					return err
 				}
 			}
@@ -95,7 +108,7 @@ func readEvents(r io.Reader, h EventHandler) error {
 	if err := sc.Err(); err != nil {
 		return fmt.Errorf("read event stream: %w", err)
 	}
-	return errors.New("the hub closed the event stream")
+	return errStreamClosed
 }
 
 func dispatch(kind, data string, h EventHandler) error {

@@ -2,6 +2,9 @@ package service
 
 import (
 	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -177,14 +180,98 @@ func (c *Client) ListJobs(ctx context.Context, f JobFilter) ([]*herd.Job, error)
 	}
 }
 
-// DefaultPollInterval is how often WaitJob polls the hub.
+// DefaultPollInterval is how often WaitJob polls a hub that has no job
+// event stream.
 const DefaultPollInterval = 500 * time.Millisecond
 
-// WaitJob polls a job until it has ended (completed, failed or cancelled,
+// JobHandler receives a job's event stream (FollowJob).
+type JobHandler struct {
+	// Progress, if not nil, is called with the job as it is when the
+	// stream opens and again after each change (coalesced by the hub, at
+	// most four times a second), the last time with the ended job.
+	Progress func(*herd.Job) error
+	// Device, if not nil, asks for per-device events: it is called with
+	// each device record that ends (completed, failed, canceled) while
+	// the stream is open, before the Progress call that counts it.
+	Device func(*herd.DeviceJob) error
+	// Lagged, if not nil, is told that the hub dropped device events
+	// because this stream was read too slowly.
+	Lagged func()
+}
+
+// FollowJob follows a job through the hub's event stream (GET
+// /jobs/v2/{id}/events, Server-Sent Events: no polling) until it has
+// ended, and returns it ended. It returns ctx's error if ctx ends first,
+// a handler's error, or an error if the stream breaks (the hub stopped);
+// a hub without the stream (Azure IoT Hub) answers 404 (not
+// JobNotFound).
+func (c *Client) FollowJob(ctx context.Context, jobID string, h JobHandler) (*herd.Job, error) {
+	q := url.Values{}
+	if h.Device != nil {
+		q.Set("devices", "true")
+	}
+	var last *herd.Job
+	err := c.stream(ctx, jobPath(jobID)+"/events", q, func(kind, data string) error {
+		switch kind {
+		case "progress", "end":
+			var j herd.Job
+			if err := json.Unmarshal([]byte(data), &j); err != nil {
+				return fmt.Errorf("decode job event: %w", err)
+			}
+			last = &j
+			if h.Progress != nil {
+				if err := h.Progress(&j); err != nil {
+					return err
+				}
+			}
+			if kind == "end" {
+				return errStreamDone
+			}
+		case "device":
+			if h.Device == nil {
+				return nil
+			}
+			var d herd.DeviceJob
+			if err := json.Unmarshal([]byte(data), &d); err != nil {
+				return fmt.Errorf("decode device event: %w", err)
+			}
+			return h.Device(&d)
+		case "lagged":
+			if h.Lagged != nil {
+				h.Lagged()
+			}
+		case "error":
+			var msg string
+			json.Unmarshal([]byte(data), &msg)
+			return herd.Errorf(herd.ErrJobNotFound, "%s", msg)
+		}
+		return nil
+	})
+	switch {
+	case errors.Is(err, errStreamDone):
+		return last, nil
+	case ctx.Err() != nil:
+		return nil, ctx.Err()
+	}
+	return nil, err
+}
+
+// WaitJob waits until a job has ended (completed, failed or cancelled,
 // with its running devices finished) and returns it. onProgress, if not
-// nil, is called with every poll's result. It returns ctx's error if ctx
-// ends first.
+// nil, is called with the job as it changes. It follows the hub's job
+// event stream (FollowJob), and polls every DefaultPollInterval where
+// there is none (Azure IoT Hub) or once the stream breaks. It returns
+// ctx's error if ctx ends first.
 func (c *Client) WaitJob(ctx context.Context, jobID string, onProgress func(*herd.Job)) (*herd.Job, error) {
+	j, err := c.FollowJob(ctx, jobID, JobHandler{Progress: func(j *herd.Job) error {
+		if onProgress != nil {
+			onProgress(j)
+		}
+		return nil
+	}})
+	if err == nil || ctx.Err() != nil || herd.IsCode(err, herd.ErrJobNotFound) || herd.IsCode(err, herd.ErrUnauthorized) {
+		return j, err
+	}
 	t := time.NewTicker(DefaultPollInterval)
 	defer t.Stop()
 	for {

@@ -54,13 +54,25 @@ func (s *Server) previewJob(w http.ResponseWriter, r *http.Request) error {
 // "end" with the final job, after which the stream closes. Before a
 // progress or end event, "status" says that the job's status changed
 // ({"status", "failureReason"}: paused, resumed, aborted…) and "wave"
-// that a rollout moved to its next wave ({"wave", "waves"}). Nothing polls
-// the store: a change notification is what makes the stream read the job
+// that a rollout moved to its next wave ({"wave", "waves"}). With
+// devices=true, "device" events carry each device record that ends
+// (completed, failed, canceled) while the stream is open, as devices.jobs
+// returns it, before the progress event that counts it; "lagged" says
+// some were dropped (the client read too slowly). Nothing polls the
+// store: a change notification is what makes the stream read the job
 // (job.Service.Follow).
 func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 	flusher, ok := w.(http.Flusher)
 	if !ok {
 		return herd.Errorf(herd.ErrInternal, "streaming is not supported by this connection")
+	}
+	withDevices := false
+	if v := r.URL.Query().Get("devices"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return herd.Errorf(herd.ErrArgumentInvalid, "devices=%q is not true or false", v)
+		}
+		withDevices = b
 	}
 	started := false
 	var prev *herd.Job
@@ -72,11 +84,12 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 		_, err = fmt.Fprintf(w, "event: %s\ndata: %s\n\n", name, b)
 		return err
 	}
-	err := s.cfg.Jobs.Follow(r.Context(), r.PathValue("jobId"), heartbeatEvery, func() error {
+	idle := func() error {
 		_, err := fmt.Fprint(w, ": keep-alive\n\n")
 		flusher.Flush()
 		return err
-	}, func(j *herd.Job, ended bool) error {
+	}
+	progress := func(j *herd.Job, ended bool) error {
 		if !started {
 			h := w.Header()
 			h.Set("Content-Type", "text/event-stream")
@@ -103,7 +116,24 @@ func (s *Server) jobEvents(w http.ResponseWriter, r *http.Request) error {
 		err := event(name, j)
 		flusher.Flush()
 		return err
-	})
+	}
+	var err error
+	if withDevices {
+		err = s.cfg.Jobs.FollowDevices(r.Context(), r.PathValue("jobId"), heartbeatEvery, idle, progress,
+			func(records []herd.DeviceJob, lagged bool) error {
+				if lagged {
+					return event("lagged", map[string]string{"message": "device events were dropped: the stream was read too slowly; query devices.jobs for every record"})
+				}
+				for i := range records {
+					if err := event("device", &records[i]); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+	} else {
+		err = s.cfg.Jobs.Follow(r.Context(), r.PathValue("jobId"), heartbeatEvery, idle, progress)
+	}
 	if err != nil && !started {
 		return err // the job does not exist (or the store failed): an API error
 	}

@@ -167,10 +167,11 @@ func readEvents(t *testing.T, resp *http.Response, got chan<- sseEvent) {
 	}
 }
 
-// stream opens GET /jobs/v2/{id}/events with a policy's token.
-func stream(t *testing.T, r *raw, policy, id string) *http.Response {
+// stream opens GET /jobs/v2/{id}/events with a policy's token; extra is
+// more of the query string ("&devices=true").
+func stream(t *testing.T, r *raw, policy, id string, extra ...string) *http.Response {
 	t.Helper()
-	req, err := http.NewRequest(http.MethodGet, r.h.URL+"/jobs/v2/"+id+"/events"+v, nil)
+	req, err := http.NewRequest(http.MethodGet, r.h.URL+"/jobs/v2/"+id+"/events"+v+strings.Join(extra, ""), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,6 +290,77 @@ func TestJobEvents(t *testing.T) {
 		wave := strings.Index(all, `wave {"wave":2,"waves":2}`)
 		if paused < 0 || wave < 0 || !strings.HasSuffix(all, `status {"failureReason":"","status":"completed"}`) {
 			t.Errorf("events:\n%s", all)
+		}
+	})
+	t.Run("devices", func(t *testing.T) {
+		// Every device's final record once, before the end event.
+		if _, err := h.Service.ScheduleDeviceMethod(ctx, "each", "*", herd.MethodRequest{MethodName: "lockDoor", ResponseTimeoutInSeconds: 10},
+			service.JobOptions{StartTime: time.Now().Add(300 * time.Millisecond)}); err != nil {
+			t.Fatal(err)
+		}
+		got := make(chan sseEvent, 1000)
+		go readEvents(t, stream(t, r, "registryRead", "each", "&devices=true"), got)
+		seen := map[string]int{}
+		var end herd.Job
+		for e := range got {
+			switch e.name {
+			case "device":
+				var d herd.DeviceJob
+				if err := json.Unmarshal([]byte(e.data), &d); err != nil {
+					t.Fatalf("device event: %v: %s", err, e.data)
+				}
+				if d.JobID != "each" || d.Status != herd.DeviceJobCompleted || d.Outcome == nil || d.Outcome.DeviceMethodResponse == nil || d.Attempts != 1 {
+					t.Errorf("device event: %s", e.data)
+				}
+				seen[d.DeviceID]++
+			case "end":
+				json.Unmarshal([]byte(e.data), &end)
+			case "lagged":
+				t.Errorf("lagged: %s", e.data)
+			}
+		}
+		if end.DeviceJobStatistics == nil || end.DeviceJobStatistics.SucceededCount != 40 || len(seen) != 40 {
+			t.Fatalf("%d devices told, end %+v", len(seen), end.DeviceJobStatistics)
+		}
+		for id, n := range seen {
+			if n != 1 {
+				t.Errorf("%s told %d times", id, n)
+			}
+		}
+		// A cancel tells the devices it cancels.
+		if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "ghost", Status: herd.DeviceEnabled}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := h.Service.ScheduleDeviceMethod(ctx, "wait", "deviceId = 'ghost'", herd.MethodRequest{MethodName: "lockDoor", ConnectTimeoutInSeconds: 120},
+			service.JobOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		got = make(chan sseEvent, 10)
+		go readEvents(t, stream(t, r, "registryRead", "wait", "&devices=true"), got)
+		<-got // the job as it is
+		hubtest.Eventually(t, 10*time.Second, func() bool {
+			j, err := h.Service.GetJob(ctx, "wait")
+			return err == nil && j.DeviceJobStatistics.PendingCount == 1
+		}, "ghost waited for")
+		if _, err := h.Service.CancelJob(ctx, "wait"); err != nil {
+			t.Fatal(err)
+		}
+		var names []string
+		for e := range got {
+			if e.name == "device" && !strings.Contains(e.data, `"deviceId":"ghost"`) || e.name == "device" && !strings.Contains(e.data, `"status":"canceled"`) {
+				t.Errorf("device event: %s", e.data)
+			}
+			if e.name != "progress" {
+				names = append(names, e.name)
+			}
+		}
+		// (A status event of the start may come first.)
+		if all := strings.Join(names, " "); !strings.HasSuffix(all, "device status end") || strings.Count(all, "device") != 1 {
+			t.Errorf("events after the cancel: %v", names)
+		}
+		resp := stream(t, r, "registryRead", "wait", "&devices=maybe")
+		if resp.StatusCode != 400 {
+			t.Errorf("devices=maybe: %d", resp.StatusCode)
 		}
 	})
 	t.Run("ended job", func(t *testing.T) {

@@ -165,6 +165,15 @@ type Updated struct {
 	Cleared []string
 }
 
+// EndedSelection selects the device records of a job that one store write ended
+// (completed, failed or canceled at At): those among IDs, or, without IDs,
+// those after After up to Last (Last "": to the end), in device order.
+type EndedSelection struct {
+	At          time.Time
+	IDs         []string
+	After, Last string
+}
+
 // ListFilter selects jobs for GET /jobs/v2/query.
 type ListFilter struct {
 	// Type and Status are exact (canonical) values, "" for any.
@@ -270,6 +279,10 @@ type Store interface {
 	// InterruptRunning fails every running device of a job with devErr
 	// (methods in flight when the hub stopped) and returns how many.
 	InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error)
+	// EndedDevices returns up to limit records of the selection whose
+	// device id is above cursor, in device order (the job event stream's
+	// per-device events).
+	EndedDevices(ctx context.Context, id string, sel EndedSelection, cursor string, limit int) ([]herd.DeviceJob, error)
 	// PurgeJobs deletes jobs (and their device records) that ended
 	// before the given time, and returns how many.
 	PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)

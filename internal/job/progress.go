@@ -29,7 +29,14 @@ type progress struct {
 
 	mu   sync.Mutex
 	jobs map[string]*watchers
+	// writing counts the store writes in flight that may end devices,
+	// by job: a stream of device events waits for them before its end.
+	writing map[string]int
 }
+
+// maxEnded bounds the writes a device watch holds unread; past it the
+// watch is lagged (it lost device events).
+const maxEnded = 4096
 
 // watchers are the watches of one job.
 type watchers struct {
@@ -39,7 +46,7 @@ type watchers struct {
 }
 
 func newProgress(c clock.Clock) *progress {
-	return &progress{clock: c, done: make(chan struct{}), jobs: map[string]*watchers{}}
+	return &progress{clock: c, done: make(chan struct{}), jobs: map[string]*watchers{}, writing: map[string]int{}}
 }
 
 // Watch is a subscription to one job's progress. A value on C means the
@@ -49,6 +56,11 @@ type Watch struct {
 	p  *progress
 	id string
 	c  chan struct{}
+	// With devices, the watch also collects what each write ended
+	// (under p.mu); lagged says some were dropped.
+	devices bool
+	ended   []EndedSelection
+	lagged  bool
 }
 
 // C delivers change signals; several changes arrive as one.
@@ -75,9 +87,11 @@ func (w *Watch) Close() {
 // /jobs/v2/{id}/events). It does not check that the job exists:
 // subscribe first, then read the job, so that no change falls between
 // the two.
-func (s *Service) Watch(id string) *Watch {
+func (s *Service) Watch(id string) *Watch { return s.watch(id, false) }
+
+func (s *Service) watch(id string, devices bool) *Watch {
 	p := s.progress
-	w := &Watch{p: p, id: id, c: make(chan struct{}, 1)}
+	w := &Watch{p: p, id: id, c: make(chan struct{}, 1), devices: devices}
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	jw := p.jobs[id]
@@ -127,6 +141,46 @@ func (jw *watchers) signal(now time.Time) {
 	}
 }
 
+// begin counts a store write in flight that may end devices of a job.
+func (p *progress) begin(id string) {
+	p.mu.Lock()
+	p.writing[id]++
+	p.mu.Unlock()
+}
+
+// end counts the write over, hands what it ended (sel, nil for nothing)
+// to the job's device watches and signals the job's watchers.
+func (p *progress) end(id string, sel *EndedSelection) {
+	p.mu.Lock()
+	if p.writing[id]--; p.writing[id] <= 0 {
+		delete(p.writing, id)
+	}
+	if jw := p.jobs[id]; jw != nil && sel != nil {
+		for w := range jw.subs {
+			switch {
+			case !w.devices:
+			case len(w.ended) < maxEnded:
+				w.ended = append(w.ended, *sel)
+			default:
+				w.lagged = true
+			}
+		}
+	}
+	p.mu.Unlock()
+	p.changed(id)
+}
+
+// takeEnded returns and forgets what writes ended since the last call,
+// whether some were dropped, and how many writes of the job are in
+// flight.
+func (w *Watch) takeEnded() ([]EndedSelection, bool, int) {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	sels, lagged := w.ended, w.lagged
+	w.ended, w.lagged = nil, false
+	return sels, lagged, w.p.writing[w.id]
+}
+
 // close ends every watch's Done (the engine stopped).
 func (p *progress) close() { p.stop.Do(func() { close(p.done) }) }
 
@@ -154,7 +208,8 @@ func (n notifying) FailJob(ctx context.Context, id, reason string, now time.Time
 }
 
 func (n notifying) CancelJob(ctx context.Context, id string, now time.Time) (*Record, error) {
-	defer n.p.changed(id)
+	n.p.begin(id)
+	defer n.p.end(id, &EndedSelection{At: now})
 	return n.Store.CancelJob(ctx, id, now)
 }
 
@@ -174,13 +229,20 @@ func (n notifying) AdvanceWave(ctx context.Context, id string, wave int, pause b
 }
 
 func (n notifying) AbortJob(ctx context.Context, id, reason string, now time.Time) (*Record, error) {
-	defer n.p.changed(id)
+	n.p.begin(id)
+	defer n.p.end(id, &EndedSelection{At: now})
 	return n.Store.AbortJob(ctx, id, reason, now)
 }
 
 func (n notifying) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after string, limit int, now time.Time) (TwinBatchResult, error) {
-	defer n.p.changed(id)
-	return n.Store.ApplyTwinBatch(ctx, id, p, after, limit, now)
+	n.p.begin(id)
+	res, err := n.Store.ApplyTwinBatch(ctx, id, p, after, limit, now)
+	var sel *EndedSelection
+	if err == nil && len(res.Updated)+res.Failed > 0 {
+		sel = &EndedSelection{At: now, After: after, Last: res.Next}
+	}
+	n.p.end(id, sel)
+	return res, err
 }
 
 func (n notifying) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
@@ -189,12 +251,23 @@ func (n notifying) ClaimDevices(ctx context.Context, id string, deviceIDs []stri
 }
 
 func (n notifying) FinishDevices(ctx context.Context, id string, outcomes []Outcome, now time.Time) error {
-	defer n.p.changed(id)
-	return n.Store.FinishDevices(ctx, id, outcomes, now)
+	n.p.begin(id)
+	err := n.Store.FinishDevices(ctx, id, outcomes, now)
+	var sel *EndedSelection
+	if err == nil && len(outcomes) > 0 {
+		ids := make([]string, len(outcomes))
+		for i, o := range outcomes {
+			ids[i] = o.DeviceID
+		}
+		sel = &EndedSelection{At: now, IDs: ids}
+	}
+	n.p.end(id, sel)
+	return err
 }
 
 func (n notifying) ExpireJob(ctx context.Context, id string, end herd.JobStatus, reason string, devErr herd.DeviceJobError, now time.Time) error {
-	defer n.p.changed(id)
+	n.p.begin(id)
+	defer n.p.end(id, &EndedSelection{At: now})
 	return n.Store.ExpireJob(ctx, id, end, reason, devErr, now)
 }
 
@@ -207,7 +280,8 @@ func (n notifying) AddDevices(ctx context.Context, id string, cond *query.Query,
 }
 
 func (n notifying) InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error) {
-	defer n.p.changed(id)
+	n.p.begin(id)
+	defer n.p.end(id, &EndedSelection{At: now})
 	return n.Store.InterruptRunning(ctx, id, devErr, now)
 }
 
@@ -225,33 +299,113 @@ func Ended(j *herd.Job) bool { return j.Status.Terminal() && j.EndTime != nil }
 // or idle ends Follow with that error. Nothing polls: the job is read
 // only when it changed.
 func (s *Service) Follow(ctx context.Context, id string, idleEvery time.Duration, idle func() error, fn func(j *herd.Job, ended bool) error) error {
-	w := s.Watch(id)
+	return s.followJobProgress(ctx, id, idleEvery, idle, fn, nil)
+}
+
+// FollowDevices is Follow that also calls devices with the records of the
+// job's devices that end (completed, failed, canceled) after the first
+// call of fn, read from the store once the write that ended them has
+// committed, each before the call of fn that counts it: every such
+// device once, the last before fn's last call. lagged says that device
+// records were dropped because devices was called too slowly (the
+// watch holds at most maxEnded writes unread); records is then nil.
+func (s *Service) FollowDevices(ctx context.Context, id string, idleEvery time.Duration, idle func() error,
+	fn func(j *herd.Job, ended bool) error, devices func(records []herd.DeviceJob, lagged bool) error) error {
+	return s.followJobProgress(ctx, id, idleEvery, idle, fn, devices)
+}
+
+// endedPage is how many device records one read of a device watch takes.
+const endedPage = 1000
+
+func (s *Service) followJobProgress(ctx context.Context, id string, idleEvery time.Duration, idle func() error,
+	fn func(j *herd.Job, ended bool) error, devices func([]herd.DeviceJob, bool) error) error {
+	w := s.watch(id, devices != nil)
 	defer w.Close()
 	beat := time.NewTicker(idleEvery)
 	defer beat.Stop()
+	// waitChange waits for the next change signal; false when the
+	// stream should end quietly (ctx or the engine stopped).
+	waitChange := func() (bool, error) {
+		for {
+			select {
+			case <-ctx.Done():
+				return false, nil
+			case <-w.Done():
+				return false, nil
+			case <-beat.C:
+				if err := idle(); err != nil {
+					return false, err
+				}
+			case <-w.C():
+				return true, nil
+			}
+		}
+	}
+	first := true
 	for {
+		if devices != nil && !first {
+			if _, err := s.sendEnded(ctx, w, devices); err != nil {
+				return err
+			}
+		}
 		j, err := s.Get(ctx, id)
 		if err != nil {
 			return err
 		}
 		ended := Ended(j)
+		if ended && devices != nil && !first {
+			// The write that ended the job may still be handing over
+			// what it ended: wait for every write of the job to finish.
+			for {
+				writing, err := s.sendEnded(ctx, w, devices)
+				if err != nil {
+					return err
+				}
+				if writing == 0 {
+					break
+				}
+				if ok, err := waitChange(); !ok {
+					return err
+				}
+			}
+		}
+		first = false
 		if err := fn(j, ended); err != nil || ended {
 			return err
 		}
-	wait:
-		for {
-			select {
-			case <-ctx.Done():
-				return nil
-			case <-w.Done():
-				return nil
-			case <-beat.C:
-				if err := idle(); err != nil {
-					return err
-				}
-			case <-w.C():
-				break wait
-			}
+		if ok, err := waitChange(); !ok {
+			return err
 		}
 	}
+}
+
+// sendEnded reads the device records that writes ended since the last
+// call and hands them to devices; it returns how many writes of the job
+// were in flight when it looked.
+func (s *Service) sendEnded(ctx context.Context, w *Watch, devices func([]herd.DeviceJob, bool) error) (int, error) {
+	sels, lagged, writing := w.takeEnded()
+	if lagged {
+		if err := devices(nil, true); err != nil {
+			return writing, err
+		}
+	}
+	for _, sel := range sels {
+		cursor := ""
+		for {
+			recs, err := s.store.EndedDevices(ctx, w.id, sel, cursor, endedPage)
+			if err != nil {
+				return writing, err
+			}
+			if len(recs) > 0 {
+				if err := devices(recs, false); err != nil {
+					return writing, err
+				}
+			}
+			if len(recs) < endedPage {
+				break
+			}
+			cursor = recs[len(recs)-1].DeviceID
+		}
+	}
+	return writing, nil
 }

@@ -1,6 +1,9 @@
 package job_test
 
 import (
+	"context"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,5 +66,61 @@ func TestWatchCoalescesProgress(t *testing.T) {
 	case <-w.Done():
 	case <-time.After(10 * time.Second):
 		t.Fatal("Done is not closed after the engine stopped")
+	}
+}
+
+// TestFollowDevices: a twin job's device records reach FollowDevices once
+// each, batch by batch, all before the call that says the job ended.
+func TestFollowDevices(t *testing.T) {
+	e := newEnv(t) // twin batches of 3
+	e.devices("d1", "d2", "d3", "d4", "d5", "d6", "d7", "d8", "d9")
+	start := t0.Add(time.Hour).Format(time.RFC3339Nano)
+	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}},"startTime":"`+start+`"}`)
+	first := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	var told []string
+	toldAtEnd := -1
+	go func() {
+		done <- e.svc.FollowDevices(context.Background(), "tw", time.Hour, func() error { return nil },
+			func(j *herd.Job, ended bool) error {
+				once.Do(func() { close(first) })
+				if ended {
+					toldAtEnd = len(told)
+				}
+				return nil
+			}, func(records []herd.DeviceJob, lagged bool) error {
+				if lagged {
+					t.Error("lagged")
+				}
+				for _, r := range records {
+					if r.Status != herd.DeviceJobCompleted {
+						t.Errorf("record %+v", r)
+					}
+					told = append(told, r.DeviceID)
+				}
+				return nil
+			})
+	}()
+	<-first
+	e.clock.Advance(time.Hour)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			if toldAtEnd != 9 || strings.Join(told, ",") != "d1,d2,d3,d4,d5,d6,d7,d8,d9" {
+				t.Errorf("told %v (%d before the end)", told, toldAtEnd)
+			}
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("FollowDevices did not return")
+		}
+		e.clock.Advance(job.ProgressEvery)
+		time.Sleep(time.Millisecond)
 	}
 }

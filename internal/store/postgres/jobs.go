@@ -824,6 +824,33 @@ func scanDeviceJob(row pgx.Row) (*herd.DeviceJob, error) {
 	return &j, nil
 }
 
+// EndedDevices returns the records one write ended, after cursor.
+func (db *DB) EndedDevices(ctx context.Context, id string, sel job.EndedSelection, cursor string, limit int) ([]herd.DeviceJob, error) {
+	q := &placeholders{}
+	text := `SELECT ` + deviceJobColumns + ` FROM device_jobs WHERE job_id = ` + q.add(id) + ` AND device_id > ` + q.add(max(cursor, sel.After)) +
+		` AND end_time = ` + q.add(stamp(sel.At)) + ` AND status IN ('completed', 'failed', 'canceled')`
+	if sel.Last != "" {
+		text += ` AND device_id <= ` + q.add(sel.Last)
+	}
+	if sel.IDs != nil {
+		text += ` AND device_id = ANY(` + q.add(sel.IDs) + `)`
+	}
+	rows, err := db.pool.Query(ctx, text+` ORDER BY device_id LIMIT `+q.add(limit), q.args...)
+	if err != nil {
+		return nil, fmt.Errorf("ended device records of job %q: %w", id, err)
+	}
+	defer rows.Close()
+	var out []herd.DeviceJob
+	for rows.Next() {
+		j, err := scanDeviceJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *j)
+	}
+	return out, rows.Err()
+}
+
 // DeviceJobs returns a job's device records in device order (for tests and
 // tools; clients read them with SELECT * FROM devices.jobs).
 func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error) {

@@ -852,6 +852,37 @@ func (db *DB) PurgeJobs(ctx context.Context, endedBefore time.Time) (int, error)
 	return len(ids), nil
 }
 
+// EndedDevices returns the records one write ended, after cursor.
+func (db *DB) EndedDevices(ctx context.Context, id string, sel job.EndedSelection, cursor string, limit int) ([]herd.DeviceJob, error) {
+	text := `SELECT ` + deviceJobColumns + ` FROM device_jobs WHERE job_id = ? AND device_id > ? AND end_time = ?
+		AND status IN ('completed', 'failed', 'canceled')`
+	args := []any{id, max(cursor, sel.After), stamp(sel.At)}
+	if sel.Last != "" {
+		text, args = text+` AND device_id <= ?`, append(args, sel.Last)
+	}
+	if sel.IDs != nil {
+		list, err := json.Marshal(sel.IDs)
+		if err != nil {
+			return nil, err
+		}
+		text, args = text+` AND device_id IN (SELECT value FROM json_each(?))`, append(args, string(list))
+	}
+	rows, err := db.read.QueryContext(ctx, text+` ORDER BY device_id LIMIT ?`, append(args, limit)...)
+	if err != nil {
+		return nil, fmt.Errorf("ended device records of job %q: %w", id, err)
+	}
+	defer rows.Close()
+	var out []herd.DeviceJob
+	for rows.Next() {
+		d, err := scanDeviceJob(rows)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, *d)
+	}
+	return out, rows.Err()
+}
+
 // DeviceJobs returns a job's device records in device order (for tests and
 // tools; clients read them with SELECT * FROM devices.jobs).
 func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error) {

@@ -31,6 +31,7 @@ var jobTests = []struct {
 	{"PauseResumeAbort", testPauseResumeAbort},
 	{"Purge", testPurge},
 	{"Continuous", testContinuous},
+	{"EndedDevices", testEndedDevices},
 }
 
 // everyDevice is the condition "*".
@@ -985,5 +986,62 @@ func testContinuous(t *testing.T, s JobStore) {
 	s.StartJob(ctx, "plain", mustParse("deviceId = 'k1'"), t0)
 	if n, err := s.AddDevices(ctx, "plain", everyDevice, nil, t0); err != nil || n != 0 {
 		t.Errorf("added to a job that is not continuous: %d %v", n, err)
+	}
+}
+
+// EndedDevices finds the records one write ended: by ids, by range, all,
+// after a cursor; never a record another write ended, nor a pending one.
+func testEndedDevices(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "n1", "n2", "n3", "n4", "n5")
+	methodJob(t, s, "ends")
+	if _, err := s.StartJob(ctx, "ends", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	s.ClaimDevices(ctx, "ends", []string{"n1", "n2", "n3"}, t0)
+	t1, t2 := t0.Add(time.Second), t0.Add(2*time.Second)
+	done := func(id string) job.Outcome {
+		return job.Outcome{DeviceID: id, Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 200, Payload: json.RawMessage("1")}}
+	}
+	if err := s.FinishDevices(ctx, "ends", []job.Outcome{done("n1"), done("n2")}, t1); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.FinishDevices(ctx, "ends", []job.Outcome{done("n3")}, t2); err != nil {
+		t.Fatal(err)
+	}
+	ids := func(recs []herd.DeviceJob, err error) string {
+		t.Helper()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out []string
+		for _, r := range recs {
+			out = append(out, r.DeviceID+":"+string(r.Status))
+		}
+		return fmt.Sprint(out)
+	}
+	for _, c := range []struct {
+		sel    job.EndedSelection
+		cursor string
+		limit  int
+		want   string
+	}{
+		{job.EndedSelection{At: t1, IDs: []string{"n1", "n2", "n3", "n4"}}, "", 10, "[n1:completed n2:completed]"},
+		{job.EndedSelection{At: t1, IDs: []string{"n1", "n2"}}, "n1", 10, "[n2:completed]"},
+		{job.EndedSelection{At: t1}, "", 1, "[n1:completed]"},
+		{job.EndedSelection{At: t2, After: "n1", Last: "n4"}, "", 10, "[n3:completed]"},
+		{job.EndedSelection{At: t2, After: "n3"}, "", 10, "[]"},
+	} {
+		if got := ids(s.EndedDevices(ctx, "ends", c.sel, c.cursor, c.limit)); got != c.want {
+			t.Errorf("EndedDevices(%+v, %q, %d) = %s, want %s", c.sel, c.cursor, c.limit, got, c.want)
+		}
+	}
+	// A cancel ends the pending ones at its time.
+	t3 := t0.Add(3 * time.Second)
+	if _, err := s.CancelJob(ctx, "ends", t3); err != nil {
+		t.Fatal(err)
+	}
+	if got := ids(s.EndedDevices(ctx, "ends", job.EndedSelection{At: t3}, "", 10)); got != "[n4:canceled n5:canceled]" {
+		t.Errorf("after the cancel: %s", got)
 	}
 }
