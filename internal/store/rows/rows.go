@@ -77,7 +77,7 @@ var Tables = []*Table{
 		{"max_execution_seconds", Int}, {"request", Text}, {"failure_reason", Text},
 		{"status_message", Text}, {"device_count", Int}, {"succeeded_count", Int},
 		{"failed_count", Int}, {"running_count", Int}, {"pending_count", Int},
-		{"herd", Text}, {"wave", Int},
+		{"herd", Text}, {"wave", Int}, {"continuous", Bool},
 	}},
 	{Name: "device_jobs", Key: []string{"job_id", "device_id"}, Columns: []Column{
 		{"job_id", Text}, {"device_id", Text}, {"job_type", Text}, {"status", Text},
