@@ -31,6 +31,7 @@ const (
 	ErrNotFound                     ErrorCode = "NotFound"
 	ErrMethodNotAllowed             ErrorCode = "MethodNotAllowed"
 	ErrDeviceAlreadyExists          ErrorCode = "DeviceAlreadyExists"
+	ErrModuleAlreadyExists          ErrorCode = "ModuleAlreadyExistsOnDevice"
 	ErrJobAlreadyExists             ErrorCode = "JobAlreadyExists"
 	ErrConfigurationAlreadyExists   ErrorCode = "ConfigurationAlreadyExists"
 	ErrTooManyConfigurations        ErrorCode = "TooManyConfigurationsOnHub"

@@ -37,6 +37,7 @@ var azureCodes = map[int]herd.ErrorCode{
 	404103: herd.ErrDeviceNotOnline,
 	405000: herd.ErrMethodNotAllowed,
 	409001: herd.ErrDeviceAlreadyExists,
+	409301: herd.ErrModuleAlreadyExists,
 	409104: herd.ErrJobAlreadyExists,
 	412001: herd.ErrPreconditionFailed,
 	413001: herd.ErrMessageTooLarge,

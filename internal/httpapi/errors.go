@@ -37,6 +37,7 @@ var codes = map[herd.ErrorCode]azureCode{
 	herd.ErrNotFound:                     {http.StatusNotFound, 404000},
 	herd.ErrMethodNotAllowed:             {http.StatusMethodNotAllowed, 405000},
 	herd.ErrDeviceAlreadyExists:          {http.StatusConflict, 409001},
+	herd.ErrModuleAlreadyExists:          {http.StatusConflict, 409301},
 	herd.ErrJobAlreadyExists:             {http.StatusConflict, 409104},
 	herd.ErrConfigurationAlreadyExists:   {http.StatusConflict, 409000},
 	herd.ErrTooManyConfigurations:        {http.StatusConflict, 409000},

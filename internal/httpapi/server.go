@@ -280,6 +280,7 @@ func (s *Server) routes() {
 		http.MethodPut:    {write, s.putDevice},
 		http.MethodDelete: {write, s.deleteDevice},
 	})
+	s.moduleRoutes(read, write)
 	s.Handle("/statistics/devices", map[string]Endpoint{http.MethodGet: {read, s.registryStatistics}})
 	s.Handle("/statistics/service", map[string]Endpoint{http.MethodGet: {read | svc, s.serviceStatistics}})
 	s.Handle("/twins/{id}", map[string]Endpoint{

@@ -70,6 +70,7 @@ type Store interface {
 	Devices(ctx context.Context, limit int) ([]*herd.Device, error)
 	RegistryStatistics(ctx context.Context) (herd.RegistryStatistics, error)
 	SetConnectionStates(ctx context.Context, changes []ConnectionChange) error
+	ModuleStore
 }
 
 // ChangeFunc is told, after commit, that a device's identity was updated or

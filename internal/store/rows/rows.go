@@ -68,6 +68,14 @@ var Tables = []*Table{
 		{"desired_metadata", JSON}, {"reported", JSON}, {"reported_version", Int},
 		{"reported_metadata", JSON},
 	}},
+	{Name: "modules", Key: []string{"device_id", "module_id"}, Columns: []Column{
+		{"device_id", Text}, {"module_id", Text}, {"generation_id", Text}, {"etag", Int},
+		{"managed_by", Text}, {"auth_type", Text}, {"primary_key", Text}, {"secondary_key", Text},
+		{"primary_thumbprint", Text}, {"secondary_thumbprint", Text}, {"connection_state", Text},
+		{"connection_state_updated_time", Text}, {"last_activity_time", Text}, {"c2d_message_count", Int},
+		{"twin_etag", Int}, {"twin_version", Int}, {"tags", JSON}, {"desired", JSON}, {"desired_version", Int},
+		{"desired_metadata", JSON}, {"reported", JSON}, {"reported_version", Int}, {"reported_metadata", JSON},
+	}},
 	{Name: "device_sessions", Key: []string{"device_id"}, Columns: []Column{
 		{"device_id", Text}, {"subscriptions", Int},
 	}},

@@ -59,6 +59,15 @@ func Populate(t *testing.T, s Store, n int) {
 	}); err != nil {
 		t.Fatal(err)
 	}
+	for i := 0; i < n; i += 11 {
+		m := &herd.Module{DeviceID: ops[i].DeviceID, ModuleID: "mod-" + strconv.Itoa(i%3), GenerationID: "1", ManagedBy: "IotEdge",
+			Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: auth.NewKey(), SecondaryKey: auth.NewKey()}}}
+		doc := twin.NewDoc(t0)
+		doc.Tags = map[string]any{"n": float64(i)}
+		if _, err := s.CreateModule(ctx, m, doc); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var sessions []bus.SessionChange
 	for i := 0; i < n; i += 3 {
 		sessions = append(sessions, bus.SessionChange{DeviceID: ops[i].DeviceID, Subscriptions: bus.Feature(i % 8)})

@@ -40,6 +40,7 @@ func Run(t *testing.T, open func(t *testing.T) Store) {
 		}
 	}{
 		{"Registry", registryTests},
+		{"Modules", moduleTests},
 		{"Jobs", jobTests},
 		{"Hub", hubTests},
 		{"CACertificates", caTests},
