@@ -187,3 +187,44 @@ func TestDeviceDisableEnableRegenerate(t *testing.T) {
 		}
 	}
 }
+
+// TestModuleCLI: herd module create, show, list and delete.
+func TestModuleCLI(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	ca := filepath.Join(t.TempDir(), "ca.pem")
+	if err := os.WriteFile(ca, h.CA, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	env := envOf(map[string]string{"HERD_CONNECTION_STRING": h.ConnectionString, "HERD_CA": ca, "HERD_URL": h.URL})
+	if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "gw"}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, env, "module", "create", "gw", "$edgeAgent", "--managed-by", "IotEdge")
+	if err != nil || !strings.Contains(out, `"moduleId": "$edgeAgent"`) || !strings.Contains(out, `"primaryKey"`) {
+		t.Fatalf("create: %v\n%s", err, out)
+	}
+	thumb := strings.Repeat("AB", 20)
+	if _, err := runCLI(t, env, "module", "create", "gw", "cam", "--x509-thumbprint", thumb); err != nil {
+		t.Fatal(err)
+	}
+	out, err = runCLI(t, env, "module", "list", "gw")
+	if err != nil || !strings.Contains(out, "MODULE ID") || !strings.Contains(out, "IotEdge") || !strings.Contains(out, "selfSigned") {
+		t.Errorf("list: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, env, "module", "show", "gw", "cam"); err != nil || !strings.Contains(out, thumb) {
+		t.Errorf("show: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, env, "module", "show", "gw", "nope"); err == nil || !strings.Contains(err.Error(), "ModuleNotFound") {
+		t.Errorf("show unknown: %v", err)
+	}
+	if _, err := runCLI(t, env, "module", "create", "nobody", "m"); err == nil || !strings.Contains(err.Error(), "DeviceNotFound") {
+		t.Errorf("create on an unknown device: %v", err)
+	}
+	if out, err := runCLI(t, env, "module", "delete", "gw", "cam"); err != nil || !strings.Contains(out, "deleted module cam of gw") {
+		t.Errorf("delete: %v\n%s", err, out)
+	}
+	if ms, err := h.Service.ListModules(ctx, "gw"); err != nil || len(ms) != 1 {
+		t.Errorf("modules left: %+v %v", ms, err)
+	}
+}

@@ -44,6 +44,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		connectionStringCommand(e),
 		tokenCommand(e),
 		deviceCommand(e),
+		moduleCommand(e),
 		caCommand(e),
 		configurationCommand(e),
 		certCommand(e),

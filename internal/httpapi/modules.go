@@ -20,6 +20,16 @@ func (s *Server) moduleRoutes(read, write auth.Rights) {
 	})
 }
 
+// moduleTwinRoutes registers module twins: /twins/{id}/modules/{mid},
+// with the rights of device twins.
+func (s *Server) moduleTwinRoutes(svc auth.Rights) {
+	s.Handle("/twins/{id}/modules/{mid}", map[string]Endpoint{
+		http.MethodGet:   {svc, s.getModuleTwin},
+		http.MethodPatch: {svc, s.patchModuleTwin},
+		http.MethodPut:   {svc, s.replaceModuleTwin},
+	})
+}
+
 func (s *Server) getModule(w http.ResponseWriter, r *http.Request) error {
 	m, err := s.cfg.Registry.GetModule(r.Context(), r.PathValue("id"), r.PathValue("mid"))
 	if err != nil {

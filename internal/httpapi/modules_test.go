@@ -3,6 +3,7 @@ package httpapi_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"testing"
 
@@ -115,5 +116,54 @@ func TestModules(t *testing.T) {
 	}
 	if list, err := c.ListModules(ctx, "edge-1"); err != nil || len(list) != 0 {
 		t.Errorf("modules after the device was deleted and made again: %+v %v", list, err)
+	}
+}
+
+// Module twins: read, patch and replace with etags, apart from the
+// device's twin; reported properties are the module's own to write.
+func TestModuleTwins(t *testing.T) {
+	h := hubtest.Start(t)
+	r := newRaw(t, h)
+	c := h.Service
+	ctx := context.Background()
+	if _, err := c.CreateDevice(ctx, herd.Device{DeviceID: "gw"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := c.CreateModule(ctx, herd.Module{DeviceID: "gw", ModuleID: "cam"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tw, err := c.GetModuleTwin(ctx, "gw", "cam")
+	if err != nil || tw.DeviceID != "gw" || tw.ModuleID != "cam" || tw.DeviceETag != m.ETag || tw.Version != 1 ||
+		len(tw.Tags) != 0 || fmt.Sprint(tw.Properties.Desired["$version"]) != "1" {
+		t.Fatalf("new module twin: %+v %v", tw, err)
+	}
+	up, err := c.UpdateModuleTwin(ctx, "gw", "cam", herd.TwinPatch{Tags: map[string]any{"lens": "wide"},
+		Properties: &herd.PatchProperties{Desired: map[string]any{"fps": 30.0}}}, tw.ETag)
+	if err != nil || up.Tags["lens"] != "wide" || fmt.Sprint(up.Properties.Desired["fps"]) != "30" || fmt.Sprint(up.Properties.Desired["$version"]) != "2" || up.ETag == tw.ETag {
+		t.Fatalf("patch: %+v %v", up, err)
+	}
+	if _, err := c.UpdateModuleTwin(ctx, "gw", "cam", herd.TwinPatch{Tags: map[string]any{"x": 1}}, tw.ETag); !herd.IsCode(err, herd.ErrPreconditionFailed) {
+		t.Errorf("patch with a stale etag: %v", err)
+	}
+	rep, err := c.ReplaceModuleTwin(ctx, "gw", "cam", herd.TwinPatch{Tags: map[string]any{"only": true}}, "*")
+	if err != nil || len(rep.Tags) != 1 || rep.Tags["only"] != true || rep.Properties.Desired["fps"] != nil {
+		t.Errorf("replace: %+v %v", rep, err)
+	}
+	// The device's twin is its own.
+	if dt, err := c.GetTwin(ctx, "gw"); err != nil || len(dt.Tags) != 0 || dt.ModuleID != "" {
+		t.Errorf("the device twin: %+v %v", dt, err)
+	}
+	resp, body := r.do(http.MethodPatch, "/twins/gw/modules/cam"+v, `{"properties":{"reported":{"x":1}}}`, nil)
+	expectError(t, resp, body, 400, herd.ErrArgumentInvalid)
+	resp, body = r.do(http.MethodPatch, "/twins/gw/modules/cam"+v, ``, nil)
+	expectError(t, resp, body, 400, herd.ErrArgumentNull)
+	resp, body = r.do(http.MethodGet, "/twins/gw/modules/nope"+v, ``, nil)
+	expectError(t, resp, body, 404, herd.ErrModuleNotFound)
+	resp, body = r.do(http.MethodGet, "/twins/nobody/modules/cam"+v, ``, nil)
+	expectError(t, resp, body, 404, herd.ErrDeviceNotFound)
+	resp, _ = r.do(http.MethodGet, "/twins/gw/modules/cam"+v, ``, nil)
+	if resp.Header.Get("ETag") != `"`+rep.ETag+`"` {
+		t.Errorf("ETag header %q, want %q", resp.Header.Get("ETag"), rep.ETag)
 	}
 }

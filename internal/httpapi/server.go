@@ -288,6 +288,7 @@ func (s *Server) routes() {
 		http.MethodPatch: {svc, s.patchTwin},
 		http.MethodPut:   {svc, s.replaceTwin},
 	})
+	s.moduleTwinRoutes(svc)
 	s.jobRoutes()
 	s.queryRoutes()
 	s.mux.Handle("/metrics", s.metricsHandler())

@@ -95,6 +95,17 @@ func View(id *herd.Device, d *Doc) *herd.Twin {
 	}
 }
 
+// ModuleView assembles the service-side twin of a module: a device
+// twin's shape with moduleId, the module's etag as deviceEtag, and status
+// enabled (a module has no status of its own).
+func ModuleView(m *herd.Module, d *Doc) *herd.Twin {
+	t := View(&herd.Device{DeviceID: m.DeviceID, ETag: m.ETag, Status: herd.DeviceEnabled, ConnectionState: m.ConnectionState,
+		LastActivityTime: m.LastActivityTime, CloudToDeviceMessageCount: m.CloudToDeviceMessageCount,
+		Authentication: m.Authentication}, d)
+	t.ModuleID = m.ModuleID
+	return t
+}
+
 // DeviceView is the twin as the device sees it on a full GET over MQTT:
 // {"desired":{…,"$version":n},"reported":{…,"$version":m}}, without
 // $metadata (§8.7).

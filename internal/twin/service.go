@@ -17,6 +17,10 @@ import (
 type Store interface {
 	Twin(ctx context.Context, deviceID string) (*herd.Device, *Doc, error)
 	UpdateTwin(ctx context.Context, deviceID string, fn func(*herd.Device, *Doc) error) (*herd.Device, *Doc, error)
+	// ModuleTwin and UpdateModuleTwin are Twin and UpdateTwin for a
+	// module's twin (DeviceNotFound, ModuleNotFound).
+	ModuleTwin(ctx context.Context, deviceID, moduleID string) (*herd.Module, *Doc, error)
+	UpdateModuleTwin(ctx context.Context, deviceID, moduleID string, fn func(*herd.Module, *Doc) error) (*herd.Module, *Doc, error)
 }
 
 // NotifyFunc tells a device that its desired properties changed. body is
@@ -231,4 +235,40 @@ func Unmarshal(s string) (map[string]any, error) {
 		return nil, fmt.Errorf("decode stored twin section: not an object")
 	}
 	return m, nil
+}
+
+// GetModule returns the service view of a module's twin.
+func (s *Service) GetModule(ctx context.Context, deviceID, moduleID string) (*herd.Twin, error) {
+	m, doc, err := s.store.ModuleTwin(ctx, deviceID, moduleID)
+	if err != nil {
+		return nil, err
+	}
+	return ModuleView(m, doc), nil
+}
+
+// UpdateModule merges (or, with replace, replaces) the tags and desired
+// properties of a module's twin, under the same rules as Update.
+func (s *Service) UpdateModule(ctx context.Context, deviceID, moduleID string, p Patch, replace bool, ifMatch string) (*herd.Twin, error) {
+	if p.Reported.Set {
+		return nil, invalid("reported properties can only be written by the module")
+	}
+	if replace {
+		if !p.Tags.Set {
+			p.Tags = Change{Set: true}
+		}
+		if !p.Desired.Set {
+			p.Desired = Change{Set: true}
+		}
+	}
+	m, doc, err := s.store.UpdateModuleTwin(ctx, deviceID, moduleID, func(_ *herd.Module, d *Doc) error {
+		if err := CheckETag(ifMatch, ETagString(d.ETag)); err != nil {
+			return err
+		}
+		_, err := d.Apply(p, replace, s.now())
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return ModuleView(m, doc), nil
 }

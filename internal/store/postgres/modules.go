@@ -20,16 +20,19 @@ const moduleColumns = `device_id, module_id, generation_id, etag, managed_by, au
 	secondary_key, primary_thumbprint, secondary_thumbprint, connection_state,
 	connection_state_updated_time, last_activity_time, c2d_message_count`
 
-func scanModule(row pgx.Row) (*herd.Module, error) {
+func scanModule(row pgx.Row) (*herd.Module, error) { return scanModuleWith(row) }
+
+// scanModuleWith reads moduleColumns and any extra destinations after them.
+func scanModuleWith(row pgx.Row, extra ...any) (*herd.Module, error) {
 	var (
 		m                      herd.Module
 		etag, c2d              int64
 		state, connTime, lastT string
 	)
 	a := &m.Authentication
-	if err := row.Scan(&m.DeviceID, &m.ModuleID, &m.GenerationID, &etag, &m.ManagedBy, &a.Type,
+	if err := row.Scan(append([]any{&m.DeviceID, &m.ModuleID, &m.GenerationID, &etag, &m.ManagedBy, &a.Type,
 		&a.SymmetricKey.PrimaryKey, &a.SymmetricKey.SecondaryKey, &a.X509Thumbprint.PrimaryThumbprint,
-		&a.X509Thumbprint.SecondaryThumbprint, &state, &connTime, &lastT, &c2d); err != nil {
+		&a.X509Thumbprint.SecondaryThumbprint, &state, &connTime, &lastT, &c2d}, extra...)...); err != nil {
 		return nil, err
 	}
 	m.ETag = registry.ETagString(etag)
@@ -205,4 +208,65 @@ func (db *DB) DeleteModule(ctx context.Context, deviceID, moduleID string, check
 		return err
 	})
 	return storeError("delete module", err)
+}
+
+// moduleTwin reads a module and its twin document with q; lock is "" or
+// a locking clause.
+func moduleTwin(ctx context.Context, q queryer, deviceID, moduleID, lock string) (*herd.Module, *twin.Doc, error) {
+	var raw rawDoc
+	m, err := scanModuleWith(q.QueryRow(ctx, `SELECT `+moduleColumns+`, `+twinColumns+` FROM modules
+		WHERE device_id = $1 AND module_id = $2`+lock, deviceID, moduleID), raw.dest()...)
+	if errors.Is(err, pgx.ErrNoRows) {
+		if err := deviceExists(ctx, q, deviceID, ""); err != nil {
+			return nil, nil, err
+		}
+		return nil, nil, moduleNotFound(deviceID, moduleID)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	doc, err := raw.decode()
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, doc, nil
+}
+
+// ModuleTwin returns a module's identity and twin document.
+func (db *DB) ModuleTwin(ctx context.Context, deviceID, moduleID string) (*herd.Module, *twin.Doc, error) {
+	m, doc, err := moduleTwin(ctx, db.pool, deviceID, moduleID, "")
+	if err != nil {
+		return nil, nil, storeError("get module twin", err)
+	}
+	return m, doc, nil
+}
+
+// UpdateModuleTwin reads a module's twin, lets fn change it and writes it
+// back, in one transaction.
+func (db *DB) UpdateModuleTwin(ctx context.Context, deviceID, moduleID string, fn func(*herd.Module, *twin.Doc) error) (*herd.Module, *twin.Doc, error) {
+	var (
+		m   *herd.Module
+		doc *twin.Doc
+	)
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		var err error
+		if m, doc, err = moduleTwin(ctx, tx, deviceID, moduleID, " FOR UPDATE"); err != nil {
+			return err
+		}
+		if err := fn(m, doc); err != nil {
+			return err
+		}
+		args, err := encodeDoc(doc)
+		if err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE modules SET twin_etag = $1, twin_version = $2, tags = $3, desired = $4,
+			desired_version = $5, desired_metadata = $6, reported = $7, reported_version = $8, reported_metadata = $9
+			WHERE device_id = $10 AND module_id = $11`, append(args, deviceID, moduleID)...)
+		return err
+	})
+	if err != nil {
+		return nil, nil, storeError("update module twin", err)
+	}
+	return m, doc, nil
 }

@@ -17,17 +17,20 @@ const moduleColumns = `device_id, module_id, generation_id, etag, managed_by, au
 	secondary_key, primary_thumbprint, secondary_thumbprint, connection_state,
 	connection_state_updated_time, last_activity_time, c2d_message_count`
 
-func scanModule(row scanner) (*herd.Module, error) {
+func scanModule(row scanner) (*herd.Module, error) { return scanModuleWith(row) }
+
+// scanModuleWith reads moduleColumns and any extra destinations after them.
+func scanModuleWith(row scanner, extra ...any) (*herd.Module, error) {
 	var (
 		m                  herd.Module
 		etag               int64
 		connTime, lastTime string
 	)
 	a := &m.Authentication
-	if err := row.Scan(&m.DeviceID, &m.ModuleID, &m.GenerationID, &etag, &m.ManagedBy, &a.Type,
+	if err := row.Scan(append([]any{&m.DeviceID, &m.ModuleID, &m.GenerationID, &etag, &m.ManagedBy, &a.Type,
 		&a.SymmetricKey.PrimaryKey, &a.SymmetricKey.SecondaryKey, &a.X509Thumbprint.PrimaryThumbprint,
 		&a.X509Thumbprint.SecondaryThumbprint, &m.ConnectionState, &connTime, &lastTime,
-		&m.CloudToDeviceMessageCount); err != nil {
+		&m.CloudToDeviceMessageCount}, extra...)...); err != nil {
 		return nil, err
 	}
 	m.ETag = registry.ETagString(etag)
@@ -193,4 +196,64 @@ func (db *DB) DeleteModule(ctx context.Context, deviceID, moduleID string, check
 		return err
 	})
 	return storeError("delete module", err)
+}
+
+// moduleTwin reads a module and its twin document with q.
+func moduleTwin(ctx context.Context, q queryer, deviceID, moduleID string) (*herd.Module, *twin.Doc, error) {
+	var raw rawDoc
+	m, err := scanModuleWith(q.QueryRowContext(ctx, `SELECT `+moduleColumns+`, `+twinSelect+` FROM modules
+		WHERE device_id = ? AND module_id = ?`, deviceID, moduleID), raw.dest()...)
+	if errors.Is(err, sql.ErrNoRows) {
+		if err := deviceExists(ctx, q, deviceID); err != nil {
+			return nil, nil, err
+		}
+		return nil, nil, moduleNotFound(deviceID, moduleID)
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	doc, err := raw.decode()
+	if err != nil {
+		return nil, nil, err
+	}
+	return m, doc, nil
+}
+
+// ModuleTwin returns a module's identity and twin document.
+func (db *DB) ModuleTwin(ctx context.Context, deviceID, moduleID string) (*herd.Module, *twin.Doc, error) {
+	m, doc, err := moduleTwin(ctx, db.read, deviceID, moduleID)
+	if err != nil {
+		return nil, nil, storeError("get module twin", err)
+	}
+	return m, doc, nil
+}
+
+// UpdateModuleTwin reads a module's twin, lets fn change it and writes it
+// back, in one transaction.
+func (db *DB) UpdateModuleTwin(ctx context.Context, deviceID, moduleID string, fn func(*herd.Module, *twin.Doc) error) (*herd.Module, *twin.Doc, error) {
+	var (
+		m   *herd.Module
+		doc *twin.Doc
+	)
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		var err error
+		if m, doc, err = moduleTwin(ctx, tx, deviceID, moduleID); err != nil {
+			return err
+		}
+		if err := fn(m, doc); err != nil {
+			return err
+		}
+		args, err := encodeDoc(doc)
+		if err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE modules SET twin_etag = ?, twin_version = ?, tags = jsonb(?), desired = jsonb(?),
+			desired_version = ?, desired_metadata = jsonb(?), reported = jsonb(?), reported_version = ?,
+			reported_metadata = jsonb(?) WHERE device_id = ? AND module_id = ?`, append(args, deviceID, moduleID)...)
+		return err
+	})
+	if err != nil {
+		return nil, nil, storeError("update module twin", err)
+	}
+	return m, doc, nil
 }
