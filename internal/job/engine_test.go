@@ -172,7 +172,7 @@ func (e *env) open(opts ...option) {
 	}
 	db := st.(storetest.Store)
 	e.db = db
-	cfg := job.Config{Store: db, Twins: e.notes, Methods: e.fleet, Clock: e.clock,
+	cfg := job.Config{Store: db, Twins: e.notes, Methods: e.fleet, Clock: e.clock, ProgressClock: e.clock,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), TwinBatch: 3}
 	for _, o := range opts {
 		o(&cfg)

@@ -70,6 +70,12 @@ type Config struct {
 	Targets Targets
 	// Metrics, if not nil, is where the engine registers its collectors.
 	Metrics prometheus.Registerer
+	// ProgressClock paces the job change notifications (Watch, Follow:
+	// at most one per ProgressEvery); nil means the wall clock. The pace
+	// is about how often watchers are told, not the jobs' own time, so
+	// an engine on a fake Clock still tells its watchers in real time
+	// unless this is set too.
+	ProgressClock clock.Clock
 	// ContinuousRescan is how often a continuous job looks for matching
 	// devices over the whole fleet, besides following device changes
 	// (0: DefaultContinuousRescan).
@@ -113,6 +119,9 @@ func (c *Config) defaults() {
 	if c.Clock == nil {
 		c.Clock = clock.Real{}
 	}
+	if c.ProgressClock == nil {
+		c.ProgressClock = clock.Real{}
+	}
 	if c.Log == nil {
 		c.Log = slog.Default()
 	}
@@ -139,7 +148,7 @@ type Service struct {
 // New returns a job service. Jobs run only while Run runs.
 func New(cfg Config) *Service {
 	cfg.defaults()
-	prog := newProgress(cfg.Clock)
+	prog := newProgress(cfg.ProgressClock)
 	s := &Service{
 		cfg: cfg, store: notifying{cfg.Store, prog}, clock: cfg.Clock, log: cfg.Log, progress: prog,
 		slots:   newLimiter(cfg.MaxInFlight),
