@@ -3,7 +3,9 @@ package herd
 // Event is a device-to-cloud (telemetry) message as the hub received it:
 // what GET /events streams and `herd monitor` prints.
 type Event struct {
-	DeviceID     string `json:"deviceId"`
+	DeviceID string `json:"deviceId"`
+	// ModuleID is the module that sent the message ("" for the device).
+	ModuleID     string `json:"moduleId,omitempty"`
 	EnqueuedTime Time   `json:"enqueuedTime"`
 	// SystemProperties are the message's system properties by their
 	// property-bag keys ("$.mid", "$.ct", …; "$.cdid" is set by the hub).

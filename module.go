@@ -16,3 +16,19 @@ type Module struct {
 	CloudToDeviceMessageCount  int             `json:"cloudToDeviceMessageCount"`
 	Authentication             Authentication  `json:"authentication"`
 }
+
+// ModuleIdentity is the identity a module connects as, "{deviceId}/{moduleId}"
+// (its MQTT client id): device ids cannot contain '/', so the two parts
+// are never ambiguous.
+func ModuleIdentity(deviceID, moduleID string) string { return deviceID + "/" + moduleID }
+
+// SplitIdentity splits a connection identity into its device and module
+// ids; moduleID is "" for a device.
+func SplitIdentity(id string) (deviceID, moduleID string) {
+	for i := 0; i < len(id); i++ {
+		if id[i] == '/' {
+			return id[:i], id[i+1:]
+		}
+	}
+	return id, ""
+}

@@ -345,6 +345,9 @@ func (s *Service) verifyDevice(password, deviceID string, keys DeviceKeys) (time
 	// device (§2.3, §2.5 step 7): host/devices is a prefix of the device's
 	// resource but nothing the device owns.
 	own := "devices/" + deviceID
+	if dev, mod := herd.SplitIdentity(deviceID); mod != "" {
+		own = "devices/" + dev + "/modules/" + mod
+	}
 	path = strings.TrimSuffix(path, "/")
 	switch {
 	case tok.KeyName == "" && path != own:

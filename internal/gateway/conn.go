@@ -18,6 +18,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -50,7 +51,8 @@ const (
 type conn struct {
 	s        *Server
 	nc       net.Conn
-	deviceID string
+	deviceID string // the connection identity: a device id, or {deviceId}/{moduleId}
+	module   bool   // deviceID names a module
 	// key is the device key that signed the token ("" for a policy).
 	key string
 	// chain is the client certificate chain that authenticated a
@@ -393,6 +395,9 @@ func (c *conn) ended() {
 	if c.chain != nil {
 		c.s.trackCertificate(c, false)
 	}
+	if c.module {
+		c.s.trackModule(c, false)
+	}
 	reason := c.closeReason()
 	c.s.sessions.release(c.deviceID, c)
 	if c.s.cfg.Bus.Detach(c.deviceID, c) {
@@ -489,7 +494,11 @@ func (c *conn) event(bag Bag, body []byte, retain bool) *herd.Event {
 	if sys == nil {
 		sys = map[string]string{}
 	}
-	sys["$.cdid"] = c.deviceID
+	dev, mod := herd.SplitIdentity(c.deviceID)
+	sys["$.cdid"] = dev
+	if mod != "" {
+		sys["$.cmid"] = mod
+	}
 	app := bag.Application
 	if retain {
 		if app == nil {
@@ -498,7 +507,7 @@ func (c *conn) event(bag Bag, body []byte, retain bool) *herd.Event {
 		app["mqtt-retain"] = "true"
 	}
 	return &herd.Event{
-		DeviceID: c.deviceID, EnqueuedTime: herd.NewTime(c.s.cfg.Clock.Now()),
+		DeviceID: dev, ModuleID: mod, EnqueuedTime: herd.NewTime(c.s.cfg.Clock.Now()),
 		SystemProperties: sys, Properties: app, Body: body,
 	}
 }
@@ -633,5 +642,12 @@ func (c *conn) setFeatures(f bus.Feature, ack []byte) {
 	c.s.cfg.Bus.FeaturesChanged(c.deviceID, c)
 }
 
-// isModule reports whether a client id names a module (device/module).
-func isModule(clientID string) bool { return strings.Contains(clientID, "/") }
+// validIdentity checks a CONNECT client id: a device id, or a module's
+// identity "{deviceId}/{moduleId}" (herd.ModuleIdentity).
+func validIdentity(clientID string) bool {
+	dev, mod := herd.SplitIdentity(clientID)
+	if registry.ValidateDeviceID(dev) != nil {
+		return false
+	}
+	return !strings.Contains(clientID, "/") || registry.ValidateModuleID(mod) == nil
+}

@@ -16,8 +16,8 @@ import (
 // connect runs the CONNECT rules of §8.2 and §8.9 and answers CONNACK.
 // It returns the keep-alive read timeout and whether the device is in.
 //
-// CONNACK codes: 1 for anything but MQTT 3.1.1; 2 for an empty or module
-// client id; 4 for a user name that is not {host}/{clientId}/?…; 5 for a
+// CONNACK codes: 1 for anything but MQTT 3.1.1; 2 for a client id that is
+// neither a device id nor {deviceId}/{moduleId}; 4 for a user name that is not {host}/{clientId}/?…; 5 for a
 // missing, malformed, expired or wrongly signed token, for a device that
 // authenticates with an X.509 certificate and presented none or one that
 // does not pass (see certauth.Service.Authenticate), and for an unknown or
@@ -57,8 +57,8 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 		return refuse(code, "invalid CONNECT")
 	}
 	id := cp.ClientIdentifier
-	if id == "" || isModule(id) {
-		return refuse(packets.ErrRefusedIDRejected, "the client id must be a device id (modules are not supported)")
+	if !validIdentity(id) {
+		return refuse(packets.ErrRefusedIDRejected, "the client id must be a device id, or {deviceId}/{moduleId} for a module")
 	}
 	if !cp.UsernameFlag {
 		return refuse(packets.ErrRefusedBadUsernameOrPassword, "no user name")
@@ -75,8 +75,8 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	keys, err := c.s.cfg.Registry.Keys(ctx, id)
-	if herd.IsCode(err, herd.ErrDeviceNotFound) {
-		return refuse(packets.ErrRefusedNotAuthorised, "unknown device")
+	if herd.IsCode(err, herd.ErrDeviceNotFound) || herd.IsCode(err, herd.ErrModuleNotFound) {
+		return refuse(packets.ErrRefusedNotAuthorised, "unknown device or module")
 	}
 	if err != nil {
 		log.Error("read device keys", "device_id", id, "err", err)
@@ -112,6 +112,8 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	}
 
 	c.deviceID, c.clean = id, cp.CleanSession
+	_, mod := herd.SplitIdentity(id)
+	c.module = mod != ""
 	if cp.WillFlag {
 		c.will = &packets.PublishPacket{TopicName: cp.WillTopic, Payload: cp.WillMessage}
 	}
@@ -150,6 +152,9 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	}
 	if c.chain != nil {
 		c.s.trackCertificate(c, true) // before the recheck: see CertificatesChanged
+	}
+	if c.module {
+		c.s.trackModule(c, true) // before the recheck, as for certificates
 	}
 	c.connackFirst(present)
 	// A registry change that committed while this CONNECT was being

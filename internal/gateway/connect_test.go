@@ -51,7 +51,9 @@ func TestConnectRefusals(t *testing.T) {
 		{"client id does not match user name", connectPacket(other.id, d.username(), other.token(now.Add(time.Hour)), false), packets.ErrRefusedBadUsernameOrPassword},
 		{"user name for another hub", connectPacket(d.id, "elsewhere/dev1/?api-version=2021-04-12", good, false), packets.ErrRefusedBadUsernameOrPassword},
 		{"no user name", connectPacket(d.id, "", "", false), packets.ErrRefusedBadUsernameOrPassword},
-		{"module client id", connectPacket(d.id+"/m1", h.Hostname()+"/dev1/m1/?api-version=2021-04-12", good, false), packets.ErrRefusedIDRejected},
+		{"unknown module", connectPacket(d.id+"/m1", h.Hostname()+"/dev1/m1/?api-version=2021-04-12", good, false), packets.ErrRefusedNotAuthorised},
+		{"bad module id", connectPacket(d.id+"/m 1", h.Hostname()+"/dev1/m 1/?api-version=2021-04-12", good, false), packets.ErrRefusedIDRejected},
+		{"module id with a slash", connectPacket(d.id+"/m/1", h.Hostname()+"/dev1/m/1/?api-version=2021-04-12", good, false), packets.ErrRefusedIDRejected},
 		{"empty client id", connectPacket("", d.username(), good, true), packets.ErrRefusedIDRejected},
 	}
 	for _, tc := range cases {

@@ -41,6 +41,34 @@ func TestParseTopic(t *testing.T) {
 	}
 }
 
+// A module's telemetry topic is its own: devices/{id}/modules/{mid}/….
+func TestParseTopicModule(t *testing.T) {
+	for topic, ok := range map[string]bool{
+		"devices/d1/modules/m1/messages/events/":         true,
+		"devices/d1/modules/m1/messages/events/%24.ct=x": true,
+		"devices/d1/messages/events/":                    false,
+		"devices/d1/modules/m2/messages/events/":         false,
+		"devices/d1/modules/m1/messages/eventsX":         false,
+		"$iothub/twin/GET/?$rid=1":                       true,
+	} {
+		if _, err := ParseTopic("d1/m1", topic); (err == nil) != ok {
+			t.Errorf("module ParseTopic(%q): %v, want ok=%v", topic, err, ok)
+		}
+	}
+	if _, err := ParseTopic("d1/m1", "devices/d2/modules/m1/messages/events/"); err != errForeign {
+		t.Errorf("another device's module topic: %v, want errForeign", err)
+	}
+	if _, err := ParseFilter("d1/m1", "devices/d1/modules/m1/inputs/#"); err == nil || err == errForeign {
+		t.Errorf("module inputs: %v, want not supported (not foreign)", err)
+	}
+	if _, err := ParseFilter("d1/m1", "devices/d1/modules/m2/inputs/#"); err != errForeign {
+		t.Errorf("another module's inputs: %v, want errForeign", err)
+	}
+	if f, err := ParseFilter("d1/m1", "$iothub/methods/POST/#"); err != nil || f != bus.Methods {
+		t.Errorf("module methods: %v %v", f, err)
+	}
+}
+
 func TestParseFilter(t *testing.T) {
 	good := map[string]bus.Feature{
 		"$iothub/methods/POST/#":                  bus.Methods,

@@ -141,6 +141,9 @@ type Server struct {
 	// certConns are the connected devices that authenticated with a
 	// certificate (CertificatesChanged checks them again).
 	certConns map[*conn]struct{}
+	// moduleConns are the connected modules, by device id: a change of
+	// the device (deleted, disabled) checks them too.
+	moduleConns map[string]map[*conn]struct{}
 	closed    bool
 	done      chan struct{} // closed with closed
 	wg        sync.WaitGroup
@@ -163,7 +166,7 @@ func New(cfg Config) *Server {
 		listeners: map[net.Listener]struct{}{},
 		conns:     map[*conn]struct{}{},
 		refusing:  map[*conn]struct{}{},
-		certConns: map[*conn]struct{}{},
+		certConns: map[*conn]struct{}{}, moduleConns: map[string]map[*conn]struct{}{},
 		done:      make(chan struct{}),
 	}
 	s.m = newMetrics(cfg.Metrics, cfg.Bus, s.openSockets)
@@ -391,19 +394,46 @@ func (s *Server) untrack(c *conn) {
 // that signed its token was replaced, is disconnected.
 func (s *Server) DeviceChanged(deviceID string) {
 	s.sessions.forget(deviceID)
-	bc := s.cfg.Bus.Lookup(deviceID)
-	if bc == nil {
-		return
+	var cs []*conn
+	if c, ok := s.cfg.Bus.Lookup(deviceID).(*conn); ok && c != nil {
+		cs = append(cs, c)
 	}
-	c, ok := bc.(*conn)
-	if !ok {
+	if _, mod := herd.SplitIdentity(deviceID); mod == "" {
+		s.mu.Lock()
+		for c := range s.moduleConns[deviceID] {
+			cs = append(cs, c)
+		}
+		s.mu.Unlock()
+	}
+	if len(cs) == 0 {
 		return
 	}
 	go func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
-		c.recheck(ctx)
+		for _, c := range cs {
+			c.recheck(ctx)
+		}
 	}()
+}
+
+// trackModule adds (or removes) a module's connection to those its
+// device's changes check.
+func (s *Server) trackModule(c *conn, add bool) {
+	dev, _ := herd.SplitIdentity(c.deviceID)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if add {
+		if s.moduleConns[dev] == nil {
+			s.moduleConns[dev] = map[*conn]struct{}{}
+		}
+		s.moduleConns[dev][c] = struct{}{}
+		return
+	}
+	delete(s.moduleConns[dev], c)
+	if len(s.moduleConns[dev]) == 0 {
+		delete(s.moduleConns, dev)
+	}
 }
 
 // CertificatesChanged is called by the CA certificate service after a CA
@@ -449,7 +479,7 @@ func (s *Server) trackCertificate(c *conn, add bool) {
 func (c *conn) recheck(ctx context.Context) {
 	keys, err := c.s.cfg.Registry.Keys(ctx, c.deviceID)
 	switch {
-	case herd.IsCode(err, herd.ErrDeviceNotFound):
+	case herd.IsCode(err, herd.ErrDeviceNotFound), herd.IsCode(err, herd.ErrModuleNotFound):
 		c.close(reasonDeleted)
 	case err != nil:
 		c.s.cfg.Log.Error("recheck device after registry change", "device_id", c.deviceID, "err", err)

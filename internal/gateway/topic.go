@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
 )
 
@@ -78,13 +79,22 @@ func request(k Kind, query string, status int) (Topic, error) {
 	return Topic{Kind: k, RID: rid, Status: status}, nil
 }
 
-// parseTelemetry parses devices/{id}/messages/events[/{bag}].
+// identityTopic is the topic root of a connection identity:
+// devices/{deviceId}, or devices/{deviceId}/modules/{moduleId}.
+func identityTopic(id string) string {
+	if dev, mod := herd.SplitIdentity(id); mod != "" {
+		return "devices/" + dev + "/modules/" + mod
+	}
+	return "devices/" + id
+}
+
+// parseTelemetry parses devices/{id}/messages/events[/{bag}] (for a module
+// devices/{id}/modules/{mid}/messages/events[/{bag}]).
 func parseTelemetry(deviceID, topic string) (Topic, error) {
-	prefix := "devices/" + deviceID + "/messages/events"
-	rest, ok := strings.CutPrefix(topic, prefix)
+	base := identityTopic(deviceID)
+	rest, ok := strings.CutPrefix(topic, base+"/messages/events")
 	if !ok {
-		id, _, _ := strings.Cut(strings.TrimPrefix(topic, "devices/"), "/")
-		if id != deviceID {
+		if !strings.HasPrefix(topic, base+"/") {
 			return Topic{}, errForeign
 		}
 		return Topic{}, fmt.Errorf("topic %q is not a telemetry topic", topic)
@@ -130,7 +140,7 @@ func ParseFilter(deviceID, filter string) (bus.Feature, error) {
 	case "devices/" + deviceID + "/messages/devicebound/#":
 		return bus.C2D, nil
 	}
-	if id, _, ok := strings.Cut(strings.TrimPrefix(filter, "devices/"), "/"); ok && strings.HasPrefix(filter, "devices/") && id != deviceID {
+	if strings.HasPrefix(filter, "devices/") && !strings.HasPrefix(filter, identityTopic(deviceID)+"/") {
 		return 0, errForeign
 	}
 	return 0, fmt.Errorf("topic filter %q is not supported", filter)

@@ -26,20 +26,30 @@ type methodBody struct {
 	ConnectTimeoutInSeconds  *int            `json:"connectTimeoutInSeconds"`
 }
 
-// HandleMethods registers POST /twins/{id}/methods (ServiceConnect).
+// HandleMethods registers POST /twins/{id}/methods and, for modules,
+// POST /twins/{id}/modules/{mid}/methods (ServiceConnect).
 func (s *Server) HandleMethods(inv Invoker) {
 	s.Handle("/twins/{id}/methods", map[string]Endpoint{
 		http.MethodPost: {auth.ServiceConnect, func(w http.ResponseWriter, r *http.Request) error {
-			return s.invokeMethod(w, r, inv)
+			return s.invokeMethod(w, r, inv, r.PathValue("id"))
+		}},
+	})
+	s.Handle("/twins/{id}/modules/{mid}/methods", map[string]Endpoint{
+		http.MethodPost: {auth.ServiceConnect, func(w http.ResponseWriter, r *http.Request) error {
+			if err := checkModulePath(r); err != nil {
+				return err
+			}
+			return s.invokeMethod(w, r, inv, herd.ModuleIdentity(r.PathValue("id"), r.PathValue("mid")))
 		}},
 	})
 }
 
-// invokeMethod validates the call (400 ArgumentInvalid/ArgumentNull for
+// invokeMethod validates the call to target (a device id, or a module's
+// identity, herd.ModuleIdentity) (400 ArgumentInvalid/ArgumentNull for
 // bad fields; 413 MessageTooLarge for a payload over 128 KB) and answers
 // 200 {status, payload}, 404 DeviceNotFound or DeviceNotOnline (404103),
 // or 504 GatewayTimeout (504101).
-func (s *Server) invokeMethod(w http.ResponseWriter, r *http.Request, inv Invoker) error {
+func (s *Server) invokeMethod(w http.ResponseWriter, r *http.Request, inv Invoker, target string) error {
 	var b methodBody
 	if err := decodeBody(r, maxBody, &b); err != nil {
 		return err
@@ -57,7 +67,7 @@ func (s *Server) invokeMethod(w http.ResponseWriter, r *http.Request, inv Invoke
 	if err := method.Validate(&req); err != nil {
 		return err
 	}
-	res, err := inv.Invoke(r.Context(), r.PathValue("id"), req)
+	res, err := inv.Invoke(r.Context(), target, req)
 	if err != nil {
 		return err
 	}

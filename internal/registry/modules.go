@@ -122,7 +122,11 @@ func (s *Service) UpdateModule(ctx context.Context, m herd.Module, ifMatch strin
 		cur.ManagedBy = m.ManagedBy
 		return nil
 	})
-	return out, err
+	if err != nil {
+		return nil, err
+	}
+	s.moduleChanged(m.DeviceID, m.ModuleID)
+	return out, nil
 }
 
 // GetModule returns one module of a device.
@@ -147,7 +151,19 @@ func (s *Service) DeleteModule(ctx context.Context, deviceID, moduleID, ifMatch 
 	if err := checkIDs(deviceID, moduleID); err != nil {
 		return err
 	}
-	return s.store.DeleteModule(ctx, deviceID, moduleID, func(cur *herd.Module) error {
+	if err := s.store.DeleteModule(ctx, deviceID, moduleID, func(cur *herd.Module) error {
 		return twin.CheckETag(ifMatch, cur.ETag)
-	})
+	}); err != nil {
+		return err
+	}
+	s.moduleChanged(deviceID, moduleID)
+	return nil
+}
+
+// moduleChanged forgets a module's cached keys and tells the gateway (the
+// change function, with the module's identity) to check its connection.
+func (s *Service) moduleChanged(deviceID, moduleID string) {
+	id := herd.ModuleIdentity(deviceID, moduleID)
+	s.forget(id)
+	s.onChange(id)
 }

@@ -74,7 +74,9 @@ type Store interface {
 }
 
 // ChangeFunc is told, after commit, that a device's identity was updated or
-// deleted, so that a live connection can be checked again or closed.
+// deleted, so that a live connection can be checked again or closed — the
+// device's and its modules' — or, given a module's identity
+// (herd.ModuleIdentity), that a module's was.
 type ChangeFunc func(deviceID string)
 
 // Service manages the device registry.
@@ -86,7 +88,10 @@ type Service struct {
 	log      *slog.Logger
 
 	keysMu sync.RWMutex
-	keys   map[string]auth.DeviceKeys
+	keys   map[string]auth.DeviceKeys // by connection identity (device, or device/module)
+	// moduleKeys lists the module identities cached in keys, by device,
+	// so that a change of the device forgets them too.
+	moduleKeys map[string]map[string]struct{}
 	// keysGen rises on every forget, so that a Keys call whose store
 	// read raced with an update does not cache the keys it read.
 	keysGen uint64
@@ -103,7 +108,7 @@ func NewService(store Store, now func() time.Time, onChange ChangeFunc, log *slo
 	}
 	return &Service{
 		store: store, now: now, onChange: onChange, log: log,
-		keys:    map[string]auth.DeviceKeys{},
+		keys:    map[string]auth.DeviceKeys{}, moduleKeys: map[string]map[string]struct{}{},
 		pending: map[string]ConnectionChange{},
 	}
 }
@@ -278,22 +283,39 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 	if ok {
 		return k, nil
 	}
-	d, err := s.store.Device(ctx, id)
+	deviceID, moduleID := herd.SplitIdentity(id)
+	d, err := s.store.Device(ctx, deviceID)
 	if err != nil {
 		return auth.DeviceKeys{}, err
 	}
-	k = auth.DeviceKeys{
-		PrimaryKey:   d.Authentication.SymmetricKey.PrimaryKey,
-		SecondaryKey: d.Authentication.SymmetricKey.SecondaryKey,
-		Enabled:      d.Status == herd.DeviceEnabled,
-		Type:         d.Authentication.Type,
+	a := d.Authentication
+	if moduleID != "" {
+		// A module connects with its own credentials, while its device
+		// is enabled.
+		m, err := s.store.Module(ctx, deviceID, moduleID)
+		if err != nil {
+			return auth.DeviceKeys{}, err
+		}
+		a = m.Authentication
 	}
-	if t := d.Authentication.X509Thumbprint; d.Authentication.Type == herd.AuthSelfSigned {
+	k = auth.DeviceKeys{
+		PrimaryKey:   a.SymmetricKey.PrimaryKey,
+		SecondaryKey: a.SymmetricKey.SecondaryKey,
+		Enabled:      d.Status == herd.DeviceEnabled,
+		Type:         a.Type,
+	}
+	if t := a.X509Thumbprint; a.Type == herd.AuthSelfSigned {
 		k.PrimaryThumbprint, k.SecondaryThumbprint = deref(t.PrimaryThumbprint), deref(t.SecondaryThumbprint)
 	}
 	s.keysMu.Lock()
 	if s.keysGen == gen {
 		s.keys[id] = k
+		if moduleID != "" {
+			if s.moduleKeys[deviceID] == nil {
+				s.moduleKeys[deviceID] = map[string]struct{}{}
+			}
+			s.moduleKeys[deviceID][id] = struct{}{}
+		}
 	}
 	s.keysMu.Unlock()
 	return k, nil
@@ -303,6 +325,14 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 func (s *Service) forget(id string) {
 	s.keysMu.Lock()
 	delete(s.keys, id)
+	if deviceID, moduleID := herd.SplitIdentity(id); moduleID != "" {
+		delete(s.moduleKeys[deviceID], id)
+	} else {
+		for m := range s.moduleKeys[id] {
+			delete(s.keys, m)
+		}
+		delete(s.moduleKeys, id)
+	}
 	s.keysGen++
 	s.keysMu.Unlock()
 }

@@ -71,9 +71,16 @@ func (s *Service) Get(ctx context.Context, deviceID string) (*herd.Twin, error) 
 	return View(dev, doc), nil
 }
 
-// DeviceView returns the twin as a device reads it over MQTT.
+// DeviceView returns the twin as a device reads it over MQTT; deviceID
+// may name a module (herd.ModuleIdentity).
 func (s *Service) DeviceView(ctx context.Context, deviceID string) ([]byte, error) {
-	_, doc, err := s.store.Twin(ctx, deviceID)
+	var doc *Doc
+	var err error
+	if dev, mod := herd.SplitIdentity(deviceID); mod != "" {
+		_, doc, err = s.store.ModuleTwin(ctx, dev, mod)
+	} else {
+		_, doc, err = s.store.Twin(ctx, deviceID)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -151,15 +158,24 @@ func (s *Service) UpdateIf(ctx context.Context, deviceID string, decide func(*he
 }
 
 // PatchReported applies a device's reported-properties patch and returns
-// the new reported $version.
+// the new reported $version; deviceID may name a module
+// (herd.ModuleIdentity), whose twin it then writes.
 func (s *Service) PatchReported(ctx context.Context, deviceID string, p Patch) (int64, error) {
 	if p.Tags.Set || p.Desired.Set {
 		return 0, invalid("a device can write only reported properties")
 	}
-	_, doc, err := s.store.UpdateTwin(ctx, deviceID, func(_ *herd.Device, d *Doc) error {
+	apply := func(d *Doc) error {
 		_, err := d.Apply(p, false, s.now())
 		return err
-	})
+	}
+	if dev, mod := herd.SplitIdentity(deviceID); mod != "" {
+		_, doc, err := s.store.UpdateModuleTwin(ctx, dev, mod, func(_ *herd.Module, d *Doc) error { return apply(d) })
+		if err != nil {
+			return 0, err
+		}
+		return doc.ReportedVersion, nil
+	}
+	_, doc, err := s.store.UpdateTwin(ctx, deviceID, func(_ *herd.Device, d *Doc) error { return apply(d) })
 	if err != nil {
 		return 0, err
 	}
@@ -247,7 +263,8 @@ func (s *Service) GetModule(ctx context.Context, deviceID, moduleID string) (*he
 }
 
 // UpdateModule merges (or, with replace, replaces) the tags and desired
-// properties of a module's twin, under the same rules as Update.
+// properties of a module's twin, under the same rules as Update; a
+// connected module is told about desired changes after the write commits.
 func (s *Service) UpdateModule(ctx context.Context, deviceID, moduleID string, p Patch, replace bool, ifMatch string) (*herd.Twin, error) {
 	if p.Reported.Set {
 		return nil, invalid("reported properties can only be written by the module")
@@ -260,15 +277,18 @@ func (s *Service) UpdateModule(ctx context.Context, deviceID, moduleID string, p
 			p.Desired = Change{Set: true}
 		}
 	}
+	var up Update
 	m, doc, err := s.store.UpdateModuleTwin(ctx, deviceID, moduleID, func(_ *herd.Module, d *Doc) error {
 		if err := CheckETag(ifMatch, ETagString(d.ETag)); err != nil {
 			return err
 		}
-		_, err := d.Apply(p, replace, s.now())
+		var err error
+		up, err = d.Apply(p, replace, s.now())
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
+	s.publish(herd.ModuleIdentity(deviceID, moduleID), up)
 	return ModuleView(m, doc), nil
 }

@@ -1,11 +1,18 @@
 // Module identities through azure-iothub's Registry: addModule,
 // getModule, getModulesOnDevice, updateModule and removeModule, with the
-// errors Azure answers (§3.6–3.7 of the compatibility reference).
+// errors Azure answers (§3.6–3.7 of the compatibility reference); module
+// twins; and azure-iot-device's ModuleClient connecting as a module over
+// MQTT and MQTT over WebSocket, with its twin, desired pushes, methods
+// (Client.invokeDeviceMethod(deviceId, moduleId, …)) and telemetry.
 
-import { describe, test } from 'node:test';
+import { after, describe, test } from 'node:test';
+import deviceSdk from 'azure-iot-device';
 import iothub from 'azure-iothub';
 
-import { hub, uniqueId, expectSuccess, expectFailure, expectEqual, expectThat } from '../lib/azure.mjs';
+import { hub, uniqueId, newKey, expectSuccess, expectFailure, expectEqual, expectThat, eventually } from '../lib/azure.mjs';
+import { Message, Mqtt, MqttWs, nextEvent, expectEvent, reportProperties } from '../lib/device.mjs';
+
+const { ModuleClient } = deviceSdk;
 
 const { Registry } = iothub;
 const base64Key = /^[A-Za-z0-9+/]{43}=$/;
@@ -84,5 +91,69 @@ describe('Registry: module twins', () => {
       'updateModuleTwin with a stale etag fails with 412');
     const { responseBody: dt } = await expectSuccess(reg.getTwin(deviceId), 'Registry.getTwin returns the device twin');
     expectEqual(dt.tags ?? {}, {}, 'a module twin\'s tags are not the device twin\'s');
+  });
+});
+
+describe('ModuleClient', () => {
+  const reg = Registry.fromConnectionString(hub.cs('iothubowner'));
+  const svc = iothub.Client.fromConnectionString(hub.cs('iothubowner'));
+  const clients = [];
+  after(async () => {
+    await Promise.all(clients.splice(0).map((c) => c.close().catch(() => {})));
+  });
+
+  for (const [name, Transport] of Object.entries({ Mqtt, MqttWs })) {
+    test(`a module connects over ${name} with its connection string: twin, desired pushes, methods, telemetry`, async () => {
+      const deviceId = uniqueId(`mod${name}`);
+      await expectSuccess(reg.create({ deviceId }), 'Registry.create creates a device');
+      const { responseBody: m } = await expectSuccess(reg.addModule({ deviceId, moduleId: 'sensor' }), 'Registry.addModule creates a module');
+      const cs = `HostName=${hub.host};DeviceId=${deviceId};ModuleId=sensor;SharedAccessKey=${m.authentication.symmetricKey.primaryKey}`;
+      const client = ModuleClient.fromConnectionString(cs, Transport);
+      client.on('error', () => {});
+      clients.push(client);
+      await expectSuccess(client.open(), `ModuleClient.open over ${name} connects the module`);
+
+      const twin = await expectSuccess(client.getTwin(), 'ModuleClient.getTwin reads the module twin');
+      // The listener makes the SDK subscribe to desired updates; the
+      // reported update after it returns once the hub has processed both.
+      const pushed = nextEvent(twin, 'properties.desired', (d) => d.rate === 5);
+      await expectSuccess(reportProperties(twin, { state: 'ready' }), 'the module reports properties');
+      await eventually(async () => (await reg.getModuleTwin(deviceId, 'sensor')).responseBody.properties.reported.state === 'ready',
+        'the module\'s reported properties reach its module twin');
+      const { responseBody: dt } = await reg.getTwin(deviceId);
+      expectEqual(dt.properties.reported.state, undefined, 'a module\'s reported properties are not its device\'s');
+
+      await expectSuccess(reg.updateModuleTwin(deviceId, 'sensor', { properties: { desired: { rate: 5 } } }, '*'),
+        'Registry.updateModuleTwin sets a desired property');
+      await expectEvent(pushed, 'the connected module is told about the desired change');
+
+      client.onMethod('calibrate', (req, res) => res.send(200, { got: req.payload }, () => {}));
+      const { result } = await expectSuccess(svc.invokeDeviceMethod(deviceId, 'sensor',
+        { methodName: 'calibrate', payload: { level: 3 }, connectTimeoutInSeconds: 30, responseTimeoutInSeconds: 30 }),
+      'Client.invokeDeviceMethod(deviceId, moduleId, …) reaches the module\'s onMethod handler', 60_000);
+      expectEqual(result, { status: 200, payload: { got: { level: 3 } } }, 'the module\'s answer comes back as {status, payload}');
+      await expectFailure(svc.invokeDeviceMethod(deviceId, 'nosuch', { methodName: 'calibrate' }), { status: 404 },
+        'a method to a module that does not exist fails with 404');
+
+      await expectSuccess(client.sendEvent(new Message('hello')), 'the module\'s telemetry is acknowledged');
+      await eventually(async () => (await reg.getModule(deviceId, 'sensor')).responseBody.connectionState === 'Connected',
+        'the registry shows the connected module as "Connected"');
+      await expectSuccess(client.close(), 'ModuleClient.close disconnects');
+    });
+  }
+
+  test('a module with a wrong key, or of a deleted device, cannot connect', async () => {
+    const deviceId = uniqueId('modbad');
+    await expectSuccess(reg.create({ deviceId }), 'Registry.create creates a device');
+    await expectSuccess(reg.addModule({ deviceId, moduleId: 'm' }), 'Registry.addModule creates a module');
+    const wrong = ModuleClient.fromConnectionString(`HostName=${hub.host};DeviceId=${deviceId};ModuleId=m;SharedAccessKey=${newKey()}`, Mqtt);
+    wrong.on('error', () => {});
+    clients.push(wrong);
+    await expectFailure(wrong.open(), { name: 'UnauthorizedError' }, 'a module with a wrong key is refused');
+    await expectSuccess(reg.delete(deviceId), 'Registry.delete removes the device and its modules');
+    const { responseBody: d2 } = await expectSuccess(reg.create({ deviceId }), 'the device id is free again');
+    expectThat(d2.deviceId === deviceId, 'the re-created device has the same id', 'it does not');
+    await expectFailure(reg.getModule(deviceId, 'm'), { status: 404, code: 'ModuleNotFound' },
+      'a re-created device has none of its old modules');
   });
 });

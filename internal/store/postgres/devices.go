@@ -274,25 +274,41 @@ func insertDevice(ctx context.Context, tx pgx.Tx, d *herd.Device, doc *twin.Doc)
 // SetConnectionStates records a batch of connection changes in one
 // statement (activity never moves backwards).
 func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
-	ids := make([]string, len(changes))
-	states := make([]*string, len(changes))
-	stateAts := make([]*string, len(changes))
-	acts := make([]string, len(changes))
-	for i, c := range changes {
-		ids[i], acts[i] = c.DeviceID, herd.NewTime(c.ActivityAt).String()
+	var ids, states, stateAts, acts []*string
+	var mIDs, mMods, mStates, mStateAts, mActs []*string
+	for _, c := range changes {
+		dev, mod := herd.SplitIdentity(c.DeviceID)
+		act := herd.NewTime(c.ActivityAt).String()
+		var st, at *string
 		if c.State != "" {
-			s, at := string(c.State), herd.NewTime(c.StateAt).String()
-			states[i], stateAts[i] = &s, &at
+			s, t := string(c.State), herd.NewTime(c.StateAt).String()
+			st, at = &s, &t
+		}
+		if mod != "" {
+			mIDs, mMods, mStates, mStateAts, mActs = append(mIDs, &dev), append(mMods, &mod), append(mStates, st), append(mStateAts, at), append(mActs, &act)
+			continue
+		}
+		ids, states, stateAts, acts = append(ids, &dev), append(states, st), append(stateAts, at), append(acts, &act)
+	}
+	if len(ids) > 0 {
+		if _, err := db.pool.Exec(ctx, `UPDATE devices d SET
+			connection_state = COALESCE(c.state, d.connection_state),
+			connection_state_updated_time = COALESCE(c.state_at, d.connection_state_updated_time),
+			last_activity_time = GREATEST(d.last_activity_time, c.act)
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS c(id, state, state_at, act)
+			WHERE d.device_id = c.id`, ids, states, stateAts, acts); err != nil {
+			return fmt.Errorf("record connection states: %w", err)
 		}
 	}
-	_, err := db.pool.Exec(ctx, `UPDATE devices d SET
-		connection_state = COALESCE(c.state, d.connection_state),
-		connection_state_updated_time = COALESCE(c.state_at, d.connection_state_updated_time),
-		last_activity_time = GREATEST(d.last_activity_time, c.act)
-		FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS c(id, state, state_at, act)
-		WHERE d.device_id = c.id`, ids, states, stateAts, acts)
-	if err != nil {
-		return fmt.Errorf("record connection states: %w", err)
+	if len(mIDs) > 0 {
+		if _, err := db.pool.Exec(ctx, `UPDATE modules m SET
+			connection_state = COALESCE(c.state, m.connection_state),
+			connection_state_updated_time = COALESCE(c.state_at, m.connection_state_updated_time),
+			last_activity_time = GREATEST(m.last_activity_time, c.act)
+			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS c(id, mid, state, state_at, act)
+			WHERE m.device_id = c.id AND m.module_id = c.mid`, mIDs, mMods, mStates, mStateAts, mActs); err != nil {
+			return fmt.Errorf("record module connection states: %w", err)
+		}
 	}
 	return nil
 }

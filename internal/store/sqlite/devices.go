@@ -323,7 +323,18 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 		defer activity.Close()
 		for _, c := range changes {
 			act := herd.NewTime(c.ActivityAt).String()
-			if c.State != "" {
+			if dev, mod := herd.SplitIdentity(c.DeviceID); mod != "" {
+				// A module's connection (rare next to devices': not
+				// prepared).
+				if c.State != "" {
+					_, err = tx.ExecContext(ctx, `UPDATE modules SET connection_state = ?, connection_state_updated_time = ?,
+						last_activity_time = max(last_activity_time, ?) WHERE device_id = ? AND module_id = ?`,
+						string(c.State), herd.NewTime(c.StateAt).String(), act, dev, mod)
+				} else {
+					_, err = tx.ExecContext(ctx, `UPDATE modules SET last_activity_time = max(last_activity_time, ?)
+						WHERE device_id = ? AND module_id = ?`, act, dev, mod)
+				}
+			} else if c.State != "" {
 				_, err = state.ExecContext(ctx, string(c.State), herd.NewTime(c.StateAt).String(), act, c.DeviceID)
 			} else {
 				_, err = activity.ExecContext(ctx, act, c.DeviceID)
