@@ -128,8 +128,10 @@ type desiredPush struct {
 
 // New returns a client for the device named by a device connection string
 // (HostName=…;DeviceId=…;SharedAccessKey=… or SharedAccessSignature=… or
-// x509=true with WithClientCertificate, optionally GatewayHostName=…). It
-// does not connect; call Connect.
+// x509=true with WithClientCertificate, optionally GatewayHostName=…), or
+// for one of its modules with ModuleId=… (a module's connection string:
+// the module's key, its own twin and methods, telemetry from the module).
+// It does not connect; call Connect.
 func New(connectionString string, opts ...Option) (*Client, error) {
 	cs, err := sas.ParseConnectionString(connectionString)
 	if err != nil {
@@ -137,9 +139,6 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 	}
 	if err := cs.ForDevice(); err != nil {
 		return nil, err
-	}
-	if cs.ModuleID != "" {
-		return nil, errors.New("device: module identities are not supported")
 	}
 	o := defaults()
 	for _, fn := range opts {
@@ -176,6 +175,19 @@ func New(connectionString string, opts ...Option) (*Client, error) {
 
 // DeviceID is the device's id.
 func (c *Client) DeviceID() string { return c.cs.DeviceID }
+
+// ModuleID is the module the client connects as ("" for the device
+// itself: a connection string with ModuleId=… makes a module client).
+func (c *Client) ModuleID() string { return c.cs.ModuleID }
+
+// identity is what the client connects as: the device id, or
+// {deviceId}/{moduleId} for a module (its MQTT client id).
+func (c *Client) identity() string {
+	if c.cs.ModuleID != "" {
+		return c.cs.DeviceID + "/" + c.cs.ModuleID
+	}
+	return c.cs.DeviceID
+}
 
 // Connect opens the first connection and starts keeping it up (token
 // renewal, reconnects). Failures are returned without retrying; a refused
@@ -267,7 +279,13 @@ func (c *Client) token() (string, time.Time, error) {
 		return c.cs.SharedAccessSignature, exp, nil
 	}
 	exp := c.opts.now().Add(c.opts.tokenValidity)
-	tok, err := sas.DeviceToken(c.host, c.cs.DeviceID, c.cs.SharedAccessKeyName, c.cs.SharedAccessKey, exp)
+	var tok string
+	var err error
+	if c.cs.ModuleID != "" {
+		tok, err = sas.ModuleToken(c.host, c.cs.DeviceID, c.cs.ModuleID, c.cs.SharedAccessKeyName, c.cs.SharedAccessKey, exp)
+	} else {
+		tok, err = sas.DeviceToken(c.host, c.cs.DeviceID, c.cs.SharedAccessKeyName, c.cs.SharedAccessKey, exp)
+	}
 	return tok, time.Unix(exp.Unix(), 0), err
 }
 
@@ -296,7 +314,7 @@ func (c *Client) broker() string {
 }
 
 func (c *Client) username() string {
-	return c.host + "/" + c.cs.DeviceID + "/?api-version=" + herd.APIVersion +
+	return c.host + "/" + c.identity() + "/?api-version=" + herd.APIVersion +
 		"&DeviceClientType=" + url.QueryEscape("herd-device-go/1")
 }
 
@@ -309,7 +327,7 @@ func (c *Client) dial(ctx context.Context) error {
 	}
 	o := mqtt.NewClientOptions().
 		AddBroker(c.broker()).
-		SetClientID(c.cs.DeviceID).
+		SetClientID(c.identity()).
 		SetUsername(c.username()).
 		SetPassword(password).
 		SetProtocolVersion(4).
@@ -339,7 +357,7 @@ func (c *Client) dial(ctx context.Context) error {
 	tok := conn.Connect()
 	if err := wait(ctx, tok); err != nil {
 		conn.Disconnect(0)
-		return connectError(c.cs.DeviceID, err)
+		return connectError(c.identity(), err)
 	}
 	present := tok.(*mqtt.ConnectToken).SessionPresent()
 	c.mu.Lock()

@@ -14,7 +14,11 @@ import (
 func (c *Client) SendEvent(ctx context.Context, body []byte, props map[string]string) error {
 	ctx, cancel := c.opContext(ctx)
 	defer cancel()
-	return c.publish(ctx, "devices/"+c.cs.DeviceID+"/messages/events/"+encodeBag(props), 1, body)
+	root := "devices/" + c.cs.DeviceID
+	if c.cs.ModuleID != "" {
+		root += "/modules/" + c.cs.ModuleID
+	}
+	return c.publish(ctx, root+"/messages/events/"+encodeBag(props), 1, body)
 }
 
 // encodeBag writes a property bag as the SDKs do (§8.10): system

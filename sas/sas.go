@@ -153,6 +153,18 @@ func DeviceResource(host, deviceID string) string {
 	return EncodeStrict(host + "/devices/" + deviceID)
 }
 
+// ModuleResource is a module's token resource (sr):
+// {host}/devices/{deviceId}/modules/{moduleId}, percent-encoded.
+func ModuleResource(host, deviceID, moduleID string) string {
+	return EncodeStrict(host + "/devices/" + deviceID + "/modules/" + moduleID)
+}
+
+// ModuleToken signs a token for one module with its key (or with a policy
+// key when policy is not empty).
+func ModuleToken(host, deviceID, moduleID, policy, key string, expiry time.Time) (string, error) {
+	return New(ModuleResource(host, deviceID, moduleID), key, policy, expiry)
+}
+
 // DeviceToken signs a token for one device with that device's key (or with
 // a policy key when policy is not empty), as the device SDKs do.
 func DeviceToken(host, deviceID, policy, key string, expiry time.Time) (string, error) {

@@ -26,3 +26,20 @@ func (c *Client) InvokeMethod(ctx context.Context, deviceID string, req herd.Met
 	}
 	return &out, nil
 }
+
+// InvokeModuleMethod calls a direct method on a module of a device
+// (POST /twins/{id}/modules/{mid}/methods), as InvokeMethod does on a
+// device; an unknown module fails with ErrModuleNotFound.
+func (c *Client) InvokeModuleMethod(ctx context.Context, deviceID, moduleID string, req herd.MethodRequest) (*herd.MethodResult, error) {
+	if req.Payload == nil {
+		req.Payload = []byte("null")
+	}
+	var out herd.MethodResult
+	_, err := c.do(ctx, request{
+		method: http.MethodPost, path: moduleTwinPath(deviceID, moduleID) + "/methods", body: req, out: &out,
+	})
+	if err != nil {
+		return nil, err
+	}
+	return &out, nil
+}

@@ -13,12 +13,13 @@ import (
 )
 
 func connectionStringCommand(e *env) *cobra.Command {
-	var data, storeSpec, policy, device, hostname string
+	var data, storeSpec, policy, device, module, hostname string
 	cmd := &cobra.Command{
 		Use:   "connection-string",
 		Short: "Print a policy's or a device's connection string",
 		Long: `Print the connection string of a shared access policy (default
-iothubowner) or, with --device, of a device, read from a hub's data folder.
+iothubowner) or, with --device, of a device (with --module too, of one of
+its modules), read from a hub's data folder.
 
 A device that authenticates with an X.509 certificate (selfSigned or
 certificateAuthority) gets x509=true instead of a key: the program gives
@@ -48,6 +49,9 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 			if host == "" {
 				host = "localhost"
 			}
+			if module != "" && device == "" {
+				return fmt.Errorf("--module names a module of --device; give both")
+			}
 			if device != "" {
 				d, err := db.Device(ctx, device)
 				if err != nil {
@@ -57,9 +61,17 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 				if err != nil {
 					return err
 				}
-				out := sas.ConnectionString{HostName: host, GatewayHostName: gateway, DeviceID: d.DeviceID,
-					SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
-				if t := d.Authentication.Type; t == herd.AuthSelfSigned || t == herd.AuthCertificateAuthority {
+				a := d.Authentication
+				out := sas.ConnectionString{HostName: host, GatewayHostName: gateway, DeviceID: d.DeviceID}
+				if module != "" {
+					m, err := db.Module(ctx, device, module)
+					if err != nil {
+						return err
+					}
+					a, out.ModuleID = m.Authentication, m.ModuleID
+				}
+				out.SharedAccessKey = a.SymmetricKey.PrimaryKey
+				if t := a.Type; t == herd.AuthSelfSigned || t == herd.AuthCertificateAuthority {
 					out.SharedAccessKey, out.X509 = "", true // the device brings its certificate
 				}
 				fmt.Fprintln(e.stdout, out.String())
@@ -84,6 +96,7 @@ SDK and Herd's Go device SDK dial it; other SDKs dial 8883 regardless.`,
 	f.StringVar(&storeSpec, "store", "", "the hub's store, if not the SQLite database in --data (as herd serve --store)")
 	f.StringVar(&policy, "policy", "iothubowner", "shared access policy")
 	f.StringVar(&device, "device", "", "print this device's connection string instead")
+	f.StringVar(&module, "module", "", "with --device: print the connection string of this module of the device")
 	f.StringVar(&hostname, "hostname", "", "HostName to write (default: the hub's --hostname)")
 	return cmd
 }

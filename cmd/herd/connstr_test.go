@@ -62,3 +62,51 @@ func TestDeviceConnectionStringGateway(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestModuleConnectionString: connection-string --device --module prints
+// a module's connection string, with which the Go device SDK connects as
+// the module, reports to the module's twin and answers its methods.
+func TestModuleConnectionString(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "data")
+	_, stop := startServe(t, noEnv, "--data", dir, "--https-addr", "127.0.0.1:0")
+	defer stop()
+	for _, args := range [][]string{{"device", "create", "gw-1"}, {"module", "create", "gw-1", "cam"}} {
+		if o, err := runCLI(t, noEnv, append(args, "--data", dir)...); err != nil {
+			t.Fatalf("%v: %v\n%s", args, err, o)
+		}
+	}
+	text, err := runCLI(t, noEnv, "connection-string", "--data", dir, "--device", "gw-1", "--module", "cam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := sas.ParseConnectionString(strings.TrimSpace(text))
+	if err != nil || cs.DeviceID != "gw-1" || cs.ModuleID != "cam" || cs.SharedAccessKey == "" {
+		t.Fatalf("module connection string %q: %v", text, err)
+	}
+	d, err := device.New(strings.TrimSpace(text), device.WithCAFile(filepath.Join(dir, "ca.pem")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := d.Connect(ctx); err != nil {
+		t.Fatalf("connect as the module: %v", err)
+	}
+	defer d.Close()
+	if _, err := d.ReportProperties(ctx, map[string]any{"lens": "wide"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.SendEvent(ctx, []byte("frame"), nil); err != nil {
+		t.Fatal(err)
+	}
+	out, err := runCLI(t, noEnv, "module", "show", "gw-1", "cam", "--data", dir)
+	if err != nil || !strings.Contains(out, `"moduleId": "cam"`) {
+		t.Errorf("module show: %v\n%s", err, out)
+	}
+	if _, err := runCLI(t, noEnv, "connection-string", "--data", dir, "--device", "gw-1", "--module", "nope"); err == nil || !strings.Contains(err.Error(), "ModuleNotFound") {
+		t.Errorf("an unknown module: %v", err)
+	}
+	if _, err := runCLI(t, noEnv, "connection-string", "--data", dir, "--module", "cam"); err == nil {
+		t.Error("--module without --device was accepted")
+	}
+}

@@ -3,14 +3,20 @@ package hub_test
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/device"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/store"
+	"github.com/herd-iot/herd/sas"
 )
 
 // TestOwnCertificate serves the user's certificate instead of generating a
@@ -64,4 +70,71 @@ func TestValidate(t *testing.T) {
 			t.Errorf("%s: invalid config accepted", name)
 		}
 	}
+}
+
+// TestModuleOverMQTT: a module connects with its own connection string
+// (Go device SDK, ModuleId=…), reports to its module twin, gets desired
+// pushes and direct methods addressed to the module, and is disconnected
+// when its device is deleted.
+func TestModuleOverMQTT(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "gw"}); err != nil {
+		t.Fatal(err)
+	}
+	m, err := h.Service.CreateModule(ctx, herd.Module{DeviceID: "gw", ModuleID: "cam"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := sas.ConnectionString{HostName: "localhost", DeviceID: "gw", ModuleID: "cam", SharedAccessKey: m.Authentication.SymmetricKey.PrimaryKey}
+	c, err := device.New(cs.String(), device.WithCA(h.CA), device.WithAddress(h.MQTTAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	desired := make(chan map[string]any, 4)
+	c.OnDesiredChange(func(patch map[string]any, _ int64) { desired <- patch })
+	c.OnMethod("zoom", func(_ context.Context, p json.RawMessage) (int, any) { return 200, map[string]any{"module": "cam", "got": p} })
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.ReportProperties(ctx, map[string]any{"lens": "wide"}); err != nil {
+		t.Fatal(err)
+	}
+	mt, err := h.Service.GetModuleTwin(ctx, "gw", "cam")
+	if err != nil || mt.Properties.Reported["lens"] != "wide" {
+		t.Fatalf("module twin: %+v %v", mt, err)
+	}
+	if dt, _ := h.Service.GetTwin(ctx, "gw"); dt.Properties.Reported["lens"] != nil {
+		t.Error("the module's report reached the device twin")
+	}
+	if _, err := h.Service.UpdateModuleTwin(ctx, "gw", "cam", herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"fps": 25}}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case p := <-desired:
+		if fmt.Sprint(p["fps"]) != "25" {
+			t.Errorf("desired push %v", p)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("no desired push to the module")
+	}
+	res, err := h.Service.InvokeModuleMethod(ctx, "gw", "cam", herd.MethodRequest{MethodName: "zoom", Payload: json.RawMessage(`2`), ConnectTimeoutInSeconds: 10})
+	if err != nil || res.Status != 200 || string(res.Payload) != `{"got":2,"module":"cam"}` {
+		t.Fatalf("module method: %+v %v", res, err)
+	}
+	if _, err := h.Service.InvokeMethod(ctx, "gw", herd.MethodRequest{MethodName: "zoom"}); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+		t.Errorf("the device itself is not connected: %v", err)
+	}
+	if _, err := h.Service.InvokeModuleMethod(ctx, "gw", "nope", herd.MethodRequest{MethodName: "zoom"}); !herd.IsCode(err, herd.ErrModuleNotFound) {
+		t.Errorf("an unknown module: %v", err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		got, err := h.Service.GetModule(ctx, "gw", "cam")
+		return err == nil && got.ConnectionState == herd.Connected
+	}, "the module shows Connected")
+	if err := h.Service.DeleteDevice(ctx, "gw", ""); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "the module of the deleted device is disconnected")
 }
