@@ -20,7 +20,10 @@ type deviceData struct {
 	// Device is the identity (nil when the policy cannot read the
 	// registry); its keys are blank unless Keys is set.
 	Device *herd.Device
-	Keys   *deviceKeys
+	// Modules are the device's modules (without keys), when the policy
+	// can read the registry.
+	Modules []*herd.Module
+	Keys    *deviceKeys
 	Twin   *herd.Twin
 	Diff   []diffRow
 	// Pending counts desired properties the device has not reported back.
@@ -68,6 +71,14 @@ func (s *Server) renderDevice(w http.ResponseWriter, r *http.Request, c *call, s
 			return err
 		}
 		dd.Device = d
+		ms, err := s.cfg.Registry.ListModules(r.Context(), id)
+		if err != nil {
+			return err
+		}
+		for _, m := range ms {
+			m.Authentication.SymmetricKey = herd.SymmetricKey{}
+		}
+		dd.Modules = ms
 	}
 	t, err := s.twin(r, id)
 	if err != nil {

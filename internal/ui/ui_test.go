@@ -326,6 +326,18 @@ func TestReadOnlyPolicySeesAndDoesNoWrites(t *testing.T) {
 	if p := b.get("/ui/devices/d1"); !strings.Contains(p.body, `{&#34;building&#34;:43}`) && !strings.Contains(p.body, "&#34;building&#34;: 43") {
 		t.Errorf("the twin is not shown to registryRead: %s", p.body)
 	}
+	// The device's modules are listed, without their keys.
+	if p := b.get("/ui/devices/d2"); !strings.Contains(p.body, "This device has no modules") {
+		t.Errorf("a device without modules: %s", p.body)
+	}
+	m, err := h.Service.CreateModule(ctx, herd.Module{DeviceID: "d1", ModuleID: "cam", ManagedBy: "IotEdge"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := b.get("/ui/devices/d1"); !strings.Contains(p.body, `data-testid="modules"`) || !strings.Contains(p.body, "<td>cam</td><td>IotEdge</td>") ||
+		strings.Contains(p.body, m.Authentication.SymmetricKey.PrimaryKey) {
+		t.Errorf("the device's modules: %s", p.body)
+	}
 	// Forged forms, with a valid CSRF token, are refused by the server.
 	for path, form := range map[string]url.Values{
 		"/ui/devices/d1/status":     {"status": {"disabled"}},
