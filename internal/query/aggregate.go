@@ -129,8 +129,11 @@ func CompileAggregate(d Dialect, q *Query) (a *Aggregation, err error) {
 }
 
 func tableOf(s Source) string {
-	if s == DeviceJobs {
+	switch s {
+	case DeviceJobs:
 		return "device_jobs"
+	case DeviceModules:
+		return "modules"
 	}
 	return "devices"
 }

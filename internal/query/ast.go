@@ -14,11 +14,16 @@ const (
 	Devices Source = iota
 	// DeviceJobs is FROM devices.jobs: per-device job records (§6.5).
 	DeviceJobs
+	// DeviceModules is FROM devices.modules: module twins (§7.3).
+	DeviceModules
 )
 
 func (s Source) String() string {
-	if s == DeviceJobs {
+	switch s {
+	case DeviceJobs:
 		return "devices.jobs"
+	case DeviceModules:
+		return "devices.modules"
 	}
 	return "devices"
 }

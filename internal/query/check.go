@@ -87,7 +87,7 @@ func resolve(p *Path, src Source) error {
 			out[i] = s
 		case f.members == nil:
 			return errorf(p.Pos, "%s has no members", strings.Join(out[:i], "."))
-		case i == 0 && src == Devices:
+		case i == 0 && src != DeviceJobs:
 			return errorf(p.Pos, "unknown property %s: twin properties are deviceId, status, tags.…, properties.desired.…, properties.reported.… and the other twin fields", s)
 		case i == 0:
 			return errorf(p.Pos, "unknown devices.jobs field %s", s)

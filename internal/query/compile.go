@@ -1,6 +1,8 @@
 package query
 
 import (
+	"github.com/herd-iot/herd"
+
 	"math"
 	"strconv"
 	"strings"
@@ -675,6 +677,9 @@ func (c *compiler) nullable(col string) operand {
 		kind: "CASE WHEN " + col + " IS NULL THEN 'null' ELSE 'string' END"}
 }
 
+// zeroTime is the wire form of a time never set (herd.Time{}).
+var zeroTime = herd.Time{}.String()
+
 var twinColumns = map[string]string{
 	"deviceId": "device_id", "status": "status", "statusUpdateTime": "status_updated_time",
 	"connectionState": "connection_state", "lastActivityTime": "last_activity_time",
@@ -693,6 +698,26 @@ func (c *compiler) path(p *Path) operand {
 	s := p.Segs
 	if p.Jobs {
 		return c.jobPath(p)
+	}
+	if c.src == DeviceModules {
+		// A module twin (twin.ModuleView): its own id, always enabled,
+		// no status reason or capabilities of its own.
+		switch s[0] {
+		case "moduleId":
+			return static(String, c.col("module_id"))
+		case "status":
+			return static(String, c.literal("enabled"))
+		case "statusUpdateTime":
+			return static(String, c.literal(zeroTime))
+		case "statusReason":
+			return operand{kinds: Kinds(Null)}
+		case "capabilities":
+			if len(s) == 1 {
+				return operand{kinds: Kinds(Object)}
+			}
+			f := frag{s: "1 = 0"}
+			return operand{kinds: Kinds(False), cond: &f, boolv: f.s, kind: "'false'"}
+		}
 	}
 	if col, ok := twinColumns[s[0]]; ok {
 		return static(String, c.col(col))

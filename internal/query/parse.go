@@ -23,7 +23,7 @@ func itoa(n int) string { return strconv.Itoa(n) }
 
 // Parse parses and checks a whole query:
 //
-//	SELECT [TOP n] * | projections FROM devices | devices.jobs [WHERE cond] [GROUP BY paths]
+//	SELECT [TOP n] * | projections FROM devices | devices.modules | devices.jobs [WHERE cond] [GROUP BY paths]
 //
 // Errors are *Error (with the position) or *TooLongError.
 func Parse(text string) (*Query, error) {
@@ -205,7 +205,7 @@ func (p *parser) query() (*Query, error) {
 
 func (p *parser) source(q *Query) error {
 	if p.tok.kind != tokIdent || !strings.EqualFold(p.tok.text, "devices") {
-		return errorf(p.tok.pos, "expected devices or devices.jobs after FROM, found %s", p.tok)
+		return errorf(p.tok.pos, "expected devices, devices.modules or devices.jobs after FROM, found %s", p.tok)
 	}
 	if err := p.advance(); err != nil {
 		return err
@@ -218,9 +218,9 @@ func (p *parser) source(q *Query) error {
 	case p.tok.kind == tokIdent && strings.EqualFold(p.tok.text, "jobs"):
 		q.From = DeviceJobs
 	case p.tok.kind == tokIdent && strings.EqualFold(p.tok.text, "modules"):
-		return errorf(p.tok.pos, "FROM devices.modules is not supported: Herd has no module identities")
+		q.From = DeviceModules
 	default:
-		return errorf(p.tok.pos, "expected devices or devices.jobs after FROM, found devices.%s", p.tok.text)
+		return errorf(p.tok.pos, "expected devices, devices.modules or devices.jobs after FROM, found devices.%s", p.tok.text)
 	}
 	return p.advance()
 }

@@ -91,6 +91,11 @@ describe('Registry: module twins', () => {
       'updateModuleTwin with a stale etag fails with 412');
     const { responseBody: dt } = await expectSuccess(reg.getTwin(deviceId), 'Registry.getTwin returns the device twin');
     expectEqual(dt.tags ?? {}, {}, 'a module twin\'s tags are not the device twin\'s');
+    const { result: found } = await expectSuccess(
+      reg.createQuery(`SELECT * FROM devices.modules WHERE deviceId = '${deviceId}' AND moduleId = 'cam'`).nextAsTwin(),
+      'a query FROM devices.modules returns module twins');
+    expectEqual(found.map((x) => [x.deviceId, x.moduleId, x.tags?.lens]), [[deviceId, 'cam', 'wide']],
+      'the query finds the module twin with its tags');
   });
 });
 

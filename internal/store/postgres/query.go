@@ -28,6 +28,8 @@ func (db *DB) RunQuery(ctx context.Context, q *query.Query, size int, cur *query
 		items, next, err = db.aggregate(ctx, q, size, cur)
 	case q.From == query.DeviceJobs:
 		items, next, err = db.deviceJobs(ctx, q, size, cur)
+	case q.From == query.DeviceModules:
+		items, next, err = db.moduleTwins(ctx, q, size, cur)
 	default:
 		items, next, err = db.twins(ctx, q, size, cur)
 	}
@@ -54,6 +56,56 @@ func cursorKeys(cur *query.Cursor, n int) ([]string, error) {
 		return nil, herd.Errorf(herd.ErrArgumentInvalid, "the continuation token does not belong to this query")
 	}
 	return cur.Keys, nil
+}
+
+// moduleTwins returns module twins (SELECT * FROM devices.modules) or
+// projection rows, a page in (device, module) order after the cursor.
+func (db *DB) moduleTwins(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
+	cond, p, err := condition(q)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := cursorKeys(cur, 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	text := `SELECT ` + moduleColumns + `, ` + twinColumns + ` FROM modules WHERE (` + cond.Text + `) AND (device_id, module_id) > (` +
+		p.add(keys[0]) + `, ` + p.add(keys[1]) + `) ORDER BY device_id, module_id LIMIT ` + p.add(size+1)
+	rows, err := db.pool.Query(ctx, text, p.args...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var items []any
+	var last *herd.Twin
+	var next *query.Cursor
+	for rows.Next() {
+		if len(items) == size {
+			next = &query.Cursor{Keys: []string{last.DeviceID, last.ModuleID}}
+			break
+		}
+		var raw rawDoc
+		m, err := scanModuleWith(rows, raw.dest()...)
+		if err != nil {
+			return nil, nil, err
+		}
+		doc, err := raw.decode()
+		if err != nil {
+			return nil, nil, err
+		}
+		t := twin.ModuleView(m, doc)
+		last = t
+		if q.Star {
+			items = append(items, t)
+			continue
+		}
+		mm, err := toMap(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, q.Project(mm))
+	}
+	return items, next, rows.Err()
 }
 
 // twins returns twins (SELECT *) or projection rows, a page in device id

@@ -63,6 +63,8 @@ func (db *DB) RunQuery(ctx context.Context, q *query.Query, size int, cur *query
 		items, next, err = db.aggregate(ctx, q, size, cur)
 	case q.From == query.DeviceJobs:
 		items, next, err = db.deviceJobs(ctx, q, size, cur)
+	case q.From == query.DeviceModules:
+		items, next, err = db.moduleTwins(ctx, q, size, cur)
 	default:
 		items, next, err = db.twins(ctx, q, size, cur)
 	}
@@ -150,6 +152,56 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 		}
 	}
 	return items, next, nil
+}
+
+// moduleTwins returns module twins (SELECT * FROM devices.modules) or
+// projection rows, in (device, module) order.
+func (db *DB) moduleTwins(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
+	cond, err := condition(q)
+	if err != nil {
+		return nil, nil, err
+	}
+	keys, err := cursorKeys(cur, 2)
+	if err != nil {
+		return nil, nil, err
+	}
+	text := `SELECT ` + moduleColumns + `, ` + twinSelect + ` FROM modules
+		WHERE (` + cond.Text + `) AND (device_id, module_id) > (?, ?) ORDER BY device_id, module_id LIMIT ?`
+	rows, err := db.read.QueryContext(ctx, text, append(cond.Args, keys[0], keys[1], size+1)...)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer rows.Close()
+	var items []any
+	var last *herd.Twin
+	var next *query.Cursor
+	for rows.Next() {
+		if len(items) == size {
+			next = &query.Cursor{Keys: []string{last.DeviceID, last.ModuleID}}
+			break
+		}
+		var raw rawDoc
+		m, err := scanModuleWith(rows, raw.dest()...)
+		if err != nil {
+			return nil, nil, err
+		}
+		doc, err := raw.decode()
+		if err != nil {
+			return nil, nil, err
+		}
+		t := twin.ModuleView(m, doc)
+		last = t
+		if q.Star {
+			items = append(items, t)
+			continue
+		}
+		mm, err := toMap(t)
+		if err != nil {
+			return nil, nil, err
+		}
+		items = append(items, q.Project(mm))
+	}
+	return items, next, rows.Err()
 }
 
 // projected remembers the device of a projection row until the page's

@@ -3,10 +3,12 @@ package storetest
 import (
 	"context"
 	"fmt"
+	"slices"
 	"testing"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -18,6 +20,7 @@ var moduleTests = []struct {
 	{"Lifecycle", testModuleLifecycle},
 	{"DeletedWithDevice", testModulesDeletedWithDevice},
 	{"Limit", testModuleLimit},
+	{"Queries", testModuleQueries},
 }
 
 func newModule(deviceID, moduleID string) *herd.Module {
@@ -140,5 +143,93 @@ func testModuleLimit(t *testing.T, s Store) {
 	}
 	if _, err := s.CreateModule(ctx, newModule("full", "one-more"), twin.NewDoc(t0)); !herd.IsCode(err, herd.ErrArgumentInvalid) {
 		t.Errorf("module past the limit: %v", err)
+	}
+}
+
+// FROM devices.modules reads module twins: conditions on module ids, tags
+// and reported properties, projections, paging in (device, module) order,
+// aggregates; FROM devices never returns a module.
+func testModuleQueries(t *testing.T, s Store) {
+	ctx := context.Background()
+	create(t, s, "e1", "e2", "e3")
+	for _, dm := range [][2]string{{"e1", "$edgeAgent"}, {"e1", "filter"}, {"e2", "$edgeAgent"}, {"e2", "cam"}, {"e3", "cam"}} {
+		doc := twin.NewDoc(t0)
+		if _, err := doc.Apply(twin.Patch{Tags: twin.Change{Set: true, Value: map[string]any{"role": dm[1]}}}, false, t0); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.CreateModule(ctx, newModule(dm[0], dm[1]), doc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, _, err := s.UpdateModuleTwin(ctx, "e2", "cam", func(_ *herd.Module, d *twin.Doc) error {
+		_, err := d.Apply(twin.Patch{Reported: twin.Change{Set: true, Value: map[string]any{"fps": 30.0}}}, false, t0)
+		return err
+	}); err != nil {
+		t.Fatal(err)
+	}
+	ids := func(text string, size int) []string {
+		t.Helper()
+		svc := query.NewService(s)
+		var out []string
+		token := ""
+		for {
+			res, err := svc.Run(ctx, text, size, token)
+			if err != nil {
+				t.Fatalf("%s: %v", text, err)
+			}
+			for _, it := range res.Items {
+				switch v := it.(type) {
+				case *herd.Twin:
+					out = append(out, v.DeviceID+"/"+v.ModuleID)
+				case map[string]any:
+					out = append(out, fmt.Sprint(v["deviceId"], "/", v["moduleId"], v["n"]))
+				}
+			}
+			if res.Continuation == "" {
+				return out
+			}
+			token = res.Continuation
+		}
+	}
+	for _, c := range []struct {
+		text string
+		size int
+		want []string
+	}{
+		{"SELECT * FROM devices.modules", 2, []string{"e1/$edgeAgent", "e1/filter", "e2/$edgeAgent", "e2/cam", "e3/cam"}},
+		{"SELECT * FROM devices.modules WHERE moduleId = '$edgeAgent'", 1, []string{"e1/$edgeAgent", "e2/$edgeAgent"}},
+		{"SELECT * FROM devices.modules WHERE tags.role = 'cam' AND deviceId != 'e3'", 10, []string{"e2/cam"}},
+		{"SELECT * FROM devices.modules WHERE properties.reported.fps > 20", 10, []string{"e2/cam"}},
+		{"SELECT * FROM devices.modules WHERE status = 'enabled' AND NOT capabilities.iotEdge AND deviceId = 'e1'", 10, []string{"e1/$edgeAgent", "e1/filter"}},
+		{"SELECT deviceId, moduleId FROM devices.modules WHERE deviceId IN ['e2', 'e3']", 1, []string{"e2/cam<nil>", "e2/$edgeAgent<nil>", "e3/cam<nil>"}},
+		{"SELECT * FROM devices WHERE deviceId = 'e1'", 10, []string{"e1/"}},
+	} {
+		got := ids(c.text, c.size)
+		if c.text[:9] == "SELECT de" {
+			slices.Sort(got)
+			slices.Sort(c.want)
+		}
+		if !slices.Equal(got, c.want) {
+			t.Errorf("%s (pages of %d) = %v, want %v", c.text, c.size, got, c.want)
+		}
+	}
+	res, err := query.NewService(s).Run(ctx, "SELECT moduleId, COUNT() AS n FROM devices.modules GROUP BY moduleId", 10, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	counts := map[string]string{}
+	for _, it := range res.Items {
+		m := it.(map[string]any)
+		counts[fmt.Sprint(m["moduleId"])] = fmt.Sprint(m["n"])
+	}
+	if want := map[string]string{"$edgeAgent": "2", "filter": "1", "cam": "2"}; fmt.Sprint(counts) != fmt.Sprint(want) {
+		t.Errorf("modules by id: %v, want %v", counts, want)
+	}
+	res, err = query.NewService(s).Run(ctx, "SELECT * FROM devices.modules WHERE moduleId = 'cam'", 10, "")
+	if err != nil || res.ItemType != query.ItemTwin || len(res.Items) != 2 {
+		t.Fatalf("module twins: %+v %v", res, err)
+	}
+	if tw := res.Items[0].(*herd.Twin); tw.Tags["role"] != "cam" || tw.Status != herd.DeviceEnabled || tw.ModuleID != "cam" {
+		t.Errorf("a module twin from a query: %+v", tw)
 	}
 }
