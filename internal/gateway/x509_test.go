@@ -449,3 +449,42 @@ func TestX509RegistryChangesDisconnect(t *testing.T) {
 		c.expectClosed()
 	})
 }
+
+// Modules authenticate with certificates as devices do: a selfSigned
+// module by its thumbprints, a certificateAuthority module by a chain to
+// a verified CA whose CN is the module's identity {deviceId}/{moduleId}.
+func TestX509Module(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	now := time.Now()
+	if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "edge"}); err != nil {
+		t.Fatal(err)
+	}
+	a, b := selfSigned(t, "a", now.Add(-time.Hour), 24*time.Hour), selfSigned(t, "b", now.Add(-time.Hour), 24*time.Hour)
+	a1, _ := certs.Thumbprints(a.Cert)
+	if _, err := h.Service.CreateModule(ctx, herd.Module{DeviceID: "edge", ModuleID: "cam", Authentication: thumbs(a1, "")}); err != nil {
+		t.Fatal(err)
+	}
+	ca := newCA(t, "modules CA")
+	verifyCA(t, h, "modules", ca)
+	if _, err := h.Service.CreateModule(ctx, herd.Module{DeviceID: "edge", ModuleID: "mic", Authentication: caAuth}); err != nil {
+		t.Fatal(err)
+	}
+	cam, mic := device{id: "edge/cam", h: h}, device{id: "edge/mic", h: h}
+	t.Run("selfSigned module", func(t *testing.T) {
+		c := dialTLSCert(t, h, certOf(t, a))
+		expectAccepted(t, c, c.x509Connect(cam))
+	})
+	t.Run("selfSigned module, another certificate", func(t *testing.T) {
+		c := dialTLSCert(t, h, certOf(t, b))
+		expectRefused(t, c, c.x509Connect(cam))
+	})
+	t.Run("CA-signed module", func(t *testing.T) {
+		c := dialTLSCert(t, h, certOf(t, issue(t, ca, "edge/mic", now.Add(-time.Hour), time.Hour*2)))
+		expectAccepted(t, c, c.x509Connect(mic))
+	})
+	t.Run("CA-signed for the device, not the module", func(t *testing.T) {
+		c := dialTLSCert(t, h, certOf(t, issue(t, ca, "edge", now.Add(-time.Hour), time.Hour*2)))
+		expectRefused(t, c, c.x509Connect(mic))
+	})
+}
