@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -102,6 +103,27 @@ func TestModuleConnectionString(t *testing.T) {
 	out, err := runCLI(t, noEnv, "module", "show", "gw-1", "cam", "--data", dir)
 	if err != nil || !strings.Contains(out, `"moduleId": "cam"`) {
 		t.Errorf("module show: %v\n%s", err, out)
+	}
+	// The module's twin and methods from the CLI.
+	out, err = runCLI(t, noEnv, "twin", "show", "gw-1", "--module", "cam", "--data", dir)
+	if err != nil || !strings.Contains(out, `"lens": "wide"`) || !strings.Contains(out, `"moduleId": "cam"`) {
+		t.Errorf("twin show --module: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, noEnv, "twin", "show", "gw-1", "--data", dir); err != nil || strings.Contains(out, `"lens"`) {
+		t.Errorf("the device twin shows the module's report: %v\n%s", err, out)
+	}
+	if out, err := runCLI(t, noEnv, "twin", "update", "gw-1", "--module", "cam", "--tags", `{"zone":"b"}`, "--data", dir); err != nil || !strings.Contains(out, `"zone": "b"`) {
+		t.Errorf("twin update --module: %v\n%s", err, out)
+	}
+	d.OnMethod("snap", func(_ context.Context, p json.RawMessage) (int, any) { return 201, map[string]any{"got": p} })
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(50 * time.Millisecond) {
+		out, err = runCLI(t, noEnv, "method", "invoke", "gw-1", "snap", "--module", "cam", "--payload", `{"n":1}`, "--connect-timeout", "5", "--data", dir)
+		if err == nil || time.Now().After(deadline) {
+			break
+		}
+	}
+	if err != nil || !strings.Contains(out, "status: 201") || !strings.Contains(out, `{"got":{"n":1}}`) {
+		t.Errorf("method invoke --module: %v\n%s", err, out)
 	}
 	if _, err := runCLI(t, noEnv, "connection-string", "--data", dir, "--device", "gw-1", "--module", "nope"); err == nil || !strings.Contains(err.Error(), "ModuleNotFound") {
 		t.Errorf("an unknown module: %v", err)

@@ -19,7 +19,7 @@ func methodCommand(e *env) *cobra.Command {
 	})
 	cf.register(cmd)
 
-	var payload string
+	var payload, module string
 	var timeout, connectTimeout int
 	invokeCmd := &cobra.Command{
 		Use:   "invoke ID NAME",
@@ -35,10 +35,16 @@ func methodCommand(e *env) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			res, err := c.InvokeMethod(cmd.Context(), args[0], herd.MethodRequest{
+			req := herd.MethodRequest{
 				MethodName: args[1], Payload: json.RawMessage(payload),
 				ResponseTimeoutInSeconds: timeout, ConnectTimeoutInSeconds: connectTimeout,
-			})
+			}
+			var res *herd.MethodResult
+			if module != "" {
+				res, err = c.InvokeModuleMethod(cmd.Context(), args[0], module, req)
+			} else {
+				res, err = c.InvokeMethod(cmd.Context(), args[0], req)
+			}
 			if err != nil {
 				return err
 			}
@@ -53,6 +59,7 @@ func methodCommand(e *env) *cobra.Command {
 	f.StringVar(&payload, "payload", "null", "the method's payload, as JSON")
 	f.IntVar(&timeout, "timeout", 30, "seconds to wait for the device's answer (5 to 300)")
 	f.IntVar(&connectTimeout, "connect-timeout", 0, "seconds to wait for an offline device to connect (0 to 300)")
+	f.StringVar(&module, "module", "", "call the method on this module of the device")
 	cmd.AddCommand(invokeCmd)
 	return cmd
 }

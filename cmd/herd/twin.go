@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 
@@ -14,20 +15,25 @@ func twinCommand(e *env) *cobra.Command {
 	var cf clientFlags
 	cmd := group(&cobra.Command{
 		Use:   "twin",
-		Short: "Read and update device twins",
+		Short: "Read and update device twins (and module twins, with --module)",
 	})
 	cf.register(cmd)
 
+	var showModule string
 	showCmd := &cobra.Command{
 		Use:   "show ID",
-		Short: "Show a device's twin",
+		Short: "Show a device's twin (or, with --module, one of its module twins)",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			c, err := cf.client(cmd.Context(), cmd, e)
 			if err != nil {
 				return err
 			}
-			t, err := c.GetTwin(cmd.Context(), args[0])
+			get := c.GetTwin
+			if showModule != "" {
+				get = func(ctx context.Context, id string) (*herd.Twin, error) { return c.GetModuleTwin(ctx, id, showModule) }
+			}
+			t, err := get(cmd.Context(), args[0])
 			if err != nil {
 				return err
 			}
@@ -35,8 +41,9 @@ func twinCommand(e *env) *cobra.Command {
 		},
 	}
 
+	showCmd.Flags().StringVar(&showModule, "module", "", "show this module's twin")
 	var pf patchFlags
-	var etag string
+	var etag, module string
 	var replace bool
 	updateCmd := &cobra.Command{
 		Use:   "update ID",
@@ -57,6 +64,15 @@ func twinCommand(e *env) *cobra.Command {
 			if replace {
 				update = c.ReplaceTwin
 			}
+			if module != "" {
+				write := c.UpdateModuleTwin
+				if replace {
+					write = c.ReplaceModuleTwin
+				}
+				update = func(ctx context.Context, id string, p herd.TwinPatch, etag string) (*herd.Twin, error) {
+					return write(ctx, id, module, p, etag)
+				}
+			}
 			t, err := update(cmd.Context(), args[0], p, etag)
 			if err != nil {
 				return err
@@ -67,6 +83,7 @@ func twinCommand(e *env) *cobra.Command {
 	pf.register(updateCmd)
 	updateCmd.Flags().StringVar(&etag, "etag", "", "update only if the twin's etag still matches")
 	updateCmd.Flags().BoolVar(&replace, "replace", false, "replace tags and desired properties instead of merging")
+	updateCmd.Flags().StringVar(&module, "module", "", "update this module's twin instead of the device's")
 
 	cmd.AddCommand(showCmd, updateCmd)
 	return cmd
