@@ -267,6 +267,17 @@ func twinBody(tags, desired string) ([]byte, error) {
 // invoke calls a direct method on the device and shows its answer (POST
 // /twins/{id}/methods, ServiceConnect).
 func (s *Server) invoke(w http.ResponseWriter, r *http.Request, c *call) error {
+	f, res, err := s.callMethod(r, r.PathValue("id"))
+	if err != nil {
+		return err
+	}
+	return s.renderDevice(w, r, c, http.StatusOK, func(dd *deviceData) { dd.Method, dd.Result = f, res })
+}
+
+// callMethod reads the direct-method form and calls the method on target
+// (a device id, or a module's identity); the error is the store's, the
+// call's own failures are in the result.
+func (s *Server) callMethod(r *http.Request, target string) (methodForm, *methodResult, error) {
 	f := methodForm{Name: strings.TrimSpace(r.PostFormValue("methodName")), Payload: r.PostFormValue("payload")}
 	var errs []string
 	f.ResponseTimeout, errs = formInt(r, "responseTimeout", 30, errs)
@@ -286,15 +297,15 @@ func (s *Server) invoke(w http.ResponseWriter, r *http.Request, c *call) error {
 	}
 	if len(errs) > 0 {
 		res.Error = strings.Join(errs, "; ")
-	} else if out, err := s.cfg.Methods.Invoke(r.Context(), r.PathValue("id"), req); err != nil {
+	} else if out, err := s.cfg.Methods.Invoke(r.Context(), target, req); err != nil {
 		if herd.ErrorCodeOf(err) == herd.ErrInternal {
-			return err
+			return f, nil, err
 		}
 		res.Error = string(herd.ErrorCodeOf(err)) + ": " + herd.ErrorMessage(err)
 	} else {
 		res.Status, res.Payload = out.Status, prettyJSON(out.Payload)
 	}
-	return s.renderDevice(w, r, c, http.StatusOK, func(dd *deviceData) { dd.Method, dd.Result = f, res })
+	return f, res, nil
 }
 
 // formInt reads a whole number from a form field (def when empty).

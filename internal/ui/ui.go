@@ -156,6 +156,8 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("POST /ui/devices/{id}/twin", s.post(svc, s.editTwin))
 	s.mux.HandleFunc("POST /ui/devices/{id}/method", s.post(svc, s.invoke))
 	s.mux.HandleFunc("GET /ui/devices/{id}/telemetry", s.page(svc, s.deviceTelemetry))
+	s.mux.HandleFunc("GET /ui/devices/{id}/modules/{mid}", s.page(anyService, s.module))
+	s.mux.HandleFunc("POST /ui/devices/{id}/modules/{mid}/method", s.post(svc, s.invokeModule))
 	// Jobs, as /jobs/v2: creating needs the rights of the job's kind
 	// (checked again by the job service with httpapi.JobRights).
 	s.mux.HandleFunc("GET /ui/jobs", s.page(anyService, s.jobs))
@@ -287,7 +289,7 @@ func statusOf(code herd.ErrorCode) int {
 	switch code {
 	case herd.ErrUnauthorized:
 		return http.StatusForbidden
-	case herd.ErrDeviceNotFound, herd.ErrJobNotFound, herd.ErrNotFound, herd.ErrDeviceNotOnline:
+	case herd.ErrDeviceNotFound, herd.ErrModuleNotFound, herd.ErrJobNotFound, herd.ErrNotFound, herd.ErrDeviceNotOnline:
 		return http.StatusNotFound
 	case herd.ErrPreconditionFailed:
 		return http.StatusPreconditionFailed

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
 	"fmt"
 	"html"
 	"io"
@@ -16,8 +17,10 @@ import (
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/device"
 	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/ui"
+	"github.com/herd-iot/herd/sas"
 	"github.com/herd-iot/herd/service"
 )
 
@@ -334,9 +337,21 @@ func TestReadOnlyPolicySeesAndDoesNoWrites(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if p := b.get("/ui/devices/d1"); !strings.Contains(p.body, `data-testid="modules"`) || !strings.Contains(p.body, "<td>cam</td><td>IotEdge</td>") ||
+	if p := b.get("/ui/devices/d1"); !strings.Contains(p.body, `data-testid="modules"`) || !strings.Contains(p.body, `/ui/devices/d1/modules/cam">cam</a></td><td>IotEdge</td>`) ||
 		strings.Contains(p.body, m.Authentication.SymmetricKey.PrimaryKey) {
 		t.Errorf("the device's modules: %s", p.body)
+	}
+	// The module's page: identity and twin, no method form for registryRead.
+	if _, err := h.Service.UpdateModuleTwin(ctx, "d1", "cam", herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"fps": 25}}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	p := b.get("/ui/devices/d1/modules/cam")
+	if p.status != 200 || !strings.Contains(p.body, "Module twin") || !strings.Contains(p.body, "IotEdge") || !strings.Contains(p.body, "<code>fps</code>") ||
+		strings.Contains(p.body, "Invoke") || strings.Contains(p.body, m.Authentication.SymmetricKey.PrimaryKey) {
+		t.Errorf("the module page: %d %s", p.status, p.body)
+	}
+	if p := b.get("/ui/devices/d1/modules/nope"); p.status != 404 {
+		t.Errorf("an unknown module's page: %d", p.status)
 	}
 	// Forged forms, with a valid CSRF token, are refused by the server.
 	for path, form := range map[string]url.Values{
@@ -678,5 +693,36 @@ func TestRolloutControls(t *testing.T) {
 	if p := b.post("/ui/jobs/preview", form); p.status != 400 || !strings.Contains(p.body, "cannot be combined with herd.rollout.waves") ||
 		!strings.Contains(p.body, `id="jn-continuous" name="continuous" type="checkbox" checked`) {
 		t.Errorf("continuous with waves: %d %s", p.status, p.body)
+	}
+}
+
+// TestModulePageMethod: the module page calls a direct method on the
+// connected module and shows its answer.
+func TestModulePageMethod(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	createDevices(t, h, nil, "gw")
+	m, err := h.Service.CreateModule(ctx, herd.Module{DeviceID: "gw", ModuleID: "cam"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := sas.ConnectionString{HostName: "localhost", DeviceID: "gw", ModuleID: "cam", SharedAccessKey: m.Authentication.SymmetricKey.PrimaryKey}
+	d, err := device.New(cs.String(), device.WithCA(h.CA), device.WithAddress(h.MQTTAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	d.OnMethod("snap", func(context.Context, json.RawMessage) (int, any) { return 202, map[string]any{"by": "cam"} })
+	if err := d.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	b := newBrowser(t, h)
+	b.signIn("iothubowner")
+	p := b.post("/ui/devices/gw/modules/cam/method", url.Values{"methodName": {"snap"}, "connectTimeout": {"10"}})
+	if p.status != 200 || !strings.Contains(p.body, `data-testid="method-status">202<`) || !strings.Contains(p.body, "&#34;by&#34;: &#34;cam&#34;") {
+		t.Errorf("module method from the dashboard: %d %s", p.status, p.body)
+	}
+	if p := b.post("/ui/devices/gw/modules/cam/method", url.Values{"methodName": {"snap"}, "payload": {"{"}}); !strings.Contains(p.body, "not valid JSON") {
+		t.Errorf("a bad payload: %s", p.body)
 	}
 }
