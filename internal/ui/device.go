@@ -24,8 +24,8 @@ type deviceData struct {
 	// can read the registry.
 	Modules []*herd.Module
 	Keys    *deviceKeys
-	Twin   *herd.Twin
-	Diff   []diffRow
+	Twin    *herd.Twin
+	Diff    []diffRow
 	// Pending counts desired properties the device has not reported back.
 	Pending                         int
 	DesiredVersion, ReportedVersion int64

@@ -2,9 +2,11 @@ package ui
 
 import (
 	"net/http"
+	"strconv"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/twin"
 )
 
 // moduleData is a module's page: its identity, its twin (desired vs
@@ -20,14 +22,19 @@ type moduleData struct {
 	DesiredVersion, ReportedVersion int64
 	Method                          methodForm
 	Result                          *methodResult
+	// The editor's text: the twin's, or what the operator submitted.
+	TagsText, DesiredText string
+	ETag                  string
+	EditError             string
+	Conflict              bool
 }
 
 // module serves GET /ui/devices/{id}/modules/{mid}.
 func (s *Server) module(w http.ResponseWriter, r *http.Request, c *call) error {
-	return s.renderModule(w, r, c, nil)
+	return s.renderModule(w, r, c, http.StatusOK, nil)
 }
 
-func (s *Server) renderModule(w http.ResponseWriter, r *http.Request, c *call, edit func(*moduleData)) error {
+func (s *Server) renderModule(w http.ResponseWriter, r *http.Request, c *call, status int, edit func(*moduleData)) error {
 	id, mid := r.PathValue("id"), r.PathValue("mid")
 	md := &moduleData{DeviceID: id, ModuleID: mid, Method: methodForm{ResponseTimeout: 30}}
 	if c.policy.Rights.Any(auth.RegistryRead | auth.RegistryWrite) {
@@ -54,13 +61,49 @@ func (s *Server) renderModule(w http.ResponseWriter, r *http.Request, c *call, e
 	md.Twin = t
 	md.Diff, md.Pending = twinDiff(t.Properties.Desired, t.Properties.Reported)
 	md.DesiredVersion, md.ReportedVersion = version(t.Properties.Desired), version(t.Properties.Reported)
+	md.ETag = t.ETag
+	md.TagsText, md.DesiredText = prettyJSON(section(t.Tags)), prettyJSON(section(t.Properties.Desired))
 	if edit != nil {
 		edit(md)
 	}
 	d := s.data(r, c, id+"/"+mid)
 	d.Body = md
-	s.render(w, http.StatusOK, "module", d)
+	s.render(w, status, "module", d)
 	return nil
+}
+
+// editModuleTwin serves POST /ui/devices/{id}/modules/{mid}/twin: the
+// editor's tags and desired properties replace the module twin's, if its
+// etag is still the page's (as the device page's editor does).
+func (s *Server) editModuleTwin(w http.ResponseWriter, r *http.Request, c *call) error {
+	id, mid := r.PathValue("id"), r.PathValue("mid")
+	tags, desired, etag := r.PostFormValue("tags"), r.PostFormValue("desired"), r.PostFormValue("etag")
+	keep := func(msg string, conflict bool) func(*moduleData) {
+		return func(md *moduleData) {
+			md.TagsText, md.DesiredText, md.EditError, md.Conflict = tags, desired, msg, conflict
+			if !conflict {
+				md.ETag = etag
+			}
+		}
+	}
+	body, err := twinBody(tags, desired)
+	if err == nil {
+		var p twin.Patch
+		if p, err = twin.ParseService(body); err == nil {
+			_, err = s.cfg.Twins.UpdateModule(r.Context(), id, mid, p, true, etag)
+		}
+	}
+	switch {
+	case err == nil:
+		s.redirect(w, r, c, "/ui/devices/"+pathEscape(id)+"/modules/"+pathEscape(mid)+"#twin", "Module twin saved; a connected module was sent the desired change.")
+		return nil
+	case herd.IsCode(err, herd.ErrPreconditionFailed):
+		return s.renderModule(w, r, c, http.StatusConflict, keep("The module twin changed since this page was loaded (its etag is no longer "+
+			strconv.Quote(etag)+"). Nothing was saved. Compare with the current twin below, then save again.", true))
+	case herd.IsCode(err, herd.ErrDeviceNotFound), herd.IsCode(err, herd.ErrModuleNotFound), herd.ErrorCodeOf(err) == herd.ErrInternal:
+		return err
+	}
+	return s.renderModule(w, r, c, http.StatusBadRequest, keep(herd.ErrorMessage(err), false))
 }
 
 // invokeModule serves POST /ui/devices/{id}/modules/{mid}/method: a direct
@@ -70,5 +113,5 @@ func (s *Server) invokeModule(w http.ResponseWriter, r *http.Request, c *call) e
 	if err != nil {
 		return err
 	}
-	return s.renderModule(w, r, c, func(md *moduleData) { md.Method, md.Result = f, res })
+	return s.renderModule(w, r, c, http.StatusOK, func(md *moduleData) { md.Method, md.Result = f, res })
 }

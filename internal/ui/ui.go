@@ -158,6 +158,7 @@ func (s *Server) routes() {
 	s.mux.HandleFunc("GET /ui/devices/{id}/telemetry", s.page(svc, s.deviceTelemetry))
 	s.mux.HandleFunc("GET /ui/devices/{id}/modules/{mid}", s.page(anyService, s.module))
 	s.mux.HandleFunc("POST /ui/devices/{id}/modules/{mid}/method", s.post(svc, s.invokeModule))
+	s.mux.HandleFunc("POST /ui/devices/{id}/modules/{mid}/twin", s.post(svc, s.editModuleTwin))
 	// Jobs, as /jobs/v2: creating needs the rights of the job's kind
 	// (checked again by the job service with httpapi.JobRights).
 	s.mux.HandleFunc("GET /ui/jobs", s.page(anyService, s.jobs))

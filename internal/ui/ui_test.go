@@ -725,4 +725,24 @@ func TestModulePageMethod(t *testing.T) {
 	if p := b.post("/ui/devices/gw/modules/cam/method", url.Values{"methodName": {"snap"}, "payload": {"{"}}); !strings.Contains(p.body, "not valid JSON") {
 		t.Errorf("a bad payload: %s", p.body)
 	}
+	// The module twin editor: saved with the page's etag, refused with a
+	// stale one (the operator's text kept).
+	tw, err := h.Service.GetModuleTwin(ctx, "gw", "cam")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p := b.post("/ui/devices/gw/modules/cam/twin", url.Values{"tags": {`{"zone":"north"}`}, "desired": {`{"fps":12}`}, "etag": {tw.ETag}}); p.status != http.StatusSeeOther {
+		t.Fatalf("save the module twin: %d %s", p.status, p.body)
+	}
+	after, _ := h.Service.GetModuleTwin(ctx, "gw", "cam")
+	if after.Tags["zone"] != "north" || fmt.Sprint(after.Properties.Desired["fps"]) != "12" {
+		t.Errorf("module twin after the editor: %+v", after)
+	}
+	if p := b.post("/ui/devices/gw/modules/cam/twin", url.Values{"tags": {`{"zone":"south"}`}, "desired": {`{}`}, "etag": {tw.ETag}}); p.status != http.StatusConflict ||
+		!strings.Contains(p.body, "changed since this page was loaded") || !strings.Contains(p.body, "south") {
+		t.Errorf("a stale etag: %d %s", p.status, p.body)
+	}
+	if p := b.post("/ui/devices/gw/modules/cam/twin", url.Values{"tags": {`{`}, "etag": {after.ETag}}); p.status != http.StatusBadRequest {
+		t.Errorf("bad JSON: %d", p.status)
+	}
 }
