@@ -18,8 +18,8 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
-	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
 

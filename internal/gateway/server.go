@@ -144,9 +144,9 @@ type Server struct {
 	// moduleConns are the connected modules, by device id: a change of
 	// the device (deleted, disabled) checks them too.
 	moduleConns map[string]map[*conn]struct{}
-	closed    bool
-	done      chan struct{} // closed with closed
-	wg        sync.WaitGroup
+	closed      bool
+	done        chan struct{} // closed with closed
+	wg          sync.WaitGroup
 }
 
 // New returns a gateway. Serve listeners on it and Run it.
@@ -167,7 +167,7 @@ func New(cfg Config) *Server {
 		conns:     map[*conn]struct{}{},
 		refusing:  map[*conn]struct{}{},
 		certConns: map[*conn]struct{}{}, moduleConns: map[string]map[*conn]struct{}{},
-		done:      make(chan struct{}),
+		done: make(chan struct{}),
 	}
 	s.m = newMetrics(cfg.Metrics, cfg.Bus, s.openSockets)
 	return s

@@ -94,7 +94,9 @@ func TestModuleOverMQTT(t *testing.T) {
 	defer c.Close()
 	desired := make(chan map[string]any, 4)
 	c.OnDesiredChange(func(patch map[string]any, _ int64) { desired <- patch })
-	c.OnMethod("zoom", func(_ context.Context, p json.RawMessage) (int, any) { return 200, map[string]any{"module": "cam", "got": p} })
+	c.OnMethod("zoom", func(_ context.Context, p json.RawMessage) (int, any) {
+		return 200, map[string]any{"module": "cam", "got": p}
+	})
 	if err := c.Connect(ctx); err != nil {
 		t.Fatal(err)
 	}

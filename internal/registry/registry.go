@@ -108,7 +108,7 @@ func NewService(store Store, now func() time.Time, onChange ChangeFunc, log *slo
 	}
 	return &Service{
 		store: store, now: now, onChange: onChange, log: log,
-		keys:    map[string]auth.DeviceKeys{}, moduleKeys: map[string]map[string]struct{}{},
+		keys: map[string]auth.DeviceKeys{}, moduleKeys: map[string]map[string]struct{}{},
 		pending: map[string]ConnectionChange{},
 	}
 }
