@@ -56,7 +56,7 @@ func TestCopy(t *testing.T) {
 	src := open(t, sqliteSpec(t))
 	storetest.Populate(t, src, 300)
 	want := storetest.Dump(t, src)
-	if len(want["device_jobs"]) == 0 || len(want["modules"]) == 0 || len(want["ca_certificates"]) != 2 || len(want["device_sessions"]) == 0 {
+	if len(want["device_jobs"]) == 0 || len(want["modules"]) == 0 || len(want["module_sessions"]) == 0 || len(want["ca_certificates"]) != 2 || len(want["device_sessions"]) == 0 {
 		t.Fatalf("the fixture misses tables: %v", want)
 	}
 

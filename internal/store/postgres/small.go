@@ -76,7 +76,12 @@ func (db *DB) SetSetting(ctx context.Context, name, value string) error {
 // Session returns a device's stored MQTT subscription set.
 func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, error) {
 	var subs int32
-	err := db.pool.QueryRow(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = $1`, deviceID).Scan(&subs)
+	var err error
+	if dev, mod := herd.SplitIdentity(deviceID); mod != "" {
+		err = db.pool.QueryRow(ctx, `SELECT subscriptions FROM module_sessions WHERE device_id = $1 AND module_id = $2`, dev, mod).Scan(&subs)
+	} else {
+		err = db.pool.QueryRow(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = $1`, deviceID).Scan(&subs)
+	}
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -91,14 +96,32 @@ func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, 
 func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {
 	var upsertIDs, deleteIDs []string
 	var subs []int32
+	var modules []bus.SessionChange
 	for _, c := range changes {
-		if c.Delete {
+		switch _, mod := herd.SplitIdentity(c.DeviceID); {
+		case mod != "":
+			modules = append(modules, c) // rare next to devices': one by one
+		case c.Delete:
 			deleteIDs = append(deleteIDs, c.DeviceID)
-		} else {
+		default:
 			upsertIDs, subs = append(upsertIDs, c.DeviceID), append(subs, int32(c.Subscriptions))
 		}
 	}
 	err := db.tx(ctx, func(tx pgx.Tx) error {
+		for _, c := range modules {
+			dev, mod := herd.SplitIdentity(c.DeviceID)
+			var err error
+			if c.Delete {
+				_, err = tx.Exec(ctx, `DELETE FROM module_sessions WHERE device_id = $1 AND module_id = $2`, dev, mod)
+			} else {
+				_, err = tx.Exec(ctx, `INSERT INTO module_sessions (device_id, module_id, subscriptions)
+					SELECT device_id, module_id, $3 FROM modules WHERE device_id = $1 AND module_id = $2
+					ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, dev, mod, int32(c.Subscriptions))
+			}
+			if err != nil {
+				return err
+			}
+		}
 		if len(deleteIDs) > 0 {
 			if _, err := tx.Exec(ctx, `DELETE FROM device_sessions WHERE device_id = ANY($1)`, deleteIDs); err != nil {
 				return err

@@ -79,6 +79,9 @@ var Tables = []*Table{
 	{Name: "device_sessions", Key: []string{"device_id"}, Columns: []Column{
 		{"device_id", Text}, {"subscriptions", Int},
 	}},
+	{Name: "module_sessions", Key: []string{"device_id", "module_id"}, Columns: []Column{
+		{"device_id", Text}, {"module_id", Text}, {"subscriptions", Int},
+	}},
 	{Name: "jobs", Key: []string{"job_id"}, Columns: []Column{
 		{"job_id", Text}, {"type", Text}, {"status", Text}, {"query_condition", Text},
 		{"created_time", Text}, {"start_time", Text}, {"end_time", Text}, {"started_time", Text},

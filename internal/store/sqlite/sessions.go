@@ -11,10 +11,15 @@ import (
 	"github.com/herd-iot/herd/internal/bus"
 )
 
-// Session returns a device's stored MQTT subscription set.
+// Session returns a device's (or a module's) stored MQTT subscription set.
 func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, error) {
 	var subs int64
-	err := db.read.QueryRowContext(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = ?`, deviceID).Scan(&subs)
+	var err error
+	if dev, mod := herd.SplitIdentity(deviceID); mod != "" {
+		err = db.read.QueryRowContext(ctx, `SELECT subscriptions FROM module_sessions WHERE device_id = ? AND module_id = ?`, dev, mod).Scan(&subs)
+	} else {
+		err = db.read.QueryRowContext(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = ?`, deviceID).Scan(&subs)
+	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
 	}
@@ -25,7 +30,7 @@ func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, 
 }
 
 // SaveSessions writes a batch of session changes in one transaction;
-// sessions of devices that no longer exist are not created.
+// sessions of devices (or modules) that no longer exist are not created.
 func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {
 	return db.tx(ctx, func(tx *sql.Tx) error {
 		upsert, err := tx.PrepareContext(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
@@ -41,9 +46,17 @@ func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) err
 		}
 		defer del.Close()
 		for _, c := range changes {
-			if c.Delete {
+			dev, mod := herd.SplitIdentity(c.DeviceID)
+			switch {
+			case mod != "" && c.Delete:
+				_, err = tx.ExecContext(ctx, `DELETE FROM module_sessions WHERE device_id = ? AND module_id = ?`, dev, mod)
+			case mod != "":
+				_, err = tx.ExecContext(ctx, `INSERT INTO module_sessions (device_id, module_id, subscriptions)
+					SELECT device_id, module_id, ? FROM modules WHERE device_id = ? AND module_id = ?
+					ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, int64(c.Subscriptions), dev, mod)
+			case c.Delete:
 				_, err = del.ExecContext(ctx, c.DeviceID)
-			} else {
+			default:
 				_, err = upsert.ExecContext(ctx, int64(c.Subscriptions), c.DeviceID)
 			}
 			if err != nil {

@@ -72,6 +72,9 @@ func Populate(t *testing.T, s Store, n int) {
 	for i := 0; i < n; i += 3 {
 		sessions = append(sessions, bus.SessionChange{DeviceID: ops[i].DeviceID, Subscriptions: bus.Feature(i % 8)})
 	}
+	for i := 0; i < n; i += 22 {
+		sessions = append(sessions, bus.SessionChange{DeviceID: herd.ModuleIdentity(ops[i].DeviceID, "mod-"+strconv.Itoa(i%3)), Subscriptions: bus.Feature(i % 8)})
+	}
 	if err := s.SaveSessions(ctx, sessions); err != nil {
 		t.Fatal(err)
 	}

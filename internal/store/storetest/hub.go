@@ -8,6 +8,7 @@ import (
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/registry"
+	"github.com/herd-iot/herd/internal/twin"
 )
 
 var hubTests = []struct {
@@ -15,6 +16,7 @@ var hubTests = []struct {
 	fn   func(*testing.T, Store)
 }{
 	{"Sessions", testSessions},
+	{"ModuleSessions", testModuleSessions},
 	{"Settings", testSettings},
 	{"ResetConnectionStates", testResetConnectionStates},
 	{"Ping", testPing},
@@ -61,6 +63,52 @@ func testSessions(t *testing.T, s Store) {
 	create(t, s, "a")
 	if _, found, _ := s.Session(ctx, "a"); found {
 		t.Error("a re-created device inherited the old device's session")
+	}
+}
+
+// A module's session (identity {deviceId}/{moduleId}) is kept apart from
+// its device's and goes with the module, or with its device.
+func testModuleSessions(t *testing.T, s Store) {
+	ctx := context.Background()
+	create(t, s, "gw")
+	for _, m := range []string{"cam", "mic"} {
+		if _, err := s.CreateModule(ctx, newModule("gw", m), twin.NewDoc(t0)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SaveSessions(ctx, []bus.SessionChange{
+		{DeviceID: "gw", Subscriptions: bus.C2D},
+		{DeviceID: "gw/cam", Subscriptions: bus.Methods | bus.Desired},
+		{DeviceID: "gw/mic", Subscriptions: bus.TwinResponses},
+		{DeviceID: "gw/ghost", Subscriptions: bus.Methods}, // no such module: ignored
+	}); err != nil {
+		t.Fatal(err)
+	}
+	for id, want := range map[string]bus.Feature{"gw": bus.C2D, "gw/cam": bus.Methods | bus.Desired, "gw/mic": bus.TwinResponses} {
+		if subs, found, err := s.Session(ctx, id); err != nil || !found || subs != want {
+			t.Errorf("%s: %v %v %v, want %v", id, subs, found, err, want)
+		}
+	}
+	if _, found, _ := s.Session(ctx, "gw/ghost"); found {
+		t.Error("a session was created for a module that does not exist")
+	}
+	if err := s.SaveSessions(ctx, []bus.SessionChange{{DeviceID: "gw/mic", Delete: true}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := s.Session(ctx, "gw/mic"); found {
+		t.Error("gw/mic's session was not deleted")
+	}
+	if err := s.DeleteModule(ctx, "gw", "cam", func(*herd.Module) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateModule(ctx, newModule("gw", "cam"), twin.NewDoc(t0)); err != nil {
+		t.Fatal(err)
+	}
+	if _, found, _ := s.Session(ctx, "gw/cam"); found {
+		t.Error("a re-created module inherited the old module's session")
+	}
+	if subs, found, _ := s.Session(ctx, "gw"); !found || subs != bus.C2D {
+		t.Errorf("the device's session after its module's changes: %v %v", subs, found)
 	}
 }
 
