@@ -100,15 +100,19 @@ func monitorCommand(e *env) *cobra.Command {
 	return cmd
 }
 
-// printEvent writes one message: time, device and body (as JSON when it
-// is JSON, else as text).
+// printEvent writes one message: time, device (device/module for a
+// module's) and body (as JSON when it is JSON, else as text).
 func printEvent(e *env, ev *herd.Event, props bool) error {
 	body := string(ev.Body)
 	if !json.Valid(ev.Body) {
 		b, _ := json.Marshal(body)
 		body = string(b)
 	}
-	fmt.Fprintf(e.stdout, "%s %s %s\n", ev.EnqueuedTime.Time.Format(time.RFC3339Nano), ev.DeviceID, body)
+	from := ev.DeviceID
+	if ev.ModuleID != "" {
+		from = herd.ModuleIdentity(ev.DeviceID, ev.ModuleID)
+	}
+	fmt.Fprintf(e.stdout, "%s %s %s\n", ev.EnqueuedTime.Time.Format(time.RFC3339Nano), from, body)
 	if props {
 		sys, _ := json.Marshal(ev.SystemProperties)
 		app, _ := json.Marshal(ev.Properties)
