@@ -216,3 +216,28 @@ func FuzzParseUsername(f *testing.F) {
 		}
 	})
 }
+
+// Forgetting a device's session forgets its modules' sessions too (they
+// are deleted with it), and a module's alone leaves the device's.
+func TestSessionsForgetModules(t *testing.T) {
+	s := newSessions(nil)
+	s.mu.Lock()
+	s.remember("gw", knownSession{bus.Methods, true})
+	s.remember("gw/cam", knownSession{bus.Desired, true})
+	s.remember("gw/mic", knownSession{bus.Desired, true})
+	s.remember("other/cam", knownSession{bus.Desired, true})
+	s.mu.Unlock()
+	s.forget("gw/mic")
+	if _, ok := s.known["gw/mic"]; ok {
+		t.Error("gw/mic's session is still known")
+	}
+	if _, ok := s.known["gw"]; !ok {
+		t.Error("forgetting a module forgot its device's session")
+	}
+	s.forget("gw")
+	for id, want := range map[string]bool{"gw": false, "gw/cam": false, "other/cam": true} {
+		if _, ok := s.known[id]; ok != want {
+			t.Errorf("%s known: %v, want %v", id, ok, want)
+		}
+	}
+}

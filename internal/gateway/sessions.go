@@ -6,6 +6,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
 )
 
@@ -39,6 +40,9 @@ type sessions struct {
 	mu      sync.Mutex
 	pending map[string]SessionChange
 	known   map[string]knownSession
+	// moduleKnown lists the module identities in known, by device, so
+	// that forgetting a device (deleted with its modules) forgets them.
+	moduleKnown map[string]map[string]struct{}
 	// owners is the connection that owns each connected device's session:
 	// a connection that was taken over may still be handling a SUBSCRIBE,
 	// and its late save must not overwrite (or resurrect) the session of
@@ -53,7 +57,7 @@ type knownSession struct {
 
 func newSessions(store SessionStore) *sessions {
 	return &sessions{store: store, pending: map[string]SessionChange{},
-		known: map[string]knownSession{}, owners: map[string]*conn{}}
+		known: map[string]knownSession{}, moduleKnown: map[string]map[string]struct{}{}, owners: map[string]*conn{}}
 }
 
 // claim makes c the owner of the device's session; later saves from any
@@ -81,7 +85,7 @@ func (s *sessions) save(id string, subs bus.Feature, c *conn) {
 		return
 	}
 	s.pending[id] = SessionChange{DeviceID: id, Subscriptions: subs}
-	s.known[id] = knownSession{subs, true}
+	s.remember(id, knownSession{subs, true})
 	s.mu.Unlock()
 }
 
@@ -90,14 +94,34 @@ func (s *sessions) discard(id string) {
 	if k, ok := s.known[id]; !ok || k.present {
 		s.pending[id] = SessionChange{DeviceID: id, Delete: true}
 	}
-	s.known[id] = knownSession{}
+	s.remember(id, knownSession{})
 	s.mu.Unlock()
 }
 
-// forget drops what is remembered about a device's session.
+// remember records what is known of a session (under s.mu).
+func (s *sessions) remember(id string, k knownSession) {
+	s.known[id] = k
+	if dev, mod := herd.SplitIdentity(id); mod != "" {
+		if s.moduleKnown[dev] == nil {
+			s.moduleKnown[dev] = map[string]struct{}{}
+		}
+		s.moduleKnown[dev][id] = struct{}{}
+	}
+}
+
+// forget drops what is remembered about a device's session (and, for a
+// device, its modules' sessions, which go with it) or a module's.
 func (s *sessions) forget(id string) {
 	s.mu.Lock()
 	delete(s.known, id)
+	if dev, mod := herd.SplitIdentity(id); mod != "" {
+		delete(s.moduleKnown[dev], id)
+	} else {
+		for m := range s.moduleKnown[id] {
+			delete(s.known, m)
+		}
+		delete(s.moduleKnown, id)
+	}
 	s.mu.Unlock()
 }
 
@@ -114,7 +138,7 @@ func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, erro
 	}
 	s.mu.Lock()
 	if _, changed := s.known[id]; !changed {
-		s.known[id] = knownSession{subs, present}
+		s.remember(id, knownSession{subs, present})
 	}
 	s.mu.Unlock()
 	return subs, present, nil
