@@ -170,6 +170,8 @@ func TestCancelDuringBackoff(t *testing.T) {
 	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"m"},
 		"herd":{"retry":{"criteria":[{"failureType":"Any","maxAttempts":4}],"backoffSeconds":60}}}`)
 	e.waitRecord("m", "off1", "waiting for a retry", retrying(1))
+	// on1's answer and off1's failure may be written in either order.
+	e.waitRecord("m", "on1", "completed", func(r herd.DeviceJob) bool { return r.Status == herd.DeviceJobCompleted })
 	if _, err := e.svc.Cancel(context.Background(), "m", nil); err != nil {
 		t.Fatal(err)
 	}
