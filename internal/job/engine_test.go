@@ -32,6 +32,9 @@ type fleet struct {
 	calls   map[string]int
 	// hold, if set, makes Invoke wait until it is closed (or ctx ends).
 	hold chan struct{}
+	// gate, if set, makes each Invoke wait for one value from it (or ctx),
+	// so that a test releases calls one at a time.
+	gate chan struct{}
 	// inFlight and maxInFlight count concurrent Invoke calls.
 	inFlight, maxInFlight int
 }
@@ -79,7 +82,7 @@ func (f *fleet) Invoke(ctx context.Context, id string, req herd.MethodRequest) (
 	f.mu.Lock()
 	f.calls[id]++
 	online := f.online[id]
-	hold := f.hold
+	hold, gate := f.hold, f.gate
 	f.inFlight++
 	f.maxInFlight = max(f.maxInFlight, f.inFlight)
 	f.mu.Unlock()
@@ -94,6 +97,13 @@ func (f *fleet) Invoke(ctx context.Context, id string, req herd.MethodRequest) (
 	if hold != nil {
 		select {
 		case <-hold:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	if gate != nil {
+		select {
+		case <-gate:
 		case <-ctx.Done():
 			return nil, ctx.Err()
 		}
