@@ -6,6 +6,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode/utf8"
+
+	"github.com/herd-iot/herd"
 )
 
 // This file is the reference evaluator: it interprets a query over JSON
@@ -331,6 +333,26 @@ func Defined(v any) bool { return kindOf(v) != Undefined }
 // Match reports whether doc satisfies the query's WHERE clause.
 func (q *Query) Match(doc map[string]any) bool {
 	return q.Where == nil || truth(Eval(q.Where, doc))
+}
+
+// Item is the result a query returns for one twin it selected: the twin
+// itself for SELECT *, else its projection row (Project over the twin as
+// JSON, numbers kept exact).
+func (q *Query) Item(t *herd.Twin) (any, error) {
+	if q.Star {
+		return t, nil
+	}
+	b, err := json.Marshal(t)
+	if err != nil {
+		return nil, err
+	}
+	dec := json.NewDecoder(strings.NewReader(string(b)))
+	dec.UseNumber()
+	var doc map[string]any
+	if err := dec.Decode(&doc); err != nil {
+		return nil, err
+	}
+	return q.Project(doc), nil
 }
 
 // Project builds the result row of a non-aggregated projection query for

@@ -213,13 +213,10 @@ func (s *Server) editTwin(w http.ResponseWriter, r *http.Request, c *call) error
 			}
 		}
 	}
-	body, err := twinBody(tags, desired)
-	if err == nil {
-		var p twin.Patch
-		if p, err = twin.ParseService(body); err == nil {
-			_, err = s.cfg.Twins.Update(r.Context(), r.PathValue("id"), p, true, etag)
-		}
-	}
+	err := replaceTwin(tags, desired, func(p twin.Patch) error {
+		_, err := s.cfg.Twins.Update(r.Context(), r.PathValue("id"), p, true, etag)
+		return err
+	})
 	switch {
 	case err == nil:
 		s.redirect(w, r, c, "/ui/devices/"+pathEscape(r.PathValue("id"))+"#twin", "Twin saved; connected devices were sent the desired change.")
@@ -234,6 +231,20 @@ func (s *Server) editTwin(w http.ResponseWriter, r *http.Request, c *call) error
 		return err
 	}
 	return s.renderDevice(w, r, c, http.StatusBadRequest, keep(herd.ErrorMessage(err), false))
+}
+
+// replaceTwin turns the editor's two JSON objects into a twin replace and
+// hands it to write (a device's or a module's twin).
+func replaceTwin(tags, desired string, write func(twin.Patch) error) error {
+	body, err := twinBody(tags, desired)
+	if err != nil {
+		return err
+	}
+	p, err := twin.ParseService(body)
+	if err != nil {
+		return err
+	}
+	return write(p)
 }
 
 // twinBody builds the body of a twin replace from the editor's two JSON

@@ -86,13 +86,10 @@ func (s *Server) editModuleTwin(w http.ResponseWriter, r *http.Request, c *call)
 			}
 		}
 	}
-	body, err := twinBody(tags, desired)
-	if err == nil {
-		var p twin.Patch
-		if p, err = twin.ParseService(body); err == nil {
-			_, err = s.cfg.Twins.UpdateModule(r.Context(), id, mid, p, true, etag)
-		}
-	}
+	err := replaceTwin(tags, desired, func(p twin.Patch) error {
+		_, err := s.cfg.Twins.UpdateModule(r.Context(), id, mid, p, true, etag)
+		return err
+	})
 	switch {
 	case err == nil:
 		s.redirect(w, r, c, "/ui/devices/"+pathEscape(id)+"/modules/"+pathEscape(mid)+"#twin", "Module twin saved; a connected module was sent the desired change.")

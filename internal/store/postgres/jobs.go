@@ -839,16 +839,7 @@ func (db *DB) EndedDevices(ctx context.Context, id string, sel job.EndedSelectio
 	if err != nil {
 		return nil, fmt.Errorf("ended device records of job %q: %w", id, err)
 	}
-	defer rows.Close()
-	var out []herd.DeviceJob
-	for rows.Next() {
-		j, err := scanDeviceJob(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *j)
-	}
-	return out, rows.Err()
+	return collectDeviceJobs(rows)
 }
 
 // DeviceJobs returns a job's device records in device order (for tests and
@@ -858,6 +849,11 @@ func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, erro
 	if err != nil {
 		return nil, fmt.Errorf("device records of job %q: %w", id, err)
 	}
+	return collectDeviceJobs(rows)
+}
+
+// collectDeviceJobs reads deviceJobColumns rows and closes them.
+func collectDeviceJobs(rows pgx.Rows) ([]herd.DeviceJob, error) {
 	defer rows.Close()
 	var out []herd.DeviceJob
 	for rows.Next() {

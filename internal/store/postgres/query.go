@@ -2,7 +2,6 @@ package postgres
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"strings"
@@ -78,11 +77,9 @@ func (db *DB) moduleTwins(ctx context.Context, q *query.Query, size int, cur *qu
 	defer rows.Close()
 	var items []any
 	var last *herd.Twin
-	var next *query.Cursor
 	for rows.Next() {
 		if len(items) == size {
-			next = &query.Cursor{Keys: []string{last.DeviceID, last.ModuleID}}
-			break
+			return items, &query.Cursor{Keys: []string{last.DeviceID, last.ModuleID}}, nil
 		}
 		var raw rawDoc
 		m, err := scanModuleWith(rows, raw.dest()...)
@@ -93,19 +90,14 @@ func (db *DB) moduleTwins(ctx context.Context, q *query.Query, size int, cur *qu
 		if err != nil {
 			return nil, nil, err
 		}
-		t := twin.ModuleView(m, doc)
-		last = t
-		if q.Star {
-			items = append(items, t)
-			continue
-		}
-		mm, err := toMap(t)
+		last = twin.ModuleView(m, doc)
+		it, err := q.Item(last)
 		if err != nil {
 			return nil, nil, err
 		}
-		items = append(items, q.Project(mm))
+		items = append(items, it)
 	}
-	return items, next, rows.Err()
+	return items, nil, rows.Err()
 }
 
 // twins returns twins (SELECT *) or projection rows, a page in device id
@@ -127,12 +119,10 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 	}
 	defer rows.Close()
 	var items []any
-	var next *query.Cursor
-	var lastID string
+	var last *herd.Twin
 	for rows.Next() {
 		if len(items) == size {
-			next = &query.Cursor{Keys: []string{lastID}}
-			break
+			return items, &query.Cursor{Keys: []string{last.DeviceID}}, nil
 		}
 		var raw rawDoc
 		dev, err := scanDevice(rows, raw.dest()...)
@@ -143,35 +133,16 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 		if err != nil {
 			return nil, nil, err
 		}
-		lastID = dev.DeviceID
-		t := twin.View(dev, doc)
-		if q.Star {
-			items = append(items, t)
-			continue
-		}
-		m, err := toMap(t)
+		last = twin.View(dev, doc)
+		it, err := q.Item(last)
 		if err != nil {
 			return nil, nil, err
 		}
-		items = append(items, q.Project(m))
+		items = append(items, it)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, err
-	}
-	return items, next, nil
+	return items, nil, rows.Err()
 }
 
-// toMap turns a value into its JSON document, numbers kept exact.
-func toMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.UseNumber()
-	var m map[string]any
-	return m, dec.Decode(&m)
-}
 
 func (db *DB) deviceJobs(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
 	cond, p, err := condition(q)

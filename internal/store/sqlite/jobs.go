@@ -871,16 +871,7 @@ func (db *DB) EndedDevices(ctx context.Context, id string, sel job.EndedSelectio
 	if err != nil {
 		return nil, fmt.Errorf("ended device records of job %q: %w", id, err)
 	}
-	defer rows.Close()
-	var out []herd.DeviceJob
-	for rows.Next() {
-		d, err := scanDeviceJob(rows)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, *d)
-	}
-	return out, rows.Err()
+	return collectDeviceJobs(rows)
 }
 
 // DeviceJobs returns a job's device records in device order (for tests and
@@ -891,6 +882,11 @@ func (db *DB) DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, erro
 	if err != nil {
 		return nil, fmt.Errorf("device records of job %q: %w", id, err)
 	}
+	return collectDeviceJobs(rows)
+}
+
+// collectDeviceJobs reads deviceJobColumns rows and closes them.
+func collectDeviceJobs(rows *sql.Rows) ([]herd.DeviceJob, error) {
 	defer rows.Close()
 	var out []herd.DeviceJob
 	for rows.Next() {

@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"strconv"
-	"strings"
 	"sync"
 
 	sqlite "modernc.org/sqlite"
@@ -117,11 +116,10 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 	}
 	defer rows.Close()
 	var items []any
-	var next *query.Cursor
+	var last *herd.Twin
 	for rows.Next() {
 		if len(items) == size {
-			next = &query.Cursor{Keys: []string{viewID(items[len(items)-1])}}
-			break
+			return items, &query.Cursor{Keys: []string{last.DeviceID}}, nil
 		}
 		var raw rawDoc
 		dev, err := scanDevice(rows, raw.dest()...)
@@ -132,26 +130,14 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 		if err != nil {
 			return nil, nil, err
 		}
-		t := twin.View(dev, doc)
-		if q.Star {
-			items = append(items, t)
-			continue
-		}
-		m, err := toMap(t)
+		last = twin.View(dev, doc)
+		it, err := q.Item(last)
 		if err != nil {
 			return nil, nil, err
 		}
-		items = append(items, projected{id: t.DeviceID, row: q.Project(m)})
+		items = append(items, it)
 	}
-	if err := rows.Err(); err != nil {
-		return nil, nil, err
-	}
-	for i, it := range items {
-		if p, ok := it.(projected); ok {
-			items[i] = p.row
-		}
-	}
-	return items, next, nil
+	return items, nil, rows.Err()
 }
 
 // moduleTwins returns module twins (SELECT * FROM devices.modules) or
@@ -174,11 +160,9 @@ func (db *DB) moduleTwins(ctx context.Context, q *query.Query, size int, cur *qu
 	defer rows.Close()
 	var items []any
 	var last *herd.Twin
-	var next *query.Cursor
 	for rows.Next() {
 		if len(items) == size {
-			next = &query.Cursor{Keys: []string{last.DeviceID, last.ModuleID}}
-			break
+			return items, &query.Cursor{Keys: []string{last.DeviceID, last.ModuleID}}, nil
 		}
 		var raw rawDoc
 		m, err := scanModuleWith(rows, raw.dest()...)
@@ -189,48 +173,14 @@ func (db *DB) moduleTwins(ctx context.Context, q *query.Query, size int, cur *qu
 		if err != nil {
 			return nil, nil, err
 		}
-		t := twin.ModuleView(m, doc)
-		last = t
-		if q.Star {
-			items = append(items, t)
-			continue
-		}
-		mm, err := toMap(t)
+		last = twin.ModuleView(m, doc)
+		it, err := q.Item(last)
 		if err != nil {
 			return nil, nil, err
 		}
-		items = append(items, q.Project(mm))
+		items = append(items, it)
 	}
-	return items, next, rows.Err()
-}
-
-// projected remembers the device of a projection row until the page's
-// cursor is known.
-type projected struct {
-	id  string
-	row map[string]any
-}
-
-func viewID(item any) string {
-	switch it := item.(type) {
-	case *herd.Twin:
-		return it.DeviceID
-	case projected:
-		return it.id
-	}
-	return ""
-}
-
-// toMap turns a value into its JSON document, numbers kept exact.
-func toMap(v any) (map[string]any, error) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	dec := json.NewDecoder(strings.NewReader(string(b)))
-	dec.UseNumber()
-	var m map[string]any
-	return m, dec.Decode(&m)
+	return items, nil, rows.Err()
 }
 
 // deviceJobColumns are the device_jobs columns of a herd.DeviceJob.

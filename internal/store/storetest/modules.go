@@ -201,14 +201,11 @@ func testModuleQueries(t *testing.T, s Store) {
 		{"SELECT * FROM devices.modules WHERE tags.role = 'cam' AND deviceId != 'e3'", 10, []string{"e2/cam"}},
 		{"SELECT * FROM devices.modules WHERE properties.reported.fps > 20", 10, []string{"e2/cam"}},
 		{"SELECT * FROM devices.modules WHERE status = 'enabled' AND NOT capabilities.iotEdge AND deviceId = 'e1'", 10, []string{"e1/$edgeAgent", "e1/filter"}},
-		{"SELECT deviceId, moduleId FROM devices.modules WHERE deviceId IN ['e2', 'e3']", 1, []string{"e2/cam<nil>", "e2/$edgeAgent<nil>", "e3/cam<nil>"}},
+		{"SELECT deviceId, moduleId FROM devices.modules WHERE deviceId IN ['e2', 'e3']", 1, []string{"e2/$edgeAgent<nil>", "e2/cam<nil>", "e3/cam<nil>"}},
 		{"SELECT * FROM devices WHERE deviceId = 'e1'", 10, []string{"e1/"}},
 	} {
+		// In (device, module) order, page after page.
 		got := ids(c.text, c.size)
-		if c.text[:9] == "SELECT de" {
-			slices.Sort(got)
-			slices.Sort(c.want)
-		}
 		if !slices.Equal(got, c.want) {
 			t.Errorf("%s (pages of %d) = %v, want %v", c.text, c.size, got, c.want)
 		}
