@@ -143,7 +143,6 @@ func (db *DB) twins(ctx context.Context, q *query.Query, size int, cur *query.Cu
 	return items, nil, rows.Err()
 }
 
-
 func (db *DB) deviceJobs(ctx context.Context, q *query.Query, size int, cur *query.Cursor) ([]any, *query.Cursor, error) {
 	cond, p, err := condition(q)
 	if err != nil {
