@@ -58,7 +58,7 @@ ui: chromium
 
 ## ui-screenshots: the same, writing the screenshots to docs/dashboard/
 ui-screenshots:
-	HERD_UI_SCREENSHOTS=docs/dashboard $(MAKE) ui
+	HERD_UI_SCREENSHOTS=docs/dashboard HERD_UI_DEVICES=2000 $(MAKE) ui
 
 ## chromium: installs Debian's chromium when it is missing and we are root
 ## (apt-get); otherwise a missing browser fails the suite, it never skips

@@ -7,6 +7,7 @@ import (
 	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"math"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -138,7 +139,7 @@ func progressOf(j *herd.Job, now time.Time) progressView {
 	}
 	if secs := end.Sub(start).Seconds(); secs > 0 && p.Done > 0 {
 		rate := float64(p.Done) / secs
-		p.Rate = strconv.FormatFloat(rate, 'f', 0, 64) + " devices/s"
+		p.Rate = num(int64(math.Round(rate))) + " devices/s"
 		if !p.Ended && j.Status == herd.JobRunning {
 			p.ETA = seconds(float64(p.Total-p.Done) / rate)
 		}

@@ -7,6 +7,7 @@
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import path from 'node:path';
+import { spawnSync } from 'node:child_process';
 import { chromium } from 'playwright-core';
 
 const base = process.env.HERD_UI_URL;
@@ -74,6 +75,9 @@ async function eventually(what, check, { page, reload = false, ms = 20_000 } = {
   }
 }
 
+// count is a number as the pages write it (2,000).
+const count = (n) => n.toLocaleString('en-US');
+
 const text = async (page, testId) => (await page.getByTestId(testId).textContent()).trim();
 
 test('sign in with a connection string', async () => {
@@ -89,9 +93,9 @@ test('sign in with a connection string', async () => {
   const session = cookies.find((c) => c.name === '__Host-herd-session');
   assert.ok(session && session.httpOnly && session.secure && session.sameSite === 'Strict', JSON.stringify(cookies));
   assert.ok(!session.value.includes(cs('iothubowner').split('SharedAccessKey=')[1]), 'the cookie holds the key');
-  await eventually('every simulated device connected', async () => (await text(owner, 'connected')) === String(devices),
+  await eventually('every simulated device connected', async () => (await text(owner, 'connected')) === count(devices),
     { page: owner, reload: true });
-  assert.equal(await text(owner, 'registered'), String(devices));
+  assert.equal(await text(owner, 'registered'), count(devices));
   await shot(owner, 'overview');
 });
 
@@ -99,7 +103,7 @@ test('query devices by tag, with paging through the whole result', async () => {
   await owner.getByRole('link', { name: 'Devices', exact: true }).click();
   await owner.getByLabel('Twin query').fill('tags.building = 43');
   await owner.getByRole('button', { name: 'Run query' }).click();
-  assert.match(await text(owner, 'count'), new RegExp(`^${half} devices match, ${half} of them connected`));
+  assert.match(await text(owner, 'count'), new RegExp(`^${count(half)} devices match, ${count(half)} of them connected`));
   const rows = owner.locator('table.devices tbody tr');
   assert.equal(await rows.count(), 50);
   await shot(owner, 'devices', { full: false });
@@ -172,6 +176,54 @@ test("a device's keys are hidden until asked, and its live telemetry shows", asy
   assert.equal(await text(owner, 'device-status'), 'enabled');
 });
 
+// herd runs the CLI against the suite's hub (its data folder says where
+// the hub listens and holds the owner's key).
+function herd(...args) {
+  const r = spawnSync(process.env.HERD_UI_BIN, [...args, '--data', process.env.HERD_UI_DATA], { encoding: 'utf8' });
+  assert.equal(r.status, 0, `herd ${args.join(' ')}: ${r.stderr}`);
+  return r.stdout;
+}
+
+test("regenerate a device's primary key: the secondary stays", async () => {
+  herd('device', 'create', 'e2e-keys');
+  await owner.goto(`${base}/ui/devices/e2e-keys`);
+  const keys = async () => {
+    await owner.getByRole('button', { name: 'Show keys and connection strings' }).click();
+    return [await owner.getByLabel('Primary key', { exact: true }).inputValue(), await owner.getByLabel('Secondary key', { exact: true }).inputValue()];
+  };
+  const [p1, s1] = await keys();
+  assert.ok(p1.length > 0 && s1.length > 0);
+  await owner.goto(`${base}/ui/devices/e2e-keys`);
+  await owner.getByLabel('Regenerate').selectOption('primary');
+  await owner.getByRole('button', { name: 'Regenerate' }).click();
+  assert.match(await owner.getByRole('status').first().textContent(), /A new primary key replaced the old/);
+  const [p2, s2] = await keys();
+  assert.notEqual(p2, p1, 'the primary key did not change');
+  assert.equal(s2, s1, 'the secondary key changed');
+  herd('device', 'delete', 'e2e-keys'); // the later tests count the fleet
+});
+
+test("a device's modules and a module's page: its twin edited, a method to it", async () => {
+  herd('module', 'create', 'sim-000011', 'thermostat', '--managed-by', 'e2e');
+  await owner.goto(`${base}/ui/devices/sim-000011`);
+  const row = owner.getByTestId('modules').getByRole('row', { name: /thermostat/ });
+  assert.match(await row.textContent(), /e2e[\s\S]*sas[\s\S]*Disconnected/);
+  await row.getByRole('link', { name: 'thermostat' }).click();
+  await owner.waitForURL(/\/ui\/devices\/sim-000011\/modules\/thermostat$/);
+  assert.equal(await owner.getByRole('heading', { level: 1 }).textContent(), 'thermostat');
+  await owner.getByLabel('Tags (JSON)').fill('{"role": "hvac"}');
+  await owner.getByLabel('Desired properties (JSON)').fill('{"setpoint": 21}');
+  await owner.getByRole('button', { name: 'Save module twin' }).click();
+  assert.match(await owner.getByRole('status').first().textContent(), /saved/);
+  assert.match(await text(owner, 'pending'), /1 desired property is not reported back yet/);
+  assert.match(await owner.getByTestId('diff').textContent(), /setpoint[\s\S]*21[\s\S]*not yet applied/);
+  // The module is not connected: the method says so, as the API does.
+  await owner.getByLabel('Method name').fill('setpoint');
+  await owner.getByRole('button', { name: 'Invoke' }).click();
+  assert.match(await owner.locator('main').textContent(), /DeviceNotOnline|not online/i);
+  await shot(owner, 'module');
+});
+
 test('create a method job from its preview and watch it complete live', async () => {
   await owner.goto(`${base}/ui/jobs`);
   await owner.getByRole('link', { name: 'New job' }).click();
@@ -185,8 +237,8 @@ test('create a method job from its preview and watch it complete live', async ()
   await owner.getByLabel('Payload (JSON)').fill('{"lockTime": "10m"}');
   assert.ok(await owner.getByLabel('Tags to set').isHidden(), 'the twin fields show for a method job');
   await owner.getByRole('button', { name: 'Preview job' }).click();
-  assert.equal(await text(owner, 'preview-count'), String(half));
-  assert.equal(await text(owner, 'preview-connected'), String(half));
+  assert.equal(await text(owner, 'preview-count'), count(half));
+  assert.equal(await text(owner, 'preview-connected'), count(half));
   assert.equal(await owner.getByTestId('sample').locator('li').count(), 10);
   await shot(owner, 'preview');
   await owner.getByRole('button', { name: 'Schedule job' }).click();
@@ -194,7 +246,7 @@ test('create a method job from its preview and watch it complete live', async ()
   assert.match(await text(owner, 'job-status'), /queued|scheduled/);
   await owner.evaluate(() => { window.herdNotReloaded = true; });
   await eventually('the job page shows completed', async () => (await text(owner, 'job-status')) === 'completed', { ms: 30_000 });
-  assert.equal(await text(owner, 'succeeded'), String(half));
+  assert.equal(await text(owner, 'succeeded'), count(half));
   assert.equal(await owner.evaluate(() => window.herdNotReloaded), true, 'the page reloaded instead of following the job');
   // The link reloads the page from a click handler: wait for the new
   // document's load, not the current one's (already loaded).
@@ -204,6 +256,7 @@ test('create a method job from its preview and watch it complete live', async ()
   ]);
   assert.equal(await owner.evaluate(() => window.herdNotReloaded), undefined, 'the page did not reload');
   assert.equal(await owner.locator('table.devicejobs tbody tr').count(), 50);
+  await owner.evaluate(() => window.scrollTo(0, 0)); // a reload keeps the scroll position
   await shot(owner, 'job', { full: false });
   await owner.getByLabel('Outcome').selectOption('failed');
   await owner.getByRole('button', { name: 'Filter' }).click();
@@ -218,13 +271,13 @@ test('a twin job in waves stops after its canary until resumed', async () => {
   await owner.getByLabel('Waves (cumulative percentages').fill('10, 100');
   await owner.getByLabel('Pause after each wave until resumed').check();
   await owner.getByRole('button', { name: 'Preview job' }).click();
-  assert.equal(await text(owner, 'preview-count'), String(devices));
+  assert.equal(await text(owner, 'preview-count'), count(devices));
   await owner.getByRole('button', { name: 'Schedule job' }).click();
   await owner.waitForURL(`${base}/ui/jobs/waves-e2e`);
   await owner.evaluate(() => { window.herdNotReloaded = true; });
   assert.equal(await text(owner, 'rollout'), 'waves 10%, 100%, pausing between them');
   await eventually('paused after the canary', async () => (await text(owner, 'job-status')) === 'paused', { ms: 30_000 });
-  assert.equal(await text(owner, 'succeeded'), String(Math.ceil(devices / 10)));
+  assert.equal(await text(owner, 'succeeded'), count(Math.ceil(devices / 10)));
   assert.equal(await text(owner, 'wave'), '2 of 2');
   // The buttons follow the status live: Resume shows, Pause hides, with
   // no reload.
@@ -233,7 +286,7 @@ test('a twin job in waves stops after its canary until resumed', async () => {
   assert.equal(await owner.evaluate(() => window.herdNotReloaded), true, 'the page reloaded instead of following the job');
   await owner.getByRole('button', { name: 'Resume job' }).click();
   await eventually('completed after resume', async () => (await text(owner, 'job-status')) === 'completed', { ms: 30_000 });
-  assert.equal(await text(owner, 'succeeded'), String(devices));
+  assert.equal(await text(owner, 'succeeded'), count(devices));
 });
 
 test('cancel a scheduled job', async () => {
@@ -243,7 +296,7 @@ test('cancel a scheduled job', async () => {
   await owner.getByLabel('Desired properties to set').fill('{"fw": "3.0"}');
   await owner.getByLabel('Start time (UTC; empty for now)').fill(new Date(Date.now() + 3600_000).toISOString().slice(0, 19));
   await owner.getByRole('button', { name: 'Preview job' }).click();
-  assert.equal(await text(owner, 'preview-count'), String(devices));
+  assert.equal(await text(owner, 'preview-count'), count(devices));
   await owner.getByRole('button', { name: 'Schedule job' }).click();
   await owner.waitForURL(`${base}/ui/jobs/later-e2e`);
   await eventually('scheduled', async () => (await text(owner, 'job-status')) === 'scheduled');

@@ -28,7 +28,8 @@ function followJob(section) {
         el.max = p.total;
         el.value = p.done;
       } else if (f in p) {
-        el.textContent = p[f];
+        // Counts are written as the server writes them (1,000,000).
+        el.textContent = 'num' in el.dataset ? Number(p[f]).toLocaleString('en-US') : p[f];
         if (f === 'status') el.className = 'status-' + String(p.status).toLowerCase();
       }
     }
