@@ -45,6 +45,7 @@ func run(ctx context.Context, args []string, lookupEnv func(string) (string, boo
 		tokenCommand(e),
 		deviceCommand(e),
 		moduleCommand(e),
+		clusterCommand(e),
 		caCommand(e),
 		configurationCommand(e),
 		certCommand(e),

@@ -16,6 +16,7 @@ import (
 
 func serveCommand(e *env) *cobra.Command {
 	cfg := hub.Default()
+	cfg.Version = version()
 	var logFormat, logLevel, storeSpec string
 	cmd := &cobra.Command{
 		Use:   "serve",
@@ -73,6 +74,7 @@ variable is ignored, as if it were not set.`,
 	f.DurationVar(&cfg.JobRetention, "job-retention", job.DefaultRetention, "how long finished jobs are kept before they are purged")
 	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")
 	f.IntVar(&cfg.JobTwinBatch, "job-twin-batch", 0, "twins a twin-update job patches per transaction (0: 2000 on SQLite, 5000 on PostgreSQL)")
+	f.StringVar(&cfg.NodeID, "node-id", "", "this node's name among the nodes of its store (herd cluster status); default: one kept in the data folder's node-id file")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	allowEmpty(f, "mqtt-addr", "mqtt-plain-addr")
@@ -111,6 +113,7 @@ func printReady(e *env, h *hub.Hub, cs, where string) {
 		fmt.Fprintf(w, "  MQTT (plain) %s — unencrypted, for trusted networks only\n", a)
 	}
 	fmt.Fprintf(w, "  Store        %s\n", where)
+	fmt.Fprintf(w, "  Node         %s\n", h.Cluster.NodeID())
 	if ca := h.CAFile(); ca != "" {
 		fmt.Fprintf(w, "  CA           %s\n", ca)
 		fmt.Fprintf(w, "               trust it with: export NODE_EXTRA_CA_CERTS=%s\n", ca)

@@ -29,6 +29,7 @@ import (
 	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/clock"
+	"github.com/herd-iot/herd/internal/cluster"
 	"github.com/herd-iot/herd/internal/config"
 	"github.com/herd-iot/herd/internal/events"
 	"github.com/herd-iot/herd/internal/gateway"
@@ -86,6 +87,14 @@ type Config struct {
 	// Clock schedules expiries (tokens on live connections, method
 	// timeouts); nil means real timers on Now.
 	Clock clock.Clock
+	// NodeID names this hub among the nodes of its store (GET /cluster);
+	// "" means the one kept in DataDir (cluster.LocalNodeID).
+	NodeID string
+	// NodeLease is how long a renewal of the node's lease holds (0:
+	// cluster.DefaultLease).
+	NodeLease time.Duration
+	// Version is the herd version the node reports.
+	Version string
 }
 
 // Default returns the configuration `herd serve` starts from.
@@ -119,6 +128,10 @@ func (c Config) Validate() error {
 		return errors.New("max-connections: must not be negative (0 means no bound)")
 	case c.Log == nil || c.Now == nil:
 		return errors.New("log and clock must be set")
+	case c.NodeID != "":
+		if err := cluster.ValidNodeID(c.NodeID); err != nil {
+			return fmt.Errorf("node-id: %s", herd.ErrorMessage(err))
+		}
 	}
 	return nil
 }
@@ -142,6 +155,8 @@ type Hub struct {
 	// Configurations are the automatic device configurations, applied
 	// as devices change.
 	Configurations *config.Service
+	// Cluster is this node's lease among the nodes of its store.
+	Cluster *cluster.Service
 
 	tlsConfig *tls.Config
 	serving   atomic.Bool // Run is serving (GET /readyz)
@@ -217,6 +232,9 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 			return nil, err
 		}
 	}
+	if err := h.Cluster.Start(ctx); err != nil {
+		return nil, err
+	}
 	return h, nil
 }
 
@@ -278,9 +296,31 @@ func (h *Hub) wire(cfg Config) error {
 	h.api.HandleEvents(h.Events)
 	h.api.HandleCertificates(h.Certificates)
 	h.api.HandleConfigurations(h.Configurations)
+	nodeID := cfg.NodeID
+	if nodeID == "" {
+		var err error
+		if nodeID, err = cluster.LocalNodeID(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	var err error
+	if h.Cluster, err = cluster.New(cluster.Config{Store: h.Store, NodeID: nodeID, Clock: clk, Lease: cfg.NodeLease,
+		Log: cfg.Log, Info: h.nodeInfo}); err != nil {
+		return err
+	}
+	h.api.HandleCluster(h.Cluster)
 	h.ui, err = h.newDashboard(cfg)
 	return err
+}
+
+// nodeInfo is what this node says of itself at each renewal of its lease.
+func (h *Hub) nodeInfo() cluster.Info {
+	mqtt := h.MQTTAddr()
+	if mqtt == nil {
+		mqtt = h.MQTTPlainAddr()
+	}
+	return cluster.Info{RESTAddress: addrString(h.HTTPSAddr()), MQTTAddress: addrString(mqtt),
+		ConnectedDevices: h.Bus.Connected(), Version: h.cfg.Version}
 }
 
 func tlsConfig(cfg Config) (*tls.Config, error) {
@@ -440,6 +480,18 @@ func (h *Hub) Run(ctx context.Context) error {
 	g.Go(func() error { return h.Registry.Run(regCtx) })
 	g.Go(func() error { return h.Jobs.Run(ctx) })
 	g.Go(func() error { return h.Configurations.Run(ctx) })
+	// The node's lease is renewed while it serves and ended (stopped)
+	// once its devices are disconnected.
+	g.Go(func() error {
+		h.Cluster.Run(ctx)
+		<-regCtx.Done()
+		stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		defer cancel()
+		if err := h.Cluster.Stop(stop); err != nil {
+			h.cfg.Log.Warn("could not record this node's stop", "err", err)
+		}
+		return nil
+	})
 	return g.Wait()
 }
 

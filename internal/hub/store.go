@@ -6,6 +6,7 @@ import (
 
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/certauth"
+	"github.com/herd-iot/herd/internal/cluster"
 	"github.com/herd-iot/herd/internal/config"
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/job"
@@ -27,6 +28,7 @@ type Store interface {
 	config.Store
 	query.Store
 	gateway.SessionStore
+	cluster.Store
 	// Setting and SetSetting keep small named values: the host name and
 	// the listeners' addresses, which the CLI reads.
 	Setting(ctx context.Context, name string) (string, error)

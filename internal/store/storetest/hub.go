@@ -7,6 +7,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/cluster"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -20,6 +21,7 @@ var hubTests = []struct {
 	{"Settings", testSettings},
 	{"ResetConnectionStates", testResetConnectionStates},
 	{"Ping", testPing},
+	{"NodeLeases", testNodeLeases},
 }
 
 // testSessions: persistent sessions are saved in batches, read back,
@@ -150,5 +152,68 @@ func testResetConnectionStates(t *testing.T, s Store) {
 func testPing(t *testing.T, s Store) {
 	if err := s.Ping(context.Background()); err != nil {
 		t.Errorf("ping an open store: %v", err)
+	}
+}
+
+// testNodeLeases: a node's lease row is created, renewed in place, ended
+// by a stop and cleared by a new start; nodes are listed in id order and
+// forgotten once their lease ended before the purge's time.
+func testNodeLeases(t *testing.T, s Store) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
+	lease := func(id string, started, at time.Time, connected int64) cluster.Lease {
+		return cluster.Lease{NodeID: id, StartedTime: started, RenewedTime: at, LeaseUntil: at.Add(15 * time.Second),
+			Info: cluster.Info{RESTAddress: "127.0.0.1:443", MQTTAddress: "127.0.0.1:8883", Version: "v1", ConnectedDevices: connected}}
+	}
+	if nodes, err := s.Nodes(ctx); err != nil || len(nodes) != 0 {
+		t.Fatalf("Nodes of a new store: %v, %v", nodes, err)
+	}
+	for _, l := range []cluster.Lease{lease("b", t0, t0, 1), lease("a", t0, t0, 2), lease("b", t0, t0.Add(5*time.Second), 3)} {
+		if err := s.RenewNode(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	nodes, err := s.Nodes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(nodes) != 2 || nodes[0].NodeID != "a" || nodes[1].NodeID != "b" {
+		t.Fatalf("nodes %+v, want a and b", nodes)
+	}
+	b := nodes[1]
+	if !b.StartedTime.Equal(t0) || !b.RenewedTime.Equal(t0.Add(5*time.Second)) || !b.LeaseUntil.Equal(t0.Add(20*time.Second)) ||
+		b.ConnectedDevices != 3 || b.RESTAddress != "127.0.0.1:443" || b.MQTTAddress != "127.0.0.1:8883" || b.Version != "v1" ||
+		!b.StoppedTime.IsZero() {
+		t.Errorf("renewed node %+v", b)
+	}
+	if cluster.StateAt(b, t0.Add(19*time.Second)) != herd.NodeAlive || cluster.StateAt(b, t0.Add(20*time.Second)) != herd.NodeLost {
+		t.Errorf("states of %+v", b)
+	}
+	stop := t0.Add(8 * time.Second)
+	if err := s.StopNode(ctx, "b", stop); err != nil {
+		t.Fatal(err)
+	}
+	nodes, _ = s.Nodes(ctx)
+	if b := nodes[1]; !b.StoppedTime.Equal(stop) || !b.LeaseUntil.Equal(stop) || cluster.StateAt(b, stop) != herd.NodeStopped {
+		t.Errorf("stopped node %+v", b)
+	}
+	// Started again: the stop is cleared.
+	t1 := t0.Add(time.Minute)
+	if err := s.RenewNode(ctx, lease("b", t1, t1, 0)); err != nil {
+		t.Fatal(err)
+	}
+	nodes, _ = s.Nodes(ctx)
+	if b := nodes[1]; !b.StoppedTime.IsZero() || !b.StartedTime.Equal(t1) || cluster.StateAt(b, t1) != herd.NodeAlive {
+		t.Errorf("restarted node %+v", b)
+	}
+	// a's lease ended at t0+15s, b's runs to t1+15s.
+	if n, err := s.PurgeNodes(ctx, t0.Add(15*time.Second)); err != nil || n != 0 {
+		t.Errorf("purge at a's lease end: %d, %v", n, err)
+	}
+	if n, err := s.PurgeNodes(ctx, t1); err != nil || n != 1 {
+		t.Errorf("purge after a's lease: %d, %v", n, err)
+	}
+	if nodes, _ = s.Nodes(ctx); len(nodes) != 1 || nodes[0].NodeID != "b" {
+		t.Errorf("after the purge: %+v", nodes)
 	}
 }

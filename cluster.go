@@ -1,0 +1,44 @@
+package herd
+
+// NodeState is what a node's lease says of it (GET /cluster).
+type NodeState string
+
+// The states of a node.
+const (
+	// NodeAlive: its lease runs.
+	NodeAlive NodeState = "alive"
+	// NodeLost: its lease lapsed without the node stopping (killed, cut
+	// off, frozen).
+	NodeLost NodeState = "lost"
+	// NodeStopped: the node ended its lease when it shut down.
+	NodeStopped NodeState = "stopped"
+)
+
+// Node is one `herd serve` among the nodes of a store, as GET /cluster
+// shows it. Herd's own: Azure IoT Hub has no such resource.
+type Node struct {
+	NodeID string    `json:"nodeId"`
+	State  NodeState `json:"state"`
+	// StartedTime is when the node started; RenewedTime when it last
+	// renewed its lease, which runs until LeaseUntil.
+	StartedTime Time `json:"startedTime"`
+	RenewedTime Time `json:"renewedTime"`
+	LeaseUntil  Time `json:"leaseUntil"`
+	// StoppedTime is when it shut down (the zero time unless stopped).
+	StoppedTime Time `json:"stoppedTime"`
+	// RESTAddress and MQTTAddress are where its listeners are bound.
+	RESTAddress string `json:"restAddress"`
+	MQTTAddress string `json:"mqttAddress,omitempty"`
+	// Version is its herd version.
+	Version string `json:"version"`
+	// ConnectedDevices is how many devices were connected to it at its
+	// last renewal.
+	ConnectedDevices int64 `json:"connectedDevices"`
+}
+
+// ClusterStatus is GET /cluster: the node that answered and every node of
+// its store, in node id order.
+type ClusterStatus struct {
+	NodeID string  `json:"nodeId"`
+	Nodes  []*Node `json:"nodes"`
+}

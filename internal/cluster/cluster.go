@@ -1,0 +1,205 @@
+// Package cluster is what a hub knows of the nodes that serve its store.
+//
+// Each `herd serve` is a node with an id (--node-id, or one kept in its
+// data folder) and a lease: a row in the store that the node renews every
+// few seconds while it runs and ends when it stops. A node whose lease
+// lapsed without a stop is lost (killed, cut off, frozen). GET /cluster and
+// `herd cluster status` show every node the store knows of.
+//
+// This is the first part of cluster mode (docs/cluster.md): today one node
+// serves a store; the presence of devices, routing between nodes over NATS
+// and job leases build on these node leases.
+package cluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/clock"
+)
+
+// Lease is what a node writes of itself each time it renews its lease.
+type Lease struct {
+	NodeID      string
+	StartedTime time.Time
+	RenewedTime time.Time
+	LeaseUntil  time.Time
+	Info
+}
+
+// Info is what a node says of itself at each renewal.
+type Info struct {
+	// RESTAddress and MQTTAddress are where its listeners are bound.
+	RESTAddress, MQTTAddress string
+	// ConnectedDevices is how many devices are connected to it.
+	ConnectedDevices int64
+	// Version is its herd version.
+	Version string
+}
+
+// Store keeps the nodes' leases.
+type Store interface {
+	// RenewNode writes a node's lease, creating its row or replacing it
+	// (a node that starts again clears its stop).
+	RenewNode(ctx context.Context, l Lease) error
+	// StopNode ends a node's lease at now: it shut down.
+	StopNode(ctx context.Context, id string, now time.Time) error
+	// Nodes returns every node's row in node id order, State unset.
+	Nodes(ctx context.Context) ([]*herd.Node, error)
+	// PurgeNodes deletes the rows of the nodes whose lease ended before
+	// t and returns how many.
+	PurgeNodes(ctx context.Context, before time.Time) (int, error)
+}
+
+// Defaults of Config.
+const (
+	DefaultLease = 15 * time.Second
+	// Forget is how long a node that stopped or was lost stays listed.
+	Forget = 24 * time.Hour
+)
+
+var nodeIDPattern = regexp.MustCompile(`^[A-Za-z0-9_-]{1,64}$`)
+
+// ValidNodeID checks a node id: 1-64 letters, digits, '-' or '_' (it is
+// a token of NATS subjects).
+func ValidNodeID(id string) error {
+	if !nodeIDPattern.MatchString(id) {
+		return herd.Errorf(herd.ErrArgumentInvalid, "node id %q: use 1-64 letters, digits, '-' or '_'", id)
+	}
+	return nil
+}
+
+// Config configures a node's Service.
+type Config struct {
+	Store  Store
+	NodeID string
+	// Info returns what the node says of itself at each renewal.
+	Info func() Info
+	// Clock gives the times of the lease and schedules its renewals.
+	Clock clock.Clock
+	// Lease is how long a renewal holds (0: DefaultLease); the node
+	// renews every third of it.
+	Lease time.Duration
+	Log   *slog.Logger
+}
+
+// Service is a node's lease: it takes it at Start, renews it while Run
+// runs and ends it when Run returns.
+type Service struct {
+	cfg     Config
+	started time.Time
+}
+
+// New returns the Service of a node; nothing is written before Start.
+func New(cfg Config) (*Service, error) {
+	if err := ValidNodeID(cfg.NodeID); err != nil {
+		return nil, err
+	}
+	if cfg.Lease <= 0 {
+		cfg.Lease = DefaultLease
+	}
+	if cfg.Info == nil {
+		cfg.Info = func() Info { return Info{} }
+	}
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	return &Service{cfg: cfg}, nil
+}
+
+// NodeID is this node's id.
+func (s *Service) NodeID() string { return s.cfg.NodeID }
+
+// Start takes the node's lease: a store that cannot write it fails the
+// start.
+func (s *Service) Start(ctx context.Context) error {
+	s.started = s.cfg.Clock.Now()
+	if err := s.renew(ctx, s.started); err != nil {
+		return fmt.Errorf("node %s: take its lease: %w", s.cfg.NodeID, err)
+	}
+	return nil
+}
+
+func (s *Service) renew(ctx context.Context, now time.Time) error {
+	return s.cfg.Store.RenewNode(ctx, Lease{NodeID: s.cfg.NodeID, StartedTime: s.started, RenewedTime: now,
+		LeaseUntil: now.Add(s.cfg.Lease), Info: s.cfg.Info()})
+}
+
+// Run renews the lease every third of its length until ctx ends. A
+// renewal that fails is logged and tried again at the next tick.
+func (s *Service) Run(ctx context.Context) {
+	tick := make(chan struct{}, 1)
+	var t clock.Timer
+	schedule := func() {
+		t = s.cfg.Clock.AfterFunc(s.cfg.Lease/3, func() {
+			select {
+			case tick <- struct{}{}:
+			default:
+			}
+		})
+	}
+	schedule()
+	lastOK := s.started
+	for {
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-tick:
+			now := s.cfg.Clock.Now()
+			if err := s.renew(ctx, now); err != nil {
+				if ctx.Err() == nil {
+					s.cfg.Log.Warn("cluster: could not renew this node's lease", "node", s.cfg.NodeID, "err", err,
+						"lease_until", herd.NewTime(lastOK.Add(s.cfg.Lease)).String())
+				}
+			} else {
+				lastOK = now
+				// Nodes gone for long are forgotten by whoever renews.
+				if _, err := s.cfg.Store.PurgeNodes(ctx, now.Add(-Forget)); err != nil && ctx.Err() == nil {
+					s.cfg.Log.Warn("cluster: could not forget old nodes", "err", err)
+				}
+			}
+			schedule()
+		}
+	}
+}
+
+// Stop ends the node's lease: it has shut down.
+func (s *Service) Stop(ctx context.Context) error {
+	if err := s.cfg.Store.StopNode(ctx, s.cfg.NodeID, s.cfg.Clock.Now()); err != nil {
+		return fmt.Errorf("node %s: end its lease: %w", s.cfg.NodeID, err)
+	}
+	return nil
+}
+
+// Status returns every node the store knows of, each with its state at
+// this node's clock.
+func (s *Service) Status(ctx context.Context) (*herd.ClusterStatus, error) {
+	nodes, err := s.cfg.Store.Nodes(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("cluster nodes: %w", err)
+	}
+	if nodes == nil {
+		nodes = []*herd.Node{}
+	}
+	now := s.cfg.Clock.Now()
+	for _, n := range nodes {
+		n.State = StateAt(n, now)
+	}
+	return &herd.ClusterStatus{NodeID: s.cfg.NodeID, Nodes: nodes}, nil
+}
+
+// StateAt is a node's state at now.
+func StateAt(n *herd.Node, now time.Time) herd.NodeState {
+	switch {
+	case !n.StoppedTime.IsZero():
+		return herd.NodeStopped
+	case n.LeaseUntil.After(now):
+		return herd.NodeAlive
+	}
+	return herd.NodeLost
+}

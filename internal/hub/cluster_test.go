@@ -1,0 +1,104 @@
+package hub_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/device"
+	"github.com/herd-iot/herd/internal/cluster"
+	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/sas"
+)
+
+// A node takes its lease when it starts, renews it with what it reports of
+// itself (addresses, connected devices), shows it in GET /cluster and ends
+// it when it shuts down; the next node on the store sees it stopped.
+func TestNodeLease(t *testing.T) {
+	ctx := context.Background()
+	lease := func(c *hub.Config) { c.NodeID, c.NodeLease, c.Version = "node-a", 600*time.Millisecond, "v-test" }
+	h := hubtest.Start(t, hubtest.WithConfig(lease))
+	st, err := h.Service.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.NodeID != "node-a" || len(st.Nodes) != 1 {
+		t.Fatalf("status %+v", st)
+	}
+	n := st.Nodes[0]
+	if n.NodeID != "node-a" || n.State != herd.NodeAlive || n.RESTAddress != h.HTTPSAddr().String() ||
+		n.MQTTAddress != h.MQTTAddr || n.Version != "v-test" || !n.StoppedTime.IsZero() || !n.LeaseUntil.After(n.RenewedTime.Time) {
+		t.Errorf("node %+v", n)
+	}
+	// A device connects: the next renewals say so.
+	d, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "d1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := sas.ConnectionString{HostName: "localhost", DeviceID: "d1", SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+	c, err := device.New(cs.String(), device.WithCA(h.CA), device.WithAddress(h.MQTTAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		st, err := h.Service.Cluster(ctx)
+		return err == nil && st.Nodes[0].ConnectedDevices == 1 && st.Nodes[0].RenewedTime.After(n.RenewedTime.Time)
+	}, "the renewed lease does not count the connected device")
+
+	// Registry read rights are enough; a policy without them is refused.
+	for _, p := range []struct {
+		policy string
+		ok     bool
+	}{{"registryRead", true}, {"registryReadWrite", true}, {"service", false}, {"device", false}} {
+		pcs, err := h.Hub.ConnectionString(p.policy)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, err = h.Client(t, pcs).Cluster(ctx)
+		if p.ok != (err == nil) || !p.ok && !herd.IsCode(err, herd.ErrUnauthorized) {
+			t.Errorf("GET /cluster as %s: %v", p.policy, err)
+		}
+	}
+
+	c.Close()
+	h.Stop()
+	other := hubtest.Start(t, hubtest.WithDir(h.Dir), hubtest.WithConfig(func(c *hub.Config) { c.NodeID = "node-b" }))
+	st, err = other.Service.Cluster(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.NodeID != "node-b" || len(st.Nodes) != 2 || st.Nodes[0].NodeID != "node-a" || st.Nodes[1].NodeID != "node-b" {
+		t.Fatalf("status after a restart as node-b: %+v", st)
+	}
+	if a := st.Nodes[0]; a.State != herd.NodeStopped || a.StoppedTime.IsZero() {
+		t.Errorf("node-a after its shutdown: %+v", a)
+	}
+	if b := st.Nodes[1]; b.State != herd.NodeAlive {
+		t.Errorf("node-b: %+v", b)
+	}
+}
+
+// Without --node-id a data folder keeps the id it made the first time.
+func TestNodeIDKeptInDataFolder(t *testing.T) {
+	dir := t.TempDir()
+	h := hubtest.Start(t, hubtest.WithDir(dir))
+	id := h.Cluster.NodeID()
+	h.Stop()
+	b, err := os.ReadFile(filepath.Join(dir, cluster.NodeIDFile))
+	if err != nil || strings.TrimSpace(string(b)) != id || cluster.ValidNodeID(id) != nil {
+		t.Fatalf("node-id file %q (%v), node %q", b, err, id)
+	}
+	again := hubtest.Start(t, hubtest.WithDir(dir))
+	if again.Cluster.NodeID() != id {
+		t.Errorf("restarted as %q, not %q", again.Cluster.NodeID(), id)
+	}
+}

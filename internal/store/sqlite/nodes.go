@@ -1,0 +1,73 @@
+package sqlite
+
+import (
+	"context"
+	"database/sql"
+	"fmt"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/cluster"
+)
+
+// RenewNode writes a node's lease (cluster.Store).
+func (db *DB) RenewNode(ctx context.Context, l cluster.Lease) error {
+	_, err := db.write.ExecContext(ctx, `INSERT INTO nodes (node_id, started_time, renewed_time, lease_until, stopped_time,
+		rest_address, mqtt_address, version, connected_devices) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)
+		ON CONFLICT (node_id) DO UPDATE SET started_time = excluded.started_time, renewed_time = excluded.renewed_time,
+		lease_until = excluded.lease_until, stopped_time = NULL, rest_address = excluded.rest_address,
+		mqtt_address = excluded.mqtt_address, version = excluded.version, connected_devices = excluded.connected_devices`,
+		l.NodeID, stamp(l.StartedTime), stamp(l.RenewedTime), stamp(l.LeaseUntil), l.RESTAddress, l.MQTTAddress, l.Version, l.ConnectedDevices)
+	if err != nil {
+		return fmt.Errorf("renew the lease of node %q: %w", l.NodeID, err)
+	}
+	return nil
+}
+
+// StopNode ends a node's lease (cluster.Store).
+func (db *DB) StopNode(ctx context.Context, id string, now time.Time) error {
+	at := stamp(now)
+	if _, err := db.write.ExecContext(ctx, `UPDATE nodes SET stopped_time = ?, lease_until = ? WHERE node_id = ?`, at, at, id); err != nil {
+		return fmt.Errorf("end the lease of node %q: %w", id, err)
+	}
+	return nil
+}
+
+// Nodes returns every node's row (cluster.Store).
+func (db *DB) Nodes(ctx context.Context) ([]*herd.Node, error) {
+	rows, err := db.read.QueryContext(ctx, `SELECT node_id, started_time, renewed_time, lease_until, stopped_time,
+		rest_address, mqtt_address, version, connected_devices FROM nodes ORDER BY node_id`)
+	if err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	defer rows.Close()
+	var out []*herd.Node
+	for rows.Next() {
+		var (
+			n                       herd.Node
+			started, renewed, until string
+			stopped                 sql.NullString
+		)
+		if err := rows.Scan(&n.NodeID, &started, &renewed, &until, &stopped, &n.RESTAddress, &n.MQTTAddress, &n.Version, &n.ConnectedDevices); err != nil {
+			return nil, fmt.Errorf("list nodes: %w", err)
+		}
+		n.StartedTime, n.RenewedTime, n.LeaseUntil, n.StoppedTime = parseTime(started), parseTime(renewed), parseTime(until), parseTime(stopped.String)
+		out = append(out, &n)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("list nodes: %w", err)
+	}
+	return out, nil
+}
+
+// PurgeNodes forgets the nodes whose lease ended before t (cluster.Store).
+func (db *DB) PurgeNodes(ctx context.Context, before time.Time) (int, error) {
+	res, err := db.write.ExecContext(ctx, `DELETE FROM nodes WHERE lease_until < ?`, stamp(before))
+	if err != nil {
+		return 0, fmt.Errorf("forget old nodes: %w", err)
+	}
+	n, _ := res.RowsAffected()
+	return int(n), nil
+}
+
+var _ cluster.Store = (*DB)(nil)
