@@ -6,7 +6,8 @@
 // lapsed without a stop is lost (killed, cut off, frozen). GET /cluster and
 // `herd cluster status` show every node the store knows of.
 //
-// This is the first part of cluster mode (docs/cluster.md): today one node
+// This is the first part of cluster mode ("Cluster mode" in the
+// architecture): today one node
 // serves a store; the presence of devices, routing between nodes over NATS
 // and job leases build on these node leases.
 package cluster
@@ -92,6 +93,7 @@ type Config struct {
 type Service struct {
 	cfg     Config
 	started time.Time
+	purged  time.Time // the last purge of old nodes (Run's goroutine after Start)
 }
 
 // New returns the Service of a node; nothing is written before Start.
@@ -121,8 +123,20 @@ func (s *Service) Start(ctx context.Context) error {
 	if err := s.renew(ctx, s.started); err != nil {
 		return fmt.Errorf("node %s: take its lease: %w", s.cfg.NodeID, err)
 	}
+	s.purge(ctx, s.started)
 	return nil
 }
+
+// purge forgets the nodes gone for longer than Forget; whichever node
+// runs does it, at its start and then every purgeEvery.
+func (s *Service) purge(ctx context.Context, now time.Time) {
+	s.purged = now
+	if _, err := s.cfg.Store.PurgeNodes(ctx, now.Add(-Forget)); err != nil && ctx.Err() == nil {
+		s.cfg.Log.Warn("cluster: could not forget old nodes", "err", err)
+	}
+}
+
+const purgeEvery = time.Hour
 
 func (s *Service) renew(ctx context.Context, now time.Time) error {
 	return s.cfg.Store.RenewNode(ctx, Lease{NodeID: s.cfg.NodeID, StartedTime: s.started, RenewedTime: now,
@@ -158,9 +172,8 @@ func (s *Service) Run(ctx context.Context) {
 				}
 			} else {
 				lastOK = now
-				// Nodes gone for long are forgotten by whoever renews.
-				if _, err := s.cfg.Store.PurgeNodes(ctx, now.Add(-Forget)); err != nil && ctx.Err() == nil {
-					s.cfg.Log.Warn("cluster: could not forget old nodes", "err", err)
+				if now.Sub(s.purged) >= purgeEvery {
+					s.purge(ctx, now)
 				}
 			}
 			schedule()
