@@ -33,6 +33,13 @@ func newRaw(t *testing.T, h *hubtest.Hub) *raw {
 	return &raw{t: t, h: h, http: &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}}
 }
 
+// in returns a copy of r that fails t, for use in a subtest.
+func (r *raw) in(t *testing.T) *raw {
+	c := *r
+	c.t = t
+	return &c
+}
+
 func (r *raw) token(policy string) string {
 	p, ok := r.h.Auth.Policy(policy)
 	if !ok {
@@ -360,6 +367,10 @@ func TestWireFormat(t *testing.T) {
 		{"id mismatch", "PUT", "/devices/w3" + v, `{"deviceId":"other"}`, nil, 400, herd.ErrArgumentInvalid},
 		{"empty body", "PUT", "/devices/w3" + v, ``, nil, 400, herd.ErrArgumentNull},
 		{"too large", "PUT", "/devices/w3" + v, `{"statusReason":"` + strings.Repeat("x", 300<<10) + `"}`, nil, 413, herd.ErrMessageTooLarge},
+		// Far more than the socket buffers hold: the client is still
+		// sending when the answer comes, and must be able to read it.
+		{"far too large", "PUT", "/devices/w3" + v, `{"statusReason":"` + strings.Repeat("x", 6<<20) + `"}`, nil, 413, herd.ErrMessageTooLarge},
+		{"far too large, no token", "PUT", "/devices/w3" + v, `{"statusReason":"` + strings.Repeat("x", 6<<20) + `"}`, map[string]string{"Authorization": ""}, 401, herd.ErrUnauthorized},
 		{"twin bad key", "PATCH", "/twins/w1" + v, `{"tags":{"a.b":1}}`, nil, 400, herd.ErrArgumentInvalid},
 		{"twin malformed", "PATCH", "/twins/w1" + v, `{"tags":{`, nil, 400, herd.ErrIotHubFormatError},
 		{"twin too big", "PATCH", "/twins/w1" + v, `{"properties":{"desired":{` + bigProps(40) + `}}}`, nil, 400, herd.ErrArgumentInvalid},
@@ -375,7 +386,7 @@ func TestWireFormat(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			resp, body := r.do(c.method, c.path, c.body, c.header)
+			resp, body := r.in(t).do(c.method, c.path, c.body, c.header)
 			expectError(t, resp, body, c.status, c.code)
 		})
 	}

@@ -145,9 +145,10 @@ func (s *Server) endpoint(route string, endpoints map[string]Endpoint) http.Hand
 				s.cfg.Log.Error("request failed", "op", r.Method+" "+route, "err", err)
 			}
 			if body != nil && !body.eof {
-				dropBody(w)
+				refuse(w, rec, r, err, s.cfg.Now())
+			} else {
+				writeError(rec, err, s.cfg.Now())
 			}
-			writeError(rec, err, s.cfg.Now())
 		}
 		s.requests.WithLabelValues(route, r.Method, strconv.Itoa(rec.status)).Inc()
 		s.latency.WithLabelValues(route).Observe(time.Since(start).Seconds())
@@ -196,15 +197,44 @@ func (s *Server) boundBody(w http.ResponseWriter, r *http.Request) *boundedBody 
 	return b
 }
 
-// dropBody is for a request refused before its body was read (no token,
-// no right, too large, no such route): the answer goes out now and the
-// connection is closed after it, rather than reading on, for the sake of
-// the next request, a body that may never come.
-func dropBody(w http.ResponseWriter) {
+// A refused request's body is read and thrown away after the answer, so
+// that the client can finish sending it and read the answer, up to
+// drainBytes and for at most drainTime; a longer or slower body is cut off.
+const (
+	drainBytes = 2*maxBulkBody + 1<<20
+	drainTime  = 2 * time.Second
+)
+
+// refuse answers err to a request refused before its body was read to its
+// end (no token, no right, too large, no such route) and closes the
+// connection after it, rather than keeping it for a next request behind a
+// body that may never come. The answer goes out at once. Closing a socket
+// with unread data makes the kernel reset the connection, and a reset
+// makes the client's kernel drop the answer it has not read yet: an Azure
+// SDK would see "connection reset" instead of 413 MessageTooLarge. So
+// the rest of the body is read and discarded, within drainBytes and
+// drainTime, before the connection closes. rec is w or a wrapper of it
+// that the answer is written through.
+func refuse(w, rec http.ResponseWriter, r *http.Request, err error, now time.Time) {
+	rc := http.NewResponseController(w)
+	if r.ProtoMajor > 1 {
+		// HTTP/2 ends a stream without ending the connection.
+		writeError(rec, err, now)
+		return
+	}
+	// Full duplex: the body stays readable after the answer is sent.
+	duplex := rc.EnableFullDuplex() == nil
 	w.Header().Set("Connection", "close")
-	// net/http still reads up to 256 KB of the body once the handler
-	// returns; a read deadline already past ends that at once.
-	_ = http.NewResponseController(w).SetReadDeadline(time.Now())
+	writeError(rec, err, now)
+	if !duplex || rc.Flush() != nil || r.ContentLength > drainBytes {
+		// net/http still reads up to 256 KB of the body once the handler
+		// returns; a read deadline already past ends that at once.
+		_ = rc.SetReadDeadline(time.Now())
+		return
+	}
+	_ = rc.SetReadDeadline(time.Now().Add(drainTime))
+	_, _ = io.CopyN(io.Discard, r.Body, drainBytes)
+	_ = rc.SetReadDeadline(time.Now())
 }
 
 // boundedBody is a request body read under a deadline; eof says it was
@@ -297,10 +327,12 @@ func (s *Server) routes() {
 	})
 	s.mux.HandleFunc("GET /readyz", s.readyz)
 	s.mux.Handle("/", http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		err := herd.Errorf(herd.ErrNotFound, "no such route: %s %s", r.Method, r.URL.Path)
 		if r.ContentLength != 0 {
-			dropBody(w)
+			refuse(w, w, r, err, s.cfg.Now())
+		} else {
+			writeError(w, err, s.cfg.Now())
 		}
-		writeError(w, herd.Errorf(herd.ErrNotFound, "no such route: %s %s", r.Method, r.URL.Path), s.cfg.Now())
 	}))
 }
 
