@@ -124,6 +124,23 @@ func (b *Bus) Attach(id string, c Conn) (prev Conn) {
 	return prev
 }
 
+// Attached returns the ids of the devices (and modules) attached now, in
+// no order.
+func (b *Bus) Attached() []string {
+	ids := make([]string, 0, b.connected.Load())
+	for i := range b.shards {
+		s := &b.shards[i]
+		s.mu.Lock()
+		for id, e := range s.entries {
+			if e.conn != nil {
+				ids = append(ids, id)
+			}
+		}
+		s.mu.Unlock()
+	}
+	return ids
+}
+
 // Detach forgets c as the holder of device id, unless another connection
 // has taken over already. It reports whether c was the holder.
 func (b *Bus) Detach(id string, c Conn) bool {

@@ -6,10 +6,19 @@
 // lapsed without a stop is lost (killed, cut off, frozen). GET /cluster and
 // `herd cluster status` show every node the store knows of.
 //
+// A device's connection is recorded with the node it is on, and a node
+// records a disconnect only of a device still on it. So a node marks
+// Disconnected only what cannot be connected: at its start, what it held
+// itself before (it was killed) and what nodes without a lease held;
+// while it runs, after each renewal, the devices of every node whose lease
+// lapsed. A node that renews a lease that had lapsed records its own
+// devices Connected again. Leases are read against each node's own clock:
+// the nodes' clocks must agree to well within a lease.
+//
 // This is the first part of cluster mode ("Cluster mode" in the
-// architecture): today one node
-// serves a store; the presence of devices, routing between nodes over NATS
-// and job leases build on these node leases.
+// architecture): today one node serves a store; connection epochs,
+// routing between nodes over NATS and job leases build on these node
+// leases.
 package cluster
 
 import (
@@ -54,6 +63,13 @@ type Store interface {
 	// PurgeNodes deletes the rows of the nodes whose lease ended before
 	// t and returns how many.
 	PurgeNodes(ctx context.Context, before time.Time) (int, error)
+	// DisconnectNode marks Disconnected, at at, the devices and modules
+	// connected through a node, and returns how many.
+	DisconnectNode(ctx context.Context, node string, at time.Time) (int64, error)
+	// DisconnectOrphans marks Disconnected, at at, the devices and
+	// modules connected through a node that holds no lease at at (lost,
+	// stopped or unknown), and returns how many.
+	DisconnectOrphans(ctx context.Context, at time.Time) (int64, error)
 }
 
 // Defaults of Config.
@@ -85,7 +101,14 @@ type Config struct {
 	// Lease is how long a renewal holds (0: DefaultLease); the node
 	// renews every third of it.
 	Lease time.Duration
-	Log   *slog.Logger
+	// Connected, if not nil, returns the devices and modules connected
+	// to this node now. When the node renews a lease that had lapsed,
+	// other nodes may have marked them Disconnected; it records them
+	// Connected again through Reconnect.
+	Connected func() []string
+	// Reconnect records a device or module connected to this node at at.
+	Reconnect func(id string, at time.Time)
+	Log       *slog.Logger
 }
 
 // Service is a node's lease: it takes it at Start, renews it while Run
@@ -116,15 +139,68 @@ func New(cfg Config) (*Service, error) {
 // NodeID is this node's id.
 func (s *Service) NodeID() string { return s.cfg.NodeID }
 
-// Start takes the node's lease: a store that cannot write it fails the
-// start.
+// Start takes the node's lease, before the node serves. Nothing is
+// connected to it yet: the devices its store still has Connected through
+// it (it was killed) or through a node that holds no lease (lost or
+// gone) are marked Disconnected; those of the nodes that run are left
+// alone. A store that cannot write fails the start.
 func (s *Service) Start(ctx context.Context) error {
 	s.started = s.cfg.Clock.Now()
+	if _, err := s.cfg.Store.DisconnectNode(ctx, s.cfg.NodeID, s.started); err != nil {
+		return fmt.Errorf("node %s: %w", s.cfg.NodeID, err)
+	}
+	n, err := s.cfg.Store.DisconnectOrphans(ctx, s.started)
+	if err != nil {
+		return fmt.Errorf("node %s: %w", s.cfg.NodeID, err)
+	}
+	if n > 0 {
+		s.cfg.Log.Info("cluster: devices of nodes that are gone marked Disconnected", "devices", n)
+	}
 	if err := s.renew(ctx, s.started); err != nil {
 		return fmt.Errorf("node %s: take its lease: %w", s.cfg.NodeID, err)
 	}
 	s.purge(ctx, s.started)
 	return nil
+}
+
+// sweep marks Disconnected the devices of the nodes whose lease lapsed
+// without a stop (killed, cut off): they cannot be connected through it.
+// Every node that runs does it after each renewal; it is idempotent, and
+// a lost node with no devices left costs an index probe.
+func (s *Service) sweep(ctx context.Context, now time.Time) {
+	nodes, err := s.cfg.Store.Nodes(ctx)
+	if err != nil {
+		if ctx.Err() == nil {
+			s.cfg.Log.Warn("cluster: could not read the nodes", "err", err)
+		}
+		return
+	}
+	for _, n := range nodes {
+		if n.NodeID == s.cfg.NodeID || StateAt(n, now) != herd.NodeLost {
+			continue
+		}
+		k, err := s.cfg.Store.DisconnectNode(ctx, n.NodeID, now)
+		switch {
+		case err != nil && ctx.Err() == nil:
+			s.cfg.Log.Warn("cluster: could not mark a lost node's devices Disconnected", "node", n.NodeID, "err", err)
+		case k > 0:
+			s.cfg.Log.Warn("cluster: node lost; its devices marked Disconnected", "node", n.NodeID,
+				"lease_until", n.LeaseUntil.String(), "devices", k)
+		}
+	}
+}
+
+// reconnect records again the devices connected to this node, after a
+// lease that had lapsed: other nodes may have marked them Disconnected.
+func (s *Service) reconnect(now time.Time) {
+	if s.cfg.Connected == nil || s.cfg.Reconnect == nil {
+		return
+	}
+	ids := s.cfg.Connected()
+	for _, id := range ids {
+		s.cfg.Reconnect(id, now)
+	}
+	s.cfg.Log.Warn("cluster: this node's lease had lapsed; its devices recorded Connected again", "node", s.cfg.NodeID, "devices", len(ids))
 }
 
 // purge forgets the nodes gone for longer than Forget; whichever node
@@ -171,7 +247,11 @@ func (s *Service) Run(ctx context.Context) {
 						"lease_until", herd.NewTime(lastOK.Add(s.cfg.Lease)).String())
 				}
 			} else {
+				if now.After(lastOK.Add(s.cfg.Lease)) {
+					s.reconnect(now)
+				}
 				lastOK = now
+				s.sweep(ctx, now)
 				if now.Sub(s.purged) >= purgeEvery {
 					s.purge(ctx, now)
 				}

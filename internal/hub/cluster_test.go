@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -13,6 +14,7 @@ import (
 	"github.com/herd-iot/herd/internal/cluster"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/sas"
 )
 
@@ -100,5 +102,100 @@ func TestNodeIDKeptInDataFolder(t *testing.T) {
 	again := hubtest.Start(t, hubtest.WithDir(dir))
 	if again.Cluster.NodeID() != id {
 		t.Errorf("restarted as %q, not %q", again.Cluster.NodeID(), id)
+	}
+}
+
+// A node marks Disconnected only what cannot be connected: at its start
+// what it held itself (it was killed) and what nodes without a lease
+// held; while it runs, the devices of a node whose lease lapses. The
+// devices of a node that runs are left alone, and so are its own.
+func TestNodeDisconnectsOnlyWhatIsGone(t *testing.T) {
+	ctx := context.Background()
+	lease := func(c *hub.Config) { c.NodeID, c.NodeLease = "node-a", 600*time.Millisecond }
+	h := hubtest.Start(t, hubtest.WithConfig(lease))
+	ids := []string{"live", "mine", "far", "gone", "legacy"}
+	for _, id := range ids {
+		if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// "live" really connects to node-a; the others are what other nodes,
+	// or an earlier life of node-a, left in the store.
+	d, _ := h.Service.GetDevice(ctx, "live")
+	cs := sas.ConnectionString{HostName: "localhost", DeviceID: "live", SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+	connect := func(h *hubtest.Hub) *device.Client {
+		c, err := device.New(cs.String(), device.WithCA(h.CA), device.WithAddress(h.MQTTAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Connect(ctx); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	c := connect(h)
+	defer c.Close()
+	now := time.Now()
+	var changes []registry.ConnectionChange
+	for id, node := range map[string]string{"mine": "node-a", "far": "node-far", "gone": "node-gone", "legacy": ""} {
+		changes = append(changes, registry.ConnectionChange{DeviceID: id, Node: node, State: herd.Connected, StateAt: now, ActivityAt: now})
+	}
+	if err := h.Hub.Store.SetConnectionStates(ctx, changes); err != nil {
+		t.Fatal(err)
+	}
+	renew := func(node string, until time.Time) {
+		t.Helper()
+		if err := h.Hub.Store.RenewNode(ctx, cluster.Lease{NodeID: node, StartedTime: now, RenewedTime: now, LeaseUntil: until}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	renew("node-far", now.Add(time.Hour))
+	renew("node-gone", now.Add(-time.Second)) // killed: its lease lapsed, no stop
+	states := func(h *hubtest.Hub) map[string]herd.ConnectionState {
+		out := map[string]herd.ConnectionState{}
+		for _, id := range ids {
+			d, err := h.Service.GetDevice(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			out[id] = d.ConnectionState
+		}
+		return out
+	}
+	connected := func(want ...string) func(map[string]herd.ConnectionState) bool {
+		return func(got map[string]herd.ConnectionState) bool {
+			for _, id := range ids {
+				if (got[id] == herd.Connected) != slices.Contains(want, id) {
+					return false
+				}
+			}
+			return true
+		}
+	}
+	expect := func(h *hubtest.Hub, what string, want ...string) {
+		t.Helper()
+		var got map[string]herd.ConnectionState
+		hubtest.Eventually(t, 10*time.Second, func() bool { got = states(h); return connected(want...)(got) },
+			what+": want connected "+strings.Join(want, ", "))
+		if t.Failed() {
+			t.Logf("states: %v", got)
+		}
+	}
+	expect(h, "a running node sweeps the lost node's devices", "live", "mine", "far", "legacy")
+
+	c.Close()
+	h.Stop()
+	h = hubtest.Start(t, hubtest.WithDir(h.Dir), hubtest.WithConfig(lease))
+	if got := states(h); !connected("far")(got) {
+		t.Errorf("after node-a's restart: %v, want only far connected", got)
+	}
+	c = connect(h)
+	defer c.Close()
+	expect(h, "a device connects again", "live", "far")
+
+	renew("node-far", time.Now().Add(-time.Second))
+	expect(h, "node-far's lease lapsed", "live")
+	if got := states(h); !connected("live")(got) {
+		t.Errorf("a later sweep: %v", got)
 	}
 }

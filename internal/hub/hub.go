@@ -207,11 +207,6 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	if err := h.wire(cfg); err != nil {
 		return nil, err
 	}
-	// Nothing is connected to a hub that is starting (a crash may have left
-	// devices marked Connected).
-	if err := h.Store.ResetConnectionStates(ctx, cfg.Now()); err != nil {
-		return nil, err
-	}
 	if h.https, err = listen(cfg.HTTPSAddr, "https-addr"); err != nil {
 		return nil, err
 	}
@@ -232,6 +227,8 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 			return nil, err
 		}
 	}
+	// Before anything is served: Start also marks Disconnected what a
+	// crash of this node left Connected.
 	if err := h.Cluster.Start(ctx); err != nil {
 		return nil, err
 	}
@@ -246,10 +243,17 @@ func (h *Hub) wire(cfg Config) error {
 	if clk == nil {
 		clk = clock.FromNow(cfg.Now)
 	}
+	nodeID := cfg.NodeID
+	if nodeID == "" {
+		var err error
+		if nodeID, err = cluster.LocalNodeID(cfg.DataDir); err != nil {
+			return err
+		}
+	}
 	h.Bus = bus.New()
 	h.Events = events.New()
 	var gw *gateway.Server // set below, before anything is served
-	h.Registry = registry.NewService(h.Store, cfg.Now, func(id string) {
+	h.Registry = registry.NewService(h.Store, nodeID, cfg.Now, func(id string) {
 		if gw != nil {
 			gw.DeviceChanged(id)
 		}
@@ -296,16 +300,11 @@ func (h *Hub) wire(cfg Config) error {
 	h.api.HandleEvents(h.Events)
 	h.api.HandleCertificates(h.Certificates)
 	h.api.HandleConfigurations(h.Configurations)
-	nodeID := cfg.NodeID
-	if nodeID == "" {
-		var err error
-		if nodeID, err = cluster.LocalNodeID(cfg.DataDir); err != nil {
-			return err
-		}
-	}
 	var err error
 	if h.Cluster, err = cluster.New(cluster.Config{Store: h.Store, NodeID: nodeID, Clock: clk, Lease: cfg.NodeLease,
-		Log: cfg.Log, Info: h.nodeInfo}); err != nil {
+		Log: cfg.Log, Info: h.nodeInfo, Connected: h.Bus.Attached, Reconnect: func(id string, at time.Time) {
+			h.Registry.RecordConnection(id, herd.Connected, at)
+		}}); err != nil {
 		return err
 	}
 	h.api.HandleCluster(h.Cluster)

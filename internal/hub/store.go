@@ -2,7 +2,6 @@ package hub
 
 import (
 	"context"
-	"time"
 
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/certauth"
@@ -33,9 +32,6 @@ type Store interface {
 	// the listeners' addresses, which the CLI reads.
 	Setting(ctx context.Context, name string) (string, error)
 	SetSetting(ctx context.Context, name, value string) error
-	// ResetConnectionStates marks every device Disconnected: nothing is
-	// connected to a hub that is starting.
-	ResetConnectionStates(ctx context.Context, at time.Time) error
 	// Ping checks that the store answers (GET /readyz).
 	Ping(ctx context.Context) error
 	Close() error

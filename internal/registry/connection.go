@@ -10,12 +10,12 @@ import (
 // flushInterval is how often recorded connection changes are written.
 const flushInterval = time.Second
 
-// RecordConnection notes that a device connected or disconnected. The
-// change reaches the store with the next batch.
+// RecordConnection notes that a device connected to this node or
+// disconnected from it. The change reaches the store with the next batch.
 func (s *Service) RecordConnection(id string, state herd.ConnectionState, at time.Time) {
 	s.connMu.Lock()
 	c := s.pending[id]
-	c.DeviceID, c.State, c.StateAt = id, state, at
+	c.DeviceID, c.Node, c.State, c.StateAt = id, s.node, state, at
 	if at.After(c.ActivityAt) {
 		c.ActivityAt = at
 	}
@@ -27,7 +27,7 @@ func (s *Service) RecordConnection(id string, state herd.ConnectionState, at tim
 func (s *Service) RecordActivity(id string, at time.Time) {
 	s.connMu.Lock()
 	c := s.pending[id]
-	c.DeviceID = id
+	c.DeviceID, c.Node = id, s.node
 	if at.After(c.ActivityAt) {
 		c.ActivityAt = at
 	}

@@ -48,7 +48,7 @@ func TestConnectionStateReadsNeverLag(t *testing.T) {
 	defer db.Close()
 	st := &flakyStore{DB: db}
 	now := time.Date(2026, 11, 26, 9, 0, 0, 0, time.UTC)
-	s := registry.NewService(st, func() time.Time { return now }, nil, slog.Default())
+	s := registry.NewService(st, "node-1", func() time.Time { return now }, nil, slog.Default())
 	if _, err := s.Create(ctx, herd.Device{DeviceID: "d"}); err != nil {
 		t.Fatal(err)
 	}

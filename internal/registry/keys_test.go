@@ -38,7 +38,7 @@ func TestKeysNotStaleAfterRace(t *testing.T) {
 	}
 	defer db.Close()
 	st := &slowReads{DB: db}
-	s := registry.NewService(st, time.Now, nil, slog.Default())
+	s := registry.NewService(st, "node-1", time.Now, nil, slog.Default())
 	old, err := s.Create(ctx, herd.Device{DeviceID: "d"})
 	if err != nil {
 		t.Fatal(err)

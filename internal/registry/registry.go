@@ -52,6 +52,10 @@ type Result struct {
 // ConnectionChange records a device's connection state or activity.
 type ConnectionChange struct {
 	DeviceID string
+	// Node is the node the connection is on. Connected makes it the
+	// device's node; Disconnected is recorded only if it still is (a
+	// device that moved to another node stays Connected there).
+	Node string
 	// State is set on connect and disconnect; "" only records activity.
 	State herd.ConnectionState
 	// StateAt is when State changed.
@@ -82,6 +86,7 @@ type ChangeFunc func(deviceID string)
 // Service manages the device registry.
 type Service struct {
 	store    Store
+	node     string // the node the connections recorded here are on
 	now      func() time.Time
 	onChange ChangeFunc
 	onTwin   func(deviceID string) // after a create or an update (nil: none)
@@ -101,13 +106,14 @@ type Service struct {
 	flushing map[string]ConnectionChange // the batch being written
 }
 
-// NewService returns a registry service. onChange may be nil.
-func NewService(store Store, now func() time.Time, onChange ChangeFunc, log *slog.Logger) *Service {
+// NewService returns a registry service; the connections it records
+// are on node. onChange may be nil.
+func NewService(store Store, node string, now func() time.Time, onChange ChangeFunc, log *slog.Logger) *Service {
 	if onChange == nil {
 		onChange = func(string) {}
 	}
 	return &Service{
-		store: store, now: now, onChange: onChange, log: log,
+		store: store, node: node, now: now, onChange: onChange, log: log,
 		keys: map[string]auth.DeviceKeys{}, moduleKeys: map[string]map[string]struct{}{},
 		pending: map[string]ConnectionChange{},
 	}

@@ -272,46 +272,58 @@ func insertDevice(ctx context.Context, tx pgx.Tx, d *herd.Device, doc *twin.Doc)
 }
 
 // SetConnectionStates records a batch of connection changes in one
-// statement (activity never moves backwards).
+// statement per table (activity never moves backwards). A disconnect
+// changes the state only of a device still on the change's node;
+// activity is recorded either way.
 func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
-	var ids, states, stateAts, acts []*string
-	var mIDs, mMods, mStates, mStateAts, mActs []*string
+	var ids, nodes, states, stateAts, acts []*string
+	var mIDs, mMods, mNodes, mStates, mStateAts, mActs []*string
 	for _, c := range changes {
 		dev, mod := herd.SplitIdentity(c.DeviceID)
 		act := herd.NewTime(c.ActivityAt).String()
+		node := c.Node
 		var st, at *string
 		if c.State != "" {
 			s, t := string(c.State), herd.NewTime(c.StateAt).String()
 			st, at = &s, &t
 		}
 		if mod != "" {
-			mIDs, mMods, mStates, mStateAts, mActs = append(mIDs, &dev), append(mMods, &mod), append(mStates, st), append(mStateAts, at), append(mActs, &act)
+			mIDs, mMods, mNodes, mStates, mStateAts, mActs = append(mIDs, &dev), append(mMods, &mod), append(mNodes, &node),
+				append(mStates, st), append(mStateAts, at), append(mActs, &act)
 			continue
 		}
-		ids, states, stateAts, acts = append(ids, &dev), append(states, st), append(stateAts, at), append(acts, &act)
+		ids, nodes, states, stateAts, acts = append(ids, &dev), append(nodes, &node), append(states, st), append(stateAts, at), append(acts, &act)
 	}
 	if len(ids) > 0 {
-		if _, err := db.pool.Exec(ctx, `UPDATE devices d SET
-			connection_state = COALESCE(c.state, d.connection_state),
-			connection_state_updated_time = COALESCE(c.state_at, d.connection_state_updated_time),
-			last_activity_time = GREATEST(d.last_activity_time, c.act)
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) AS c(id, state, state_at, act)
-			WHERE d.device_id = c.id`, ids, states, stateAts, acts); err != nil {
+		if _, err := db.pool.Exec(ctx, fmt.Sprintf(connectionUpdate, "devices d", "d",
+			"unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS c(id, node, state, state_at, act)",
+			"d.device_id = c.id"), ids, nodes, states, stateAts, acts); err != nil {
 			return fmt.Errorf("record connection states: %w", err)
 		}
 	}
 	if len(mIDs) > 0 {
-		if _, err := db.pool.Exec(ctx, `UPDATE modules m SET
-			connection_state = COALESCE(c.state, m.connection_state),
-			connection_state_updated_time = COALESCE(c.state_at, m.connection_state_updated_time),
-			last_activity_time = GREATEST(m.last_activity_time, c.act)
-			FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS c(id, mid, state, state_at, act)
-			WHERE m.device_id = c.id AND m.module_id = c.mid`, mIDs, mMods, mStates, mStateAts, mActs); err != nil {
+		if _, err := db.pool.Exec(ctx, fmt.Sprintf(connectionUpdate, "modules m", "m",
+			"unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS c(id, mid, node, state, state_at, act)",
+			"m.device_id = c.id AND m.module_id = c.mid"), mIDs, mMods, mNodes, mStates, mStateAts, mActs); err != nil {
 			return fmt.Errorf("record module connection states: %w", err)
 		}
 	}
 	return nil
 }
+
+// connectionUpdate records connection changes c (the FROM list, %[3]s)
+// in table %[1]s aliased %[2]s, where %[4]s. A change without a state
+// records activity only; Connected moves the device to the change's
+// node; Disconnected applies only on the node it is on.
+const connectionUpdate = `UPDATE %[1]s SET
+	connection_state = CASE WHEN c.state = 'Connected' OR (c.state IS NOT NULL AND %[2]s.conn_node = c.node)
+		THEN c.state ELSE %[2]s.connection_state END,
+	connection_state_updated_time = CASE WHEN c.state = 'Connected' OR (c.state IS NOT NULL AND %[2]s.conn_node = c.node)
+		THEN c.state_at ELSE %[2]s.connection_state_updated_time END,
+	conn_node = CASE WHEN c.state = 'Connected' THEN c.node ELSE %[2]s.conn_node END,
+	last_activity_time = GREATEST(%[2]s.last_activity_time, c.act)
+	FROM %[3]s
+	WHERE %[4]s`
 
 // Twin returns a device's identity and twin document.
 func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, error) {

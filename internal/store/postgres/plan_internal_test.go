@@ -4,6 +4,7 @@ import (
 	"context"
 	"regexp"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 
@@ -74,5 +75,51 @@ func TestBatchPlansAfterALargeSnapshot(t *testing.T) {
 	}
 	if rows, _ := strconv.Atoi(m[1]); rows < n/10 || rows > 2*n {
 		t.Errorf("the planner expects %d pending records of the job's %d: %s", rows, n, plan)
+	}
+}
+
+// The sweep of a lost node's devices (DisconnectNode, every few seconds on
+// every node) reads the partial index of connected devices by node, not
+// the devices table.
+func TestDisconnectNodeUsesItsIndex(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	if _, err := db.pool.Exec(ctx, `INSERT INTO devices (device_id, generation_id, etag, status, status_updated_time,
+		auth_type, primary_key, secondary_key, iot_edge, device_scope, parent_scopes, connection_state,
+		connection_state_updated_time, last_activity_time, c2d_message_count, twin_etag, twin_version, tags, desired,
+		desired_version, desired_metadata, reported, reported_version, reported_metadata, conn_node)
+		SELECT 'd-' || lpad(g::text, 6, '0'), 'g', 1, 'enabled', '', 'sas', 'k', 'k', false, '', '[]',
+		CASE WHEN g % 100 = 0 THEN 'Connected' ELSE 'Disconnected' END,
+		'', '', 0, 1, 1, '{}', '{}', 1, '{}', '{}', 1, '{}', 'node-' || (g % 7) FROM generate_series(1, 30000) g`); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := db.pool.Exec(ctx, `ANALYZE devices`); err != nil {
+		t.Fatal(err)
+	}
+	rows, err := db.pool.Query(ctx, `EXPLAIN UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = $1
+		WHERE connection_state = 'Connected' AND conn_node = $2`, "t", "node-3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan += line + "\n"
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(plan, "devices_connected_node") {
+		t.Errorf("the sweep does not use the index of connected devices by node:\n%s", plan)
+	}
+	if n, err := db.DisconnectNode(ctx, "node-3", time.Now()); err != nil || n != 43 {
+		t.Errorf("DisconnectNode: %d %v, want the 43 connected devices of node-3", n, err)
 	}
 }

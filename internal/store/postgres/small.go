@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -140,25 +139,6 @@ func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) err
 	})
 	if err != nil {
 		return fmt.Errorf("save sessions: %w", err)
-	}
-	return nil
-}
-
-// ResetConnectionStates marks every connected device Disconnected (at hub
-// start: a single node holds every connection, and a crash may have left
-// stale states).
-func (db *DB) ResetConnectionStates(ctx context.Context, at time.Time) error {
-	err := db.tx(ctx, func(tx pgx.Tx) error {
-		for _, table := range []string{"devices", "modules"} {
-			if _, err := tx.Exec(ctx, `UPDATE `+table+` SET connection_state = $1, connection_state_updated_time = $2
-				WHERE connection_state = $3`, string(herd.Disconnected), herd.NewTime(at).String(), string(herd.Connected)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("reset connection states: %w", err)
 	}
 	return nil
 }

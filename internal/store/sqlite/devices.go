@@ -303,15 +303,26 @@ func insertDevice(tx *txPrepared, d *herd.Device, doc *twin.Doc) (*herd.Device, 
 	return &out, nil
 }
 
+// connectionUpdate records a connection state change (?1, at ?2) made on
+// node ?3 with activity ?4, in table %s, where %s: Connected moves the
+// device to the node, Disconnected applies only on the node it is on.
+const connectionUpdate = `UPDATE %s SET
+	connection_state = CASE WHEN ?1 = 'Connected' OR conn_node = ?3 THEN ?1 ELSE connection_state END,
+	connection_state_updated_time = CASE WHEN ?1 = 'Connected' OR conn_node = ?3 THEN ?2 ELSE connection_state_updated_time END,
+	conn_node = CASE WHEN ?1 = 'Connected' THEN ?3 ELSE conn_node END,
+	last_activity_time = max(last_activity_time, ?4)
+	WHERE %s`
+
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
 
-// SetConnectionStates records a batch of connection changes.
+// SetConnectionStates records a batch of connection changes. A
+// disconnect changes the state only of a device still on the change's
+// node; activity is recorded either way.
 func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
 	return db.tx(ctx, func(tx *sql.Tx) error {
-		state, err := tx.PrepareContext(ctx, `UPDATE devices SET connection_state = ?,
-			connection_state_updated_time = ?, last_activity_time = max(last_activity_time, ?) WHERE device_id = ?`)
+		state, err := tx.PrepareContext(ctx, fmt.Sprintf(connectionUpdate, "devices", "device_id = ?5"))
 		if err != nil {
 			return err
 		}
@@ -327,15 +338,14 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 				// A module's connection (rare next to devices': not
 				// prepared).
 				if c.State != "" {
-					_, err = tx.ExecContext(ctx, `UPDATE modules SET connection_state = ?, connection_state_updated_time = ?,
-						last_activity_time = max(last_activity_time, ?) WHERE device_id = ? AND module_id = ?`,
-						string(c.State), herd.NewTime(c.StateAt).String(), act, dev, mod)
+					_, err = tx.ExecContext(ctx, fmt.Sprintf(connectionUpdate, "modules", "device_id = ?5 AND module_id = ?6"),
+						string(c.State), herd.NewTime(c.StateAt).String(), c.Node, act, dev, mod)
 				} else {
 					_, err = tx.ExecContext(ctx, `UPDATE modules SET last_activity_time = max(last_activity_time, ?)
 						WHERE device_id = ? AND module_id = ?`, act, dev, mod)
 				}
 			} else if c.State != "" {
-				_, err = state.ExecContext(ctx, string(c.State), herd.NewTime(c.StateAt).String(), act, c.DeviceID)
+				_, err = state.ExecContext(ctx, string(c.State), herd.NewTime(c.StateAt).String(), c.Node, act, c.DeviceID)
 			} else {
 				_, err = activity.ExecContext(ctx, act, c.DeviceID)
 			}

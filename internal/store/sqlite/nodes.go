@@ -71,3 +71,39 @@ func (db *DB) PurgeNodes(ctx context.Context, before time.Time) (int, error) {
 }
 
 var _ cluster.Store = (*DB)(nil)
+
+// DisconnectNode marks Disconnected, at at, the devices and modules
+// connected through node (cluster.Store).
+func (db *DB) DisconnectNode(ctx context.Context, node string, at time.Time) (int64, error) {
+	return db.disconnect(ctx, at, `conn_node = ?`, node)
+}
+
+// DisconnectOrphans marks Disconnected, at at, the devices and modules
+// connected through a node that holds no lease at at: lost, stopped or
+// unknown (cluster.Store).
+func (db *DB) DisconnectOrphans(ctx context.Context, at time.Time) (int64, error) {
+	return db.disconnect(ctx, at, `conn_node NOT IN (SELECT node_id FROM nodes WHERE stopped_time IS NULL AND lease_until >= ?)`, stamp(at))
+}
+
+// disconnect marks the connected devices and modules where a condition
+// holds (of one argument) Disconnected at at. The literal states let the
+// planner use the partial indexes of connected devices by node.
+func (db *DB) disconnect(ctx context.Context, at time.Time, where string, arg any) (int64, error) {
+	var n int64
+	err := db.tx(ctx, func(tx *sql.Tx) error {
+		for _, table := range []string{"devices", "modules"} {
+			res, err := tx.ExecContext(ctx, `UPDATE `+table+` SET connection_state = 'Disconnected', connection_state_updated_time = ?
+				WHERE connection_state = 'Connected' AND `+where, stamp(at), arg)
+			if err != nil {
+				return err
+			}
+			k, _ := res.RowsAffected()
+			n += k
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, fmt.Errorf("record devices disconnected: %w", err)
+	}
+	return n, nil
+}

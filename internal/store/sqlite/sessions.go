@@ -5,7 +5,6 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
-	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
@@ -65,23 +64,4 @@ func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) err
 		}
 		return nil
 	})
-}
-
-// ResetConnectionStates marks every connected device Disconnected (at hub
-// start: a single node holds every connection, and a crash may have left
-// stale states).
-func (db *DB) ResetConnectionStates(ctx context.Context, at time.Time) error {
-	err := db.tx(ctx, func(tx *sql.Tx) error {
-		for _, table := range []string{"devices", "modules"} {
-			if _, err := tx.ExecContext(ctx, `UPDATE `+table+` SET connection_state = ?, connection_state_updated_time = ?
-				WHERE connection_state = ?`, string(herd.Disconnected), herd.NewTime(at).String(), string(herd.Connected)); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("reset connection states: %w", err)
-	}
-	return nil
 }

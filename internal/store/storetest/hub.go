@@ -19,7 +19,8 @@ var hubTests = []struct {
 	{"Sessions", testSessions},
 	{"ModuleSessions", testModuleSessions},
 	{"Settings", testSettings},
-	{"ResetConnectionStates", testResetConnectionStates},
+	{"ConnectionNodes", testConnectionNodes},
+	{"DisconnectNodes", testDisconnectNodes},
 	{"Ping", testPing},
 	{"NodeLeases", testNodeLeases},
 }
@@ -129,24 +130,157 @@ func testSettings(t *testing.T, s Store) {
 	}
 }
 
-func testResetConnectionStates(t *testing.T, s Store) {
+// testConnectionNodes: a connection is recorded with its node. Connected
+// moves a device (or module) to the change's node; a disconnect from a
+// node the device has left changes its activity, not its state.
+func testConnectionNodes(t *testing.T, s Store) {
 	ctx := context.Background()
-	create(t, s, "on", "off")
-	if err := s.SetConnectionStates(ctx, []registry.ConnectionChange{{DeviceID: "on", State: herd.Connected, StateAt: t0, ActivityAt: t0}}); err != nil {
+	create(t, s, "a")
+	if _, err := s.CreateModule(ctx, newModule("a", "m"), twin.NewDoc(t0)); err != nil {
 		t.Fatal(err)
 	}
-	t1 := t0.Add(time.Minute)
-	if err := s.ResetConnectionStates(ctx, t1); err != nil {
+	mod := herd.ModuleIdentity("a", "m")
+	at := func(m int) time.Time { return t0.Add(time.Duration(m) * time.Minute) }
+	record := func(id, node string, state herd.ConnectionState, m int) {
+		t.Helper()
+		c := registry.ConnectionChange{DeviceID: id, Node: node, State: state, ActivityAt: at(m)}
+		if state != "" {
+			c.StateAt = at(m)
+		}
+		if err := s.SetConnectionStates(ctx, []registry.ConnectionChange{c}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(what string, state herd.ConnectionState, stateAt, activity int) {
+		t.Helper()
+		d, err := s.Device(ctx, "a")
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, err := s.Module(ctx, "a", "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, got := range []struct {
+			who              string
+			state            herd.ConnectionState
+			stateAt, lastAct herd.Time
+		}{{"device", d.ConnectionState, d.ConnectionStateUpdatedTime, d.LastActivityTime}, {"module", m.ConnectionState, m.ConnectionStateUpdatedTime, m.LastActivityTime}} {
+			if got.state != state || !got.stateAt.Equal(at(stateAt)) || !got.lastAct.Equal(at(activity)) {
+				t.Errorf("%s, %s: %s since %v, active %v; want %s since %v, active %v", what, got.who,
+					got.state, got.stateAt, got.lastAct, state, at(stateAt), at(activity))
+			}
+		}
+	}
+	for _, id := range []string{"a", mod} {
+		record(id, "n1", herd.Connected, 1)
+	}
+	expect("connected on n1", herd.Connected, 1, 1)
+	for _, id := range []string{"a", mod} {
+		record(id, "n2", herd.Connected, 2) // reconnected to n2
+		record(id, "n1", herd.Disconnected, 3)
+	}
+	expect("moved to n2, then n1's disconnect", herd.Connected, 2, 3)
+	for _, id := range []string{"a", mod} {
+		record(id, "n1", "", 4) // activity only, from any node
+	}
+	expect("activity", herd.Connected, 2, 4)
+	for _, id := range []string{"a", mod} {
+		record(id, "n2", herd.Disconnected, 5)
+	}
+	expect("n2's disconnect", herd.Disconnected, 5, 5)
+	for _, id := range []string{"a", mod} {
+		record(id, "n1", herd.Disconnected, 6) // late, from a node it left long ago
+	}
+	expect("a late disconnect", herd.Disconnected, 5, 6)
+}
+
+// testDisconnectNodes: the connections of one node, or of every node that
+// holds no live lease, are marked Disconnected; the others are not.
+func testDisconnectNodes(t *testing.T, s Store) {
+	ctx := context.Background()
+	create(t, s, "on-live", "on-lost", "on-stopped", "on-unknown", "on-legacy", "off")
+	if _, err := s.CreateModule(ctx, newModule("on-live", "m"), twin.NewDoc(t0)); err != nil {
 		t.Fatal(err)
 	}
-	on, _ := s.Device(ctx, "on")
+	if _, err := s.CreateModule(ctx, newModule("on-lost", "m"), twin.NewDoc(t0)); err != nil {
+		t.Fatal(err)
+	}
+	var changes []registry.ConnectionChange
+	for id, node := range map[string]string{"on-live": "live", "on-live/m": "live", "on-lost": "lost", "on-lost/m": "lost",
+		"on-stopped": "stopped", "on-unknown": "unknown", "on-legacy": ""} {
+		changes = append(changes, registry.ConnectionChange{DeviceID: id, Node: node, State: herd.Connected, StateAt: t0, ActivityAt: t0})
+	}
+	if err := s.SetConnectionStates(ctx, changes); err != nil {
+		t.Fatal(err)
+	}
+	now := t0.Add(time.Hour)
+	for _, l := range []cluster.Lease{
+		{NodeID: "live", StartedTime: t0, RenewedTime: now, LeaseUntil: now.Add(15 * time.Second)},
+		{NodeID: "lost", StartedTime: t0, RenewedTime: t0, LeaseUntil: now.Add(-time.Second)},
+		{NodeID: "stopped", StartedTime: t0, RenewedTime: now, LeaseUntil: now.Add(15 * time.Second)},
+	} {
+		if err := s.RenewNode(ctx, l); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.StopNode(ctx, "stopped", now.Add(-time.Minute)); err != nil {
+		t.Fatal(err)
+	}
+	state := func(id string) herd.ConnectionState {
+		t.Helper()
+		dev, mod := herd.SplitIdentity(id)
+		if mod != "" {
+			m, err := s.Module(ctx, dev, mod)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return m.ConnectionState
+		}
+		d, err := s.Device(ctx, dev)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return d.ConnectionState
+	}
+	expect := func(what string, connected ...string) {
+		t.Helper()
+		want := map[string]bool{}
+		for _, id := range connected {
+			want[id] = true
+		}
+		for _, id := range []string{"on-live", "on-live/m", "on-lost", "on-lost/m", "on-stopped", "on-unknown", "on-legacy", "off"} {
+			if got := state(id) == herd.Connected; got != want[id] {
+				t.Errorf("%s: %s is %s", what, id, state(id))
+			}
+		}
+	}
+	expect("before", "on-live", "on-live/m", "on-lost", "on-lost/m", "on-stopped", "on-unknown", "on-legacy")
+
+	if n, err := s.DisconnectNode(ctx, "lost", now); err != nil || n != 2 {
+		t.Errorf("disconnect node lost: %d %v, want 2", n, err)
+	}
+	expect("node lost disconnected", "on-live", "on-live/m", "on-stopped", "on-unknown", "on-legacy")
+	if n, err := s.DisconnectNode(ctx, "lost", now); err != nil || n != 0 {
+		t.Errorf("disconnect node lost again: %d %v, want 0", n, err)
+	}
+	if n, err := s.DisconnectOrphans(ctx, now); err != nil || n != 3 {
+		t.Errorf("disconnect orphans: %d %v, want 3", n, err)
+	}
+	expect("orphans disconnected", "on-live", "on-live/m")
+	d, _ := s.Device(ctx, "on-unknown")
+	if !d.ConnectionStateUpdatedTime.Equal(now) || !d.LastActivityTime.Equal(t0) {
+		t.Errorf("an orphan: state since %v, active %v; want %v, %v", d.ConnectionStateUpdatedTime, d.LastActivityTime, now, t0)
+	}
 	off, _ := s.Device(ctx, "off")
-	if on.ConnectionState != herd.Disconnected || !on.ConnectionStateUpdatedTime.Equal(t1) || !on.LastActivityTime.Equal(t0) {
-		t.Errorf("reset device: %s %v %v", on.ConnectionState, on.ConnectionStateUpdatedTime, on.LastActivityTime)
+	if !off.ConnectionStateUpdatedTime.IsZero() {
+		t.Errorf("a device that was not connected changed: %v", off.ConnectionStateUpdatedTime)
 	}
-	if off.ConnectionState != herd.Disconnected || !off.ConnectionStateUpdatedTime.IsZero() {
-		t.Errorf("a device that was not connected changed: %s %v", off.ConnectionState, off.ConnectionStateUpdatedTime)
+	// Once the live node's lease lapses, its devices are orphans too.
+	if n, err := s.DisconnectOrphans(ctx, now.Add(time.Minute)); err != nil || n != 2 {
+		t.Errorf("disconnect orphans after the lease lapsed: %d %v, want 2", n, err)
 	}
+	expect("every lease lapsed")
 }
 
 func testPing(t *testing.T, s Store) {
