@@ -31,10 +31,11 @@ func buildHerd(t *testing.T) string {
 	return bin
 }
 
-// served is a `herd serve` child process and what it wrote to stderr.
+// served is a `herd serve` child process and what it wrote to stdout
+// and stderr.
 type served struct {
 	*exec.Cmd
-	stderr *syncBuffer
+	stdout, stderr *syncBuffer
 }
 
 // serveProcess runs `herd serve` as a child process until it is ready;
@@ -57,9 +58,11 @@ func serveProcess(t *testing.T, bin, dir string, args ...string) served {
 	}
 	t.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
 	ready := make(chan bool, 1)
+	banner := &syncBuffer{}
 	go func() {
 		sc := bufio.NewScanner(stdout)
 		for sc.Scan() {
+			banner.Write([]byte(sc.Text() + "\n"))
 			if strings.Contains(sc.Text(), "Herd is ready") {
 				ready <- true
 			}
@@ -74,7 +77,7 @@ func serveProcess(t *testing.T, bin, dir string, args ...string) served {
 	case <-time.After(60 * time.Second):
 		t.Fatal("serve not ready")
 	}
-	return served{cmd, stderr}
+	return served{cmd, banner, stderr}
 }
 
 func localClient(t *testing.T, dir string) *service.Client {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/herd-iot/herd/internal/cluster"
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/store"
@@ -75,6 +76,9 @@ variable is ignored, as if it were not set.`,
 	f.IntVar(&cfg.JobMaxInFlight, "job-max-in-flight", job.DefaultMaxInFlight, "device operations in flight across all jobs at most (shared fairly between jobs)")
 	f.IntVar(&cfg.JobTwinBatch, "job-twin-batch", 0, "twins a twin-update job patches per transaction (0: 2000 on SQLite, 5000 on PostgreSQL)")
 	f.StringVar(&cfg.NodeID, "node-id", "", "this node's name among the nodes of its store (herd cluster status); default: one kept in the data folder's node-id file")
+	f.DurationVar(&cfg.NodeLease, "node-lease", cluster.DefaultLease, "how long a renewal of this node's lease holds (renewed every third of it): a node gone without a stop is "+
+		"known lost after it, its devices are then marked Disconnected and its jobs taken over")
+	f.StringVar(&cfg.NATS, "nats", "", "cluster mode: the NATS server (nats://host:4222) through which several nodes on one PostgreSQL --store reach each other's devices (docs/cluster.md)")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	allowEmpty(f, "mqtt-addr", "mqtt-plain-addr")
@@ -114,6 +118,9 @@ func printReady(e *env, h *hub.Hub, cs, where string) {
 	}
 	fmt.Fprintf(w, "  Store        %s\n", where)
 	fmt.Fprintf(w, "  Node         %s\n", h.Cluster.NodeID())
+	if n := h.NATS(); n != "" {
+		fmt.Fprintf(w, "  Cluster      NATS %s\n", n)
+	}
 	if ca := h.CAFile(); ca != "" {
 		fmt.Fprintf(w, "  CA           %s\n", ca)
 		fmt.Fprintf(w, "               trust it with: export NODE_EXTRA_CA_CERTS=%s\n", ca)

@@ -75,6 +75,7 @@ type Bus struct {
 	seed      maphash.Seed
 	shards    [shardCount]shard
 	connected atomic.Int64
+	online    func(id string) // see OnOnline; nil: none
 }
 
 type shard struct {
@@ -99,6 +100,12 @@ func New() *Bus {
 	return b
 }
 
+// OnOnline has fn told each time a device becomes online for methods here
+// (attached subscribed to methods, or subscribed since), after the bus
+// has woken its local waiters: cluster mode tells the other nodes. Set it
+// before the bus is used.
+func (b *Bus) OnOnline(fn func(id string)) { b.online = fn }
+
 func (b *Bus) shard(id string) *shard {
 	return &b.shards[maphash.String(b.seed, id)%shardCount]
 }
@@ -117,10 +124,14 @@ func (b *Bus) Attach(id string, c Conn) (prev Conn) {
 	if prev == nil {
 		b.connected.Add(1)
 	}
-	if c.Features().Has(Methods) {
+	methods := c.Features().Has(Methods)
+	if methods {
 		e.wake()
 	}
 	s.mu.Unlock()
+	if methods && b.online != nil {
+		b.online(id)
+	}
 	return prev
 }
 
@@ -167,10 +178,15 @@ func (b *Bus) FeaturesChanged(id string, c Conn) {
 	}
 	s := b.shard(id)
 	s.mu.Lock()
+	holder := false
 	if e := s.entries[id]; e != nil && e.conn == c {
 		e.wake()
+		holder = true
 	}
 	s.mu.Unlock()
+	if holder && b.online != nil {
+		b.online(id)
+	}
 }
 
 func (e *entry) wake() {

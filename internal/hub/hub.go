@@ -8,6 +8,7 @@ package hub
 import (
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -35,6 +36,7 @@ import (
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/httpapi"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/mesh"
 	"github.com/herd-iot/herd/internal/method"
 	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
@@ -95,6 +97,10 @@ type Config struct {
 	NodeLease time.Duration
 	// Version is the herd version the node reports.
 	Version string
+	// NATS, if not "", is the NATS server of a cluster (nats://host:4222):
+	// several nodes serve one PostgreSQL store and reach each other's
+	// devices through it (internal/mesh). "" serves the store alone.
+	NATS string
 }
 
 // Default returns the configuration `herd serve` starts from.
@@ -133,6 +139,9 @@ func (c Config) Validate() error {
 			return fmt.Errorf("node-id: %s", herd.ErrorMessage(err))
 		}
 	}
+	if _, shared := c.Store.(ClusterStore); c.NATS != "" && !shared {
+		return errors.New("nats: cluster mode needs a store that several nodes share (--store postgres://…), not a SQLite file")
+	}
 	return nil
 }
 
@@ -157,6 +166,8 @@ type Hub struct {
 	Configurations *config.Service
 	// Cluster is this node's lease among the nodes of its store.
 	Cluster *cluster.Service
+	// mesh reaches the other nodes (nil: one node).
+	mesh *mesh.Mesh
 
 	tlsConfig *tls.Config
 	serving   atomic.Bool // Run is serving (GET /readyz)
@@ -190,7 +201,11 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 			h.Close()
 		}
 	}()
-	if c, ok := h.Store.(Claimer); ok {
+	if cfg.NATS != "" {
+		if err := h.Store.(ClusterStore).Join(ctx); err != nil {
+			return nil, err
+		}
+	} else if c, ok := h.Store.(Claimer); ok {
 		if err := c.Claim(ctx); err != nil {
 			return nil, err
 		}
@@ -250,6 +265,12 @@ func (h *Hub) wire(cfg Config) error {
 			return err
 		}
 	}
+	if cfg.NATS != "" {
+		var err error
+		if h.mesh, err = mesh.Connect(mesh.Config{URL: cfg.NATS, NodeID: nodeID, Presence: h.Store, Log: cfg.Log}); err != nil {
+			return err
+		}
+	}
 	h.Bus = bus.New()
 	h.Events = events.New()
 	var gw *gateway.Server // set below, before anything is served
@@ -257,8 +278,11 @@ func (h *Hub) wire(cfg Config) error {
 		if gw != nil {
 			gw.DeviceChanged(id)
 		}
+		if h.mesh != nil {
+			h.mesh.DeviceChanged(id)
+		}
 	}, cfg.Log)
-	h.Twins = twin.NewService(h.Store, cfg.Now, h.Bus.Desired)
+	h.Twins = twin.NewService(h.Store, cfg.Now, h.desired)
 	h.Certificates = certauth.NewService(h.Store, cfg.Now, func() {
 		if gw != nil {
 			gw.CertificatesChanged()
@@ -270,6 +294,10 @@ func (h *Hub) wire(cfg Config) error {
 		_, err := h.Registry.Keys(ctx, id)
 		return err
 	}, clk, h.Metrics)
+	if h.mesh != nil {
+		h.Methods.UseRemote(h.mesh)
+		h.Bus.OnOnline(h.mesh.Online)
+	}
 	gw = gateway.New(gateway.Config{
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
 		Methods: h.Methods, Bus: h.Bus, Sessions: h.Store, Events: h.Events.Publish,
@@ -308,8 +336,47 @@ func (h *Hub) wire(cfg Config) error {
 		return err
 	}
 	h.api.HandleCluster(h.Cluster)
-	h.ui, err = h.newDashboard(cfg)
-	return err
+	if h.ui, err = h.newDashboard(cfg); err != nil {
+		return err
+	}
+	if h.mesh != nil {
+		return h.mesh.Serve(mesh.Handlers{
+			Invoke: func(ctx context.Context, id string, req herd.MethodRequest) (*herd.MethodResult, error) {
+				return h.Methods.Invoke(ctx, id, req, method.Here())
+			},
+			DeviceChanged: func(id string) {
+				h.Registry.Forget(id)
+				gw.DeviceChanged(id)
+				h.Configurations.Changed(id)
+				h.Jobs.DeviceChanged(id)
+			},
+			Desired:     h.Bus.Desired,
+			Online:      h.Methods.CameOnline,
+			JobsChanged: func() { h.Jobs.Refresh(context.Background()) },
+			JobProgress: func(note []byte) {
+				var ev job.ProgressEvent
+				if err := json.Unmarshal(note, &ev); err != nil {
+					cfg.Log.Warn("cluster: a job progress note that does not parse", "err", err)
+					return
+				}
+				h.Jobs.ApplyProgress(ev)
+			},
+		})
+	}
+	return nil
+}
+
+// NATS is the NATS server of the node's cluster, "" for a hub alone.
+func (h *Hub) NATS() string { return h.cfg.NATS }
+
+// desired delivers a desired-properties change to the device: here if it
+// is connected here, else through the node it is connected to.
+func (h *Hub) desired(id string, version int64, body []byte) {
+	if h.mesh == nil || h.Bus.Lookup(id) != nil {
+		h.Bus.Desired(id, version, body)
+		return
+	}
+	h.mesh.Desired(id, version, body)
 }
 
 // nodeInfo is what this node says of itself at each renewal of its lease.
@@ -477,7 +544,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		return nil
 	})
 	g.Go(func() error { return h.Registry.Run(regCtx) })
-	g.Go(func() error { return h.Jobs.Run(ctx) })
+	g.Go(func() error { return h.runJobs(ctx) })
 	g.Go(func() error { return h.Configurations.Run(ctx) })
 	// The node's lease is renewed while it serves and ended (stopped)
 	// once its devices are disconnected.
@@ -494,6 +561,43 @@ func (h *Hub) Run(ctx context.Context) error {
 	return g.Wait()
 }
 
+// runJobs runs the job engine: alone, always; in a cluster, on the one
+// node that holds the jobs' lock, taken over by another node within a
+// few seconds when that node is lost. A node that loses the lock while it
+// runs (its database session failed) stops running jobs until it is
+// restarted, and says so: the node that takes over recovers them.
+func (h *Hub) runJobs(ctx context.Context) error {
+	if h.mesh == nil {
+		return h.Jobs.Run(ctx)
+	}
+	every := h.cfg.NodeLease / 3
+	if every <= 0 {
+		every = cluster.DefaultLease / 3
+	}
+	lost, err := h.Store.(ClusterStore).Lead(ctx, every)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	h.cfg.Log.Info("cluster: this node runs the jobs", "node", h.Cluster.NodeID())
+	jctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-lost:
+			if ctx.Err() == nil {
+				h.cfg.Log.Error("cluster: this node lost the jobs' lock (its database session failed); it runs no more jobs until restarted, another node takes them over",
+					"node", h.Cluster.NodeID())
+			}
+			cancel()
+		case <-jctx.Done():
+		}
+	}()
+	return h.Jobs.Run(jctx)
+}
+
 // Close releases the hub's resources. Run calls it; call it yourself only
 // for a hub that never ran.
 func (h *Hub) Close() {
@@ -501,6 +605,10 @@ func (h *Hub) Close() {
 		if l != nil {
 			l.Close()
 		}
+	}
+	if h.mesh != nil {
+		h.mesh.Close()
+		h.mesh = nil
 	}
 	if h.Store != nil {
 		h.Store.Close()

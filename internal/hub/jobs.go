@@ -1,6 +1,7 @@
 package hub
 
 import (
+	"encoding/json"
 	"github.com/herd-iot/herd/internal/clock"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/query"
@@ -9,7 +10,22 @@ import (
 // newJobs builds the job service over the hub's store, twins and direct
 // methods, on the hub's clock.
 func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
+	var announce func()
+	var relay func(job.ProgressEvent)
+	if h.mesh != nil {
+		announce = h.mesh.JobsChanged
+		relay = func(ev job.ProgressEvent) {
+			b, err := json.Marshal(ev)
+			if err != nil {
+				cfg.Log.Warn("cluster: a job progress note that does not encode", "job_id", ev.JobID, "err", err)
+				return
+			}
+			h.mesh.JobProgress(b)
+		}
+	}
 	return job.New(job.Config{
+		Announce:    announce,
+		Relay:       relay,
 		Store:       h.Store,
 		Twins:       h.Twins,
 		Changed:     h.Configurations.Changed,

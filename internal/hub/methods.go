@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/herd-iot/herd"
-	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/job"
 )
 
@@ -14,17 +13,16 @@ type jobMethods struct{ h *Hub }
 
 var _ job.Methods = jobMethods{}
 
-// Online reports whether the device is connected and subscribed to methods.
+// Online reports whether the device is online for methods, here or (in a
+// cluster) on another node.
 func (m jobMethods) Online(deviceID string) bool {
-	c := m.h.Bus.Lookup(deviceID)
-	return c != nil && c.Features().Has(bus.Methods)
+	return m.h.Methods.Reachable(context.Background(), deviceID)
 }
 
 // WaitOnline waits, woken by the bus, until the device is online for
 // methods.
 func (m jobMethods) WaitOnline(ctx context.Context, deviceID string) error {
-	_, err := m.h.Bus.WaitMethods(ctx, deviceID)
-	return err
+	return m.h.Methods.WaitReachable(ctx, deviceID)
 }
 
 // Invoke calls the method through the method service.

@@ -2,6 +2,7 @@ package hub
 
 import (
 	"context"
+	"time"
 
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/certauth"
@@ -9,6 +10,7 @@ import (
 	"github.com/herd-iot/herd/internal/config"
 	"github.com/herd-iot/herd/internal/gateway"
 	"github.com/herd-iot/herd/internal/job"
+	"github.com/herd-iot/herd/internal/mesh"
 	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
@@ -28,6 +30,7 @@ type Store interface {
 	query.Store
 	gateway.SessionStore
 	cluster.Store
+	mesh.Presence
 	// Setting and SetSetting keep small named values: the host name and
 	// the listeners' addresses, which the CLI reads.
 	Setting(ctx context.Context, name string) (string, error)
@@ -44,4 +47,14 @@ type Store interface {
 // mode; a store in one file needs no claim.
 type Claimer interface {
 	Claim(ctx context.Context) error
+}
+
+// ClusterStore is a store that the nodes of a cluster share (--nats).
+type ClusterStore interface {
+	// Join makes the hub one node of the cluster until the store is
+	// closed; it fails while a hub serves the store alone (Claim).
+	Join(ctx context.Context) error
+	// Lead waits until this node is the one that runs the jobs (trying
+	// every interval) and returns a channel closed when it no longer is.
+	Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error)
 }

@@ -32,6 +32,38 @@ type progress struct {
 	// writing counts the store writes in flight that may end devices,
 	// by job: a stream of device events waits for them before its end.
 	writing map[string]int
+
+	// relay, if not nil, is told of every note taken here (not of those
+	// applied from elsewhere): the other nodes of a cluster apply them.
+	relay func(ProgressEvent)
+}
+
+// ProgressEvent is one note of the broadcaster (a write of a job began,
+// ended what Ended selects, or the job changed), relayed between the
+// nodes of a cluster: the node running a job writes, every node has
+// watchers (GET /jobs/v2/{id}/events).
+type ProgressEvent struct {
+	JobID string          `json:"jobId"`
+	Kind  string          `json:"kind"` // "begin", "end" or "changed"
+	Ended *EndedSelection `json:"ended,omitempty"`
+}
+
+func (p *progress) send(ev ProgressEvent) {
+	if p.relay != nil {
+		p.relay(ev)
+	}
+}
+
+// ApplyProgress applies a note relayed from another node.
+func (s *Service) ApplyProgress(ev ProgressEvent) {
+	switch ev.Kind {
+	case "begin":
+		s.progress.beginHere(ev.JobID)
+	case "end":
+		s.progress.endHere(ev.JobID, ev.Ended)
+	case "changed":
+		s.progress.changedHere(ev.JobID)
+	}
 }
 
 // maxEnded bounds the writes a device watch holds unread; past it the
@@ -106,6 +138,11 @@ func (s *Service) watch(id string, devices bool) *Watch {
 // changed records that a job's stored state changed: its watchers are
 // signalled now, or once ProgressEvery has passed since the last signal.
 func (p *progress) changed(id string) {
+	p.changedHere(id)
+	p.send(ProgressEvent{JobID: id, Kind: "changed"})
+}
+
+func (p *progress) changedHere(id string) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	jw := p.jobs[id]
@@ -143,6 +180,11 @@ func (jw *watchers) signal(now time.Time) {
 
 // begin counts a store write in flight that may end devices of a job.
 func (p *progress) begin(id string) {
+	p.beginHere(id)
+	p.send(ProgressEvent{JobID: id, Kind: "begin"})
+}
+
+func (p *progress) beginHere(id string) {
 	p.mu.Lock()
 	p.writing[id]++
 	p.mu.Unlock()
@@ -151,6 +193,11 @@ func (p *progress) begin(id string) {
 // end counts the write over, hands what it ended (sel, nil for nothing)
 // to the job's device watches and signals the job's watchers.
 func (p *progress) end(id string, sel *EndedSelection) {
+	p.endHere(id, sel)
+	p.send(ProgressEvent{JobID: id, Kind: "end", Ended: sel})
+}
+
+func (p *progress) endHere(id string, sel *EndedSelection) {
 	p.mu.Lock()
 	if p.writing[id]--; p.writing[id] <= 0 {
 		delete(p.writing, id)
@@ -167,7 +214,7 @@ func (p *progress) end(id string, sel *EndedSelection) {
 		}
 	}
 	p.mu.Unlock()
-	p.changed(id)
+	p.changedHere(id)
 }
 
 // takeEnded returns and forgets what writes ended since the last call,

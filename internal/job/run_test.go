@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"strings"
 	"sync"
@@ -769,4 +770,46 @@ func TestPauseCommittedUnderARunner(t *testing.T) {
 			t.Errorf("%s invoked %d times", id, n)
 		}
 	}
+}
+
+// A job cancelled on another node (another Service on the store, running
+// no engine) stops here once Refresh is told: a device it was waiting for
+// is no longer waited for.
+func TestRefreshStopsAJobCancelledElsewhere(t *testing.T) {
+	var logs syncLog
+	e := newEnv(t, func(c *job.Config) { c.Log = slog.New(slog.NewTextHandler(&logs, nil)) })
+	e.devices("away")
+	e.create("w", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"reboot","connectTimeoutInSeconds":300}}`)
+	e.waitFor("w", "running", func(j *herd.Job) bool { return j.Status == herd.JobRunning })
+	other := job.New(job.Config{Store: e.db, Clock: e.clock, Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	if _, err := other.Cancel(context.Background(), "w", nil); err != nil {
+		t.Fatal(err)
+	}
+	e.svc.Refresh(context.Background())
+	for deadline := time.Now().Add(10 * time.Second); !strings.Contains(logs.String(), `msg="job ended" job_id=w`); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the runner of the job cancelled elsewhere did not stop:\n%s", logs.String())
+		}
+	}
+	if j := e.get("w"); j.Status != herd.JobCancelled {
+		t.Errorf("job %s", j.Status)
+	}
+}
+
+// syncLog is a log destination safe for concurrent writes.
+type syncLog struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (l *syncLog) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *syncLog) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }

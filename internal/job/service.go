@@ -46,6 +46,13 @@ type Config struct {
 	// batch commits (automatic device configurations follow tags with
 	// it); it must not block.
 	Changed func(deviceID string)
+	// Relay, if set, is told of each progress note of this node's job
+	// writes, for the other nodes of a cluster (ApplyProgress).
+	Relay func(ProgressEvent)
+	// Announce, if set, is told after a job was created, cancelled,
+	// paused or resumed here: in a cluster, the node that runs the jobs
+	// may be another (it calls Poke).
+	Announce func()
 	// Methods invokes direct methods; nil means method jobs fail with a
 	// reason saying that the hub has no device gateway.
 	Methods Methods
@@ -149,6 +156,7 @@ type Service struct {
 func New(cfg Config) *Service {
 	cfg.defaults()
 	prog := newProgress(cfg.ProgressClock)
+	prog.relay = cfg.Relay
 	s := &Service{
 		cfg: cfg, store: notifying{cfg.Store, prog}, clock: cfg.Clock, log: cfg.Log, progress: prog,
 		slots:   newLimiter(cfg.MaxInFlight),
@@ -187,7 +195,7 @@ func (s *Service) Create(ctx context.Context, pathID string, body []byte, allow 
 		return nil, err
 	}
 	s.log.Info("job created", "job_id", r.JobID, "op", string(r.Type), "start", r.StartTime.String())
-	s.poke()
+	s.announce()
 	return &r.Job, nil
 }
 
@@ -222,7 +230,7 @@ func (s *Service) Cancel(ctx context.Context, id string, allow Allow) (*herd.Job
 	if run == nil && r.EndTime != nil {
 		s.logEnded(ctx, id) // it had not started
 	}
-	s.poke()
+	s.announce()
 	return &r.Job, nil
 }
 
@@ -279,7 +287,7 @@ func (s *Service) setPaused(ctx context.Context, id string, pause bool, allow Al
 	} else if !pause && r.Status != herd.JobPaused && r.EndTime == nil {
 		s.log.Info("job resumed", "job_id", id)
 	}
-	s.poke()
+	s.announce()
 	return &r.Job, nil
 }
 
@@ -355,6 +363,39 @@ func parseWhere(cond string) (*query.Query, error) {
 		return nil, query.AsHerdError(err)
 	}
 	return q, nil
+}
+
+// announce wakes the scheduler and tells Announce.
+func (s *Service) announce() {
+	s.poke()
+	if s.cfg.Announce != nil {
+		s.cfg.Announce()
+	}
+}
+
+// Refresh is told that jobs changed in the store on another node (created,
+// cancelled, paused, resumed): the jobs run here that were cancelled or
+// paused stop as if it had been done here, and the scheduler wakes.
+func (s *Service) Refresh(ctx context.Context) {
+	s.mu.Lock()
+	runs := make(map[string]*runner, len(s.runners))
+	for id, r := range s.runners {
+		runs[id] = r
+	}
+	s.mu.Unlock()
+	for id, run := range runs {
+		r, err := s.store.Job(ctx, id)
+		if err != nil {
+			continue // gone, or the store failed: the runner finds out itself
+		}
+		switch r.Status {
+		case herd.JobCancelled:
+			run.cancel(errCancelled)
+		case herd.JobPaused:
+			run.cancel(errPaused)
+		}
+	}
+	s.poke()
 }
 
 // poke wakes the scheduler.

@@ -66,11 +66,30 @@ func notOnline(wait time.Duration) error {
 // code DeviceNotFound (or another failure).
 type ExistsFunc func(ctx context.Context, deviceID string) error
 
+// Remote reaches the devices connected to the other nodes of a cluster.
+type Remote interface {
+	// Owner returns the other node a device is connected to, or "" when
+	// none is known.
+	Owner(ctx context.Context, deviceID string) (string, error)
+	// Invoke calls a method on a device connected to node, which does not
+	// wait for the device (connectTimeoutInSeconds is not passed on). It
+	// fails with DeviceNotOnline when the device is not online there (the
+	// request was not sent), and with GatewayTimeout when node does not
+	// answer in time: the request may have reached the device.
+	Invoke(ctx context.Context, node, deviceID string, req herd.MethodRequest) (*herd.MethodResult, error)
+}
+
 // Service invokes direct methods.
 type Service struct {
 	bus    *bus.Bus
 	exists ExistsFunc
 	clock  clock.Clock
+	remote Remote // nil: one node
+
+	// onlineMu guards online: the waiters for a device to come online on
+	// another node, woken by Online.
+	onlineMu sync.Mutex
+	online   map[string]*onlineWait
 
 	// latency is the time from sending a request to the device's answer;
 	// calls counts invocations by outcome.
@@ -119,6 +138,54 @@ func NewService(b *bus.Bus, exists ExistsFunc, c clock.Clock, reg prometheus.Reg
 		reg.MustRegister(s.latency, s.calls)
 	}
 	return s
+}
+
+// UseRemote has the service reach devices connected to other nodes
+// through r. Call it before the service is used.
+func (s *Service) UseRemote(r Remote) {
+	s.remote = r
+	s.online = map[string]*onlineWait{}
+}
+
+// onlineWait is the calls waiting for one device: ch is closed by Online.
+type onlineWait struct {
+	ch chan struct{}
+	n  int
+}
+
+// CameOnline tells the service that a device came online for methods on
+// another node: calls waiting for it look for it again.
+func (s *Service) CameOnline(deviceID string) {
+	if s.remote == nil {
+		return
+	}
+	s.onlineMu.Lock()
+	w := s.online[deviceID]
+	delete(s.online, deviceID)
+	s.onlineMu.Unlock()
+	if w != nil {
+		close(w.ch)
+	}
+}
+
+// onlineSignal returns a channel that Online closes for deviceID, and the
+// release the caller calls when it stops waiting.
+func (s *Service) onlineSignal(deviceID string) (<-chan struct{}, func()) {
+	s.onlineMu.Lock()
+	defer s.onlineMu.Unlock()
+	w := s.online[deviceID]
+	if w == nil {
+		w = &onlineWait{ch: make(chan struct{})}
+		s.online[deviceID] = w
+	}
+	w.n++
+	return w.ch, func() {
+		s.onlineMu.Lock()
+		defer s.onlineMu.Unlock()
+		if w.n--; w.n == 0 && s.online[deviceID] == w {
+			delete(s.online, deviceID)
+		}
+	}
 }
 
 // count records the outcome of one invocation.
@@ -194,8 +261,13 @@ func validName(name string) error {
 type Option func(*options)
 
 type options struct {
-	sent func()
+	sent  func()
+	local bool
 }
+
+// Here limits a call to a device connected to this node: it is not
+// looked for on other nodes (a call that another node routed here).
+func Here() Option { return func(o *options) { o.local = true } }
 
 // OnSent calls fn once the request has been written to the device's
 // connection. A caller that needs at-most-once delivery (method jobs)
@@ -238,7 +310,18 @@ func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRe
 		payload = []byte("null")
 	}
 	for {
-		conn, err := s.bus.WaitMethods(waitCtx, deviceID)
+		var conn bus.Conn
+		var err error
+		if s.remote != nil && !o.local {
+			var res *herd.MethodResult
+			var done bool
+			conn, res, done, err = s.route(ctx, waitCtx, deviceID, req, o)
+			if done {
+				return res, err
+			}
+		} else {
+			conn, err = s.bus.WaitMethods(waitCtx, deviceID)
+		}
 		if err != nil {
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
@@ -278,6 +361,120 @@ func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRe
 			s.latency.Observe(s.clock.Now().Sub(sent).Seconds())
 		}
 		return res, err
+	}
+}
+
+// route finds a device in a cluster: here (conn), on another node (the
+// call is made there: done, with its result), or, within waitCtx, on
+// whichever node it comes online first. err is waitCtx's when it ended
+// with the device nowhere.
+func (s *Service) route(ctx, waitCtx context.Context, deviceID string, req herd.MethodRequest, o options) (conn bus.Conn, res *herd.MethodResult, done bool, err error) {
+	for {
+		// Online here: the caller sends it.
+		if c, err := s.bus.WaitMethods(expired, deviceID); err == nil {
+			return c, nil, false, nil
+		}
+		// The signal is taken before the lookup, so that an Online after
+		// the lookup is not missed.
+		signal, release := s.onlineSignal(deviceID)
+		node, err := s.remote.Owner(ctx, deviceID)
+		if err != nil {
+			release()
+			return nil, nil, true, err
+		}
+		if node != "" {
+			release()
+			res, err := s.remote.Invoke(ctx, node, deviceID, req)
+			if !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+				if o.sent != nil {
+					o.sent() // it may have reached the device
+				}
+				return nil, res, true, err
+			}
+			// Gone from there meanwhile: look again shortly, within the
+			// connect timeout.
+			if err := s.sleep(waitCtx, remoteRetry); err != nil {
+				return nil, nil, false, err
+			}
+			continue
+		}
+		// Nowhere yet: wait for it here or for word from another node.
+		c, err := s.waitHereOrSignal(waitCtx, deviceID, signal)
+		release()
+		if err == nil {
+			return c, nil, false, nil
+		}
+		if waitCtx.Err() != nil {
+			return nil, nil, false, waitCtx.Err()
+		}
+	}
+}
+
+// waitHereOrSignal waits until the device is online here (its
+// connection), signal is closed or ctx ends (an error).
+func (s *Service) waitHereOrSignal(ctx context.Context, deviceID string, signal <-chan struct{}) (bus.Conn, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-signal:
+			cancel()
+		case <-wctx.Done():
+		}
+	}()
+	return s.bus.WaitMethods(wctx, deviceID)
+}
+
+// Reachable reports whether a device is online for methods here or, in a
+// cluster, connected to another node.
+func (s *Service) Reachable(ctx context.Context, deviceID string) bool {
+	if c := s.bus.Lookup(deviceID); c != nil && c.Features().Has(bus.Methods) {
+		return true
+	}
+	if s.remote == nil {
+		return false
+	}
+	node, err := s.remote.Owner(ctx, deviceID)
+	return err == nil && node != ""
+}
+
+// WaitReachable returns nil once Reachable holds, woken by the bus and by
+// CameOnline (never polling), or an error when ctx ends first.
+func (s *Service) WaitReachable(ctx context.Context, deviceID string) error {
+	if s.remote == nil {
+		_, err := s.bus.WaitMethods(ctx, deviceID)
+		return err
+	}
+	for {
+		signal, release := s.onlineSignal(deviceID)
+		if s.Reachable(ctx, deviceID) {
+			release()
+			return nil
+		}
+		_, err := s.waitHereOrSignal(ctx, deviceID, signal)
+		release()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+}
+
+// remoteRetry is how long a call waits before looking again for a device
+// that the node it was said to be on no longer has.
+const remoteRetry = 50 * time.Millisecond
+
+// sleep waits d or until ctx ends.
+func (s *Service) sleep(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
 	}
 }
 

@@ -327,6 +327,10 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 	return k, nil
 }
 
+// Forget drops the cached keys of a device (and its modules') or of a
+// module: another node changed its identity.
+func (s *Service) Forget(id string) { s.forget(id) }
+
 // forget drops a device's cached keys after a write to its identity.
 func (s *Service) forget(id string) {
 	s.keysMu.Lock()

@@ -49,6 +49,10 @@ type DB struct {
 // "herd.hub" hashed).
 const hubLock = 7218307461234906438
 
+// jobLock is the advisory lock key of the node of a cluster that runs the
+// jobs (the text "herd.jobs" hashed).
+const jobLock = 7218307461234906439
+
 // migrationLock is the advisory lock key under which migrations run (the
 // text "herd.migrations" hashed, any constant would do).
 const migrationLock = 7218307461234906437
@@ -200,8 +204,9 @@ func (db *DB) Close() error {
 // Claim makes the calling hub the only one serving this database
 // (hub.Claimer) until Close: it takes a session advisory lock on a
 // connection of its own, outside the pool, which PostgreSQL releases when
-// that session ends — at Close, or when the process dies. Until cluster
-// mode, a second hub on the same database is refused.
+// that session ends — at Close, or when the process dies. A second hub on
+// the same database is refused unless every hub is a node of a cluster
+// (--nats: Join).
 func (db *DB) Claim(ctx context.Context) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
@@ -220,11 +225,101 @@ func (db *DB) Claim(ctx context.Context) error {
 	}
 	if !ok {
 		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("another hub is serving database %q: run one herd serve per database (several hubs on one database is cluster mode, not available yet; docs/postgres.md)",
+		return fmt.Errorf("another hub is serving database %q: run one herd serve per database, or start every one with --nats as the nodes of a cluster (docs/cluster.md)",
 			cfg.Database)
 	}
 	db.claimed = conn
 	return nil
+}
+
+// Join makes the calling hub one node of a cluster serving this database
+// (hub.ClusterStore) until Close: it takes hubLock shared, on a session of
+// its own, so that a hub serving the database alone (Claim) is refused
+// while nodes run, and nodes are refused while such a hub runs.
+func (db *DB) Join(ctx context.Context) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.claimed != nil {
+		return nil
+	}
+	cfg := db.pool.Config().ConnConfig.Copy()
+	conn, err := pgx.ConnectConfig(ctx, cfg)
+	if err != nil {
+		return fmt.Errorf("join the cluster of the database: %w", err)
+	}
+	var ok bool
+	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, int64(hubLock)).Scan(&ok); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("join the cluster of the database: %w", err)
+	}
+	if !ok {
+		conn.Close(context.WithoutCancel(ctx))
+		return fmt.Errorf("a hub started without --nats serves database %q alone: stop it, or start it with --nats too", cfg.Database)
+	}
+	db.claimed = conn
+	return nil
+}
+
+// Lead waits until the calling node, which has joined (Join), is the one
+// node of the cluster that runs the jobs, trying every interval, and
+// returns a channel closed when it no longer is: the database session
+// holding the lock failed (checked every interval). It returns ctx's
+// error if ctx ends first.
+func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error) {
+	for {
+		db.mu.Lock()
+		conn := db.claimed
+		var ok bool
+		var err error
+		if conn == nil {
+			err = errors.New("lead the cluster's jobs: the node has not joined the cluster (or closed)")
+		} else {
+			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(jobLock)).Scan(&ok)
+		}
+		db.mu.Unlock()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, ctx.Err()
+			}
+			return nil, fmt.Errorf("lead the cluster's jobs: %w", err)
+		}
+		if ok {
+			break
+		}
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return nil, ctx.Err()
+		case <-t.C:
+		}
+	}
+	lost := make(chan struct{})
+	go func() {
+		defer close(lost)
+		t := time.NewTicker(every)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+			db.mu.Lock()
+			conn := db.claimed
+			err := errors.New("closed")
+			if conn != nil {
+				pctx, cancel := context.WithTimeout(ctx, every)
+				_, err = conn.Exec(pctx, `SELECT 1`)
+				cancel()
+			}
+			db.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return lost, nil
 }
 
 // Ping checks that the database answers.

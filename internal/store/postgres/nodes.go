@@ -2,6 +2,7 @@ package postgres
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -102,4 +103,24 @@ func (db *DB) disconnect(ctx context.Context, at time.Time, where string, arg an
 		return 0, fmt.Errorf("record devices disconnected: %w", err)
 	}
 	return n, nil
+}
+
+// ConnectedNode returns the node a device or module is connected
+// through, or "" (mesh.Presence).
+func (db *DB) ConnectedNode(ctx context.Context, id string) (string, error) {
+	var node string
+	dev, mod := herd.SplitIdentity(id)
+	var err error
+	if mod == "" {
+		err = db.pool.QueryRow(ctx, `SELECT conn_node FROM devices WHERE device_id = $1 AND connection_state = 'Connected'`, dev).Scan(&node)
+	} else {
+		err = db.pool.QueryRow(ctx, `SELECT conn_node FROM modules WHERE device_id = $1 AND module_id = $2 AND connection_state = 'Connected'`, dev, mod).Scan(&node)
+	}
+	if errors.Is(err, pgx.ErrNoRows) {
+		return "", nil
+	}
+	if err != nil {
+		return "", fmt.Errorf("the node of %q: %w", id, err)
+	}
+	return node, nil
 }

@@ -1,0 +1,342 @@
+// Package mesh is what the nodes of a cluster say to each other, over NATS
+// ("Cluster mode" in the architecture).
+//
+// Each node listens on subjects of its own, herd.node.<id>.…, never one
+// per device: a direct method for a device connected to another node is a
+// NATS request to that node's subject, and NATS's immediate "no
+// responders" says the node is gone. What every node must hear goes to
+// herd.cluster.…: a device whose identity changed (its connection on any
+// node is checked again or closed, key caches drop it), a desired-property
+// change for a device that is not connected here, a device that came
+// online for methods (calls waiting for it on other nodes look again), a
+// job created or changed, the progress of a job (for the watchers of its
+// events on every node). A node does not hear its own broadcasts.
+//
+// Which node holds a device is read from the store (the connection's
+// node, internal/cluster), or, for a device that came online in the last
+// seconds and whose connection the store may not show yet, from the
+// online broadcasts.
+package mesh
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/nats-io/nats.go"
+
+	"github.com/herd-iot/herd"
+)
+
+// Subjects.
+const (
+	subjectDevice  = "herd.cluster.device"
+	subjectDesired = "herd.cluster.desired"
+	subjectOnline  = "herd.cluster.online"
+	subjectJobs    = "herd.cluster.jobs"
+	subjectJob     = "herd.cluster.job"
+)
+
+func methodSubject(node string) string { return "herd.node." + node + ".method" }
+
+// recentFor is how long an online broadcast says where a device is: the
+// store shows a new connection within a second or two (connection states
+// are written in batches).
+const recentFor = 5 * time.Second
+
+// answerMargin is how much longer than the device's response timeout a
+// node waits for another node's answer to a method.
+const answerMargin = 5 * time.Second
+
+// Presence says which node a device is connected to.
+type Presence interface {
+	// ConnectedNode returns the node a device (or module) is connected
+	// through, or "" if it is not connected.
+	ConnectedNode(ctx context.Context, id string) (string, error)
+}
+
+// Config configures a node's Mesh.
+type Config struct {
+	// URL is the NATS server (nats://host:4222; several comma-separated).
+	URL    string
+	NodeID string
+	// Presence is the store's record of connections.
+	Presence Presence
+	Log      *slog.Logger
+}
+
+// Handlers is what a node does with what the others say.
+type Handlers struct {
+	// Invoke calls a method on a device connected here, without waiting
+	// for it to connect.
+	Invoke func(ctx context.Context, deviceID string, req herd.MethodRequest) (*herd.MethodResult, error)
+	// DeviceChanged: a device's (or module's) identity changed or it was
+	// deleted.
+	DeviceChanged func(id string)
+	// Desired: a desired-properties change for a device.
+	Desired func(id string, version int64, body []byte)
+	// Online: a device came online for methods on another node.
+	Online func(id string)
+	// JobsChanged: a job was created, cancelled, paused or resumed.
+	JobsChanged func()
+	// JobProgress: a note of another node's job progress (its JSON).
+	JobProgress func(note []byte)
+}
+
+// Mesh is a node's NATS connection.
+type Mesh struct {
+	cfg  Config
+	nc   *nats.Conn
+	subs []*nats.Subscription
+
+	mu     sync.Mutex
+	recent map[string]recentOwner
+	stop   chan struct{}
+	done   chan struct{}
+}
+
+type recentOwner struct {
+	node  string
+	until time.Time
+}
+
+// Connect dials the NATS server. It fails when the server cannot be
+// reached now; once connected, the connection is restored on its own.
+func Connect(cfg Config) (*Mesh, error) {
+	if cfg.Log == nil {
+		cfg.Log = slog.Default()
+	}
+	m := &Mesh{cfg: cfg, recent: map[string]recentOwner{}, stop: make(chan struct{}), done: make(chan struct{})}
+	nc, err := nats.Connect(cfg.URL,
+		nats.Name("herd node "+cfg.NodeID),
+		nats.NoEcho(),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250*time.Millisecond),
+		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
+			if !c.IsClosed() && !c.IsDraining() {
+				cfg.Log.Warn("cluster: NATS connection lost; reconnecting", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			cfg.Log.Info("cluster: NATS connection restored", "server", c.ConnectedUrlRedacted())
+		}),
+	)
+	if err != nil {
+		return nil, fmt.Errorf("connect to NATS at %s: %w", cfg.URL, err)
+	}
+	m.nc = nc
+	go m.forget()
+	return m, nil
+}
+
+// Serve subscribes the node to its subjects and the cluster's, handled by
+// h.
+func (m *Mesh) Serve(h Handlers) error {
+	sub := func(subject string, fn nats.MsgHandler) error {
+		s, err := m.nc.Subscribe(subject, fn)
+		if err != nil {
+			return fmt.Errorf("subscribe to %s: %w", subject, err)
+		}
+		s.SetPendingLimits(-1, 256<<20)
+		m.subs = append(m.subs, s)
+		return nil
+	}
+	return errors.Join(
+		sub(methodSubject(m.cfg.NodeID), func(msg *nats.Msg) { go m.answer(msg, h.Invoke) }),
+		sub(subjectDevice, func(msg *nats.Msg) { h.DeviceChanged(string(msg.Data)) }),
+		sub(subjectDesired, func(msg *nats.Msg) {
+			var d desired
+			if err := json.Unmarshal(msg.Data, &d); err != nil {
+				m.cfg.Log.Warn("cluster: a desired change that does not parse", "err", err)
+				return
+			}
+			h.Desired(d.ID, d.Version, d.Body)
+		}),
+		sub(subjectOnline, func(msg *nats.Msg) {
+			var o online
+			if err := json.Unmarshal(msg.Data, &o); err != nil {
+				m.cfg.Log.Warn("cluster: an online notice that does not parse", "err", err)
+				return
+			}
+			m.mu.Lock()
+			m.recent[o.ID] = recentOwner{node: o.Node, until: time.Now().Add(recentFor)}
+			m.mu.Unlock()
+			h.Online(o.ID)
+		}),
+		sub(subjectJobs, func(*nats.Msg) { h.JobsChanged() }),
+		sub(subjectJob, func(msg *nats.Msg) { h.JobProgress(msg.Data) }),
+		m.nc.Flush(),
+	)
+}
+
+// Close ends the subscriptions and the connection, after what was
+// published has been sent.
+func (m *Mesh) Close() {
+	close(m.stop)
+	<-m.done
+	for _, s := range m.subs {
+		_ = s.Unsubscribe()
+	}
+	_ = m.nc.Drain()
+}
+
+// forget drops the online notices that the store has caught up with.
+func (m *Mesh) forget() {
+	defer close(m.done)
+	t := time.NewTicker(recentFor)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.stop:
+			return
+		case now := <-t.C:
+			m.mu.Lock()
+			for id, r := range m.recent {
+				if now.After(r.until) {
+					delete(m.recent, id)
+				}
+			}
+			m.mu.Unlock()
+		}
+	}
+}
+
+// Owner returns the other node a device is connected to, or "" (the
+// method service's Remote).
+func (m *Mesh) Owner(ctx context.Context, id string) (string, error) {
+	m.mu.Lock()
+	r, ok := m.recent[id]
+	m.mu.Unlock()
+	node := r.node
+	if !ok || time.Now().After(r.until) {
+		var err error
+		if node, err = m.cfg.Presence.ConnectedNode(ctx, id); err != nil {
+			return "", err
+		}
+	}
+	if node == m.cfg.NodeID {
+		return "", nil
+	}
+	return node, nil
+}
+
+// methodCall is a direct method sent to the node a device is on.
+type methodCall struct {
+	DeviceID string             `json:"deviceId"`
+	Request  herd.MethodRequest `json:"request"`
+}
+
+// methodAnswer is its answer: the device's result, or the failure.
+type methodAnswer struct {
+	Result  *herd.MethodResult `json:"result,omitempty"`
+	Code    herd.ErrorCode     `json:"code,omitempty"`
+	Message string             `json:"message,omitempty"`
+}
+
+// Invoke calls a method on a device connected to node (the method
+// service's Remote).
+func (m *Mesh) Invoke(ctx context.Context, node, deviceID string, req herd.MethodRequest) (*herd.MethodResult, error) {
+	req.ConnectTimeoutInSeconds = 0
+	body, err := json.Marshal(methodCall{DeviceID: deviceID, Request: req})
+	if err != nil {
+		return nil, err
+	}
+	wait := time.Duration(req.ResponseTimeoutInSeconds)*time.Second + answerMargin
+	rctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	msg, err := m.nc.RequestWithContext(rctx, methodSubject(node), body)
+	switch {
+	case errors.Is(err, nats.ErrNoResponders):
+		// The node is gone: the request reached no one.
+		return nil, herd.Errorf(herd.ErrDeviceNotOnline, "node %s, which held the device, is gone", node)
+	case err != nil && ctx.Err() != nil:
+		return nil, ctx.Err()
+	case err != nil:
+		return nil, herd.Errorf(herd.ErrGatewayTimeout, "node %s, which holds the device, did not answer within %s: %v", node, wait, err)
+	}
+	var a methodAnswer
+	if err := json.Unmarshal(msg.Data, &a); err != nil {
+		return nil, fmt.Errorf("the answer of node %s does not parse: %w", node, err)
+	}
+	if a.Code != "" {
+		return nil, herd.Errorf(a.Code, "%s", a.Message)
+	}
+	if a.Result == nil {
+		return nil, fmt.Errorf("node %s answered neither a result nor an error", node)
+	}
+	return a.Result, nil
+}
+
+// answer runs a method call from another node and replies.
+func (m *Mesh) answer(msg *nats.Msg, invoke func(context.Context, string, herd.MethodRequest) (*herd.MethodResult, error)) {
+	var c methodCall
+	var a methodAnswer
+	if err := json.Unmarshal(msg.Data, &c); err != nil {
+		a.Code, a.Message = herd.ErrArgumentInvalid, "a method call that does not parse: "+err.Error()
+	} else {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.Request.ResponseTimeoutInSeconds)*time.Second+answerMargin)
+		res, err := invoke(ctx, c.DeviceID, c.Request)
+		cancel()
+		if err != nil {
+			a.Code, a.Message = herd.ErrorCodeOf(err), herd.ErrorMessage(err)
+		} else {
+			a.Result = res
+		}
+	}
+	body, err := json.Marshal(a)
+	if err == nil {
+		err = msg.Respond(body)
+	}
+	if err != nil {
+		m.cfg.Log.Warn("cluster: could not answer a method call", "device_id", c.DeviceID, "err", err)
+	}
+}
+
+type desired struct {
+	ID      string          `json:"id"`
+	Version int64           `json:"version"`
+	Body    json.RawMessage `json:"body"`
+}
+
+type online struct {
+	ID   string `json:"id"`
+	Node string `json:"node"`
+}
+
+// publish sends a broadcast; a failure (the connection is down and its
+// buffer full) is logged: the other nodes miss it.
+func (m *Mesh) publish(subject string, data []byte) {
+	if err := m.nc.Publish(subject, data); err != nil {
+		m.cfg.Log.Warn("cluster: could not tell the other nodes", "subject", subject, "err", err)
+	}
+}
+
+// DeviceChanged tells the other nodes that a device's identity changed.
+func (m *Mesh) DeviceChanged(id string) { m.publish(subjectDevice, []byte(id)) }
+
+// Desired tells the other nodes of a desired-properties change, for the
+// node the device is connected to.
+func (m *Mesh) Desired(id string, version int64, body []byte) {
+	b, err := json.Marshal(desired{ID: id, Version: version, Body: body})
+	if err != nil {
+		m.cfg.Log.Warn("cluster: a desired change that does not encode", "device_id", id, "version", version, "err", err)
+		return
+	}
+	m.publish(subjectDesired, b)
+}
+
+// Online tells the other nodes that a device came online for methods here.
+func (m *Mesh) Online(id string) {
+	b, _ := json.Marshal(online{ID: id, Node: m.cfg.NodeID})
+	m.publish(subjectOnline, b)
+}
+
+// JobsChanged tells the other nodes that a job was created or changed.
+func (m *Mesh) JobsChanged() { m.publish(subjectJobs, nil) }
+
+// JobProgress tells the other nodes of a note of a job's progress (JSON).
+func (m *Mesh) JobProgress(note []byte) { m.publish(subjectJob, note) }
