@@ -90,6 +90,8 @@ type Service struct {
 	queries Queries
 	now     func() time.Time
 	log     *slog.Logger
+	// onAnnounce is told of configuration writes made here (nil: none).
+	onAnnounce func()
 
 	mu      sync.Mutex
 	active  []*compiled         // every configuration, winners first
@@ -421,6 +423,7 @@ func (s *Service) Put(ctx context.Context, id string, body []byte, ifMatch strin
 	if err := s.reload(ctx, true); err != nil {
 		s.log.Error("configurations", "op", "reload", "err", err)
 	}
+	s.announce()
 	return s.view(ctx, r)
 }
 
@@ -491,7 +494,27 @@ func (s *Service) Delete(ctx context.Context, id, ifMatch string) error {
 	if err := s.reload(ctx, true); err != nil {
 		s.log.Error("configurations", "op", "reload", "err", err)
 	}
+	s.announce()
 	return nil
+}
+
+// OnAnnounce has fn told after a configuration was created, changed or
+// deleted here: in a cluster, the node that applies configurations may
+// be another (it calls Reload). Set it before the service is used.
+func (s *Service) OnAnnounce(fn func()) { s.onAnnounce = fn }
+
+func (s *Service) announce() {
+	if s.onAnnounce != nil {
+		s.onAnnounce()
+	}
+}
+
+// Reload reads the configurations again and applies them all: they
+// changed in the store on another node.
+func (s *Service) Reload(ctx context.Context) {
+	if err := s.reload(ctx, true); err != nil && ctx.Err() == nil {
+		s.log.Error("configurations", "op", "reload", "err", err)
+	}
 }
 
 // view is a configuration as the API shows it, its metrics counted now:

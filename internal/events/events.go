@@ -18,7 +18,14 @@ type Stream struct {
 	subs   map[*Sub]struct{}
 	closed chan struct{}
 	once   sync.Once
+	// onSubscribe is told of each new subscriber (nil: none).
+	onSubscribe func()
 }
+
+// OnSubscribe has fn told of each new subscriber, after it is subscribed
+// (in a cluster, the other nodes start sending their devices' messages).
+// Set it before the stream is used.
+func (s *Stream) OnSubscribe(fn func()) { s.onSubscribe = fn }
 
 // New returns a stream with no subscribers.
 func New() *Stream {
@@ -56,6 +63,9 @@ func (s *Stream) Subscribe(deviceID string, buffer int) *Sub {
 	s.mu.Lock()
 	s.subs[sub] = struct{}{}
 	s.mu.Unlock()
+	if s.onSubscribe != nil {
+		s.onSubscribe()
+	}
 	return sub
 }
 

@@ -67,6 +67,9 @@ type conn struct {
 	// systems without the fast path: see conn_unix.go).
 	raw      syscall.RawConn
 	activity time.Time
+	// connectedAt is when its CONNECT was accepted (set before it is on
+	// the bus).
+	connectedAt time.Time
 	// socket says whether the connection counts against MaxConnections.
 	socket   bool
 	features atomic.Uint32

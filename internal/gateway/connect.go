@@ -138,7 +138,7 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	}
 	c.features.Store(uint32(subs))
 	now := c.s.cfg.Clock.Now()
-	c.activity = now
+	c.activity, c.connectedAt = now, now
 	// The device is attached to the bus before its CONNACK leaves, so that
 	// a method sent the moment the device sees CONNACK finds it online.
 	// Holding the writer role meanwhile keeps anything routed to it in the
@@ -149,6 +149,9 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	if prev, ok := c.s.cfg.Bus.Attach(id, c).(*conn); ok && prev != nil {
 		log.Info("device connected again; closing its previous connection", "device_id", id, "op", "takeover")
 		prev.close(reasonTakeover)
+	}
+	if c.s.cfg.Attached != nil {
+		c.s.cfg.Attached(id, now)
 	}
 	if c.chain != nil {
 		c.s.trackCertificate(c, true) // before the recheck: see CertificatesChanged

@@ -123,6 +123,10 @@ type Config struct {
 	// Certificates authenticates selfSigned and certificateAuthority
 	// devices with their TLS client certificates; nil refuses them.
 	Certificates Certificates
+	// Attached, if not nil, is told that a device (or module) connected
+	// here at at, once it holds its place on the bus: in a cluster the
+	// other nodes close its older connections (TakenOver).
+	Attached func(id string, at time.Time)
 }
 
 // Server accepts device connections.
@@ -415,6 +419,18 @@ func (s *Server) DeviceChanged(deviceID string) {
 			c.recheck(ctx)
 		}
 	}()
+}
+
+// TakenOver closes the connection of a device (or module) here if it is
+// older than at: the device connected again to another node of the
+// cluster at at, which now holds it.
+func (s *Server) TakenOver(id string, at time.Time) {
+	c, ok := s.cfg.Bus.Lookup(id).(*conn)
+	if !ok || c == nil || !c.connectedAt.Before(at) {
+		return
+	}
+	s.cfg.Log.Info("device connected to another node; closing its connection here", "device_id", id, "op", "takeover")
+	c.close(reasonTakeover)
 }
 
 // trackModule adds (or removes) a module's connection to those its

@@ -168,6 +168,9 @@ type Hub struct {
 	Cluster *cluster.Service
 	// mesh reaches the other nodes (nil: one node).
 	mesh *mesh.Mesh
+	// leading says this node of a cluster runs the jobs and applies the
+	// configurations (runJobs).
+	leading atomic.Bool
 
 	tlsConfig *tls.Config
 	serving   atomic.Bool // Run is serving (GET /readyz)
@@ -297,28 +300,31 @@ func (h *Hub) wire(cfg Config) error {
 	if h.mesh != nil {
 		h.Methods.UseRemote(h.mesh)
 		h.Bus.OnOnline(h.mesh.Online)
+		h.Events.OnSubscribe(h.mesh.Monitoring)
 	}
 	gw = gateway.New(gateway.Config{
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
-		Methods: h.Methods, Bus: h.Bus, Sessions: h.Store, Events: h.Events.Publish,
+		Methods: h.Methods, Bus: h.Bus, Sessions: h.Store, Events: h.event,
 		Clock: clk, Log: cfg.Log, Metrics: h.Metrics, MaxConnections: cfg.MaxConnections,
-		Certificates: h.Certificates,
+		Certificates: h.Certificates, Attached: h.attached,
 	})
 	h.Gateway = gw
 	queries := query.NewService(h.Store)
 	h.Configurations = config.New(h.Store, h.Twins, queries, cfg.Now, cfg.Log)
-	h.Twins.OnChange(h.Configurations.Changed)
 	h.Jobs = newJobs(h, cfg, clk)
-	// Continuous jobs follow every change of a device: its registry entry
-	// (created, enabled), its tags, desired and reported properties.
-	h.Registry.OnTwinChange(func(id string) {
-		h.Configurations.Changed(id)
-		h.Jobs.DeviceChanged(id)
-	})
-	h.Twins.OnWrite(h.Jobs.DeviceChanged)
+	// Configurations follow the service-side twin writes; continuous jobs
+	// every change of a device: its registry entry (created, enabled), its
+	// tags, desired and reported properties. In a cluster the node that
+	// runs them hears of the other nodes' changes (changed).
+	h.Twins.OnChange(func(id string) { h.changed(id, true, false) })
+	h.Registry.OnTwinChange(func(id string) { h.changed(id, true, true) })
+	h.Twins.OnWrite(func(id string) { h.changed(id, false, true) })
+	if h.mesh != nil {
+		h.Configurations.OnAnnounce(h.mesh.ConfigurationsChanged)
+	}
 	h.api = httpapi.New(httpapi.Config{
 		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Jobs: h.Jobs, Query: queries,
-		Connected: h.Bus.Connected,
+		Connected: h.connectedDevices,
 		Metrics:   h.Metrics, MetricsPublic: cfg.MetricsPublic,
 		BodyTimeout: cfg.HTTPBodyTimeout,
 		Ready:       h.ready,
@@ -347,11 +353,25 @@ func (h *Hub) wire(cfg Config) error {
 			DeviceChanged: func(id string) {
 				h.Registry.Forget(id)
 				gw.DeviceChanged(id)
-				h.Configurations.Changed(id)
-				h.Jobs.DeviceChanged(id)
+			},
+			Changed: func(ids []string) {
+				if !h.leading.Load() {
+					return
+				}
+				for _, id := range ids {
+					h.Configurations.Changed(id)
+					h.Jobs.DeviceChanged(id)
+				}
+			},
+			Event: h.Events.Publish,
+			ConfigurationsChanged: func() {
+				if h.leading.Load() {
+					h.Configurations.Reload(context.Background())
+				}
 			},
 			Desired:     h.Bus.Desired,
 			Online:      h.Methods.CameOnline,
+			Attached:    gw.TakenOver,
 			JobsChanged: func() { h.Jobs.Refresh(context.Background()) },
 			JobProgress: func(note []byte) {
 				var ev job.ProgressEvent
@@ -364,6 +384,61 @@ func (h *Hub) wire(cfg Config) error {
 		})
 	}
 	return nil
+}
+
+// changed hands a device's change to the configurations (config) and the
+// continuous jobs (jobs) where they run: here when the hub is alone or
+// this node leads the cluster, else, batched, to the node that leads
+// (which looks at both).
+func (h *Hub) changed(id string, config, jobs bool) {
+	if h.mesh != nil && !h.leading.Load() {
+		h.mesh.Changed(id)
+		return
+	}
+	if config {
+		h.Configurations.Changed(id)
+	}
+	if jobs {
+		h.Jobs.DeviceChanged(id)
+	}
+}
+
+// event hands a device-to-cloud message to the monitors: here, and in a
+// cluster to the other nodes' (when some have monitors).
+func (h *Hub) event(e *herd.Event) {
+	h.Events.Publish(e)
+	if h.mesh != nil {
+		h.mesh.Event(e)
+	}
+}
+
+// attached tells the other nodes of a cluster that a device connected
+// here.
+func (h *Hub) attached(id string, at time.Time) {
+	if h.mesh != nil {
+		h.mesh.Attached(id, at)
+	}
+}
+
+// connectedDevices is how many devices are connected to the hub: to this
+// node, and in a cluster to the others too (as their last lease renewals
+// said).
+func (h *Hub) connectedDevices() int64 {
+	n := h.Bus.Connected()
+	if h.mesh == nil {
+		return n
+	}
+	st, err := h.Cluster.Status(context.Background())
+	if err != nil {
+		h.cfg.Log.Warn("cluster: could not read the other nodes' device counts", "err", err)
+		return n
+	}
+	for _, node := range st.Nodes {
+		if node.NodeID != st.NodeID && node.State == herd.NodeAlive {
+			n += node.ConnectedDevices
+		}
+	}
+	return n
 }
 
 // NATS is the NATS server of the node's cluster, "" for a hub alone.
@@ -545,7 +620,27 @@ func (h *Hub) Run(ctx context.Context) error {
 	})
 	g.Go(func() error { return h.Registry.Run(regCtx) })
 	g.Go(func() error { return h.runJobs(ctx) })
-	g.Go(func() error { return h.Configurations.Run(ctx) })
+	if h.mesh != nil {
+		// The other nodes send this node their devices' messages while it
+		// has monitors.
+		g.Go(func() error {
+			t := time.NewTicker(mesh.MonitorEvery)
+			defer t.Stop()
+			for {
+				select {
+				case <-ctx.Done():
+					return nil
+				case <-t.C:
+					if h.Events.Subscribers() > 0 {
+						h.mesh.Monitoring()
+					}
+				}
+			}
+		})
+	}
+	if h.mesh == nil {
+		g.Go(func() error { return h.Configurations.Run(ctx) }) // in a cluster, runJobs runs it
+	}
 	// The node's lease is renewed while it serves and ended (stopped)
 	// once its devices are disconnected.
 	g.Go(func() error {
@@ -562,10 +657,11 @@ func (h *Hub) Run(ctx context.Context) error {
 }
 
 // runJobs runs the job engine: alone, always; in a cluster, on the one
-// node that holds the jobs' lock, taken over by another node within a
-// few seconds when that node is lost. A node that loses the lock while it
-// runs (its database session failed) stops running jobs until it is
-// restarted, and says so: the node that takes over recovers them.
+// node that holds the jobs' lock, with the configurations' applier, taken
+// over by another node within a few seconds when that node is lost. A
+// node that loses the lock while it runs (its database session failed)
+// stops running jobs and applying configurations until it is restarted,
+// and says so: the node that takes over recovers them.
 func (h *Hub) runJobs(ctx context.Context) error {
 	if h.mesh == nil {
 		return h.Jobs.Run(ctx)
@@ -581,9 +677,11 @@ func (h *Hub) runJobs(ctx context.Context) error {
 		}
 		return err
 	}
-	h.cfg.Log.Info("cluster: this node runs the jobs", "node", h.Cluster.NodeID())
+	h.cfg.Log.Info("cluster: this node runs the jobs and applies the configurations", "node", h.Cluster.NodeID())
 	jctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	h.leading.Store(true)
+	defer h.leading.Store(false)
 	go func() {
 		select {
 		case <-lost:
@@ -595,7 +693,10 @@ func (h *Hub) runJobs(ctx context.Context) error {
 		case <-jctx.Done():
 		}
 	}()
-	return h.Jobs.Run(jctx)
+	g, gctx := errgroup.WithContext(jctx)
+	g.Go(func() error { return h.Jobs.Run(gctx) })
+	g.Go(func() error { return h.Configurations.Run(gctx) })
+	return g.Wait()
 }
 
 // Close releases the hub's resources. Run calls it; call it yourself only

@@ -42,7 +42,7 @@ func startNodes(t *testing.T, n int) []*hubtest.Hub {
 		}
 		id := "node-" + string(rune('0'+i))
 		nodes = append(nodes, hubtest.Start(t, hubtest.WithDir(dir), hubtest.WithConfig(func(c *hub.Config) {
-			c.Store, c.NATS, c.NodeID, c.NodeLease = s, nats, id, 900*time.Millisecond
+			c.Store, c.NATS, c.NodeID, c.NodeLease = s, nats, id, 3*time.Second
 		})))
 	}
 	return nodes
@@ -51,8 +51,14 @@ func startNodes(t *testing.T, n int) []*hubtest.Hub {
 // connectTo connects a registered device to a node.
 func connectTo(t *testing.T, node *hubtest.Hub, d *herd.Device, opts ...func(*device.Client)) *device.Client {
 	t.Helper()
+	return connectWith(t, node, d, nil, opts...)
+}
+
+// connectWith is connectTo with options of the device client.
+func connectWith(t *testing.T, node *hubtest.Hub, d *herd.Device, devOpts []device.Option, opts ...func(*device.Client)) *device.Client {
+	t.Helper()
 	cs := sas.ConnectionString{HostName: "localhost", DeviceID: d.DeviceID, SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
-	c, err := device.New(cs.String(), device.WithCA(node.CA), device.WithAddress(node.MQTTAddr))
+	c, err := device.New(cs.String(), append([]device.Option{device.WithCA(node.CA), device.WithAddress(node.MQTTAddr)}, devOpts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,7 +114,7 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 	var calls atomic.Int64
 	var mu sync.Mutex
 	var desired []int64
-	connectTo(t, b, devs[0], answering(&calls), func(d *device.Client) {
+	devB := connectTo(t, b, devs[0], answering(&calls), func(d *device.Client) {
 		d.OnDesiredChange(func(_ map[string]any, v int64) {
 			mu.Lock()
 			desired = append(desired, v)
@@ -116,6 +122,12 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 		})
 	})
 	connectTo(t, c, devs[1], answering(&calls))
+
+	// Every node counts the devices of the cluster.
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		st, err := a.Service.ServiceStatistics(ctx)
+		return err == nil && st.ConnectedDeviceCount == 2
+	}, "node-0 does not count the devices connected to node-1 and node-2")
 
 	// A method from node-0 to a device on node-1, and from node-2.
 	for _, caller := range []*hubtest.Hub{a, c} {
@@ -152,6 +164,36 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 		t.Fatal("a call waiting for a device that connected to another node was not answered")
 	}
 
+	// A monitor on node-0 sees the messages of a device on node-1.
+	got := make(chan *herd.Event, 64)
+	mctx, stopMonitor := context.WithCancel(ctx)
+	defer stopMonitor()
+	go a.Service.MonitorEvents(mctx, "d-b", service.EventHandler{Event: func(e *herd.Event) error {
+		select {
+		case got <- e:
+		default:
+		}
+		return nil
+	}})
+	seen := false
+	for deadline := time.Now().Add(10 * time.Second); !seen && time.Now().Before(deadline); {
+		if err := devB.SendEvent(ctx, []byte(`{"temp":21}`), map[string]string{"k": "v"}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case e := <-got:
+			seen = true
+			if e.DeviceID != "d-b" || string(e.Body) != `{"temp":21}` || e.Properties["k"] != "v" {
+				t.Errorf("event %+v", e)
+			}
+		case <-time.After(200 * time.Millisecond): // the monitor may not be heard yet
+		}
+	}
+	if !seen {
+		t.Error("a monitor on node-0 sees nothing of a device on node-1")
+	}
+	stopMonitor()
+
 	// A desired change made on node-2 reaches the device on node-1.
 	tw, err := c.Service.UpdateTwin(ctx, "d-b", herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"fw": "2.0"}}}, "*")
 	if err != nil {
@@ -182,6 +224,33 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 		t.Fatal("a device re-keyed on node-0 stays connected to node-2")
 	}
 
+	// The device connects again, to node-1 while its connection to node-2
+	// is open: node-2 closes that one, and methods reach the new one.
+	mover, err := a.Service.CreateDevice(ctx, herd.Device{DeviceID: "mover"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// (It does not come back on its own: it would take the device back.)
+	first := connectWith(t, c, mover, []device.Option{device.WithBackoff(time.Hour, time.Hour)}, answering(&calls))
+	firstStates := make(chan device.ConnectionState, 16)
+	first.OnConnectionState(func(s device.ConnectionState, _ error) { firstStates <- s })
+	connectTo(t, b, mover, func(d *device.Client) {
+		d.OnMethod("ping", func(context.Context, json.RawMessage) (int, any) { return 201, "the new connection" })
+	})
+	select {
+	case s := <-firstStates:
+		if s != device.Disconnected {
+			t.Errorf("the first connection went %s", s)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the device's connection to node-2 stays open after it connected to node-1")
+	}
+	first.Close()
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		res, err := a.Service.InvokeMethod(ctx, "mover", herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 5})
+		return err == nil && res.Status == 201
+	}, "methods do not reach the device's new connection")
+
 	// A method job created on node-2 runs (on node-0) over the devices of
 	// node-1 and node-2.
 	before := calls.Load()
@@ -202,6 +271,20 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 	if n := calls.Load() - before; n != 3 {
 		t.Errorf("the job called %d devices, want 3", n)
 	}
+
+	// A configuration made on node-1 is applied (by node-0) to a device
+	// tagged on node-2.
+	if _, err := b.Service.CreateConfiguration(ctx, herd.Configuration{ID: "eco", Priority: 1, TargetCondition: "tags.ring = 'canary'",
+		Content: herd.ConfigurationContent{DeviceContent: map[string]json.RawMessage{"properties.desired.mode": json.RawMessage(`"eco"`)}}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Service.UpdateTwin(ctx, "d-c", herd.TwinPatch{Tags: map[string]any{"ring": "canary"}}, "*"); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		tw, err := a.Service.GetTwin(ctx, "d-c")
+		return err == nil && tw.Properties.Desired["mode"] == "eco"
+	}, "the configuration made on node-1 is not applied to the device tagged on node-2")
 
 	// A job waiting for a device that does not come, cancelled on node-1:
 	// node-0 stops running it at once.

@@ -13,7 +13,7 @@ import (
 func (h *Hub) newDashboard(cfg Config) (*ui.Server, error) {
 	return ui.New(ui.Config{
 		Auth: h.Auth, Registry: h.Registry, Twins: h.Twins, Query: query.NewService(h.Store),
-		Jobs: h.Jobs, Methods: h.Methods, Events: h.Events, Connected: h.Bus.Connected,
+		Jobs: h.Jobs, Methods: h.Methods, Events: h.Events, Connected: h.connectedDevices,
 		DeviceGateway: h.deviceGateway, Log: cfg.Log, Now: cfg.Now,
 	})
 }

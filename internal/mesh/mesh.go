@@ -7,10 +7,13 @@
 // responders" says the node is gone. What every node must hear goes to
 // herd.cluster.…: a device whose identity changed (its connection on any
 // node is checked again or closed, key caches drop it), a desired-property
-// change for a device that is not connected here, a device that came
-// online for methods (calls waiting for it on other nodes look again), a
+// change for a device that is not connected here, a device that connected
+// (its older connection on another node is closed: session takeover), a
+// device that came online for methods (calls waiting for it on other nodes look again), a
 // job created or changed, the progress of a job (for the watchers of its
-// events on every node). A node does not hear its own broadcasts.
+// events on every node). Device-to-cloud messages go to herd.events, and
+// only while some node has monitors (herd monitor, GET /events) and says
+// so. A node does not hear its own broadcasts.
 //
 // Which node holds a device is read from the store (the connection's
 // node, internal/cluster), or, for a device that came online in the last
@@ -24,7 +27,9 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/nats-io/nats.go"
@@ -37,9 +42,26 @@ const (
 	subjectDevice  = "herd.cluster.device"
 	subjectDesired = "herd.cluster.desired"
 	subjectOnline  = "herd.cluster.online"
+	subjectAttach  = "herd.cluster.attached"
 	subjectJobs    = "herd.cluster.jobs"
 	subjectJob     = "herd.cluster.job"
+	subjectChanged = "herd.cluster.changed"
+	subjectConfigs = "herd.cluster.configurations"
+	subjectMonitor = "herd.cluster.monitoring"
+	subjectEvents  = "herd.events"
 )
+
+// monitorFor is how long a node sends its devices' messages after it last
+// heard that a node has monitors; nodes with monitors say so every
+// MonitorEvery.
+const (
+	monitorFor   = 10 * time.Second
+	MonitorEvery = 3 * time.Second
+)
+
+// changedEvery is how often a node sends the devices whose twins or
+// identities changed on it, in one message.
+const changedEvery = 100 * time.Millisecond
 
 func methodSubject(node string) string { return "herd.node." + node + ".method" }
 
@@ -81,10 +103,22 @@ type Handlers struct {
 	Desired func(id string, version int64, body []byte)
 	// Online: a device came online for methods on another node.
 	Online func(id string)
+	// Attached: a device connected to another node at at; an older
+	// connection here is to be closed (session takeover).
+	Attached func(id string, at time.Time)
 	// JobsChanged: a job was created, cancelled, paused or resumed.
 	JobsChanged func()
 	// JobProgress: a note of another node's job progress (its JSON).
 	JobProgress func(note []byte)
+	// Changed: devices whose twin or identity changed on another node
+	// (for the configurations and continuous jobs the leader applies).
+	Changed func(ids []string)
+	// ConfigurationsChanged: a configuration was created, changed or
+	// deleted on another node.
+	ConfigurationsChanged func()
+	// Event: a device-to-cloud message another node received, for the
+	// monitors here.
+	Event func(*herd.Event)
 }
 
 // Mesh is a node's NATS connection.
@@ -93,10 +127,15 @@ type Mesh struct {
 	nc   *nats.Conn
 	subs []*nats.Subscription
 
-	mu     sync.Mutex
-	recent map[string]recentOwner
-	stop   chan struct{}
-	done   chan struct{}
+	// monitored is until when (Unix nanoseconds) a node has monitors:
+	// this node's devices' messages are sent until then.
+	monitored atomic.Int64
+
+	mu      sync.Mutex
+	recent  map[string]recentOwner
+	changed map[string]struct{} // to send with the next batch
+	stop    chan struct{}
+	done    chan struct{}
 }
 
 type recentOwner struct {
@@ -110,7 +149,7 @@ func Connect(cfg Config) (*Mesh, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Mesh{cfg: cfg, recent: map[string]recentOwner{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &Mesh{cfg: cfg, recent: map[string]recentOwner{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
 	nc, err := nats.Connect(cfg.URL,
 		nats.Name("herd node "+cfg.NodeID),
 		nats.NoEcho(),
@@ -167,8 +206,27 @@ func (m *Mesh) Serve(h Handlers) error {
 			m.mu.Unlock()
 			h.Online(o.ID)
 		}),
+		sub(subjectAttach, func(msg *nats.Msg) {
+			var a attached
+			if err := json.Unmarshal(msg.Data, &a); err != nil {
+				m.cfg.Log.Warn("cluster: a connection notice that does not parse", "err", err)
+				return
+			}
+			h.Attached(a.ID, time.Unix(0, a.At))
+		}),
 		sub(subjectJobs, func(*nats.Msg) { h.JobsChanged() }),
 		sub(subjectJob, func(msg *nats.Msg) { h.JobProgress(msg.Data) }),
+		sub(subjectChanged, func(msg *nats.Msg) { h.Changed(strings.Split(string(msg.Data), "\n")) }),
+		sub(subjectConfigs, func(*nats.Msg) { h.ConfigurationsChanged() }),
+		sub(subjectMonitor, func(*nats.Msg) { m.monitored.Store(time.Now().Add(monitorFor).UnixNano()) }),
+		sub(subjectEvents, func(msg *nats.Msg) {
+			var e herd.Event
+			if err := json.Unmarshal(msg.Data, &e); err != nil {
+				m.cfg.Log.Warn("cluster: a device message that does not parse", "err", err)
+				return
+			}
+			h.Event(&e)
+		}),
 		m.nc.Flush(),
 	)
 }
@@ -184,16 +242,24 @@ func (m *Mesh) Close() {
 	_ = m.nc.Drain()
 }
 
-// forget drops the online notices that the store has caught up with.
+// forget drops the online notices that the store has caught up with, and
+// sends the changed devices every changedEvery (and a last time at Close).
 func (m *Mesh) forget() {
 	defer close(m.done)
-	t := time.NewTicker(recentFor)
+	t := time.NewTicker(changedEvery)
 	defer t.Stop()
+	var swept time.Time
 	for {
 		select {
 		case <-m.stop:
+			m.sendChanged()
 			return
 		case now := <-t.C:
+			m.sendChanged()
+			if now.Sub(swept) < recentFor {
+				continue
+			}
+			swept = now
 			m.mu.Lock()
 			for id, r := range m.recent {
 				if now.After(r.until) {
@@ -203,6 +269,33 @@ func (m *Mesh) forget() {
 			m.mu.Unlock()
 		}
 	}
+}
+
+// maxChangedMessage bounds one message of changed devices (NATS's
+// default payload limit is 1 MB).
+const maxChangedMessage = 512 << 10
+
+func (m *Mesh) sendChanged() {
+	m.mu.Lock()
+	if len(m.changed) == 0 {
+		m.mu.Unlock()
+		return
+	}
+	ids := m.changed
+	m.changed = map[string]struct{}{}
+	m.mu.Unlock()
+	var b strings.Builder
+	for id := range ids {
+		if b.Len() > 0 && b.Len()+len(id)+1 > maxChangedMessage {
+			m.publish(subjectChanged, []byte(b.String()))
+			b.Reset()
+		}
+		if b.Len() > 0 {
+			b.WriteByte('\n')
+		}
+		b.WriteString(id)
+	}
+	m.publish(subjectChanged, []byte(b.String()))
 }
 
 // Owner returns the other node a device is connected to, or "" (the
@@ -333,6 +426,48 @@ func (m *Mesh) Desired(id string, version int64, body []byte) {
 func (m *Mesh) Online(id string) {
 	b, _ := json.Marshal(online{ID: id, Node: m.cfg.NodeID})
 	m.publish(subjectOnline, b)
+}
+
+type attached struct {
+	ID string `json:"id"`
+	At int64  `json:"at"` // Unix nanoseconds
+}
+
+// Attached tells the other nodes that a device connected here at at.
+func (m *Mesh) Attached(id string, at time.Time) {
+	b, _ := json.Marshal(attached{ID: id, At: at.UnixNano()})
+	m.publish(subjectAttach, b)
+}
+
+// Changed tells the other nodes, with the next batch, that a device's
+// twin or identity changed here.
+func (m *Mesh) Changed(id string) {
+	m.mu.Lock()
+	m.changed[id] = struct{}{}
+	m.mu.Unlock()
+}
+
+// ConfigurationsChanged tells the other nodes that a configuration was
+// created, changed or deleted.
+func (m *Mesh) ConfigurationsChanged() { m.publish(subjectConfigs, nil) }
+
+// Monitoring tells the other nodes that this node has monitors: they send
+// it their devices' messages for monitorFor. Call it when a monitor
+// subscribes and every MonitorEvery while there are any.
+func (m *Mesh) Monitoring() { m.publish(subjectMonitor, nil) }
+
+// Event sends a device-to-cloud message received here to the nodes with
+// monitors, if any node has said it has some lately.
+func (m *Mesh) Event(e *herd.Event) {
+	if time.Now().UnixNano() >= m.monitored.Load() {
+		return
+	}
+	b, err := json.Marshal(e)
+	if err != nil {
+		m.cfg.Log.Warn("cluster: a device message that does not encode", "device_id", e.DeviceID, "err", err)
+		return
+	}
+	m.publish(subjectEvents, b)
 }
 
 // JobsChanged tells the other nodes that a job was created or changed.
