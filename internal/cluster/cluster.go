@@ -15,10 +15,9 @@
 // devices Connected again. Leases are read against each node's own clock:
 // the nodes' clocks must agree to well within a lease.
 //
-// This is the first part of cluster mode ("Cluster mode" in the
-// architecture): today one node serves a store; connection epochs,
-// routing between nodes over NATS and job leases build on these node
-// leases.
+// Several nodes serve one store in cluster mode (--nats; internal/mesh
+// carries what they say to each other, docs/cluster.md); a node alone has
+// a lease too, so that `herd cluster status` shows it.
 package cluster
 
 import (

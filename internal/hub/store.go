@@ -43,8 +43,9 @@ type Store interface {
 // Claimer is a store that several hubs could open at once (a database
 // server): Claim makes the hub that calls it the only one serving the
 // store until the store is closed, or fails if another hub serves it. A
-// hub's bus, caches and job engine assume they are alone until cluster
-// mode; a store in one file needs no claim.
+// hub alone keeps its bus, caches and job engine to itself; the nodes of a
+// cluster (ClusterStore) share the store instead. A store in one file
+// needs no claim.
 type Claimer interface {
 	Claim(ctx context.Context) error
 }
