@@ -480,16 +480,7 @@ func (s *Service) sleep(ctx context.Context, d time.Duration) error {
 
 // pause yields once before trying again, so that a connection that is
 // being replaced can finish; it returns early when ctx ends.
-func (s *Service) pause(ctx context.Context) error {
-	t := time.NewTimer(time.Millisecond)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return ctx.Err()
-	case <-t.C:
-		return nil
-	}
-}
+func (s *Service) pause(ctx context.Context) error { return s.sleep(ctx, time.Millisecond) }
 
 // await waits for the answer to a sent request. retry is true when the
 // connection dropped the request before writing it.

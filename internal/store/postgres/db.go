@@ -208,6 +208,15 @@ func (db *DB) Close() error {
 // the same database is refused unless every hub is a node of a cluster
 // (--nats: Join).
 func (db *DB) Claim(ctx context.Context) error {
+	return db.lockSession(ctx, `SELECT pg_try_advisory_lock($1)`, "claim the database", func(name string) error {
+		return fmt.Errorf("another hub is serving database %q: run one herd serve per database, or start every one with --nats as the nodes of a cluster (docs/cluster.md)", name)
+	})
+}
+
+// lockSession opens the session that holds hubLock until Close and takes
+// the lock with try (a query of the key, true when taken); refused is the
+// error when another session holds it.
+func (db *DB) lockSession(ctx context.Context, try, what string, refused func(database string) error) error {
 	db.mu.Lock()
 	defer db.mu.Unlock()
 	if db.claimed != nil {
@@ -216,17 +225,16 @@ func (db *DB) Claim(ctx context.Context) error {
 	cfg := db.pool.Config().ConnConfig.Copy()
 	conn, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return fmt.Errorf("claim the database: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(hubLock)).Scan(&ok); err != nil {
+	if err := conn.QueryRow(ctx, try, int64(hubLock)).Scan(&ok); err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("claim the database: %w", err)
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	if !ok {
 		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("another hub is serving database %q: run one herd serve per database, or start every one with --nats as the nodes of a cluster (docs/cluster.md)",
-			cfg.Database)
+		return refused(cfg.Database)
 	}
 	db.claimed = conn
 	return nil
@@ -237,27 +245,9 @@ func (db *DB) Claim(ctx context.Context) error {
 // its own, so that a hub serving the database alone (Claim) is refused
 // while nodes run, and nodes are refused while such a hub runs.
 func (db *DB) Join(ctx context.Context) error {
-	db.mu.Lock()
-	defer db.mu.Unlock()
-	if db.claimed != nil {
-		return nil
-	}
-	cfg := db.pool.Config().ConnConfig.Copy()
-	conn, err := pgx.ConnectConfig(ctx, cfg)
-	if err != nil {
-		return fmt.Errorf("join the cluster of the database: %w", err)
-	}
-	var ok bool
-	if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock_shared($1)`, int64(hubLock)).Scan(&ok); err != nil {
-		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("join the cluster of the database: %w", err)
-	}
-	if !ok {
-		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("a hub started without --nats serves database %q alone: stop it, or start it with --nats too", cfg.Database)
-	}
-	db.claimed = conn
-	return nil
+	return db.lockSession(ctx, `SELECT pg_try_advisory_lock_shared($1)`, "join the cluster of the database", func(name string) error {
+		return fmt.Errorf("a hub started without --nats serves database %q alone: stop it, or start it with --nats too", name)
+	})
 }
 
 // Lead waits until the calling node, which has joined (Join), is the one

@@ -2,9 +2,11 @@ package postgres_test
 
 import (
 	"context"
+	"errors"
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -138,5 +140,50 @@ func TestClaim(t *testing.T) {
 	a.Close()
 	if err := b.Claim(ctx); err != nil {
 		t.Errorf("claim after the first hub closed: %v", err)
+	}
+}
+
+// TestJoinExcludesClaim: nodes of a cluster share a database with each
+// other, not with a hub that serves it alone; one node at a time leads.
+func TestJoinExcludesClaim(t *testing.T) {
+	ctx := context.Background()
+	u := pgtest.URL(t)
+	open := func() *postgres.DB {
+		t.Helper()
+		db, err := postgres.Open(ctx, u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { db.Close() })
+		return db
+	}
+	n1, n2, alone := open(), open(), open()
+	if err := n1.Join(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := n2.Join(ctx); err != nil {
+		t.Fatalf("a second node: %v", err)
+	}
+	if err := alone.Claim(ctx); err == nil || !strings.Contains(err.Error(), "another hub is serving database") {
+		t.Errorf("a hub alone beside nodes: %v", err)
+	}
+	if _, err := n1.Lead(ctx, 50*time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	defer cancel()
+	if _, err := n2.Lead(short, 50*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("a second leader: %v", err)
+	}
+	n1.Close() // its session ends: n2 leads
+	if _, err := n2.Lead(ctx, 50*time.Millisecond); err != nil {
+		t.Errorf("lead after the leader closed: %v", err)
+	}
+	n2.Close()
+	if err := alone.Claim(ctx); err != nil {
+		t.Errorf("claim once the nodes closed: %v", err)
+	}
+	if err := open().Join(ctx); err == nil || !strings.Contains(err.Error(), "serves database") {
+		t.Errorf("a node beside a hub alone: %v", err)
 	}
 }
