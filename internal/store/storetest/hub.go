@@ -182,6 +182,11 @@ func testConnectionNodes(t *testing.T, s Store) {
 	}
 	expect("moved to n2, then n1's disconnect", herd.Connected, 2, 3)
 	for _, id := range []string{"a", mod} {
+		if node, err := s.ConnectedNode(ctx, id); err != nil || node != "n2" {
+			t.Errorf("the node of %s: %q %v, want n2", id, node, err)
+		}
+	}
+	for _, id := range []string{"a", mod} {
 		record(id, "n1", "", 4) // activity only, from any node
 	}
 	expect("activity", herd.Connected, 2, 4)
@@ -189,6 +194,11 @@ func testConnectionNodes(t *testing.T, s Store) {
 		record(id, "n2", herd.Disconnected, 5)
 	}
 	expect("n2's disconnect", herd.Disconnected, 5, 5)
+	for _, id := range []string{"a", mod, "nobody"} {
+		if node, err := s.ConnectedNode(ctx, id); err != nil || node != "" {
+			t.Errorf("the node of %s, not connected: %q %v", id, node, err)
+		}
+	}
 	for _, id := range []string{"a", mod} {
 		record(id, "n1", herd.Disconnected, 6) // late, from a node it left long ago
 	}
