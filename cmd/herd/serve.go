@@ -39,6 +39,9 @@ variable is ignored, as if it were not set.`,
 				return err
 			}
 			cfg.Log = log
+			if cfg.ShutdownGrace <= 0 {
+				cfg.ShutdownGrace = -1 // none (0 means the default to the hub)
+			}
 			if cfg.Store, err = store.Open(cmd.Context(), storeSpec, cfg.DataDir); err != nil {
 				return err
 			}
@@ -79,6 +82,8 @@ variable is ignored, as if it were not set.`,
 	f.DurationVar(&cfg.NodeLease, "node-lease", cluster.DefaultLease, "how long a renewal of this node's lease holds (renewed every third of it): a node gone without a stop is "+
 		"known lost after it, its devices are then marked Disconnected and its jobs taken over")
 	f.StringVar(&cfg.NATS, "nats", "", "cluster mode: the NATS server (nats://host:4222) through which several nodes on one PostgreSQL --store reach each other's devices (docs/cluster.md)")
+	f.DurationVar(&cfg.ShutdownGrace, "shutdown-grace", hub.DefaultShutdownGrace, "on SIGTERM or Ctrl-C, how long the work in flight (REST requests, jobs' method calls, other nodes' calls to this node's devices) "+
+		"may take to finish before the devices are closed; 0: none")
 	f.StringVar(&logFormat, "log-format", "text", "log format: text or json")
 	f.StringVar(&logLevel, "log-level", "info", "log level: debug, info, warn or error")
 	allowEmpty(f, "mqtt-addr", "mqtt-plain-addr")

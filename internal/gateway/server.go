@@ -150,7 +150,9 @@ type Server struct {
 	moduleConns map[string]map[*conn]struct{}
 	closed      bool
 	done        chan struct{} // closed with closed
-	wg          sync.WaitGroup
+	// refuseListeners: StopAccepting was called.
+	refuseListeners bool
+	wg              sync.WaitGroup
 }
 
 // New returns a gateway. Serve listeners on it and Run it.
@@ -193,6 +195,18 @@ func (s *Server) Run(ctx context.Context) error {
 	return err
 }
 
+// StopAccepting closes the listeners, and Serve refuses any listener from
+// now on; the devices connected stay connected until Run's context ends
+// (a hub that drains).
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.refuseListeners = true
+	for l := range s.listeners {
+		l.Close()
+	}
+}
+
 func (s *Server) shutdown() {
 	s.mu.Lock()
 	if !s.closed {
@@ -226,7 +240,7 @@ func (s *Server) openSockets() int {
 // any other error is returned.
 func (s *Server) Serve(l net.Listener) error {
 	s.mu.Lock()
-	if s.closed {
+	if s.closed || s.refuseListeners {
 		s.mu.Unlock()
 		l.Close()
 		return nil

@@ -95,12 +95,34 @@ type Config struct {
 	// NodeLease is how long a renewal of the node's lease holds (0:
 	// cluster.DefaultLease).
 	NodeLease time.Duration
+	// ShutdownGrace is how long a hub that stops (Run's context ends: a
+	// SIGTERM) lets the work in flight finish before it closes its
+	// devices: REST requests, method calls of jobs and, in a cluster,
+	// the other nodes' calls to its devices (0: DefaultShutdownGrace;
+	// negative: none).
+	ShutdownGrace time.Duration
 	// Version is the herd version the node reports.
 	Version string
 	// NATS, if not "", is the NATS server of a cluster (nats://host:4222):
 	// several nodes serve one PostgreSQL store and reach each other's
 	// devices through it (internal/mesh). "" serves the store alone.
 	NATS string
+}
+
+// DefaultShutdownGrace is how long a stopping hub lets the work in flight
+// finish, below the 30 s after which service managers (systemd,
+// Kubernetes) kill a process that does not exit.
+const DefaultShutdownGrace = 10 * time.Second
+
+// grace is the shutdown grace the configuration says.
+func (c Config) grace() time.Duration {
+	switch {
+	case c.ShutdownGrace == 0:
+		return DefaultShutdownGrace
+	case c.ShutdownGrace < 0:
+		return 0
+	}
+	return c.ShutdownGrace
 }
 
 // Default returns the configuration `herd serve` starts from.
@@ -569,8 +591,14 @@ func (h *Hub) ready(ctx context.Context) error {
 	return h.Store.Ping(ctx)
 }
 
-// Run serves until ctx ends, then shuts down: listeners close, in-flight
-// requests get a few seconds to finish, pending writes are flushed.
+// Run serves until ctx ends, then drains and shuts down. The drain, within
+// Config.ShutdownGrace: the hub stops taking connections (listeners close,
+// GET /readyz fails) and starting jobs' calls; the REST requests and the
+// method calls in flight finish (in a cluster, also those other nodes
+// routed here, while new ones are refused so that their callers look for
+// the device elsewhere); the job engine hands over (in a cluster, another
+// node takes the jobs). Only then are the devices closed, so that what was
+// in flight is answered; the pending writes are flushed last.
 func (h *Hub) Run(ctx context.Context) error {
 	defer h.Close()
 	g, ctx := errgroup.WithContext(ctx)
@@ -600,26 +628,27 @@ func (h *Hub) Run(ctx context.Context) error {
 			g.Go(func() error { return h.Gateway.Serve(l) })
 		}
 	}
-	// The registry writes its last batch after the gateway has closed every
-	// connection, so that the disconnects are recorded.
+	// The devices stay connected through the drain; the registry writes
+	// its last batch after the gateway has closed every connection, so that
+	// the disconnects are recorded.
+	devices, closeDevices := context.WithCancel(context.WithoutCancel(ctx))
+	defer closeDevices()
 	regCtx, regDone := context.WithCancel(context.WithoutCancel(ctx))
 	g.Go(func() error {
 		defer regDone()
-		return h.Gateway.Run(ctx)
+		return h.Gateway.Run(devices)
+	})
+	jobsDone := make(chan struct{})
+	g.Go(func() error {
+		defer close(jobsDone)
+		return h.runJobs(ctx)
 	})
 	g.Go(func() error {
 		<-ctx.Done()
-		h.Events.Close()
-		shut, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
-		defer cancel()
-		if err := srv.Shutdown(shut); err != nil {
-			// Long-lived streams (event monitors) did not end in time.
-			return srv.Close()
-		}
-		return nil
+		defer closeDevices()
+		return h.drain(ctx, srv, jobsDone)
 	})
 	g.Go(func() error { return h.Registry.Run(regCtx) })
-	g.Go(func() error { return h.runJobs(ctx) })
 	if h.mesh != nil {
 		// The other nodes send this node their devices' messages while it
 		// has monitors.
@@ -641,10 +670,10 @@ func (h *Hub) Run(ctx context.Context) error {
 	if h.mesh == nil {
 		g.Go(func() error { return h.Configurations.Run(ctx) }) // in a cluster, runJobs runs it
 	}
-	// The node's lease is renewed while it serves and ended (stopped)
-	// once its devices are disconnected.
+	// The node's lease is renewed while it has devices, and ended
+	// (stopped) once they are disconnected.
 	g.Go(func() error {
-		h.Cluster.Run(ctx)
+		h.Cluster.Run(devices)
 		<-regCtx.Done()
 		stop, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 		defer cancel()
@@ -654,6 +683,35 @@ func (h *Hub) Run(ctx context.Context) error {
 		return nil
 	})
 	return g.Wait()
+}
+
+// drain is the first part of a shutdown (see Run), once ctx has ended; it
+// returns when the devices may be closed.
+func (h *Hub) drain(ctx context.Context, srv *http.Server, jobsDone <-chan struct{}) error {
+	began := time.Now()
+	h.Gateway.StopAccepting()
+	h.Events.Close() // monitors' streams end, so that the REST server can
+	grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.grace())
+	defer cancel()
+	rest := make(chan error, 1)
+	go func() {
+		// The HTTPS listener closes at once; requests in flight finish.
+		if err := srv.Shutdown(grace); err != nil {
+			rest <- srv.Close()
+			return
+		}
+		rest <- nil
+	}()
+	<-jobsDone // bounded by the grace too (job.Config.Grace)
+	if h.mesh != nil {
+		if err := h.mesh.Drain(grace); err != nil {
+			h.cfg.Log.Warn("cluster: method calls of other nodes still in flight at the end of the shutdown grace are cut off", "node", h.Cluster.NodeID())
+		}
+	}
+	err := <-rest
+	h.cfg.Log.Info("drained; closing the device connections", "devices", h.Gateway.Connected(),
+		"drain_ms", time.Since(began).Milliseconds())
+	return err
 }
 
 // runJobs runs the job engine: alone, always; in a cluster, on the one
@@ -696,7 +754,15 @@ func (h *Hub) runJobs(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(jctx)
 	g.Go(func() error { return h.Jobs.Run(gctx) })
 	g.Go(func() error { return h.Configurations.Run(gctx) })
-	return g.Wait()
+	err = g.Wait()
+	// Handed over at once, not when the store closes: another node takes
+	// the jobs while this one closes its devices.
+	release, cancelRelease := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancelRelease()
+	if uerr := h.Store.(ClusterStore).Unlead(release); uerr != nil {
+		h.cfg.Log.Warn("cluster: could not hand the jobs over (another node takes them once this one's database session ends)", "err", uerr)
+	}
+	return err
 }
 
 // Close releases the hub's resources. Run calls it; call it yourself only

@@ -30,6 +30,7 @@ func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 		Twins:       h.Twins,
 		Changed:     h.Configurations.Changed,
 		Methods:     jobMethods{h},
+		Grace:       cfg.grace(),
 		Clock:       clk,
 		Log:         cfg.Log,
 		MaxInFlight: cfg.JobMaxInFlight,

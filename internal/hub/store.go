@@ -58,4 +58,6 @@ type ClusterStore interface {
 	// Lead waits until this node is the one that runs the jobs (trying
 	// every interval) and returns a channel closed when it no longer is.
 	Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error)
+	// Unlead hands the jobs over: another node's Lead may succeed.
+	Unlead(ctx context.Context) error
 }

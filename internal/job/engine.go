@@ -14,8 +14,11 @@ type runner struct {
 	id string
 	// stop ends the job's feeding (cancel, deadline or shutdown); the
 	// cause says which.
-	stop   context.CancelCauseFunc
-	feed   context.Context
+	stop context.CancelCauseFunc
+	feed context.Context
+	// calls is what method calls run under: it outlives the engine's
+	// context by the grace period (Config.Grace).
+	calls  context.Context
 	cancel func(cause error)
 }
 
@@ -24,8 +27,21 @@ type runner struct {
 // from their pending devices), then starts each job at its start time,
 // and purges job history older than the retention period. It returns nil
 // when ctx ends.
+//
+// Method calls in flight when ctx ends are given Config.Grace to finish
+// (no new one starts); Run returns once their outcomes are written.
 func (s *Service) Run(ctx context.Context) error {
 	defer s.progress.close()
+	calls, stopCalls := context.WithCancel(context.WithoutCancel(ctx))
+	defer stopCalls()
+	// A wall-clock bound even on a fake Clock: it bounds a shutdown.
+	defer context.AfterFunc(ctx, func() {
+		if s.cfg.Grace <= 0 {
+			stopCalls()
+			return
+		}
+		time.AfterFunc(s.cfg.Grace, stopCalls)
+	})()
 	if err := s.recover(ctx); err != nil {
 		if ctx.Err() != nil {
 			return nil // stopped while starting
@@ -44,7 +60,7 @@ func (s *Service) Run(ctx context.Context) error {
 		s.runFollower(ctx)
 	}()
 	for {
-		next, err := s.schedule(ctx, &wg)
+		next, err := s.schedule(ctx, calls, &wg)
 		if err != nil && ctx.Err() == nil {
 			s.log.Error("job scheduler", "op", "schedule", "err", err)
 			next = s.clock.Now().Add(time.Second) // try again shortly
@@ -69,7 +85,7 @@ func (s *Service) Run(ctx context.Context) error {
 
 // schedule starts every job that is due and not running yet, marks future
 // ones scheduled, and returns the earliest future start (zero if none).
-func (s *Service) schedule(ctx context.Context, wg *sync.WaitGroup) (time.Time, error) {
+func (s *Service) schedule(ctx, calls context.Context, wg *sync.WaitGroup) (time.Time, error) {
 	jobs, err := s.store.ActiveJobs(ctx)
 	if err != nil {
 		return time.Time{}, err
@@ -114,15 +130,15 @@ func (s *Service) schedule(ctx context.Context, wg *sync.WaitGroup) (time.Time, 
 				continue
 			}
 		}
-		s.launch(ctx, wg, r)
+		s.launch(ctx, calls, wg, r)
 	}
 	return next, nil
 }
 
 // launch starts a runner for a job.
-func (s *Service) launch(ctx context.Context, wg *sync.WaitGroup, r *Record) {
+func (s *Service) launch(ctx, calls context.Context, wg *sync.WaitGroup, r *Record) {
 	feed, stop := context.WithCancelCause(ctx)
-	run := &runner{id: r.JobID, feed: feed, stop: stop, cancel: stop}
+	run := &runner{id: r.JobID, feed: feed, calls: calls, stop: stop, cancel: stop}
 	s.mu.Lock()
 	s.runners[r.JobID] = run
 	s.mu.Unlock()
@@ -217,7 +233,7 @@ func (s *Service) runJob(ctx context.Context, run *runner, r *Record) error {
 			if r.Type == herd.JobUpdateTwin {
 				return s.runTwin(ctx, run.feed, r, st, limit)
 			}
-			return s.runMethod(ctx, run.feed, run.stop, r, st, limit)
+			return s.runMethod(ctx, run, r, st, limit)
 		})
 		if err != nil || run.feed.Err() != nil || follow == nil {
 			break

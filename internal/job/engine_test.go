@@ -158,6 +158,9 @@ type env struct {
 	notes *notes
 	svc   *job.Service
 	stop  func()
+	// halt ends the engine's context without waiting for Run (stop
+	// waits).
+	halt func()
 }
 
 type option func(*job.Config)
@@ -191,6 +194,7 @@ func (e *env) open(opts ...option) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- e.svc.Run(ctx) }()
+	e.halt = cancel
 	stopped := false
 	e.stop = func() {
 		if stopped {

@@ -29,7 +29,7 @@ type methodRun struct {
 	req   herd.MethodRequest
 	retry *herd.RetryPolicy // nil: no device is called twice
 	feed  context.Context   // ends on cancel, deadline or shutdown
-	call  context.Context   // ends on deadline or shutdown: in-flight calls finish after a cancel
+	call  context.Context   // ends on deadline, or a grace after shutdown: in-flight calls finish after a cancel
 
 	claims   chan DueDevice // online devices holding a slot, to be claimed
 	outcomes chan Outcome   // to be written
@@ -56,8 +56,9 @@ type methodRun struct {
 // devices is done, the run waits for the earliest retry and passes again,
 // until no device waits for one. limit counts devices started for the
 // first time; retries of devices already started do not count.
-func (s *Service) runMethod(ctx, feed context.Context, stop func(error), r *Record, st *steer, limit int64) error {
-	call, stopCalls := context.WithCancel(ctx)
+func (s *Service) runMethod(ctx context.Context, run *runner, r *Record, st *steer, limit int64) error {
+	feed, stop := run.feed, run.stop
+	call, stopCalls := context.WithCancel(run.calls)
 	defer stopCalls()
 	go func() {
 		<-feed.Done()
@@ -226,8 +227,11 @@ func (m *methodRun) claim() {
 				break drain
 			}
 		}
-		if m.claimErr != nil {
-			m.s.slots.release(len(batch)) // they stay pending for the next run
+		if m.claimErr != nil || m.feed.Err() != nil {
+			// They stay pending for the next run: after a store failure,
+			// or once the job stopped feeding (no call starts after a
+			// cancel, a pause or a shutdown).
+			m.s.slots.release(len(batch))
 			continue
 		}
 		claimed, err := m.s.store.ClaimDevices(m.call, m.r.JobID, batch, m.s.clock.Now())

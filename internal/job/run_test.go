@@ -438,6 +438,75 @@ func TestRestartResumesWithoutInvokingTwice(t *testing.T) {
 	}
 }
 
+// TestGraceLetsCallsFinish: calls in flight when the engine stops finish
+// within the grace and are recorded; no call starts after the stop, and the
+// next start goes on with the pending devices, invoking none twice. A call
+// still in flight after the grace is cut off and recorded interrupted.
+func TestGraceLetsCallsFinish(t *testing.T) {
+	grace := func(d time.Duration) option {
+		return func(c *job.Config) { c.MaxInFlight, c.Grace = 3, d }
+	}
+	e := newEnv(t, grace(time.Minute))
+	var ids []string
+	for i := range 10 {
+		ids = append(ids, fmt.Sprintf("g%d", i))
+	}
+	e.devices(ids...)
+	e.fleet.connect(ids...)
+	hold := make(chan struct{})
+	e.fleet.hold = hold
+	e.create("m", `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"x"}}`)
+	e.waitFor("m", "3 in flight", func(j *herd.Job) bool { return j.DeviceJobStatistics.RunningCount == 3 })
+	e.halt()
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		e.stop()
+	}()
+	// Without the grace, Run would cut the calls off and return at once.
+	select {
+	case <-stopped:
+		t.Fatal("the engine stopped without waiting for its calls in flight")
+	case <-time.After(300 * time.Millisecond):
+	}
+	close(hold) // the calls in flight answer after the stop
+	<-stopped
+	calls := 0
+	for _, id := range ids {
+		calls += e.fleet.callCount(id)
+	}
+	if calls != 3 {
+		t.Errorf("%d calls, want the 3 in flight at the stop", calls)
+	}
+	e.fleet.hold = make(chan struct{}) // the next run's calls outlive a short grace
+	e.open(grace(100 * time.Millisecond))
+	j := e.waitFor("m", "3 more in flight", func(j *herd.Job) bool {
+		return j.DeviceJobStatistics.SucceededCount == 3 && j.DeviceJobStatistics.RunningCount == 3
+	})
+	if st := stats(j); st.PendingCount != 4 {
+		t.Fatalf("after the restart: %+v", st)
+	}
+	e.stop() // returns after the grace, with the calls cut off
+	e.fleet.hold = nil
+	e.open(grace(0))
+	j = e.waitEnded("m")
+	if j.Status != herd.JobCompleted || stats(j) != (herd.DeviceJobStatistics{DeviceCount: 10, SucceededCount: 7, FailedCount: 3}) {
+		t.Fatalf("%s %+v", j.Status, stats(j))
+	}
+	interrupted := 0
+	for id, d := range e.records("m") {
+		if n := e.fleet.callCount(id); n != 1 {
+			t.Errorf("%s invoked %d times", id, n)
+		}
+		if d.Error != nil && d.Error.Code == job.ErrCodeInterrupted {
+			interrupted++
+		}
+	}
+	if interrupted != 3 {
+		t.Errorf("%d interrupted records, want the 3 cut off after the grace", interrupted)
+	}
+}
+
 func TestRetention(t *testing.T) {
 	e := newEnv(t, func(c *job.Config) { c.Retention = 48 * time.Hour })
 	e.devices("a")

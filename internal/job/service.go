@@ -83,6 +83,12 @@ type Config struct {
 	// an engine on a fake Clock still tells its watchers in real time
 	// unless this is set too.
 	ProgressClock clock.Clock
+	// Grace is how long the method calls in flight when Run's context
+	// ends may go on to finish, so that their outcomes are recorded
+	// (a node draining on SIGTERM); no new call starts meanwhile. Calls
+	// still in flight after it are cut off, and the next start records them
+	// MethodInterrupted. 0 cuts them off at once.
+	Grace time.Duration
 	// ContinuousRescan is how often a continuous job looks for matching
 	// devices over the whole fleet, besides following device changes
 	// (0: DefaultContinuousRescan).

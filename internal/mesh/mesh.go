@@ -131,6 +131,12 @@ type Mesh struct {
 	// this node's devices' messages are sent until then.
 	monitored atomic.Int64
 
+	// answerMu guards draining: once it is set, other nodes' method calls
+	// are refused; answering counts those being answered.
+	answerMu  sync.Mutex
+	draining  bool
+	answering sync.WaitGroup
+
 	mu      sync.Mutex
 	recent  map[string]recentOwner
 	changed map[string]struct{} // to send with the next batch
@@ -185,7 +191,21 @@ func (m *Mesh) Serve(h Handlers) error {
 		return nil
 	}
 	return errors.Join(
-		sub(methodSubject(m.cfg.NodeID), func(msg *nats.Msg) { go m.answer(msg, h.Invoke) }),
+		sub(methodSubject(m.cfg.NodeID), func(msg *nats.Msg) {
+			m.answerMu.Lock()
+			if m.draining {
+				m.answerMu.Unlock()
+				m.reply(msg, methodAnswer{Code: herd.ErrDeviceNotOnline,
+					Message: "node " + m.cfg.NodeID + " is shutting down: the device is about to reconnect to another node"}, "")
+				return
+			}
+			m.answering.Add(1)
+			m.answerMu.Unlock()
+			go func() {
+				defer m.answering.Done()
+				m.answer(msg, h.Invoke)
+			}()
+		}),
 		sub(subjectDevice, func(msg *nats.Msg) { h.DeviceChanged(string(msg.Data)) }),
 		sub(subjectDesired, func(msg *nats.Msg) {
 			var d desired
@@ -380,12 +400,38 @@ func (m *Mesh) answer(msg *nats.Msg, invoke func(context.Context, string, herd.M
 			a.Result = res
 		}
 	}
+	m.reply(msg, a, c.DeviceID)
+}
+
+func (m *Mesh) reply(msg *nats.Msg, a methodAnswer, deviceID string) {
 	body, err := json.Marshal(a)
 	if err == nil {
 		err = msg.Respond(body)
 	}
 	if err != nil {
-		m.cfg.Log.Warn("cluster: could not answer a method call", "device_id", c.DeviceID, "err", err)
+		m.cfg.Log.Warn("cluster: could not answer a method call", "device_id", deviceID, "err", err)
+	}
+}
+
+// Drain refuses the method calls that other nodes send from now on (with
+// DeviceNotOnline: a caller that may wait looks for the device again, as
+// for a device that moved) and waits until those being answered are, or
+// ctx ends. A node that shuts down drains before it closes its devices,
+// so that no call it accepted is cut off by the close.
+func (m *Mesh) Drain(ctx context.Context) error {
+	m.answerMu.Lock()
+	m.draining = true
+	m.answerMu.Unlock()
+	done := make(chan struct{})
+	go func() {
+		m.answering.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
 	}
 }
 

@@ -312,6 +312,23 @@ func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, e
 	return lost, nil
 }
 
+// Unlead releases what Lead took, so that another node leads.
+func (db *DB) Unlead(ctx context.Context) error {
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	if db.claimed == nil {
+		return nil // closed: the session and its lock are gone
+	}
+	var ok bool
+	if err := db.claimed.QueryRow(ctx, `SELECT pg_advisory_unlock($1)`, int64(jobLock)).Scan(&ok); err != nil {
+		return fmt.Errorf("hand the cluster's jobs over: %w", err)
+	}
+	if !ok {
+		return errors.New("hand the cluster's jobs over: this node did not hold them")
+	}
+	return nil
+}
+
 // Ping checks that the database answers.
 func (db *DB) Ping(ctx context.Context) error {
 	if _, err := db.pool.Exec(ctx, `SELECT 1`); err != nil {
