@@ -156,6 +156,21 @@ func (f *crashFleet) killWhen(jobID string, cond func(st herd.DeviceJobStatistic
 	return called - succeeded
 }
 
+// logFailed logs the failed devices of a job, with their errors.
+func (f *crashFleet) logFailed(jobID string) {
+	f.t.Helper()
+	for page, err := range f.c.Query(context.Background(), "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '"+jobID+"' AND devices.jobs.status = 'failed'") {
+		if err != nil {
+			f.t.Log(err)
+			break
+		}
+		djs, _ := page.DeviceJobs()
+		for _, d := range djs {
+			f.t.Logf("%s failed: %+v", d.DeviceID, d.Error)
+		}
+	}
+}
+
 // interruptible bounds the devices a kill can leave MethodInterrupted:
 // the calls made whose outcome was not yet seen (killWhen's count) and the
 // devices holding an in-flight slot whose call had not reached the device
@@ -281,15 +296,7 @@ func TestKillDuringWave(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st := *j.DeviceJobStatistics; j.Status != herd.JobCompleted || st.SucceededCount+st.FailedCount != devices || st.FailedCount > maxFailed {
-		for page, err := range f.c.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'waves' AND devices.jobs.status = 'failed'") {
-			if err != nil {
-				break
-			}
-			djs, _ := page.DeviceJobs()
-			for _, d := range djs {
-				t.Logf("%s failed: %+v", d.DeviceID, d.Error)
-			}
-		}
+		f.logFailed("waves")
 		t.Fatalf("job after resume: %s %+v", j.Status, st)
 	}
 	f.checkAtMostOnce("waves")
@@ -325,6 +332,7 @@ func TestKillDuringRetryBackoff(t *testing.T) {
 		t.Fatal(err)
 	}
 	if st := *j.DeviceJobStatistics; j.Status != herd.JobCompleted || st.SucceededCount != devices {
+		f.logFailed("retry")
 		t.Fatalf("job after the restart: %s %+v", j.Status, st)
 	}
 	f.mu.Lock()

@@ -140,3 +140,63 @@ func TestModuleOverMQTT(t *testing.T) {
 	}
 	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "the module of the deleted device is disconnected")
 }
+
+// TestShutdownDrains: a hub that stops (SIGTERM) stops taking device
+// connections at once, but a direct method in flight is still answered:
+// its device is closed only once the REST request is done.
+func TestShutdownDrains(t *testing.T) {
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	d, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "slow"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs := sas.ConnectionString{HostName: "localhost", DeviceID: "slow", SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+	c, err := device.New(cs.String(), device.WithCA(h.CA), device.WithAddress(h.MQTTAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	called, release := make(chan struct{}), make(chan struct{})
+	c.OnMethod("work", func(context.Context, json.RawMessage) (int, any) {
+		close(called)
+		<-release
+		return 200, "done"
+	})
+	if err := c.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	answered := make(chan error, 1)
+	go func() {
+		res, err := h.Service.InvokeMethod(ctx, "slow", herd.MethodRequest{MethodName: "work", ResponseTimeoutInSeconds: 30})
+		if err == nil && (res.Status != 200 || string(res.Payload) != `"done"`) {
+			err = fmt.Errorf("answer %d %s", res.Status, res.Payload)
+		}
+		answered <- err
+	}()
+	<-called
+	stopped := make(chan struct{})
+	go func() {
+		defer close(stopped)
+		h.Stop()
+	}()
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		conn, err := tls.Dial("tcp", h.MQTTAddr, &tls.Config{InsecureSkipVerify: true})
+		if err == nil {
+			conn.Close()
+		}
+		return err != nil
+	}, "the stopping hub still takes device connections")
+	select {
+	case <-stopped:
+		t.Fatal("the hub stopped with a direct method in flight")
+	case err := <-answered:
+		t.Fatalf("the call in flight ended before its device answered: %v", err)
+	default:
+	}
+	close(release)
+	if err := <-answered; err != nil {
+		t.Errorf("the call in flight at the stop: %v", err)
+	}
+	<-stopped
+}

@@ -123,9 +123,8 @@ type Handlers struct {
 
 // Mesh is a node's NATS connection.
 type Mesh struct {
-	cfg  Config
-	nc   *nats.Conn
-	subs []*nats.Subscription
+	cfg Config
+	nc  *nats.Conn
 
 	// monitored is until when (Unix nanoseconds) a node has monitors:
 	// this node's devices' messages are sent until then.
@@ -161,6 +160,7 @@ func Connect(cfg Config) (*Mesh, error) {
 		nats.NoEcho(),
 		nats.MaxReconnects(-1),
 		nats.ReconnectWait(250*time.Millisecond),
+		nats.DrainTimeout(drainTimeout),
 		nats.DisconnectErrHandler(func(c *nats.Conn, err error) {
 			if !c.IsClosed() && !c.IsDraining() {
 				cfg.Log.Warn("cluster: NATS connection lost; reconnecting", "err", err)
@@ -187,7 +187,6 @@ func (m *Mesh) Serve(h Handlers) error {
 			return fmt.Errorf("subscribe to %s: %w", subject, err)
 		}
 		s.SetPendingLimits(-1, 256<<20)
-		m.subs = append(m.subs, s)
 		return nil
 	}
 	return errors.Join(
@@ -251,16 +250,28 @@ func (m *Mesh) Serve(h Handlers) error {
 	)
 }
 
-// Close ends the subscriptions and the connection, after what was
-// published has been sent.
+// Close ends the subscriptions and the connection: the messages already
+// on their way to this node are still handled (a method call is answered,
+// if only with a refusal, rather than left to time out), and what was
+// published is sent.
 func (m *Mesh) Close() {
 	close(m.stop)
 	<-m.done
-	for _, s := range m.subs {
-		_ = s.Unsubscribe()
+	closed := make(chan struct{})
+	m.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
+	if err := m.nc.Drain(); err != nil {
+		m.nc.Close()
+		return
 	}
-	_ = m.nc.Drain()
+	select {
+	case <-closed:
+	case <-time.After(drainTimeout + time.Second):
+		m.nc.Close()
+	}
 }
+
+// drainTimeout bounds how long Close waits for the messages on their way.
+const drainTimeout = 5 * time.Second
 
 // forget drops the online notices that the store has caught up with, and
 // sends the changed devices every changedEvery (and a last time at Close).
