@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"slices"
 	"strings"
@@ -16,7 +15,6 @@ import (
 	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/sim"
-	"github.com/herd-iot/herd/internal/store"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -55,26 +53,7 @@ func (b *backend) hub(ctx context.Context, name string, shape fleetdb.Shape, n i
 }
 
 func runHubIn(ctx context.Context, dir, spec string, plain bool) (*benchHub, error) {
-	cfg := hub.Default()
-	cfg.DataDir = dir
-	cfg.HTTPSAddr = "127.0.0.1:0"
-	cfg.MQTTAddr = ""
-	if plain {
-		cfg.MQTTPlainAddr = "127.0.0.1:0"
-	}
-	cfg.Log = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelError}))
-	var err error
-	if cfg.Store, err = store.Open(ctx, spec, dir); err != nil {
-		return nil, err
-	}
-	h, err := hub.New(ctx, cfg) // closes the store if it fails
-	if err != nil {
-		return nil, err
-	}
-	hctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
-	b := &benchHub{Hub: h, dir: dir, cancel: cancel, done: make(chan error, 1), cleanup: func() {}}
-	go func() { b.done <- h.Run(hctx) }()
-	return b, nil
+	return runHubWith(ctx, dir, spec, plain, nil)
 }
 
 // stop shuts the hub down, waits for it and removes its data folder and
@@ -118,20 +97,29 @@ func runJob(ctx context.Context, h *benchHub, id, body string) (*herd.Job, time.
 	if _, err := h.Jobs.Create(ctx, id, []byte(body), nil); err != nil {
 		return nil, 0, err
 	}
+	j, err := waitJobEnded(ctx, h, id)
+	if err != nil {
+		return nil, 0, err
+	}
+	if j.Status != herd.JobCompleted {
+		return j, 0, fmt.Errorf("job %s ended %s: %s", id, j.Status, j.FailureReason)
+	}
+	return j, j.EndTime.Sub(j.StartTime.Time), nil
+}
+
+// waitJobEnded polls a job until it has ended.
+func waitJobEnded(ctx context.Context, h *benchHub, id string) (*herd.Job, error) {
 	for {
 		j, err := h.Jobs.Get(ctx, id)
 		if err != nil {
-			return nil, 0, err
+			return nil, err
 		}
 		if j.EndTime != nil && !j.EndTime.IsZero() {
-			if j.Status != herd.JobCompleted {
-				return j, 0, fmt.Errorf("job %s ended %s: %s", id, j.Status, j.FailureReason)
-			}
-			return j, j.EndTime.Sub(j.StartTime.Time), nil
+			return j, nil
 		}
 		select {
 		case <-ctx.Done():
-			return nil, 0, ctx.Err()
+			return nil, ctx.Err()
 		case <-time.After(5 * time.Millisecond):
 		}
 	}

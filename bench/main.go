@@ -35,6 +35,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -47,9 +48,16 @@ import (
 )
 
 func main() {
-	if os.Getenv(roleEnv) == "fleet" {
+	switch os.Getenv(roleEnv) {
+	case "fleet":
 		if err := fleetMain(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench fleet:", err)
+			os.Exit(1)
+		}
+		return
+	case "node":
+		if err := nodeMain(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench node:", err)
 			os.Exit(1)
 		}
 		return
@@ -77,6 +85,8 @@ type config struct {
 	startJobs      int           // jobs of the start-precision measurement
 	importDevices  int           // devices of the bulk import
 	copyDevices    int           // devices of the hub herd store copy copies
+	clusterNodes   int           // nodes of the cluster section
+	clusterDevices int           // devices spread over them
 	stores         []string      // storeSQLite, storePostgres
 	postgres       string        // a PostgreSQL server to use instead of a throwaway one
 	dir            string        // where fleet databases are cached
@@ -94,7 +104,8 @@ type bench struct {
 }
 
 // sectionNames are the parts of a run, in order.
-var sectionNames = []string{"gateway", "methodjob", "twinjob", "query", "import", "copy", "start"}
+// The cluster section runs only when asked (--cluster, or --only).
+var sectionNames = []string{"gateway", "methodjob", "twinjob", "query", "import", "copy", "start", "cluster"}
 
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -118,6 +129,9 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		defDir = filepath.Join(os.TempDir(), "herd-bench")
 	}
 	dir := fs.String("dir", defDir, "where fleet databases are built once and kept (HERD_BENCH_DIR)")
+	clusterRun := fs.Bool("cluster", false, "measure cluster mode alone (PostgreSQL and an embedded NATS server): the cluster section, which the default run leaves out")
+	clusterNodes := fs.Int("cluster-nodes", 0, "nodes of the cluster section, one process each (default 6; quick 3)")
+	clusterDevices := fs.Int("cluster-devices", 0, "devices spread over the cluster's nodes (default 100000; quick 9000)")
 	only := fs.String("only", "", "run only these sections (comma-separated: "+strings.Join(sectionNames, ", ")+")")
 	out := fs.String("out", "", "also write the report to this file")
 	if err := fs.Parse(args); err != nil {
@@ -143,6 +157,11 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	c.startJobs = pick(*startJobs, 100, 20)
 	c.importDevices = pick(*importN, 1_000_000, 10_000)
 	c.copyDevices = pick(*copyN, 1_000_000, 10_000)
+	c.clusterNodes = pick(*clusterNodes, 6, 3)
+	c.clusterDevices = pick(*clusterDevices, 100_000, 9_000)
+	if c.clusterNodes < 2 {
+		return nil, fmt.Errorf("--cluster-nodes %d: a cluster has at least 2 nodes", c.clusterNodes)
+	}
 	for _, st := range strings.Split(*stores, ",") {
 		st = strings.TrimSpace(st)
 		if st != storeSQLite && st != storePostgres {
@@ -166,11 +185,17 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	if c.twinDevices, err = sizes("--twin-devices", *twin, *quick, "10000,100000,1000000", "10000"); err != nil {
 		return nil, err
 	}
-	if *only == "" {
-		for _, s := range sectionNames {
-			c.sections[s] = true
+	switch {
+	case *clusterRun:
+		if *only != "" {
+			return nil, errors.New("--cluster runs the cluster section alone: leave out --only")
 		}
-	} else {
+		c.sections["cluster"] = true
+	case *only == "":
+		for _, s := range sectionNames {
+			c.sections[s] = s != "cluster"
+		}
+	default:
 		for _, s := range strings.Split(*only, ",") {
 			s = strings.TrimSpace(s)
 			if !contains(sectionNames, s) {
@@ -238,6 +263,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		{"import", benchImport},
 		{"copy", benchCopy},
 		{"start", benchStart},
+		{"cluster", benchCluster},
 	}
 	for _, s := range steps {
 		if !cfg.sections[s.name] {

@@ -466,6 +466,11 @@ func (h *Hub) connectedDevices() int64 {
 // NATS is the NATS server of the node's cluster, "" for a hub alone.
 func (h *Hub) NATS() string { return h.cfg.NATS }
 
+// Leading says whether this hub runs the jobs now: a hub alone always
+// does while it runs; in a cluster, the one node that holds the jobs'
+// lock.
+func (h *Hub) Leading() bool { return h.mesh == nil || h.leading.Load() }
+
 // desired delivers a desired-properties change to the device: here if it
 // is connected here, else through the node it is connected to.
 func (h *Hub) desired(id string, version int64, body []byte) {
