@@ -65,10 +65,9 @@ const changedEvery = 100 * time.Millisecond
 
 func methodSubject(node string) string { return "herd.node." + node + ".method" }
 
-// recentFor is how long an online broadcast says where a device is: the
-// store shows a new connection within a second or two (connection states
-// are written in batches).
-const recentFor = 5 * time.Second
+// maxOwners bounds the owner cache (Mesh.owners): about 80 bytes an
+// entry.
+const maxOwners = 1 << 18
 
 // answerMargin is how much longer than the device's response timeout a
 // node waits for another node's answer to a method.
@@ -136,16 +135,18 @@ type Mesh struct {
 	draining  bool
 	answering sync.WaitGroup
 
-	mu      sync.Mutex
-	recent  map[string]recentOwner
+	mu sync.Mutex
+	// owners is the node each device was last known to be connected to,
+	// from the online broadcasts and the store's answers. An entry holds
+	// until it is contradicted: another node's online broadcast, or the
+	// node it names answering that the device is not there (Invoke drops
+	// it then), so that a method job does not read the store for each
+	// device. At most maxOwners entries; an arbitrary one goes when full.
+	owners  map[string]string
+	names   map[string]string   // node ids, interned
 	changed map[string]struct{} // to send with the next batch
 	stop    chan struct{}
 	done    chan struct{}
-}
-
-type recentOwner struct {
-	node  string
-	until time.Time
 }
 
 // Connect dials the NATS server. It fails when the server cannot be
@@ -154,7 +155,7 @@ func Connect(cfg Config) (*Mesh, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Mesh{cfg: cfg, recent: map[string]recentOwner{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &Mesh{cfg: cfg, owners: map[string]string{}, names: map[string]string{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
 	nc, err := nats.Connect(cfg.URL,
 		nats.Name("herd node "+cfg.NodeID),
 		nats.NoEcho(),
@@ -221,7 +222,7 @@ func (m *Mesh) Serve(h Handlers) error {
 				return
 			}
 			m.mu.Lock()
-			m.recent[o.ID] = recentOwner{node: o.Node, until: time.Now().Add(recentFor)}
+			m.setOwner(o.ID, o.Node)
 			m.mu.Unlock()
 			h.Online(o.ID)
 		}),
@@ -273,33 +274,46 @@ func (m *Mesh) Close() {
 // drainTimeout bounds how long Close waits for the messages on their way.
 const drainTimeout = 5 * time.Second
 
-// forget drops the online notices that the store has caught up with, and
-// sends the changed devices every changedEvery (and a last time at Close).
+// forget sends the changed devices every changedEvery (and a last time at
+// Close).
 func (m *Mesh) forget() {
 	defer close(m.done)
 	t := time.NewTicker(changedEvery)
 	defer t.Stop()
-	var swept time.Time
 	for {
 		select {
 		case <-m.stop:
 			m.sendChanged()
 			return
-		case now := <-t.C:
+		case <-t.C:
 			m.sendChanged()
-			if now.Sub(swept) < recentFor {
-				continue
-			}
-			swept = now
-			m.mu.Lock()
-			for id, r := range m.recent {
-				if now.After(r.until) {
-					delete(m.recent, id)
-				}
-			}
-			m.mu.Unlock()
 		}
 	}
+}
+
+// setOwner records that device id is on node; m.mu is held.
+func (m *Mesh) setOwner(id, node string) {
+	name, ok := m.names[node]
+	if !ok {
+		name = node
+		m.names[node] = name
+	}
+	if _, ok := m.owners[id]; !ok && len(m.owners) >= maxOwners {
+		for other := range m.owners {
+			delete(m.owners, other)
+			break
+		}
+	}
+	m.owners[id] = name
+}
+
+// dropOwner forgets that device id is on node, if that is what is known.
+func (m *Mesh) dropOwner(id, node string) {
+	m.mu.Lock()
+	if m.owners[id] == node {
+		delete(m.owners, id)
+	}
+	m.mu.Unlock()
 }
 
 // maxChangedMessage bounds one message of changed devices (NATS's
@@ -333,13 +347,17 @@ func (m *Mesh) sendChanged() {
 // method service's Remote).
 func (m *Mesh) Owner(ctx context.Context, id string) (string, error) {
 	m.mu.Lock()
-	r, ok := m.recent[id]
+	node, ok := m.owners[id]
 	m.mu.Unlock()
-	node := r.node
-	if !ok || time.Now().After(r.until) {
+	if !ok {
 		var err error
 		if node, err = m.cfg.Presence.ConnectedNode(ctx, id); err != nil {
 			return "", err
+		}
+		if node != "" && node != m.cfg.NodeID {
+			m.mu.Lock()
+			m.setOwner(id, node)
+			m.mu.Unlock()
 		}
 	}
 	if node == m.cfg.NodeID {
@@ -376,6 +394,7 @@ func (m *Mesh) Invoke(ctx context.Context, node, deviceID string, req herd.Metho
 	switch {
 	case errors.Is(err, nats.ErrNoResponders):
 		// The node is gone: the request reached no one.
+		m.dropOwner(deviceID, node)
 		return nil, herd.Errorf(herd.ErrDeviceNotOnline, "node %s, which held the device, is gone", node)
 	case err != nil && ctx.Err() != nil:
 		return nil, ctx.Err()
@@ -387,6 +406,9 @@ func (m *Mesh) Invoke(ctx context.Context, node, deviceID string, req herd.Metho
 		return nil, fmt.Errorf("the answer of node %s does not parse: %w", node, err)
 	}
 	if a.Code != "" {
+		if a.Code == herd.ErrDeviceNotOnline {
+			m.dropOwner(deviceID, node) // gone from there
+		}
 		return nil, herd.Errorf(a.Code, "%s", a.Message)
 	}
 	if a.Result == nil {
