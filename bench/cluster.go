@@ -354,6 +354,10 @@ func benchCluster(ctx context.Context, e *bench) error {
 	r.add(row{what: "cluster: method job over every node's devices, created on node-0, every outcome persisted", store: b.Name(), scale: scale,
 		measured: rate(n, times), target: "≥ 15,000 devices/s (100k, 6 nodes)", n: n})
 
+	if os.Getenv(profileEnv) != "" {
+		logf("failover left out: %s is set (a killed node writes no profile)", profileEnv)
+		return nil
+	}
 	return failover(ctx, e, b, h0, children[0], n, scale)
 }
 

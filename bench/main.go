@@ -42,33 +42,74 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
 )
 
 func main() {
+	stop := func() {}
+	if dir := os.Getenv(profileEnv); dir != "" {
+		var err error
+		if stop, err = profileCPU(dir); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			os.Exit(1)
+		}
+	}
+	code := serve()
+	stop()
+	os.Exit(code)
+}
+
+// profileEnv, if set, names a folder where each process of a run (the
+// harness, the nodes, the fleets) writes a CPU profile of its life; the
+// cluster section then leaves out the failover (a killed node writes
+// none).
+const profileEnv = "HERD_BENCH_PROFILE_DIR"
+
+func profileCPU(dir string) (func(), error) {
+	role := os.Getenv(roleEnv)
+	if role == "" {
+		role = "harness"
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("cpu-%s-%d.pprof", role, os.Getpid())))
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
+}
+
+func serve() int {
 	switch os.Getenv(roleEnv) {
 	case "fleet":
 		if err := fleetMain(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench fleet:", err)
-			os.Exit(1)
+			return 1
 		}
-		return
+		return 0
 	case "node":
 		if err := nodeMain(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench node:", err)
-			os.Exit(1)
+			return 1
 		}
-		return
+		return 0
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
-		os.Exit(1)
+		return 1
 	}
+	return 0
 }
 
 // config is what to measure, at which scale.
