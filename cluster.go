@@ -34,6 +34,11 @@ type Node struct {
 	// ConnectedDevices is how many devices were connected to it at its
 	// last renewal.
 	ConnectedDevices int64 `json:"connectedDevices"`
+	// RunsJobs says that it was the node running the hub's jobs (and
+	// applying its configurations) at its last renewal, and RunningJobs
+	// how many jobs it was running then. One node at a time runs them.
+	RunsJobs    bool `json:"runsJobs"`
+	RunningJobs int  `json:"runningJobs"`
 }
 
 // ClusterStatus is GET /cluster: the node that answered and every node of

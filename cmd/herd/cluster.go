@@ -24,7 +24,9 @@ func clusterCommand(e *env) *cobra.Command {
 node renews a lease every few seconds while it runs (alive), ends it when it
 shuts down (stopped), and is lost when its lease lapsed without a stop (the
 process was killed or cut off). Nodes gone for a day are forgotten. The node
-that answered is marked with *.`,
+that answered is marked with *. JOBS names the one node that runs the
+hub's jobs and applies its configurations, with the jobs it was running
+(as of its last renewal, every third of the lease).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			c, err := cf.client(cmd.Context(), cmd, e)
@@ -39,7 +41,7 @@ that answered is marked with *.`,
 				return printJSON(e, st)
 			}
 			w := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-			fmt.Fprintln(w, "NODE\tSTATE\tDEVICES\tSTARTED\tLEASE UNTIL\tREST\tMQTT\tVERSION")
+			fmt.Fprintln(w, "NODE\tSTATE\tDEVICES\tJOBS\tSTARTED\tLEASE UNTIL\tREST\tMQTT\tVERSION")
 			for _, n := range st.Nodes {
 				id := n.NodeID
 				if id == st.NodeID {
@@ -49,7 +51,11 @@ that answered is marked with *.`,
 				if n.State == herd.NodeStopped {
 					until = "stopped " + n.StoppedTime.String()
 				}
-				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\n", id, n.State, n.ConnectedDevices, n.StartedTime, until,
+				jobs := "-"
+				if n.RunsJobs && n.State == herd.NodeAlive {
+					jobs = fmt.Sprintf("runs them (%d running)", n.RunningJobs)
+				}
+				fmt.Fprintf(w, "%s\t%s\t%d\t%s\t%s\t%s\t%s\t%s\t%s\n", id, n.State, n.ConnectedDevices, jobs, n.StartedTime, until,
 					dash(n.RESTAddress), dash(n.MQTTAddress), dash(n.Version))
 			}
 			return w.Flush()

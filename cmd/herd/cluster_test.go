@@ -196,6 +196,21 @@ func TestClusterOfProcesses(t *testing.T) {
 	if s := j.DeviceJobStatistics; j.Status != herd.JobCompleted || s.SucceededCount != 6 {
 		t.Fatalf("the job after node-0 was killed: %s %+v", j.Status, *s)
 	}
+	// The cluster status names the node that took the jobs over.
+	var runs []string
+	hubtest.Eventually(t, 20*time.Second, func() bool {
+		st, err := admin.Cluster(ctx)
+		if err != nil {
+			return false
+		}
+		runs = runs[:0]
+		for _, n := range st.Nodes {
+			if n.RunsJobs && n.State == herd.NodeAlive {
+				runs = append(runs, n.NodeID)
+			}
+		}
+		return len(runs) == 1 && runs[0] != "node-0"
+	}, "the cluster status does not name one alive node running the jobs: %v", &runs)
 	for _, d := range devs {
 		want := int64(2) // once per job, and dev-4 once more
 		if d.DeviceID == "dev-4" {

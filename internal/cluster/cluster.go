@@ -46,6 +46,9 @@ type Info struct {
 	RESTAddress, MQTTAddress string
 	// ConnectedDevices is how many devices are connected to it.
 	ConnectedDevices int64
+	// RunsJobs says it runs the hub's jobs now, RunningJobs how many.
+	RunsJobs    bool
+	RunningJobs int
 	// Version is its herd version.
 	Version string
 }

@@ -488,7 +488,7 @@ func (h *Hub) nodeInfo() cluster.Info {
 		mqtt = h.MQTTPlainAddr()
 	}
 	return cluster.Info{RESTAddress: addrString(h.HTTPSAddr()), MQTTAddress: addrString(mqtt),
-		ConnectedDevices: h.Bus.Connected(), Version: h.cfg.Version}
+		ConnectedDevices: h.Bus.Connected(), Version: h.cfg.Version, RunsJobs: h.Leading(), RunningJobs: h.Jobs.Running()}
 }
 
 func tlsConfig(cfg Config) (*tls.Config, error) {

@@ -158,6 +158,13 @@ type Service struct {
 	runners map[string]*runner // jobs being run, by id
 }
 
+// Running is how many jobs this engine is running now.
+func (s *Service) Running() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.runners)
+}
+
 // New returns a job service. Jobs run only while Run runs.
 func New(cfg Config) *Service {
 	cfg.defaults()

@@ -14,11 +14,12 @@ import (
 // RenewNode writes a node's lease (cluster.Store).
 func (db *DB) RenewNode(ctx context.Context, l cluster.Lease) error {
 	_, err := db.write.ExecContext(ctx, `INSERT INTO nodes (node_id, started_time, renewed_time, lease_until, stopped_time,
-		rest_address, mqtt_address, version, connected_devices) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?)
+		rest_address, mqtt_address, version, connected_devices, runs_jobs, running_jobs) VALUES (?, ?, ?, ?, NULL, ?, ?, ?, ?, ?, ?)
 		ON CONFLICT (node_id) DO UPDATE SET started_time = excluded.started_time, renewed_time = excluded.renewed_time,
 		lease_until = excluded.lease_until, stopped_time = NULL, rest_address = excluded.rest_address,
-		mqtt_address = excluded.mqtt_address, version = excluded.version, connected_devices = excluded.connected_devices`,
-		l.NodeID, stamp(l.StartedTime), stamp(l.RenewedTime), stamp(l.LeaseUntil), l.RESTAddress, l.MQTTAddress, l.Version, l.ConnectedDevices)
+		mqtt_address = excluded.mqtt_address, version = excluded.version, connected_devices = excluded.connected_devices,
+		runs_jobs = excluded.runs_jobs, running_jobs = excluded.running_jobs`,
+		l.NodeID, stamp(l.StartedTime), stamp(l.RenewedTime), stamp(l.LeaseUntil), l.RESTAddress, l.MQTTAddress, l.Version, l.ConnectedDevices, l.RunsJobs, l.RunningJobs)
 	if err != nil {
 		return fmt.Errorf("renew the lease of node %q: %w", l.NodeID, err)
 	}
@@ -28,7 +29,7 @@ func (db *DB) RenewNode(ctx context.Context, l cluster.Lease) error {
 // StopNode ends a node's lease (cluster.Store).
 func (db *DB) StopNode(ctx context.Context, id string, now time.Time) error {
 	at := stamp(now)
-	if _, err := db.write.ExecContext(ctx, `UPDATE nodes SET stopped_time = ?, lease_until = ? WHERE node_id = ?`, at, at, id); err != nil {
+	if _, err := db.write.ExecContext(ctx, `UPDATE nodes SET stopped_time = ?, lease_until = ?, runs_jobs = 0, running_jobs = 0 WHERE node_id = ?`, at, at, id); err != nil {
 		return fmt.Errorf("end the lease of node %q: %w", id, err)
 	}
 	return nil
@@ -37,7 +38,7 @@ func (db *DB) StopNode(ctx context.Context, id string, now time.Time) error {
 // Nodes returns every node's row (cluster.Store).
 func (db *DB) Nodes(ctx context.Context) ([]*herd.Node, error) {
 	rows, err := db.read.QueryContext(ctx, `SELECT node_id, started_time, renewed_time, lease_until, stopped_time,
-		rest_address, mqtt_address, version, connected_devices FROM nodes ORDER BY node_id`)
+		rest_address, mqtt_address, version, connected_devices, runs_jobs, running_jobs FROM nodes ORDER BY node_id`)
 	if err != nil {
 		return nil, fmt.Errorf("list nodes: %w", err)
 	}
@@ -49,7 +50,7 @@ func (db *DB) Nodes(ctx context.Context) ([]*herd.Node, error) {
 			started, renewed, until string
 			stopped                 sql.NullString
 		)
-		if err := rows.Scan(&n.NodeID, &started, &renewed, &until, &stopped, &n.RESTAddress, &n.MQTTAddress, &n.Version, &n.ConnectedDevices); err != nil {
+		if err := rows.Scan(&n.NodeID, &started, &renewed, &until, &stopped, &n.RESTAddress, &n.MQTTAddress, &n.Version, &n.ConnectedDevices, &n.RunsJobs, &n.RunningJobs); err != nil {
 			return nil, fmt.Errorf("list nodes: %w", err)
 		}
 		n.StartedTime, n.RenewedTime, n.LeaseUntil, n.StoppedTime = parseTime(started), parseTime(renewed), parseTime(until), parseTime(stopped.String)
