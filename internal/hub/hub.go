@@ -722,9 +722,10 @@ func (h *Hub) drain(ctx context.Context, srv *http.Server, jobsDone <-chan struc
 // runJobs runs the job engine: alone, always; in a cluster, on the one
 // node that holds the jobs' lock, with the configurations' applier, taken
 // over by another node within a few seconds when that node is lost. A
-// node that loses the lock while it runs (its database session failed)
-// stops running jobs and applying configurations until it is restarted,
-// and says so: the node that takes over recovers them.
+// node whose database session fails while it runs them (PostgreSQL
+// restarted, the network cut) stops running them, joins the cluster again
+// on a new session once the database answers, and competes for the lock
+// again: whichever node takes it recovers the jobs.
 func (h *Hub) runJobs(ctx context.Context) error {
 	if h.mesh == nil {
 		return h.Jobs.Run(ctx)
@@ -733,33 +734,57 @@ func (h *Hub) runJobs(ctx context.Context) error {
 	if every <= 0 {
 		every = cluster.DefaultLease / 3
 	}
-	lost, err := h.Store.(ClusterStore).Lead(ctx, every)
-	if err != nil {
-		if ctx.Err() != nil {
+	cs := h.Store.(ClusterStore)
+	for {
+		lost, err := cs.Lead(ctx, every)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			h.cfg.Log.Warn("cluster: cannot compete for the jobs' lock; trying again", "node", h.Cluster.NodeID(), "err", err)
+			if !h.rejoin(ctx, every) {
+				return nil
+			}
+			continue
+		}
+		if err := h.lead(ctx, lost); err != nil || ctx.Err() != nil {
+			return err
+		}
+		h.cfg.Log.Error("cluster: this node lost the jobs' lock (its database session failed); it stopped running them and competes for them again",
+			"node", h.Cluster.NodeID())
+		if !h.rejoin(ctx, every) {
 			return nil
 		}
-		return err
 	}
+}
+
+// lead runs the jobs and the configurations until ctx ends (the lock is
+// then handed over) or lost is closed (nil: compete again).
+func (h *Hub) lead(ctx context.Context, lost <-chan struct{}) error {
 	h.cfg.Log.Info("cluster: this node runs the jobs and applies the configurations", "node", h.Cluster.NodeID())
-	jctx, cancel := context.WithCancel(ctx)
-	defer cancel()
+	jctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
 	h.leading.Store(true)
 	defer h.leading.Store(false)
 	go func() {
 		select {
 		case <-lost:
-			if ctx.Err() == nil {
-				h.cfg.Log.Error("cluster: this node lost the jobs' lock (its database session failed); it runs no more jobs until restarted, another node takes them over",
-					"node", h.Cluster.NodeID())
-			}
-			cancel()
+			cancel(job.ErrSuspended)
 		case <-jctx.Done():
 		}
 	}()
 	g, gctx := errgroup.WithContext(jctx)
 	g.Go(func() error { return h.Jobs.Run(gctx) })
 	g.Go(func() error { return h.Configurations.Run(gctx) })
-	err = g.Wait()
+	err := g.Wait()
+	if ctx.Err() == nil {
+		// Lost: the lock went with the session. A store failure of the
+		// engine meanwhile is the same failure.
+		if err != nil {
+			h.cfg.Log.Warn("cluster: the job engine stopped on an error when the jobs' lock was lost", "err", err)
+		}
+		return nil
+	}
 	// Handed over at once, not when the store closes: another node takes
 	// the jobs while this one closes its devices.
 	release, cancelRelease := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
@@ -768,6 +793,29 @@ func (h *Hub) runJobs(ctx context.Context) error {
 		h.cfg.Log.Warn("cluster: could not hand the jobs over (another node takes them once this one's database session ends)", "err", uerr)
 	}
 	return err
+}
+
+// rejoin joins the cluster again on a new database session, trying every
+// interval until the database answers; false if ctx ended first.
+func (h *Hub) rejoin(ctx context.Context, every time.Duration) bool {
+	cs := h.Store.(ClusterStore)
+	for {
+		err := cs.Join(ctx)
+		if err == nil {
+			return true
+		}
+		if ctx.Err() != nil {
+			return false
+		}
+		h.cfg.Log.Warn("cluster: cannot join the cluster's database again; trying again", "node", h.Cluster.NodeID(), "err", err)
+		t := time.NewTimer(every)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return false
+		case <-t.C:
+		}
+	}
 }
 
 // Close releases the hub's resources. Run calls it; call it yourself only

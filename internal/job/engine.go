@@ -2,12 +2,17 @@ package job
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
 
 	"github.com/herd-iot/herd"
 )
+
+// ErrSuspended, as the cause of Run's context, says that the engine stops
+// only to run again later.
+var ErrSuspended = errors.New("the job engine is suspended: another node may run the jobs")
 
 // runner is one job being run.
 type runner struct {
@@ -30,8 +35,16 @@ type runner struct {
 //
 // Method calls in flight when ctx ends are given Config.Grace to finish
 // (no new one starts); Run returns once their outcomes are written.
+//
+// Watchers (Watch, Follow) learn that the engine stopped, unless ctx was
+// cancelled with ErrSuspended as its cause: Run is then to be called again
+// (a cluster node that lost the jobs' lock and competes for it again).
 func (s *Service) Run(ctx context.Context) error {
-	defer s.progress.close()
+	defer func() {
+		if !errors.Is(context.Cause(ctx), ErrSuspended) {
+			s.progress.close()
+		}
+	}()
 	calls, stopCalls := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCalls()
 	// A wall-clock bound even on a fake Clock: it bounds a shutdown.

@@ -253,8 +253,9 @@ func (db *DB) Join(ctx context.Context) error {
 // Lead waits until the calling node, which has joined (Join), is the one
 // node of the cluster that runs the jobs, trying every interval, and
 // returns a channel closed when it no longer is: the database session
-// holding the lock failed (checked every interval). It returns ctx's
-// error if ctx ends first.
+// holding the lock failed (checked every interval). A failed session is
+// closed: the node Joins again (on a new session) before it leads again.
+// It returns ctx's error if ctx ends first.
 func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error) {
 	for {
 		db.mu.Lock()
@@ -265,6 +266,10 @@ func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, e
 			err = errors.New("lead the cluster's jobs: the node has not joined the cluster (or closed)")
 		} else {
 			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(jobLock)).Scan(&ok)
+			if err != nil && ctx.Err() == nil {
+				conn.Close(context.Background()) // the session failed: Join opens a new one
+				db.claimed = nil
+			}
 		}
 		db.mu.Unlock()
 		if err != nil {
@@ -302,6 +307,12 @@ func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, e
 				pctx, cancel := context.WithTimeout(ctx, every)
 				_, err = conn.Exec(pctx, `SELECT 1`)
 				cancel()
+				if err != nil && ctx.Err() == nil {
+					// The session, and the locks it held, are gone: Join
+					// opens a new one.
+					conn.Close(context.Background())
+					db.claimed = nil
+				}
 			}
 			db.mu.Unlock()
 			if err != nil {

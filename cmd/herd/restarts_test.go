@@ -1,0 +1,164 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/device"
+	"github.com/herd-iot/herd/internal/certs"
+	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/internal/store/pgtest"
+	"github.com/herd-iot/herd/sas"
+	"github.com/herd-iot/herd/service"
+)
+
+// TestClusterSurvivesRestarts restarts PostgreSQL (killed, as a crash
+// would) and then the NATS server under a 2-node cluster in the middle of
+// a method job: the nodes reconnect to both, the node that runs the jobs
+// competes for them again once the database is back, and the job goes on.
+// One device connects only after both restarts, so the job must still run
+// then; no device runs the method twice, and the only failures are calls
+// whose outcome the restarts may have lost.
+func TestClusterSurvivesRestarts(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary")
+	}
+	ctx := context.Background()
+	// Commits durable before they return, as a real server's are (the
+	// throwaway default loses the last ones in a crash, and a claim lost
+	// that way would let a method run twice); fsync may stay off: the
+	// machine does not crash, only the server.
+	pg, err := pgtest.StartWith("synchronous_commit=on")
+	if err != nil {
+		pgtest.Unavailable(t, err)
+	}
+	t.Cleanup(pg.Stop)
+	name, err := pg.CreateDatabase(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nats := hubtest.StartNATS(t)
+	dir0 := t.TempDir()
+	c := &testCluster{t: t, bin: buildHerd(t), nats: nats.URL, store: pg.DatabaseURL(name), dir0: dir0,
+		ca: filepath.Join(dir0, certs.CAFile), lease: "3s"}
+	n0, n1 := c.start(0), c.start(1)
+	admin := c.client(n1)
+	ca, err := os.ReadFile(c.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 12
+	var calls sync.Map
+	connect := func(d *herd.Device, node *clusterNode) {
+		t.Helper()
+		cs := sas.ConnectionString{HostName: "localhost", DeviceID: d.DeviceID, SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+		dc, err := device.New(cs.String(), device.WithCA(ca), device.WithAddress(node.mqtt))
+		if err != nil {
+			t.Fatal(err)
+		}
+		dc.OnMethod("ping", func(context.Context, json.RawMessage) (int, any) {
+			v, _ := calls.LoadOrStore(d.DeviceID, new(atomic.Int64))
+			v.(*atomic.Int64).Add(1)
+			time.Sleep(200 * time.Millisecond)
+			return 200, nil
+		})
+		if err := dc.Connect(ctx); err != nil {
+			t.Fatalf("connect %s: %v", d.DeviceID, err)
+		}
+		t.Cleanup(func() { dc.Close() })
+	}
+	var late *herd.Device
+	for i := range n + 1 {
+		d, err := admin.CreateDevice(ctx, herd.Device{DeviceID: fmt.Sprintf("dev-%02d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == n {
+			late = d
+			break
+		}
+		connect(d, []*clusterNode{n0, n1}[i%2])
+	}
+	// 2 devices a second, over the restarts.
+	if _, err := admin.ScheduleDeviceMethod(ctx, "restarts", "*",
+		herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 10, ConnectTimeoutInSeconds: 120},
+		service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{MaxPerMinute: 120}}}); err != nil {
+		t.Fatal(err)
+	}
+	progress := func() int64 {
+		j, err := admin.GetJob(ctx, "restarts")
+		if err != nil {
+			return -1 // the database may be down
+		}
+		return j.DeviceJobStatistics.SucceededCount + j.DeviceJobStatistics.FailedCount
+	}
+	hubtest.Eventually(t, 30*time.Second, func() bool { return progress() >= 2 }, "the job does not start")
+
+	pg.Kill()
+	if err := pg.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	var before int64
+	hubtest.Eventually(t, 30*time.Second, func() bool { before = progress(); return before >= 0 }, "the job cannot be read after PostgreSQL restarted")
+	hubtest.Eventually(t, 60*time.Second, func() bool { return progress() > before },
+		"the job does not go on after PostgreSQL restarted (%d done before)", before)
+
+	nats.Restart()
+	before = progress()
+	hubtest.Eventually(t, 60*time.Second, func() bool { return progress() > before },
+		"the job does not go on after NATS restarted (%d done before)", before)
+	// The nodes reach each other again: a method from node-1's REST API
+	// to a device on node-0.
+	hubtest.Eventually(t, 30*time.Second, func() bool {
+		res, err := admin.InvokeMethod(ctx, "dev-00", herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 5})
+		return err == nil && res.Status == 200
+	}, "no method from node-1 reaches a device on node-0 after NATS restarted")
+
+	connect(late, n0)
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	j, err := admin.WaitJob(wctx, "restarts", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := j.DeviceJobStatistics
+	if j.Status != herd.JobCompleted || st.SucceededCount+st.FailedCount != n+1 {
+		t.Fatalf("after the restarts: %s %+v", j.Status, *st)
+	}
+	for page, err := range admin.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'restarts'") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		djs, _ := page.DeviceJobs()
+		for _, d := range djs {
+			var called int64
+			if v, ok := calls.Load(d.DeviceID); ok {
+				called = v.(*atomic.Int64).Load()
+			}
+			if d.DeviceID == "dev-00" {
+				called-- // the direct method above
+			}
+			switch {
+			case called > 1:
+				t.Errorf("%s ran the job's method %d times", d.DeviceID, called)
+			case d.Status == herd.DeviceJobCompleted && called != 1:
+				t.Errorf("%s completed, called %d times", d.DeviceID, called)
+			case d.Status == herd.DeviceJobFailed && d.Error.Code != "MethodInterrupted" && d.Error.Code != string(herd.ErrGatewayTimeout):
+				t.Errorf("%s failed: %+v (only a call whose outcome a restart lost may fail)", d.DeviceID, d.Error)
+			case d.Status == herd.DeviceJobFailed:
+				t.Logf("%s failed: %+v", d.DeviceID, d.Error)
+			}
+			if d.DeviceID == late.DeviceID && d.Status != herd.DeviceJobCompleted {
+				t.Errorf("the device that connected after the restarts: %s %+v", d.Status, d.Error)
+			}
+		}
+	}
+}
