@@ -3,13 +3,13 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz compat compat-postgres ui ui-screenshots chromium postgresql test-postgres
+.PHONY: test build vet bench bench-quick fuzz compat compat-postgres ui ui-screenshots chromium postgresql haproxy test-postgres
 
 ## test: every test: vet, the Go tests with -race (the store conformance suite
 ## on SQLite and on a throwaway PostgreSQL), the hub-level suites again on
 ## PostgreSQL, the official Azure SDK suite on both stores and the
 ## dashboard's browser suite
-test: vet postgresql
+test: vet postgresql haproxy
 	$(GO) test -race -count=1 ./...
 	$(MAKE) test-postgres
 	$(MAKE) compat
@@ -44,6 +44,20 @@ postgresql:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q postgresql; \
 	  else \
 	    echo "the PostgreSQL store tests need PostgreSQL's server binaries (initdb, postgres): run \`sudo apt-get install postgresql\`" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+## haproxy: installs Debian's haproxy when it is missing and we are root
+## (apt-get): the cluster tests run docs/haproxy.cfg in front of their nodes
+## (the binary only; no service is started)
+haproxy:
+	@if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's haproxy for the cluster tests"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; \
+	  else \
+	    echo "the cluster tests need HAProxy: run \`sudo apt-get install haproxy\`" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
