@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz compat compat-postgres ui ui-screenshots chromium postgresql haproxy test-postgres
+.PHONY: test build vet bench bench-quick fuzz compat compat-postgres compat-cluster ui ui-screenshots chromium postgresql haproxy test-postgres
 
 ## test: every test: vet, the Go tests with -race (the store conformance suite
 ## on SQLite and on a throwaway PostgreSQL), the hub-level suites again on
@@ -14,6 +14,7 @@ test: vet postgresql haproxy
 	$(MAKE) test-postgres
 	$(MAKE) compat
 	$(MAKE) compat-postgres
+	$(MAKE) compat-cluster
 	$(MAKE) ui
 
 ## test-postgres: the suites that run whole hubs (job engine, REST API, hub,
@@ -32,6 +33,13 @@ compat:
 compat-postgres: postgresql
 	cd compat/node && npm ci --no-audit --no-fund
 	GO="$(GO)" HERD_COMPAT_STORE=postgres node compat/node/run.mjs
+
+## compat-cluster: the same suite against a 3-node cluster (PostgreSQL, a
+## throwaway NATS server): the service SDK on node-0's 443, MQTT devices on
+## node-1 and node-2 behind a balancer on 8883
+compat-cluster: postgresql
+	cd compat/node && npm ci --no-audit --no-fund
+	GO="$(GO)" HERD_COMPAT_CLUSTER=1 node compat/node/run.mjs
 
 ## postgresql: installs Debian's postgresql when no PostgreSQL server binaries
 ## are found and we are root (apt-get); otherwise it stops with what to

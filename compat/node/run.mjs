@@ -19,7 +19,13 @@
 // the data folder for a look after the run; HERD_COMPAT_STORE=postgres runs
 // the hub on a throwaway PostgreSQL database (internal/store/pgtest/pgtestd,
 // which needs Debian's postgresql) instead of SQLite: every herd command of
-// the run gets it as HERD_STORE.
+// the run gets it as HERD_STORE. HERD_COMPAT_CLUSTER=1 runs the suite
+// against a 3-node cluster on PostgreSQL and a throwaway NATS server
+// (internal/hubtest/natstestd): node-0 serves the REST API (and MQTT over
+// WebSocket) on 127.0.0.1:443 and has no MQTT port; 127.0.0.1:8883 is a
+// TCP balancer of this harness that sends each device connection to node-1
+// or node-2 in turn, so the service SDK and the MQTT devices are always on
+// different nodes.
 
 import { spawn, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
@@ -78,8 +84,20 @@ function goBuild(out, pkg) {
 // with the URL of its empty database (its first line of output). The server
 // stops when pgtestd's standard input closes, so it goes with this process.
 async function startPostgres() {
-  const bin = path.join(runDir, 'pgtestd');
-  goBuild(bin, './internal/store/pgtest/pgtestd');
+  return startHelper('pgtestd', './internal/store/pgtest/pgtestd');
+}
+
+// startNATS starts natstestd, a throwaway NATS server, and resolves with
+// its URL; it stops as pgtestd does.
+async function startNATS() {
+  return startHelper('natstestd', './internal/hubtest/natstestd');
+}
+
+// startHelper builds and starts a helper that prints a URL on its first
+// line and serves until its standard input closes.
+async function startHelper(name, pkg) {
+  const bin = path.join(runDir, name);
+  goBuild(bin, pkg);
   const p = spawn(bin, [], { stdio: ['pipe', 'pipe', 'inherit'] });
   let out = '';
   let exited = null;
@@ -89,11 +107,11 @@ async function startPostgres() {
   while (Date.now() < deadline) {
     const nl = out.indexOf('\n');
     if (nl >= 0) return { proc: p, url: out.slice(0, nl).trim() };
-    if (exited !== null) throw new Error(`pgtestd exited (${exited}) before it served a database`);
+    if (exited !== null) throw new Error(`${name} exited (${exited}) before it printed its URL`);
     await new Promise((r) => setTimeout(r, 100));
   }
   p.kill('SIGTERM');
-  throw new Error(`pgtestd did not serve a database within ${readyDeadlineMs / 1000} s`);
+  throw new Error(`${name} did not print its URL within ${readyDeadlineMs / 1000} s`);
 }
 
 async function stopPostgres(pg) {
@@ -181,10 +199,16 @@ function serveFlags(dataDir, mqtt) {
 // startHub starts `herd serve` and resolves once it printed its banner and
 // completes a TLS handshake against the CA it wrote; it rejects when the
 // process exits first or the deadline passes.
-async function startHub(bin, dataDir, logPath, mqtt) {
+async function startHub(bin, dataDir, logPath, mqtt, extra = []) {
+  return startServe(bin, [...serveFlags(dataDir, mqtt), ...extra], logPath, () => tlsReady(path.join(dataDir, 'ca.pem')));
+}
+
+// startServe starts `herd serve` with flags and resolves once it printed
+// its banner and ready() holds.
+async function startServe(bin, flags, logPath, ready = async () => true) {
   fs.writeFileSync(logPath, '');
   const out = fs.openSync(logPath, 'a');
-  const hub = spawn(bin, serveFlags(dataDir, mqtt), { stdio: ['ignore', 'pipe', out] });
+  const hub = spawn(bin, flags, { stdio: ['ignore', 'pipe', out] });
   let stdout = '';
   let exited = null;
   hub.stdout.on('data', (b) => { stdout += b; fs.appendFileSync(logPath, b); });
@@ -195,7 +219,7 @@ async function startHub(bin, dataDir, logPath, mqtt) {
       throw new Error(`herd serve exited (${exited.code ?? exited.signal}) before it was ready; its log:\n` +
         fs.readFileSync(logPath, 'utf8'));
     }
-    if (stdout.includes('Herd is ready.') && await tlsReady(path.join(dataDir, 'ca.pem'))) {
+    if (stdout.includes('Herd is ready.') && stdout.includes('Service connection string') && await ready()) {
       return { hub, stdout };
     }
     await new Promise((r) => setTimeout(r, 100));
@@ -225,6 +249,52 @@ async function stopHub(hub) {
   clearTimeout(timer);
 }
 
+// balance listens on host:port and sends each connection to the next of
+// backends (host:port) in turn: the load balancer in front of the MQTT
+// ports of a cluster's nodes.
+async function balance(host, port, backends) {
+  let next = 0;
+  const srv = net.createServer((client) => {
+    const [bh, bp] = backends[next++ % backends.length].split(/:(?=\d+$)/);
+    const up = net.connect({ host: bh, port: Number(bp) });
+    client.pipe(up);
+    up.pipe(client);
+    const close = () => { client.destroy(); up.destroy(); };
+    client.on('error', close);
+    up.on('error', close);
+    client.on('close', close);
+    up.on('close', close);
+  });
+  srv.listen({ host, port, exclusive: true });
+  await once(srv, 'listening');
+  return srv;
+}
+
+// startCluster starts the nodes of HERD_COMPAT_CLUSTER (see the top of this
+// file) and returns them with the balancer.
+async function startCluster(bin, dataDir, natsURL) {
+  const cluster = ['--nats', natsURL, '--node-lease', '5s'];
+  const hubs = [];
+  hubs.push((await startHub(bin, dataDir, path.join(runDir, 'herd.log'), false,
+    [...cluster, '--node-id', 'node-0', '--mqtt-addr', ''])).hub);
+  const mqttAddrs = [];
+  for (const i of [1, 2]) {
+    const dir = path.join(dataDir, `node-${i}`);
+    const flags = ['serve', '--data', dir, '--hostname', 'localhost', '--https-addr', `${httpsHost}:0`,
+      '--mqtt-addr', `${httpsHost}:0`, '--tls-cert', path.join(dataDir, 'server.pem'),
+      '--tls-key', path.join(dataDir, 'server-key.pem'), '--log-level', process.env.HERD_COMPAT_LOG_LEVEL || 'info',
+      ...cluster, '--node-id', `node-${i}`];
+    const started = await startServe(bin, flags, path.join(runDir, `herd-node-${i}.log`));
+    hubs.push(started.hub);
+    const m = /MQTT \(TLS\) +(\S+) /.exec(started.stdout);
+    if (!m) throw new Error(`node-${i}'s banner has no MQTT address:\n${started.stdout}`);
+    mqttAddrs.push(m[1]);
+  }
+  const lb = await balance(httpsHost, mqttPort, mqttAddrs);
+  log(`cluster: node-0 on ${httpsHost}:${httpsPort} (REST, WebSocket), node-1 and node-2 behind ${httpsHost}:${mqttPort} (${mqttAddrs.join(', ')})`);
+  return { hubs, lb };
+}
+
 function connectionString(bin, dataDir, policy) {
   const r = spawnSync(bin, ['connection-string', '--data', dataDir, '--policy', policy], { encoding: 'utf8' });
   if (r.status !== 0) {
@@ -247,12 +317,18 @@ async function runLocked() {
   if (mqtt) await checkPort(mqttPort);
   const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'herd-compat-'));
   const logPath = path.join(runDir, 'herd.log');
-  let hub = null;
+  let hubs = [];
+  let lb = null;
   let pg = null;
+  let nats = null;
   let code = 1;
   const stop = async () => {
-    if (hub) await stopHub(hub);
-    hub = null;
+    for (const h of hubs) await stopHub(h);
+    hubs = [];
+    if (lb) lb.close();
+    lb = null;
+    await stopPostgres(nats);
+    nats = null;
     await stopPostgres(pg);
     pg = null;
   };
@@ -260,7 +336,9 @@ async function runLocked() {
     process.on(sig, () => { stop().finally(() => process.exit(130)); });
   }
   try {
-    const storeKind = process.env.HERD_COMPAT_STORE || 'sqlite';
+    const clustered = process.env.HERD_COMPAT_CLUSTER === '1';
+    const storeKind = clustered ? 'postgres' : (process.env.HERD_COMPAT_STORE || 'sqlite');
+    if (clustered && !mqtt) throw new Error('HERD_COMPAT_CLUSTER=1 needs a herd with the MQTT gateway');
     if (storeKind === 'postgres') {
       log('starting a throwaway PostgreSQL (pgtestd)');
       pg = await startPostgres();
@@ -268,9 +346,14 @@ async function runLocked() {
     } else if (storeKind !== 'sqlite') {
       throw new Error(`HERD_COMPAT_STORE=${storeKind}: want sqlite or postgres`);
     }
-    log(`starting herd serve (data ${dataDir}, store ${storeKind}, log ${logPath})`);
-    const started = await startHub(bin, dataDir, logPath, mqtt);
-    hub = started.hub;
+    if (clustered) {
+      log('starting a throwaway NATS server (natstestd) and 3 nodes');
+      nats = await startNATS();
+      ({ hubs, lb } = await startCluster(bin, dataDir, nats.url));
+    } else {
+      log(`starting herd serve (data ${dataDir}, store ${storeKind}, log ${logPath})`);
+      hubs = [(await startHub(bin, dataDir, logPath, mqtt)).hub];
+    }
     const ca = path.join(dataDir, 'ca.pem');
     const env = {
       ...process.env,
