@@ -2,21 +2,15 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/herd-iot/herd"
-	"github.com/herd-iot/herd/device"
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/store/pgtest"
-	"github.com/herd-iot/herd/sas"
 	"github.com/herd-iot/herd/service"
 )
 
@@ -51,30 +45,8 @@ func TestClusterSurvivesRestarts(t *testing.T) {
 		ca: filepath.Join(dir0, certs.CAFile), lease: "3s"}
 	n0, n1 := c.start(0), c.start(1)
 	admin := c.client(n1)
-	ca, err := os.ReadFile(c.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
 	const n = 12
-	var calls sync.Map
-	connect := func(d *herd.Device, node *clusterNode) {
-		t.Helper()
-		cs := sas.ConnectionString{HostName: "localhost", DeviceID: d.DeviceID, SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
-		dc, err := device.New(cs.String(), device.WithCA(ca), device.WithAddress(node.mqtt))
-		if err != nil {
-			t.Fatal(err)
-		}
-		dc.OnMethod("ping", func(context.Context, json.RawMessage) (int, any) {
-			v, _ := calls.LoadOrStore(d.DeviceID, new(atomic.Int64))
-			v.(*atomic.Int64).Add(1)
-			time.Sleep(200 * time.Millisecond)
-			return 200, nil
-		})
-		if err := dc.Connect(ctx); err != nil {
-			t.Fatalf("connect %s: %v", d.DeviceID, err)
-		}
-		t.Cleanup(func() { dc.Close() })
-	}
+	f := newPingFleet(t, c, 200*time.Millisecond)
 	var late *herd.Device
 	for i := range n + 1 {
 		d, err := admin.CreateDevice(ctx, herd.Device{DeviceID: fmt.Sprintf("dev-%02d", i)})
@@ -85,7 +57,7 @@ func TestClusterSurvivesRestarts(t *testing.T) {
 			late = d
 			break
 		}
-		connect(d, []*clusterNode{n0, n1}[i%2])
+		f.connect(d, []*clusterNode{n0, n1}[i%2].mqtt)
 	}
 	// 2 devices a second, over the restarts.
 	if _, err := admin.ScheduleDeviceMethod(ctx, "restarts", "*",
@@ -122,7 +94,7 @@ func TestClusterSurvivesRestarts(t *testing.T) {
 		return err == nil && res.Status == 200
 	}, "no method from node-1 reaches a device on node-0 after NATS restarted")
 
-	connect(late, n0)
+	f.connect(late, n0.mqtt)
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	j, err := admin.WaitJob(wctx, "restarts", nil)
@@ -139,10 +111,7 @@ func TestClusterSurvivesRestarts(t *testing.T) {
 		}
 		djs, _ := page.DeviceJobs()
 		for _, d := range djs {
-			var called int64
-			if v, ok := calls.Load(d.DeviceID); ok {
-				called = v.(*atomic.Int64).Load()
-			}
+			called := f.called(d.DeviceID)
 			if d.DeviceID == "dev-00" {
 				called-- // the direct method above
 			}

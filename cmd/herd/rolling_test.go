@@ -16,6 +16,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/device"
+	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/sas"
 	"github.com/herd-iot/herd/service"
 )
@@ -110,6 +111,52 @@ func (b *balancer) proxy(c net.Conn) {
 	}
 }
 
+// pingFleet is test devices that answer "ping" after a pause and count
+// the calls they got.
+type pingFleet struct {
+	t     *testing.T
+	ca    []byte
+	pause time.Duration
+	calls sync.Map // device id → *atomic.Int64
+}
+
+func newPingFleet(t *testing.T, c *testCluster, pause time.Duration) *pingFleet {
+	t.Helper()
+	ca, err := os.ReadFile(c.ca)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &pingFleet{t: t, ca: ca, pause: pause}
+}
+
+// connect connects d to the MQTT address addr (a node or a balancer).
+func (f *pingFleet) connect(d *herd.Device, addr string) {
+	f.t.Helper()
+	cs := sas.ConnectionString{HostName: "localhost", DeviceID: d.DeviceID, SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
+	dc, err := device.New(cs.String(), device.WithCA(f.ca), device.WithAddress(addr))
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	dc.OnMethod("ping", func(context.Context, json.RawMessage) (int, any) {
+		v, _ := f.calls.LoadOrStore(d.DeviceID, new(atomic.Int64))
+		v.(*atomic.Int64).Add(1)
+		time.Sleep(f.pause)
+		return 200, nil
+	})
+	if err := dc.Connect(context.Background()); err != nil {
+		f.t.Fatalf("connect %s: %v", d.DeviceID, err)
+	}
+	f.t.Cleanup(func() { dc.Close() })
+}
+
+// called is how many calls device id got.
+func (f *pingFleet) called(id string) int64 {
+	if v, ok := f.calls.Load(id); ok {
+		return v.(*atomic.Int64).Load()
+	}
+	return 0
+}
+
 // TestRollingRestart restarts every node of a 3-node cluster in turn
 // (SIGTERM, then a new process with the same id) while a method job with
 // connectTimeoutInSeconds runs over devices behind a load balancer: each
@@ -126,29 +173,8 @@ func TestRollingRestart(t *testing.T) {
 		lb.set(n.id, n.mqtt)
 	}
 	const n = 60
-	ca, err := os.ReadFile(c.ca)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var calls sync.Map
-	connect := func(d *herd.Device) {
-		t.Helper()
-		cs := sas.ConnectionString{HostName: "localhost", DeviceID: d.DeviceID, SharedAccessKey: d.Authentication.SymmetricKey.PrimaryKey}
-		dc, err := device.New(cs.String(), device.WithCA(ca), device.WithAddress(lb.l.Addr().String()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		dc.OnMethod("ping", func(context.Context, json.RawMessage) (int, any) {
-			v, _ := calls.LoadOrStore(d.DeviceID, new(atomic.Int64))
-			v.(*atomic.Int64).Add(1)
-			time.Sleep(300 * time.Millisecond) // calls are in flight when a node drains
-			return 200, nil
-		})
-		if err := dc.Connect(ctx); err != nil {
-			t.Fatalf("connect %s: %v", d.DeviceID, err)
-		}
-		t.Cleanup(func() { dc.Close() })
-	}
+	f := newPingFleet(t, c, 300*time.Millisecond) // calls are in flight when a node drains
+	connect := func(d *herd.Device) { f.connect(d, lb.l.Addr().String()) }
 	admin := c.client(nodes[1])
 	var late *herd.Device
 	for i := range n + 1 {
@@ -212,11 +238,7 @@ func TestRollingRestart(t *testing.T) {
 			}
 			djs, _ := page.DeviceJobs()
 			for _, d := range djs {
-				var called int64
-				if v, ok := calls.Load(d.DeviceID); ok {
-					called = v.(*atomic.Int64).Load()
-				}
-				t.Logf("not completed: %s (called %d times): %s %+v", d.DeviceID, called, d.Status, d.Error)
+				t.Logf("not completed: %s (called %d times): %s %+v", d.DeviceID, f.called(d.DeviceID), d.Status, d.Error)
 			}
 		}
 		for _, p := range stopped {
@@ -229,9 +251,105 @@ func TestRollingRestart(t *testing.T) {
 	}
 	for i := range n + 1 {
 		id := fmt.Sprintf("dev-%02d", i)
-		v, _ := calls.Load(id)
-		if got, _ := v.(*atomic.Int64); got == nil || got.Load() != 1 {
-			t.Errorf("%s ran the method %v times, want 1", id, got)
+		if got := f.called(id); got != 1 {
+			t.Errorf("%s ran the method %d times, want 1", id, got)
 		}
+	}
+}
+
+// TestKillJobNodeAndDeviceNode kills (kill -9) the node running a method
+// job and another node holding devices at the same moment: the last node
+// takes the jobs over, the killed nodes' devices reconnect to it through
+// the balancer, and the job ends with every device done once. The only
+// failures are the calls in flight on the killed nodes, recorded
+// MethodInterrupted or GatewayTimeout (their outcome was lost); no method
+// runs twice. One device connects only after the kill.
+func TestKillJobNodeAndDeviceNode(t *testing.T) {
+	ctx := context.Background()
+	c := newTestCluster(t)
+	nodes := []*clusterNode{c.start(0), c.start(1), c.start(2)}
+	lb := newBalancer(t)
+	for _, n := range nodes {
+		lb.set(n.id, n.mqtt)
+	}
+	const n = 30
+	f := newPingFleet(t, c, 200*time.Millisecond)
+	admin := c.client(nodes[2])
+	var late *herd.Device
+	for i := range n + 1 {
+		d, err := admin.CreateDevice(ctx, herd.Device{DeviceID: fmt.Sprintf("dev-%02d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if i == n {
+			late = d
+			break
+		}
+		f.connect(d, lb.l.Addr().String())
+	}
+	if _, err := admin.ScheduleDeviceMethod(ctx, "kill-two", "*",
+		herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 10, ConnectTimeoutInSeconds: 120},
+		service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{MaxPerMinute: 300}}}); err != nil {
+		t.Fatal(err)
+	}
+	hubtest.Eventually(t, 30*time.Second, func() bool {
+		j, err := admin.GetJob(ctx, "kill-two")
+		return err == nil && j.DeviceJobStatistics.SucceededCount >= 5
+	}, "the job does not run")
+	// node-0 (started first) runs the jobs; node-1 holds a third of the
+	// devices.
+	for _, k := range nodes[:2] {
+		k.proc.Process.Kill()
+	}
+	for _, k := range nodes[:2] {
+		k.proc.Wait()
+	}
+	hubtest.Eventually(t, 30*time.Second, func() bool {
+		st, err := admin.Cluster(ctx)
+		if err != nil {
+			return false
+		}
+		for _, nd := range st.Nodes {
+			if nd.NodeID == "node-2" {
+				return nd.RunsJobs
+			}
+		}
+		return false
+	}, "node-2 does not take the jobs over")
+	f.connect(late, lb.l.Addr().String())
+	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
+	defer cancel()
+	j, err := admin.WaitJob(wctx, "kill-two", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := j.DeviceJobStatistics
+	if j.Status != herd.JobCompleted || st.SucceededCount+st.FailedCount != n+1 {
+		t.Fatalf("after the kill: %s %+v", j.Status, *st)
+	}
+	for page, err := range admin.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'kill-two'") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		djs, _ := page.DeviceJobs()
+		for _, d := range djs {
+			called := f.called(d.DeviceID)
+			switch {
+			case called > 1:
+				t.Errorf("%s ran the method %d times", d.DeviceID, called)
+			case d.Status == herd.DeviceJobCompleted && called != 1:
+				t.Errorf("%s completed, called %d times", d.DeviceID, called)
+			case d.Status == herd.DeviceJobFailed && d.Error.Code != "MethodInterrupted" && d.Error.Code != string(herd.ErrGatewayTimeout):
+				t.Errorf("%s failed: %+v (only a call in flight on a killed node may fail)", d.DeviceID, d.Error)
+			case d.Status == herd.DeviceJobFailed:
+				t.Logf("%s failed: %+v", d.DeviceID, d.Error)
+			}
+			if d.DeviceID == late.DeviceID && d.Status != herd.DeviceJobCompleted {
+				t.Errorf("the device that connected after the kill: %s %+v", d.Status, d.Error)
+			}
+		}
+	}
+	if st.FailedCount > 10 {
+		t.Errorf("%d devices failed: more than the calls the killed nodes could have had in flight at 5 a second", st.FailedCount)
 	}
 }
