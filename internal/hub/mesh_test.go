@@ -140,6 +140,15 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 			t.Errorf("result %d %s", res.Status, res.Payload)
 		}
 	}
+	// Each call is counted once, on the node that took it.
+	for _, x := range []struct {
+		h    *hubtest.Hub
+		want float64
+	}{{a, 1}, {b, 0}, {c, 1}} {
+		if got := answeredCalls(t, x.h); got != x.want {
+			t.Errorf("%s counts %v answered method calls, want %v", x.h.Cluster.NodeID(), got, x.want)
+		}
+	}
 	// A device that no node holds: DeviceNotOnline at once.
 	if _, err := a.Service.InvokeMethod(ctx, "late", herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 5}); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
 		t.Errorf("a device connected nowhere: %v", err)
@@ -306,4 +315,26 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 	if j.Status != herd.JobCancelled {
 		t.Errorf("job cancelled on node-1: %s", j.Status)
 	}
+}
+
+// answeredCalls is a hub's herd_method_calls_total{result="answered"}.
+func answeredCalls(t *testing.T, h *hubtest.Hub) float64 {
+	t.Helper()
+	mfs, err := h.Metrics.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "herd_method_calls_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == "answered" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
 }

@@ -124,7 +124,7 @@ func NewService(b *bus.Bus, exists ExistsFunc, c clock.Clock, reg prometheus.Reg
 		}),
 		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "herd_method_calls_total",
-			Help: "Direct methods (REST and jobs) by result: answered, gateway_timeout, not_online, not_found, canceled.",
+			Help: "Direct methods (REST and jobs) by result: answered, gateway_timeout, not_online, not_found, canceled; in a cluster, counted on the node that took the call.",
 		}, []string{"result"}),
 	}
 	for i := range s.shards {
@@ -282,10 +282,14 @@ func OnSent(fn func()) Option { return func(o *options) { o.sent = fn } }
 // the device does not answer within req.ResponseTimeoutInSeconds of
 // receiving the request. If ctx ends first, ctx.Err() is returned.
 func (s *Service) Invoke(ctx context.Context, deviceID string, req herd.MethodRequest, opts ...Option) (res *herd.MethodResult, err error) {
-	defer func() { s.count(err) }()
 	var o options
 	for _, fn := range opts {
 		fn(&o)
+	}
+	if !o.local {
+		// A call another node routed here is counted there, where it was
+		// made; its latency is observed here, where it reaches the device.
+		defer func() { s.count(err) }()
 	}
 	if err := s.exists(ctx, deviceID); err != nil {
 		return nil, err
