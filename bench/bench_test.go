@@ -15,9 +15,16 @@ import (
 // TestMain lets the test binary play the fleet child, as the bench
 // program does.
 func TestMain(m *testing.M) {
-	if os.Getenv(roleEnv) == "fleet" {
+	switch os.Getenv(roleEnv) {
+	case "fleet":
 		if err := fleetMain(os.Stdin, os.Stdout); err != nil {
 			fmt.Fprintln(os.Stderr, "bench fleet:", err)
+			os.Exit(1)
+		}
+		os.Exit(0)
+	case "node":
+		if err := nodeMain(os.Stdin, os.Stdout); err != nil {
+			fmt.Fprintln(os.Stderr, "bench node:", err)
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -89,6 +96,39 @@ func TestQuickAtSmallScale(t *testing.T) {
 	}
 }
 
+// TestClusterAtSmallScale runs the cluster section (--cluster) with 2
+// nodes and 100 devices and checks that the report has each of its rows.
+func TestClusterAtSmallScale(t *testing.T) {
+	if _, err := pgtest.BinDir(); err != nil {
+		if os.Getenv("CI") == "true" {
+			t.Fatalf("PostgreSQL is required in CI: %v", err)
+		}
+		t.Skipf("PostgreSQL not available: %v", err)
+	}
+	var out, errOut bytes.Buffer
+	err := run(context.Background(), []string{"--cluster", "--quick", "--cluster-nodes", "2", "--cluster-devices", "100",
+		"--round-trips", "300ms", "--inflight", "20", "--stores", "postgres", "--dir", t.TempDir()}, &out, &errOut)
+	if err != nil {
+		t.Fatalf("bench --cluster: %v\n%s", err, errOut.String())
+	}
+	text := out.String()
+	for _, re := range []string{
+		`\| cluster: SAS-authenticated first connects .* \| PostgreSQL \| 100 devices, 2 nodes \| \*\*[\d,]+/s\*\*`,
+		`\| cluster: node RSS per idle connected device .* \| PostgreSQL \| 100 devices, 2 nodes \| \*\*-?[\d.]+ KB\*\*`,
+		`\| cluster: direct-method round trips to devices on the same node, 20 in flight \| PostgreSQL \| .* \| \*\*[\d,]+/s\*\*, p50 .*, 0 errors`,
+		`\| cluster: direct-method round trips to devices on other nodes .* \| \*\*[\d,]+/s\*\*, p50 .*, 0 errors`,
+		`\| cluster: method job over every node's devices.* \| \*\*[\d,]+ devices/s\*\*`,
+		`\| cluster: failover, kill -9 .* \| \*\*.+\*\* \(the job then completed: \d+ succeeded, \d+ failed`,
+	} {
+		if !regexp.MustCompile(re).MatchString(text) {
+			t.Errorf("report does not match %s", re)
+		}
+	}
+	if t.Failed() {
+		t.Logf("report:\n%s\nlog:\n%s", text, errOut.String())
+	}
+}
+
 func TestFlags(t *testing.T) {
 	for _, tc := range []struct{ args, want string }{
 		{"--only nothing", `--only "nothing"`},
@@ -96,6 +136,8 @@ func TestFlags(t *testing.T) {
 		{"--gateway-devices 30000", "at most ~19,000 sockets"},
 		{"extra", "unexpected arguments"},
 		{"--stores mysql", `--stores "mysql"`},
+		{"--cluster --only query", "--cluster runs the cluster section alone"},
+		{"--cluster-nodes 1", "at least 2 nodes"},
 	} {
 		var out, errOut bytes.Buffer
 		err := run(context.Background(), strings.Fields(tc.args), &out, &errOut)

@@ -109,33 +109,11 @@ type nodeProc struct {
 }
 
 func startNode(dir string, spec nodeSpec) (*nodeProc, error) {
-	path := filepath.Join(dir, spec.NodeID+".json")
-	b, err := json.Marshal(spec)
+	cmd, in, out, err := startChild(filepath.Join(dir, spec.NodeID+".json"), "node", nodeEnv, spec)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, err
-	}
-	exe, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), roleEnv+"=node", nodeEnv+"="+path)
-	cmd.Stderr = os.Stderr
-	in, err := cmd.StdinPipe()
-	if err != nil {
-		return nil, err
-	}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		return nil, err
-	}
-	if err := cmd.Start(); err != nil {
-		return nil, err
-	}
-	n := &nodeProc{id: spec.NodeID, cmd: cmd, in: in, out: json.NewDecoder(stdout)}
+	n := &nodeProc{id: spec.NodeID, cmd: cmd, in: in, out: out}
 	var first nodeReply
 	if err := n.out.Decode(&first); err != nil {
 		n.kill()
@@ -365,7 +343,10 @@ func benchCluster(ctx context.Context, e *bench) error {
 // and measures how long the job stands still before another node runs it.
 func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, leader *nodeProc, n int, scale string) error {
 	e.logf("failover: kill -9 of %s, which runs the jobs, in the middle of a method job", leader.id)
-	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","responseTimeoutInSeconds":30}}`
+	// Paced to last at least 8 s, so that the kill comes in its middle
+	// (a cap above what the cluster does at scale).
+	body := fmt.Sprintf(`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","responseTimeoutInSeconds":30},`+
+		`"herd":{"rollout":{"maxPerMinute":%d}}}`, max(n*60/8, 60))
 	if _, err := h0.Jobs.Create(ctx, "cluster-failover", []byte(body), nil); err != nil {
 		return err
 	}

@@ -91,33 +91,43 @@ type fleetProc struct {
 // startFleet starts a child that simulates devices against a plain MQTT
 // address.
 func startFleet(dir string, spec fleetSpec) (*fleetProc, error) {
-	path := filepath.Join(dir, "fleet.json")
-	b, err := json.Marshal(spec)
+	cmd, in, out, err := startChild(filepath.Join(dir, "fleet.json"), "fleet", fleetEnv, spec)
 	if err != nil {
 		return nil, err
 	}
+	return &fleetProc{cmd: cmd, in: in, out: out}, nil
+}
+
+// startChild writes spec to path as JSON and starts this program again in
+// role (roleEnv), with specEnv naming the file; the child reads commands
+// on in and answers on out.
+func startChild(path, role, specEnv string, spec any) (*exec.Cmd, io.WriteCloser, *json.Decoder, error) {
+	b, err := json.Marshal(spec)
+	if err != nil {
+		return nil, nil, nil, err
+	}
 	if err := os.WriteFile(path, b, 0o600); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	exe, err := os.Executable()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), roleEnv+"=fleet", fleetEnv+"="+path)
+	cmd.Env = append(os.Environ(), roleEnv+"="+role, specEnv+"="+path)
 	cmd.Stderr = os.Stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
 	if err := cmd.Start(); err != nil {
-		return nil, err
+		return nil, nil, nil, err
 	}
-	return &fleetProc{cmd: cmd, in: in, out: json.NewDecoder(stdout)}, nil
+	return cmd, in, json.NewDecoder(stdout), nil
 }
 
 func (f *fleetProc) do(command string) (reply, error) {

@@ -118,6 +118,8 @@ type pingFleet struct {
 	ca    []byte
 	pause time.Duration
 	calls sync.Map // device id → *atomic.Int64
+	// extra is calls made to a device outside the job checkJob checks.
+	extra map[string]int64
 }
 
 func newPingFleet(t *testing.T, c *testCluster, pause time.Duration) *pingFleet {
@@ -126,7 +128,68 @@ func newPingFleet(t *testing.T, c *testCluster, pause time.Duration) *pingFleet 
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &pingFleet{t: t, ca: ca, pause: pause}
+	return &pingFleet{t: t, ca: ca, pause: pause, extra: map[string]int64{}}
+}
+
+// register creates devices dev-00 … dev-(n-1) and connects them to addr,
+// and creates dev-n, the late device, which it returns unconnected.
+func (f *pingFleet) register(admin *service.Client, n int, addr string) *herd.Device {
+	f.t.Helper()
+	for i := range n + 1 {
+		d, err := admin.CreateDevice(context.Background(), herd.Device{DeviceID: fmt.Sprintf("dev-%02d", i)})
+		if err != nil {
+			f.t.Fatal(err)
+		}
+		if i == n {
+			return d
+		}
+		f.connect(d, addr)
+	}
+	return nil
+}
+
+// checkJob waits for a method job over devices devices to end and checks
+// that it completed with every device done once: none ran the method
+// twice, a completed one ran it once, and the only failures are calls
+// whose outcome an event (what) may have lost (MethodInterrupted,
+// GatewayTimeout); late, connected last, completed. It returns the job's
+// statistics.
+func (f *pingFleet) checkJob(admin *service.Client, jobID string, devices int, late, what string) herd.DeviceJobStatistics {
+	t := f.t
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	j, err := admin.WaitJob(ctx, jobID, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := *j.DeviceJobStatistics
+	if j.Status != herd.JobCompleted || st.SucceededCount+st.FailedCount != int64(devices) {
+		t.Fatalf("after %s: %s %+v", what, j.Status, st)
+	}
+	for page, err := range admin.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = '"+jobID+"'") {
+		if err != nil {
+			t.Fatal(err)
+		}
+		djs, _ := page.DeviceJobs()
+		for _, d := range djs {
+			called := f.called(d.DeviceID) - f.extra[d.DeviceID]
+			switch {
+			case called > 1:
+				t.Errorf("%s ran the job's method %d times", d.DeviceID, called)
+			case d.Status == herd.DeviceJobCompleted && called != 1:
+				t.Errorf("%s completed, called %d times", d.DeviceID, called)
+			case d.Status == herd.DeviceJobFailed && d.Error.Code != "MethodInterrupted" && d.Error.Code != string(herd.ErrGatewayTimeout):
+				t.Errorf("%s failed: %+v (only a call whose outcome %s lost may fail)", d.DeviceID, d.Error, what)
+			case d.Status == herd.DeviceJobFailed:
+				t.Logf("%s failed: %+v", d.DeviceID, d.Error)
+			}
+			if d.DeviceID == late && d.Status != herd.DeviceJobCompleted {
+				t.Errorf("the device that connected after %s: %s %+v", what, d.Status, d.Error)
+			}
+		}
+	}
+	return st
 }
 
 // connect connects d to the MQTT address addr (a node or a balancer).
@@ -174,20 +237,8 @@ func TestRollingRestart(t *testing.T) {
 	}
 	const n = 60
 	f := newPingFleet(t, c, 300*time.Millisecond) // calls are in flight when a node drains
-	connect := func(d *herd.Device) { f.connect(d, lb.l.Addr().String()) }
 	admin := c.client(nodes[1])
-	var late *herd.Device
-	for i := range n + 1 {
-		d, err := admin.CreateDevice(ctx, herd.Device{DeviceID: fmt.Sprintf("dev-%02d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i == n {
-			late = d
-			break
-		}
-		connect(d)
-	}
+	late := f.register(admin, n, lb.l.Addr().String())
 	// 10 devices a second: the calls go on through the restarts.
 	if _, err := admin.ScheduleDeviceMethod(ctx, "rolling", "*",
 		herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 10, ConnectTimeoutInSeconds: 120},
@@ -223,7 +274,7 @@ func TestRollingRestart(t *testing.T) {
 		nodes[i] = c.start(i)
 		lb.set(nodes[i].id, nodes[i].mqtt)
 	}
-	connect(late)
+	f.connect(late, lb.l.Addr().String())
 	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
 	defer cancel()
 	j, err := c.client(nodes[2]).WaitJob(wctx, "rolling", nil)
@@ -275,18 +326,7 @@ func TestKillJobNodeAndDeviceNode(t *testing.T) {
 	const n = 30
 	f := newPingFleet(t, c, 200*time.Millisecond)
 	admin := c.client(nodes[2])
-	var late *herd.Device
-	for i := range n + 1 {
-		d, err := admin.CreateDevice(ctx, herd.Device{DeviceID: fmt.Sprintf("dev-%02d", i)})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if i == n {
-			late = d
-			break
-		}
-		f.connect(d, lb.l.Addr().String())
-	}
+	late := f.register(admin, n, lb.l.Addr().String())
 	if _, err := admin.ScheduleDeviceMethod(ctx, "kill-two", "*",
 		herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 10, ConnectTimeoutInSeconds: 120},
 		service.JobOptions{Herd: &herd.JobOptions{Rollout: &herd.Rollout{MaxPerMinute: 300}}}); err != nil {
@@ -317,38 +357,7 @@ func TestKillJobNodeAndDeviceNode(t *testing.T) {
 		return false
 	}, "node-2 does not take the jobs over")
 	f.connect(late, lb.l.Addr().String())
-	wctx, cancel := context.WithTimeout(ctx, 2*time.Minute)
-	defer cancel()
-	j, err := admin.WaitJob(wctx, "kill-two", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	st := j.DeviceJobStatistics
-	if j.Status != herd.JobCompleted || st.SucceededCount+st.FailedCount != n+1 {
-		t.Fatalf("after the kill: %s %+v", j.Status, *st)
-	}
-	for page, err := range admin.Query(ctx, "SELECT * FROM devices.jobs WHERE devices.jobs.jobId = 'kill-two'") {
-		if err != nil {
-			t.Fatal(err)
-		}
-		djs, _ := page.DeviceJobs()
-		for _, d := range djs {
-			called := f.called(d.DeviceID)
-			switch {
-			case called > 1:
-				t.Errorf("%s ran the method %d times", d.DeviceID, called)
-			case d.Status == herd.DeviceJobCompleted && called != 1:
-				t.Errorf("%s completed, called %d times", d.DeviceID, called)
-			case d.Status == herd.DeviceJobFailed && d.Error.Code != "MethodInterrupted" && d.Error.Code != string(herd.ErrGatewayTimeout):
-				t.Errorf("%s failed: %+v (only a call in flight on a killed node may fail)", d.DeviceID, d.Error)
-			case d.Status == herd.DeviceJobFailed:
-				t.Logf("%s failed: %+v", d.DeviceID, d.Error)
-			}
-			if d.DeviceID == late.DeviceID && d.Status != herd.DeviceJobCompleted {
-				t.Errorf("the device that connected after the kill: %s %+v", d.Status, d.Error)
-			}
-		}
-	}
+	st := f.checkJob(admin, "kill-two", n+1, late.DeviceID, "the kill")
 	if st.FailedCount > 10 {
 		t.Errorf("%d devices failed: more than the calls the killed nodes could have had in flight at 5 a second", st.FailedCount)
 	}
