@@ -695,7 +695,7 @@ func (h *Hub) Run(ctx context.Context) error {
 func (h *Hub) drain(ctx context.Context, srv *http.Server, jobsDone <-chan struct{}) error {
 	began := time.Now()
 	h.Gateway.StopAccepting()
-	h.Events.Close() // monitors' streams end, so that the REST server can
+	h.Events.Close() // monitors' streams end, so that the REST server can shut down
 	grace, cancel := context.WithTimeout(context.WithoutCancel(ctx), h.cfg.grace())
 	defer cancel()
 	rest := make(chan error, 1)
