@@ -2,9 +2,11 @@
 // ("Cluster mode" in the architecture).
 //
 // Each node listens on subjects of its own, herd.node.<id>.…, never one
-// per device: a direct method for a device connected to another node is a
-// NATS request to that node's subject, and NATS's immediate "no
-// responders" says the node is gone. What every node must hear goes to
+// per device: direct methods for the devices connected to another node go
+// to that node's calls subject in batches, as NATS requests that the node
+// answers at once with whether it took them (NATS's immediate "no
+// responders" says the node is gone); the devices' answers come back in
+// batches to the caller's answers subject (calls.go). What every node must hear goes to
 // herd.cluster.…: a device whose identity changed (its connection on any
 // node is checked again or closed, key caches drop it), a desired-property
 // change for a device that is not connected here, a device that connected
@@ -15,10 +17,10 @@
 // only while some node has monitors (herd monitor, GET /events) and says
 // so. A node does not hear its own broadcasts.
 //
-// Which node holds a device is read from the store (the connection's
-// node, internal/cluster), or, for a device that came online in the last
-// seconds and whose connection the store may not show yet, from the
-// online broadcasts.
+// Which node holds a device is remembered from the online broadcasts and,
+// failing that, read from the store (the connection's node,
+// internal/cluster); what is remembered holds until the node it names says
+// the device is not there.
 package mesh
 
 import (
@@ -62,8 +64,6 @@ const (
 // changedEvery is how often a node sends the devices whose twins or
 // identities changed on it, in one message.
 const changedEvery = 100 * time.Millisecond
-
-func methodSubject(node string) string { return "herd.node." + node + ".method" }
 
 // maxOwners bounds the owner cache (Mesh.owners): about 80 bytes an
 // entry.
@@ -143,7 +143,9 @@ type Mesh struct {
 	// it then), so that a method job does not read the store for each
 	// device. At most maxOwners entries; an arbitrary one goes when full.
 	owners  map[string]string
-	names   map[string]string   // node ids, interned
+	names   map[string]string // node ids, interned
+	calls   callState
+	senders sync.WaitGroup      // the goroutines sending calls and answers
 	changed map[string]struct{} // to send with the next batch
 	stop    chan struct{}
 	done    chan struct{}
@@ -191,21 +193,8 @@ func (m *Mesh) Serve(h Handlers) error {
 		return nil
 	}
 	return errors.Join(
-		sub(methodSubject(m.cfg.NodeID), func(msg *nats.Msg) {
-			m.answerMu.Lock()
-			if m.draining {
-				m.answerMu.Unlock()
-				m.reply(msg, methodAnswer{Code: herd.ErrDeviceNotOnline,
-					Message: "node " + m.cfg.NodeID + " is shutting down: the device is about to reconnect to another node"}, "")
-				return
-			}
-			m.answering.Add(1)
-			m.answerMu.Unlock()
-			go func() {
-				defer m.answering.Done()
-				m.answer(msg, h.Invoke)
-			}()
-		}),
+		sub(callsSubject(m.cfg.NodeID), func(msg *nats.Msg) { m.takeCalls(msg, h.Invoke) }),
+		sub(answersSubject(m.cfg.NodeID), m.takeAnswers),
 		sub(subjectDevice, func(msg *nats.Msg) { h.DeviceChanged(string(msg.Data)) }),
 		sub(subjectDesired, func(msg *nats.Msg) {
 			var d desired
@@ -258,6 +247,7 @@ func (m *Mesh) Serve(h Handlers) error {
 func (m *Mesh) Close() {
 	close(m.stop)
 	<-m.done
+	m.senders.Wait() // answers and calls queued are handed to NATS
 	closed := make(chan struct{})
 	m.nc.SetClosedHandler(func(*nats.Conn) { close(closed) })
 	if err := m.nc.Drain(); err != nil {
@@ -364,86 +354,6 @@ func (m *Mesh) Owner(ctx context.Context, id string) (string, error) {
 		return "", nil
 	}
 	return node, nil
-}
-
-// methodCall is a direct method sent to the node a device is on.
-type methodCall struct {
-	DeviceID string             `json:"deviceId"`
-	Request  herd.MethodRequest `json:"request"`
-}
-
-// methodAnswer is its answer: the device's result, or the failure.
-type methodAnswer struct {
-	Result  *herd.MethodResult `json:"result,omitempty"`
-	Code    herd.ErrorCode     `json:"code,omitempty"`
-	Message string             `json:"message,omitempty"`
-}
-
-// Invoke calls a method on a device connected to node (the method
-// service's Remote).
-func (m *Mesh) Invoke(ctx context.Context, node, deviceID string, req herd.MethodRequest) (*herd.MethodResult, error) {
-	req.ConnectTimeoutInSeconds = 0
-	body, err := json.Marshal(methodCall{DeviceID: deviceID, Request: req})
-	if err != nil {
-		return nil, err
-	}
-	wait := time.Duration(req.ResponseTimeoutInSeconds)*time.Second + answerMargin
-	rctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	msg, err := m.nc.RequestWithContext(rctx, methodSubject(node), body)
-	switch {
-	case errors.Is(err, nats.ErrNoResponders):
-		// The node is gone: the request reached no one.
-		m.dropOwner(deviceID, node)
-		return nil, herd.Errorf(herd.ErrDeviceNotOnline, "node %s, which held the device, is gone", node)
-	case err != nil && ctx.Err() != nil:
-		return nil, ctx.Err()
-	case err != nil:
-		return nil, herd.Errorf(herd.ErrGatewayTimeout, "node %s, which holds the device, did not answer within %s: %v", node, wait, err)
-	}
-	var a methodAnswer
-	if err := json.Unmarshal(msg.Data, &a); err != nil {
-		return nil, fmt.Errorf("the answer of node %s does not parse: %w", node, err)
-	}
-	if a.Code != "" {
-		if a.Code == herd.ErrDeviceNotOnline {
-			m.dropOwner(deviceID, node) // gone from there
-		}
-		return nil, herd.Errorf(a.Code, "%s", a.Message)
-	}
-	if a.Result == nil {
-		return nil, fmt.Errorf("node %s answered neither a result nor an error", node)
-	}
-	return a.Result, nil
-}
-
-// answer runs a method call from another node and replies.
-func (m *Mesh) answer(msg *nats.Msg, invoke func(context.Context, string, herd.MethodRequest) (*herd.MethodResult, error)) {
-	var c methodCall
-	var a methodAnswer
-	if err := json.Unmarshal(msg.Data, &c); err != nil {
-		a.Code, a.Message = herd.ErrArgumentInvalid, "a method call that does not parse: "+err.Error()
-	} else {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Duration(c.Request.ResponseTimeoutInSeconds)*time.Second+answerMargin)
-		res, err := invoke(ctx, c.DeviceID, c.Request)
-		cancel()
-		if err != nil {
-			a.Code, a.Message = herd.ErrorCodeOf(err), herd.ErrorMessage(err)
-		} else {
-			a.Result = res
-		}
-	}
-	m.reply(msg, a, c.DeviceID)
-}
-
-func (m *Mesh) reply(msg *nats.Msg, a methodAnswer, deviceID string) {
-	body, err := json.Marshal(a)
-	if err == nil {
-		err = msg.Respond(body)
-	}
-	if err != nil {
-		m.cfg.Log.Warn("cluster: could not answer a method call", "device_id", deviceID, "err", err)
-	}
 }
 
 // Drain refuses the method calls that other nodes send from now on (with

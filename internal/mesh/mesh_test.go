@@ -3,6 +3,7 @@ package mesh_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"testing"
 	"time"
 
@@ -90,5 +91,45 @@ func TestDrain(t *testing.T) {
 	}
 	if err := <-drained; err != nil {
 		t.Errorf("Drain: %v", err)
+	}
+}
+
+// TestCallsInBatches: many calls at once from one node to another each get
+// their own device's answer (calls and answers travel in batches, matched
+// by id); a call to a node that is not there fails at once with
+// DeviceNotOnline.
+func TestCallsInBatches(t *testing.T) {
+	url := hubtest.NATS(t)
+	node(t, url, "a", mesh.Handlers{Invoke: func(ctx context.Context, id string, req herd.MethodRequest) (*herd.MethodResult, error) {
+		if id == "offline" {
+			return nil, herd.Errorf(herd.ErrDeviceNotOnline, "not here")
+		}
+		return &herd.MethodResult{Status: 200, Payload: json.RawMessage(`"` + id + `"`)}, nil
+	}})
+	b := node(t, url, "b", mesh.Handlers{})
+	ctx := context.Background()
+	req := herd.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: 10}
+	const n = 500
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			id := fmt.Sprintf("d%d", i)
+			res, err := b.Invoke(ctx, "a", id, req)
+			if err == nil && string(res.Payload) != `"`+id+`"` {
+				err = fmt.Errorf("%s got the answer %s", id, res.Payload)
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := b.Invoke(ctx, "a", "offline", req); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+		t.Errorf("a device not on the node: %v, want DeviceNotOnline", err)
+	}
+	if _, err := b.Invoke(ctx, "gone", "d1", req); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+		t.Errorf("a node that is not there: %v, want DeviceNotOnline", err)
 	}
 }
