@@ -142,13 +142,15 @@ type Mesh struct {
 	// node it names answering that the device is not there (Invoke drops
 	// it then), so that a method job does not read the store for each
 	// device. At most maxOwners entries; an arbitrary one goes when full.
-	owners  map[string]string
-	names   map[string]string // node ids, interned
-	calls   callState
-	senders sync.WaitGroup      // the goroutines sending calls and answers
-	changed map[string]struct{} // to send with the next batch
-	stop    chan struct{}
-	done    chan struct{}
+	owners map[string]string
+	names  map[string]string // node ids, interned
+	calls  callState
+	// desiredQ is the desired changes to broadcast (sendDesired).
+	desiredQ chan []byte
+	senders  sync.WaitGroup      // the goroutines sending calls and answers
+	changed  map[string]struct{} // to send with the next batch
+	stop     chan struct{}
+	done     chan struct{}
 }
 
 // Connect dials the NATS server. It fails when the server cannot be
@@ -157,7 +159,8 @@ func Connect(cfg Config) (*Mesh, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Mesh{cfg: cfg, owners: map[string]string{}, names: map[string]string{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{})}
+	m := &Mesh{cfg: cfg, owners: map[string]string{}, names: map[string]string{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{}),
+		desiredQ: make(chan []byte, 8192)}
 	nc, err := nats.Connect(cfg.URL,
 		nats.Name("herd node "+cfg.NodeID),
 		nats.NoEcho(),
@@ -178,6 +181,8 @@ func Connect(cfg Config) (*Mesh, error) {
 	}
 	m.nc = nc
 	go m.forget()
+	m.senders.Add(1)
+	go m.sendDesired()
 	return m, nil
 }
 
@@ -197,12 +202,14 @@ func (m *Mesh) Serve(h Handlers) error {
 		sub(answersSubject(m.cfg.NodeID), m.takeAnswers),
 		sub(subjectDevice, func(msg *nats.Msg) { h.DeviceChanged(string(msg.Data)) }),
 		sub(subjectDesired, func(msg *nats.Msg) {
-			var d desired
-			if err := json.Unmarshal(msg.Data, &d); err != nil {
-				m.cfg.Log.Warn("cluster: a desired change that does not parse", "err", err)
+			var ds []desired
+			if err := json.Unmarshal(msg.Data, &ds); err != nil {
+				m.cfg.Log.Warn("cluster: desired changes that do not parse", "err", err)
 				return
 			}
-			h.Desired(d.ID, d.Version, d.Body)
+			for _, d := range ds {
+				h.Desired(d.ID, d.Version, d.Body)
+			}
 		}),
 		sub(subjectOnline, func(msg *nats.Msg) {
 			var o online
@@ -402,13 +409,67 @@ func (m *Mesh) DeviceChanged(id string) { m.publish(subjectDevice, []byte(id)) }
 
 // Desired tells the other nodes of a desired-properties change, for the
 // node the device is connected to.
+//
+// The changes travel in batches, in order: what has queued while the
+// previous batch was being sent (a twin job's changes for many devices go
+// in a few messages; a lone change goes at once).
 func (m *Mesh) Desired(id string, version int64, body []byte) {
 	b, err := json.Marshal(desired{ID: id, Version: version, Body: body})
 	if err != nil {
 		m.cfg.Log.Warn("cluster: a desired change that does not encode", "device_id", id, "version", version, "err", err)
 		return
 	}
-	m.publish(subjectDesired, b)
+	select {
+	case m.desiredQ <- b:
+	case <-m.stop:
+	}
+}
+
+// sendDesired publishes the queued desired changes as JSON arrays of at
+// most maxChangedMessage bytes, until the mesh closes (what is queued then
+// is sent).
+func (m *Mesh) sendDesired() {
+	defer m.senders.Done()
+	var buf []byte
+	flush := func() {
+		if len(buf) > 0 {
+			m.publish(subjectDesired, append(buf, ']'))
+			buf = buf[:0]
+		}
+	}
+	add := func(b []byte) {
+		if len(buf) > 0 && len(buf)+len(b)+2 > maxChangedMessage {
+			flush()
+		}
+		if len(buf) == 0 {
+			buf = append(buf, '[')
+		} else {
+			buf = append(buf, ',')
+		}
+		buf = append(buf, b...)
+	}
+	for {
+		stopping := false
+		select {
+		case b := <-m.desiredQ:
+			add(b)
+		case <-m.stop:
+			stopping = true
+		}
+	more:
+		for {
+			select {
+			case b := <-m.desiredQ:
+				add(b)
+			default:
+				break more
+			}
+		}
+		flush()
+		if stopping {
+			return
+		}
+	}
 }
 
 // Online tells the other nodes that a device came online for methods here.

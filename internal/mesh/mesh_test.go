@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"sync"
 	"testing"
 	"time"
 
@@ -26,7 +27,9 @@ func node(t *testing.T, url, id string, h mesh.Handlers) *mesh.Mesh {
 		}
 	}
 	h.DeviceChanged, h.Online, h.Changed = nop, nop, func([]string) {}
-	h.Desired = func(string, int64, []byte) {}
+	if h.Desired == nil {
+		h.Desired = func(string, int64, []byte) {}
+	}
 	h.Attached = func(string, time.Time) {}
 	h.JobsChanged, h.ConfigurationsChanged = func() {}, func() {}
 	h.JobProgress = func([]byte) {}
@@ -131,5 +134,41 @@ func TestCallsInBatches(t *testing.T) {
 	}
 	if _, err := b.Invoke(ctx, "gone", "d1", req); !herd.IsCode(err, herd.ErrDeviceNotOnline) {
 		t.Errorf("a node that is not there: %v, want DeviceNotOnline", err)
+	}
+}
+
+// TestDesiredInOrder: a burst of desired changes reaches the other nodes
+// whole and, for each device, in order (they travel in batches).
+func TestDesiredInOrder(t *testing.T) {
+	url := hubtest.NATS(t)
+	var mu sync.Mutex
+	last := map[string]int64{}
+	got := 0
+	var bad []string
+	node(t, url, "a", mesh.Handlers{Desired: func(id string, version int64, body []byte) {
+		mu.Lock()
+		defer mu.Unlock()
+		if version != last[id]+1 || string(body) != fmt.Sprintf(`{"v":%d}`, version) {
+			bad = append(bad, fmt.Sprintf("%s: version %d %s after %d", id, version, body, last[id]))
+		}
+		last[id] = version
+		got++
+	}})
+	b := node(t, url, "b", mesh.Handlers{})
+	const devices, versions = 100, 30
+	for v := int64(1); v <= versions; v++ {
+		for i := range devices {
+			b.Desired(fmt.Sprintf("d%d", i), v, []byte(fmt.Sprintf(`{"v":%d}`, v)))
+		}
+	}
+	hubtest.Eventually(t, 20*time.Second, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return got == devices*versions
+	}, "not every desired change arrived")
+	mu.Lock()
+	defer mu.Unlock()
+	if len(bad) > 0 {
+		t.Errorf("%d changes out of order, first: %s", len(bad), bad[0])
 	}
 }
