@@ -20,17 +20,6 @@ import (
 	"github.com/herd-iot/herd/service"
 )
 
-// freePort returns a loopback address nothing listens on now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
 // TestHAProxy runs the HAProxy configuration shipped in docs/haproxy.cfg
 // (Debian's haproxy; the test's ports in place of the file's) in front of
 // three nodes: back ends and devices use only the balancer's two
@@ -57,7 +46,7 @@ func TestHAProxy(t *testing.T) {
 		t.Fatal(err)
 	}
 	cfg := string(b)
-	mqttLB, restLB := freePort(t), freePort(t)
+	mqttLB, restLB := freeAddr(t), freeAddr(t)
 	replace := func(old, new string) {
 		t.Helper()
 		if n := strings.Count(cfg, old); n != 1 {

@@ -111,6 +111,20 @@ func (b *balancer) proxy(c net.Conn) {
 	}
 }
 
+// startBehindBalancer starts nodes 0 … n-1 and a balancer in front of
+// their MQTT ports.
+func (c *testCluster) startBehindBalancer(n int) ([]*clusterNode, *balancer) {
+	c.t.Helper()
+	lb := newBalancer(c.t)
+	var nodes []*clusterNode
+	for i := range n {
+		nd := c.start(i)
+		lb.set(nd.id, nd.mqtt)
+		nodes = append(nodes, nd)
+	}
+	return nodes, lb
+}
+
 // pingFleet is test devices that answer "ping" after a pause and count
 // the calls they got.
 type pingFleet struct {
@@ -230,11 +244,7 @@ func (f *pingFleet) called(id string) int64 {
 func TestRollingRestart(t *testing.T) {
 	ctx := context.Background()
 	c := newTestCluster(t)
-	nodes := []*clusterNode{c.start(0), c.start(1), c.start(2)}
-	lb := newBalancer(t)
-	for _, n := range nodes {
-		lb.set(n.id, n.mqtt)
-	}
+	nodes, lb := c.startBehindBalancer(3)
 	const n = 60
 	f := newPingFleet(t, c, 300*time.Millisecond) // calls are in flight when a node drains
 	admin := c.client(nodes[1])
@@ -318,11 +328,7 @@ func TestRollingRestart(t *testing.T) {
 func TestKillJobNodeAndDeviceNode(t *testing.T) {
 	ctx := context.Background()
 	c := newTestCluster(t)
-	nodes := []*clusterNode{c.start(0), c.start(1), c.start(2)}
-	lb := newBalancer(t)
-	for _, n := range nodes {
-		lb.set(n.id, n.mqtt)
-	}
+	nodes, lb := c.startBehindBalancer(3)
 	const n = 30
 	f := newPingFleet(t, c, 200*time.Millisecond)
 	admin := c.client(nodes[2])
