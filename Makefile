@@ -3,13 +3,13 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz compat compat-postgres compat-cluster ui ui-screenshots chromium postgresql haproxy test-postgres
+.PHONY: test build vet bench bench-quick fuzz compat compat-postgres compat-cluster ui ui-screenshots chromium postgresql haproxy mosquitto test-postgres
 
 ## test: every test: vet, the Go tests with -race (the store conformance suite
 ## on SQLite and on a throwaway PostgreSQL), the hub-level suites again on
 ## PostgreSQL, the official Azure SDK suite on both stores and the
 ## dashboard's browser suite
-test: vet postgresql haproxy
+test: vet postgresql haproxy mosquitto
 	$(GO) test -race -count=1 ./...
 	$(MAKE) test-postgres
 	$(MAKE) compat
@@ -66,6 +66,21 @@ haproxy:
 	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; \
 	  else \
 	    echo "the cluster tests need HAProxy: run \`sudo apt-get install haproxy\`" >&2; \
+	    exit 1; \
+	  fi; \
+	fi
+
+## mosquitto: installs Debian's mosquitto when it is missing and we are root
+## (apt-get): the benchmark harness measures Herd against it (go run ./bench
+## --peers), and its test runs that at a tiny scale (the binary only; the
+## harness starts it on a loopback port itself)
+mosquitto:
+	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing Debian's mosquitto for the benchmark harness's peer test"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
+	  else \
+	    echo "the benchmark harness's peer test needs Mosquitto: run \`sudo apt-get install mosquitto\`" >&2; \
 	    exit 1; \
 	  fi; \
 	fi

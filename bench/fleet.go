@@ -31,6 +31,7 @@ type fleetSpec struct {
 	Addr        string         `json:"addr"`
 	Concurrency int            `json:"concurrency"`
 	Devices     []sim.Identity `json:"devices"`
+	PeerTopics  bool           `json:"peerTopics,omitempty"` // sim.Config.PeerTopics
 }
 
 // reply is the child's answer to one command.
@@ -50,7 +51,7 @@ func fleetMain(stdin io.Reader, stdout io.Writer) error {
 	if err := json.Unmarshal(b, &spec); err != nil {
 		return err
 	}
-	f := sim.New(sim.Config{Host: spec.Host, Addr: spec.Addr, Devices: spec.Devices, Concurrency: spec.Concurrency})
+	f := sim.New(sim.Config{Host: spec.Host, Addr: spec.Addr, Devices: spec.Devices, Concurrency: spec.Concurrency, PeerTopics: spec.PeerTopics})
 	defer f.Disconnect()
 	out := json.NewEncoder(stdout)
 	sc := bufio.NewScanner(stdin)

@@ -72,6 +72,9 @@ func gatewayOn(ctx context.Context, e *bench, b *backend) error {
 	}
 	r.add(row{what: "method job, devices over plain MQTT sockets (child process), every outcome persisted", store: st, scale: scale,
 		measured: rate(n, took), target: "≥ 30,000 devices/s (10k)", n: n})
+	jobRate := float64(n) / took[len(took)/2].Seconds()
+	r.ratio(row{what: "method job devices/s ÷ direct-method round trips/s (same devices, same hub, same run)", store: st, scale: scale,
+		measured: fmt.Sprintf("%.2f (%s/s ÷ %s/s)", jobRate/rt.Rate, count(int(jobRate)), count(int(rt.Rate))), target: "≥ 0.9"})
 
 	logf("reconnecting %d devices", n)
 	if _, err := f.do("disconnect"); err != nil {

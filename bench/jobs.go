@@ -18,39 +18,56 @@ import (
 // net.Pipe in this process, so fleets can be larger than the sockets one
 // process may hold.
 func benchPipeJobs(ctx context.Context, e *bench) error {
+	perDevice := map[*backend][]time.Duration{} // median job time per device, by fleet size
 	for _, n := range e.cfg.pipeDevices {
 		for _, b := range e.backends {
-			if err := pipeJob(ctx, e, b, n); err != nil {
+			d, err := pipeJob(ctx, e, b, n)
+			if err != nil {
 				return fmt.Errorf("%s: %w", b.Name(), err)
 			}
+			perDevice[b] = append(perDevice[b], d/time.Duration(n))
 		}
+	}
+	sizes := e.cfg.pipeDevices
+	if len(sizes) < 2 {
+		return nil
+	}
+	for _, b := range e.backends {
+		ds := perDevice[b]
+		first, last := ds[0], ds[len(ds)-1]
+		e.r.ratio(row{what: fmt.Sprintf("time per device of a method job, %s → %s devices (in-memory transport)", count(sizes[0]), count(sizes[len(sizes)-1])),
+			store: b.Name(), scale: "",
+			measured: fmt.Sprintf("%.2f× (%.1f µs → %.1f µs)", last.Seconds()/first.Seconds(), float64(first)/float64(time.Microsecond), float64(last)/float64(time.Microsecond)),
+			target:   "flat (± 10 %)"})
 	}
 	return nil
 }
 
-func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
+// pipeJob measures method jobs over n in-memory devices and returns the
+// plain job's median time.
+func pipeJob(ctx context.Context, e *bench, b *backend, n int) (time.Duration, error) {
 	cfg, r, logf := e.cfg, e.r, e.logf
 	h, err := b.hub(ctx, "pipe", "", 0, false)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	defer h.stop()
 	logf("registering %d devices", n)
 	ids, err := register(ctx, h, "pipe-", n)
 	if err != nil {
-		return err
+		return 0, err
 	}
 	base := measure.SettledRSS()
 	f := sim.New(sim.Config{Host: h.Hostname(), Dial: sim.Pipe(h.Gateway.ServeConn), Devices: ids, Concurrency: 1024})
 	logf("connecting %d devices through the in-memory transport", n)
 	start := time.Now()
 	if err := f.Connect(ctx); err != nil {
-		return err
+		return 0, err
 	}
 	defer f.Disconnect()
 	connect := time.Since(start)
 	if err := waitConnected(ctx, h, int64(n), time.Minute); err != nil {
-		return err
+		return 0, err
 	}
 	mem := measure.SettledRSS()
 	// The pacer's own cost: beside each run of the job, the same job with
@@ -77,7 +94,7 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 			v := variants[(i+k)%len(variants)]
 			d, err := jobRuns(ctx, h, 1, n, fmt.Sprintf("pipe-%s-%d", v.name, i), v.body)
 			if err != nil {
-				return err
+				return 0, err
 			}
 			*v.out = append(*v.out, d...)
 		}
@@ -100,7 +117,7 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 	paced, err := jobRuns(ctx, h, 1, n, "pipe-paced", fmt.Sprintf(
 		`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor"},"herd":{"rollout":{"maxPerMinute":%d}}}`, paceRate))
 	if err != nil {
-		return err
+		return 0, err
 	}
 	// The pace governs when devices start: from the first device's start
 	// to the last's, the devices after the first second's worth.
@@ -108,11 +125,11 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 		DeviceJobs(ctx context.Context, id string) ([]herd.DeviceJob, error)
 	})
 	if !ok {
-		return fmt.Errorf("the %s store does not list device records", b.Name())
+		return 0, fmt.Errorf("the %s store does not list device records", b.Name())
 	}
 	djs, err := recs.DeviceJobs(ctx, "pipe-paced-1")
 	if err != nil {
-		return err
+		return 0, err
 	}
 	var first, last time.Time
 	for _, d := range djs {
@@ -132,7 +149,7 @@ func pipeJob(ctx context.Context, e *bench, b *backend, n int) error {
 			count(int(got)), (got/float64(paceRate)-1)*100, seconds(ran), seconds(paced[0]))})
 	r.note("In-memory fleet of %s devices (%s): connected in %s (%s/s, SAS-authenticated, both ends in one process); the process grew by %.1f KB per device, hub and simulated device together.",
 		count(n), b.Name(), seconds(connect), count(int(float64(n)/connect.Seconds())), float64(mem-base)/float64(n))
-	return nil
+	return took[len(took)/2], nil
 }
 
 // paceRate is the rate of the paced method job, devices a minute.
@@ -196,6 +213,8 @@ func twinJobs(ctx context.Context, e *bench, b *backend, n int) error {
 	e.r.add(row{what: "the same merge as one raw SQL UPDATE of every twin (tags, desired, versions, $metadata; no job records), and the job's time over it",
 		store: b.Name(), scale: scale, target: rawTarget,
 		measured: fmt.Sprintf("**%s**, job **%.2f×**", seconds(rawMed), med.Seconds()/rawMed.Seconds()) + runsNote(raw)})
+	e.r.ratio(row{what: "twin job ÷ one raw UPDATE doing the same merge on the same database, same driver", store: b.Name(), scale: scale,
+		measured: fmt.Sprintf("%.2f× (%s ÷ %s)", med.Seconds()/rawMed.Seconds(), seconds(med), seconds(rawMed)), target: "≤ 1.3×"})
 	return nil
 }
 

@@ -146,7 +146,12 @@ type bench struct {
 
 // sectionNames are the parts of a run, in order.
 // The cluster section runs only when asked (--cluster, or --only).
-var sectionNames = []string{"gateway", "methodjob", "twinjob", "query", "import", "copy", "start", "cluster"}
+var sectionNames = []string{"peers", "gateway", "methodjob", "twinjob", "query", "import", "copy", "start", "cluster"}
+
+// peerSections are what --peers runs: every figure that issue 17 measures
+// against a limit in the same run (a peer broker, the round trips, the raw
+// store).
+var peerSections = []string{"peers", "gateway", "methodjob", "twinjob", "query"}
 
 func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
@@ -156,7 +161,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	inflight := fs.Int("inflight", 2000, "method calls in flight while measuring round trips")
 	rt := fs.Duration("round-trips", 0, "how long method round trips are measured (default 10s; quick 3s)")
 	jobRuns := fs.Int("job-runs", 0, "runs of each method and twin-update job; the median is reported (default 3; quick 1)")
-	pipe := fs.String("pipe-devices", "", "method-job fleet sizes over the in-memory transport (default 100000; quick 10000)")
+	pipe := fs.String("pipe-devices", "", "method-job fleet sizes over the in-memory transport (default 100000; quick 10000; with --peers 10000,100000, quick 2000,10000)")
 	twin := fs.String("twin-devices", "", "twin-job fleet sizes (default 10000,100000,1000000; quick 10000)")
 	qt := fs.Int("query-twins", 0, "twins the queries run over (default 1000000; quick 10000)")
 	qruns := fs.Int("query-runs", 0, "runs of each query; the median is reported (default 3; quick 1)")
@@ -170,6 +175,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		defDir = filepath.Join(os.TempDir(), "herd-bench")
 	}
 	dir := fs.String("dir", defDir, "where fleet databases are built once and kept (HERD_BENCH_DIR)")
+	peersRun := fs.Bool("peers", false, "measure Herd against its limits in one run: Debian's Mosquitto on a loopback port (same fleet), the round trips under a method job, the raw store under twin jobs and queries")
 	clusterRun := fs.Bool("cluster", false, "measure cluster mode alone (PostgreSQL and an embedded NATS server): the cluster section, which the default run leaves out")
 	clusterNodes := fs.Int("cluster-nodes", 0, "nodes of the cluster section, one process each (default 6; quick 3)")
 	clusterDevices := fs.Int("cluster-devices", 0, "devices spread over the cluster's nodes (default 100000; quick 9000)")
@@ -220,18 +226,32 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 		}
 	}
 	var err error
-	if c.pipeDevices, err = sizes("--pipe-devices", *pipe, *quick, "100000", "10000"); err != nil {
+	pipeFull, pipeQuick := "100000", "10000"
+	if *peersRun {
+		// Two sizes: whether a device's cost stays flat as the job grows.
+		pipeFull, pipeQuick = "10000,100000", "2000,10000"
+	}
+	if c.pipeDevices, err = sizes("--pipe-devices", *pipe, *quick, pipeFull, pipeQuick); err != nil {
 		return nil, err
 	}
 	if c.twinDevices, err = sizes("--twin-devices", *twin, *quick, "10000,100000,1000000", "10000"); err != nil {
 		return nil, err
 	}
 	switch {
+	case *clusterRun && *peersRun:
+		return nil, errors.New("--cluster and --peers are separate runs: give one")
 	case *clusterRun:
 		if *only != "" {
 			return nil, errors.New("--cluster runs the cluster section alone: leave out --only")
 		}
 		c.sections["cluster"] = true
+	case *peersRun:
+		if *only != "" {
+			return nil, errors.New("--peers runs its own sections: leave out --only")
+		}
+		for _, s := range peerSections {
+			c.sections[s] = true
+		}
 	case *only == "":
 		for _, s := range sectionNames {
 			c.sections[s] = s != "cluster"
@@ -297,6 +317,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 		name string
 		fn   func(context.Context, *bench) error
 	}{
+		{"peers", benchPeers},
 		{"gateway", benchGateway},
 		{"methodjob", benchPipeJobs},
 		{"twinjob", benchTwinJobs},

@@ -23,6 +23,7 @@ type report struct {
 	started   time.Time
 	loadStart string
 	rows      []row
+	ratios    []row // issue 17's ratios: Herd against its limits, same run
 	notes     []string
 }
 
@@ -31,6 +32,11 @@ func newReport(cfg *config, args []string) *report {
 }
 
 func (r *report) add(rw row) { r.rows = append(r.rows, rw) }
+
+// ratio records a figure measured against its limit (a peer broker, the
+// raw store, the round trips themselves) in the same run; the report
+// lists them in a table of their own after the figures.
+func (r *report) ratio(rw row) { r.ratios = append(r.ratios, rw) }
 func (r *report) note(format string, a ...any) {
 	r.notes = append(r.notes, fmt.Sprintf(format, a...))
 }
@@ -67,6 +73,16 @@ func (r *report) markdown() string {
 			aws = human(time.Duration(float64(rw.n) / awsPerMinute * float64(time.Minute)))
 		}
 		fmt.Fprintf(&b, "| %s | %s | %s | %s | %s | %s | %s | %s |\n", rw.what, rw.store, rw.scale, rw.measured, rw.target, s1, s3, aws)
+	}
+	if len(r.ratios) > 0 {
+		fmt.Fprintln(&b)
+		fmt.Fprintln(&b, "Against the limits, same run:")
+		fmt.Fprintln(&b)
+		fmt.Fprintln(&b, "| ratio | store | scale | measured | target |")
+		fmt.Fprintln(&b, "|---|---|---|---|---|")
+		for _, rw := range r.ratios {
+			fmt.Fprintf(&b, "| %s | %s | %s | %s | %s |\n", rw.what, rw.store, rw.scale, rw.measured, rw.target)
+		}
 	}
 	if len(r.notes) > 0 {
 		fmt.Fprintln(&b)

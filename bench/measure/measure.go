@@ -17,6 +17,8 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/prometheus/procfs"
+
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/method"
 	"github.com/herd-iot/herd/internal/sim"
@@ -26,13 +28,7 @@ import (
 // (0 where that cannot be read).
 func RSSKB() int64 {
 	b, _ := os.ReadFile("/proc/self/status")
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			return n
-		}
-	}
-	return 0
+	return vmRSS(b)
 }
 
 // SettledRSS is RSSKB after garbage collection has given memory back to
@@ -59,6 +55,16 @@ type RoundTrips struct {
 // warm-up (a third of d, at most 2 s), then for d.
 func MeasureRoundTrips(ctx context.Context, m *method.Service, devices []sim.Identity, d time.Duration, inflight int) RoundTrips {
 	req := herd.MethodRequest{MethodName: "bench", Payload: json.RawMessage(`{"n":1}`), ResponseTimeoutInSeconds: 30}
+	return RoundTripsOf(ctx, func(ctx context.Context, id string) error {
+		_, err := m.Invoke(ctx, id, req)
+		return err
+	}, devices, d, inflight)
+}
+
+// RoundTripsOf measures call, made on the devices in turn from inflight
+// callers, as MeasureRoundTrips does: a warm-up (a third of d, at most
+// 2 s), then d.
+func RoundTripsOf(ctx context.Context, call func(ctx context.Context, id string) error, devices []sim.Identity, d time.Duration, inflight int) RoundTrips {
 	var next, errs atomic.Int64
 	run := func(d time.Duration, record bool) []time.Duration {
 		stop := time.Now().Add(d)
@@ -73,7 +79,7 @@ func MeasureRoundTrips(ctx context.Context, m *method.Service, devices []sim.Ide
 				for time.Now().Before(stop) && ctx.Err() == nil {
 					id := devices[int(next.Add(1))%len(devices)].ID
 					t0 := time.Now()
-					if _, err := m.Invoke(ctx, id, req); err != nil {
+					if err := call(ctx, id); err != nil {
 						errs.Add(1)
 						continue
 					}
@@ -100,4 +106,42 @@ func MeasureRoundTrips(ctx context.Context, m *method.Service, devices []sim.Ide
 	slices.Sort(lat)
 	q := func(p float64) time.Duration { return lat[min(len(lat)-1, int(p*float64(len(lat))))] }
 	return RoundTrips{Rate: float64(len(lat)) / elapsed.Seconds(), P50: q(0.50), P99: q(0.99), Errors: errs.Load()}
+}
+
+// ProcRSSKB is a process's resident set size in KB as the system counts
+// it (0 where that cannot be read).
+func ProcRSSKB(pid int) int64 {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return 0
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0
+	}
+	return int64(st.ResidentMemory() / 1024)
+}
+
+func vmRSS(status []byte) int64 {
+	for _, line := range strings.Split(string(status), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return n
+		}
+	}
+	return 0
+}
+
+// CPUTime is the CPU time (user and system) a process has used so far, at
+// the kernel's clock-tick resolution (10 ms).
+func CPUTime(pid int) (time.Duration, error) {
+	p, err := procfs.NewProc(pid)
+	if err != nil {
+		return 0, err
+	}
+	st, err := p.Stat()
+	if err != nil {
+		return 0, err
+	}
+	return time.Duration(st.CPUTime() * float64(time.Second)), nil
 }

@@ -88,8 +88,14 @@ type Config struct {
 	Clean bool
 	// TokenValidity is the lifetime of the devices' SAS tokens (default 1h).
 	TokenValidity time.Duration
-	Log           *slog.Logger
-	Now           func() time.Time
+	// PeerTopics makes every device put PeerTopicPrefix(id) before each
+	// $iothub topic it subscribes to and publishes on, so that a plain
+	// MQTT broker, which routes by topic alone, reaches each device as Herd
+	// does by connection: the same fleet then measures Herd and a peer
+	// broker (go run ./bench --peers). Herd itself does not accept them.
+	PeerTopics bool
+	Log        *slog.Logger
+	Now        func() time.Time
 }
 
 // Validate checks the configuration; its messages name the field.
@@ -180,10 +186,18 @@ func New(cfg Config) *Fleet {
 		f.limiter = rate.NewLimiter(rate.Limit(cfg.ConnectRate), max(1, int(cfg.ConnectRate/10)))
 	}
 	for _, id := range cfg.Devices {
-		f.devices = append(f.devices, &Device{f: f, id: id})
+		d := &Device{f: f, id: id}
+		if cfg.PeerTopics {
+			d.prefix = PeerTopicPrefix(id.ID)
+		}
+		f.devices = append(f.devices, d)
 	}
 	return f
 }
+
+// PeerTopicPrefix is what a device of a fleet with PeerTopics puts before
+// its $iothub topics: "peer/{deviceId}/".
+func PeerTopicPrefix(id string) string { return "peer/" + id + "/" }
 
 // Stats returns the fleet's counters.
 func (f *Fleet) Stats() Stats {
@@ -268,8 +282,9 @@ func (f *Fleet) Disconnect() {
 
 // Device is one simulated device.
 type Device struct {
-	f  *Fleet
-	id Identity
+	f      *Fleet
+	id     Identity
+	prefix string // before every $iothub topic (Config.PeerTopics)
 
 	mu      sync.Mutex // guards conn, done and writes
 	conn    net.Conn
@@ -373,7 +388,7 @@ func (d *Device) handshake(nc net.Conn, r *bufio.Reader) error {
 	}
 	sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
 	sp.MessageID = 1
-	sp.Topics = []string{"$iothub/methods/POST/#", "$iothub/twin/PATCH/properties/desired/#", "$iothub/twin/res/#"}
+	sp.Topics = []string{d.prefix + "$iothub/methods/POST/#", d.prefix + "$iothub/twin/PATCH/properties/desired/#", d.prefix + "$iothub/twin/res/#"}
 	sp.Qoss = []byte{0, 0, 0}
 	if err := sp.Write(nc); err != nil {
 		return err
@@ -481,7 +496,7 @@ func (d *Device) read(nc net.Conn, r *bufio.Reader, done chan struct{}) {
 		if !ok {
 			continue
 		}
-		switch t := pp.TopicName; {
+		switch t := strings.TrimPrefix(pp.TopicName, d.prefix); {
 		case strings.HasPrefix(t, "$iothub/methods/POST/"):
 			d.answerMethod(nc, t, pp.Payload)
 		case strings.HasPrefix(t, "$iothub/twin/PATCH/properties/desired/"):
@@ -520,7 +535,7 @@ func (d *Device) answerMethod(nc net.Conn, topic string, payload []byte) {
 		payload = []byte("null")
 	}
 	answer := func() {
-		if d.publish(nc, "$iothub/methods/res/"+strconv.Itoa(status)+"/?$rid="+rid, 0, payload) != nil {
+		if d.publish(nc, d.prefix+"$iothub/methods/res/"+strconv.Itoa(status)+"/?$rid="+rid, 0, payload) != nil {
 			return
 		}
 		d.f.stats.methods.Add(1)
@@ -553,7 +568,7 @@ func (d *Device) applyDesired(nc net.Conn, body []byte) {
 		return
 	}
 	rid := strconv.FormatUint(d.rid.Add(1), 10)
-	if d.publish(nc, "$iothub/twin/PATCH/properties/reported/?$rid="+rid, 0, reported) == nil {
+	if d.publish(nc, d.prefix+"$iothub/twin/PATCH/properties/reported/?$rid="+rid, 0, reported) == nil {
 		d.f.stats.reported.Add(1)
 	}
 }
