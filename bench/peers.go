@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,21 +193,28 @@ func measureHerdPeer(ctx context.Context, e *bench, b *backend, n int) (brokerFi
 	}
 	defer fl.close()
 	self := os.Getpid()
+	stopProfile, err := profileConnects()
+	if err != nil {
+		return f, err
+	}
 	cpu0, err := measure.CPUTime(self)
 	if err != nil {
+		stopProfile()
 		return f, err
 	}
 	e.logf("peers: connecting %d devices to Herd (%s), %d in flight", n, b.Name(), peerConnects)
 	rep, err := fl.do("connect")
-	if err != nil {
-		return f, err
+	if err == nil {
+		err = waitConnected(ctx, h, int64(n), time.Minute)
 	}
-	if err := waitConnected(ctx, h, int64(n), time.Minute); err != nil {
+	if err != nil {
+		stopProfile()
 		return f, err
 	}
 	f.connects = float64(n) / rep.Seconds
 	time.Sleep(2 * time.Second)
 	cpu1, err := measure.CPUTime(self)
+	stopProfile()
 	if err != nil {
 		return f, err
 	}
@@ -215,6 +223,31 @@ func measureHerdPeer(ctx context.Context, e *bench, b *backend, n int) (brokerFi
 	e.logf("peers: round trips through Herd for %s with %d in flight", e.cfg.roundTrips, e.cfg.inflight)
 	f.rt = measure.MeasureRoundTrips(ctx, h.Methods, ids, e.cfg.roundTrips, e.cfg.inflight)
 	return f, nil
+}
+
+// peersProfileEnv, if set, names a file where the peers section writes a
+// CPU profile of Herd's connect burst and settle (the span its CPU per
+// connect is measured over; not with profileEnv, which profiles the whole
+// process).
+const peersProfileEnv = "HERD_BENCH_CONNECT_PROFILE"
+
+func profileConnects() (stop func(), err error) {
+	path := os.Getenv(peersProfileEnv)
+	if path == "" {
+		return func() {}, nil
+	}
+	f, err := os.Create(path)
+	if err != nil {
+		return nil, err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
+	}, nil
 }
 
 // findMosquitto finds the broker's binary (Debian puts it in /usr/sbin,

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/batch"
 	"github.com/herd-iot/herd/internal/bus"
 )
 
@@ -21,6 +22,9 @@ type SessionStore interface {
 	// Session returns a device's stored subscription set; found is false
 	// when the device has no session.
 	Session(ctx context.Context, deviceID string) (subs bus.Feature, found bool, err error)
+	// Sessions reads the sessions of many devices (not modules) at once:
+	// the subscription sets of those that have one.
+	Sessions(ctx context.Context, deviceIDs []string) (map[string]bus.Feature, error)
 	// SaveSessions applies a batch of changes in one transaction. Changes
 	// for devices that no longer exist are ignored.
 	SaveSessions(ctx context.Context, changes []SessionChange) error
@@ -29,6 +33,13 @@ type SessionStore interface {
 // sessionFlushEvery is how often session changes are written.
 const sessionFlushEvery = 100 * time.Millisecond
 
+// Session lookups read together: at most this many in one read, each read
+// bounded by the timeout.
+const (
+	maxSessionBatch    = 512
+	sessionReadTimeout = 10 * time.Second
+)
+
 // sessions batches session writes: changes are visible to load at once
 // and reach the store with the next flush (and at shutdown), so that a
 // connect storm does not write one row per SUBSCRIBE. It also remembers
@@ -36,7 +47,10 @@ const sessionFlushEvery = 100 * time.Millisecond
 // reconnect does not read the store; the registry's change notification
 // forgets a device's entry (a deleted device's session goes with it).
 type sessions struct {
-	store   SessionStore
+	store SessionStore
+	// reads gathers the session lookups of a connect burst that known
+	// missed into one store read.
+	reads   *batch.Loader[string, bus.Feature]
 	mu      sync.Mutex
 	pending map[string]SessionChange
 	known   map[string]knownSession
@@ -56,7 +70,10 @@ type knownSession struct {
 }
 
 func newSessions(store SessionStore) *sessions {
-	return &sessions{store: store, pending: map[string]SessionChange{},
+	fetch := func(ctx context.Context, ids []string) (map[string]bus.Feature, error) {
+		return store.Sessions(ctx, ids)
+	}
+	return &sessions{store: store, reads: batch.New(fetch, maxSessionBatch, sessionReadTimeout), pending: map[string]SessionChange{},
 		known: map[string]knownSession{}, moduleKnown: map[string]map[string]struct{}{}, owners: map[string]*conn{}}
 }
 
@@ -132,7 +149,14 @@ func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, erro
 	if ok {
 		return k.subs, k.present, nil
 	}
-	subs, present, err := s.store.Session(ctx, id)
+	var subs bus.Feature
+	var present bool
+	var err error
+	if _, mod := herd.SplitIdentity(id); mod != "" {
+		subs, present, err = s.store.Session(ctx, id)
+	} else {
+		subs, present, err = s.reads.Load(ctx, id)
+	}
 	if err != nil {
 		return 0, false, err
 	}

@@ -12,15 +12,16 @@ import (
 	"github.com/herd-iot/herd/internal/store/sqlite"
 )
 
-// slowReads lets a test hold a Device read after it has read the row.
+// slowReads lets a test hold a key lookup's read after it has read the
+// rows.
 type slowReads struct {
 	*sqlite.DB
 	read    chan struct{}
 	release chan struct{}
 }
 
-func (s *slowReads) Device(ctx context.Context, id string) (*herd.Device, error) {
-	d, err := s.DB.Device(ctx, id)
+func (s *slowReads) DevicesByID(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
+	d, err := s.DB.DevicesByID(ctx, ids)
 	if s.read != nil {
 		close(s.read)
 		<-s.release

@@ -14,6 +14,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/batch"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
@@ -71,6 +72,8 @@ type Store interface {
 	// failures of the store itself.
 	ApplyDevices(ctx context.Context, ops []Op) ([]Result, error)
 	Device(ctx context.Context, id string) (*herd.Device, error)
+	// DevicesByID reads many devices at once: those of ids that exist.
+	DevicesByID(ctx context.Context, ids []string) (map[string]*herd.Device, error)
 	Devices(ctx context.Context, limit int) ([]*herd.Device, error)
 	RegistryStatistics(ctx context.Context) (herd.RegistryStatistics, error)
 	SetConnectionStates(ctx context.Context, changes []ConnectionChange) error
@@ -100,6 +103,9 @@ type Service struct {
 	// keysGen rises on every forget, so that a Keys call whose store
 	// read raced with an update does not cache the keys it read.
 	keysGen uint64
+	// keyReads gathers the key lookups of a connect burst that the cache
+	// missed into one store read.
+	keyReads *batch.Loader[string, *herd.Device]
 
 	connMu   sync.Mutex
 	pending  map[string]ConnectionChange
@@ -115,9 +121,17 @@ func NewService(store Store, node string, now func() time.Time, onChange ChangeF
 	return &Service{
 		store: store, node: node, now: now, onChange: onChange, log: log,
 		keys: map[string]auth.DeviceKeys{}, moduleKeys: map[string]map[string]struct{}{},
-		pending: map[string]ConnectionChange{},
+		keyReads: batch.New(store.DevicesByID, maxKeyBatch, keyReadTimeout),
+		pending:  map[string]ConnectionChange{},
 	}
 }
+
+// Key lookups read together: at most this many devices in one read, each
+// read bounded by the timeout.
+const (
+	maxKeyBatch    = 512
+	keyReadTimeout = 10 * time.Second
+)
 
 // newGenerationID returns a fresh generation id: a random 18-digit decimal,
 // the form Azure uses.
@@ -290,9 +304,12 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 		return k, nil
 	}
 	deviceID, moduleID := herd.SplitIdentity(id)
-	d, err := s.store.Device(ctx, deviceID)
+	d, found, err := s.keyReads.Load(ctx, deviceID)
 	if err != nil {
 		return auth.DeviceKeys{}, err
+	}
+	if !found {
+		return auth.DeviceKeys{}, herd.Errorf(herd.ErrDeviceNotFound, "device %q does not exist", deviceID)
 	}
 	a := d.Authentication
 	if moduleID != "" {

@@ -90,6 +90,29 @@ func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, 
 	return bus.Feature(subs), true, nil
 }
 
+// Sessions reads the sessions of many devices (not modules) at once: the
+// subscriptions of those that have one, by device id.
+func (db *DB) Sessions(ctx context.Context, deviceIDs []string) (map[string]bus.Feature, error) {
+	rows, err := db.pool.Query(ctx, `SELECT device_id, subscriptions FROM device_sessions WHERE device_id = ANY($1)`, deviceIDs)
+	if err != nil {
+		return nil, fmt.Errorf("read %d sessions: %w", len(deviceIDs), err)
+	}
+	defer rows.Close()
+	out := make(map[string]bus.Feature, len(deviceIDs))
+	for rows.Next() {
+		var id string
+		var subs int32
+		if err := rows.Scan(&id, &subs); err != nil {
+			return nil, fmt.Errorf("read %d sessions: %w", len(deviceIDs), err)
+		}
+		out[id] = bus.Feature(subs)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read %d sessions: %w", len(deviceIDs), err)
+	}
+	return out, nil
+}
+
 // SaveSessions writes a batch of session changes in one transaction;
 // sessions of devices that no longer exist are not created.
 func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {

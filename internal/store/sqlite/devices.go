@@ -137,6 +137,31 @@ func (db *DB) Device(ctx context.Context, id string) (*herd.Device, error) {
 	return d, nil
 }
 
+// DevicesByID reads many devices at once: those of ids that exist, by id.
+func (db *DB) DevicesByID(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
+	list, err := json.Marshal(ids)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.stmts.devicesByID.QueryContext(ctx, string(list))
+	if err != nil {
+		return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+	}
+	defer rows.Close()
+	out := make(map[string]*herd.Device, len(ids))
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+		}
+		out[d.DeviceID] = d
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+	}
+	return out, nil
+}
+
 // Devices returns up to limit devices in id order.
 func (db *DB) Devices(ctx context.Context, limit int) ([]*herd.Device, error) {
 	rows, err := db.read.QueryContext(ctx, `SELECT `+identityColumns+` FROM devices ORDER BY device_id LIMIT ?`, limit)

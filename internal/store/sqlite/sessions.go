@@ -3,6 +3,7 @@ package sqlite
 import (
 	"context"
 	"database/sql"
+	"encoding/json"
 	"errors"
 	"fmt"
 
@@ -17,7 +18,7 @@ func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, 
 	if dev, mod := herd.SplitIdentity(deviceID); mod != "" {
 		err = db.read.QueryRowContext(ctx, `SELECT subscriptions FROM module_sessions WHERE device_id = ? AND module_id = ?`, dev, mod).Scan(&subs)
 	} else {
-		err = db.read.QueryRowContext(ctx, `SELECT subscriptions FROM device_sessions WHERE device_id = ?`, deviceID).Scan(&subs)
+		err = db.stmts.session.QueryRowContext(ctx, deviceID).Scan(&subs)
 	}
 	if errors.Is(err, sql.ErrNoRows) {
 		return 0, false, nil
@@ -26,6 +27,33 @@ func (db *DB) Session(ctx context.Context, deviceID string) (bus.Feature, bool, 
 		return 0, false, fmt.Errorf("read session of %q: %w", deviceID, err)
 	}
 	return bus.Feature(subs), true, nil
+}
+
+// Sessions reads the sessions of many devices (not modules) at once: the
+// subscriptions of those that have one, by device id.
+func (db *DB) Sessions(ctx context.Context, deviceIDs []string) (map[string]bus.Feature, error) {
+	list, err := json.Marshal(deviceIDs)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := db.stmts.sessions.QueryContext(ctx, string(list))
+	if err != nil {
+		return nil, fmt.Errorf("read %d sessions: %w", len(deviceIDs), err)
+	}
+	defer rows.Close()
+	out := make(map[string]bus.Feature, len(deviceIDs))
+	for rows.Next() {
+		var id string
+		var subs int64
+		if err := rows.Scan(&id, &subs); err != nil {
+			return nil, fmt.Errorf("read %d sessions: %w", len(deviceIDs), err)
+		}
+		out[id] = bus.Feature(subs)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("read %d sessions: %w", len(deviceIDs), err)
+	}
+	return out, nil
 }
 
 // SaveSessions writes a batch of session changes in one transaction;

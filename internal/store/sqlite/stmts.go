@@ -7,14 +7,15 @@ import (
 )
 
 // stmts are the statements of the single-device paths that run most often,
-// prepared once: a device read (a key lookup the registry's cache missed),
-// a twin read (GET /twins/{id}, a device's twin GET) and a twin's
+// prepared once: device reads (key lookups the registry's cache missed,
+// one or a connect burst's at once), session reads, a twin read (GET /twins/{id}, a device's twin GET) and a twin's
 // read-modify-write (PATCH /twins/{id}, reported properties). Prepared per
 // call, as database/sql does for plain queries, parsing the SQL was more
 // than half of a twin read.
 type stmts struct {
-	device, twin            *sql.Stmt // on the read pool
-	twinForUpdate, writeDoc *sql.Stmt // on the writer
+	device, devicesByID, twin *sql.Stmt // on the read pool
+	session, sessions         *sql.Stmt // on the read pool
+	twinForUpdate, writeDoc   *sql.Stmt // on the writer
 }
 
 func prepareStmts(ctx context.Context, write, read *sql.DB) (*stmts, error) {
@@ -25,6 +26,9 @@ func prepareStmts(ctx context.Context, write, read *sql.DB) (*stmts, error) {
 		text string
 	}{
 		{&s.device, read, `SELECT ` + identityColumns + ` FROM devices WHERE device_id = ?`},
+		{&s.devicesByID, read, `SELECT ` + identityColumns + ` FROM devices WHERE device_id IN (SELECT value FROM json_each(?))`},
+		{&s.session, read, `SELECT subscriptions FROM device_sessions WHERE device_id = ?`},
+		{&s.sessions, read, `SELECT device_id, subscriptions FROM device_sessions WHERE device_id IN (SELECT value FROM json_each(?))`},
 		{&s.twin, read, `SELECT ` + identityColumns + `, ` + twinSelect + ` FROM devices WHERE device_id = ?`},
 		{&s.twinForUpdate, write, `SELECT ` + identityColumns + `, ` + twinSelect + ` FROM devices WHERE device_id = ?`},
 		{&s.writeDoc, write, `UPDATE devices SET twin_etag = ?, twin_version = ?, tags = jsonb(?), desired = jsonb(?),
@@ -43,7 +47,7 @@ func prepareStmts(ctx context.Context, write, read *sql.DB) (*stmts, error) {
 
 func (s *stmts) close() error {
 	var errs []error
-	for _, st := range []*sql.Stmt{s.device, s.twin, s.twinForUpdate, s.writeDoc} {
+	for _, st := range []*sql.Stmt{s.device, s.devicesByID, s.twin, s.session, s.sessions, s.twinForUpdate, s.writeDoc} {
 		if st != nil {
 			errs = append(errs, st.Close())
 		}

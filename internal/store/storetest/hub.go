@@ -48,6 +48,14 @@ func testSessions(t *testing.T, s Store) {
 	if _, found, _ := s.Session(ctx, "ghost"); found {
 		t.Error("a session was created for a device that does not exist")
 	}
+	// Many at once: those that have one.
+	many, err := s.Sessions(ctx, []string{"a", "b", "ghost", "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(many) != 2 || many["a"] != bus.Methods|bus.Desired || many["b"] != bus.TwinResponses {
+		t.Errorf("Sessions(a, b, ghost, c) = %v, want a and b", many)
+	}
 	// A later change wins; a delete removes; an empty set is a session.
 	if err := s.SaveSessions(ctx, []bus.SessionChange{{DeviceID: "a", Subscriptions: 0}, {DeviceID: "b", Delete: true}}); err != nil {
 		t.Fatal(err)

@@ -145,6 +145,18 @@ func testCreateAndGet(t *testing.T, s Store) {
 	if _, err := s.Device(ctx, "nope"); !herd.IsCode(err, herd.ErrDeviceNotFound) {
 		t.Errorf("unknown device: %v, want DeviceNotFound", err)
 	}
+	// Many at once: the same devices, only those that exist, a repeated
+	// id once.
+	many, err := s.DevicesByID(ctx, []string{"nope", "dev-1", "dev-1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(many) != 1 || many["dev-1"] == nil || asJSON(t, many["dev-1"]) != asJSON(t, want) {
+		t.Errorf("DevicesByID(nope, dev-1, dev-1) = %v, want dev-1 as Device reads it", many)
+	}
+	if none, err := s.DevicesByID(ctx, nil); err != nil || len(none) != 0 {
+		t.Errorf("DevicesByID(no ids) = %v, %v", none, err)
+	}
 }
 
 func testCreateDuplicate(t *testing.T, s Store) {
