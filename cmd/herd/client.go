@@ -97,9 +97,13 @@ func localHub(ctx context.Context, spec, dir string) (*local, error) {
 	if host == "" {
 		host = hub.Default().Hostname
 	}
-	addr, err := db.Setting(ctx, "https_addr")
-	if err != nil {
-		return nil, err
+	// The data folder's own record first: in a cluster the store's
+	// setting is the last node's to start, not this folder's node's.
+	addr := hub.Listeners(dir)["https_addr"]
+	if addr == "" {
+		if addr, err = db.Setting(ctx, "https_addr"); err != nil {
+			return nil, err
+		}
 	}
 	ps, err := db.Policies(ctx)
 	if err != nil {

@@ -12,7 +12,9 @@ import (
 	"testing"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/internal/store"
 )
 
 // runCLISplit runs the CLI in-process and returns stdout and stderr apart.
@@ -226,5 +228,41 @@ func TestModuleCLI(t *testing.T) {
 	}
 	if ms, err := h.Service.ListModules(ctx, "gw"); err != nil || len(ms) != 1 {
 		t.Errorf("modules left: %+v %v", ms, err)
+	}
+}
+
+// TestDiscoveryPerDataFolder: two hubs on one store (the nodes of a
+// cluster share its settings) each leave where they listen in their own
+// data folder, and the CLI given a node's folder reaches that node, not
+// whichever started last.
+func TestDiscoveryPerDataFolder(t *testing.T) {
+	first := hubtest.Start(t)
+	// A second hub on the first one's store, as a second node would be:
+	// it records its own listeners in the store's shared settings.
+	second := hubtest.Start(t, hubtest.WithConfig(func(c *hub.Config) { c.Store = first.Store; c.NodeID = "second" }))
+	ctx := context.Background()
+	shared, err := first.Store.Setting(ctx, "https_addr")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if shared != second.HTTPSAddr().String() {
+		t.Fatalf("the store's https_addr %q, want the second hub's %s (the last to start)", shared, second.HTTPSAddr())
+	}
+	spec := hubtest.StoreFor(t, first.Dir)
+	if spec == "" {
+		spec = "sqlite:" + filepath.Join(first.Dir, store.SQLiteFile)
+	}
+	for _, h := range []*hubtest.Hub{first, second} {
+		l, err := localHub(ctx, spec, h.Dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, port, _ := net.SplitHostPort(h.HTTPSAddr().String())
+		if !strings.HasSuffix(l.url, ":"+port) {
+			t.Errorf("--data %s: the CLI would call %s, want this folder's hub on port %s", h.Dir, l.url, port)
+		}
+		if got := localListeners(ctx, spec, h.Dir)["mqtt_plain_addr"]; got != h.MQTTPlainAddr {
+			t.Errorf("--data %s: herd sim would dial %q, want %s", h.Dir, got, h.MQTTPlainAddr)
+		}
 	}
 }

@@ -18,6 +18,7 @@ import (
 
 	"github.com/herd-iot/herd/internal/certs"
 	"github.com/herd-iot/herd/internal/gateway"
+	"github.com/herd-iot/herd/internal/hub"
 	"github.com/herd-iot/herd/internal/sim"
 )
 
@@ -244,9 +245,13 @@ func simDialer(ctx context.Context, cf *clientFlags, sf *simFlags, host string) 
 	return nil, fmt.Errorf("--transport %q: use mqtt, mqtt-plain or websocket", sf.transport)
 }
 
-// localListeners reads the listener addresses a hub records in its store
-// (nil when there is no hub there).
+// localListeners reads the listener addresses a hub records in its data
+// folder or, without that record, in its store (nil when there is no hub
+// there).
 func localListeners(ctx context.Context, spec, dir string) map[string]string {
+	if l := hub.Listeners(dir); l != nil {
+		return l
+	}
 	db, err := openLocal(ctx, spec, dir)
 	if err != nil {
 		return nil

@@ -261,11 +261,18 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 			return nil, err
 		}
 	}
-	// Where the listeners are, for the CLI's tools (herd sim) on this data.
+	// Where the listeners are, for the CLI's tools (herd sim, herd cluster
+	// status) on this data: in the store, and in the data folder, which is
+	// this node's alone (the store's settings are the last node's to start).
+	listeners := map[string]string{}
 	for name, a := range map[string]net.Addr{"https_addr": h.https.Addr(), "mqtt_addr": h.MQTTAddr(), "mqtt_plain_addr": h.MQTTPlainAddr()} {
+		listeners[name] = addrString(a)
 		if err := h.Store.SetSetting(ctx, name, addrString(a)); err != nil {
 			return nil, err
 		}
+	}
+	if err := writeListeners(cfg.DataDir, listeners); err != nil {
+		return nil, err
 	}
 	// Before anything is served: Start also marks Disconnected what a
 	// crash of this node left Connected.
@@ -273,6 +280,41 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 		return nil, err
 	}
 	return h, nil
+}
+
+// ListenersFile, in a data folder, records where the hub that uses it
+// listens (JSON: https_addr, mqtt_addr, mqtt_plain_addr; "" for a
+// listener that is off), rewritten at every start.
+const ListenersFile = "listeners.json"
+
+func writeListeners(dir string, l map[string]string) error {
+	b, err := json.Marshal(l)
+	if err != nil {
+		return err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return err
+	}
+	path := filepath.Join(dir, ListenersFile)
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, b, 0o600); err != nil {
+		return fmt.Errorf("record the listeners: %w", err)
+	}
+	return os.Rename(tmp, path)
+}
+
+// Listeners reads what a hub recorded in its data folder about where it
+// listens (nil if no hub has started there).
+func Listeners(dir string) map[string]string {
+	b, err := os.ReadFile(filepath.Join(dir, ListenersFile))
+	if err != nil {
+		return nil
+	}
+	var l map[string]string
+	if json.Unmarshal(b, &l) != nil {
+		return nil
+	}
+	return l
 }
 
 // wire builds the domain services and connects their seams: twin writes
