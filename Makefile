@@ -56,34 +56,33 @@ postgresql:
 	  fi; \
 	fi
 
-## haproxy: installs Debian's haproxy when it is missing and we are root
-## (apt-get): the cluster tests run docs/haproxy.cfg in front of their nodes
-## (the binary only; no service is started)
-haproxy:
-	@if ! command -v haproxy >/dev/null 2>&1 && [ ! -x /usr/sbin/haproxy ]; then \
+# debian_package installs Debian's package $(1), whose program is $(2) (on
+# the PATH or in /usr/sbin), when it is missing and we are root (apt-get);
+# otherwise it stops with what to install. $(3) says what needs it.
+define debian_package
+	@if ! command -v $(2) >/dev/null 2>&1 && [ ! -x /usr/sbin/$(2) ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's haproxy for the cluster tests"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q haproxy; \
+	    echo "installing Debian's $(1) for $(3)"; \
+	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(1); \
 	  else \
-	    echo "the cluster tests need HAProxy: run \`sudo apt-get install haproxy\`" >&2; \
+	    echo "Debian's $(1) is needed for $(3): run \`sudo apt-get install $(1)\`" >&2; \
 	    exit 1; \
 	  fi; \
 	fi
+endef
 
-## mosquitto: installs Debian's mosquitto when it is missing and we are root
-## (apt-get): the benchmark harness measures Herd against it (go run ./bench
-## --peers), and its test runs that at a tiny scale (the binary only; the
-## harness starts it on a loopback port itself)
+## haproxy: installs Debian's haproxy when it is missing (see debian_package):
+## the cluster tests run docs/haproxy.cfg in front of their nodes (the
+## binary only; no service is started)
+haproxy:
+	$(call debian_package,haproxy,haproxy,the cluster tests)
+
+## mosquitto: installs Debian's mosquitto when it is missing (see
+## debian_package): the benchmark harness measures Herd against it (go run
+## ./bench --peers), and its test runs that at a tiny scale (the binary
+## only; the harness starts it on a loopback port itself)
 mosquitto:
-	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
-	    echo "installing Debian's mosquitto for the benchmark harness's peer test"; \
-	    apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q mosquitto; \
-	  else \
-	    echo "the benchmark harness's peer test needs Mosquitto: run \`sudo apt-get install mosquitto\`" >&2; \
-	    exit 1; \
-	  fi; \
-	fi
+	$(call debian_package,mosquitto,mosquitto,the benchmark harness's peer test)
 
 ## ui: the dashboard's end-to-end suite (compat/ui): Debian's Chromium, headless,
 ## driven by playwright-core against a real `herd serve` on free ports with

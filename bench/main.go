@@ -73,7 +73,12 @@ func profileCPU(dir string) (func(), error) {
 	if role == "" {
 		role = "harness"
 	}
-	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("cpu-%s-%d.pprof", role, os.Getpid())))
+	return cpuProfile(filepath.Join(dir, fmt.Sprintf("cpu-%s-%d.pprof", role, os.Getpid())))
+}
+
+// cpuProfile starts a CPU profile written to path; stop ends it.
+func cpuProfile(path string) (stop func(), err error) {
+	f, err := os.Create(path)
 	if err != nil {
 		return nil, err
 	}
