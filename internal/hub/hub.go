@@ -272,7 +272,9 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 		}
 	}
 	if err := writeListeners(cfg.DataDir, listeners); err != nil {
-		return nil, err
+		// The CLI then finds the hub through the store's settings, as
+		// before this record existed.
+		cfg.Log.Warn("could not record the listeners in the data folder", "err", err)
 	}
 	// Before anything is served: Start also marks Disconnected what a
 	// crash of this node left Connected.

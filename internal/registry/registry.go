@@ -121,8 +121,10 @@ func NewService(store Store, node string, now func() time.Time, onChange ChangeF
 	return &Service{
 		store: store, node: node, now: now, onChange: onChange, log: log,
 		keys: map[string]auth.DeviceKeys{}, moduleKeys: map[string]map[string]struct{}{},
-		keyReads: batch.New(store.DevicesByID, maxKeyBatch, keyReadTimeout),
-		pending:  map[string]ConnectionChange{},
+		keyReads: batch.New(func(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
+			return store.DevicesByID(ctx, ids)
+		}, maxKeyBatch, keyReadTimeout),
+		pending: map[string]ConnectionChange{},
 	}
 }
 
