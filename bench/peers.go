@@ -96,7 +96,7 @@ func benchPeers(ctx context.Context, e *bench) error {
 		e.r.ratio(row{what: "hub RSS per idle connection ÷ Mosquitto's (as the OS sees it)", store: b.Name(), scale: scale,
 			measured: fmt.Sprintf("%.2f (%.1f KB ÷ %.1f KB)", hf.rssPerConn/mf.rssPerConn, hf.rssPerConn, mf.rssPerConn),
 			target:   "≤ 1.0"})
-		e.r.ratio(row{what: fmt.Sprintf("round trips ÷ Mosquitto's (%d in flight)", e.cfg.inflight), store: b.Name(), scale: scale,
+		e.r.ratio(row{what: fmt.Sprintf("round trips ÷ Mosquitto's (%d in flight; Herd's caller in its process, Mosquitto's over a socket)", e.cfg.inflight), store: b.Name(), scale: scale,
 			measured: fmt.Sprintf("%.2f (%s/s ÷ %s/s)", hf.rt.Rate/mf.rt.Rate, count(int(hf.rt.Rate)), count(int(mf.rt.Rate))),
 			target:   ""})
 	}
