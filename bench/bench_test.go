@@ -138,7 +138,7 @@ func TestClusterAtSmallScale(t *testing.T) {
 		t.Skipf("PostgreSQL not available: %v", err)
 	}
 	var out, errOut bytes.Buffer
-	err := run(context.Background(), []string{"--cluster", "--quick", "--cluster-nodes", "2", "--cluster-devices", "100",
+	err := run(context.Background(), []string{"--cluster", "--quick", "--cluster-nodes", "2", "--cluster-devices", "100", "--cluster-twin-devices", "300",
 		"--round-trips", "300ms", "--inflight", "20", "--stores", "postgres", "--dir", t.TempDir()}, &out, &errOut)
 	if err != nil {
 		t.Fatalf("bench --cluster: %v\n%s", err, errOut.String())
@@ -150,6 +150,7 @@ func TestClusterAtSmallScale(t *testing.T) {
 		`\| cluster: direct-method round trips to devices on the same node, 20 in flight \| PostgreSQL \| .* \| \*\*[\d,]+/s\*\*, p50 .*, 0 errors`,
 		`\| cluster: direct-method round trips to devices on other nodes .* \| \*\*[\d,]+/s\*\*, p50 .*, 0 errors`,
 		`\| cluster: method job over every node's devices.* \| \*\*[\d,]+ devices/s\*\*`,
+		"\\| cluster: twin-update job .* \\| PostgreSQL \\| 300 registered devices, 2 nodes \\| \\*\\*.+\\*\\* \\([\\d,]+ devices/s\\)",
 		`\| cluster: failover, kill -9 .* \| \*\*.+\*\* \(the job then completed: \d+ succeeded, \d+ failed`,
 	} {
 		if !regexp.MustCompile(re).MatchString(text) {

@@ -334,9 +334,33 @@ func benchCluster(ctx context.Context, e *bench) error {
 
 	if os.Getenv(profileEnv) != "" {
 		logf("failover left out: %s is set (a killed node writes no profile)", profileEnv)
-		return nil
+	} else if err := failover(ctx, e, b, h0, children[0], n, scale); err != nil {
+		return err
 	}
-	return failover(ctx, e, b, h0, children[0], n, scale)
+	return clusterTwinJob(ctx, e, b, h0, n, k)
+}
+
+// clusterTwinJob runs a twin-update job over the connected devices and as
+// many more registered only (--cluster-twin-devices), after the failover
+// (its queryCondition * would take them in): set-based SQL on the node
+// that runs the jobs; the connected devices are told on their nodes.
+func clusterTwinJob(ctx context.Context, e *bench, b *backend, h0 *benchHub, n, k int) error { // n: the fleets' devices
+	cfg, r, logf := e.cfg, e.r, e.logf
+	if extra := cfg.clusterTwin - n; extra > 0 {
+		logf("registering %d more devices (not connected) for the twin-update job", extra)
+		if _, err := register(ctx, h0, "cl-twin-", extra); err != nil {
+			return err
+		}
+	}
+	logf("twin-update job over %d registered devices, created on node-0", cfg.clusterTwin)
+	times, err := jobRuns(ctx, h0, 1, cfg.clusterTwin, "cluster-twin", twinJobBody)
+	if err != nil {
+		return err
+	}
+	r.add(row{what: "cluster: twin-update job (a tag and a desired property on every twin), created on node-0, start → `completed`; the devices still connected after the failover told on their nodes",
+		store: b.Name(), scale: fmt.Sprintf("%s registered devices, %d nodes", count(cfg.clusterTwin), k),
+		measured: fmt.Sprintf("**%s** (%s devices/s)", seconds(times[0]), count(int(float64(cfg.clusterTwin)/times[0].Seconds()))), target: "—", n: cfg.clusterTwin})
+	return nil
 }
 
 // failover kills the node that runs the jobs in the middle of a method job

@@ -133,6 +133,7 @@ type config struct {
 	copyDevices    int           // devices of the hub herd store copy copies
 	clusterNodes   int           // nodes of the cluster section
 	clusterDevices int           // devices spread over them
+	clusterTwin    int           // registered devices of the cluster's twin job
 	stores         []string      // storeSQLite, storePostgres
 	postgres       string        // a PostgreSQL server to use instead of a throwaway one
 	dir            string        // where fleet databases are cached
@@ -184,6 +185,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	clusterRun := fs.Bool("cluster", false, "measure cluster mode alone (PostgreSQL and an embedded NATS server): the cluster section, which the default run leaves out")
 	clusterNodes := fs.Int("cluster-nodes", 0, "nodes of the cluster section, one process each (default 6; quick 3)")
 	clusterDevices := fs.Int("cluster-devices", 0, "devices spread over the cluster's nodes (default 100000; quick 9000)")
+	clusterTwin := fs.Int("cluster-twin-devices", 0, "registered devices (the connected ones and more) of the cluster's twin-update job (default 1000000; quick 20000)")
 	only := fs.String("only", "", "run only these sections (comma-separated: "+strings.Join(sectionNames, ", ")+")")
 	out := fs.String("out", "", "also write the report to this file")
 	if err := fs.Parse(args); err != nil {
@@ -211,6 +213,7 @@ func parseConfig(args []string, stderr io.Writer) (*config, error) {
 	c.copyDevices = pick(*copyN, 1_000_000, 10_000)
 	c.clusterNodes = pick(*clusterNodes, 6, 3)
 	c.clusterDevices = pick(*clusterDevices, 100_000, 9_000)
+	c.clusterTwin = max(pick(*clusterTwin, 1_000_000, 20_000), c.clusterDevices)
 	if c.clusterNodes < 2 {
 		return nil, fmt.Errorf("--cluster-nodes %d: a cluster has at least 2 nodes", c.clusterNodes)
 	}
