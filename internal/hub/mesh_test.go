@@ -4,6 +4,8 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -67,6 +69,37 @@ func connectWith(t *testing.T, node *hubtest.Hub, d *herd.Device, devOpts []devi
 	}
 	t.Cleanup(func() { c.Close() })
 	return c
+}
+
+// oneShot forwards the first connection made to it to addr and refuses
+// every later one: for a device client whose reconnects must not reach
+// the hub.
+func oneShot(t *testing.T, addr string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		down, err := l.Accept()
+		l.Close()
+		if err != nil {
+			return
+		}
+		up, err := net.Dial("tcp", addr)
+		if err != nil {
+			down.Close()
+			return
+		}
+		go func() {
+			_, _ = io.Copy(up, down)
+			up.Close()
+		}()
+		_, _ = io.Copy(down, up)
+		down.Close()
+	}()
+	return l.Addr().String()
 }
 
 func answering(calls *atomic.Int64) func(*device.Client) {
@@ -236,8 +269,10 @@ func TestClusterRoutesAcrossNodes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// (It does not come back on its own: it would take the device back.)
-	first := connectWith(t, c, mover, []device.Option{device.WithBackoff(time.Hour, time.Hour)}, answering(&calls))
+	// It must not come back on its own, or it would take the device back:
+	// the SDK redials at once after a disconnect, so it reaches node-2
+	// through a forwarder that takes one connection only.
+	first := connectWith(t, c, mover, []device.Option{device.WithBackoff(time.Hour, time.Hour), device.WithAddress(oneShot(t, c.MQTTAddr))}, answering(&calls))
 	firstStates := make(chan device.ConnectionState, 16)
 	first.OnConnectionState(func(s device.ConnectionState, _ error) { firstStates <- s })
 	connectTo(t, b, mover, func(d *device.Client) {
