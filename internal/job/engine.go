@@ -29,9 +29,9 @@ type runner struct {
 
 // Run runs the engine until ctx ends: it first recovers the jobs a
 // previous run left (methods that were in flight fail, running jobs resume
-// from their pending devices), then starts each job at its start time,
-// and purges job history older than the retention period. It returns nil
-// when ctx ends.
+// from their pending devices; a store failure is tried again after a
+// pause), then starts each job at its start time, and purges job history
+// older than the retention period. It returns nil when ctx ends.
 //
 // Method calls in flight when ctx ends are given Config.Grace to finish
 // (no new one starts); Run returns once their outcomes are written.
@@ -55,11 +55,21 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		time.AfterFunc(s.cfg.Grace, stopCalls)
 	})()
-	if err := s.recover(ctx); err != nil {
+	// A store that fails the recovery (PostgreSQL restarting as the hub
+	// starts) is tried again after a pause, as later store failures are:
+	// the hub stays up, and says it is not ready while the store is away.
+	for {
+		err := s.recover(ctx)
+		if err == nil {
+			break
+		}
 		if ctx.Err() != nil {
 			return nil // stopped while starting
 		}
-		return err
+		s.log.Error("job engine: recovering the jobs of the previous run failed; trying again", "op", "recover", "err", err, "pause", retryPause)
+		if !s.sleep(ctx, retryPause) {
+			return nil
+		}
 	}
 	var wg sync.WaitGroup
 	defer wg.Wait()

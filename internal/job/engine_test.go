@@ -3,11 +3,13 @@ package job_test
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -302,3 +304,38 @@ func (e *env) records(id string) map[string]herd.DeviceJob {
 }
 
 func stats(j *herd.Job) herd.DeviceJobStatistics { return *j.DeviceJobStatistics }
+
+// failingActive fails ActiveJobs while fails is above zero.
+type failingActive struct {
+	job.Store
+	fails atomic.Int32
+}
+
+func (f *failingActive) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
+	if f.fails.Add(-1) >= 0 {
+		return nil, errors.New("the store is restarting")
+	}
+	return f.Store.ActiveJobs(ctx)
+}
+
+// TestRecoveryTriedAgain: a store that fails the engine's start-up
+// recovery (PostgreSQL restarting as the hub starts) does not end the
+// engine: the recovery is tried again after a pause, and jobs then run.
+func TestRecoveryTriedAgain(t *testing.T) {
+	flaky := &failingActive{}
+	flaky.fails.Store(2)
+	e := newEnv(t, func(c *job.Config) {
+		flaky.Store = c.Store
+		c.Store = flaky
+	})
+	e.devices("a", "b")
+	e.create("after-restart", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	// Each failed attempt waits a pause on the engine's clock.
+	j := e.waitEndedAdvancing("after-restart")
+	if j.Status != herd.JobCompleted || j.DeviceJobStatistics.SucceededCount != 2 {
+		t.Fatalf("the job after the failed recoveries: %s %+v", j.Status, *j.DeviceJobStatistics)
+	}
+	if n := flaky.fails.Load(); n >= 0 {
+		t.Fatalf("the recovery was not tried after its failures (%d left)", n)
+	}
+}
