@@ -42,6 +42,7 @@ const (
 	reasonKeepAlive    = "keepalive_timeout"
 	reasonShutdown     = "shutdown"
 	reasonFull         = "max_connections"
+	reasonUnsaved      = "session_not_saved"
 )
 
 // conn is one device connection. The reader goroutine (serve) owns the
@@ -610,8 +611,7 @@ func (c *conn) subscribe(p *packets.SubscribePacket) bool {
 	ack := packets.NewControlPacket(packets.Suback).(*packets.SubackPacket)
 	ack.MessageID = p.MessageID
 	ack.ReturnCodes = granted
-	c.setFeatures(c.Features()|add, encode(ack))
-	return true
+	return c.setFeatures(c.Features()|add, encode(ack))
 }
 
 func (c *conn) unsubscribe(p *packets.UnsubscribePacket) bool {
@@ -623,26 +623,38 @@ func (c *conn) unsubscribe(p *packets.UnsubscribePacket) bool {
 	}
 	ack := packets.NewControlPacket(packets.Unsuback).(*packets.UnsubackPacket)
 	ack.MessageID = p.MessageID
-	c.setFeatures(c.Features()&^remove, encode(ack))
-	return true
+	return c.setFeatures(c.Features()&^remove, encode(ack))
 }
 
 // setFeatures records a new subscription set and queues the SUBACK (or
-// UNSUBACK) ack in one step under the queue lock, so the acknowledgement
-// is in effect when the device reads it and nothing routed by the new
-// subscription overtakes it. It then persists the set for a
-// clean-session-0 connection and tells the bus.
-func (c *conn) setFeatures(f bus.Feature, ack []byte) {
+// UNSUBACK) ack. A clean-session-0 connection's set is written to the
+// store first: an acknowledged subscription survives a crash of this node
+// and a reconnect to another one (a connection whose set cannot be
+// written within sessionSaveWait is closed instead, and the device
+// subscribes again when it reconnects). The set and the ack then take
+// effect in one step under the queue lock, so the acknowledgement is in
+// effect when the device reads it and nothing routed by the new
+// subscription overtakes it; then the bus is told.
+func (c *conn) setFeatures(f bus.Feature, ack []byte) bool {
+	if c.Features() != f && !c.clean {
+		if !c.s.sessions.waitWritten(c.s.sessions.save(c.deviceID, f, c), sessionSaveWait, c.s.done) {
+			select {
+			case <-c.s.done:
+				return false // shutting down: the connection is being closed
+			default:
+			}
+			c.s.cfg.Log.Error("device session not saved; disconnecting", "device_id", c.deviceID, "op", "subscribe", "wait", sessionSaveWait)
+			c.close(reasonUnsaved)
+			return false
+		}
+	}
 	c.mu.Lock()
 	old := bus.Feature(c.features.Swap(uint32(f)))
 	c.enqueueLocked(ack, nil, nil)
-	if old == f {
-		return
+	if old != f {
+		c.s.cfg.Bus.FeaturesChanged(c.deviceID, c)
 	}
-	if !c.clean {
-		c.s.sessions.save(c.deviceID, f, c)
-	}
-	c.s.cfg.Bus.FeaturesChanged(c.deviceID, c)
+	return true
 }
 
 // validIdentity checks a CONNECT client id: a device id, or a module's

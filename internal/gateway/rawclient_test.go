@@ -185,6 +185,20 @@ func (c *rawClient) subscribe(filters ...string) *packets.SubackPacket {
 	return ack
 }
 
+func (c *rawClient) unsubscribe(filters ...string) {
+	c.t.Helper()
+	c.ids++
+	up := packets.NewControlPacket(packets.Unsubscribe).(*packets.UnsubscribePacket)
+	up.MessageID = c.ids
+	up.Topics = filters
+	c.send(up)
+	if p := c.read(); p == nil {
+		c.t.Fatal("no UNSUBACK")
+	} else if _, ok := p.(*packets.UnsubackPacket); !ok {
+		c.t.Fatalf("expected UNSUBACK, got %s", p)
+	}
+}
+
 func (c *rawClient) publish(topic string, qos byte, payload []byte) {
 	c.t.Helper()
 	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)

@@ -437,10 +437,17 @@ func (s *Server) DeviceChanged(deviceID string) {
 
 // TakenOver closes the connection of a device (or module) here if it is
 // older than at: the device connected again to another node of the
-// cluster at at, which now holds it.
+// cluster at at, which now holds it. What is remembered of its session is
+// forgotten unless its connection here is the newer one.
 func (s *Server) TakenOver(id string, at time.Time) {
 	c, ok := s.cfg.Bus.Lookup(id).(*conn)
-	if !ok || c == nil || !c.connectedAt.Before(at) {
+	if ok && c != nil && !c.connectedAt.Before(at) {
+		return // the connection here is the newer one
+	}
+	// The device's session now changes on the other node: what is
+	// remembered here would be stale if the device came back.
+	s.sessions.forget(id)
+	if !ok || c == nil {
 		return
 	}
 	s.cfg.Log.Info("device connected to another node; closing its connection here", "device_id", id, "op", "takeover")

@@ -9,6 +9,7 @@ import (
 	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/hubtest"
 )
 
@@ -257,5 +258,59 @@ func TestLongLivedPlainConnection(t *testing.T) {
 	answer(t, c, 200, `1`)
 	if r := <-done; r.err != nil {
 		t.Fatalf("method after 10 s connected: %v", r.err)
+	}
+}
+
+// TestSubackAfterSessionWritten: a clean-session-0 device's subscription
+// is in the store when its SUBACK arrives (and an unsubscribe when its
+// UNSUBACK does), so that a crash of the hub right after the ack cannot
+// leave a session without it that says sessionPresent=1.
+func TestSubackAfterSessionWritten(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	c := dialPlain(t, h)
+	c.connect(d, false, time.Now())
+	ctx := context.Background()
+	c.subscribe("$iothub/methods/POST/#", "$iothub/twin/res/#")
+	subs, found, err := h.Store.Session(ctx, d.id)
+	if err != nil || !found || subs != bus.Methods|bus.TwinResponses {
+		t.Fatalf("stored session at SUBACK: %v found=%v err=%v; want methods and twin responses", subs, found, err)
+	}
+	c.unsubscribe("$iothub/methods/POST/#")
+	subs, found, err = h.Store.Session(ctx, d.id)
+	if err != nil || !found || subs != bus.TwinResponses {
+		t.Fatalf("stored session at UNSUBACK: %v found=%v err=%v; want twin responses", subs, found, err)
+	}
+}
+
+// TestTakenOverForgetsSession: once the device connected to another node
+// of a cluster (where its session changes), this node no longer trusts
+// what it remembered of the session: the device's next connection here
+// gets the session as the store has it.
+func TestTakenOverForgetsSession(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	c := dialPlain(t, h)
+	c.connect(d, false, time.Now())
+	c.subscribe("$iothub/methods/POST/#", "$iothub/twin/res/#")
+	c.send(packets.NewControlPacket(packets.Disconnect))
+	c.expectClosed()
+	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "connection still held")
+
+	// The device connects to another node and unsubscribes from methods
+	// there: that node writes the session, and tells this one.
+	ctx := context.Background()
+	if err := h.Store.SaveSessions(ctx, []bus.SessionChange{{DeviceID: d.id, Subscriptions: bus.TwinResponses}}); err != nil {
+		t.Fatal(err)
+	}
+	h.Gateway.TakenOver(d.id, time.Now())
+
+	c = dialPlain(t, h)
+	if ack := c.connect(d, false, time.Now()); !ack.SessionPresent {
+		t.Fatal("sessionPresent=0; the stored session has twin responses")
+	}
+	_, err := h.Service.InvokeMethod(ctx, d.id, herd.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: 5})
+	if !herd.IsCode(err, herd.ErrDeviceNotOnline) {
+		t.Fatalf("method to a device whose session has no method subscription: %v, want DeviceNotOnline (a stale remembered session)", err)
 	}
 }

@@ -30,8 +30,14 @@ type SessionStore interface {
 	SaveSessions(ctx context.Context, changes []SessionChange) error
 }
 
-// sessionFlushEvery is how often session changes are written.
+// sessionFlushEvery is how often session changes nobody waits for (the
+// discards of clean-session connects) are written, and how soon a failed
+// write is tried again.
 const sessionFlushEvery = 100 * time.Millisecond
+
+// sessionSaveWait bounds how long a SUBSCRIBE or UNSUBSCRIBE waits for
+// its session to be written before the connection is closed.
+const sessionSaveWait = 10 * time.Second
 
 // Session lookups read together: at most this many in one read, each read
 // bounded by the timeout.
@@ -40,20 +46,34 @@ const (
 	sessionReadTimeout = 10 * time.Second
 )
 
-// sessions batches session writes: changes are visible to load at once
-// and reach the store with the next flush (and at shutdown), so that a
-// connect storm does not write one row per SUBSCRIBE. It also remembers
-// the sessions it has seen (a few dozen bytes per device), so that a
-// reconnect does not read the store; the registry's change notification
-// forgets a device's entry (a deleted device's session goes with it).
+// sessions keeps the persistent sessions of the devices connected here.
+// A subscription change is written before its SUBACK (or UNSUBACK) is
+// sent, so that a device told its subscription is in place finds it in
+// any later session, after a crash of this node or on another node. The
+// writes are group commits: a change waits for the write in progress,
+// and the next write takes every change that arrived meanwhile, so a
+// connect storm writes a few transactions, not one per SUBSCRIBE. The
+// discard of a clean-session connect is written within
+// sessionFlushEvery. It also remembers the sessions it has seen (a few
+// dozen bytes per device), so that a reconnect does not read the store;
+// the registry's change notification forgets a device's entry (a deleted
+// device's session goes with it), as does a connection of the device to
+// another node.
 type sessions struct {
 	store SessionStore
 	// reads gathers the session lookups of a connect burst that known
 	// missed into one store read.
 	reads   *batch.Loader[string, bus.Feature]
 	mu      sync.Mutex
-	pending map[string]SessionChange
-	known   map[string]knownSession
+	pending map[string]pendingChange
+	// seq numbers the changes made; every change up to written is in
+	// the store, and advanced is closed (and replaced) when written
+	// moves on.
+	seq, written uint64
+	advanced     chan struct{}
+	// kick tells the writer that a change waits to be written.
+	kick  chan struct{}
+	known map[string]knownSession
 	// moduleKnown lists the module identities in known, by device, so
 	// that forgetting a device (deleted with its modules) forgets them.
 	moduleKnown map[string]map[string]struct{}
@@ -62,6 +82,12 @@ type sessions struct {
 	// and its late save must not overwrite (or resurrect) the session of
 	// the connection that replaced it.
 	owners map[string]*conn
+}
+
+// pendingChange is a change not yet written, with its number.
+type pendingChange struct {
+	SessionChange
+	seq uint64
 }
 
 type knownSession struct {
@@ -73,7 +99,8 @@ func newSessions(store SessionStore) *sessions {
 	fetch := func(ctx context.Context, ids []string) (map[string]bus.Feature, error) {
 		return store.Sessions(ctx, ids)
 	}
-	return &sessions{store: store, reads: batch.New(fetch, maxSessionBatch, sessionReadTimeout), pending: map[string]SessionChange{},
+	return &sessions{store: store, reads: batch.New(fetch, maxSessionBatch, sessionReadTimeout), pending: map[string]pendingChange{},
+		advanced: make(chan struct{}), kick: make(chan struct{}, 1),
 		known: map[string]knownSession{}, moduleKnown: map[string]map[string]struct{}{}, owners: map[string]*conn{}}
 }
 
@@ -94,25 +121,64 @@ func (s *sessions) release(id string, c *conn) {
 	s.mu.Unlock()
 }
 
-// save records c's new subscription set, if c owns the session.
-func (s *sessions) save(id string, subs bus.Feature, c *conn) {
+// save records c's new subscription set, if c owns the session, and
+// returns the change's number for waitWritten (0: nothing to wait for).
+func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	s.mu.Lock()
 	if s.owners[id] != c {
 		s.mu.Unlock()
-		return
+		return 0
 	}
-	s.pending[id] = SessionChange{DeviceID: id, Subscriptions: subs}
+	seq := s.change(SessionChange{DeviceID: id, Subscriptions: subs})
 	s.remember(id, knownSession{subs, true})
 	s.mu.Unlock()
+	select {
+	case s.kick <- struct{}{}:
+	default: // a write is already asked for
+	}
+	return seq
 }
 
 func (s *sessions) discard(id string) {
 	s.mu.Lock()
 	if k, ok := s.known[id]; !ok || k.present {
-		s.pending[id] = SessionChange{DeviceID: id, Delete: true}
+		s.change(SessionChange{DeviceID: id, Delete: true})
 	}
 	s.remember(id, knownSession{})
 	s.mu.Unlock()
+}
+
+// change queues a change to be written and returns its number (under
+// s.mu).
+func (s *sessions) change(c SessionChange) uint64 {
+	s.seq++
+	s.pending[c.DeviceID] = pendingChange{c, s.seq}
+	return s.seq
+}
+
+// waitWritten waits until change seq is in the store; false if it is not
+// within wait, or stop closes first.
+func (s *sessions) waitWritten(seq uint64, wait time.Duration, stop <-chan struct{}) bool {
+	if seq == 0 {
+		return true
+	}
+	timeout := time.NewTimer(wait)
+	defer timeout.Stop()
+	for {
+		s.mu.Lock()
+		written, advanced := s.written, s.advanced
+		s.mu.Unlock()
+		if written >= seq {
+			return true
+		}
+		select {
+		case <-advanced:
+		case <-timeout.C:
+			return false
+		case <-stop:
+			return false
+		}
+	}
 }
 
 // remember records what is known of a session (under s.mu).
@@ -168,15 +234,17 @@ func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, erro
 	return subs, present, nil
 }
 
+// flush writes the changes waiting, in one transaction.
 func (s *sessions) flush(ctx context.Context) error {
 	s.mu.Lock()
 	if len(s.pending) == 0 {
 		s.mu.Unlock()
 		return nil
 	}
+	upto := s.seq
 	batch := make([]SessionChange, 0, len(s.pending))
 	for _, c := range s.pending {
-		batch = append(batch, c)
+		batch = append(batch, c.SessionChange)
 	}
 	s.mu.Unlock()
 	if err := s.store.SaveSessions(ctx, batch); err != nil {
@@ -185,14 +253,20 @@ func (s *sessions) flush(ctx context.Context) error {
 	// Forget what was written unless it changed again meanwhile.
 	s.mu.Lock()
 	for _, c := range batch {
-		if s.pending[c.DeviceID] == c {
+		if s.pending[c.DeviceID].seq <= upto {
 			delete(s.pending, c.DeviceID)
 		}
 	}
+	s.written = upto
+	close(s.advanced)
+	s.advanced = make(chan struct{})
 	s.mu.Unlock()
 	return nil
 }
 
+// run writes changes until ctx ends: at once when a SUBSCRIBE waits for
+// its change, else every sessionFlushEvery; after a failure, again
+// sessionFlushEvery later.
 func (s *sessions) run(ctx context.Context, log *slog.Logger) error {
 	t := time.NewTicker(sessionFlushEvery)
 	defer t.Stop()
@@ -200,9 +274,15 @@ func (s *sessions) run(ctx context.Context, log *slog.Logger) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-s.kick:
 		case <-t.C:
-			if err := s.flush(ctx); err != nil {
-				log.Error("save device sessions", "err", err)
+		}
+		if err := s.flush(ctx); err != nil {
+			log.Error("save device sessions", "err", err)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-t.C:
 			}
 		}
 	}

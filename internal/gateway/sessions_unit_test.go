@@ -1,0 +1,97 @@
+package gateway
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/herd-iot/herd/internal/bus"
+)
+
+// gatedStore is a SessionStore whose writes wait for the test to let
+// them through, and fail while failing is set.
+type gatedStore struct {
+	SessionStore
+	entered chan struct{} // a write has its batch
+	gate    chan struct{} // one receive per write
+	mu      sync.Mutex
+	failing bool
+	writes  [][]SessionChange
+}
+
+func (g *gatedStore) SaveSessions(ctx context.Context, changes []SessionChange) error {
+	select {
+	case g.entered <- struct{}{}:
+	default:
+	}
+	<-g.gate
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.failing {
+		return errors.New("store unavailable")
+	}
+	g.writes = append(g.writes, append([]SessionChange(nil), changes...))
+	return nil
+}
+
+// TestSessionGroupCommit: a change made while a write is in progress goes
+// in the next write, and its waiter wakes once that one is done; a write
+// that fails keeps its changes, and their waiters wait for the write that
+// succeeds.
+func TestSessionGroupCommit(t *testing.T) {
+	g := &gatedStore{entered: make(chan struct{}, 1), gate: make(chan struct{})}
+	s := newSessions(g)
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan error, 1)
+	go func() { ran <- s.run(ctx, slog.New(slog.NewTextHandler(io.Discard, nil))) }()
+	defer func() { cancel(); close(g.gate); <-ran }()
+	a, b := &conn{}, &conn{}
+	s.claim("a", a)
+	s.claim("b", b)
+
+	seqA := s.save("a", bus.Methods, a) // starts a write, which waits at the gate
+	waitedA := make(chan bool, 1)
+	go func() { waitedA <- s.waitWritten(seqA, time.Minute, nil) }()
+	<-g.entered // the write of "a" has its batch: "b" goes in the next one
+	seqB := s.save("b", bus.Desired, b)
+	if s.waitWritten(seqB, 10*time.Millisecond, nil) {
+		t.Fatal("a change was reported written before any write")
+	}
+	g.gate <- struct{}{} // the first write
+	if !<-waitedA {
+		t.Fatal("the waiter of the first change did not wake")
+	}
+	g.mu.Lock()
+	g.failing = true
+	g.mu.Unlock()
+	<-g.entered
+	g.gate <- struct{}{} // the second write fails
+	if s.waitWritten(seqB, 50*time.Millisecond, nil) {
+		t.Fatal("a change whose write failed was reported written")
+	}
+	g.mu.Lock()
+	g.failing = false
+	g.mu.Unlock()
+	<-g.entered
+	g.gate <- struct{}{} // tried again after sessionFlushEvery
+	if !s.waitWritten(seqB, time.Minute, nil) {
+		t.Fatal("the change was not written once the store came back")
+	}
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if len(g.writes) != 2 || len(g.writes[0]) != 1 || g.writes[0][0].DeviceID != "a" || len(g.writes[1]) != 1 || g.writes[1][0].DeviceID != "b" {
+		t.Fatalf("writes %+v; want [a] then [b]", g.writes)
+	}
+	stop := make(chan struct{})
+	close(stop)
+	if s.waitWritten(s.save("a", bus.Desired, a), time.Minute, stop) {
+		t.Fatal("waitWritten did not end when told to stop")
+	}
+	if !s.waitWritten(s.save("a", bus.Methods, b), time.Minute, nil) {
+		t.Fatal("a save by a connection that does not own the session has nothing to wait for")
+	}
+}
