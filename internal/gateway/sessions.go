@@ -47,13 +47,13 @@ const (
 )
 
 // sessions keeps the persistent sessions of the devices connected here.
-// A subscription change is written before its SUBACK (or UNSUBACK) is
-// sent, so that a device told its subscription is in place finds it in
-// any later session, after a crash of this node or on another node. The
-// writes are group commits: a change waits for the write in progress,
-// and the next write takes every change that arrived meanwhile, so a
-// connect storm writes a few transactions, not one per SUBSCRIBE. The
-// discard of a clean-session connect is written within
+// A change to a stored session is written before its SUBACK (or
+// UNSUBACK) is sent, so that a device told its subscription is in place
+// never gets sessionPresent=1 without it, after a crash of this node or
+// on another node (see save for a device's first session). The writes are
+// group commits: a change waits for the write in progress, and the next
+// write takes every change that arrived meanwhile. First sessions and the
+// discards of clean-session connects are written within
 // sessionFlushEvery. It also remembers the sessions it has seen (a few
 // dozen bytes per device), so that a reconnect does not read the store;
 // the registry's change notification forgets a device's entry (a deleted
@@ -66,11 +66,12 @@ type sessions struct {
 	reads   *batch.Loader[string, bus.Feature]
 	mu      sync.Mutex
 	pending map[string]pendingChange
-	// seq numbers the changes made; every change up to written is in
-	// the store, and advanced is closed (and replaced) when written
+	// seq numbers the changes made; the write in progress (or the last
+	// one) took every change up to taken; every change up to written is
+	// in the store, and advanced is closed (and replaced) when written
 	// moves on.
-	seq, written uint64
-	advanced     chan struct{}
+	seq, taken, written uint64
+	advanced            chan struct{}
 	// kick tells the writer that a change waits to be written.
 	kick  chan struct{}
 	known map[string]knownSession
@@ -84,10 +85,13 @@ type sessions struct {
 	owners map[string]*conn
 }
 
-// pendingChange is a change not yet written, with its number.
+// pendingChange is a change not yet written, with its number. fresh says
+// the store held no session for the device when it was made (and no write
+// of one had started since): losing it loses nothing the device was told.
 type pendingChange struct {
 	SessionChange
-	seq uint64
+	seq   uint64
+	fresh bool
 }
 
 type knownSession struct {
@@ -122,16 +126,29 @@ func (s *sessions) release(id string, c *conn) {
 }
 
 // save records c's new subscription set, if c owns the session, and
-// returns the change's number for waitWritten (0: nothing to wait for).
+// returns the change's number for waitWritten, or 0 when there is nothing
+// to wait for: c does not own the session, or the store holds none (a
+// device's first session). A first session lost before it is written
+// makes the device's next CONNACK say sessionPresent=0, and the device
+// subscribes again, as MQTT intends; so a connect storm's first
+// subscriptions are written in batches every sessionFlushEvery, without
+// holding their SUBACKs. A change to a stored session is written before
+// the device is told.
 func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	s.mu.Lock()
 	if s.owners[id] != c {
 		s.mu.Unlock()
 		return 0
 	}
-	seq := s.change(SessionChange{DeviceID: id, Subscriptions: subs})
+	k, known := s.known[id]
+	p, pending := s.pending[id]
+	fresh := known && !k.present && !pending || pending && p.fresh && p.seq > s.taken
+	seq := s.change(SessionChange{DeviceID: id, Subscriptions: subs}, fresh)
 	s.remember(id, knownSession{subs, true})
 	s.mu.Unlock()
+	if fresh {
+		return 0
+	}
 	select {
 	case s.kick <- struct{}{}:
 	default: // a write is already asked for
@@ -142,7 +159,7 @@ func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 func (s *sessions) discard(id string) {
 	s.mu.Lock()
 	if k, ok := s.known[id]; !ok || k.present {
-		s.change(SessionChange{DeviceID: id, Delete: true})
+		s.change(SessionChange{DeviceID: id, Delete: true}, false)
 	}
 	s.remember(id, knownSession{})
 	s.mu.Unlock()
@@ -150,9 +167,9 @@ func (s *sessions) discard(id string) {
 
 // change queues a change to be written and returns its number (under
 // s.mu).
-func (s *sessions) change(c SessionChange) uint64 {
+func (s *sessions) change(c SessionChange, fresh bool) uint64 {
 	s.seq++
-	s.pending[c.DeviceID] = pendingChange{c, s.seq}
+	s.pending[c.DeviceID] = pendingChange{c, s.seq, fresh}
 	return s.seq
 }
 
@@ -242,6 +259,7 @@ func (s *sessions) flush(ctx context.Context) error {
 		return nil
 	}
 	upto := s.seq
+	s.taken = upto
 	batch := make([]SessionChange, 0, len(s.pending))
 	for _, c := range s.pending {
 		batch = append(batch, c.SessionChange)

@@ -82,10 +82,37 @@ func TestSessionGroupCommit(t *testing.T) {
 		t.Fatal("the change was not written once the store came back")
 	}
 	g.mu.Lock()
-	defer g.mu.Unlock()
 	if len(g.writes) != 2 || len(g.writes[0]) != 1 || g.writes[0][0].DeviceID != "a" || len(g.writes[1]) != 1 || g.writes[1][0].DeviceID != "b" {
 		t.Fatalf("writes %+v; want [a] then [b]", g.writes)
 	}
+	g.mu.Unlock()
+	if len(g.writes) != 2 || len(g.writes[0]) != 1 || g.writes[0][0].DeviceID != "a" || len(g.writes[1]) != 1 || g.writes[1][0].DeviceID != "b" {
+		t.Fatalf("writes %+v; want [a] then [b]", g.writes)
+	}
+	// A device whose store holds no session: its first changes are not
+	// waited for until a write takes them.
+	s.claim("c", a)
+	s.mu.Lock()
+	s.remember("c", knownSession{})
+	s.mu.Unlock()
+	if seq := s.save("c", bus.Methods, a); seq != 0 {
+		t.Fatalf("a first session is waited for (change %d)", seq)
+	}
+	if seq := s.save("c", bus.Methods|bus.Desired, a); seq != 0 {
+		t.Fatalf("a first session not yet taken by a write is waited for (change %d)", seq)
+	}
+	if len(s.kick) != 0 {
+		t.Fatal("a first session asked for a write at once")
+	}
+	s.mu.Lock()
+	s.taken = s.seq // as a write does when it starts
+	s.mu.Unlock()
+	if seq := s.save("c", bus.Desired, a); seq == 0 {
+		t.Fatal("a change after a write took the first session is not waited for")
+	}
+	<-g.entered
+	g.gate <- struct{}{}
+
 	stop := make(chan struct{})
 	close(stop)
 	if s.waitWritten(s.save("a", bus.Desired, a), time.Minute, stop) {
