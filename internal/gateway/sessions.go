@@ -30,9 +30,9 @@ type SessionStore interface {
 	SaveSessions(ctx context.Context, changes []SessionChange) error
 }
 
-// sessionFlushEvery is how often session changes nobody waits for (the
-// discards of clean-session connects) are written, and how soon a failed
-// write is tried again.
+// sessionFlushEvery is how often session changes nobody waits for
+// (first sessions, the discards of clean-session connects) are written,
+// and how soon a failed write is tried again.
 const sessionFlushEvery = 100 * time.Millisecond
 
 // sessionSaveWait bounds how long a SUBSCRIBE or UNSUBSCRIBE waits for

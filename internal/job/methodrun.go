@@ -38,8 +38,9 @@ type methodRun struct {
 	call  context.Context   // ends on deadline, or a grace after shutdown: in-flight calls finish after a cancel
 
 	claims   chan DueDevice // online devices holding a slot, to be claimed
+	work     chan DueDevice // claimed devices, to an idle worker
 	outcomes chan Outcome   // to be written
-	calls    sync.WaitGroup
+	calls    sync.WaitGroup // the workers
 	waiters  sync.WaitGroup
 	claimErr error // first store failure of the claimer (claimer only)
 	limit    int64 // new devices to start at most (-1: every pending one)
@@ -97,6 +98,7 @@ func (s *Service) runMethod(ctx context.Context, run *runner, r *Record, st *ste
 // writer, and returns once every outcome is written.
 func (m *methodRun) pass() error {
 	m.claims, m.outcomes, m.claimErr = make(chan DueDevice, maxClaimBatch), make(chan Outcome, maxWriteBatch), nil
+	m.work = make(chan DueDevice)
 	writeErr := make(chan error, 1)
 	go func() { writeErr <- m.write() }()
 	claimDone := make(chan struct{})
@@ -108,6 +110,7 @@ func (m *methodRun) pass() error {
 	m.waiters.Wait()
 	close(m.claims)
 	<-claimDone
+	close(m.work)
 	m.calls.Wait()
 	close(m.outcomes)
 	werr := <-writeErr
@@ -258,15 +261,35 @@ func (m *methodRun) claim() {
 		// Devices cancelled meanwhile were not claimed: free their slots.
 		m.s.slots.release(len(batch) - len(claimed))
 		for _, id := range claimed {
-			m.calls.Add(1)
-			go m.invoke(DueDevice{ID: id, Attempts: attempts[id]})
+			m.start(DueDevice{ID: id, Attempts: attempts[id]})
 		}
+	}
+}
+
+// start hands a claimed device to an idle worker, or to a new one when
+// none is idle. Each call holds a slot, so the workers are bounded by the
+// calls in flight (the slots the job holds) and those just finishing one;
+// a worker keeps its grown stack for the next call, where a goroutine per
+// call grew a new one each time.
+func (m *methodRun) start(d DueDevice) {
+	select {
+	case m.work <- d:
+	default:
+		m.calls.Add(1)
+		go m.worker(d)
+	}
+}
+
+// worker invokes devices until the pass has none left to start.
+func (m *methodRun) worker(d DueDevice) {
+	defer m.calls.Done()
+	for ok := true; ok; d, ok = <-m.work {
+		m.invoke(d)
 	}
 }
 
 // invoke calls the method on one claimed device and queues the outcome.
 func (m *methodRun) invoke(d DueDevice) {
-	defer m.calls.Done()
 	defer m.s.slots.release(1)
 	res, err := m.s.cfg.Methods.Invoke(m.call, d.ID, m.req)
 	switch {
