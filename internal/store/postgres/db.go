@@ -104,6 +104,9 @@ func explain(cfg *pgxpool.Config, err error) error {
 		}
 		return fmt.Errorf("PostgreSQL (%s): %s (SQLSTATE %s)", who, pe.Message, pe.Code)
 	}
+	if errors.Is(err, ErrNewerSchema) { // says no more than the migration's number
+		return fmt.Errorf("PostgreSQL (%s): %w", who, err)
+	}
 	var ne net.Error
 	if errors.As(err, &ne) || strings.Contains(err.Error(), "connect") {
 		return fmt.Errorf("cannot reach PostgreSQL (%s): %v", who, redactErr(err))
@@ -123,6 +126,10 @@ func redactErr(err error) string {
 	}
 	return s
 }
+
+// ErrNewerSchema is returned by Open for a database migrated by a newer
+// herd.
+var ErrNewerSchema = errors.New("the database was migrated by a newer herd")
 
 // migrate applies the embedded migrations not applied yet, in order, each
 // in its own transaction, holding the advisory lock.
@@ -162,12 +169,27 @@ func (db *DB) migrate(ctx context.Context) error {
 		return err
 	}
 	sort.Strings(files)
+	known := map[int]bool{}
 	for _, f := range files {
 		name := strings.TrimPrefix(f, "migrations/")
 		v, err := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
 		if err != nil {
 			return fmt.Errorf("migration %s: the name must start with a number", name)
 		}
+		known[v] = true
+	}
+	// A database a newer herd migrated is not opened: this herd would
+	// read and write tables whose meaning it does not know (in a cluster:
+	// a node of an older version started after a newer one migrated).
+	for v := range applied {
+		if !known[v] {
+			return fmt.Errorf("%w: it has migration %d, which this herd does not know (a newer herd used it); run that herd or a newer one",
+				ErrNewerSchema, v)
+		}
+	}
+	for _, f := range files {
+		name := strings.TrimPrefix(f, "migrations/")
+		v, _ := strconv.Atoi(strings.SplitN(name, "_", 2)[0])
 		if applied[v] {
 			continue
 		}

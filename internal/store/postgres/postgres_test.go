@@ -187,3 +187,32 @@ func TestJoinExcludesClaim(t *testing.T) {
 		t.Errorf("a node beside a hub alone: %v", err)
 	}
 }
+
+// TestNewerSchemaRefused: a database that a newer herd migrated (a
+// migration this herd does not have: in a cluster, a node of an older
+// version started after a newer one) is not opened.
+func TestNewerSchemaRefused(t *testing.T) {
+	ctx := context.Background()
+	u := pgtest.URL(t)
+	db, err := postgres.Open(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	raw, err := pgx.Connect(ctx, u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close(ctx)
+	if _, err := raw.Exec(ctx, `INSERT INTO schema_migrations (version, name) VALUES (99999, '99999_from_the_future.sql')`); err != nil {
+		t.Fatal(err)
+	}
+	db, err = postgres.Open(ctx, u)
+	if err == nil {
+		db.Close()
+		t.Fatal("a database with a migration this herd does not know was opened")
+	}
+	if !errors.Is(err, postgres.ErrNewerSchema) || !strings.Contains(err.Error(), "99999") {
+		t.Fatalf("error %q; want ErrNewerSchema naming migration 99999", err)
+	}
+}

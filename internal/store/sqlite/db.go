@@ -172,6 +172,10 @@ func (db *DB) Close() error {
 	return db.closeErr
 }
 
+// ErrNewerSchema is returned by Open for a database migrated by a newer
+// herd.
+var ErrNewerSchema = errors.New("the database was migrated by a newer herd")
+
 // migrate applies the embedded migrations that have not run yet, each in
 // its own transaction, in the order of their numeric prefixes.
 func (db *DB) migrate(ctx context.Context) error {
@@ -204,6 +208,7 @@ func (db *DB) migrate(ctx context.Context) error {
 		name    string
 	}
 	var todo []migration
+	known := map[int]bool{}
 	for _, n := range names {
 		base := strings.TrimPrefix(n, "migrations/")
 		num, _, ok := strings.Cut(base, "_")
@@ -211,8 +216,17 @@ func (db *DB) migrate(ctx context.Context) error {
 		if !ok || err != nil {
 			return fmt.Errorf("migration %s: name must start with a number and '_'", base)
 		}
+		known[v] = true
 		if !applied[v] {
 			todo = append(todo, migration{v, base})
+		}
+	}
+	// A database a newer herd migrated is not opened: this herd would
+	// read and write tables whose meaning it does not know.
+	for v := range applied {
+		if !known[v] {
+			return fmt.Errorf("%w: it has migration %d, which this herd does not know (a newer herd used it); run that herd or a newer one",
+				ErrNewerSchema, v)
 		}
 	}
 	sort.Slice(todo, func(i, j int) bool { return todo[i].version < todo[j].version })

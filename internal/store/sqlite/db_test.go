@@ -3,7 +3,9 @@ package sqlite_test
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/herd-iot/herd/internal/store/sqlite"
@@ -67,5 +69,33 @@ func TestPageSize(t *testing.T) {
 				t.Errorf("page size %d, journal mode %q; want %d, wal", size, journal, tc.want)
 			}
 		})
+	}
+}
+
+// TestNewerSchemaRefused: a database that a newer herd migrated (a
+// migration this herd does not have) is not opened, and is left as it is.
+func TestNewerSchemaRefused(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "herd.db")
+	db, err := sqlite.Open(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	raw, err := sql.Open("sqlite", "file:"+path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := raw.Exec(`INSERT INTO schema_migrations (version, name, applied_at) VALUES (99999, '99999_from_the_future.sql', '2030-01-01T00:00:00Z')`); err != nil {
+		t.Fatal(err)
+	}
+	raw.Close()
+	db, err = sqlite.Open(ctx, path)
+	if err == nil {
+		db.Close()
+		t.Fatal("a database with a migration this herd does not know was opened")
+	}
+	if !errors.Is(err, sqlite.ErrNewerSchema) || !strings.Contains(err.Error(), "99999") {
+		t.Fatalf("error %q; want ErrNewerSchema naming migration 99999", err)
 	}
 }

@@ -2,6 +2,7 @@ package sqlite_test
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sync/atomic"
 	"testing"
@@ -138,4 +139,31 @@ func BenchmarkActivity(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(batch)), "ns/device")
+}
+
+// BenchmarkDeviceKeys: the device reads of a connect burst: one device by
+// id, and DevicesByID of one and of eight ids.
+func BenchmarkDeviceKeys(b *testing.B) {
+	db := singleTwinDB(b)
+	ctx := context.Background()
+	b.Run("Device", func(b *testing.B) {
+		for i := 0; i < b.N; i++ {
+			if _, err := db.Device(ctx, fleetdb.DeviceID(i*7919%singleFleet)); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
+	for _, n := range []int{1, 8} {
+		b.Run(fmt.Sprintf("DevicesByID-%d", n), func(b *testing.B) {
+			ids := make([]string, n)
+			for i := 0; i < b.N; i++ {
+				for k := range ids {
+					ids[k] = fleetdb.DeviceID((i*n + k) * 7919 % singleFleet)
+				}
+				if got, err := db.DevicesByID(ctx, ids); err != nil || len(got) != n {
+					b.Fatal(got, err)
+				}
+			}
+		})
+	}
 }
