@@ -2,6 +2,7 @@ package job
 
 import (
 	"context"
+	"errors"
 	"sync"
 	"time"
 
@@ -228,6 +229,14 @@ func (w *Watch) takeEnded() ([]EndedSelection, bool, int) {
 	return sels, lagged, w.p.writing[w.id]
 }
 
+// forgetWriting forgets the writes of an ended job still counted in
+// flight: their ends were lost.
+func (p *progress) forgetWriting(id string) {
+	p.mu.Lock()
+	delete(p.writing, id)
+	p.mu.Unlock()
+}
+
 // close ends every watch's Done (the engine stopped).
 func (p *progress) close() { p.stop.Do(func() { close(p.done) }) }
 
@@ -370,14 +379,17 @@ func (s *Service) followJobProgress(ctx context.Context, id string, idleEvery ti
 	defer w.Close()
 	beat := time.NewTicker(idleEvery)
 	defer beat.Stop()
-	// waitChange waits for the next change signal; false when the
-	// stream should end quietly (ctx or the engine stopped).
-	waitChange := func() (bool, error) {
+	// waitChange waits for the next change signal, or for giveUp to
+	// close (nil: never); false when the stream should end quietly (ctx
+	// or the engine stopped) or giveUp closed.
+	waitChange := func(giveUp <-chan struct{}) (bool, error) {
 		for {
 			select {
 			case <-ctx.Done():
 				return false, nil
 			case <-w.Done():
+				return false, nil
+			case <-giveUp:
 				return false, nil
 			case <-beat.C:
 				if err := idle(); err != nil {
@@ -401,27 +413,64 @@ func (s *Service) followJobProgress(ctx context.Context, id string, idleEvery ti
 		}
 		ended := Ended(j)
 		if ended && devices != nil && !first {
-			// The write that ended the job may still be handing over
-			// what it ended: wait for every write of the job to finish.
-			for {
-				writing, err := s.sendEnded(ctx, w, devices)
-				if err != nil {
-					return err
-				}
-				if writing == 0 {
-					break
-				}
-				if ok, err := waitChange(); !ok {
-					return err
-				}
+			if err := s.drainEnded(ctx, w, devices, waitChange); errors.Is(err, errStreamEnded) {
+				return nil
+			} else if err != nil {
+				return err
 			}
 		}
 		first = false
 		if err := fn(j, ended); err != nil || ended {
 			return err
 		}
-		if ok, err := waitChange(); !ok {
+		if ok, err := waitChange(nil); !ok {
 			return err
+		}
+	}
+}
+
+// endedGrace bounds how long a device stream waits, once its job has
+// ended, for the writes of the job still counted in flight. A write on
+// this node ends within it; a write on another node of a cluster is known
+// by the notes it relays over NATS, which are lost when that node is
+// killed mid-write (or NATS restarts), and its end would never come.
+const endedGrace = 10 * time.Second
+
+// errStreamEnded tells followJobProgress to end quietly (ctx or the
+// engine stopped).
+var errStreamEnded = errors.New("stream ended")
+
+// drainEnded hands over what the job's writes in flight end, once the job
+// has ended: the write that ended it may still be handing over what it
+// ended. Writes still counted after endedGrace are given up on: the
+// stream says it lagged (device records may be missing), and ends.
+func (s *Service) drainEnded(ctx context.Context, w *Watch, devices func([]herd.DeviceJob, bool) error,
+	waitChange func(giveUp <-chan struct{}) (bool, error)) error {
+	giveUp := make(chan struct{})
+	t := s.clock.AfterFunc(endedGrace, func() { close(giveUp) })
+	defer t.Stop()
+	for {
+		writing, err := s.sendEnded(ctx, w, devices)
+		if err != nil || writing == 0 {
+			return err
+		}
+		ok, err := waitChange(giveUp)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			select {
+			case <-giveUp:
+				s.log.Warn("job ended with writes still counted in flight (another node's notes lost?); the device stream may lack records",
+					"job_id", w.id, "op", "follow", "writes", writing, "grace", endedGrace)
+				w.p.forgetWriting(w.id)
+				if _, err := s.sendEnded(ctx, w, devices); err != nil {
+					return err
+				}
+				return devices(nil, true)
+			default:
+				return errStreamEnded
+			}
 		}
 	}
 }

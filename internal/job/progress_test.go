@@ -132,6 +132,67 @@ func TestFollowDevices(t *testing.T) {
 	}
 }
 
+// TestFollowDevicesLostNote: another node's write of the job whose end
+// note never comes (that node was killed mid-write, or NATS lost the
+// note) does not hold a device stream open forever: once the job has
+// ended, the stream waits job.endedGrace, says it lagged, and ends.
+func TestFollowDevicesLostNote(t *testing.T) {
+	e := newEnv(t) // twin batches of 3
+	e.devices("d1", "d2", "d3")
+	start := t0.Add(time.Hour).Format(time.RFC3339Nano)
+	e.create("tw", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}},"startTime":"`+start+`"}`)
+	first := make(chan struct{})
+	var once sync.Once
+	done := make(chan error, 1)
+	var mu sync.Mutex
+	var told []string
+	lagged, ended := false, false
+	go func() {
+		done <- e.svc.FollowDevices(context.Background(), "tw", time.Hour, func() error { return nil },
+			func(j *herd.Job, end bool) error {
+				once.Do(func() { close(first) })
+				mu.Lock()
+				ended = ended || end
+				mu.Unlock()
+				return nil
+			}, func(records []herd.DeviceJob, lag bool) error {
+				mu.Lock()
+				defer mu.Unlock()
+				lagged = lagged || lag
+				for _, r := range records {
+					told = append(told, r.DeviceID)
+				}
+				return nil
+			})
+	}()
+	<-first
+	e.svc.ApplyProgress(job.ProgressEvent{JobID: "tw", Kind: "begin"}) // its "end" is lost
+	e.clock.Advance(time.Hour)
+	e.waitEnded("tw")
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		select {
+		case err := <-done:
+			if err != nil {
+				t.Fatal(err)
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			slices.Sort(told)
+			if !lagged || !ended || strings.Join(told, ",") != "d1,d2,d3" {
+				t.Errorf("lagged %v, ended %v, told %v; want lagged, ended and d1–d3", lagged, ended, told)
+			}
+			return
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("FollowDevices did not return: it waits for a write whose end never comes")
+		}
+		e.clock.Advance(job.ProgressEvery)
+		time.Sleep(time.Millisecond)
+	}
+}
+
 // TestSuspendKeepsWatchers: an engine stopped with ErrSuspended (a cluster
 // node that lost the jobs' lock) runs again later on the same service; its
 // watchers are not told that it stopped, and hear of the jobs it runs
