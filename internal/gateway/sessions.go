@@ -198,14 +198,48 @@ func (s *sessions) waitWritten(seq uint64, wait time.Duration, stop <-chan struc
 	}
 }
 
+// maxKnownSessions bounds what sessions remembers (some 100 bytes an
+// entry): a fleet that moves between the nodes of a cluster would
+// otherwise leave every node remembering every device. A variable for
+// tests.
+var maxKnownSessions = 1 << 18
+
 // remember records what is known of a session (under s.mu).
 func (s *sessions) remember(id string, k knownSession) {
+	if _, ok := s.known[id]; !ok && len(s.known) >= maxKnownSessions {
+		s.evict()
+	}
 	s.known[id] = k
 	if dev, mod := herd.SplitIdentity(id); mod != "" {
 		if s.moduleKnown[dev] == nil {
 			s.moduleKnown[dev] = map[string]struct{}{}
 		}
 		s.moduleKnown[dev][id] = struct{}{}
+	}
+}
+
+// evict forgets an arbitrary eighth of the sessions remembered (Go's map
+// order), except those with a change not yet written, which are newer
+// than the store (under s.mu). A session forgotten is read from the store
+// at its device's next connect; a change to it is then written before
+// its SUBACK, as for any stored session.
+func (s *sessions) evict() {
+	drop := max(len(s.known)/8, 1)
+	for id := range s.known {
+		if drop == 0 {
+			break
+		}
+		if _, unwritten := s.pending[id]; unwritten {
+			continue
+		}
+		drop--
+		delete(s.known, id)
+		if dev, mod := herd.SplitIdentity(id); mod != "" {
+			delete(s.moduleKnown[dev], id)
+			if len(s.moduleKnown[dev]) == 0 {
+				delete(s.moduleKnown, dev)
+			}
+		}
 	}
 }
 

@@ -3,6 +3,7 @@ package gateway
 import (
 	"context"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"sync"
@@ -120,5 +121,40 @@ func TestSessionGroupCommit(t *testing.T) {
 	}
 	if !s.waitWritten(s.save("a", bus.Methods, b), time.Minute, nil) {
 		t.Fatal("a save by a connection that does not own the session has nothing to wait for")
+	}
+}
+
+// TestKnownSessionsBounded: what sessions remembers stays within its
+// bound, and a session with a change not yet written (newer than the
+// store) is never forgotten for it.
+func TestKnownSessionsBounded(t *testing.T) {
+	old := maxKnownSessions
+	maxKnownSessions = 8
+	defer func() { maxKnownSessions = old }()
+	s := newSessions(&gatedStore{entered: make(chan struct{}, 1), gate: make(chan struct{})})
+	c := &conn{}
+	s.claim("unwritten", c)
+	s.save("unwritten", bus.Methods, c) // nothing writes it: no run
+	for i := range 100 {
+		s.mu.Lock()
+		s.remember(fmt.Sprintf("d%03d", i), knownSession{bus.Methods, true})
+		s.remember(fmt.Sprintf("d%03d/m", i), knownSession{})
+		n := len(s.known)
+		s.mu.Unlock()
+		if n > 8 {
+			t.Fatalf("%d sessions remembered, bound 8", n)
+		}
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if k, ok := s.known["unwritten"]; !ok || k.subs != bus.Methods {
+		t.Fatalf("the session with an unwritten change was forgotten: %+v %v", k, ok)
+	}
+	modules := 0
+	for _, ms := range s.moduleKnown {
+		modules += len(ms)
+	}
+	if modules > 8 {
+		t.Fatalf("moduleKnown lists %d modules, more than are remembered", modules)
 	}
 }

@@ -2,6 +2,7 @@ package registry_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"testing"
@@ -70,5 +71,39 @@ func TestKeysNotStaleAfterRace(t *testing.T) {
 	}
 	if k.PrimaryKey != newKey {
 		t.Errorf("cached primary key %q after the update, want the new key", k.PrimaryKey)
+	}
+}
+
+// TestKeyCacheBounded: the key cache holds at most its bound, and a
+// device whose keys were dropped from it still authenticates (its keys
+// are read again).
+func TestKeyCacheBounded(t *testing.T) {
+	defer registry.SetMaxCachedKeys(16)()
+	ctx := context.Background()
+	db, err := sqlite.Open(ctx, filepath.Join(t.TempDir(), "herd.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	s := registry.NewService(db, "node-1", time.Now, nil, slog.Default())
+	keys := map[string]string{}
+	for i := range 100 {
+		id := fmt.Sprintf("d%03d", i)
+		d, err := s.Create(ctx, herd.Device{DeviceID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		keys[id] = d.Authentication.SymmetricKey.PrimaryKey
+	}
+	for range 2 {
+		for id, want := range keys {
+			k, err := s.Keys(ctx, id)
+			if err != nil || k.PrimaryKey != want {
+				t.Fatalf("Keys(%s) = %q, %v; want %q", id, k.PrimaryKey, err, want)
+			}
+			if n := registry.CachedKeys(s); n > 16 {
+				t.Fatalf("%d keys cached, bound 16", n)
+			}
+		}
 	}
 }

@@ -334,6 +334,9 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 	}
 	s.keysMu.Lock()
 	if s.keysGen == gen {
+		if len(s.keys) >= maxCachedKeys {
+			s.evictKeys()
+		}
 		s.keys[id] = k
 		if moduleID != "" {
 			if s.moduleKeys[deviceID] == nil {
@@ -344,6 +347,31 @@ func (s *Service) Keys(ctx context.Context, id string) (auth.DeviceKeys, error) 
 	}
 	s.keysMu.Unlock()
 	return k, nil
+}
+
+// maxCachedKeys bounds the key cache (a few hundred bytes an entry): a
+// node keeps the keys of the devices that connect to it, and a fleet that
+// moves between the nodes of a cluster would otherwise leave every
+// node holding every device's keys. A variable for tests.
+var maxCachedKeys = 1 << 18
+
+// evictKeys drops an arbitrary eighth of the cached keys (Go's map order),
+// which costs each a store read at its next connect (under keysMu).
+func (s *Service) evictKeys() {
+	drop := max(len(s.keys)/8, 1)
+	for id := range s.keys {
+		if drop == 0 {
+			break
+		}
+		drop--
+		delete(s.keys, id)
+		if deviceID, moduleID := herd.SplitIdentity(id); moduleID != "" {
+			delete(s.moduleKeys[deviceID], id)
+			if len(s.moduleKeys[deviceID]) == 0 {
+				delete(s.moduleKeys, deviceID)
+			}
+		}
+	}
 }
 
 // Forget drops the cached keys of a device (and its modules') or of a
