@@ -59,32 +59,52 @@ func (db *DB) Sessions(ctx context.Context, deviceIDs []string) (map[string]bus.
 // SaveSessions writes a batch of session changes in one transaction;
 // sessions of devices (or modules) that no longer exist are not created.
 func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {
+	// A device's changes go in two statements whatever their number: the
+	// sets as [[id, subscriptions], …] and the deletes as [id, …]. A
+	// module's are rare, one statement each.
+	var sets [][2]any
+	var dels []string
+	var mods []bus.SessionChange
+	for _, c := range changes {
+		switch _, mod := herd.SplitIdentity(c.DeviceID); {
+		case mod != "":
+			mods = append(mods, c)
+		case c.Delete:
+			dels = append(dels, c.DeviceID)
+		default:
+			sets = append(sets, [2]any{c.DeviceID, int64(c.Subscriptions)})
+		}
+	}
+	setList, err := json.Marshal(sets)
+	if err != nil {
+		return err
+	}
+	delList, err := json.Marshal(dels)
+	if err != nil {
+		return err
+	}
 	return db.tx(ctx, func(tx *sql.Tx) error {
-		upsert, err := tx.PrepareContext(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
-			SELECT device_id, ? FROM devices WHERE device_id = ?
-			ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`)
-		if err != nil {
-			return err
+		if len(sets) > 0 {
+			if _, err := tx.ExecContext(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
+				SELECT d.device_id, c.value ->> 1 FROM json_each(?) c JOIN devices d ON d.device_id = c.value ->> 0 WHERE true
+				ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`, string(setList)); err != nil {
+				return fmt.Errorf("save %d sessions: %w", len(sets), err)
+			}
 		}
-		defer upsert.Close()
-		del, err := tx.PrepareContext(ctx, `DELETE FROM device_sessions WHERE device_id = ?`)
-		if err != nil {
-			return err
+		if len(dels) > 0 {
+			if _, err := tx.ExecContext(ctx, `DELETE FROM device_sessions WHERE device_id IN (SELECT value FROM json_each(?))`, string(delList)); err != nil {
+				return fmt.Errorf("delete %d sessions: %w", len(dels), err)
+			}
 		}
-		defer del.Close()
-		for _, c := range changes {
+		for _, c := range mods {
 			dev, mod := herd.SplitIdentity(c.DeviceID)
-			switch {
-			case mod != "" && c.Delete:
+			var err error
+			if c.Delete {
 				_, err = tx.ExecContext(ctx, `DELETE FROM module_sessions WHERE device_id = ? AND module_id = ?`, dev, mod)
-			case mod != "":
+			} else {
 				_, err = tx.ExecContext(ctx, `INSERT INTO module_sessions (device_id, module_id, subscriptions)
 					SELECT device_id, module_id, ? FROM modules WHERE device_id = ? AND module_id = ?
 					ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, int64(c.Subscriptions), dev, mod)
-			case c.Delete:
-				_, err = del.ExecContext(ctx, c.DeviceID)
-			default:
-				_, err = upsert.ExecContext(ctx, int64(c.Subscriptions), c.DeviceID)
 			}
 			if err != nil {
 				return fmt.Errorf("save session of %q: %w", c.DeviceID, err)

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/fleetdb"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/sqlite"
@@ -166,4 +167,22 @@ func BenchmarkDeviceKeys(b *testing.B) {
 			}
 		})
 	}
+}
+
+// BenchmarkSaveSessions: one write of 1,000 devices' new subscription
+// sets (a connect storm's session batch).
+func BenchmarkSaveSessions(b *testing.B) {
+	db := singleTwinDB(b)
+	ctx := context.Background()
+	changes := make([]bus.SessionChange, 1000)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		for k := range changes {
+			changes[k] = bus.SessionChange{DeviceID: fleetdb.DeviceID((i*1000 + k) % singleFleet), Subscriptions: bus.Feature(1 + i%7)}
+		}
+		if err := db.SaveSessions(ctx, changes); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N*len(changes)), "ns/device")
 }
