@@ -123,7 +123,9 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	present := false
 	c.s.sessions.claim(id, c)
 	if cp.CleanSession {
-		c.s.sessions.discard(id)
+		if !c.s.sessions.waitWritten(c.s.sessions.discard(id), sessionSaveWait, c.s.done) {
+			return refuse(packets.ErrRefusedServerUnavailable, "session store unavailable")
+		}
 	} else if prev, ok := c.s.cfg.Bus.Lookup(id).(*conn); ok && prev != nil && !prev.clean {
 		// Taking over a persistent session; a clean=1 connection's
 		// session ends with it (MQTT-3.1.2-6), and a device replacing one

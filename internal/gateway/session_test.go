@@ -323,3 +323,31 @@ func TestTakenOverForgetsSession(t *testing.T) {
 		t.Fatalf("method to a device whose session has no method subscription: %v, want DeviceNotOnline (a stale remembered session)", err)
 	}
 }
+
+// TestCleanSessionDiscardWritten: a clean-session connect's CONNACK comes
+// once the stored session it discards is deleted from the store, so that
+// a crash right after cannot bring the old subscriptions back (with
+// sessionPresent=1) at a later clean-session-0 connect.
+func TestCleanSessionDiscardWritten(t *testing.T) {
+	h := hubtest.Start(t)
+	d := newDevice(t, h, "dev1")
+	ctx := context.Background()
+	c := dialPlain(t, h)
+	c.connect(d, false, time.Now())
+	c.subscribe("$iothub/methods/POST/#")
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		_, found, err := h.Store.Session(ctx, d.id)
+		return err == nil && found
+	}, "first session never written")
+	c.send(packets.NewControlPacket(packets.Disconnect))
+	c.expectClosed()
+	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "connection still held")
+
+	c = dialPlain(t, h)
+	if ack := c.connect(d, true, time.Now()); ack.SessionPresent {
+		t.Fatal("sessionPresent=1 with clean=1")
+	}
+	if _, found, err := h.Store.Session(ctx, d.id); err != nil || found {
+		t.Fatalf("the store still holds the discarded session at CONNACK (found=%v, err=%v)", found, err)
+	}
+}

@@ -30,13 +30,14 @@ type SessionStore interface {
 	SaveSessions(ctx context.Context, changes []SessionChange) error
 }
 
-// sessionFlushEvery is how often session changes nobody waits for
-// (first sessions, the discards of clean-session connects) are written,
-// and how soon a failed write is tried again.
+// sessionFlushEvery is how often session changes nobody waits for (first
+// sessions) are written, and how soon a failed write is tried again.
 const sessionFlushEvery = 100 * time.Millisecond
 
 // sessionSaveWait bounds how long a SUBSCRIBE or UNSUBSCRIBE waits for
-// its session to be written before the connection is closed.
+// its session to be written before the connection is closed (and a
+// clean-session CONNECT for the discard of a stored one before it is
+// refused).
 const sessionSaveWait = 10 * time.Second
 
 // Session lookups read together: at most this many in one read, each read
@@ -52,9 +53,9 @@ const (
 // never gets sessionPresent=1 without it, after a crash of this node or
 // on another node (see save for a device's first session). The writes are
 // group commits: a change waits for the write in progress, and the next
-// write takes every change that arrived meanwhile. First sessions and the
-// discards of clean-session connects are written within
-// sessionFlushEvery. It also remembers the sessions it has seen (a few
+// write takes every change that arrived meanwhile; so is the discard of a
+// stored session by a clean-session connect, before its CONNACK. First
+// sessions are written within sessionFlushEvery. It also remembers the sessions it has seen (a few
 // dozen bytes per device), so that a reconnect does not read the store;
 // the registry's change notification forgets a device's entry (a deleted
 // device's session goes with it), as does a connection of the device to
@@ -156,13 +157,30 @@ func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	return seq
 }
 
-func (s *sessions) discard(id string) {
+// discard ends the device's session (a clean-session connect) and
+// returns the change's number for waitWritten, or 0 when the store holds
+// no session to delete: a stored session left behind by a crash would
+// come back, with sessionPresent=1, at a later clean-session-0 connect.
+func (s *sessions) discard(id string) uint64 {
 	s.mu.Lock()
+	var seq uint64
 	if k, ok := s.known[id]; !ok || k.present {
-		s.change(SessionChange{DeviceID: id, Delete: true}, false)
+		p, pending := s.pending[id]
+		fresh := ok && pending && p.fresh && p.seq > s.taken // only an unwritten first session
+		seq = s.change(SessionChange{DeviceID: id, Delete: true}, false)
+		if fresh {
+			seq = 0
+		}
 	}
 	s.remember(id, knownSession{})
 	s.mu.Unlock()
+	if seq != 0 {
+		select {
+		case s.kick <- struct{}{}:
+		default:
+		}
+	}
+	return seq
 }
 
 // change queues a change to be written and returns its number (under
