@@ -302,9 +302,7 @@ func TestTakenOverForgetsSession(t *testing.T) {
 	c := dialPlain(t, h)
 	c.connect(d, false, time.Now())
 	c.subscribe("$iothub/methods/POST/#", "$iothub/twin/res/#")
-	c.send(packets.NewControlPacket(packets.Disconnect))
-	c.expectClosed()
-	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "connection still held")
+	hangUp(t, h, c)
 
 	// The device connects to another node and unsubscribes from methods
 	// there: that node writes the session, and tells this one.
@@ -339,9 +337,7 @@ func TestCleanSessionDiscardWritten(t *testing.T) {
 		_, found, err := h.Store.Session(ctx, d.id)
 		return err == nil && found
 	}, "first session never written")
-	c.send(packets.NewControlPacket(packets.Disconnect))
-	c.expectClosed()
-	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "connection still held")
+	hangUp(t, h, c)
 
 	c = dialPlain(t, h)
 	if ack := c.connect(d, true, time.Now()); ack.SessionPresent {
@@ -350,4 +346,13 @@ func TestCleanSessionDiscardWritten(t *testing.T) {
 	if _, found, err := h.Store.Session(ctx, d.id); err != nil || found {
 		t.Fatalf("the store still holds the discarded session at CONNACK (found=%v, err=%v)", found, err)
 	}
+}
+
+// hangUp disconnects c cleanly and waits until the hub no longer holds
+// the connection.
+func hangUp(t *testing.T, h *hubtest.Hub, c *rawClient) {
+	t.Helper()
+	c.send(packets.NewControlPacket(packets.Disconnect))
+	c.expectClosed()
+	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == 0 }, "connection still held")
 }

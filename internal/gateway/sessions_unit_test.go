@@ -24,6 +24,19 @@ type gatedStore struct {
 	writes  [][]SessionChange
 }
 
+// setFailing makes the writes fail (true) or succeed.
+func (g *gatedStore) setFailing(f bool) {
+	g.mu.Lock()
+	g.failing = f
+	g.mu.Unlock()
+}
+
+// let waits for the next write to have its batch and lets it through.
+func (g *gatedStore) let() {
+	<-g.entered
+	g.gate <- struct{}{}
+}
+
 func (g *gatedStore) SaveSessions(ctx context.Context, changes []SessionChange) error {
 	select {
 	case g.entered <- struct{}{}:
@@ -66,19 +79,13 @@ func TestSessionGroupCommit(t *testing.T) {
 	if !<-waitedA {
 		t.Fatal("the waiter of the first change did not wake")
 	}
-	g.mu.Lock()
-	g.failing = true
-	g.mu.Unlock()
-	<-g.entered
-	g.gate <- struct{}{} // the second write fails
+	g.setFailing(true)
+	g.let() // the second write fails
 	if s.waitWritten(seqB, 50*time.Millisecond, nil) {
 		t.Fatal("a change whose write failed was reported written")
 	}
-	g.mu.Lock()
-	g.failing = false
-	g.mu.Unlock()
-	<-g.entered
-	g.gate <- struct{}{} // tried again after sessionFlushEvery
+	g.setFailing(false)
+	g.let() // tried again after sessionFlushEvery
 	if !s.waitWritten(seqB, time.Minute, nil) {
 		t.Fatal("the change was not written once the store came back")
 	}
@@ -111,16 +118,15 @@ func TestSessionGroupCommit(t *testing.T) {
 	if seq := s.save("c", bus.Desired, a); seq == 0 {
 		t.Fatal("a change after a write took the first session is not waited for")
 	}
-	<-g.entered
-	g.gate <- struct{}{}
+	g.let()
 
 	stop := make(chan struct{})
 	close(stop)
 	if s.waitWritten(s.save("a", bus.Desired, a), time.Minute, stop) {
 		t.Fatal("waitWritten did not end when told to stop")
 	}
-	if !s.waitWritten(s.save("a", bus.Methods, b), time.Minute, nil) {
-		t.Fatal("a save by a connection that does not own the session has nothing to wait for")
+	if seq := s.save("a", bus.Methods, b); seq != 0 || !s.waitWritten(seq, time.Minute, nil) {
+		t.Fatalf("a save by a connection that does not own the session gave change %d to wait for; want none", seq)
 	}
 }
 

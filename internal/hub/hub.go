@@ -267,7 +267,7 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 	listeners := map[string]string{}
 	for name, a := range map[string]net.Addr{"https_addr": h.https.Addr(), "mqtt_addr": h.MQTTAddr(), "mqtt_plain_addr": h.MQTTPlainAddr()} {
 		listeners[name] = addrString(a)
-		if err := h.Store.SetSetting(ctx, name, addrString(a)); err != nil {
+		if err := h.Store.SetSetting(ctx, name, listeners[name]); err != nil {
 			return nil, err
 		}
 	}
