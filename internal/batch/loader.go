@@ -6,6 +6,12 @@
 // at once with its own key; lookups that arrive while a read is in flight
 // wait for it to end and go together in the next. Under load the batches
 // grow by themselves; an idle loader reads one key at a time.
+//
+// One goroutine does a loader's fetches, and it waits a while (linger)
+// for the next round before it ends. A burst of lookups therefore reuses
+// one goroutine whose stack has grown to what the store's driver needs
+// (the SQLite driver's interpreter has a large frame), instead of growing
+// a new goroutine's stack for every fetch.
 package batch
 
 import (
@@ -13,6 +19,10 @@ import (
 	"sync"
 	"time"
 )
+
+// linger is how long a loader's goroutine waits for another round before
+// it ends.
+const linger = time.Second
 
 // Fetch reads many keys at once: a map holding the keys that exist (a key
 // absent from it does not exist), or an error that fails every key of the
@@ -25,9 +35,12 @@ type Loader[K comparable, V any] struct {
 	fetch   Fetch[K, V]
 	max     int
 	timeout time.Duration
+	linger  time.Duration
 
 	mu      sync.Mutex
 	busy    bool           // a fetch is in flight; when not, waiting is empty
+	parked  bool           // the goroutine waits on wake for a round
+	wake    chan struct{}  // capacity 1: sent to only when parked is set
 	waiting []*round[K, V] // the rounds behind it, oldest first
 }
 
@@ -44,7 +57,7 @@ type round[K comparable, V any] struct {
 // behalf of every waiting caller, so no single caller's context governs
 // it.
 func New[K comparable, V any](fetch Fetch[K, V], max int, timeout time.Duration) *Loader[K, V] {
-	return &Loader[K, V]{fetch: fetch, max: max, timeout: timeout}
+	return &Loader[K, V]{fetch: fetch, max: max, timeout: timeout, linger: linger, wake: make(chan struct{}, 1)}
 }
 
 // Load returns key's value, whether it exists, or the error of the fetch
@@ -61,7 +74,12 @@ func (l *Loader[K, V]) Load(ctx context.Context, key K) (V, bool, error) {
 	r.keys = append(r.keys, key)
 	if !l.busy {
 		l.busy = true
-		go l.run(l.take())
+		if l.parked {
+			l.parked = false
+			l.wake <- struct{}{}
+		} else {
+			go l.run()
+		}
 	}
 	l.mu.Unlock()
 	var zero V
@@ -88,18 +106,41 @@ func (l *Loader[K, V]) take() *round[K, V] {
 	return r
 }
 
-// run fetches round after round until none is waiting.
-func (l *Loader[K, V]) run(r *round[K, V]) {
-	for r != nil {
+// run fetches round after round; when none is waiting it parks for up to
+// linger, then ends unless a Load woke it.
+func (l *Loader[K, V]) run() {
+	var idle *time.Timer
+	for {
+		l.mu.Lock()
+		r := l.take()
+		if r == nil {
+			l.busy, l.parked = false, true
+			l.mu.Unlock()
+			if idle == nil {
+				idle = time.NewTimer(l.linger)
+			} else {
+				idle.Reset(l.linger)
+			}
+			select {
+			case <-l.wake:
+				idle.Stop()
+				continue
+			case <-idle.C:
+			}
+			l.mu.Lock()
+			woken := !l.parked
+			l.parked = false
+			l.mu.Unlock()
+			if !woken {
+				return
+			}
+			<-l.wake // sent as the timer fired
+			continue
+		}
+		l.mu.Unlock()
 		ctx, cancel := context.WithTimeout(context.Background(), l.timeout)
 		r.got, r.err = l.fetch(ctx, r.keys)
 		cancel()
 		close(r.done)
-		l.mu.Lock()
-		r = l.take()
-		if r == nil {
-			l.busy = false
-		}
-		l.mu.Unlock()
 	}
 }

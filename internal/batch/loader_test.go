@@ -4,7 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -164,5 +166,60 @@ func TestCallerGivesUp(t *testing.T) {
 	// The loader is free again once the abandoned fetch ends.
 	if v, ok, err := l.Load(context.Background(), "bb"); v != 2 || !ok || err != nil {
 		t.Fatalf("next load: %v, %v, %v", v, ok, err)
+	}
+}
+
+// goroutine is the id of the goroutine it runs on, from its stack's
+// first line ("goroutine 7 [running]:").
+func goroutine() string {
+	buf := make([]byte, 64)
+	buf = buf[:runtime.Stack(buf, false)]
+	id, _, _ := strings.Cut(strings.TrimPrefix(string(buf), "goroutine "), " ")
+	return id
+}
+
+func TestOneGoroutineLingers(t *testing.T) {
+	var mu sync.Mutex
+	var ran []string
+	fetch := func(ctx context.Context, keys []string) (map[string]int, error) {
+		mu.Lock()
+		ran = append(ran, goroutine())
+		mu.Unlock()
+		return map[string]int{keys[0]: 1}, nil
+	}
+	l := New(fetch, 100, time.Second)
+	l.linger = 50 * time.Millisecond
+	for _, k := range []string{"a", "b", "c"} {
+		if _, ok, err := l.Load(context.Background(), k); !ok || err != nil {
+			t.Fatalf("Load(%s) = %v, %v", k, ok, err)
+		}
+	}
+	mu.Lock()
+	if ran[0] != ran[1] || ran[1] != ran[2] {
+		t.Errorf("fetches ran on goroutines %v: one goroutine should do a burst's fetches", ran)
+	}
+	mu.Unlock()
+	// Once idle for linger, the goroutine ends; the next Load starts
+	// another.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		l.mu.Lock()
+		ended := !l.parked && !l.busy
+		l.mu.Unlock()
+		if ended {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the loader's goroutine did not end after its linger")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if _, ok, err := l.Load(context.Background(), "d"); !ok || err != nil {
+		t.Fatalf("Load(d) after the linger = %v, %v", ok, err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ran[3] == ran[0] {
+		t.Errorf("fetch after the linger ran on goroutine %s again; want a new one", ran[3])
 	}
 }
