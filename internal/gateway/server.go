@@ -435,6 +435,18 @@ func (s *Server) DeviceChanged(deviceID string) {
 	}()
 }
 
+// SessionsGeneration and LearnSessions let a store read of devices' keys
+// that also reads their persistent sessions (registry.Service.ReadKeysWith)
+// spare their connects a session read of their own: take the generation
+// before the read, then give LearnSessions the devices read and the
+// sessions of those that have one. What changed here meanwhile is kept.
+func (s *Server) SessionsGeneration() uint64 { return s.sessions.generation() }
+
+// LearnSessions: see SessionsGeneration.
+func (s *Server) LearnSessions(gen uint64, ids []string, subs map[string]bus.Feature) {
+	s.sessions.learn(gen, ids, subs)
+}
+
 // TakenOver closes the connection of a device (or module) here if it is
 // older than at: the device connected again to another node of the
 // cluster at at, which now holds it. What is remembered of its session is

@@ -76,6 +76,10 @@ type sessions struct {
 	// kick tells the writer that a change waits to be written.
 	kick  chan struct{}
 	known map[string]knownSession
+	// gen rises whenever entries of known are dropped (forget, evict):
+	// a store read that began before cannot tell whether what it read
+	// is still true, and does not remember it.
+	gen uint64
 	// moduleKnown lists the module identities in known, by device, so
 	// that forgetting a device (deleted with its modules) forgets them.
 	moduleKnown map[string]map[string]struct{}
@@ -242,6 +246,7 @@ func (s *sessions) remember(id string, k knownSession) {
 // at its device's next connect; a change to it is then written before
 // its SUBACK, as for any stored session.
 func (s *sessions) evict() {
+	s.gen++
 	drop := max(len(s.known)/8, 1)
 	for id := range s.known {
 		if drop == 0 {
@@ -265,6 +270,7 @@ func (s *sessions) evict() {
 // device, its modules' sessions, which go with it) or a module's.
 func (s *sessions) forget(id string) {
 	s.mu.Lock()
+	s.gen++
 	delete(s.known, id)
 	if dev, mod := herd.SplitIdentity(id); mod != "" {
 		delete(s.moduleKnown[dev], id)
@@ -280,6 +286,7 @@ func (s *sessions) forget(id string) {
 func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, error) {
 	s.mu.Lock()
 	k, ok := s.known[id]
+	gen := s.gen
 	s.mu.Unlock()
 	if ok {
 		return k.subs, k.present, nil
@@ -296,11 +303,43 @@ func (s *sessions) load(ctx context.Context, id string) (bus.Feature, bool, erro
 		return 0, false, err
 	}
 	s.mu.Lock()
-	if _, changed := s.known[id]; !changed {
+	if _, changed := s.known[id]; !changed && s.gen == gen {
 		s.remember(id, knownSession{subs, present})
 	}
 	s.mu.Unlock()
 	return subs, present, nil
+}
+
+// generation returns the generation of what is remembered, for learn: call
+// it before the store read whose sessions learn is given.
+func (s *sessions) generation() uint64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.gen
+}
+
+// learn remembers the sessions of devices (not modules) read from the
+// store with their keys, so that their connects do not read them again:
+// ids are the devices read, subs the sessions of those that have one. It
+// remembers nothing if entries were dropped since gen (the read may be
+// stale), and keeps what is already known (a change made here since is
+// newer than the read).
+func (s *sessions) learn(gen uint64, ids []string, subs map[string]bus.Feature) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.gen != gen {
+		return
+	}
+	for _, id := range ids {
+		if _, ok := s.known[id]; ok {
+			continue
+		}
+		if _, mod := herd.SplitIdentity(id); mod != "" {
+			continue
+		}
+		f, present := subs[id]
+		s.remember(id, knownSession{f, present})
+	}
 }
 
 // flush writes the changes waiting, in one transaction.

@@ -164,3 +164,63 @@ func TestKnownSessionsBounded(t *testing.T) {
 		t.Fatalf("moduleKnown lists %d modules, more than are remembered", modules)
 	}
 }
+
+// readCounter is a SessionStore that counts its reads; it holds no
+// session.
+type readCounter struct {
+	SessionStore
+	mu    sync.Mutex
+	reads int
+}
+
+func (r *readCounter) Sessions(ctx context.Context, ids []string) (map[string]bus.Feature, error) {
+	r.mu.Lock()
+	r.reads++
+	r.mu.Unlock()
+	return map[string]bus.Feature{}, nil
+}
+
+func (r *readCounter) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.reads
+}
+
+// TestLearnSessions: sessions read with their devices' keys spare the
+// connects a read; a change made here is kept over what such a read
+// says; a read that began before something was forgotten teaches
+// nothing.
+func TestLearnSessions(t *testing.T) {
+	store := &readCounter{}
+	s := newSessions(store)
+	ctx := context.Background()
+	s.learn(s.generation(), []string{"a", "b"}, map[string]bus.Feature{"a": bus.Methods})
+	if subs, present, err := s.load(ctx, "a"); err != nil || !present || subs != bus.Methods {
+		t.Errorf("load(a) = %v, %v, %v; want the learnt Methods session", subs, present, err)
+	}
+	if _, present, err := s.load(ctx, "b"); err != nil || present {
+		t.Errorf("load(b) = %v, %v; want no session, as learnt", present, err)
+	}
+	if n := store.count(); n != 0 {
+		t.Errorf("%d store reads for sessions that were learnt", n)
+	}
+	// A change made here is newer than a read.
+	c := &conn{}
+	s.claim("a", c)
+	s.save("a", bus.Desired, c)
+	s.learn(s.generation(), []string{"a"}, map[string]bus.Feature{"a": bus.Methods})
+	if subs, _, _ := s.load(ctx, "a"); subs != bus.Desired {
+		t.Errorf("load(a) = %v after a change here and an older read; want the change", subs)
+	}
+	// Something forgotten while the read was in flight: the read may be
+	// stale, so it is not remembered.
+	gen := s.generation()
+	s.forget("z")
+	s.learn(gen, []string{"z"}, map[string]bus.Feature{"z": bus.Methods})
+	if _, present, err := s.load(ctx, "z"); err != nil || present {
+		t.Errorf("load(z) = %v, %v; want the store's answer (none), not the stale read", present, err)
+	}
+	if n := store.count(); n != 1 {
+		t.Errorf("%d store reads, want 1 (z's)", n)
+	}
+}

@@ -375,6 +375,19 @@ func (h *Hub) wire(cfg Config) error {
 		Certificates: h.Certificates, Attached: h.attached,
 	})
 	h.Gateway = gw
+	h.Registry.ReadKeysWith(func(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
+		gen := gw.SessionsGeneration()
+		devs, subs, err := h.Store.DevicesAndSessions(ctx, ids)
+		if err != nil {
+			return nil, err
+		}
+		found := make([]string, 0, len(devs))
+		for id := range devs {
+			found = append(found, id)
+		}
+		gw.LearnSessions(gen, found, subs)
+		return devs, nil
+	})
 	queries := query.NewService(h.Store)
 	h.Configurations = config.New(h.Store, h.Twins, queries, cfg.Now, cfg.Log)
 	h.Jobs = newJobs(h, cfg, clk)

@@ -4,7 +4,9 @@ import (
 	"context"
 	"time"
 
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/cluster"
 	"github.com/herd-iot/herd/internal/config"
@@ -31,6 +33,11 @@ type Store interface {
 	gateway.SessionStore
 	cluster.Store
 	mesh.Presence
+	// DevicesAndSessions reads many devices (not modules) and the
+	// persistent sessions of those that have one, in one read: the key
+	// lookups of a connect burst, whose connects then need no session
+	// read of their own (gateway.Server.LearnSessions).
+	DevicesAndSessions(ctx context.Context, ids []string) (map[string]*herd.Device, map[string]bus.Feature, error)
 	// Setting and SetSetting keep small named values: the host name and
 	// the listeners' addresses, which the CLI reads.
 	Setting(ctx context.Context, name string) (string, error)

@@ -128,6 +128,14 @@ func NewService(store Store, node string, now func() time.Time, onChange ChangeF
 	}
 }
 
+// ReadKeysWith makes the key lookups that miss the cache read devices with
+// read instead of the store's DevicesByID: the hub reads the devices'
+// persistent sessions in the same store read, for the gateway. Call it
+// before the service is used.
+func (s *Service) ReadKeysWith(read func(ctx context.Context, ids []string) (map[string]*herd.Device, error)) {
+	s.keyReads = batch.New(read, maxKeyBatch, keyReadTimeout)
+}
+
 // Key lookups read together: at most this many devices in one read, each
 // read bounded by the timeout.
 const (

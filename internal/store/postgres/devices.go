@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -127,23 +128,47 @@ func (db *DB) Device(ctx context.Context, id string) (*herd.Device, error) {
 
 // DevicesByID reads many devices at once: those of ids that exist, by id.
 func (db *DB) DevicesByID(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
-	rows, err := db.pool.Query(ctx, `SELECT `+identityColumns+` FROM devices WHERE device_id = ANY($1)`, ids)
+	devs, _, err := db.devicesByID(ctx, ids, false)
+	return devs, err
+}
+
+// DevicesAndSessions reads many devices at once, and the persistent
+// sessions of those that have one.
+func (db *DB) DevicesAndSessions(ctx context.Context, ids []string) (map[string]*herd.Device, map[string]bus.Feature, error) {
+	return db.devicesByID(ctx, ids, true)
+}
+
+func (db *DB) devicesByID(ctx context.Context, ids []string, withSessions bool) (map[string]*herd.Device, map[string]bus.Feature, error) {
+	q := `SELECT ` + identityColumns + ` FROM devices WHERE device_id = ANY($1)`
+	var subs map[string]bus.Feature
+	var sub *int32
+	var extra []any
+	if withSessions {
+		q = `SELECT ` + identityColumns + `, s.subscriptions FROM devices
+			LEFT JOIN device_sessions s USING (device_id) WHERE device_id = ANY($1)`
+		subs, extra = map[string]bus.Feature{}, []any{&sub}
+	}
+	rows, err := db.pool.Query(ctx, q, ids)
 	if err != nil {
-		return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+		return nil, nil, fmt.Errorf("get %d devices: %w", len(ids), err)
 	}
 	defer rows.Close()
 	out := make(map[string]*herd.Device, len(ids))
 	for rows.Next() {
-		d, err := scanDevice(rows)
+		sub = nil
+		d, err := scanDevice(rows, extra...)
 		if err != nil {
-			return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+			return nil, nil, fmt.Errorf("get %d devices: %w", len(ids), err)
 		}
 		out[d.DeviceID] = d
+		if sub != nil {
+			subs[d.DeviceID] = bus.Feature(*sub)
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+		return nil, nil, fmt.Errorf("get %d devices: %w", len(ids), err)
 	}
-	return out, nil
+	return out, subs, nil
 }
 
 // Devices returns up to limit devices in id order.

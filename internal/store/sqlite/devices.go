@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -139,27 +140,48 @@ func (db *DB) Device(ctx context.Context, id string) (*herd.Device, error) {
 
 // DevicesByID reads many devices at once: those of ids that exist, by id.
 func (db *DB) DevicesByID(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
+	devs, _, err := db.devicesByID(ctx, ids, false)
+	return devs, err
+}
+
+// DevicesAndSessions reads many devices at once, and the persistent
+// sessions of those that have one.
+func (db *DB) DevicesAndSessions(ctx context.Context, ids []string) (map[string]*herd.Device, map[string]bus.Feature, error) {
+	return db.devicesByID(ctx, ids, true)
+}
+
+func (db *DB) devicesByID(ctx context.Context, ids []string, withSessions bool) (map[string]*herd.Device, map[string]bus.Feature, error) {
 	list, err := json.Marshal(ids)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	rows, err := db.stmts.devicesByID.QueryContext(ctx, string(list))
+	stmt := db.stmts.devicesByID
+	var subs map[string]bus.Feature
+	var sub sql.NullInt64
+	var extra []any
+	if withSessions {
+		stmt, subs, extra = db.stmts.devicesAndSessions, map[string]bus.Feature{}, []any{&sub}
+	}
+	rows, err := stmt.QueryContext(ctx, string(list))
 	if err != nil {
-		return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+		return nil, nil, fmt.Errorf("get %d devices: %w", len(ids), err)
 	}
 	defer rows.Close()
 	out := make(map[string]*herd.Device, len(ids))
 	for rows.Next() {
-		d, err := scanDevice(rows)
+		d, err := scanDevice(rows, extra...)
 		if err != nil {
-			return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+			return nil, nil, fmt.Errorf("get %d devices: %w", len(ids), err)
 		}
 		out[d.DeviceID] = d
+		if sub.Valid {
+			subs[d.DeviceID] = bus.Feature(sub.Int64)
+		}
 	}
 	if err := rows.Err(); err != nil {
-		return nil, fmt.Errorf("get %d devices: %w", len(ids), err)
+		return nil, nil, fmt.Errorf("get %d devices: %w", len(ids), err)
 	}
-	return out, nil
+	return out, subs, nil
 }
 
 // Devices returns up to limit devices in id order.

@@ -14,6 +14,7 @@ import (
 // than half of a twin read.
 type stmts struct {
 	device, devicesByID, twin *sql.Stmt // on the read pool
+	devicesAndSessions        *sql.Stmt // on the read pool
 	session, sessions         *sql.Stmt // on the read pool
 	twinForUpdate, writeDoc   *sql.Stmt // on the writer
 }
@@ -27,6 +28,8 @@ func prepareStmts(ctx context.Context, write, read *sql.DB) (*stmts, error) {
 	}{
 		{&s.device, read, `SELECT ` + identityColumns + ` FROM devices WHERE device_id = ?`},
 		{&s.devicesByID, read, `SELECT ` + identityColumns + ` FROM devices WHERE device_id IN (SELECT value FROM json_each(?))`},
+		{&s.devicesAndSessions, read, `SELECT ` + identityColumns + `, s.subscriptions FROM devices
+			LEFT JOIN device_sessions s USING (device_id) WHERE device_id IN (SELECT value FROM json_each(?))`},
 		{&s.session, read, `SELECT subscriptions FROM device_sessions WHERE device_id = ?`},
 		{&s.sessions, read, `SELECT device_id, subscriptions FROM device_sessions WHERE device_id IN (SELECT value FROM json_each(?))`},
 		{&s.twin, read, `SELECT ` + identityColumns + `, ` + twinSelect + ` FROM devices WHERE device_id = ?`},

@@ -2,6 +2,7 @@ package storetest
 
 import (
 	"context"
+	"reflect"
 	"testing"
 	"time"
 
@@ -56,6 +57,21 @@ func testSessions(t *testing.T, s Store) {
 	if len(many) != 2 || many["a"] != bus.Methods|bus.Desired || many["b"] != bus.TwinResponses {
 		t.Errorf("Sessions(a, b, ghost, c) = %v, want a and b", many)
 	}
+	// With the devices' keys, in one read: every device that exists, and
+	// the sessions of those that have one.
+	devs, subs, err := s.DevicesAndSessions(ctx, []string{"a", "b", "ghost", "c"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(devs) != 2 || devs["a"] == nil || devs["b"] == nil || devs["a"].Authentication.SymmetricKey.PrimaryKey == "" {
+		t.Errorf("DevicesAndSessions(a, b, ghost, c) devices = %v, want a and b with their keys", devs)
+	}
+	if len(subs) != 2 || subs["a"] != bus.Methods|bus.Desired || subs["b"] != bus.TwinResponses {
+		t.Errorf("DevicesAndSessions(a, b, ghost, c) sessions = %v, want a's and b's", subs)
+	}
+	if d, err := s.Device(ctx, "a"); err != nil || !reflect.DeepEqual(d, devs["a"]) {
+		t.Errorf("DevicesAndSessions read a as %+v, Device as %+v (%v)", devs["a"], d, err)
+	}
 	// A later change wins; a delete removes; an empty set is a session.
 	if err := s.SaveSessions(ctx, []bus.SessionChange{{DeviceID: "a", Subscriptions: 0}, {DeviceID: "b", Delete: true}}); err != nil {
 		t.Fatal(err)
@@ -65,6 +81,9 @@ func testSessions(t *testing.T, s Store) {
 	}
 	if _, found, _ := s.Session(ctx, "b"); found {
 		t.Error("b's session was not deleted")
+	}
+	if devs, subs, err := s.DevicesAndSessions(ctx, []string{"a", "b"}); err != nil || len(devs) != 2 || len(subs) != 1 || subs["a"] != 0 {
+		t.Errorf("DevicesAndSessions(a, b) after a's empty set and b's delete = %v, %v, %v; want both devices, a's empty session", devs, subs, err)
 	}
 	// Deleting the device deletes its session.
 	res, err := s.ApplyDevices(ctx, []registry.Op{{Kind: registry.OpDelete, DeviceID: "a", Change: func(*herd.Device) error { return nil }}})
