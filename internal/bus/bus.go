@@ -26,6 +26,11 @@ type SessionChange struct {
 	DeviceID      string
 	Subscriptions Feature
 	Delete        bool
+	// Epoch is the epoch of the connection that made the change, in a
+	// cluster (0 on a node alone): a store that keeps epochs writes the
+	// change only while the device's connection epoch is still this one,
+	// so that a late write from a node the device left changes nothing.
+	Epoch int64
 }
 
 // Features a device can subscribe to (§8.6 of the compatibility reference).

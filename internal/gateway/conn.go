@@ -68,9 +68,10 @@ type conn struct {
 	// systems without the fast path: see conn_unix.go).
 	raw      syscall.RawConn
 	activity time.Time
-	// connectedAt is when its CONNECT was accepted (set before it is on
-	// the bus).
+	// connectedAt is when its CONNECT was accepted, and epoch what
+	// Presence gave it (0 without): both set before it is on the bus.
 	connectedAt time.Time
+	epoch       int64
 	// socket says whether the connection counts against MaxConnections.
 	socket   bool
 	features atomic.Uint32
@@ -405,7 +406,7 @@ func (c *conn) ended() {
 	reason := c.closeReason()
 	c.s.sessions.release(c.deviceID, c)
 	if c.s.cfg.Bus.Detach(c.deviceID, c) {
-		c.s.cfg.Registry.RecordConnection(c.deviceID, herd.Disconnected, c.s.cfg.Clock.Now())
+		c.s.cfg.Registry.RecordConnection(c.deviceID, herd.Disconnected, c.s.cfg.Clock.Now(), c.epoch)
 	}
 	if c.will != nil && reason != reasonClient {
 		c.sendWill()
@@ -665,4 +666,14 @@ func validIdentity(clientID string) bool {
 		return false
 	}
 	return !strings.Contains(clientID, "/") || registry.ValidateModuleID(mod) == nil
+}
+
+// newerThan says whether c is newer than another connection of its
+// device, made at at with epoch: by epoch when both have one, else by
+// connect time.
+func (c *conn) newerThan(at time.Time, epoch int64) bool {
+	if c.epoch != 0 && epoch != 0 {
+		return c.epoch > epoch
+	}
+	return !c.connectedAt.Before(at)
 }

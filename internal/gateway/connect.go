@@ -44,6 +44,10 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 		_ = c.nc.SetWriteDeadline(time.Now().Add(writeWait))
 		_, _ = c.nc.Write(encode(ack))
 		c.close(reasonProtocol)
+		if c.epoch != 0 {
+			// Claimed, then refused: the claim recorded it Connected.
+			c.s.cfg.Registry.RecordConnection(cp.ClientIdentifier, herd.Disconnected, c.s.cfg.Clock.Now(), c.epoch)
+		}
 		return 0, false
 	}
 	switch code := cp.Validate(); {
@@ -111,6 +115,19 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 		c.key, expires = da.Key, da.Expires
 	}
 
+	if p := c.s.cfg.Presence; p != nil {
+		// In a cluster the connection is claimed before anything is
+		// written for it or told to the device: its epoch orders it
+		// after every earlier connection of the device, on any node.
+		c.epoch, err = p.Claim(ctx, id)
+		if herd.IsCode(err, herd.ErrDeviceNotFound) || herd.IsCode(err, herd.ErrModuleNotFound) {
+			return refuse(packets.ErrRefusedNotAuthorised, "unknown device or module")
+		}
+		if err != nil {
+			log.Error("claim the device's connection", "device_id", id, "err", err)
+			return refuse(packets.ErrRefusedServerUnavailable, "presence unavailable")
+		}
+	}
 	c.deviceID, c.clean = id, cp.CleanSession
 	_, mod := herd.SplitIdentity(id)
 	c.module = mod != ""
@@ -123,7 +140,7 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	present := false
 	c.s.sessions.claim(id, c)
 	if cp.CleanSession {
-		if !c.s.sessions.waitWritten(c.s.sessions.discard(id), sessionSaveWait, c.s.done) {
+		if !c.s.sessions.waitWritten(c.s.sessions.discard(id, c.epoch), sessionSaveWait, c.s.done) {
 			return refuse(packets.ErrRefusedServerUnavailable, "session store unavailable")
 		}
 	} else if prev, ok := c.s.cfg.Bus.Lookup(id).(*conn); ok && prev != nil && !prev.clean {
@@ -153,7 +170,7 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 		prev.close(reasonTakeover)
 	}
 	if c.s.cfg.Attached != nil {
-		c.s.cfg.Attached(id, now)
+		c.s.cfg.Attached(id, now, c.epoch)
 	}
 	if c.chain != nil {
 		c.s.trackCertificate(c, true) // before the recheck: see CertificatesChanged
@@ -176,7 +193,10 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 			c.close(reasonTokenExpired)
 		})
 	}
-	c.s.cfg.Registry.RecordConnection(id, herd.Connected, now)
+	if c.epoch == 0 {
+		// (A claimed connection is recorded Connected by its claim.)
+		c.s.cfg.Registry.RecordConnection(id, herd.Connected, now, 0)
+	}
 	keepAlive := maxKeepAlive
 	if cp.Keepalive > 0 {
 		keepAlive = min(time.Duration(cp.Keepalive)*1500*time.Millisecond, maxKeepAlive)

@@ -65,8 +65,22 @@ const (
 // Registry is what the gateway needs of the device registry.
 type Registry interface {
 	Keys(ctx context.Context, id string) (auth.DeviceKeys, error)
-	RecordConnection(id string, state herd.ConnectionState, at time.Time)
+	// RecordConnection notes a connect or disconnect; epoch is the
+	// connection's (Presence), 0 on a node alone.
+	RecordConnection(id string, state herd.ConnectionState, at time.Time, epoch int64)
 	RecordActivity(id string, at time.Time)
+}
+
+// Presence orders a device's connections across the nodes of a cluster:
+// Claim records the device's connection as this node's and returns its
+// epoch, higher than any connection of the device before it, on any
+// node; herd.ErrDeviceNotFound (or ErrModuleNotFound) if the device is
+// not registered. The gateway claims before CONNACK; takeovers and the
+// writes about the connection (its state, its session) carry the epoch,
+// so a node the device has left can neither close its newer connection
+// nor overwrite what the newer one wrote.
+type Presence interface {
+	Claim(ctx context.Context, id string) (epoch int64, err error)
 }
 
 // Authenticator verifies a device's SAS token.
@@ -124,9 +138,13 @@ type Config struct {
 	// devices with their TLS client certificates; nil refuses them.
 	Certificates Certificates
 	// Attached, if not nil, is told that a device (or module) connected
-	// here at at, once it holds its place on the bus: in a cluster the
-	// other nodes close its older connections (TakenOver).
-	Attached func(id string, at time.Time)
+	// here at at with epoch (0 without Presence), once it holds its place
+	// on the bus: in a cluster the other nodes close its older connections
+	// (TakenOver).
+	Attached func(id string, at time.Time, epoch int64)
+	// Presence, in a cluster, claims each connection before its CONNACK;
+	// nil on a node alone.
+	Presence Presence
 }
 
 // Server accepts device connections.
@@ -435,6 +453,15 @@ func (s *Server) DeviceChanged(deviceID string) {
 	}()
 }
 
+// ConnectionEpoch returns the epoch of a device's (or module's)
+// connection here, 0 if it has none or is not connected here.
+func (s *Server) ConnectionEpoch(id string) int64 {
+	if c, ok := s.cfg.Bus.Lookup(id).(*conn); ok && c != nil {
+		return c.epoch
+	}
+	return 0
+}
+
 // SessionsGeneration and LearnSessions let a store read of devices' keys
 // that also reads their persistent sessions (registry.Service.ReadKeysWith)
 // spare their connects a session read of their own: take the generation
@@ -448,12 +475,14 @@ func (s *Server) LearnSessions(gen uint64, ids []string, subs map[string]bus.Fea
 }
 
 // TakenOver closes the connection of a device (or module) here if it is
-// older than at: the device connected again to another node of the
-// cluster at at, which now holds it. What is remembered of its session is
-// forgotten unless its connection here is the newer one.
-func (s *Server) TakenOver(id string, at time.Time) {
+// older than the one the device made to another node of the cluster, at
+// at with epoch: that node now holds it. Epochs order the connections
+// when both have one (Presence); otherwise their connect times do. What
+// is remembered of its session is forgotten unless its connection here is
+// the newer one.
+func (s *Server) TakenOver(id string, at time.Time, epoch int64) {
 	c, ok := s.cfg.Bus.Lookup(id).(*conn)
-	if ok && c != nil && !c.connectedAt.Before(at) {
+	if ok && c != nil && c.newerThan(at, epoch) {
 		return // the connection here is the newer one
 	}
 	// The device's session now changes on the other node: what is

@@ -310,7 +310,7 @@ func TestTakenOverForgetsSession(t *testing.T) {
 	if err := h.Store.SaveSessions(ctx, []bus.SessionChange{{DeviceID: d.id, Subscriptions: bus.TwinResponses}}); err != nil {
 		t.Fatal(err)
 	}
-	h.Gateway.TakenOver(d.id, time.Now())
+	h.Gateway.TakenOver(d.id, time.Now(), 0)
 
 	c = dialPlain(t, h)
 	if ack := c.connect(d, false, time.Now()); !ack.SessionPresent {

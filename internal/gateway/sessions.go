@@ -148,7 +148,7 @@ func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	k, known := s.known[id]
 	p, pending := s.pending[id]
 	fresh := known && !k.present && !pending || pending && p.fresh && p.seq > s.taken
-	seq := s.change(SessionChange{DeviceID: id, Subscriptions: subs}, fresh)
+	seq := s.change(SessionChange{DeviceID: id, Subscriptions: subs, Epoch: c.epoch}, fresh)
 	s.remember(id, knownSession{subs, true})
 	s.mu.Unlock()
 	if fresh {
@@ -161,17 +161,18 @@ func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	return seq
 }
 
-// discard ends the device's session (a clean-session connect) and
-// returns the change's number for waitWritten, or 0 when the store holds
-// no session to delete: a stored session left behind by a crash would
-// come back, with sessionPresent=1, at a later clean-session-0 connect.
-func (s *sessions) discard(id string) uint64 {
+// discard ends the device's session (a clean-session connect whose
+// connection has epoch) and returns the change's number for waitWritten,
+// or 0 when the store holds no session to delete: a stored session left
+// behind by a crash would come back, with sessionPresent=1, at a later
+// clean-session-0 connect.
+func (s *sessions) discard(id string, epoch int64) uint64 {
 	s.mu.Lock()
 	var seq uint64
 	if k, ok := s.known[id]; !ok || k.present {
 		p, pending := s.pending[id]
 		fresh := ok && pending && p.fresh && p.seq > s.taken // only an unwritten first session
-		seq = s.change(SessionChange{DeviceID: id, Delete: true}, false)
+		seq = s.change(SessionChange{DeviceID: id, Delete: true, Epoch: epoch}, false)
 		if fresh {
 			seq = 0
 		}

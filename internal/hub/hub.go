@@ -368,11 +368,15 @@ func (h *Hub) wire(cfg Config) error {
 		h.Bus.OnOnline(h.mesh.Online)
 		h.Events.OnSubscribe(h.mesh.Monitoring)
 	}
+	var pres gateway.Presence
+	if cs, ok := h.Store.(ClusterStore); ok && h.mesh != nil {
+		pres = newPresence(cs, nodeID, cfg.Now)
+	}
 	gw = gateway.New(gateway.Config{
 		Host: cfg.Hostname, Auth: h.Auth, Registry: h.Registry, Twins: h.Twins,
 		Methods: h.Methods, Bus: h.Bus, Sessions: h.Store, Events: h.event,
 		Clock: clk, Log: cfg.Log, Metrics: h.Metrics, MaxConnections: cfg.MaxConnections,
-		Certificates: h.Certificates, Attached: h.attached,
+		Certificates: h.Certificates, Attached: h.attached, Presence: pres,
 	})
 	h.Gateway = gw
 	h.Registry.ReadKeysWith(func(ctx context.Context, ids []string) (map[string]*herd.Device, error) {
@@ -416,7 +420,7 @@ func (h *Hub) wire(cfg Config) error {
 	var err error
 	if h.Cluster, err = cluster.New(cluster.Config{Store: h.Store, NodeID: nodeID, Clock: clk, Lease: cfg.NodeLease,
 		Log: cfg.Log, Info: h.nodeInfo, Connected: h.Bus.Attached, Reconnect: func(id string, at time.Time) {
-			h.Registry.RecordConnection(id, herd.Connected, at)
+			h.Registry.RecordConnection(id, herd.Connected, at, gw.ConnectionEpoch(id))
 		}}); err != nil {
 		return err
 	}
@@ -493,9 +497,9 @@ func (h *Hub) event(e *herd.Event) {
 
 // attached tells the other nodes of a cluster that a device connected
 // here.
-func (h *Hub) attached(id string, at time.Time) {
+func (h *Hub) attached(id string, at time.Time, epoch int64) {
 	if h.mesh != nil {
-		h.mesh.Attached(id, at)
+		h.mesh.Attached(id, at, epoch)
 	}
 }
 

@@ -2,10 +2,12 @@ package hub
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
+	"github.com/herd-iot/herd/internal/batch"
 	"github.com/herd-iot/herd/internal/bus"
 	"github.com/herd-iot/herd/internal/certauth"
 	"github.com/herd-iot/herd/internal/cluster"
@@ -67,4 +69,39 @@ type ClusterStore interface {
 	Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error)
 	// Unlead hands the jobs over: another node's Lead may succeed.
 	Unlead(ctx context.Context) error
+	// ClaimConnections records the connections of devices and modules
+	// accepted at at as node's and raises each one's connection epoch:
+	// the new epochs, for those registered (see gateway.Presence).
+	ClaimConnections(ctx context.Context, node string, ids []string, at time.Time) (map[string]int64, error)
+}
+
+// presence claims connections for the gateway in a cluster: the claims of
+// a connect burst go to the store together (one statement per batch).
+type presence struct {
+	claims *batch.Loader[string, int64]
+}
+
+// maxClaimBatch bounds the connections claimed in one statement.
+const maxClaimBatch = 512
+
+func newPresence(store ClusterStore, node string, now func() time.Time) *presence {
+	return &presence{claims: batch.New(func(ctx context.Context, ids []string) (map[string]int64, error) {
+		// A device that connects twice at once is claimed once: both
+		// connections get that epoch, and the gateway keeps the later.
+		return store.ClaimConnections(ctx, node, slices.Compact(slices.Sorted(slices.Values(ids))), now())
+	}, maxClaimBatch, 10*time.Second)}
+}
+
+func (p *presence) Claim(ctx context.Context, id string) (int64, error) {
+	epoch, found, err := p.claims.Load(ctx, id)
+	if err != nil {
+		return 0, err
+	}
+	if !found {
+		if _, mod := herd.SplitIdentity(id); mod != "" {
+			return 0, herd.Errorf(herd.ErrModuleNotFound, "module %q does not exist", id)
+		}
+		return 0, herd.Errorf(herd.ErrDeviceNotFound, "device %q does not exist", id)
+	}
+	return epoch, nil
 }

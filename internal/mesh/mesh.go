@@ -102,9 +102,10 @@ type Handlers struct {
 	Desired func(id string, version int64, body []byte)
 	// Online: a device came online for methods on another node.
 	Online func(id string)
-	// Attached: a device connected to another node at at; an older
-	// connection here is to be closed (session takeover).
-	Attached func(id string, at time.Time)
+	// Attached: a device connected to another node at at, with its
+	// connection epoch (0 from a node without); an older connection here
+	// is to be closed (session takeover).
+	Attached func(id string, at time.Time, epoch int64)
 	// JobsChanged: a job was created, cancelled, paused or resumed.
 	JobsChanged func()
 	// JobProgress: a note of another node's job progress (its JSON).
@@ -228,7 +229,7 @@ func (m *Mesh) Serve(h Handlers) error {
 				m.cfg.Log.Warn("cluster: a connection notice that does not parse", "err", err)
 				return
 			}
-			h.Attached(a.ID, time.Unix(0, a.At))
+			h.Attached(a.ID, time.Unix(0, a.At), a.Epoch)
 		}),
 		sub(subjectJobs, func(*nats.Msg) { h.JobsChanged() }),
 		sub(subjectJob, func(msg *nats.Msg) { h.JobProgress(msg.Data) }),
@@ -479,13 +480,15 @@ func (m *Mesh) Online(id string) {
 }
 
 type attached struct {
-	ID string `json:"id"`
-	At int64  `json:"at"` // Unix nanoseconds
+	ID    string `json:"id"`
+	At    int64  `json:"at"`              // Unix nanoseconds
+	Epoch int64  `json:"epoch,omitempty"` // absent from nodes before epochs
 }
 
-// Attached tells the other nodes that a device connected here at at.
-func (m *Mesh) Attached(id string, at time.Time) {
-	b, _ := json.Marshal(attached{ID: id, At: at.UnixNano()})
+// Attached tells the other nodes that a device connected here at at, with
+// connection epoch (see gateway.Presence).
+func (m *Mesh) Attached(id string, at time.Time, epoch int64) {
+	b, _ := json.Marshal(attached{ID: id, At: at.UnixNano(), Epoch: epoch})
 	m.publish(subjectAttach, b)
 }
 

@@ -30,7 +30,7 @@ func node(t *testing.T, url, id string, h mesh.Handlers) *mesh.Mesh {
 	if h.Desired == nil {
 		h.Desired = func(string, int64, []byte) {}
 	}
-	h.Attached = func(string, time.Time) {}
+	h.Attached = func(string, time.Time, int64) {}
 	h.JobsChanged, h.ConfigurationsChanged = func() {}, func() {}
 	h.JobProgress = func([]byte) {}
 	h.Event = func(*herd.Event) {}

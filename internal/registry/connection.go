@@ -11,11 +11,13 @@ import (
 const flushInterval = time.Second
 
 // RecordConnection notes that a device connected to this node or
-// disconnected from it. The change reaches the store with the next batch.
-func (s *Service) RecordConnection(id string, state herd.ConnectionState, at time.Time) {
+// disconnected from it, on a connection with epoch (see
+// ConnectionChange; 0 on a node alone). The change reaches the store with
+// the next batch.
+func (s *Service) RecordConnection(id string, state herd.ConnectionState, at time.Time, epoch int64) {
 	s.connMu.Lock()
 	c := s.pending[id]
-	c.DeviceID, c.Node, c.State, c.StateAt = id, s.node, state, at
+	c.DeviceID, c.Node, c.State, c.StateAt, c.Epoch = id, s.node, state, at, epoch
 	if at.After(c.ActivityAt) {
 		c.ActivityAt = at
 	}

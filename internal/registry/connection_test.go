@@ -60,7 +60,7 @@ func TestConnectionStateReadsNeverLag(t *testing.T) {
 		return d.ConnectionState
 	}
 
-	s.RecordConnection("d", herd.Connected, now)
+	s.RecordConnection("d", herd.Connected, now, 0)
 	if state() != herd.Connected {
 		t.Error("a recorded connection is not visible before the flush")
 	}
@@ -83,7 +83,7 @@ func TestConnectionStateReadsNeverLag(t *testing.T) {
 	}
 
 	// A failed flush keeps the batch for the next one.
-	s.RecordConnection("d", herd.Disconnected, now.Add(time.Second))
+	s.RecordConnection("d", herd.Disconnected, now.Add(time.Second), 0)
 	st.failing = true
 	if err := s.Flush(ctx); err == nil {
 		t.Fatal("flush did not report the store failure")

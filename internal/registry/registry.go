@@ -63,6 +63,11 @@ type ConnectionChange struct {
 	StateAt time.Time
 	// ActivityAt is the device's last activity, or zero.
 	ActivityAt time.Time
+	// Epoch is the connection's epoch in a cluster (see
+	// hub.ClusterStore's ClaimConnections), 0 on a node alone. With an
+	// epoch, State is recorded only while the device's stored epoch is
+	// still this one: a node the device has left changes nothing.
+	Epoch int64
 }
 
 // Store keeps device identities.

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -318,12 +320,16 @@ func insertDevice(ctx context.Context, tx pgx.Tx, d *herd.Device, doc *twin.Doc)
 }
 
 // SetConnectionStates records a batch of connection changes in one
-// statement per table (activity never moves backwards). A disconnect
-// changes the state only of a device still on the change's node;
-// activity is recorded either way.
+// statement per table (activity never moves backwards). A change with an
+// epoch (cluster mode) changes the state only while the device's
+// connection epoch is still that one; without, a disconnect changes the
+// state only of a device still on the change's node. Activity is recorded
+// either way.
 func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
 	var ids, nodes, states, stateAts, acts []*string
+	var epochs []int64
 	var mIDs, mMods, mNodes, mStates, mStateAts, mActs []*string
+	var mEpochs []int64
 	for _, c := range changes {
 		dev, mod := herd.SplitIdentity(c.DeviceID)
 		act := herd.NewTime(c.ActivityAt).String()
@@ -336,40 +342,96 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 		if mod != "" {
 			mIDs, mMods, mNodes, mStates, mStateAts, mActs = append(mIDs, &dev), append(mMods, &mod), append(mNodes, &node),
 				append(mStates, st), append(mStateAts, at), append(mActs, &act)
+			mEpochs = append(mEpochs, c.Epoch)
 			continue
 		}
 		ids, nodes, states, stateAts, acts = append(ids, &dev), append(nodes, &node), append(states, st), append(stateAts, at), append(acts, &act)
+		epochs = append(epochs, c.Epoch)
 	}
 	if len(ids) > 0 {
-		if _, err := db.pool.Exec(ctx, fmt.Sprintf(connectionUpdate, "devices d", "d",
-			"unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) AS c(id, node, state, state_at, act)",
-			"d.device_id = c.id"), ids, nodes, states, stateAts, acts); err != nil {
+		if _, err := db.pool.Exec(ctx, connectionUpdate("devices d", "d",
+			"unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[]) AS c(id, node, state, state_at, act, epoch)",
+			"d.device_id = c.id"), ids, nodes, states, stateAts, acts, epochs); err != nil {
 			return fmt.Errorf("record connection states: %w", err)
 		}
 	}
 	if len(mIDs) > 0 {
-		if _, err := db.pool.Exec(ctx, fmt.Sprintf(connectionUpdate, "modules m", "m",
-			"unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[]) AS c(id, mid, node, state, state_at, act)",
-			"m.device_id = c.id AND m.module_id = c.mid"), mIDs, mMods, mNodes, mStates, mStateAts, mActs); err != nil {
+		if _, err := db.pool.Exec(ctx, connectionUpdate("modules m", "m",
+			"unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::bigint[]) AS c(id, mid, node, state, state_at, act, epoch)",
+			"m.device_id = c.id AND m.module_id = c.mid"), mIDs, mMods, mNodes, mStates, mStateAts, mActs, mEpochs); err != nil {
 			return fmt.Errorf("record module connection states: %w", err)
 		}
 	}
 	return nil
 }
 
-// connectionUpdate records connection changes c (the FROM list, %[3]s)
-// in table %[1]s aliased %[2]s, where %[4]s. A change without a state
-// records activity only; Connected moves the device to the change's
-// node; Disconnected applies only on the node it is on.
-const connectionUpdate = `UPDATE %[1]s SET
-	connection_state = CASE WHEN c.state = 'Connected' OR (c.state IS NOT NULL AND %[2]s.conn_node = c.node)
-		THEN c.state ELSE %[2]s.connection_state END,
-	connection_state_updated_time = CASE WHEN c.state = 'Connected' OR (c.state IS NOT NULL AND %[2]s.conn_node = c.node)
-		THEN c.state_at ELSE %[2]s.connection_state_updated_time END,
-	conn_node = CASE WHEN c.state = 'Connected' THEN c.node ELSE %[2]s.conn_node END,
-	last_activity_time = GREATEST(%[2]s.last_activity_time, c.act)
-	FROM %[3]s
-	WHERE %[4]s`
+// connectionUpdate records connection changes c (the FROM list) in table
+// (aliased t), where match. A change without a state records activity
+// only. A change with an epoch sets the state while the row's epoch is
+// its own (its node claimed the connection: ClaimConnections); without
+// one, Connected moves the device to the change's node and Disconnected
+// applies only on the node it is on.
+func connectionUpdate(table, t, from, match string) string {
+	applies := strings.NewReplacer("T.", t+".").Replace(`c.state IS NOT NULL AND
+		(c.epoch <> 0 AND T.conn_epoch = c.epoch OR c.epoch = 0 AND (c.state = 'Connected' OR T.conn_node = c.node))`)
+	return `UPDATE ` + table + ` SET
+	connection_state = CASE WHEN ` + applies + ` THEN c.state ELSE ` + t + `.connection_state END,
+	connection_state_updated_time = CASE WHEN ` + applies + ` THEN c.state_at ELSE ` + t + `.connection_state_updated_time END,
+	conn_node = CASE WHEN c.state = 'Connected' AND c.epoch = 0 THEN c.node ELSE ` + t + `.conn_node END,
+	last_activity_time = GREATEST(` + t + `.last_activity_time, c.act)
+	FROM ` + from + `
+	WHERE ` + match
+}
+
+// ClaimConnections records the connections of devices (and modules:
+// {deviceId}/{moduleId}) accepted at at as node's, each raising its
+// connection epoch: the epochs by identity, for those that exist. A
+// device's connections on several nodes are ordered by their epochs.
+func (db *DB) ClaimConnections(ctx context.Context, node string, ids []string, at time.Time) (map[string]int64, error) {
+	stamp := herd.NewTime(at).String()
+	var devs []string
+	out := make(map[string]int64, len(ids))
+	for _, id := range ids {
+		dev, mod := herd.SplitIdentity(id)
+		if mod == "" {
+			devs = append(devs, id)
+			continue
+		}
+		var epoch int64 // a module's: rare next to devices', one by one
+		err := db.pool.QueryRow(ctx, `UPDATE modules SET conn_epoch = conn_epoch + 1, conn_node = $1,
+			connection_state = 'Connected', connection_state_updated_time = $2, last_activity_time = GREATEST(last_activity_time, $2)
+			WHERE device_id = $3 AND module_id = $4 RETURNING conn_epoch`, node, stamp, dev, mod).Scan(&epoch)
+		if errors.Is(err, pgx.ErrNoRows) {
+			continue
+		}
+		if err != nil {
+			return nil, fmt.Errorf("claim the connection of %q: %w", id, err)
+		}
+		out[id] = epoch
+	}
+	if len(devs) == 0 {
+		return out, nil
+	}
+	rows, err := db.pool.Query(ctx, `UPDATE devices SET conn_epoch = conn_epoch + 1, conn_node = $1,
+		connection_state = 'Connected', connection_state_updated_time = $2, last_activity_time = GREATEST(last_activity_time, $2)
+		WHERE device_id = ANY($3) RETURNING device_id, conn_epoch`, node, stamp, devs)
+	if err != nil {
+		return nil, fmt.Errorf("claim %d connections: %w", len(devs), err)
+	}
+	defer rows.Close()
+	for rows.Next() {
+		var id string
+		var epoch int64
+		if err := rows.Scan(&id, &epoch); err != nil {
+			return nil, fmt.Errorf("claim %d connections: %w", len(devs), err)
+		}
+		out[id] = epoch
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("claim %d connections: %w", len(devs), err)
+	}
+	return out, nil
+}
 
 // Twin returns a device's identity and twin document.
 func (db *DB) Twin(ctx context.Context, id string) (*herd.Device, *twin.Doc, error) {

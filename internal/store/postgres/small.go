@@ -114,19 +114,23 @@ func (db *DB) Sessions(ctx context.Context, deviceIDs []string) (map[string]bus.
 }
 
 // SaveSessions writes a batch of session changes in one transaction;
-// sessions of devices that no longer exist are not created.
+// sessions of devices that no longer exist are not created. A change with
+// an epoch (cluster mode) is written only while the device's (or
+// module's) connection epoch is still that one.
 func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) error {
 	var upsertIDs, deleteIDs []string
 	var subs []int32
+	var upsertEpochs, deleteEpochs []int64
 	var modules []bus.SessionChange
 	for _, c := range changes {
 		switch _, mod := herd.SplitIdentity(c.DeviceID); {
 		case mod != "":
 			modules = append(modules, c) // rare next to devices': one by one
 		case c.Delete:
-			deleteIDs = append(deleteIDs, c.DeviceID)
+			deleteIDs, deleteEpochs = append(deleteIDs, c.DeviceID), append(deleteEpochs, c.Epoch)
 		default:
 			upsertIDs, subs = append(upsertIDs, c.DeviceID), append(subs, int32(c.Subscriptions))
+			upsertEpochs = append(upsertEpochs, c.Epoch)
 		}
 	}
 	err := db.tx(ctx, func(tx pgx.Tx) error {
@@ -134,27 +138,30 @@ func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) err
 			dev, mod := herd.SplitIdentity(c.DeviceID)
 			var err error
 			if c.Delete {
-				_, err = tx.Exec(ctx, `DELETE FROM module_sessions WHERE device_id = $1 AND module_id = $2`, dev, mod)
+				_, err = tx.Exec(ctx, `DELETE FROM module_sessions s USING modules m
+					WHERE s.device_id = $1 AND s.module_id = $2 AND m.device_id = s.device_id AND m.module_id = s.module_id
+					AND ($3::bigint = 0 OR m.conn_epoch = $3::bigint)`, dev, mod, c.Epoch)
 			} else {
 				_, err = tx.Exec(ctx, `INSERT INTO module_sessions (device_id, module_id, subscriptions)
-					SELECT device_id, module_id, $3 FROM modules WHERE device_id = $1 AND module_id = $2
-					ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, dev, mod, int32(c.Subscriptions))
+					SELECT device_id, module_id, $3 FROM modules WHERE device_id = $1 AND module_id = $2 AND ($4::bigint = 0 OR conn_epoch = $4::bigint)
+					ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, dev, mod, int32(c.Subscriptions), c.Epoch)
 			}
 			if err != nil {
 				return err
 			}
 		}
 		if len(deleteIDs) > 0 {
-			if _, err := tx.Exec(ctx, `DELETE FROM device_sessions WHERE device_id = ANY($1)`, deleteIDs); err != nil {
+			if _, err := tx.Exec(ctx, `DELETE FROM device_sessions s USING unnest($1::text[], $2::bigint[]) AS c(id, epoch), devices d
+				WHERE s.device_id = c.id AND d.device_id = c.id AND (c.epoch = 0 OR d.conn_epoch = c.epoch)`, deleteIDs, deleteEpochs); err != nil {
 				return err
 			}
 		}
 		if len(upsertIDs) > 0 {
 			// The last change of a device in the batch wins.
 			if _, err := tx.Exec(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
-				SELECT DISTINCT ON (c.id) c.id, c.subs FROM unnest($1::text[], $2::int[]) WITH ORDINALITY AS c(id, subs, n)
-				JOIN devices d ON d.device_id = c.id ORDER BY c.id, c.n DESC
-				ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`, upsertIDs, subs); err != nil {
+				SELECT DISTINCT ON (c.id) c.id, c.subs FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS c(id, subs, epoch, n)
+				JOIN devices d ON d.device_id = c.id WHERE c.epoch = 0 OR d.conn_epoch = c.epoch ORDER BY c.id, c.n DESC
+				ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`, upsertIDs, subs, upsertEpochs); err != nil {
 				return err
 			}
 		}

@@ -66,7 +66,7 @@ var Tables = []*Table{
 		{"last_activity_time", Text}, {"c2d_message_count", Int}, {"twin_etag", Int},
 		{"twin_version", Int}, {"tags", JSON}, {"desired", JSON}, {"desired_version", Int},
 		{"desired_metadata", JSON}, {"reported", JSON}, {"reported_version", Int},
-		{"reported_metadata", JSON}, {"conn_node", Text},
+		{"reported_metadata", JSON}, {"conn_node", Text}, {"conn_epoch", Int},
 	}},
 	{Name: "modules", Key: []string{"device_id", "module_id"}, Columns: []Column{
 		{"device_id", Text}, {"module_id", Text}, {"generation_id", Text}, {"etag", Int},
@@ -75,7 +75,7 @@ var Tables = []*Table{
 		{"connection_state_updated_time", Text}, {"last_activity_time", Text}, {"c2d_message_count", Int},
 		{"twin_etag", Int}, {"twin_version", Int}, {"tags", JSON}, {"desired", JSON}, {"desired_version", Int},
 		{"desired_metadata", JSON}, {"reported", JSON}, {"reported_version", Int}, {"reported_metadata", JSON},
-		{"conn_node", Text},
+		{"conn_node", Text}, {"conn_epoch", Int},
 	}},
 	{Name: "device_sessions", Key: []string{"device_id"}, Columns: []Column{
 		{"device_id", Text}, {"subscriptions", Int},
