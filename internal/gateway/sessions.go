@@ -139,6 +139,14 @@ func (s *sessions) release(id string, c *conn) {
 // subscriptions are written in batches every sessionFlushEvery, without
 // holding their SUBACKs. A change to a stored session is written before
 // the device is told.
+//
+// In a cluster (a connection with an epoch) every change is written
+// before its SUBACK, a first session too. The device's next connection
+// may reach another node, which reads the store, and a write of this
+// connection that lands after that connection's claim is dropped (it is
+// stale there); so what was acknowledged must be in the store by then.
+// Azure's SDKs count on it: they keep a session's subscriptions and do
+// not subscribe again when a CONNACK says sessionPresent=0.
 func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	s.mu.Lock()
 	if s.owners[id] != c {
@@ -147,7 +155,7 @@ func (s *sessions) save(id string, subs bus.Feature, c *conn) uint64 {
 	}
 	k, known := s.known[id]
 	p, pending := s.pending[id]
-	fresh := known && !k.present && !pending || pending && p.fresh && p.seq > s.taken
+	fresh := c.epoch == 0 && (known && !k.present && !pending || pending && p.fresh && p.seq > s.taken)
 	seq := s.change(SessionChange{DeviceID: id, Subscriptions: subs, Epoch: c.epoch}, fresh)
 	s.remember(id, knownSession{subs, true})
 	s.mu.Unlock()

@@ -2,12 +2,19 @@ package hub_test
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"net"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/device"
 	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/sas"
 )
 
 // TestTakeoverOrderedByEpoch: a device's connections on different nodes
@@ -61,4 +68,131 @@ func TestTakeoverOrderedByEpoch(t *testing.T) {
 	b.Gateway.TakenOver("mover", time.Now().Add(-time.Hour), cur+1)
 	hubtest.Eventually(t, 10*time.Second, func() bool { return b.Gateway.ConnectionEpoch("mover") == 0 },
 		"a notice of a newer connection did not close the older one")
+}
+
+// TestSessionKeptWhenDeviceMovesAtOnce: a device that subscribes, leaves
+// at once and connects to another node without subscribing again (as
+// Azure's SDKs do when they renew a token) finds its session there, and
+// methods reach it. A first session used to be written up to 100 ms after
+// its SUBACK; in a cluster that write came after the new node's claim,
+// which made it stale, so the session was lost for good.
+func TestSessionKeptWhenDeviceMovesAtOnce(t *testing.T) {
+	ctx := context.Background()
+	nodes := startNodes(t, 2)
+	a, b := nodes[0], nodes[1]
+	d, err := a.Service.CreateDevice(ctx, herd.Device{DeviceID: "quick-mover"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	first := dialRaw(t, a, d)
+	if present := first.connect(t); present {
+		t.Fatal("a new device's first CONNACK says sessionPresent=1")
+	}
+	first.subscribe(t, "$iothub/methods/POST/#")
+	first.disconnect()
+
+	second := dialRaw(t, b, d)
+	if !second.connect(t) {
+		t.Fatal("the device's session was lost when it moved to another node at once: CONNACK sessionPresent=0")
+	}
+	got := make(chan *herd.MethodResult, 1)
+	go func() {
+		r, err := a.Service.InvokeMethod(ctx, d.DeviceID, herd.MethodRequest{MethodName: "ping", Payload: []byte(`{}`), ResponseTimeoutInSeconds: 10})
+		if err != nil {
+			t.Error(err)
+		}
+		got <- r
+	}()
+	pub := second.next(t)
+	rid := pub.TopicName[strings.LastIndex(pub.TopicName, "=")+1:]
+	second.publish(t, "$iothub/methods/res/200/?$rid="+rid, `{"pong":true}`)
+	if r := <-got; r == nil || r.Status != 200 {
+		t.Fatalf("the method over the kept session: %+v", r)
+	}
+}
+
+// rawDevice is a device's MQTT connection without a client library's
+// session logic: it subscribes only when told to.
+type rawDevice struct {
+	nc net.Conn
+	d  *herd.Device
+}
+
+func dialRaw(t *testing.T, node *hubtest.Hub, d *herd.Device) *rawDevice {
+	t.Helper()
+	pool := x509.NewCertPool()
+	pool.AppendCertsFromPEM(node.CA)
+	nc, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", node.MQTTAddr, &tls.Config{RootCAs: pool, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nc.Close() })
+	_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
+	return &rawDevice{nc, d}
+}
+
+// connect sends a clean-session-0 CONNECT and returns sessionPresent.
+func (r *rawDevice) connect(t *testing.T) bool {
+	t.Helper()
+	tok, err := sas.DeviceToken("localhost", r.d.DeviceID, "", r.d.Authentication.SymmetricKey.PrimaryKey, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+	cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, r.d.DeviceID, false, 60
+	cp.UsernameFlag, cp.Username = true, "localhost/"+r.d.DeviceID+"/?api-version=2021-04-12"
+	cp.PasswordFlag, cp.Password = true, []byte(tok)
+	if err := cp.Write(r.nc); err != nil {
+		t.Fatal(err)
+	}
+	ack, ok := r.read(t).(*packets.ConnackPacket)
+	if !ok || ack.ReturnCode != packets.Accepted {
+		t.Fatalf("CONNECT refused: %v", ack)
+	}
+	return ack.SessionPresent
+}
+
+func (r *rawDevice) subscribe(t *testing.T, topic string) {
+	t.Helper()
+	sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{0}
+	if err := sp.Write(r.nc); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := r.read(t).(*packets.SubackPacket); !ok {
+		t.Fatal("no SUBACK")
+	}
+}
+
+func (r *rawDevice) publish(t *testing.T, topic, payload string) {
+	t.Helper()
+	pp := packets.NewControlPacket(packets.Publish).(*packets.PublishPacket)
+	pp.TopicName, pp.Payload = topic, []byte(payload)
+	if err := pp.Write(r.nc); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// next returns the next PUBLISH the hub sends.
+func (r *rawDevice) next(t *testing.T) *packets.PublishPacket {
+	t.Helper()
+	for {
+		if p, ok := r.read(t).(*packets.PublishPacket); ok {
+			return p
+		}
+	}
+}
+
+func (r *rawDevice) read(t *testing.T) packets.ControlPacket {
+	t.Helper()
+	p, err := packets.ReadPacket(r.nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (r *rawDevice) disconnect() {
+	_ = packets.NewControlPacket(packets.Disconnect).Write(r.nc)
+	r.nc.Close()
 }
