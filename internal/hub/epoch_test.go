@@ -4,17 +4,22 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/json"
+	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/eclipse/paho.mqtt.golang/packets"
+	"github.com/nats-io/nats.go"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/device"
 	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/sas"
+	"github.com/herd-iot/herd/service"
 )
 
 // TestTakeoverOrderedByEpoch: a device's connections on different nodes
@@ -195,4 +200,81 @@ func (r *rawDevice) read(t *testing.T) packets.ControlPacket {
 func (r *rawDevice) disconnect() {
 	_ = packets.NewControlPacket(packets.Disconnect).Write(r.nc)
 	r.nc.Close()
+}
+
+// TestTwinJobDesiredToHoldingNode: a twin job's desired changes go to the
+// node that holds each device's connection, and nowhere for a device not
+// connected: none is broadcast to every node.
+func TestTwinJobDesiredToHoldingNode(t *testing.T) {
+	ctx := context.Background()
+	url := hubtest.NATS(t)
+	nodes := startNodesOn(t, url, 3)
+	watch, err := nats.Connect(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(watch.Close)
+	var mu sync.Mutex
+	seen := map[string][]string{} // subject: device ids
+	if _, err := watch.Subscribe("herd.>", func(m *nats.Msg) {
+		if !strings.HasSuffix(m.Subject, ".desired") {
+			return
+		}
+		var ds []struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(m.Data, &ds)
+		mu.Lock()
+		defer mu.Unlock()
+		for _, d := range ds {
+			seen[m.Subject] = append(seen[m.Subject], d.ID)
+		}
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := watch.Flush(); err != nil {
+		t.Fatal(err)
+	}
+
+	versions := map[string]chan int64{}
+	for i, id := range []string{"held-1", "held-2", "offline"} {
+		d, err := nodes[0].Service.CreateDevice(ctx, herd.Device{DeviceID: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if id == "offline" {
+			continue
+		}
+		ch := make(chan int64, 4)
+		versions[id] = ch
+		connectTo(t, nodes[i+1], d, func(c *device.Client) {
+			c.OnDesiredChange(func(_ map[string]any, v int64) { ch <- v })
+		})
+	}
+	// node-0 runs the jobs; the devices are on node-1 and node-2.
+	if _, err := nodes[0].Service.ScheduleTwinUpdate(ctx, "routed", "*",
+		herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"mode": "eco"}}}, service.JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if j, err := nodes[0].Service.WaitJob(wctx, "routed", nil); err != nil || j.DeviceJobStatistics.SucceededCount != 3 {
+		t.Fatalf("the twin job: %+v %v", j, err)
+	}
+	for id, ch := range versions {
+		select {
+		case v := <-ch:
+			if v != 2 {
+				t.Errorf("%s got desired $version %d, want 2", id, v)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%s did not get the job's desired change", id)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := map[string][]string{"herd.node.node-1.desired": {"held-1"}, "herd.node.node-2.desired": {"held-2"}}
+	if fmt.Sprint(seen) != fmt.Sprint(want) {
+		t.Errorf("the desired changes went to %v, want %v", seen, want)
+	}
 }

@@ -452,7 +452,7 @@ func (h *Hub) wire(cfg Config) error {
 					h.Configurations.Reload(context.Background())
 				}
 			},
-			Desired:     h.Bus.Desired,
+			Desired:     h.desiredFromNode,
 			Online:      h.Methods.CameOnline,
 			Attached:    gw.TakenOver,
 			JobsChanged: func() { h.Jobs.Refresh(context.Background()) },
@@ -533,13 +533,31 @@ func (h *Hub) NATS() string { return h.cfg.NATS }
 func (h *Hub) Leading() bool { return h.mesh == nil || h.leading.Load() }
 
 // desired delivers a desired-properties change to the device: here if it
-// is connected here, else through the node it is connected to.
-func (h *Hub) desired(id string, version int64, body []byte) {
-	if h.mesh == nil || h.Bus.Lookup(id) != nil {
+// is connected here, else through the node it is connected to: the node
+// the writer saw holding it, or every node when the writer did not look
+// (or saw this node, which the device has left since). A device the
+// writer saw connected nowhere is not told: it reads its twin when it
+// connects.
+func (h *Hub) desired(id string, where twin.Where, version int64, body []byte) {
+	switch {
+	case h.mesh == nil || h.Bus.Lookup(id) != nil:
 		h.Bus.Desired(id, version, body)
+	case !where.Known || where.Node == h.cfg.NodeID:
+		h.mesh.Desired(id, version, body)
+	case where.Node != "":
+		h.mesh.DesiredTo(where.Node, id, version, body)
+	}
+}
+
+// desiredFromNode delivers a desired change another node sent: to the
+// device if it is connected here. One sent to this node alone, for a
+// device that has left it since, goes to every node.
+func (h *Hub) desiredFromNode(id string, version int64, body []byte, routed bool) {
+	if routed && h.Bus.Lookup(id) == nil {
+		h.mesh.Desired(id, version, body)
 		return
 	}
-	h.mesh.Desired(id, version, body)
+	h.Bus.Desired(id, version, body)
 }
 
 // nodeInfo is what this node says of itself at each renewal of its lease.

@@ -26,7 +26,12 @@ import (
 // an embedded NATS server, node-0 first (it runs the jobs).
 func startNodes(t *testing.T, n int) []*hubtest.Hub {
 	t.Helper()
-	nats := hubtest.NATS(t)
+	return startNodesOn(t, hubtest.NATS(t), n)
+}
+
+// startNodesOn is startNodes on the NATS server at nats.
+func startNodesOn(t *testing.T, nats string, n int) []*hubtest.Hub {
+	t.Helper()
 	first := t.TempDir()
 	url := pgtest.URL(t) // cluster mode runs on PostgreSQL, whatever HERD_TEST_STORE says
 	var nodes []*hubtest.Hub

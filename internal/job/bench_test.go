@@ -17,6 +17,7 @@ import (
 	"github.com/herd-iot/herd/internal/fleetdb"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/store/sqlite"
+	"github.com/herd-iot/herd/internal/twin"
 )
 
 // Benchmarks of the job engine on a real SQLite file (docs/benchmarks.md
@@ -110,7 +111,7 @@ func BenchmarkTwinJob100k(b *testing.B) { benchTwinJob(b, 100_000) }
 // discard drops desired notifications (no device is connected).
 type discard struct{}
 
-func (discard) Notify(string, int64, []byte) {}
+func (discard) Notify(string, twin.Where, int64, []byte) {}
 
 // instant is a fleet in which every device is online and answers at once:
 // it measures what the engine and the store cost per device, without a

@@ -134,7 +134,7 @@ type notes struct {
 	sent map[string][]string
 }
 
-func (n *notes) Notify(id string, version int64, body []byte) {
+func (n *notes) Notify(id string, _ twin.Where, version int64, body []byte) {
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	if n.sent == nil {

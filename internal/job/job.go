@@ -163,6 +163,10 @@ type Updated struct {
 	// Cleared lists the desired properties that a patch clearing the
 	// whole desired section removed (they are sent to the device as null).
 	Cleared []string
+	// Where is where the batch saw the device connected, if the store
+	// read it with the write (a cluster sends the notification only to
+	// that node).
+	Where twin.Where
 }
 
 // EndedSelection selects the device records of a job that one store write ended

@@ -32,9 +32,10 @@ type Methods interface {
 	Invoke(ctx context.Context, deviceID string, req herd.MethodRequest) (*herd.MethodResult, error)
 }
 
-// Notifier sends a committed desired change to a device (twin.Service).
+// Notifier sends a committed desired change to a device (twin.Service),
+// with where the batch saw the device connected.
 type Notifier interface {
-	Notify(deviceID string, version int64, body []byte)
+	Notify(deviceID string, where twin.Where, version int64, body []byte)
 }
 
 // Config configures the job service and its engine.
@@ -443,9 +444,9 @@ func (s *Service) notify(body func(int64) []byte, updated []Updated) {
 	for _, u := range updated {
 		switch {
 		case len(u.Cleared) > 0:
-			s.cfg.Twins.Notify(u.DeviceID, u.DesiredVersion, twin.ClearedNotification(u.Cleared, u.DesiredVersion))
+			s.cfg.Twins.Notify(u.DeviceID, u.Where, u.DesiredVersion, twin.ClearedNotification(u.Cleared, u.DesiredVersion))
 		case u.DesiredVersion > 0:
-			s.cfg.Twins.Notify(u.DeviceID, u.DesiredVersion, body(u.DesiredVersion))
+			s.cfg.Twins.Notify(u.DeviceID, u.Where, u.DesiredVersion, body(u.DesiredVersion))
 		}
 	}
 }

@@ -98,8 +98,10 @@ type Handlers struct {
 	// DeviceChanged: a device's (or module's) identity changed or it was
 	// deleted.
 	DeviceChanged func(id string)
-	// Desired: a desired-properties change for a device.
-	Desired func(id string, version int64, body []byte)
+	// Desired: a desired-properties change for a device; routed says it
+	// was sent to this node alone, which the writer saw holding the
+	// device (else it was broadcast).
+	Desired func(id string, version int64, body []byte, routed bool)
 	// Online: a device came online for methods on another node.
 	Online func(id string)
 	// Attached: a device connected to another node at at, with its
@@ -146,12 +148,16 @@ type Mesh struct {
 	owners map[string]string
 	names  map[string]string // node ids, interned
 	calls  callState
-	// desiredQ is the desired changes to broadcast (sendDesired).
-	desiredQ chan []byte
+	// desiredQ is the desired changes to send (sendDesired).
+	desiredQ chan desiredOut
 	senders  sync.WaitGroup      // the goroutines sending calls and answers
 	changed  map[string]struct{} // to send with the next batch
 	stop     chan struct{}
 	done     chan struct{}
+	// closed closes when the connection is; desiredDone when the desired
+	// changes received are handled (nil before Serve).
+	closed      chan struct{}
+	desiredDone chan struct{}
 }
 
 // Connect dials the NATS server. It fails when the server cannot be
@@ -160,8 +166,8 @@ func Connect(cfg Config) (*Mesh, error) {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	m := &Mesh{cfg: cfg, owners: map[string]string{}, names: map[string]string{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{}),
-		desiredQ: make(chan []byte, 8192)}
+	m := &Mesh{cfg: cfg, owners: map[string]string{}, names: map[string]string{}, changed: map[string]struct{}{}, stop: make(chan struct{}), done: make(chan struct{}), closed: make(chan struct{}),
+		desiredQ: make(chan desiredOut, 8192)}
 	nc, err := nats.Connect(cfg.URL,
 		nats.Name("herd node "+cfg.NodeID),
 		nats.NoEcho(),
@@ -202,16 +208,7 @@ func (m *Mesh) Serve(h Handlers) error {
 		sub(callsSubject(m.cfg.NodeID), func(msg *nats.Msg) { m.takeCalls(msg, h.Invoke) }),
 		sub(answersSubject(m.cfg.NodeID), m.takeAnswers),
 		sub(subjectDevice, func(msg *nats.Msg) { h.DeviceChanged(string(msg.Data)) }),
-		sub(subjectDesired, func(msg *nats.Msg) {
-			var ds []desired
-			if err := json.Unmarshal(msg.Data, &ds); err != nil {
-				m.cfg.Log.Warn("cluster: desired changes that do not parse", "err", err)
-				return
-			}
-			for _, d := range ds {
-				h.Desired(d.ID, d.Version, d.Body)
-			}
-		}),
+		m.serveDesired(h.Desired),
 		sub(subjectOnline, func(msg *nats.Msg) {
 			var o online
 			if err := json.Unmarshal(msg.Data, &o); err != nil {
@@ -253,6 +250,7 @@ func (m *Mesh) Serve(h Handlers) error {
 // if only with a refusal, rather than left to time out), and what was
 // published is sent.
 func (m *Mesh) Close() {
+	defer m.endDesired()
 	close(m.stop)
 	<-m.done
 	m.senders.Wait() // answers and calls queued are handed to NATS
@@ -266,6 +264,15 @@ func (m *Mesh) Close() {
 	case <-closed:
 	case <-time.After(drainTimeout + time.Second):
 		m.nc.Close()
+	}
+}
+
+// endDesired lets the desired changes received be handled, once the
+// connection is closed.
+func (m *Mesh) endDesired() {
+	close(m.closed)
+	if m.desiredDone != nil {
+		<-m.desiredDone
 	}
 }
 
@@ -408,65 +415,150 @@ func (m *Mesh) publish(subject string, data []byte) {
 // DeviceChanged tells the other nodes that a device's identity changed.
 func (m *Mesh) DeviceChanged(id string) { m.publish(subjectDevice, []byte(id)) }
 
+// desiredSubject is where a node is sent the desired changes of the
+// devices it holds.
+func desiredSubject(node string) string { return "herd.node." + node + ".desired" }
+
+// desiredOut is a desired change queued for node ("": every node).
+type desiredOut struct {
+	node string
+	b    []byte
+}
+
 // Desired tells the other nodes of a desired-properties change, for the
 // node the device is connected to.
 //
 // The changes travel in batches, in order: what has queued while the
 // previous batch was being sent (a twin job's changes for many devices go
 // in a few messages; a lone change goes at once).
-func (m *Mesh) Desired(id string, version int64, body []byte) {
+func (m *Mesh) Desired(id string, version int64, body []byte) { m.queueDesired("", id, version, body) }
+
+// DesiredTo sends a desired-properties change to the node that holds the
+// device's connection, instead of to every node; batched as Desired's.
+// That node broadcasts it if the device has left it meanwhile.
+func (m *Mesh) DesiredTo(node, id string, version int64, body []byte) {
+	m.queueDesired(node, id, version, body)
+}
+
+func (m *Mesh) queueDesired(node, id string, version int64, body []byte) {
 	b, err := json.Marshal(desired{ID: id, Version: version, Body: body})
 	if err != nil {
 		m.cfg.Log.Warn("cluster: a desired change that does not encode", "device_id", id, "version", version, "err", err)
 		return
 	}
 	select {
-	case m.desiredQ <- b:
+	case m.desiredQ <- desiredOut{node, b}:
 	case <-m.stop:
 	}
 }
 
-// sendDesired publishes the queued desired changes as JSON arrays of at
-// most maxChangedMessage bytes, until the mesh closes (what is queued then
-// is sent).
-func (m *Mesh) sendDesired() {
-	defer m.senders.Done()
-	var buf []byte
-	flush := func() {
-		if len(buf) > 0 {
-			m.publish(subjectDesired, append(buf, ']'))
-			buf = buf[:0]
+// maxDesiredWaiting bounds the desired messages received and not yet
+// handled (each at most maxChangedMessage); more are dropped, as NATS
+// drops a slow consumer's.
+const maxDesiredWaiting = 1 << 14
+
+// serveDesired subscribes to the desired changes sent to every node and
+// to those sent to this one. Both go through one channel, handled by one
+// goroutine, so that they are handled in the order they arrived: two
+// subscriptions with handlers would each have their own goroutine.
+func (m *Mesh) serveDesired(handle func(string, int64, []byte, bool)) error {
+	in := make(chan *nats.Msg, maxDesiredWaiting)
+	mine := desiredSubject(m.cfg.NodeID)
+	for _, subject := range []string{subjectDesired, mine} {
+		if _, err := m.nc.ChanSubscribe(subject, in); err != nil {
+			return fmt.Errorf("subscribe to %s: %w", subject, err)
 		}
 	}
-	add := func(b []byte) {
-		if len(buf) > 0 && len(buf)+len(b)+2 > maxChangedMessage {
-			flush()
+	m.desiredDone = make(chan struct{})
+	go func() {
+		defer close(m.desiredDone)
+		take := func(msg *nats.Msg) {
+			var ds []desired
+			if err := json.Unmarshal(msg.Data, &ds); err != nil {
+				m.cfg.Log.Warn("cluster: desired changes that do not parse", "err", err)
+				return
+			}
+			for _, d := range ds {
+				handle(d.ID, d.Version, d.Body, msg.Subject == mine)
+			}
+		}
+		for {
+			select {
+			case msg := <-in:
+				take(msg)
+			case <-m.closed:
+				for {
+					select {
+					case msg := <-in:
+						take(msg)
+					default:
+						return
+					}
+				}
+			}
+		}
+	}()
+	return nil
+}
+
+// sendDesired publishes the queued desired changes as JSON arrays of at
+// most maxChangedMessage bytes, one batch per destination, until the mesh
+// closes (what is queued then is sent). A device's changes keep their
+// order at the node that holds it: a change to every node is not sent
+// ahead of the routed ones queued before it, nor a routed one ahead of
+// the changes to every node queued before it (NATS keeps the order of
+// one publisher's messages).
+func (m *Mesh) sendDesired() {
+	defer m.senders.Done()
+	bufs := map[string][]byte{}
+	send := func(node string, buf []byte) {
+		subject := subjectDesired
+		if node != "" {
+			subject = desiredSubject(node)
+		}
+		m.publish(subject, append(buf, ']'))
+	}
+	flush := func(broadcast bool) {
+		for node, buf := range bufs {
+			if len(buf) > 0 && (node == "") == broadcast {
+				send(node, buf)
+				bufs[node] = buf[:0]
+			}
+		}
+	}
+	add := func(o desiredOut) {
+		flush(o.node != "") // what was queued for the other kind of destination goes first
+		buf := bufs[o.node]
+		if len(buf) > 0 && len(buf)+len(o.b)+2 > maxChangedMessage {
+			send(o.node, buf)
+			buf = buf[:0]
 		}
 		if len(buf) == 0 {
 			buf = append(buf, '[')
 		} else {
 			buf = append(buf, ',')
 		}
-		buf = append(buf, b...)
+		bufs[o.node] = append(buf, o.b...)
 	}
 	for {
 		stopping := false
 		select {
-		case b := <-m.desiredQ:
-			add(b)
+		case o := <-m.desiredQ:
+			add(o)
 		case <-m.stop:
 			stopping = true
 		}
 	more:
 		for {
 			select {
-			case b := <-m.desiredQ:
-				add(b)
+			case o := <-m.desiredQ:
+				add(o)
 			default:
 				break more
 			}
 		}
-		flush()
+		flush(true)
+		flush(false)
 		if stopping {
 			return
 		}

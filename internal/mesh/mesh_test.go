@@ -28,7 +28,7 @@ func node(t *testing.T, url, id string, h mesh.Handlers) *mesh.Mesh {
 	}
 	h.DeviceChanged, h.Online, h.Changed = nop, nop, func([]string) {}
 	if h.Desired == nil {
-		h.Desired = func(string, int64, []byte) {}
+		h.Desired = func(string, int64, []byte, bool) {}
 	}
 	h.Attached = func(string, time.Time, int64) {}
 	h.JobsChanged, h.ConfigurationsChanged = func() {}, func() {}
@@ -138,37 +138,53 @@ func TestCallsInBatches(t *testing.T) {
 }
 
 // TestDesiredInOrder: a burst of desired changes reaches the other nodes
-// whole and, for each device, in order (they travel in batches).
+// whole and, for each device, in order (they travel in batches), the
+// changes sent to every node and those sent to one node mixed; a change
+// sent to one node reaches no other.
 func TestDesiredInOrder(t *testing.T) {
 	url := hubtest.NATS(t)
 	var mu sync.Mutex
 	last := map[string]int64{}
-	got := 0
+	got, elsewhere := 0, 0
 	var bad []string
-	node(t, url, "a", mesh.Handlers{Desired: func(id string, version int64, body []byte) {
+	// Even versions go to node a alone, odd ones to every node.
+	node(t, url, "a", mesh.Handlers{Desired: func(id string, version int64, body []byte, routed bool) {
 		mu.Lock()
 		defer mu.Unlock()
-		if version != last[id]+1 || string(body) != fmt.Sprintf(`{"v":%d}`, version) {
-			bad = append(bad, fmt.Sprintf("%s: version %d %s after %d", id, version, body, last[id]))
+		if version != last[id]+1 || string(body) != fmt.Sprintf(`{"v":%d}`, version) || routed != (version%2 == 0) {
+			bad = append(bad, fmt.Sprintf("%s: version %d %s (routed %v) after %d", id, version, body, routed, last[id]))
 		}
 		last[id] = version
 		got++
+	}})
+	node(t, url, "c", mesh.Handlers{Desired: func(id string, version int64, body []byte, routed bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if routed || version%2 == 0 {
+			bad = append(bad, fmt.Sprintf("node c got %s version %d (routed %v), sent to a alone", id, version, routed))
+		}
+		elsewhere++
 	}})
 	b := node(t, url, "b", mesh.Handlers{})
 	const devices, versions = 100, 30
 	for v := int64(1); v <= versions; v++ {
 		for i := range devices {
-			b.Desired(fmt.Sprintf("d%d", i), v, []byte(fmt.Sprintf(`{"v":%d}`, v)))
+			id, body := fmt.Sprintf("d%d", i), []byte(fmt.Sprintf(`{"v":%d}`, v))
+			if v%2 == 0 {
+				b.DesiredTo("a", id, v, body)
+			} else {
+				b.Desired(id, v, body)
+			}
 		}
 	}
 	hubtest.Eventually(t, 20*time.Second, func() bool {
 		mu.Lock()
 		defer mu.Unlock()
-		return got == devices*versions
+		return got == devices*versions && elsewhere == devices*versions/2
 	}, "not every desired change arrived")
 	mu.Lock()
 	defer mu.Unlock()
 	if len(bad) > 0 {
-		t.Errorf("%d changes out of order, first: %s", len(bad), bad[0])
+		t.Errorf("%d changes out of order or misrouted, first: %s", len(bad), bad[0])
 	}
 }

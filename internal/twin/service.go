@@ -26,7 +26,32 @@ type Store interface {
 // NotifyFunc tells a device that its desired properties changed. body is
 // the notification JSON (the change plus "$version"). It is called after the
 // change is committed and must not block.
-type NotifyFunc func(deviceID string, version int64, body []byte)
+type NotifyFunc func(deviceID string, where Where, version int64, body []byte)
+
+// Where is where a writer's transaction saw a device's connection when
+// its change committed. The zero Where says nothing: the device may be
+// connected anywhere.
+type Where struct {
+	// Known says that Node was read with the change.
+	Known bool
+	// Node is the node of a cluster that held the device's connection,
+	// "" when the device was not connected.
+	Node string
+}
+
+// WhereNode is the Where of a store's answer: the node that holds the
+// device's connection, nil when the device is not connected. A device
+// connected with no node recorded (a hub alone, or a connection from
+// before cluster mode) may be anywhere.
+func WhereNode(node *string) Where {
+	switch {
+	case node == nil:
+		return Where{Known: true}
+	case *node == "":
+		return Where{}
+	}
+	return Where{Known: true, Node: *node}
+}
 
 // Service reads and writes twins.
 type Service struct {
@@ -57,7 +82,7 @@ func (s *Service) wrote(deviceID string) {
 // NewService returns a twin service. notify may be nil.
 func NewService(store Store, now func() time.Time, notify NotifyFunc) *Service {
 	if notify == nil {
-		notify = func(string, int64, []byte) {}
+		notify = func(string, Where, int64, []byte) {}
 	}
 	return &Service{store: store, now: now, notify: notify}
 }
@@ -189,9 +214,10 @@ func (s *Service) Publish(deviceID string, up Update) { s.publish(deviceID, up) 
 
 // Notify sends a prepared desired-change notification (the change plus
 // "$version", see Patch.NotificationBody) to a device. Writers that patch
-// many twins in one transaction call it after their commit.
-func (s *Service) Notify(deviceID string, version int64, body []byte) {
-	s.notify(deviceID, version, body)
+// many twins in one transaction call it after their commit, with where
+// they saw the device connected.
+func (s *Service) Notify(deviceID string, where Where, version int64, body []byte) {
+	s.notify(deviceID, where, version, body)
 }
 
 func (s *Service) publish(deviceID string, up Update) {
@@ -202,7 +228,7 @@ func (s *Service) publish(deviceID string, up Update) {
 	if err != nil {
 		return // cannot happen: the patch was decoded from JSON
 	}
-	s.notify(deviceID, up.DesiredVersion, body)
+	s.notify(deviceID, Where{}, up.DesiredVersion, body)
 }
 
 // CheckETag compares an If-Match header value with the current etag: ""

@@ -161,8 +161,12 @@ func patchSetBased(ctx context.Context, tx pgx.Tx, p twin.Patch, plan *twin.Merg
 			return nil, err
 		}
 	}
+	// It returns the node holding each device's connection (NULL: not
+	// connected), for the notifications. A claim of a row in progress
+	// (ClaimConnections) holds its lock, so the UPDATE waits for it and
+	// returns what it wrote: a device claimed before this commits is seen.
 	rows, err := tx.Query(ctx, `UPDATE devices d SET `+strings.Join(set, ", ")+` FROM `+from+` WHERE `+where+`
-		RETURNING d.device_id, d.desired_version`, ph.args...)
+		RETURNING d.device_id, d.desired_version, CASE WHEN d.connection_state = 'Connected' THEN d.conn_node END`, ph.args...)
 	if err != nil {
 		return nil, err
 	}
@@ -170,9 +174,11 @@ func patchSetBased(ctx context.Context, tx pgx.Tx, p twin.Patch, plan *twin.Merg
 	var out []job.Updated
 	for rows.Next() {
 		var u job.Updated
-		if err := rows.Scan(&u.DeviceID, &u.DesiredVersion); err != nil {
+		var node *string
+		if err := rows.Scan(&u.DeviceID, &u.DesiredVersion, &node); err != nil {
 			return nil, err
 		}
+		u.Where = twin.WhereNode(node)
 		if !plan.SetsDesired() {
 			u.DesiredVersion = 0
 		}

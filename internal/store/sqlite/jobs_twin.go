@@ -153,7 +153,7 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 		}
 	}
 	rows, err := tx.QueryContext(ctx, `UPDATE devices SET `+strings.Join(set, ", ")+` WHERE `+where+`
-		RETURNING device_id, desired_version`, append(setArgs, whereArgs...)...)
+		RETURNING device_id, desired_version, CASE WHEN connection_state = 'Connected' THEN conn_node END`, append(setArgs, whereArgs...)...)
 	if err != nil {
 		return nil, err
 	}
@@ -161,9 +161,11 @@ func patchSetBased(ctx context.Context, tx *sql.Tx, plan *twin.MergePlan, id, af
 	var out []job.Updated
 	for rows.Next() {
 		var u job.Updated
-		if err := rows.Scan(&u.DeviceID, &u.DesiredVersion); err != nil {
+		var node *string
+		if err := rows.Scan(&u.DeviceID, &u.DesiredVersion, &node); err != nil {
 			return nil, err
 		}
+		u.Where = twin.WhereNode(node)
 		if !plan.SetsDesired() {
 			u.DesiredVersion = 0
 		}

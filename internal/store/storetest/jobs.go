@@ -24,6 +24,7 @@ var jobTests = []struct {
 	{"CreateGetList", testJobCreateGetList},
 	{"TwinBatchMatchesApply", testTwinBatchMatchesApply},
 	{"TwinBatchLimitsAndDeletedDevices", testTwinBatchEdges},
+	{"TwinBatchSaysWhereDevicesAreConnected", testTwinBatchWhere},
 	{"MethodDeviceLifecycle", testMethodDeviceLifecycle},
 	{"Retries", testRetries},
 	{"ManyDistinctOutcomes", testManyDistinctOutcomes},
@@ -320,6 +321,46 @@ func testTwinBatchMatchesApply(t *testing.T, s JobStore) {
 			}
 		}
 		checkStats(t, s, jid, herd.DeviceJobStatistics{DeviceCount: 8, SucceededCount: 8})
+	}
+}
+
+// testTwinBatchWhere: a twin batch says which node holds each device's
+// connection, for its notification: a cluster sends it there alone, and
+// nowhere for a device that is not connected.
+func testTwinBatchWhere(t *testing.T, s JobStore) {
+	ctx := context.Background()
+	create(t, s, "w1", "w2", "w3", "w4")
+	if err := s.SetConnectionStates(ctx, []registry.ConnectionChange{
+		{DeviceID: "w1", Node: "node-1", State: herd.Connected, StateAt: t0},
+		{DeviceID: "w2", Node: "node-2", State: herd.Connected, StateAt: t0},
+		{DeviceID: "w3", Node: "node-2", State: herd.Connected, StateAt: t0},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetConnectionStates(ctx, []registry.ConnectionChange{
+		{DeviceID: "w3", Node: "node-2", State: herd.Disconnected, StateAt: t0.Add(time.Second)},
+	}); err != nil {
+		t.Fatal(err)
+	}
+	twinJob(t, s, "where", `{"etag":"*","properties":{"desired":{"on":true}}}`)
+	if _, err := s.StartJob(ctx, "where", everyDevice, t0); err != nil {
+		t.Fatal(err)
+	}
+	stored, _ := s.Job(ctx, "where")
+	p, err := job.Patch(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := s.ApplyTwinBatch(ctx, "where", p, "", 10, t0)
+	if err != nil || !res.Done || len(res.Updated) != 4 {
+		t.Fatalf("batch: %+v %v", res, err)
+	}
+	want := map[string]twin.Where{"w1": {Known: true, Node: "node-1"}, "w2": {Known: true, Node: "node-2"},
+		"w3": {Known: true}, "w4": {Known: true}}
+	for _, u := range res.Updated {
+		if u.Where != want[u.DeviceID] {
+			t.Errorf("%s: the batch saw it at %+v, want %+v", u.DeviceID, u.Where, want[u.DeviceID])
+		}
 	}
 }
 
