@@ -127,6 +127,10 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 			log.Error("claim the device's connection", "device_id", id, "err", err)
 			return refuse(packets.ErrRefusedServerUnavailable, "presence unavailable")
 		}
+		if ctx.Err() != nil {
+			// Claimed too late: refuse records the claim Disconnected.
+			return refuse(packets.ErrRefusedServerUnavailable, "presence too slow")
+		}
 	}
 	c.deviceID, c.clean = id, cp.CleanSession
 	_, mod := herd.SplitIdentity(id)

@@ -78,7 +78,9 @@ type Registry interface {
 // not registered. The gateway claims before CONNACK; takeovers and the
 // writes about the connection (its state, its session) carry the epoch,
 // so a node the device has left can neither close its newer connection
-// nor overwrite what the newer one wrote.
+// nor overwrite what the newer one wrote. A claim that may have been
+// recorded is returned even after ctx ends (the gateway then records the
+// connection Disconnected).
 type Presence interface {
 	Claim(ctx context.Context, id string) (epoch int64, err error)
 }

@@ -92,8 +92,14 @@ func newPresence(store ClusterStore, node string, now func() time.Time) *presenc
 	}, maxClaimBatch, 10*time.Second)}
 }
 
+// Claim claims the connection of id. It returns once the claim's batch
+// has ended, even after ctx has: the batch runs for every connect waiting
+// in it, and a claim that commits after its caller left would leave the
+// device recorded Connected with no connection behind it. The caller gets
+// the epoch and, seeing ctx ended, records the connection Disconnected.
+// The batch's own timeout bounds the wait.
 func (p *presence) Claim(ctx context.Context, id string) (int64, error) {
-	epoch, found, err := p.claims.Load(ctx, id)
+	epoch, found, err := p.claims.Load(context.WithoutCancel(ctx), id)
 	if err != nil {
 		return 0, err
 	}
