@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime/pprof"
 	"strconv"
 	"strings"
 	"sync"
@@ -50,7 +51,10 @@ type brokerFigures struct {
 	cpuPerConn time.Duration // CPU per first connect, broker process
 	rssPerConn float64       // KB per idle connection, broker process, as the OS sees it
 	liveKB     float64       // the same after a forced garbage collection (Herd only; 0: not measured)
-	rt         measure.RoundTrips
+	// Of liveKB (Herd only): mapped file pages (the store's mmap),
+	// goroutine stacks, Go heap spans in use.
+	fileKB, stackKB, heapKB float64
+	rt                      measure.RoundTrips
 }
 
 func benchPeers(ctx context.Context, e *bench) error {
@@ -107,7 +111,8 @@ func liveNote(f brokerFigures) string {
 	if f.liveKB == 0 {
 		return ""
 	}
-	return fmt.Sprintf(" (%.1f KB after a forced garbage collection)", f.liveKB)
+	return fmt.Sprintf(" (%.1f KB after a forced garbage collection: Go heap %.1f KB, goroutine stacks %.1f KB, mapped file pages %.1f KB)",
+		f.liveKB, f.heapKB, f.stackKB, f.fileKB)
 }
 
 func micros(d time.Duration) string {
@@ -194,6 +199,8 @@ func measureHerdPeer(ctx context.Context, e *bench, b *backend, n int) (brokerFi
 		return f, err
 	}
 	base := measure.SettledRSS()
+	baseMem := measure.MemoryKB()
+	heapProfile(b.Name(), "before")
 	fl, err := startFleet(h.dir, fleetSpec{Host: h.Hostname(), Addr: h.MQTTPlainAddr().String(), Concurrency: peerConnects, Devices: ids})
 	if err != nil {
 		return f, err
@@ -231,6 +238,11 @@ func measureHerdPeer(ctx context.Context, e *bench, b *backend, n int) (brokerFi
 	// GOMEMLIMIT: Go's defaults).
 	f.rssPerConn = float64(measure.RSSKB()-base) / float64(n)
 	f.liveKB = float64(measure.SettledRSS()-base) / float64(n)
+	mem := measure.MemoryKB()
+	f.fileKB = float64(mem.File-baseMem.File) / float64(n)
+	f.stackKB = float64(mem.Stacks-baseMem.Stacks) / float64(n)
+	f.heapKB = float64(mem.Heap-baseMem.Heap) / float64(n)
+	heapProfile(b.Name(), "after")
 	e.logf("peers: round trips through Herd for %s with %d in flight", e.cfg.roundTrips, e.cfg.inflight)
 	f.rt = measure.MeasureRoundTrips(ctx, h.Methods, ids, e.cfg.roundTrips, e.cfg.inflight)
 	return f, nil
@@ -241,6 +253,28 @@ func measureHerdPeer(ctx context.Context, e *bench, b *backend, n int) (brokerFi
 // connect is measured over; not with profileEnv, which profiles the whole
 // process).
 const peersProfileEnv = "HERD_BENCH_CONNECT_PROFILE"
+
+// peersHeapEnv, if set, is the prefix of two heap profiles the peers
+// section writes of Herd: PREFIX-<store>-before.pprof before the connects
+// and -after.pprof once they settled, each after a forced collection:
+// `go tool pprof -sample_index=inuse_space -diff_base BEFORE AFTER` shows
+// what the idle connections hold.
+const peersHeapEnv = "HERD_BENCH_HEAP_PROFILE"
+
+func heapProfile(store, when string) {
+	prefix := os.Getenv(peersHeapEnv)
+	if prefix == "" {
+		return
+	}
+	path := fmt.Sprintf("%s-%s-%s.pprof", prefix, strings.ToLower(store), when)
+	f, err := os.Create(path)
+	if err == nil {
+		err = errors.Join(pprof.Lookup("heap").WriteTo(f, 0), f.Close())
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "bench: heap profile %s: %v\n", path, err)
+	}
+}
 
 func profileConnects() (stop func(), err error) {
 	path := os.Getenv(peersProfileEnv)

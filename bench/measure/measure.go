@@ -122,9 +122,25 @@ func ProcRSSKB(pid int) int64 {
 	return int64(st.ResidentMemory() / 1024)
 }
 
-func vmRSS(status []byte) int64 {
+// Memory is where a process's memory is, in KB: RSS that maps files
+// (RssFile: a store's memory-mapped database pages, which the kernel's
+// page cache shares), goroutine stacks and the Go heap's spans in use.
+type Memory struct{ File, Stacks, Heap int64 }
+
+// MemoryKB reads Memory (call it after SettledRSS, so that the heap is
+// what a collection left).
+func MemoryKB() Memory {
+	b, _ := os.ReadFile("/proc/self/status")
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	return Memory{File: statusKB(b, "RssFile:"), Stacks: int64(ms.StackInuse / 1024), Heap: int64(ms.HeapInuse / 1024)}
+}
+
+func vmRSS(status []byte) int64 { return statusKB(status, "VmRSS:") }
+
+func statusKB(status []byte, field string) int64 {
 	for _, line := range strings.Split(string(status), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(line, field); ok {
 			n, _ := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return n
 		}
