@@ -68,6 +68,17 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 			return finishIfDone(ctx, tx, id, now)
 		}
 		res.Next, res.Done = *last, count < limit
+		// The range's pending records are locked before the twins are
+		// read: a second runner of the same batch (a node that lost the
+		// jobs' lock and has not noticed yet) waits here for the first to
+		// commit, and the statements after this one, reading afresh, see
+		// its records no longer pending. Without it, both could take
+		// their snapshot of pending records first, and the second, woken
+		// by the twin rows' locks, would patch the twins again.
+		if _, err := tx.Exec(ctx, `SELECT 1 FROM device_jobs WHERE job_id = $1 AND device_id > $2 AND device_id <= $3
+			AND status = 'pending' FOR UPDATE`, id, after, *last); err != nil {
+			return err
+		}
 		updated, err := patchSetBased(ctx, tx, p, plan, id, after, *last)
 		if err != nil {
 			return err
