@@ -3,7 +3,7 @@
 
 GO ?= go
 
-.PHONY: test build vet bench bench-quick fuzz compat compat-postgres compat-cluster ui ui-screenshots chromium postgresql haproxy mosquitto test-postgres
+.PHONY: test test-memory build vet bench bench-quick fuzz compat compat-postgres compat-cluster ui ui-screenshots chromium postgresql haproxy mosquitto test-postgres
 
 ## test: every test: vet, the Go tests with -race (the store conformance suite
 ## on SQLite and on a throwaway PostgreSQL), the hub-level suites again on
@@ -11,11 +11,17 @@ GO ?= go
 ## dashboard's browser suite
 test: vet postgresql haproxy mosquitto
 	$(GO) test -race -count=1 ./...
+	$(MAKE) test-memory
 	$(MAKE) test-postgres
 	$(MAKE) compat
 	$(MAKE) compat-postgres
 	$(MAKE) compat-cluster
 	$(MAKE) ui
+
+## test-memory: the tests of memory figures, which the race detector's
+## builds change (their stacks and frames are larger), without -race
+test-memory:
+	$(GO) test -count=1 -run 'TestIdleConnectionsKeepSmallStacks' ./internal/hub/
 
 ## test-postgres: the suites that run whole hubs (job engine, REST API, hub,
 ## dashboard, CLI and the kill -9 crash tests) with PostgreSQL as their store

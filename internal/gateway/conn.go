@@ -340,47 +340,84 @@ func (c *conn) handshake() (r *packetReader, keepAlive time.Duration, ok bool) {
 	return r, keepAlive, true
 }
 
-// run reads and handles one packet at a time until the connection ends.
-// It runs on its own goroutine, started after the handshake, so that the
-// deep call chains of authentication do not leave an idle device with a
-// grown stack.
-func (c *conn) run(r *packetReader, keepAlive time.Duration) {
-	defer r.release()
-	defer c.ended()
-	// The read deadline is moved forward only when an eighth of it has
-	// passed, not on every packet: a busy device then costs no timer
-	// update per packet, and a silent one is still cut off after 7/8 to 1
-	// times the limit (never before 1.3 × its keep-alive).
-	var deadline time.Time
+// reading is a connection's read loop's state, which passes from one
+// goroutine to the next (see read).
+type reading struct {
+	r         *packetReader
+	keepAlive time.Duration
+	deadline  time.Time
+}
+
+// read runs the connection's read loop until the connection ends, then
+// cleans up after it.
+//
+// With hop, once a packet is handled and nothing more has arrived, the
+// loop goes on in a fresh goroutine and this one ends. Handling a packet
+// (a SUBSCRIBE's session write, a twin request, a log line) grows the
+// goroutine's stack to 4 KB or more, and the garbage collector halves a
+// stack only when less than a quarter of it is in use, counting an 800
+// byte reserve as in use (runtime.shrinkstack): a waiting connection's
+// 4 KB stack is never halved, and every idle connection would hold it. A
+// fresh goroutine waits on a 2 KB one, 2 KB less per idle connection (see
+// docs/benchmarks.md), for one goroutine start per burst of packets.
+// Without hop (WebSocket and in-memory connections, whose reader is their
+// caller's goroutine) the loop stays where it is.
+func (c *conn) read(rd *reading, hop bool) {
 	for {
-		if now := time.Now(); deadline.Sub(now) < keepAlive*7/8 {
-			deadline = now.Add(keepAlive)
-			_ = c.nc.SetReadDeadline(deadline)
+		// The read deadline is moved forward only when an eighth of it
+		// has passed, not on every packet: a busy device then costs no
+		// timer update per packet, and a silent one is still cut off after
+		// 7/8 to 1 times the limit (never before 1.3 × its keep-alive).
+		if now := time.Now(); rd.deadline.Sub(now) < rd.keepAlive*7/8 {
+			rd.deadline = now.Add(rd.keepAlive)
+			_ = c.nc.SetReadDeadline(rd.deadline)
 		}
-		pkt, err := r.next()
-		if err != nil {
-			reason := reasonLost
-			var ne net.Error
-			switch {
-			case errors.As(err, &ne) && ne.Timeout() && c.closeReason() == "":
-				reason = reasonKeepAlive
-			case errors.Is(err, errTooLarge):
-				c.s.cfg.Log.Warn("packet too large; disconnecting", "device_id", c.deviceID, "err", err)
-				reason = reasonProtocol
-			case errors.Is(err, errMalformed):
-				c.s.cfg.Log.Warn("device broke the protocol; disconnecting", "device_id", c.deviceID, "op", reasonProtocol, "err", err)
-				reason = reasonProtocol
-			case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.closeReason() == "":
-				c.s.cfg.Log.Debug("read failed", "device_id", c.deviceID, "err", err)
-			}
-			c.close(reason)
-			return
+		if err := rd.r.idle(); err != nil {
+			c.readFailed(err)
+			break
 		}
-		c.touch()
-		if !c.handle(pkt) {
+		if !c.step(rd.r) {
+			break
+		}
+		if hop && !rd.r.buffered() {
+			go c.read(rd, true)
 			return
 		}
 	}
+	rd.r.release()
+	c.ended()
+	c.s.untrack(c)
+}
+
+// step reads and handles the packet that has begun to arrive; false ends
+// the connection.
+func (c *conn) step(r *packetReader) bool {
+	pkt, err := r.next()
+	if err != nil {
+		c.readFailed(err)
+		return false
+	}
+	c.touch()
+	return c.handle(pkt)
+}
+
+// readFailed closes the connection after a failed read, with the reason.
+func (c *conn) readFailed(err error) {
+	reason := reasonLost
+	var ne net.Error
+	switch {
+	case errors.As(err, &ne) && ne.Timeout() && c.closeReason() == "":
+		reason = reasonKeepAlive
+	case errors.Is(err, errTooLarge):
+		c.s.cfg.Log.Warn("packet too large; disconnecting", "device_id", c.deviceID, "err", err)
+		reason = reasonProtocol
+	case errors.Is(err, errMalformed):
+		c.s.cfg.Log.Warn("device broke the protocol; disconnecting", "device_id", c.deviceID, "op", reasonProtocol, "err", err)
+		reason = reasonProtocol
+	case !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) && c.closeReason() == "":
+		c.s.cfg.Log.Debug("read failed", "device_id", c.deviceID, "err", err)
+	}
+	c.close(reason)
 }
 
 // touch records activity, at most once per activityEvery (5 s) per connection.

@@ -84,6 +84,9 @@ func (p *packetReader) idle() error {
 	}
 }
 
+// buffered says whether bytes of the next packet have been read already.
+func (p *packetReader) buffered() bool { return p.r < p.w }
+
 // release gives the pooled buffer back; only call it with nothing pending.
 func (p *packetReader) release() {
 	if p.pooled != nil {

@@ -354,12 +354,12 @@ func (s *Server) serveConn(nc net.Conn, socket bool) {
 		s.untrack(c)
 		return
 	}
-	c.run(r, keepAlive)
-	s.untrack(c)
+	c.read(&reading{r: r, keepAlive: keepAlive}, false)
 }
 
 // accept runs the handshake of a TCP or TLS connection and, on success,
-// starts its reader on a fresh goroutine (with a small stack) and returns.
+// starts its reader on a fresh goroutine (with a small stack: see
+// conn.read) and returns.
 func (s *Server) accept(nc net.Conn) {
 	c := s.track(nc, true)
 	if c == nil {
@@ -370,10 +370,7 @@ func (s *Server) accept(nc net.Conn) {
 		s.untrack(c)
 		return
 	}
-	go func() {
-		c.run(r, keepAlive)
-		s.untrack(c)
-	}()
+	go c.read(&reading{r: r, keepAlive: keepAlive}, true)
 }
 
 // track registers a new connection and returns it, or returns nil after

@@ -1,0 +1,126 @@
+package hub_test
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"runtime"
+	"runtime/debug"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.mqtt.golang/packets"
+
+	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/hubtest"
+	"github.com/herd-iot/herd/sas"
+)
+
+// TestIdleConnectionsKeepSmallStacks: a device that connected, subscribed
+// and went idle holds a goroutine with a 2 KB stack, not the 4 KB one
+// that handling its SUBSCRIBE grew (the garbage collector never halves a
+// waiting connection's 4 KB stack: see gateway's conn.read). Goroutine
+// stacks are the largest part of an idle connection's memory.
+//
+// Under the race detector every goroutine waiting on a socket holds 4 KB
+// anyway, so there the test cannot tell; `make test` runs it without
+// -race too (test-memory).
+func TestIdleConnectionsKeepSmallStacks(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector's stacks are not a release build's: run without -race (make test-memory)")
+	}
+	h := hubtest.Start(t)
+	ctx := context.Background()
+	const n = 500
+	var devs []*herd.Device
+	for i := range n {
+		d, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: fmt.Sprintf("idle-%d", i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		devs = append(devs, d)
+	}
+	stacks := func() int64 {
+		for range 3 {
+			runtime.GC()
+			debug.FreeOSMemory()
+		}
+		var ms runtime.MemStats
+		runtime.ReadMemStats(&ms)
+		return int64(ms.StackInuse)
+	}
+	before := stacks()
+	for _, d := range devs {
+		nc, err := net.Dial("tcp", h.MQTTPlainAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { nc.Close() })
+		_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
+		tok, err := sas.DeviceToken("localhost", d.DeviceID, "", d.Authentication.SymmetricKey.PrimaryKey, time.Now().Add(time.Hour))
+		if err != nil {
+			t.Fatal(err)
+		}
+		cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
+		cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, d.DeviceID, false, 600
+		cp.UsernameFlag, cp.Username = true, "localhost/"+d.DeviceID+"/?api-version=2021-04-12"
+		cp.PasswordFlag, cp.Password = true, []byte(tok)
+		sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
+		sp.MessageID, sp.Topics, sp.Qoss = 1, []string{"$iothub/methods/POST/#", "$iothub/twin/res/#"}, []byte{0, 0}
+		for _, p := range []packets.ControlPacket{cp, sp} {
+			if err := p.Write(nc); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := packets.ReadPacket(nc); err != nil { // CONNACK, SUBACK
+				t.Fatal(err)
+			}
+		}
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == n }, "the devices are not all connected")
+	per := (stacks() - before) / n
+	// What a fresh goroutine waiting on a socket holds, measured the same
+	// way (the race detector's builds have larger frames and stacks).
+	fresh := freshReaderStack(t, n, stacks)
+	t.Logf("goroutine stacks: %d bytes per idle connection, %d per fresh goroutine waiting on a socket", per, fresh)
+	if per > fresh*5/4 {
+		t.Errorf("an idle connection holds %d bytes of goroutine stack, a fresh reader %d: the reader's grown stack is kept", per, fresh)
+	}
+}
+
+// freshReaderStack is the stack per goroutine of n goroutines started to
+// wait in a read on a loopback socket.
+func freshReaderStack(t *testing.T, n int, stacks func() int64) int64 {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	accepted := make(chan net.Conn, n)
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			accepted <- c
+		}
+	}()
+	before := stacks()
+	var conns []net.Conn
+	for range n {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		go func() { _, _ = c.Read(make([]byte, 128)) }()
+	}
+	per := (stacks() - before) / int64(n)
+	for _, c := range conns {
+		c.Close()
+	}
+	for range n {
+		(<-accepted).Close()
+	}
+	return per
+}
