@@ -358,8 +358,11 @@ type reading struct {
 // stack only when less than a quarter of it is in use, counting an 800
 // byte reserve as in use (runtime.shrinkstack): a waiting connection's
 // 4 KB stack is never halved, and every idle connection would hold it. A
-// fresh goroutine waits on a 2 KB one, 2 KB less per idle connection (see
-// docs/benchmarks.md), for one goroutine start per burst of packets.
+// fresh goroutine waits on what the wait itself needs: 2 KB on a plain
+// socket, 2 KB less per idle connection (see docs/benchmarks.md); 4 KB
+// through TLS, whose read path is deeper, but never what the deepest
+// packet so far grew. The cost is one goroutine start per burst of
+// packets.
 // Without hop (WebSocket and in-memory connections, whose reader is their
 // caller's goroutine) the loop stays where it is.
 func (c *conn) read(rd *reading, hop bool) {
