@@ -363,6 +363,7 @@ type reading struct {
 // through TLS, whose read path is deeper, but never what the deepest
 // packet so far grew. The cost is one goroutine start per burst of
 // packets.
+//
 // Without hop (WebSocket and in-memory connections, whose reader is their
 // caller's goroutine) the loop stays where it is.
 func (c *conn) read(rd *reading, hop bool) {

@@ -536,8 +536,8 @@ func (h *Hub) Leading() bool { return h.mesh == nil || h.leading.Load() }
 // is connected here, else through the node it is connected to: the node
 // the writer saw holding it, or every node when the writer did not look
 // (or saw this node, which the device has left since). A device the
-// writer saw connected nowhere is not told: it reads its twin when it
-// connects.
+// writer saw connected nowhere is not told: a device that connects reads
+// its twin, as Azure advises.
 func (h *Hub) desired(id string, where twin.Where, version int64, body []byte) {
 	switch {
 	case h.mesh == nil || h.Bus.Lookup(id) != nil:
