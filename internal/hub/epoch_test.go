@@ -131,8 +131,13 @@ func dialRaw(t *testing.T, node *hubtest.Hub, d *herd.Device) *rawDevice {
 	if err != nil {
 		t.Fatal(err)
 	}
+	return rawOn(t, nc, d)
+}
+
+// rawOn is a rawDevice on an open connection (closed when the test ends).
+func rawOn(t *testing.T, nc net.Conn, d *herd.Device) *rawDevice {
 	t.Cleanup(func() { nc.Close() })
-	_ = nc.SetDeadline(time.Now().Add(20 * time.Second))
+	_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
 	return &rawDevice{nc, d}
 }
 
@@ -157,10 +162,10 @@ func (r *rawDevice) connect(t *testing.T) bool {
 	return ack.SessionPresent
 }
 
-func (r *rawDevice) subscribe(t *testing.T, topic string) {
+func (r *rawDevice) subscribe(t *testing.T, topics ...string) {
 	t.Helper()
 	sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
-	sp.MessageID, sp.Topics, sp.Qoss = 1, []string{topic}, []byte{0}
+	sp.MessageID, sp.Topics, sp.Qoss = 1, topics, make([]byte, len(topics))
 	if err := sp.Write(r.nc); err != nil {
 		t.Fatal(err)
 	}

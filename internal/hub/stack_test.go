@@ -9,11 +9,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.mqtt.golang/packets"
-
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/hubtest"
-	"github.com/herd-iot/herd/sas"
 )
 
 // TestIdleConnectionsKeepSmallStacks: a device that connected, subscribed
@@ -55,26 +52,9 @@ func TestIdleConnectionsKeepSmallStacks(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { nc.Close() })
-		_ = nc.SetDeadline(time.Now().Add(30 * time.Second))
-		tok, err := sas.DeviceToken("localhost", d.DeviceID, "", d.Authentication.SymmetricKey.PrimaryKey, time.Now().Add(time.Hour))
-		if err != nil {
-			t.Fatal(err)
-		}
-		cp := packets.NewControlPacket(packets.Connect).(*packets.ConnectPacket)
-		cp.ProtocolName, cp.ProtocolVersion, cp.ClientIdentifier, cp.CleanSession, cp.Keepalive = "MQTT", 4, d.DeviceID, false, 600
-		cp.UsernameFlag, cp.Username = true, "localhost/"+d.DeviceID+"/?api-version=2021-04-12"
-		cp.PasswordFlag, cp.Password = true, []byte(tok)
-		sp := packets.NewControlPacket(packets.Subscribe).(*packets.SubscribePacket)
-		sp.MessageID, sp.Topics, sp.Qoss = 1, []string{"$iothub/methods/POST/#", "$iothub/twin/res/#"}, []byte{0, 0}
-		for _, p := range []packets.ControlPacket{cp, sp} {
-			if err := p.Write(nc); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := packets.ReadPacket(nc); err != nil { // CONNACK, SUBACK
-				t.Fatal(err)
-			}
-		}
+		dev := rawOn(t, nc, d)
+		dev.connect(t)
+		dev.subscribe(t, "$iothub/methods/POST/#", "$iothub/twin/res/#")
 	}
 	hubtest.Eventually(t, 10*time.Second, func() bool { return h.Bus.Connected() == n }, "the devices are not all connected")
 	per := (stacks() - before) / n
