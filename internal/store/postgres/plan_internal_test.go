@@ -2,12 +2,16 @@ package postgres
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/job"
 	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/store/pgtest"
@@ -122,4 +126,155 @@ func TestDisconnectNodeUsesItsIndex(t *testing.T) {
 	if n, err := db.DisconnectNode(ctx, "node-3", time.Now()); err != nil || n != 43 {
 		t.Errorf("DisconnectNode: %d %v, want the 43 connected devices of node-3", n, err)
 	}
+}
+
+// A method job's batch statements find their records through the primary
+// key however stale the statistics of device_jobs are. The last ANALYZE
+// (StartJob's) saw every record of the job pending; half of them are
+// done since. Planned with their values and those statistics, the claim
+// and the outcomes read every record of the job through a bitmap scan for
+// each batch, and the page of due devices read every remaining one and
+// sorted them: quadratic in the job's size.
+func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
+	ctx := context.Background()
+	db, err := Open(ctx, pgtest.URL(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer db.Close()
+	const n = 10 * analyzeAfter
+	if _, err := db.pool.Exec(ctx, `INSERT INTO devices (device_id, generation_id, etag, status, status_updated_time,
+		auth_type, primary_key, secondary_key, iot_edge, device_scope, parent_scopes, connection_state,
+		connection_state_updated_time, last_activity_time, c2d_message_count, twin_etag, twin_version, tags, desired,
+		desired_version, desired_metadata, reported, reported_version, reported_metadata)
+		SELECT 'd-' || lpad(g::text, 6, '0'), 'g', 1, 'enabled', '', 'sas', 'k', 'k', false, '', '[]', 'Disconnected',
+		'', '', 0, 1, 1, '{}', '{}', 1, '{}', '{}', 1, '{}' FROM generate_series(1, $1) g`, n); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
+	every, err := query.ParseCondition("*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range []string{"earlier-1", "earlier-2", "current"} {
+		r, err := job.ParseRequest(id, []byte(`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor"}}`), now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := db.CreateJob(ctx, r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := db.StartJob(ctx, id, every, now); err != nil {
+			t.Fatal(err)
+		}
+		if id != "current" {
+			if _, err := db.pool.Exec(ctx, `UPDATE device_jobs SET status = 'completed' WHERE job_id = $1`, id); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	// The first half of the current job runs through the store.
+	ids := func(from, count int) []string {
+		out := make([]string, count)
+		for i := range out {
+			out[i] = fmt.Sprintf("d-%06d", from+i)
+		}
+		return out
+	}
+	for from := 1; from <= n/2; from += 1000 {
+		claimed, err := db.ClaimDevices(ctx, "current", ids(from, 1000), now)
+		if err != nil || len(claimed) != 1000 {
+			t.Fatalf("claim: %d devices, %v", len(claimed), err)
+		}
+		outcomes := make([]job.Outcome, len(claimed))
+		for i, d := range claimed {
+			outcomes[i] = job.Outcome{DeviceID: d, Status: herd.DeviceJobCompleted, Response: &herd.MethodResult{Status: 200}}
+		}
+		if err := db.FinishDevices(ctx, "current", outcomes, now); err != nil {
+			t.Fatal(err)
+		}
+	}
+	list := func(ids []string) string { return "'{" + strings.Join(ids, ",") + "}'" }
+	next := list(ids(n/2+1, 1000))
+	at := "'" + stamp(now) + "'"
+	for _, tc := range []struct {
+		name, sql, types, args string
+		// set prepares the transaction as the store does: "" for a
+		// statement of the pool (planned with its values first).
+		set func(pgx.Tx) error
+	}{
+		{"claim", claimSQL, "text, text, text[]", at + ", 'current', " + next,
+			func(tx pgx.Tx) error { return genericPlans(ctx, tx, false) }},
+		{"outcomes", finishSQL, "text, text, text[], text[], text[], text[], text, text, text[]",
+			"'completed', " + at + ", " + next + ", " + next + ", NULL, NULL, 'current', 'running', NULL",
+			func(tx pgx.Tx) error { return genericPlans(ctx, tx, true) }},
+		{"due, planned with its values", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at), nil},
+		{"due, generic plan", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at),
+			func(tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
+				return err
+			}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			plan := explainPrepared(t, db, tc.set, tc.sql, tc.types, tc.args)
+			// Through the primary key by job and device (a bitmap of
+			// the listed devices is fine), never the job's every record.
+			if !byJobAndDevice.MatchString(plan) {
+				t.Errorf("%s does not find its records by job and device:\n%s", tc.name, plan)
+			}
+			for _, bad := range []string{"Seq Scan on device_jobs", "Sort"} {
+				if strings.Contains(plan, bad) {
+					t.Errorf("%s reads more than its records (%s):\n%s", tc.name, bad, plan)
+				}
+			}
+		})
+	}
+}
+
+// byJobAndDevice matches a plan's lookup of device_jobs by its primary key,
+// job and device.
+var byJobAndDevice = regexp.MustCompile(`Index Cond: \(\(job_id = [^)]*\) AND \(device_id `)
+
+// explainPrepared returns the plan of sql prepared with parameter types
+// and executed with args (SQL literals), in a transaction that set
+// prepares (if not nil) and that is rolled back.
+func explainPrepared(t *testing.T, db *DB, set func(pgx.Tx) error, sql, types, args string) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := db.pool.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Release()
+	tx, err := conn.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if set != nil {
+		if err := set(tx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := tx.Exec(ctx, `PREPARE explained (`+types+`) AS `+sql); err != nil {
+		t.Fatal(err)
+	}
+	// A prepared statement outlives the transaction.
+	defer conn.Exec(ctx, `DEALLOCATE explained`)
+	rows, err := tx.Query(ctx, `EXPLAIN EXECUTE explained (`+args+`)`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var plan string
+	for rows.Next() {
+		var line string
+		if err := rows.Scan(&line); err != nil {
+			t.Fatal(err)
+		}
+		plan += line + "\n"
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	return plan
 }
