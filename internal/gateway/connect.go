@@ -204,8 +204,25 @@ func (c *conn) connect(cp *packets.ConnectPacket) (time.Duration, bool) {
 	keepAlive := maxKeepAlive
 	if cp.Keepalive > 0 {
 		keepAlive = min(time.Duration(cp.Keepalive)*1500*time.Millisecond, maxKeepAlive)
+	} else {
+		tcpKeepAlive(c.nc)
 	}
 	return keepAlive, true
+}
+
+// tcpKeepAlive turns on TCP keep-alive probes, at Go's default pace (the
+// first after 15 s of silence), on the socket under nc, if there is one:
+// for a connection that asked for no MQTT keep-alive, so that a device
+// that vanished without closing its socket is noticed within minutes
+// rather than at maxKeepAlive. The hub's device listeners set none
+// (hub.deviceListen): MQTT's keep-alive does that work for the others.
+func tcpKeepAlive(nc net.Conn) {
+	if t, ok := nc.(*tls.Conn); ok {
+		nc = t.NetConn()
+	}
+	if t, ok := nc.(*net.TCPConn); ok {
+		_ = t.SetKeepAliveConfig(net.KeepAliveConfig{Enable: true})
+	}
 }
 
 // connackFirst accepts the connection: it puts CONNACK at the front of the
