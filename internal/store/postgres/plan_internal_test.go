@@ -32,14 +32,7 @@ func TestBatchPlansAfterALargeSnapshot(t *testing.T) {
 	}
 	defer db.Close()
 	const n = 3 * analyzeAfter
-	if _, err := db.pool.Exec(ctx, `INSERT INTO devices (device_id, generation_id, etag, status, status_updated_time,
-		auth_type, primary_key, secondary_key, iot_edge, device_scope, parent_scopes, connection_state,
-		connection_state_updated_time, last_activity_time, c2d_message_count, twin_etag, twin_version, tags, desired,
-		desired_version, desired_metadata, reported, reported_version, reported_metadata)
-		SELECT 'd-' || lpad(g::text, 6, '0'), 'g', 1, 'enabled', '', 'sas', 'k', 'k', false, '', '[]', 'Disconnected',
-		'', '', 0, 1, 1, '{}', '{}', 1, '{}', '{}', 1, '{}' FROM generate_series(1, $1) g`, n); err != nil {
-		t.Fatal(err)
-	}
+	insertDevices(t, db, n)
 	now := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
 	start := func(id string) {
 		t.Helper()
@@ -82,6 +75,20 @@ func TestBatchPlansAfterALargeSnapshot(t *testing.T) {
 	}
 }
 
+// insertDevices inserts n disconnected devices d-000001 … with empty
+// twins, straight into the table.
+func insertDevices(t *testing.T, db *DB, n int) {
+	t.Helper()
+	if _, err := db.pool.Exec(context.Background(), `INSERT INTO devices (device_id, generation_id, etag, status, status_updated_time,
+		auth_type, primary_key, secondary_key, iot_edge, device_scope, parent_scopes, connection_state,
+		connection_state_updated_time, last_activity_time, c2d_message_count, twin_etag, twin_version, tags, desired,
+		desired_version, desired_metadata, reported, reported_version, reported_metadata)
+		SELECT 'd-' || lpad(g::text, 6, '0'), 'g', 1, 'enabled', '', 'sas', 'k', 'k', false, '', '[]', 'Disconnected',
+		'', '', 0, 1, 1, '{}', '{}', 1, '{}', '{}', 1, '{}' FROM generate_series(1, $1) g`, n); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // The sweep of a lost node's devices (DisconnectNode, every few seconds on
 // every node) reads the partial index of connected devices by node, not
 // the devices table.
@@ -106,20 +113,7 @@ func TestDisconnectNodeUsesItsIndex(t *testing.T) {
 	}
 	rows, err := db.pool.Query(ctx, `EXPLAIN UPDATE devices SET connection_state = 'Disconnected', connection_state_updated_time = $1
 		WHERE connection_state = 'Connected' AND conn_node = $2`, "t", "node-3")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var plan string
-	for rows.Next() {
-		var line string
-		if err := rows.Scan(&line); err != nil {
-			t.Fatal(err)
-		}
-		plan += line + "\n"
-	}
-	if err := rows.Err(); err != nil {
-		t.Fatal(err)
-	}
+	plan := planText(t, rows, err)
 	if !strings.Contains(plan, "devices_connected_node") {
 		t.Errorf("the sweep does not use the index of connected devices by node:\n%s", plan)
 	}
@@ -143,14 +137,7 @@ func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
 	}
 	defer db.Close()
 	const n = 10 * analyzeAfter
-	if _, err := db.pool.Exec(ctx, `INSERT INTO devices (device_id, generation_id, etag, status, status_updated_time,
-		auth_type, primary_key, secondary_key, iot_edge, device_scope, parent_scopes, connection_state,
-		connection_state_updated_time, last_activity_time, c2d_message_count, twin_etag, twin_version, tags, desired,
-		desired_version, desired_metadata, reported, reported_version, reported_metadata)
-		SELECT 'd-' || lpad(g::text, 6, '0'), 'g', 1, 'enabled', '', 'sas', 'k', 'k', false, '', '[]', 'Disconnected',
-		'', '', 0, 1, 1, '{}', '{}', 1, '{}', '{}', 1, '{}' FROM generate_series(1, $1) g`, n); err != nil {
-		t.Fatal(err)
-	}
+	insertDevices(t, db, n)
 	now := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
 	every, err := query.ParseCondition("*")
 	if err != nil {
@@ -262,9 +249,16 @@ func explainPrepared(t *testing.T, db *DB, set func(pgx.Tx) error, sql, types, a
 	// A prepared statement outlives the transaction.
 	defer conn.Exec(ctx, `DEALLOCATE explained`)
 	rows, err := tx.Query(ctx, `EXPLAIN EXECUTE explained (`+args+`)`)
+	return planText(t, rows, err)
+}
+
+// planText reads the lines of an EXPLAIN (what Query returned) as one text.
+func planText(t *testing.T, rows pgx.Rows, err error) string {
+	t.Helper()
 	if err != nil {
 		t.Fatal(err)
 	}
+	defer rows.Close()
 	var plan string
 	for rows.Next() {
 		var line string
