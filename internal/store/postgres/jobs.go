@@ -561,8 +561,7 @@ const finishSQL = `UPDATE device_jobs dj SET status = $1, end_time = $2, last_up
 // none running. For a batch of 1,000 ids it then expected tens of
 // thousands of matching records and read every record of the job through
 // a bitmap scan, filtering them against the list: 20 ms a batch in a
-// 100,000-device job against 2 ms, quadratic in the job's size (the time
-// per device of a method job doubled from 10,000 to 100,000 devices). A
+// 100,000-device job against 2 ms, quadratic in the job's size. A
 // generic plan takes the list as a few values and looks each up in the
 // primary key, which is right for any batch.
 //
