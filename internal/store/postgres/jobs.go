@@ -511,10 +511,7 @@ func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, n
 	err := db.tx(ctx, func(tx pgx.Tx) error {
 		// The job's row locked until commit: a pause waits for this claim,
 		// or this claim sees it.
-		if err := requireRunning(ctx, tx, id, " FOR UPDATE"); err != nil {
-			return err
-		}
-		if err := genericPlans(ctx, tx, false); err != nil {
+		if err := requireRunning(ctx, tx, id, true); err != nil {
 			return err
 		}
 		rows, err := tx.Query(ctx, claimSQL, stamp(now), id, deviceIDs)
@@ -552,9 +549,9 @@ const finishSQL = `UPDATE device_jobs dj SET status = $1, end_time = $2, last_up
 	FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $9::text[]) AS o(id, outcome, code, descr, retry_at)
 	WHERE dj.job_id = $7 AND dj.device_id = ANY($3) AND dj.status = $8 AND dj.device_id = o.id`
 
-// genericPlans makes the rest of a transaction that writes a batch of
-// listed device records (a claim, outcomes) plan its statements without
-// looking at their values, and with hashJoin joins them by hash.
+// genericPlanning, evaluated in a transaction that writes a batch of
+// listed device records (a claim, outcomes), makes its later statements
+// plan without looking at their values.
 //
 // With the values, the planner reads the statistics of device_jobs,
 // which are those of the last snapshot: every record of the job pending,
@@ -564,26 +561,31 @@ const finishSQL = `UPDATE device_jobs dj SET status = $1, end_time = $2, last_up
 // 100,000-device job against 2 ms, quadratic in the job's size. A
 // generic plan takes the list as a few values and looks each up in the
 // primary key, which is right for any batch.
-//
-// For outcomes it also had the records running as nearly none, and
-// joined them to the outcomes by a nested loop that scans all the
-// outcomes for each record, quadratic in the batch; a hash join of the
-// outcomes with the records found through the primary key is linear in
-// the batch.
-func genericPlans(ctx context.Context, tx pgx.Tx, hashJoin bool) error {
-	set := `SET LOCAL plan_cache_mode = force_generic_plan`
-	if hashJoin {
-		set += `; SET LOCAL enable_nestloop = off`
-	}
-	_, err := tx.Exec(ctx, set)
+const genericPlanning = `set_config('plan_cache_mode', 'force_generic_plan', true)`
+
+// outcomePlanning makes the rest of a transaction that records outcomes
+// plan generically (genericPlanning) and join the outcomes to their
+// records by hash. With the statistics of the snapshot the planner takes
+// the records running to be nearly none and joins them by a nested loop
+// that scans all the outcomes for each record, quadratic in the batch; a
+// hash join of the outcomes with the records found through the primary
+// key is linear in it.
+func outcomePlanning(ctx context.Context, tx pgx.Tx) error {
+	_, err := tx.Exec(ctx, `SELECT `+genericPlanning+`, set_config('enable_nestloop', 'off', true)`)
 	return err
 }
 
-// requireRunning returns job.ErrNotRunning unless the job is running; lock
-// is "" or a locking clause.
-func requireRunning(ctx context.Context, tx pgx.Tx, id, lock string) error {
+// requireRunning returns job.ErrNotRunning unless the job is running.
+// For a claim it also locks the job's row until commit and plans the rest
+// of the transaction generically (genericPlanning), in the same round
+// trip.
+func requireRunning(ctx context.Context, tx pgx.Tx, id string, claim bool) error {
+	q := `SELECT status, '' FROM jobs WHERE job_id = $1`
+	if claim {
+		q = `SELECT status, ` + genericPlanning + ` FROM jobs WHERE job_id = $1 FOR UPDATE`
+	}
 	var status string
-	err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1`+lock, id).Scan(&status)
+	err := tx.QueryRow(ctx, q, id).Scan(&status, nil)
 	if errors.Is(err, pgx.ErrNoRows) || err == nil && status != string(herd.JobRunning) {
 		return job.ErrNotRunning
 	}
@@ -663,7 +665,7 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 			g.retryAt = append(g.retryAt, retryAt)
 		}
 		at := stamp(now)
-		if err := genericPlans(ctx, tx, true); err != nil {
+		if err := outcomePlanning(ctx, tx); err != nil {
 			return err
 		}
 		for k, g := range groups {

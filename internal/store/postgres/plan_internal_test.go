@@ -191,10 +191,10 @@ func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
 		set func(pgx.Tx) error
 	}{
 		{"claim", claimSQL, "text, text, text[]", at + ", 'current', " + next,
-			func(tx pgx.Tx) error { return genericPlans(ctx, tx, false) }},
+			func(tx pgx.Tx) error { return requireRunning(ctx, tx, "current", true) }},
 		{"outcomes", finishSQL, "text, text, text[], text[], text[], text[], text, text, text[]",
 			"'completed', " + at + ", " + next + ", " + next + ", NULL, NULL, 'current', 'running', NULL",
-			func(tx pgx.Tx) error { return genericPlans(ctx, tx, true) }},
+			func(tx pgx.Tx) error { return outcomePlanning(ctx, tx) }},
 		{"due, planned with its values", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at), nil},
 		{"due, generic plan", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at),
 			func(tx pgx.Tx) error {
