@@ -580,12 +580,12 @@ func outcomePlanning(ctx context.Context, tx pgx.Tx) error {
 // of the transaction generically (genericPlanning), in the same round
 // trip.
 func requireRunning(ctx context.Context, tx pgx.Tx, id string, claim bool) error {
-	q := `SELECT status, '' FROM jobs WHERE job_id = $1`
-	if claim {
-		q = `SELECT status, ` + genericPlanning + ` FROM jobs WHERE job_id = $1 FOR UPDATE`
-	}
 	var status string
-	err := tx.QueryRow(ctx, q, id).Scan(&status, nil)
+	q, dest := `SELECT status FROM jobs WHERE job_id = $1`, []any{&status}
+	if claim {
+		q, dest = `SELECT status, `+genericPlanning+` FROM jobs WHERE job_id = $1 FOR UPDATE`, []any{&status, nil}
+	}
+	err := tx.QueryRow(ctx, q, id).Scan(dest...)
 	if errors.Is(err, pgx.ErrNoRows) || err == nil && status != string(herd.JobRunning) {
 		return job.ErrNotRunning
 	}
