@@ -373,9 +373,41 @@ func (db *DB) Ping(ctx context.Context) error {
 // tx runs fn in a transaction, again (up to a few times) when PostgreSQL
 // aborts it for a deadlock or a serialization failure.
 func (db *DB) tx(ctx context.Context, fn func(pgx.Tx) error) error {
+	return retryAborted(ctx, func() error { return pgx.BeginFunc(ctx, db.pool, fn) })
+}
+
+// batch sends b's statements in one round trip. They run in one implicit
+// transaction: none is committed unless all succeed, and the locks they
+// take are held until the last has run. read (if not nil) reads their
+// results in order. Like tx, batch sends b again when PostgreSQL aborts
+// it for a deadlock or a serialization failure.
+//
+// A transaction of several statements a round trip each holds its locks
+// across every round trip; in a batch, only while the server runs it.
+// The batches of a method job (claims, outcomes) lock the job's row.
+func (db *DB) batch(ctx context.Context, b *pgx.Batch, read func(pgx.BatchResults) error) error {
+	return retryAborted(ctx, func() error { return readBatch(db.pool.SendBatch(ctx, b), read) })
+}
+
+// readBatch reads a batch's results with read (if not nil) and closes
+// them, returning the first error.
+func readBatch(br pgx.BatchResults, read func(pgx.BatchResults) error) error {
+	var err error
+	if read != nil {
+		err = read(br)
+	}
+	if cerr := br.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// retryAborted runs fn again (up to a few times) while PostgreSQL aborts
+// its transaction for a deadlock or a serialization failure.
+func retryAborted(ctx context.Context, fn func() error) error {
 	var err error
 	for attempt := 0; attempt < 5; attempt++ {
-		err = pgx.BeginFunc(ctx, db.pool, fn)
+		err = fn()
 		var pe *pgconn.PgError
 		if !errors.As(err, &pe) || (pe.Code != "40001" && pe.Code != "40P01") || ctx.Err() != nil {
 			return err

@@ -214,17 +214,20 @@ func (db *DB) ScheduleJob(ctx context.Context, id string, now time.Time) error {
 // finishIfDone ends a started job whose devices are all done: a running
 // or paused one completes; a cancelled or aborted one (failed) ends.
 func finishIfDone(ctx context.Context, tx pgx.Tx, id string, now time.Time) error {
-	_, err := tx.Exec(ctx, `UPDATE jobs SET
-		status = CASE WHEN status IN ('running', 'paused') THEN 'completed' ELSE status END,
-		end_time = $1,
-		status_message = CASE WHEN status_message IS NULL THEN
-			succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
-			ELSE status_message END
-		WHERE job_id = $2 AND end_time IS NULL AND started_time IS NOT NULL
-		AND (status IN ('cancelled', 'failed') OR status IN ('running', 'paused') AND NOT continuous)
-		AND pending_count = 0 AND running_count = 0`, stamp(now), id)
+	_, err := tx.Exec(ctx, finishIfDoneSQL, stamp(now), id)
 	return err
 }
+
+// finishIfDoneSQL ends job $2 at $1 if nothing of it is left to run.
+const finishIfDoneSQL = `UPDATE jobs SET
+	status = CASE WHEN status IN ('running', 'paused') THEN 'completed' ELSE status END,
+	end_time = $1,
+	status_message = CASE WHEN status_message IS NULL THEN
+		succeeded_count || ' of ' || device_count || ' devices succeeded, ' || failed_count || ' failed'
+		ELSE status_message END
+	WHERE job_id = $2 AND end_time IS NULL AND started_time IS NOT NULL
+	AND (status IN ('cancelled', 'failed') OR status IN ('running', 'paused') AND NOT continuous)
+	AND pending_count = 0 AND running_count = 0`
 
 // StartJob snapshots the target devices and starts the job.
 func (db *DB) StartJob(ctx context.Context, id string, where *query.Query, now time.Time) (*job.Record, error) {
@@ -506,38 +509,60 @@ func (db *DB) Retries(ctx context.Context, id string) (job.RetryState, error) {
 }
 
 // ClaimDevices moves devices from pending to running.
+//
+// One round trip: the first statement locks the job's row until commit
+// (a pause waits for this claim, or this claim sees it) and plans the
+// rest generically (genericPlanning); the claim moves nothing unless the
+// job is running.
 func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
+	b := &pgx.Batch{}
+	b.Queue(lockRunningSQL, id)
+	b.Queue(claimSQL, stamp(now), id, deviceIDs)
 	var out []string
-	err := db.tx(ctx, func(tx pgx.Tx) error {
-		// The job's row locked until commit: a pause waits for this claim,
-		// or this claim sees it.
-		if err := requireRunning(ctx, tx, id, true); err != nil {
+	running := false
+	err := db.batch(ctx, b, func(br pgx.BatchResults) error {
+		var status string
+		err := br.QueryRow().Scan(&status, nil)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
-		rows, err := tx.Query(ctx, claimSQL, stamp(now), id, deviceIDs)
+		running = status == string(herd.JobRunning)
+		rows, err := br.Query()
 		if err != nil {
 			return err
 		}
-		if out, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
-			return err
-		}
-		_, err = tx.Exec(ctx, `UPDATE jobs SET pending_count = pending_count - $1, running_count = running_count + $1
-			WHERE job_id = $2`, len(out), id)
+		out, err = pgx.CollectRows(rows, pgx.RowTo[string])
 		return err
 	})
-	if errors.Is(err, job.ErrNotRunning) {
-		return nil, err
-	}
 	if err != nil {
 		return nil, fmt.Errorf("claim devices of job %q: %w", id, err)
+	}
+	if !running {
+		return nil, job.ErrNotRunning
 	}
 	return out, nil
 }
 
+// lockRunningSQL reads the status of job $1 and locks its row until
+// commit, and makes the rest of the transaction plan generically
+// (genericPlanning).
+const lockRunningSQL = `SELECT status, ` + genericPlanning + ` FROM jobs WHERE job_id = $1 FOR UPDATE`
+
 // claimSQL moves the listed devices ($3) of job $2 from pending to
-// running at $1.
-const claimSQL = `UPDATE device_jobs SET status = 'running', start_time = $1, last_updated_time = $1,
-	attempts = attempts + 1, retry_at = NULL WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3) RETURNING device_id`
+// running at $1 if the job is running, moves the job's counts with them,
+// and returns the devices it moved.
+const claimSQL = `WITH claimed AS (
+		UPDATE device_jobs SET status = 'running', start_time = $1, last_updated_time = $1,
+			attempts = attempts + 1, retry_at = NULL
+		WHERE job_id = $2 AND status = 'pending' AND device_id = ANY($3)
+			AND EXISTS (SELECT FROM jobs WHERE job_id = $2 AND status = 'running')
+		RETURNING device_id
+	), counted AS (
+		UPDATE jobs SET pending_count = pending_count - (SELECT count(*) FROM claimed),
+			running_count = running_count + (SELECT count(*) FROM claimed)
+		WHERE job_id = $2 AND EXISTS (SELECT FROM claimed)
+	)
+	SELECT device_id FROM claimed`
 
 // finishSQL records the outcomes of the listed devices ($3, with the
 // outcomes, error codes, descriptions and retry times in $4, $5, $6 and
@@ -548,6 +573,12 @@ const finishSQL = `UPDATE device_jobs dj SET status = $1, end_time = $2, last_up
 	outcome = o.outcome, error_code = o.code, error_description = o.descr
 	FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $9::text[]) AS o(id, outcome, code, descr, retry_at)
 	WHERE dj.job_id = $7 AND dj.device_id = ANY($3) AND dj.status = $8 AND dj.device_id = o.id`
+
+// finishCountedSQL is finishSQL moving the job's counts with the records
+// it changes, from column %[1]s to column %[2]s.
+const finishCountedSQL = `WITH finished AS (` + finishSQL + ` RETURNING 1)
+	UPDATE jobs SET %[1]s = %[1]s - (SELECT count(*) FROM finished), %[2]s = %[2]s + (SELECT count(*) FROM finished)
+	WHERE job_id = $7 AND EXISTS (SELECT FROM finished)`
 
 // genericPlanning, evaluated in a transaction that writes a batch of
 // listed device records (a claim, outcomes), makes its later statements
@@ -563,29 +594,19 @@ const finishSQL = `UPDATE device_jobs dj SET status = $1, end_time = $2, last_up
 // primary key, which is right for any batch.
 const genericPlanning = `set_config('plan_cache_mode', 'force_generic_plan', true)`
 
-// outcomePlanning makes the rest of a transaction that records outcomes
-// plan generically (genericPlanning) and join the outcomes to their
-// records by hash. With the statistics of the snapshot the planner takes
-// the records running to be nearly none and joins them by a nested loop
-// that scans all the outcomes for each record, quadratic in the batch; a
-// hash join of the outcomes with the records found through the primary
-// key is linear in it.
-func outcomePlanning(ctx context.Context, tx pgx.Tx) error {
-	_, err := tx.Exec(ctx, `SELECT `+genericPlanning+`, set_config('enable_nestloop', 'off', true)`)
-	return err
-}
+// outcomePlanningSQL makes the rest of a transaction that records
+// outcomes plan generically (genericPlanning) and join the outcomes to
+// their records by hash. With the statistics of the snapshot the planner
+// takes the records running to be nearly none and joins them by a nested
+// loop that scans all the outcomes for each record, quadratic in the
+// batch; a hash join of the outcomes with the records found through the
+// primary key is linear in it.
+const outcomePlanningSQL = `SELECT ` + genericPlanning + `, set_config('enable_nestloop', 'off', true)`
 
 // requireRunning returns job.ErrNotRunning unless the job is running.
-// For a claim it also locks the job's row until commit and plans the rest
-// of the transaction generically (genericPlanning), in the same round
-// trip.
-func requireRunning(ctx context.Context, tx pgx.Tx, id string, claim bool) error {
+func requireRunning(ctx context.Context, tx pgx.Tx, id string) error {
 	var status string
-	q, dest := `SELECT status FROM jobs WHERE job_id = $1`, []any{&status}
-	if claim {
-		q, dest = `SELECT status, `+genericPlanning+` FROM jobs WHERE job_id = $1 FOR UPDATE`, []any{&status, nil}
-	}
-	err := tx.QueryRow(ctx, q, id).Scan(dest...)
+	err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1`, id).Scan(&status)
 	if errors.Is(err, pgx.ErrNoRows) || err == nil && status != string(herd.JobRunning) {
 		return job.ErrNotRunning
 	}
@@ -621,62 +642,77 @@ type outcomeRows struct {
 }
 
 // FinishDevices records outcomes in one transaction: one statement per
-// transition, its rows joined from arrays.
+// transition, its rows joined from arrays and the job's counts moved with
+// them. Without retries it is one round trip (a batch); outcomes that may
+// retry first read the job's status.
 func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outcome, now time.Time) error {
-	err := db.tx(ctx, func(tx pgx.Tx) error {
-		retry := false
-		if job.HasRetry(outcomes) {
+	var err error
+	if job.HasRetry(outcomes) {
+		err = db.tx(ctx, func(tx pgx.Tx) error {
 			// A job that is ending (cancelled, aborted) retries nothing;
 			// the row lock holds off a cancel until this commits.
 			var status string
 			if err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE`, id).Scan(&status); err != nil {
 				return err
 			}
-			retry = status == string(herd.JobRunning) || status == string(herd.JobPaused)
-		}
-		groups := map[transition]*outcomeRows{}
-		for _, o := range outcomes {
-			k := transition{"running", o.Status}
-			if o.FromPending {
-				k.from = "pending"
-			}
-			var outcome, code, desc, retryAt *string
-			if !o.RetryAt.IsZero() && retry {
-				k.to = herd.DeviceJobPending
-				at := stamp(o.RetryAt)
-				retryAt = &at
-			}
-			g := groups[k]
-			if g == nil {
-				g = &outcomeRows{}
-				groups[k] = g
-			}
-			if o.Response != nil {
-				s, err := outcomeJSON(o.Response)
-				if err != nil {
-					return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
-				}
-				outcome = &s
-			}
-			if o.Error != nil {
-				code, desc = &o.Error.Code, &o.Error.Description
-			}
-			g.ids, g.outcomes, g.codes, g.desc = append(g.ids, o.DeviceID), append(g.outcomes, outcome), append(g.codes, code), append(g.desc, desc)
-			g.retryAt = append(g.retryAt, retryAt)
-		}
-		at := stamp(now)
-		if err := outcomePlanning(ctx, tx); err != nil {
-			return err
-		}
-		for k, g := range groups {
-			tag, err := tx.Exec(ctx, finishSQL, string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from, g.retryAt)
+			b, err := outcomeBatch(id, outcomes, status == string(herd.JobRunning) || status == string(herd.JobPaused), now)
 			if err != nil {
 				return err
 			}
-			n := tag.RowsAffected()
-			if k.from == "pending" && k.to == herd.DeviceJobPending {
-				continue // a retry of a device that stays pending
+			return readBatch(tx.SendBatch(ctx, b), nil)
+		})
+	} else {
+		var b *pgx.Batch
+		if b, err = outcomeBatch(id, outcomes, false, now); err == nil {
+			err = db.batch(ctx, b, nil)
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("record outcomes of job %q: %w", id, err)
+	}
+	return nil
+}
+
+// outcomeBatch queues the statements that record outcomes of job id at
+// now (retrying those with a retry time if retry) and end the job if they
+// were its last.
+func outcomeBatch(id string, outcomes []job.Outcome, retry bool, now time.Time) (*pgx.Batch, error) {
+	groups := map[transition]*outcomeRows{}
+	for _, o := range outcomes {
+		k := transition{"running", o.Status}
+		if o.FromPending {
+			k.from = "pending"
+		}
+		var outcome, code, desc, retryAt *string
+		if !o.RetryAt.IsZero() && retry {
+			k.to = herd.DeviceJobPending
+			at := stamp(o.RetryAt)
+			retryAt = &at
+		}
+		g := groups[k]
+		if g == nil {
+			g = &outcomeRows{}
+			groups[k] = g
+		}
+		if o.Response != nil {
+			s, err := outcomeJSON(o.Response)
+			if err != nil {
+				return nil, fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
 			}
+			outcome = &s
+		}
+		if o.Error != nil {
+			code, desc = &o.Error.Code, &o.Error.Description
+		}
+		g.ids, g.outcomes, g.codes, g.desc = append(g.ids, o.DeviceID), append(g.outcomes, outcome), append(g.codes, code), append(g.desc, desc)
+		g.retryAt = append(g.retryAt, retryAt)
+	}
+	at := stamp(now)
+	b := &pgx.Batch{}
+	b.Queue(outcomePlanningSQL)
+	for k, g := range groups {
+		q := finishSQL
+		if k.from != "pending" || k.to != herd.DeviceJobPending { // else a retry of a device that stays pending
 			from := "running_count"
 			if k.from == "pending" {
 				from = "pending_count"
@@ -688,16 +724,12 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 			case herd.DeviceJobPending:
 				to = "pending_count"
 			}
-			if _, err := tx.Exec(ctx, `UPDATE jobs SET `+from+` = `+from+` - $1, `+to+` = `+to+` + $1 WHERE job_id = $2`, n, id); err != nil {
-				return err
-			}
+			q = fmt.Sprintf(finishCountedSQL, from, to)
 		}
-		return finishIfDone(ctx, tx, id, now)
-	})
-	if err != nil {
-		return fmt.Errorf("record outcomes of job %q: %w", id, err)
+		b.Queue(q, string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from, g.retryAt)
 	}
-	return nil
+	b.Queue(finishIfDoneSQL, at, id)
+	return b, nil
 }
 
 // ExpireJob ends a job at its deadline.

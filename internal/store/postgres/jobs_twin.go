@@ -53,7 +53,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 		// Not locked: several batches of a job commit at once. A pause
 		// that commits meanwhile lets this batch finish, as a call in
 		// flight does.
-		if err := requireRunning(ctx, tx, id, false); err != nil {
+		if err := requireRunning(ctx, tx, id); err != nil {
 			return err
 		}
 		var last *string

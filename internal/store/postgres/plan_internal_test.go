@@ -191,10 +191,16 @@ func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
 		set func(pgx.Tx) error
 	}{
 		{"claim", claimSQL, "text, text, text[]", at + ", 'current', " + next,
-			func(tx pgx.Tx) error { return requireRunning(ctx, tx, "current", true) }},
-		{"outcomes", finishSQL, "text, text, text[], text[], text[], text[], text, text, text[]",
+			func(tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, lockRunningSQL, "current")
+				return err
+			}},
+		{"outcomes", fmt.Sprintf(finishCountedSQL, "running_count", "succeeded_count"), "text, text, text[], text[], text[], text[], text, text, text[]",
 			"'completed', " + at + ", " + next + ", " + next + ", NULL, NULL, 'current', 'running', NULL",
-			func(tx pgx.Tx) error { return outcomePlanning(ctx, tx) }},
+			func(tx pgx.Tx) error {
+				_, err := tx.Exec(ctx, outcomePlanningSQL)
+				return err
+			}},
 		{"due, planned with its values", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at), nil},
 		{"due, generic plan", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at),
 			func(tx pgx.Tx) error {
@@ -209,9 +215,13 @@ func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
 			if !byJobAndDevice.MatchString(plan) {
 				t.Errorf("%s does not find its records by job and device:\n%s", tc.name, plan)
 			}
-			for _, bad := range []string{"Seq Scan on device_jobs", "Sort"} {
+			// "JIT": a plan whose cost makes PostgreSQL compile it at
+			// every execution (the cost of a nested loop that
+			// enable_nestloop turned off, say) spends more time
+			// compiling than running.
+			for _, bad := range []string{"Seq Scan on device_jobs", "Sort", "JIT"} {
 				if strings.Contains(plan, bad) {
-					t.Errorf("%s reads more than its records (%s):\n%s", tc.name, bad, plan)
+					t.Errorf("%s plans badly (%s):\n%s", tc.name, bad, plan)
 				}
 			}
 		})
