@@ -133,42 +133,43 @@ func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) err
 			upsertEpochs = append(upsertEpochs, c.Epoch)
 		}
 	}
-	err := db.tx(ctx, func(tx pgx.Tx) error {
-		for _, c := range modules {
-			dev, mod := herd.SplitIdentity(c.DeviceID)
-			var err error
-			if c.Delete {
-				_, err = tx.Exec(ctx, `DELETE FROM module_sessions s USING modules m
-					WHERE s.device_id = $1 AND s.module_id = $2 AND m.device_id = s.device_id AND m.module_id = s.module_id
-					AND ($3::bigint = 0 OR m.conn_epoch = $3::bigint)`, dev, mod, c.Epoch)
-			} else {
-				_, err = tx.Exec(ctx, `INSERT INTO module_sessions (device_id, module_id, subscriptions)
-					SELECT device_id, module_id, $3 FROM modules WHERE device_id = $1 AND module_id = $2 AND ($4::bigint = 0 OR conn_epoch = $4::bigint)
-					ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, dev, mod, int32(c.Subscriptions), c.Epoch)
-			}
-			if err != nil {
-				return err
-			}
+	// One round trip, one transaction.
+	b := &pgx.Batch{}
+	b.Queue(keyedPlanningSQL)
+	for _, c := range modules {
+		dev, mod := herd.SplitIdentity(c.DeviceID)
+		if c.Delete {
+			b.Queue(`DELETE FROM module_sessions s USING modules m
+				WHERE s.device_id = $1 AND s.module_id = $2 AND m.device_id = s.device_id AND m.module_id = s.module_id
+				AND ($3::bigint = 0 OR m.conn_epoch = $3::bigint)`, dev, mod, c.Epoch)
+		} else {
+			b.Queue(`INSERT INTO module_sessions (device_id, module_id, subscriptions)
+				SELECT device_id, module_id, $3 FROM modules WHERE device_id = $1 AND module_id = $2 AND ($4::bigint = 0 OR conn_epoch = $4::bigint)
+				ON CONFLICT (device_id, module_id) DO UPDATE SET subscriptions = excluded.subscriptions`, dev, mod, int32(c.Subscriptions), c.Epoch)
 		}
-		if len(deleteIDs) > 0 {
-			if _, err := tx.Exec(ctx, `DELETE FROM device_sessions s USING unnest($1::text[], $2::bigint[]) AS c(id, epoch), devices d
-				WHERE s.device_id = c.id AND d.device_id = c.id AND (c.epoch = 0 OR d.conn_epoch = c.epoch)`, deleteIDs, deleteEpochs); err != nil {
-				return err
-			}
-		}
-		if len(upsertIDs) > 0 {
-			// The last change of a device in the batch wins.
-			if _, err := tx.Exec(ctx, `INSERT INTO device_sessions (device_id, subscriptions)
-				SELECT DISTINCT ON (c.id) c.id, c.subs FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS c(id, subs, epoch, n)
-				JOIN devices d ON d.device_id = c.id WHERE c.epoch = 0 OR d.conn_epoch = c.epoch ORDER BY c.id, c.n DESC
-				ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`, upsertIDs, subs, upsertEpochs); err != nil {
-				return err
-			}
-		}
-		return nil
-	})
+	}
+	if len(deleteIDs) > 0 {
+		b.Queue(deleteSessionsSQL, deleteIDs, deleteEpochs)
+	}
+	if len(upsertIDs) > 0 {
+		b.Queue(saveSessionsSQL, upsertIDs, subs, upsertEpochs)
+	}
+	err := db.batch(ctx, b, nil)
 	if err != nil {
 		return fmt.Errorf("save sessions: %w", err)
 	}
 	return nil
 }
+
+// deleteSessionsSQL deletes the sessions of the listed devices ($1), each
+// while its connection epoch is the one listed with it ($2; 0: any).
+const deleteSessionsSQL = `DELETE FROM device_sessions s USING unnest($1::text[], $2::bigint[]) AS c(id, epoch), devices d
+	WHERE s.device_id = c.id AND d.device_id = c.id AND (c.epoch = 0 OR d.conn_epoch = c.epoch)`
+
+// saveSessionsSQL writes the subscriptions ($2) of the listed devices
+// ($1) that exist, each while its connection epoch is the one listed
+// with it ($3; 0: any). The last change of a device in the batch wins.
+const saveSessionsSQL = `INSERT INTO device_sessions (device_id, subscriptions)
+	SELECT DISTINCT ON (c.id) c.id, c.subs FROM unnest($1::text[], $2::int[], $3::bigint[]) WITH ORDINALITY AS c(id, subs, epoch, n)
+	JOIN devices d ON d.device_id = c.id WHERE c.epoch = 0 OR d.conn_epoch = c.epoch ORDER BY c.id, c.n DESC
+	ON CONFLICT (device_id) DO UPDATE SET subscriptions = excluded.subscriptions`
