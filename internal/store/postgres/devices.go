@@ -348,6 +348,9 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 		ids, nodes, states, stateAts, acts = append(ids, &dev), append(nodes, &node), append(states, st), append(stateAts, at), append(acts, &act)
 		epochs = append(epochs, c.Epoch)
 	}
+	if len(ids) == 0 && len(mIDs) == 0 {
+		return nil
+	}
 	b := &pgx.Batch{}
 	b.Queue(keyedPlanningSQL)
 	if len(ids) > 0 {

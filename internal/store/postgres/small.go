@@ -133,6 +133,9 @@ func (db *DB) SaveSessions(ctx context.Context, changes []bus.SessionChange) err
 			upsertEpochs = append(upsertEpochs, c.Epoch)
 		}
 	}
+	if len(changes) == 0 {
+		return nil
+	}
 	// One round trip, one transaction.
 	b := &pgx.Batch{}
 	b.Queue(keyedPlanningSQL)
