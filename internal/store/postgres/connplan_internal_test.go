@@ -6,8 +6,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/jackc/pgx/v5"
-
 	"github.com/herd-iot/herd/internal/store/pgtest"
 )
 
@@ -28,10 +26,6 @@ func TestDeviceBatchPlansUseThePrimaryKey(t *testing.T) {
 	if _, err := db.pool.Exec(ctx, `ANALYZE devices`); err != nil {
 		t.Fatal(err)
 	}
-	keyed := func(tx pgx.Tx) error {
-		_, err := tx.Exec(ctx, keyedPlanningSQL)
-		return err
-	}
 	// Batches of 5 % and 20 % of the fleet: without keyedPlanningSQL the
 	// planner merges the first with the whole primary key and hashes the
 	// whole table for the second.
@@ -50,7 +44,7 @@ func TestDeviceBatchPlansUseThePrimaryKey(t *testing.T) {
 			{"session deletes", deleteSessionsSQL, "text[], bigint[]", list + ", " + zero},
 		} {
 			t.Run(fmt.Sprintf("%s, %d devices", tc.name, k), func(t *testing.T) {
-				plan := explainPrepared(t, db, keyed, tc.sql, tc.types, tc.args)
+				plan := explainPrepared(t, db, tc.sql, tc.types, tc.args, keyedPlanningSQL)
 				if !strings.Contains(plan, "Index Scan using devices_pkey on devices d") {
 					t.Errorf("%s does not look its devices up in the primary key:\n%s", tc.name, plan)
 				}

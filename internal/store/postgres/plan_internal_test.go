@@ -186,30 +186,21 @@ func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
 	at := "'" + stamp(now) + "'"
 	for _, tc := range []struct {
 		name, sql, types, args string
-		// set prepares the transaction as the store does: "" for a
-		// statement of the pool (planned with its values first).
-		set func(pgx.Tx) error
+		// set (with setArgs) prepares the transaction as the store
+		// does: "" for a statement of the pool (planned with its values
+		// first).
+		set     string
+		setArgs []any
 	}{
-		{"claim", claimSQL, "text, text, text[]", at + ", 'current', " + next,
-			func(tx pgx.Tx) error {
-				_, err := tx.Exec(ctx, lockRunningSQL, "current")
-				return err
-			}},
+		{"claim", claimSQL, "text, text, text[]", at + ", 'current', " + next, lockRunningSQL, []any{"current"}},
 		{"outcomes", fmt.Sprintf(finishCountedSQL, "running_count", "succeeded_count"), "text, text, text[], text[], text[], text[], text, text, text[]",
-			"'completed', " + at + ", " + next + ", " + next + ", NULL, NULL, 'current', 'running', NULL",
-			func(tx pgx.Tx) error {
-				_, err := tx.Exec(ctx, outcomePlanningSQL)
-				return err
-			}},
-		{"due, planned with its values", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at), nil},
+			"'completed', " + at + ", " + next + ", " + next + ", NULL, NULL, 'current', 'running', NULL", outcomePlanningSQL, nil},
+		{"due, planned with its values", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at), "", nil},
 		{"due, generic plan", dueSQL, "text, text, text, int, int", fmt.Sprintf("'current', 'd-%06d', %s, 1000, 0", n/2, at),
-			func(tx pgx.Tx) error {
-				_, err := tx.Exec(ctx, `SET LOCAL plan_cache_mode = force_generic_plan`)
-				return err
-			}},
+			`SET LOCAL plan_cache_mode = force_generic_plan`, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			plan := explainPrepared(t, db, tc.set, tc.sql, tc.types, tc.args)
+			plan := explainPrepared(t, db, tc.sql, tc.types, tc.args, tc.set, tc.setArgs...)
 			// Through the primary key by job and device (a bitmap of
 			// the listed devices is fine), never the job's every record.
 			if !byJobAndDevice.MatchString(plan) {
@@ -233,9 +224,10 @@ func TestMethodBatchPlansUseThePrimaryKey(t *testing.T) {
 var byJobAndDevice = regexp.MustCompile(`Index Cond: \(\(job_id = [^)]*\) AND \(device_id `)
 
 // explainPrepared returns the plan of sql prepared with parameter types
-// and executed with args (SQL literals), in a transaction that set
-// prepares (if not nil) and that is rolled back.
-func explainPrepared(t *testing.T, db *DB, set func(pgx.Tx) error, sql, types, args string) string {
+// and executed with args (SQL literals), in a transaction that the
+// statement set (if not "", with setArgs) prepares and that is rolled
+// back.
+func explainPrepared(t *testing.T, db *DB, sql, types, args, set string, setArgs ...any) string {
 	t.Helper()
 	ctx := context.Background()
 	conn, err := db.pool.Acquire(ctx)
@@ -248,8 +240,8 @@ func explainPrepared(t *testing.T, db *DB, set func(pgx.Tx) error, sql, types, a
 		t.Fatal(err)
 	}
 	defer tx.Rollback(ctx)
-	if set != nil {
-		if err := set(tx); err != nil {
+	if set != "" {
+		if _, err := tx.Exec(ctx, set, setArgs...); err != nil {
 			t.Fatal(err)
 		}
 	}
