@@ -34,10 +34,11 @@ type Node struct {
 	// ConnectedDevices is how many devices were connected to it at its
 	// last renewal.
 	ConnectedDevices int64 `json:"connectedDevices"`
-	// RunsJobs says that it was the node running the hub's jobs (and
-	// applying its configurations) at its last renewal, and RunningJobs
-	// how many jobs it was running then. One node at a time runs them.
-	RunsJobs    bool `json:"runsJobs"`
+	// Leader says that it led the cluster at its last renewal: it
+	// applied the configurations (one node at a time does). RunningJobs
+	// is how many jobs it was running then: each job runs on the node
+	// that holds its lease (ClusterStatus.Jobs).
+	Leader      bool `json:"leader"`
 	RunningJobs int  `json:"runningJobs"`
 }
 
@@ -46,4 +47,22 @@ type Node struct {
 type ClusterStatus struct {
 	NodeID string  `json:"nodeId"`
 	Nodes  []*Node `json:"nodes"`
+	// Jobs are the jobs that have not ended, in start time order, each
+	// with the node that runs it.
+	Jobs []*ClusterJob `json:"jobs"`
+}
+
+// ClusterJob is a job that has not ended, as GET /cluster shows it.
+type ClusterJob struct {
+	JobID  string    `json:"jobId"`
+	Type   JobType   `json:"type"`
+	Status JobStatus `json:"status"`
+	// NodeID is the node that runs the job: in a cluster, the one that
+	// holds its lease until LeaseUntil, taken at epoch LeaseEpoch (a
+	// node that takes it raises the epoch). "" when no node runs it now:
+	// it is not due, paused, or its node was lost and no other has taken
+	// it yet.
+	NodeID     string `json:"nodeId,omitempty"`
+	LeaseUntil Time   `json:"leaseUntil"`
+	LeaseEpoch int64  `json:"leaseEpoch,omitempty"`
 }

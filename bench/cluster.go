@@ -28,8 +28,9 @@ import (
 // process, so that the method round trips are timed through its method
 // service; the other nodes are children (this program re-executed with
 // roleEnv=node), each under the open-file limit of its own process, as
-// are the fleets, one child per node. The first child started runs the
-// jobs; it is the one killed (kill -9) for the failover figure.
+// are the fleets, one child per node. Each job runs on the node that
+// takes its lease first; the failover job is created on the first child,
+// and the node that holds it is killed (kill -9) for the failover figure.
 const nodeEnv = "HERD_BENCH_NODE"
 
 // nodeSpec is a node child's configuration.
@@ -45,14 +46,13 @@ type nodeSpec struct {
 // writes (no command) gives its address.
 type nodeReply struct {
 	MQTTPlain string `json:"mqttPlain,omitempty"`
-	Leading   bool   `json:"leading"`
 	RSSKB     int64  `json:"rssKB"`
 	Err       string `json:"err,omitempty"`
 }
 
 // nodeMain runs a node child: a hub in cluster mode until "quit" or the
-// end of stdin. "state" answers whether it runs the jobs and its settled
-// RSS.
+// end of stdin. "state" answers its settled RSS; "job ID BODY" creates a
+// job through it.
 func nodeMain(stdin io.Reader, stdout io.Writer) error {
 	b, err := os.ReadFile(os.Getenv(nodeEnv))
 	if err != nil {
@@ -78,10 +78,16 @@ func nodeMain(stdin io.Reader, stdout io.Writer) error {
 	sc := bufio.NewScanner(stdin)
 	for sc.Scan() {
 		var r nodeReply
-		switch strings.TrimSpace(sc.Text()) {
-		case "state":
-			r.Leading, r.RSSKB = h.Leading(), measure.SettledRSS()
-		case "quit":
+		line := strings.TrimSpace(sc.Text())
+		switch {
+		case line == "state":
+			r.RSSKB = measure.SettledRSS()
+		case strings.HasPrefix(line, "job "):
+			id, body, _ := strings.Cut(strings.TrimPrefix(line, "job "), " ")
+			if _, err := h.Jobs.Create(ctx, id, []byte(body), nil); err != nil {
+				r.Err = err.Error()
+			}
+		case line == "quit":
 			h.cancel()
 			if err := <-h.done; err != nil {
 				r.Err = err.Error()
@@ -209,7 +215,6 @@ func benchCluster(ctx context.Context, e *bench) error {
 	u := b.pg.url(dbName)
 	const lease = "15s" // the default: the failover figure is the one users get
 
-	// Children first: the first one takes the jobs.
 	var children []*nodeProc
 	defer func() {
 		for _, c := range children {
@@ -224,11 +229,6 @@ func benchCluster(ctx context.Context, e *bench) error {
 			return err
 		}
 		children = append(children, c)
-		if i == 1 {
-			if err := waitLeading(ctx, c); err != nil {
-				return err
-			}
-		}
 	}
 	h0, err := runHubWith(ctx, filepath.Join(dir, "node-0"), u, true, func(c *hub.Config) {
 		c.NATS, c.NodeID = ns.ClientURL(), "node-0"
@@ -323,7 +323,7 @@ func benchCluster(ctx context.Context, e *bench) error {
 			measured: fmt.Sprintf("**%s/s**, p50 %s, p99 %s, %d errors", count(int(x.rt.Rate)), seconds(x.rt.P50), seconds(x.rt.P99), x.rt.Errors), target: "—"})
 	}
 
-	logf("method job over %d devices, created on node-0, run by node-1", n)
+	logf("method job over %d devices, created on node-0, run by the node that takes its lease", n)
 	body := `{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","payload":{"lockTime":"10m"},"responseTimeoutInSeconds":30}}`
 	times, err := jobRuns(ctx, h0, 1, n, "cluster-method", body)
 	if err != nil {
@@ -334,7 +334,7 @@ func benchCluster(ctx context.Context, e *bench) error {
 
 	if os.Getenv(profileEnv) != "" {
 		logf("failover left out: %s is set (a killed node writes no profile)", profileEnv)
-	} else if err := failover(ctx, e, b, h0, children[0], n, scale); err != nil {
+	} else if err := failover(ctx, e, b, h0, children, n, scale); err != nil {
 		return err
 	}
 	return clusterTwinJob(ctx, e, b, h0, n, k)
@@ -363,17 +363,41 @@ func clusterTwinJob(ctx context.Context, e *bench, b *backend, h0 *benchHub, n, 
 	return nil
 }
 
-// failover kills the node that runs the jobs in the middle of a method job
-// and measures how long the job stands still before another node runs it.
-func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, leader *nodeProc, n int, scale string) error {
-	e.logf("failover: kill -9 of %s, which runs the jobs, in the middle of a method job", leader.id)
+// failover kills the node that runs a method job (the holder of its
+// lease) in the middle of it and measures how long the job stands still
+// before another node runs it. The job is created on the first child,
+// which hears of it first and so most likely takes it: node-0 runs in
+// this process and cannot be killed.
+func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, children []*nodeProc, n int, scale string) error {
 	// Paced to last at least 8 s, so that the kill comes in its middle
 	// (a cap above what the cluster does at scale).
 	body := fmt.Sprintf(`{"type":"scheduleDeviceMethod","queryCondition":"*","cloudToDeviceMethod":{"methodName":"lockDoor","responseTimeoutInSeconds":30},`+
 		`"herd":{"rollout":{"maxPerMinute":%d}}}`, max(n*60/8, 60))
-	if _, err := h0.Jobs.Create(ctx, "cluster-failover", []byte(body), nil); err != nil {
-		return err
+	if rep, err := children[0].do("job cluster-failover " + body); err != nil || rep.Err != "" {
+		return fmt.Errorf("create the failover job on %s: %v %s", children[0].id, err, rep.Err)
 	}
+	var holder *nodeProc
+	for deadline := time.Now().Add(time.Minute); holder == nil; {
+		r, err := h0.Store.Job(ctx, "cluster-failover")
+		if err != nil {
+			return err
+		}
+		if r.Lease.HeldAt(time.Now()) {
+			if r.Lease.Node == "node-0" {
+				return errors.New("failover: node-0, which runs in this process, took the failover job: it cannot be killed")
+			}
+			for _, c := range children {
+				if c.id == r.Lease.Node {
+					holder = c
+				}
+			}
+		}
+		if holder == nil && time.Now().After(deadline) {
+			return errors.New("failover: no node took the failover job within a minute")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.logf("failover: kill -9 of %s, which runs the job, in the middle of it", holder.id)
 	done := func() (int64, error) {
 		j, err := h0.Jobs.Get(ctx, "cluster-failover")
 		if err != nil {
@@ -395,7 +419,7 @@ func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, leader *n
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
-	leader.kill()
+	holder.kill()
 	killed := time.Now()
 	time.Sleep(200 * time.Millisecond) // outcomes committed as it died are counted now
 	before, err := done()
@@ -411,7 +435,7 @@ func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, leader *n
 			break
 		}
 		if time.Since(killed) > 2*time.Minute {
-			return errors.New("no node took the jobs over within 2 minutes")
+			return errors.New("no node took the job over within 2 minutes")
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
@@ -427,27 +451,6 @@ func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, leader *n
 	return nil
 }
 
-// waitLeading waits until node c runs the jobs.
-func waitLeading(ctx context.Context, c *nodeProc) error {
-	deadline := time.Now().Add(time.Minute)
-	for {
-		st, err := c.do("state")
-		if err != nil {
-			return err
-		}
-		if st.Leading {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			return fmt.Errorf("%s does not run the jobs within a minute", c.id)
-		}
-		select {
-		case <-ctx.Done():
-			return ctx.Err()
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
-}
 
 // runHubWith is runHubIn with changes to the configuration.
 func runHubWith(ctx context.Context, dir, spec string, plain bool, change func(*hub.Config)) (*benchHub, error) {

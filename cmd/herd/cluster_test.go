@@ -156,8 +156,7 @@ func TestClusterOfProcesses(t *testing.T) {
 		}
 		devs = append(devs, d)
 	}
-	// dev-0..2 on node-1, dev-3..5 on node-2; node-0 (first started)
-	// runs the jobs.
+	// dev-0..2 on node-1, dev-3..5 on node-2.
 	for i, d := range devs {
 		c.connect([]*clusterNode{n1, n2}[i/3], d, &calls)
 	}
@@ -166,7 +165,8 @@ func TestClusterOfProcesses(t *testing.T) {
 		t.Fatalf("a method from node-0 to a device on node-2: %+v %v", res, err)
 	}
 
-	// A method job, created on node-1, run by node-0.
+	// A method job, created on node-1, run by whichever node takes its
+	// lease.
 	if _, err := c.client(n1).ScheduleDeviceMethod(ctx, "first", "*", herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 10},
 		service.JobOptions{}); err != nil {
 		t.Fatal(err)
@@ -181,8 +181,8 @@ func TestClusterOfProcesses(t *testing.T) {
 		t.Fatalf("the first job: %s %+v", j.Status, *s)
 	}
 
-	// node-0 is killed; a job scheduled meanwhile is run by the node that
-	// takes the jobs over.
+	// node-0, the first started and so the leader, is killed; a job
+	// scheduled meanwhile runs on one of the others.
 	n0.proc.Process.Kill()
 	n0.proc.Wait()
 	if _, err := admin.ScheduleDeviceMethod(ctx, "after-kill", "*", herd.MethodRequest{MethodName: "ping", ResponseTimeoutInSeconds: 10},
@@ -196,7 +196,7 @@ func TestClusterOfProcesses(t *testing.T) {
 	if s := j.DeviceJobStatistics; j.Status != herd.JobCompleted || s.SucceededCount != 6 {
 		t.Fatalf("the job after node-0 was killed: %s %+v", j.Status, *s)
 	}
-	// The cluster status names the node that took the jobs over.
+	// The cluster status names the node that leads now.
 	var runs []string
 	hubtest.Eventually(t, 20*time.Second, func() bool {
 		st, err := admin.Cluster(ctx)
@@ -205,12 +205,12 @@ func TestClusterOfProcesses(t *testing.T) {
 		}
 		runs = runs[:0]
 		for _, n := range st.Nodes {
-			if n.RunsJobs && n.State == herd.NodeAlive {
+			if n.Leader && n.State == herd.NodeAlive {
 				runs = append(runs, n.NodeID)
 			}
 		}
 		return len(runs) == 1 && runs[0] != "node-0"
-	}, "the cluster status does not name one alive node running the jobs: %v", &runs)
+	}, "the cluster status does not name one alive node leading: %v", &runs)
 	for _, d := range devs {
 		want := int64(2) // once per job, and dev-4 once more
 		if d.DeviceID == "dev-4" {
@@ -243,3 +243,35 @@ func TestClusterOfProcesses(t *testing.T) {
 		t.Errorf("a method to a device of the killed node: %v, want DeviceNotOnline", err)
 	}
 }
+
+// clusterJob returns a job as GET /cluster shows it, nil if it does not
+// (ended) or the status cannot be read.
+func clusterJob(ctx context.Context, c *service.Client, id string) *herd.ClusterJob {
+	st, err := c.Cluster(ctx)
+	if err != nil {
+		return nil
+	}
+	for _, j := range st.Jobs {
+		if j.JobID == id {
+			return j
+		}
+	}
+	return nil
+}
+
+// jobHolder waits until GET /cluster names the node that runs a job.
+func jobHolder(t *testing.T, c *service.Client, id string) *herd.ClusterJob {
+	t.Helper()
+	var j *herd.ClusterJob
+	hubtest.Eventually(t, 30*time.Second, func() bool {
+		j = clusterJob(context.Background(), c, id)
+		return j != nil && j.NodeID != ""
+	}, "no node holds job %s", id)
+	return j
+}
+
+// lazy formats as what it returns, when formatted (a failure message's
+// state at the failure).
+type lazy func() string
+
+func (l lazy) String() string { return l() }

@@ -319,8 +319,8 @@ func TestRollingRestart(t *testing.T) {
 }
 
 // TestKillJobNodeAndDeviceNode kills (kill -9) the node running a method
-// job and another node holding devices at the same moment: the last node
-// takes the jobs over, the killed nodes' devices reconnect to it through
+// job (the holder of its lease) and another node holding devices at the
+// same moment: the last node takes the job over at a higher epoch, the killed nodes' devices reconnect to it through
 // the balancer, and the job ends with every device done once. The only
 // failures are the calls in flight on the killed nodes, recorded
 // MethodInterrupted or GatewayTimeout (their outcome was lost); no method
@@ -342,26 +342,38 @@ func TestKillJobNodeAndDeviceNode(t *testing.T) {
 		j, err := admin.GetJob(ctx, "kill-two")
 		return err == nil && j.DeviceJobStatistics.SucceededCount >= 5
 	}, "the job does not run")
-	// node-0 (started first) runs the jobs; node-1 holds a third of the
-	// devices.
-	for _, k := range nodes[:2] {
+	// The node holding the job's lease and one other node (each holds a
+	// third of the devices) are killed; the third takes the job over.
+	holder := jobHolder(t, admin, "kill-two")
+	var killed []*clusterNode
+	var survivor *clusterNode
+	for _, k := range nodes {
+		if k.id == holder.NodeID {
+			killed = append(killed, k)
+		}
+	}
+	for _, k := range nodes {
+		switch {
+		case k.id == holder.NodeID:
+		case len(killed) < 2:
+			killed = append(killed, k)
+		default:
+			survivor = k
+		}
+	}
+	admin = c.client(survivor)
+	for _, k := range killed {
 		k.proc.Process.Kill()
 	}
-	for _, k := range nodes[:2] {
+	for _, k := range killed {
 		k.proc.Wait()
 	}
+	var now *herd.ClusterJob
 	hubtest.Eventually(t, 30*time.Second, func() bool {
-		st, err := admin.Cluster(ctx)
-		if err != nil {
-			return false
-		}
-		for _, nd := range st.Nodes {
-			if nd.NodeID == "node-2" {
-				return nd.RunsJobs
-			}
-		}
-		return false
-	}, "node-2 does not take the jobs over")
+		now = clusterJob(ctx, admin, "kill-two")
+		return now != nil && now.NodeID == survivor.id && now.LeaseEpoch > holder.LeaseEpoch
+	}, "%s does not take the job over from %s (epoch %d): the job is %v\n%s logged:\n%s", survivor.id, holder.NodeID, holder.LeaseEpoch,
+		lazy(func() string { return fmt.Sprintf("%+v", now) }), survivor.id, lazy(survivor.proc.stderr.String))
 	f.connect(late, lb.l.Addr().String())
 	st := f.checkJob(admin, "kill-two", n+1, late.DeviceID, "the kill")
 	if st.FailedCount > 10 {

@@ -46,8 +46,9 @@ type Info struct {
 	RESTAddress, MQTTAddress string
 	// ConnectedDevices is how many devices are connected to it.
 	ConnectedDevices int64
-	// RunsJobs says it runs the hub's jobs now, RunningJobs how many.
-	RunsJobs    bool
+	// Leader says it leads the cluster now (applies the
+	// configurations), RunningJobs how many jobs it runs.
+	Leader      bool
 	RunningJobs int
 	// Version is its herd version.
 	Version string
@@ -110,7 +111,10 @@ type Config struct {
 	Connected func() []string
 	// Reconnect records a device or module connected to this node at at.
 	Reconnect func(id string, at time.Time)
-	Log       *slog.Logger
+	// Jobs, if not nil, returns the jobs that have not ended, with the
+	// node running each at now, for Status.
+	Jobs func(ctx context.Context, now time.Time) ([]*herd.ClusterJob, error)
+	Log  *slog.Logger
 }
 
 // Service is a node's lease: it takes it at Start, renews it while Run
@@ -285,7 +289,13 @@ func (s *Service) Status(ctx context.Context) (*herd.ClusterStatus, error) {
 	for _, n := range nodes {
 		n.State = StateAt(n, now)
 	}
-	return &herd.ClusterStatus{NodeID: s.cfg.NodeID, Nodes: nodes}, nil
+	jobs := []*herd.ClusterJob{}
+	if s.cfg.Jobs != nil {
+		if jobs, err = s.cfg.Jobs(ctx, now); err != nil {
+			return nil, fmt.Errorf("cluster jobs: %w", err)
+		}
+	}
+	return &herd.ClusterStatus{NodeID: s.cfg.NodeID, Nodes: nodes, Jobs: jobs}, nil
 }
 
 // StateAt is a node's state at now.

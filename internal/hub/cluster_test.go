@@ -53,7 +53,7 @@ func TestNodeLease(t *testing.T) {
 	}
 	hubtest.Eventually(t, 10*time.Second, func() bool {
 		st, err := h.Service.Cluster(ctx)
-		return err == nil && st.Nodes[0].ConnectedDevices == 1 && st.Nodes[0].RenewedTime.After(n.RenewedTime.Time) && st.Nodes[0].RunsJobs
+		return err == nil && st.Nodes[0].ConnectedDevices == 1 && st.Nodes[0].RenewedTime.After(n.RenewedTime.Time) && st.Nodes[0].Leader
 	}, "the renewed lease does not count the connected device, or does not say that the hub alone runs its jobs")
 
 	// Registry read rights are enough; a policy without them is refused.

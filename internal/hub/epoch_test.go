@@ -256,7 +256,8 @@ func TestTwinJobDesiredToHoldingNode(t *testing.T) {
 			c.OnDesiredChange(func(_ map[string]any, v int64) { ch <- v })
 		})
 	}
-	// node-0 runs the jobs; the devices are on node-1 and node-2.
+	// The devices are on node-1 and node-2; the job runs on whichever
+	// node takes its lease.
 	if _, err := nodes[0].Service.ScheduleTwinUpdate(ctx, "routed", "*",
 		herd.TwinPatch{Properties: &herd.PatchProperties{Desired: map[string]any{"mode": "eco"}}}, service.JobOptions{}); err != nil {
 		t.Fatal(err)
@@ -276,10 +277,21 @@ func TestTwinJobDesiredToHoldingNode(t *testing.T) {
 			t.Fatalf("%s did not get the job's desired change", id)
 		}
 	}
+	// The change of a device on the node that ran the job is delivered
+	// there; the other's goes to its node's subject, not to every node.
+	r, err := nodes[0].Store.Job(ctx, "routed")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string][]string{}
+	for i, id := range []string{"held-1", "held-2"} {
+		if on := fmt.Sprintf("node-%d", i+1); on != r.Lease.Node {
+			want["herd.node."+on+".desired"] = []string{id}
+		}
+	}
 	mu.Lock()
 	defer mu.Unlock()
-	want := map[string][]string{"herd.node.node-1.desired": {"held-1"}, "herd.node.node-2.desired": {"held-2"}}
 	if fmt.Sprint(seen) != fmt.Sprint(want) {
-		t.Errorf("the desired changes went to %v, want %v", seen, want)
+		t.Errorf("the desired changes of the job run by %s went to %v, want %v", r.Lease.Node, seen, want)
 	}
 }

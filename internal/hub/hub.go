@@ -394,7 +394,7 @@ func (h *Hub) wire(cfg Config) error {
 	})
 	queries := query.NewService(h.Store)
 	h.Configurations = config.New(h.Store, h.Twins, queries, cfg.Now, cfg.Log)
-	h.Jobs = newJobs(h, cfg, clk)
+	h.Jobs = newJobs(h, cfg, clk, nodeID)
 	// Configurations follow the service-side twin writes; continuous jobs
 	// every change of a device: its registry entry (created, enabled), its
 	// tags, desired and reported properties. In a cluster the node that
@@ -419,7 +419,7 @@ func (h *Hub) wire(cfg Config) error {
 	h.api.HandleConfigurations(h.Configurations)
 	var err error
 	if h.Cluster, err = cluster.New(cluster.Config{Store: h.Store, NodeID: nodeID, Clock: clk, Lease: cfg.NodeLease,
-		Log: cfg.Log, Info: h.nodeInfo, Connected: h.Bus.Attached, Reconnect: func(id string, at time.Time) {
+		Log: cfg.Log, Info: h.nodeInfo, Jobs: h.clusterJobs, Connected: h.Bus.Attached, Reconnect: func(id string, at time.Time) {
 			h.Registry.RecordConnection(id, herd.Connected, at, gw.ConnectionEpoch(id))
 		}}); err != nil {
 		return err
@@ -438,11 +438,11 @@ func (h *Hub) wire(cfg Config) error {
 				gw.DeviceChanged(id)
 			},
 			Changed: func(ids []string) {
-				if !h.leading.Load() {
-					return
-				}
+				leading := h.leading.Load()
 				for _, id := range ids {
-					h.Configurations.Changed(id)
+					if leading {
+						h.Configurations.Changed(id)
+					}
 					h.Jobs.DeviceChanged(id)
 				}
 			},
@@ -470,15 +470,16 @@ func (h *Hub) wire(cfg Config) error {
 }
 
 // changed hands a device's change to the configurations (config) and the
-// continuous jobs (jobs) where they run: here when the hub is alone or
-// this node leads the cluster, else, batched, to the node that leads
-// (which looks at both).
+// continuous jobs (jobs) where they run: the configurations here when the
+// hub is alone or this node leads the cluster, the continuous jobs here
+// (a node follows those it holds the lease of); in a cluster, batched,
+// to the other nodes too (the leader looks at both, every node at its
+// continuous jobs).
 func (h *Hub) changed(id string, config, jobs bool) {
-	if h.mesh != nil && !h.leading.Load() {
+	if h.mesh != nil {
 		h.mesh.Changed(id)
-		return
 	}
-	if config {
+	if config && (h.mesh == nil || h.leading.Load()) {
 		h.Configurations.Changed(id)
 	}
 	if jobs {
@@ -524,12 +525,38 @@ func (h *Hub) connectedDevices() int64 {
 	return n
 }
 
+// clusterJobs returns the jobs that have not ended, each with the node
+// that runs it (GET /cluster): in a cluster the holder of its lease, on a
+// hub alone this node while its engine runs the job.
+func (h *Hub) clusterJobs(ctx context.Context, now time.Time) ([]*herd.ClusterJob, error) {
+	recs, err := h.Store.ActiveJobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	here := map[string]bool{}
+	for _, id := range h.Jobs.RunningIDs() {
+		here[id] = true
+	}
+	out := make([]*herd.ClusterJob, 0, len(recs))
+	for _, r := range recs {
+		j := &herd.ClusterJob{JobID: r.JobID, Type: r.Type, Status: r.Status}
+		switch {
+		case h.mesh != nil && r.Lease.HeldAt(now):
+			j.NodeID, j.LeaseUntil, j.LeaseEpoch = r.Lease.Node, herd.NewTime(r.Lease.Until), r.Lease.Epoch
+		case h.mesh == nil && here[r.JobID]:
+			j.NodeID = h.Cluster.NodeID()
+		}
+		out = append(out, j)
+	}
+	return out, nil
+}
+
 // NATS is the NATS server of the node's cluster, "" for a hub alone.
 func (h *Hub) NATS() string { return h.cfg.NATS }
 
-// Leading says whether this hub runs the jobs now: a hub alone always
-// does while it runs; in a cluster, the one node that holds the jobs'
-// lock.
+// Leading says whether this hub applies the configurations now: a hub
+// alone always does while it runs; in a cluster, the one node that holds
+// the cluster's lock.
 func (h *Hub) Leading() bool { return h.mesh == nil || h.leading.Load() }
 
 // desired delivers a desired-properties change to the device: here if it
@@ -567,7 +594,7 @@ func (h *Hub) nodeInfo() cluster.Info {
 		mqtt = h.MQTTPlainAddr()
 	}
 	return cluster.Info{RESTAddress: addrString(h.HTTPSAddr()), MQTTAddress: addrString(mqtt),
-		ConnectedDevices: h.Bus.Connected(), Version: h.cfg.Version, RunsJobs: h.Leading(), RunningJobs: h.Jobs.Running()}
+		ConnectedDevices: h.Bus.Connected(), Version: h.cfg.Version, Leader: h.Leading(), RunningJobs: h.Jobs.Running()}
 }
 
 func tlsConfig(cfg Config) (*tls.Config, error) {
@@ -807,17 +834,28 @@ func (h *Hub) drain(ctx context.Context, srv *http.Server, jobsDone <-chan struc
 	return err
 }
 
-// runJobs runs the job engine: alone, always; in a cluster, on the one
-// node that holds the jobs' lock, with the configurations' applier, taken
-// over by another node within a few seconds when that node is lost. A
-// node whose database session fails while it runs them (PostgreSQL
-// restarted, the network cut) stops running them, joins the cluster again
-// on a new session once the database answers, and competes for the lock
-// again: whichever node takes it recovers the jobs.
+// runJobs runs the job engine and the configurations' applier. A hub
+// alone runs the engine here (the applier runs beside it, in Run). In a
+// cluster every node runs the engine, each job on the node that holds its
+// lease (job.Leases), and the one node that holds the cluster's lock
+// applies the configurations; another node takes the lock over within a
+// few seconds when that node is lost. A node whose database session fails
+// while it holds the lock (PostgreSQL restarted, the network cut) stops
+// applying them, joins the cluster again on a new session once the
+// database answers, and competes for the lock again.
 func (h *Hub) runJobs(ctx context.Context) error {
 	if h.mesh == nil {
 		return h.Jobs.Run(ctx)
 	}
+	engine := make(chan error, 1)
+	go func() { engine <- h.Jobs.Run(ctx) }()
+	h.competeToLead(ctx)
+	return <-engine
+}
+
+// competeToLead leads the cluster (lead) whenever this node holds the
+// cluster's lock, until ctx ends.
+func (h *Hub) competeToLead(ctx context.Context) {
 	every := h.cfg.NodeLease / 3
 	if every <= 0 {
 		every = cluster.DefaultLease / 3
@@ -827,60 +865,53 @@ func (h *Hub) runJobs(ctx context.Context) error {
 		lost, err := cs.Lead(ctx, every)
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil
+				return
 			}
-			h.cfg.Log.Warn("cluster: cannot compete for the jobs' lock; trying again", "node", h.Cluster.NodeID(), "err", err)
+			h.cfg.Log.Warn("cluster: cannot compete for the cluster's lock; trying again", "node", h.Cluster.NodeID(), "err", err)
 			if !h.rejoin(ctx, every) {
-				return nil
+				return
 			}
 			continue
 		}
-		if err := h.lead(ctx, lost); err != nil || ctx.Err() != nil {
-			return err
+		if h.lead(ctx, lost); ctx.Err() != nil {
+			return
 		}
-		h.cfg.Log.Error("cluster: this node lost the jobs' lock (its database session failed); it stopped running them and competes for them again",
+		h.cfg.Log.Error("cluster: this node lost the cluster's lock (its database session failed); it stopped applying the configurations and competes for the lock again",
 			"node", h.Cluster.NodeID())
 		if !h.rejoin(ctx, every) {
-			return nil
+			return
 		}
 	}
 }
 
-// lead runs the jobs and the configurations until ctx ends (the lock is
-// then handed over) or lost is closed (nil: compete again).
-func (h *Hub) lead(ctx context.Context, lost <-chan struct{}) error {
-	h.cfg.Log.Info("cluster: this node runs the jobs and applies the configurations", "node", h.Cluster.NodeID())
-	jctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
+// lead applies the configurations until ctx ends (the lock is then
+// handed over) or lost is closed.
+func (h *Hub) lead(ctx context.Context, lost <-chan struct{}) {
+	h.cfg.Log.Info("cluster: this node leads the cluster: it applies the configurations", "node", h.Cluster.NodeID())
+	lctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	h.leading.Store(true)
 	defer h.leading.Store(false)
 	go func() {
 		select {
 		case <-lost:
-			cancel(job.ErrSuspended)
-		case <-jctx.Done():
+			cancel()
+		case <-lctx.Done():
 		}
 	}()
-	g, gctx := errgroup.WithContext(jctx)
-	g.Go(func() error { return h.Jobs.Run(gctx) })
-	g.Go(func() error { return h.Configurations.Run(gctx) })
-	err := g.Wait()
-	if ctx.Err() == nil {
-		// Lost: the lock went with the session. A store failure of the
-		// engine meanwhile is the same failure.
-		if err != nil {
-			h.cfg.Log.Warn("cluster: the job engine stopped on an error when the jobs' lock was lost", "err", err)
-		}
-		return nil
+	if err := h.Configurations.Run(lctx); err != nil && ctx.Err() == nil {
+		h.cfg.Log.Warn("cluster: the configurations' applier stopped on an error", "err", err)
 	}
-	// Handed over at once, not when the store closes: another node takes
-	// the jobs while this one closes its devices.
+	if ctx.Err() == nil {
+		return // lost: the lock went with the session
+	}
+	// Handed over at once, not when the store closes: another node leads
+	// while this one closes its devices.
 	release, cancelRelease := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancelRelease()
 	if uerr := h.Store.(ClusterStore).Unlead(release); uerr != nil {
-		h.cfg.Log.Warn("cluster: could not hand the jobs over (another node takes them once this one's database session ends)", "err", uerr)
+		h.cfg.Log.Warn("cluster: could not hand the cluster's lock over (another node takes it once this one's database session ends)", "err", uerr)
 	}
-	return err
 }
 
 // rejoin joins the cluster again on a new database session, trying every

@@ -9,10 +9,16 @@ import (
 
 // newJobs builds the job service over the hub's store, twins and direct
 // methods, on the hub's clock.
-func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
+//
+// In a cluster every node runs the engine, and each job runs on the node
+// that holds its lease (job.Leases, in the store), for as long as a node's
+// own lease (Config.NodeLease).
+func newJobs(h *Hub, cfg Config, clk clock.Clock, nodeID string) *job.Service {
 	var announce func()
 	var relay func(job.ProgressEvent)
+	var leases job.Leases
 	if h.mesh != nil {
+		leases = h.Store.(ClusterStore).JobLeases(nodeID)
 		announce = h.mesh.JobsChanged
 		relay = func(ev job.ProgressEvent) {
 			b, err := json.Marshal(ev)
@@ -38,6 +44,9 @@ func newJobs(h *Hub, cfg Config, clk clock.Clock) *job.Service {
 		Retention:   cfg.JobRetention,
 		Metrics:     h.Metrics,
 		Targets:     query.NewService(h.Store), // POST /jobs/v2/preview
+		Leases:      leases,
+		NodeID:      nodeID,
+		Lease:       cfg.NodeLease,
 	})
 }
 

@@ -73,6 +73,9 @@ type ClusterStore interface {
 	// accepted at at as node's and raises each one's connection epoch:
 	// the new epochs, for those registered (see gateway.Presence).
 	ClaimConnections(ctx context.Context, node string, ids []string, at time.Time) (map[string]int64, error)
+	// JobLeases are the leases through which node's job engine shares
+	// the jobs with the other nodes' engines.
+	JobLeases(node string) job.Leases
 }
 
 // presence claims connections for the gateway in a cluster: the claims of

@@ -58,7 +58,8 @@ func (s *Service) Run(ctx context.Context) error {
 	// A store that fails the recovery (PostgreSQL restarting as the hub
 	// starts) is tried again after a pause, as later store failures are:
 	// the hub stays up, and says it is not ready while the store is away.
-	for {
+	// With leases, the node that takes a job recovers it (runLeased).
+	for s.cfg.Leases == nil {
 		err := s.recover(ctx)
 		if err == nil {
 			break
@@ -72,6 +73,20 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 	}
 	var wg sync.WaitGroup
+	if s.cfg.Leases != nil {
+		// The leases are renewed until every runner has ended: a node
+		// that shuts down holds its jobs while their calls finish.
+		renew, stopRenew := context.WithCancel(context.WithoutCancel(ctx))
+		renewed := make(chan struct{})
+		go func() {
+			defer close(renewed)
+			s.renewLeases(renew)
+		}()
+		defer func() {
+			stopRenew()
+			<-renewed
+		}()
+	}
 	defer wg.Wait()
 	wg.Add(2)
 	go func() {
@@ -122,6 +137,14 @@ func (s *Service) schedule(ctx, calls context.Context, wg *sync.WaitGroup) (time
 		if running {
 			continue
 		}
+		if s.cfg.Leases != nil && r.Lease.Node != s.cfg.NodeID && r.Lease.HeldAt(now) {
+			// Another node runs it: look again when its lease ends,
+			// in case that node is gone by then.
+			if next.IsZero() || r.Lease.Until.Before(next) {
+				next = r.Lease.Until
+			}
+			continue
+		}
 		if r.Status == herd.JobPaused {
 			// A paused job starts no device; a started one still fails at
 			// its deadline.
@@ -135,7 +158,9 @@ func (s *Service) schedule(ctx, calls context.Context, wg *sync.WaitGroup) (time
 				continue
 			}
 			s.log.Info("job deadline passed while paused", "job_id", r.JobID)
-			if err := s.store.ExpireJob(ctx, r.JobID, deadlineEnd(r), deadlineReason(r), deadlineError(r), now); err != nil {
+			if err := s.holding(ctx, r.JobID, func() error {
+				return s.store.ExpireJob(ctx, r.JobID, deadlineEnd(r), deadlineReason(r), deadlineError(r), now)
+			}); err != nil {
 				return time.Time{}, err
 			}
 			continue
@@ -153,13 +178,30 @@ func (s *Service) schedule(ctx, calls context.Context, wg *sync.WaitGroup) (time
 				continue
 			}
 		}
-		s.launch(ctx, calls, wg, r)
+		launched, err := s.launch(ctx, calls, wg, r)
+		if err != nil {
+			return time.Time{}, err
+		}
+		if !launched {
+			// Another node took it first: look again within its lease.
+			if at := now.Add(s.cfg.Lease); next.IsZero() || at.Before(next) {
+				next = at
+			}
+		}
 	}
 	return next, nil
 }
 
-// launch starts a runner for a job.
-func (s *Service) launch(ctx, calls context.Context, wg *sync.WaitGroup, r *Record) {
+// launch starts a runner for a job; with leases, only once this node
+// holds the job's lease: false if another node took it first.
+func (s *Service) launch(ctx, calls context.Context, wg *sync.WaitGroup, r *Record) (bool, error) {
+	var epoch int64
+	if s.cfg.Leases != nil {
+		var err error
+		if epoch, r, err = s.take(ctx, r.JobID); err != nil || epoch == 0 {
+			return false, err
+		}
+	}
 	feed, stop := context.WithCancelCause(ctx)
 	run := &runner{id: r.JobID, feed: feed, calls: calls, stop: stop, cancel: stop}
 	s.mu.Lock()
@@ -168,12 +210,22 @@ func (s *Service) launch(ctx, calls context.Context, wg *sync.WaitGroup, r *Reco
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := s.runJob(ctx, run, r)
+		err := s.recoverTaken(ctx, r)
+		if err == nil {
+			err = s.runJob(ctx, run, r)
+		}
 		stop(nil)
-		if err == nil && ctx.Err() == nil {
+		lost := errors.Is(err, ErrLeaseLost) || context.Cause(feed) == errLeaseLost
+		if lost {
+			s.log.Warn("job: another node took this job's lease; this node stopped running it", "job_id", r.JobID, "epoch", epoch)
+			err = nil
+		} else if err == nil && ctx.Err() == nil {
 			s.logEnded(ctx, r.JobID)
 		}
 		done := func() {
+			if s.cfg.Leases != nil {
+				s.release(ctx, r.JobID, epoch)
+			}
 			s.mu.Lock()
 			delete(s.runners, r.JobID)
 			s.mu.Unlock()
@@ -189,6 +241,7 @@ func (s *Service) launch(ctx, calls context.Context, wg *sync.WaitGroup, r *Reco
 		s.log.Error("job failed to run; retrying", "job_id", r.JobID, "op", "run", "err", err)
 		s.clock.AfterFunc(retryPause, done)
 	}()
+	return true, nil
 }
 
 // logEnded writes the log line of a job that has ended: its status,

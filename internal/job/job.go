@@ -35,6 +35,9 @@ type Record struct {
 	// received (compact JSON), or the cloudToDeviceMethod member with its
 	// defaults filled in.
 	Request json.RawMessage
+	// Lease is who runs the job in a cluster (Leases); zero in a store
+	// without leases.
+	Lease Lease
 }
 
 // Decode fills the echo member (CloudToDeviceMethod or UpdateTwin) from

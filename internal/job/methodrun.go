@@ -244,10 +244,15 @@ func (m *methodRun) claim() {
 			continue
 		}
 		claimed, err := m.s.store.ClaimDevices(m.call, m.r.JobID, batch, m.s.clock.Now())
-		if errors.Is(err, ErrNotRunning) {
-			// Paused, cancelled or aborted before this claim: the devices
-			// stay as the store has them, and no more are fed.
-			m.stop(errNotRunning)
+		if errors.Is(err, ErrNotRunning) || errors.Is(err, ErrLeaseLost) {
+			// Paused, cancelled or aborted before this claim, or another
+			// node took the job over: the devices stay as the store has
+			// them, and no more are fed.
+			cause := errNotRunning
+			if errors.Is(err, ErrLeaseLost) {
+				cause = errLeaseLost
+			}
+			m.stop(cause)
 			m.s.slots.release(len(batch))
 			continue
 		}
@@ -359,6 +364,12 @@ func (m *methodRun) record(batch []Outcome) error {
 		err := m.s.store.FinishDevices(ctx, m.r.JobID, batch, m.s.clock.Now())
 		if err == nil {
 			return nil
+		}
+		if errors.Is(err, ErrLeaseLost) {
+			// The node that took the job over records these devices
+			// interrupted: their outcome is lost with the lease.
+			m.stop(errLeaseLost)
+			return err
 		}
 		m.s.log.Error("record outcomes", "job_id", m.r.JobID, "op", "write", "err", err)
 		again := make(chan struct{})

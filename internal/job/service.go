@@ -94,6 +94,15 @@ type Config struct {
 	// devices over the whole fleet, besides following device changes
 	// (0: DefaultContinuousRescan).
 	ContinuousRescan time.Duration
+	// Leases, if not nil, shares the jobs with the engines of the other
+	// nodes of a cluster: this engine runs a job only while it holds its
+	// lease (taken for Lease, renewed every third of it), and writes
+	// about the job only through the store fenced at the lease's epoch.
+	// NodeID is this node's id, as Leases records it. Without Leases this
+	// engine runs every job of its store (a hub alone).
+	Leases Leases
+	NodeID string
+	Lease  time.Duration
 }
 
 // Defaults for Config.
@@ -127,6 +136,9 @@ func (c *Config) defaults() {
 	if c.Retention <= 0 {
 		c.Retention = DefaultRetention
 	}
+	if c.Lease <= 0 {
+		c.Lease = DefaultLease
+	}
 	if c.ContinuousRescan <= 0 {
 		c.ContinuousRescan = DefaultContinuousRescan
 	}
@@ -157,6 +169,7 @@ type Service struct {
 
 	mu      sync.Mutex
 	runners map[string]*runner // jobs being run, by id
+	leased  map[string]int64   // with Leases: the epochs of the leases held, by job id
 }
 
 // Running is how many jobs this engine is running now.
@@ -166,18 +179,34 @@ func (s *Service) Running() int {
 	return len(s.runners)
 }
 
+// RunningIDs are the jobs this engine is running now, in no order.
+func (s *Service) RunningIDs() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	ids := make([]string, 0, len(s.runners))
+	for id := range s.runners {
+		ids = append(ids, id)
+	}
+	return ids
+}
+
 // New returns a job service. Jobs run only while Run runs.
 func New(cfg Config) *Service {
 	cfg.defaults()
 	prog := newProgress(cfg.ProgressClock)
 	prog.relay = cfg.Relay
 	s := &Service{
-		cfg: cfg, store: notifying{cfg.Store, prog}, clock: cfg.Clock, log: cfg.Log, progress: prog,
+		cfg: cfg, clock: cfg.Clock, log: cfg.Log, progress: prog,
 		slots:   newLimiter(cfg.MaxInFlight),
 		waiting: make(chan struct{}, cfg.MaxWaiting),
 		wake:    make(chan struct{}, 1),
 		runners: map[string]*runner{},
+		leased:  map[string]int64{},
 		follow:  newFollower(),
+	}
+	s.store = notifying{cfg.Store, prog}
+	if cfg.Leases != nil {
+		s.store = notifying{fencing{cfg.Store, s}, prog}
 	}
 	s.metrics = newMetrics(s, cfg.Metrics)
 	return s
@@ -428,6 +457,8 @@ var (
 	// errNotRunning: the store refused a claim because the job was no
 	// longer running (a pause that raced with the runner's start).
 	errNotRunning = errors.New("job not running")
+	// errLeaseLost: another node took the job's lease (Leases).
+	errLeaseLost = errors.New("job lease lost")
 )
 
 // notify sends the desired-change notifications of a twin batch.

@@ -176,7 +176,7 @@ func (s *Service) twinBatch(feed context.Context, r *Record, p twin.Patch, curso
 		if feed.Err() != nil {
 			return TwinBatchResult{}, feed.Err() // the transaction rolled back; nothing was applied
 		}
-		if errors.Is(err, ErrNotRunning) {
+		if errors.Is(err, ErrNotRunning) || errors.Is(err, ErrLeaseLost) {
 			return TwinBatchResult{}, err
 		}
 		if failed != nil && failed.Error() == err.Error() {

@@ -39,6 +39,14 @@ var migrations embed.FS
 
 // DB is a Herd database on a PostgreSQL server.
 type DB struct {
+	*conns
+	// fence, if not 0, is the lease epoch that the job writes through
+	// this DB carry (JobLeases' Fenced).
+	fence int64
+}
+
+// conns are a DB's connections, shared with its fenced views.
+type conns struct {
 	pool *pgxpool.Pool
 
 	mu      sync.Mutex
@@ -77,7 +85,7 @@ func Open(ctx context.Context, url string) (*DB, error) {
 	if err != nil {
 		return nil, explain(cfg, err)
 	}
-	db := &DB{pool: pool}
+	db := &DB{conns: &conns{pool: pool}}
 	if err := db.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, explain(cfg, err)
@@ -373,7 +381,7 @@ func (db *DB) Ping(ctx context.Context) error {
 // tx runs fn in a transaction, again (up to a few times) when PostgreSQL
 // aborts it for a deadlock or a serialization failure.
 func (db *DB) tx(ctx context.Context, fn func(pgx.Tx) error) error {
-	return retryAborted(ctx, func() error { return pgx.BeginFunc(ctx, db.pool, fn) })
+	return leaseLost(retryAborted(ctx, func() error { return pgx.BeginFunc(ctx, db.pool, fn) }))
 }
 
 // batch sends b's statements in one round trip. They run in one implicit
@@ -386,7 +394,7 @@ func (db *DB) tx(ctx context.Context, fn func(pgx.Tx) error) error {
 // across every round trip; in a batch, only while the server runs it.
 // The batches of a method job (claims, outcomes) lock the job's row.
 func (db *DB) batch(ctx context.Context, b *pgx.Batch, read func(pgx.BatchResults) error) error {
-	return retryAborted(ctx, func() error { return readBatch(db.pool.SendBatch(ctx, b), read) })
+	return leaseLost(retryAborted(ctx, func() error { return readBatch(db.pool.SendBatch(ctx, b), read) }))
 }
 
 // readBatch reads a batch's results with read (if not nil) and closes

@@ -22,7 +22,8 @@ var _ job.Store = (*DB)(nil)
 // jobColumns are the jobs columns scanJob reads, in order.
 const jobColumns = `job_id, type, status, query_condition, created_time, start_time, end_time,
 	max_execution_seconds, request, failure_reason, status_message, device_count,
-	succeeded_count, failed_count, running_count, pending_count, started_time, herd, wave`
+	succeeded_count, failed_count, running_count, pending_count, started_time, herd, wave,
+	coalesce(lease_node, ''), lease_epoch, lease_until`
 
 func jobNotFound(id string) error {
 	return herd.Errorf(herd.ErrJobNotFound, "job %q does not exist", id)
@@ -38,10 +39,12 @@ func scanJob(row pgx.Row) (*job.Record, error) {
 		end, started            *string
 		failure, message, opts  *string
 		st                      herd.DeviceJobStatistics
+		leaseUntil              *string
 	)
 	err := row.Scan(&r.JobID, &typ, &status, &r.QueryCondition, &created, &start, &end,
 		&r.MaxExecutionTimeInSeconds, &request, &failure, &message, &st.DeviceCount,
-		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started, &opts, &r.Wave)
+		&st.SucceededCount, &st.FailedCount, &st.RunningCount, &st.PendingCount, &started, &opts, &r.Wave,
+		&r.Lease.Node, &r.Lease.Epoch, &leaseUntil)
 	if err != nil {
 		return nil, err
 	}
@@ -62,6 +65,9 @@ func scanJob(row pgx.Row) (*job.Record, error) {
 	}
 	if failure != nil {
 		r.FailureReason = *failure
+	}
+	if leaseUntil != nil {
+		r.Lease.Until = parseTime(*leaseUntil).Time
 	}
 	if message != nil {
 		r.StatusMessage = *message
@@ -237,6 +243,9 @@ func (db *DB) StartJob(ctx context.Context, id string, where *query.Query, now t
 	}
 	var out *job.Record
 	err = db.tx(ctx, func(tx pgx.Tx) error {
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
+		}
 		tag, err := tx.Exec(ctx, `UPDATE jobs SET status = 'running', started_time = $1
 			WHERE job_id = $2 AND status IN ('queued', 'scheduled')`, stamp(now), id)
 		if err != nil {
@@ -302,8 +311,14 @@ func (e *conditionError) Error() string { return e.err.Error() }
 
 // FailJob ends a job that could not run.
 func (db *DB) FailJob(ctx context.Context, id, reason string, now time.Time) error {
-	_, err := db.pool.Exec(ctx, `UPDATE jobs SET status = 'failed', failure_reason = $1, end_time = $2,
-		started_time = coalesce(started_time, $2) WHERE job_id = $3 AND end_time IS NULL`, reason, stamp(now), id)
+	err := db.tx(ctx, func(tx pgx.Tx) error {
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
+		}
+		_, err := tx.Exec(ctx, `UPDATE jobs SET status = 'failed', failure_reason = $1, end_time = $2,
+			started_time = coalesce(started_time, $2) WHERE job_id = $3 AND end_time IS NULL`, reason, stamp(now), id)
+		return err
+	})
 	if err != nil {
 		return fmt.Errorf("fail job %q: %w", id, err)
 	}
@@ -322,6 +337,9 @@ func (db *DB) CancelJob(ctx context.Context, id string, now time.Time) (*job.Rec
 func (db *DB) changeJob(ctx context.Context, id, op string, change func(tx pgx.Tx, status herd.JobStatus, started bool) error) (*job.Record, error) {
 	var out *job.Record
 	err := db.tx(ctx, func(tx pgx.Tx) error {
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
+		}
 		status, started, err := jobState(ctx, tx, id)
 		if err != nil {
 			return err
@@ -516,11 +534,15 @@ func (db *DB) Retries(ctx context.Context, id string) (job.RetryState, error) {
 // job is running.
 func (db *DB) ClaimDevices(ctx context.Context, id string, deviceIDs []string, now time.Time) ([]string, error) {
 	b := &pgx.Batch{}
+	db.fenceBatch(b, id)
 	b.Queue(lockRunningSQL, id)
 	b.Queue(claimSQL, stamp(now), id, deviceIDs)
 	var out []string
 	running := false
 	err := db.batch(ctx, b, func(br pgx.BatchResults) error {
+		if err := db.skipFence(br); err != nil {
+			return err
+		}
 		var status string
 		err := br.QueryRow().Scan(&status, nil)
 		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
@@ -649,21 +671,25 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 	var err error
 	if job.HasRetry(outcomes) {
 		err = db.tx(ctx, func(tx pgx.Tx) error {
+			if err := db.fenceTx(ctx, tx, id); err != nil {
+				return err
+			}
 			// A job that is ending (cancelled, aborted) retries nothing;
 			// the row lock holds off a cancel until this commits.
 			var status string
 			if err := tx.QueryRow(ctx, `SELECT status FROM jobs WHERE job_id = $1 FOR UPDATE`, id).Scan(&status); err != nil {
 				return err
 			}
-			b, err := outcomeBatch(id, outcomes, status == string(herd.JobRunning) || status == string(herd.JobPaused), now)
-			if err != nil {
+			b := &pgx.Batch{}
+			if err := outcomeBatch(b, id, outcomes, status == string(herd.JobRunning) || status == string(herd.JobPaused), now); err != nil {
 				return err
 			}
 			return readBatch(tx.SendBatch(ctx, b), nil)
 		})
 	} else {
-		var b *pgx.Batch
-		if b, err = outcomeBatch(id, outcomes, false, now); err == nil {
+		b := &pgx.Batch{}
+		db.fenceBatch(b, id)
+		if err = outcomeBatch(b, id, outcomes, false, now); err == nil {
 			err = db.batch(ctx, b, nil)
 		}
 	}
@@ -673,10 +699,10 @@ func (db *DB) FinishDevices(ctx context.Context, id string, outcomes []job.Outco
 	return nil
 }
 
-// outcomeBatch queues the statements that record outcomes of job id at
-// now (retrying those with a retry time if retry) and end the job if they
-// were its last.
-func outcomeBatch(id string, outcomes []job.Outcome, retry bool, now time.Time) (*pgx.Batch, error) {
+// outcomeBatch queues on b the statements that record outcomes of job id
+// at now (retrying those with a retry time if retry) and end the job if
+// they were its last.
+func outcomeBatch(b *pgx.Batch, id string, outcomes []job.Outcome, retry bool, now time.Time) error {
 	groups := map[transition]*outcomeRows{}
 	for _, o := range outcomes {
 		k := transition{"running", o.Status}
@@ -697,7 +723,7 @@ func outcomeBatch(id string, outcomes []job.Outcome, retry bool, now time.Time) 
 		if o.Response != nil {
 			s, err := outcomeJSON(o.Response)
 			if err != nil {
-				return nil, fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
+				return fmt.Errorf("encode outcome of %q: %w", o.DeviceID, err)
 			}
 			outcome = &s
 		}
@@ -708,7 +734,6 @@ func outcomeBatch(id string, outcomes []job.Outcome, retry bool, now time.Time) 
 		g.retryAt = append(g.retryAt, retryAt)
 	}
 	at := stamp(now)
-	b := &pgx.Batch{}
 	b.Queue(outcomePlanningSQL)
 	for k, g := range groups {
 		q := finishSQL
@@ -729,7 +754,7 @@ func outcomeBatch(id string, outcomes []job.Outcome, retry bool, now time.Time) 
 		b.Queue(q, string(k.to), at, g.ids, g.outcomes, g.codes, g.desc, id, k.from, g.retryAt)
 	}
 	b.Queue(finishIfDoneSQL, at, id)
-	return b, nil
+	return nil
 }
 
 // ExpireJob ends a job at its deadline.
@@ -740,6 +765,9 @@ func (db *DB) ExpireJob(ctx context.Context, id string, end herd.JobStatus, reas
 		reason = ""
 	}
 	err := db.tx(ctx, func(tx pgx.Tx) error {
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
+		}
 		at := stamp(now)
 		tag, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', end_time = $1, last_updated_time = $1,
 			error_code = $2, error_description = $3 WHERE job_id = $4 AND status IN ('pending', 'running')`,
@@ -773,6 +801,9 @@ func (db *DB) AddDevices(ctx context.Context, id string, where *query.Query, dev
 		// The job's row locked until commit, as a claim locks it: a
 		// cancel or the deadline either sees these devices or comes
 		// after.
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
+		}
 		var typ string
 		err := tx.QueryRow(ctx, `SELECT type FROM jobs WHERE job_id = $1 AND continuous
 			AND status IN ('running', 'paused') AND end_time IS NULL FOR UPDATE`, id).Scan(&typ)
@@ -813,6 +844,9 @@ func (db *DB) AddDevices(ctx context.Context, id string, where *query.Query, dev
 func (db *DB) InterruptRunning(ctx context.Context, id string, devErr herd.DeviceJobError, now time.Time) (int, error) {
 	var n int64
 	err := db.tx(ctx, func(tx pgx.Tx) error {
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
+		}
 		at := stamp(now)
 		tag, err := tx.Exec(ctx, `UPDATE device_jobs SET status = 'failed', end_time = $1, last_updated_time = $1,
 			error_code = $2, error_description = $3 WHERE job_id = $4 AND status = 'running'`,

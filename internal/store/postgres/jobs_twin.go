@@ -65,6 +65,9 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 		}
 		if count == 0 {
 			res.Next, res.Done = after, true
+			if err := db.fenceTx(ctx, tx, id); err != nil {
+				return err
+			}
 			return finishIfDone(ctx, tx, id, now)
 		}
 		res.Next, res.Done = *last, count < limit
@@ -105,6 +108,12 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 				return err
 			}
 			res.Updated, res.Failed = append(res.Updated, slow...), failed
+		}
+		// Checked last, not first: the check locks the job's row until
+		// commit, and the batches of a job run at once. The twins and
+		// records this transaction changed are undone if it fails.
+		if err := db.fenceTx(ctx, tx, id); err != nil {
+			return err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE jobs SET pending_count = pending_count - $1,
 			succeeded_count = succeeded_count + $2, failed_count = failed_count + $3 WHERE job_id = $4`,

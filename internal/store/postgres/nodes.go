@@ -20,7 +20,7 @@ func (db *DB) RenewNode(ctx context.Context, l cluster.Lease) error {
 		lease_until = excluded.lease_until, stopped_time = NULL, rest_address = excluded.rest_address,
 		mqtt_address = excluded.mqtt_address, version = excluded.version, connected_devices = excluded.connected_devices,
 		runs_jobs = excluded.runs_jobs, running_jobs = excluded.running_jobs`,
-		l.NodeID, stamp(l.StartedTime), stamp(l.RenewedTime), stamp(l.LeaseUntil), l.RESTAddress, l.MQTTAddress, l.Version, l.ConnectedDevices, l.RunsJobs, l.RunningJobs)
+		l.NodeID, stamp(l.StartedTime), stamp(l.RenewedTime), stamp(l.LeaseUntil), l.RESTAddress, l.MQTTAddress, l.Version, l.ConnectedDevices, l.Leader, l.RunningJobs)
 	if err != nil {
 		return fmt.Errorf("renew the lease of node %q: %w", l.NodeID, err)
 	}
@@ -48,7 +48,7 @@ func (db *DB) Nodes(ctx context.Context) ([]*herd.Node, error) {
 			n                                herd.Node
 			started, renewed, until, stopped string
 		)
-		if err := row.Scan(&n.NodeID, &started, &renewed, &until, &stopped, &n.RESTAddress, &n.MQTTAddress, &n.Version, &n.ConnectedDevices, &n.RunsJobs, &n.RunningJobs); err != nil {
+		if err := row.Scan(&n.NodeID, &started, &renewed, &until, &stopped, &n.RESTAddress, &n.MQTTAddress, &n.Version, &n.ConnectedDevices, &n.Leader, &n.RunningJobs); err != nil {
 			return nil, err
 		}
 		n.StartedTime, n.RenewedTime, n.LeaseUntil, n.StoppedTime = parseTime(started), parseTime(renewed), parseTime(until), parseTime(stopped)

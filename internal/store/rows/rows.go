@@ -90,6 +90,7 @@ var Tables = []*Table{
 		{"status_message", Text}, {"device_count", Int}, {"succeeded_count", Int},
 		{"failed_count", Int}, {"running_count", Int}, {"pending_count", Int},
 		{"herd", Text}, {"wave", Int}, {"continuous", Bool},
+		{"lease_node", Text}, {"lease_epoch", Int}, {"lease_until", Text},
 	}},
 	{Name: "device_jobs", Key: []string{"job_id", "device_id"}, Columns: []Column{
 		{"job_id", Text}, {"device_id", Text}, {"job_type", Text}, {"status", Text},

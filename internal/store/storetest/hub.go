@@ -335,7 +335,7 @@ func testNodeLeases(t *testing.T, s Store) {
 	lease := func(id string, started, at time.Time, connected int64) cluster.Lease {
 		return cluster.Lease{NodeID: id, StartedTime: started, RenewedTime: at, LeaseUntil: at.Add(15 * time.Second),
 			Info: cluster.Info{RESTAddress: "127.0.0.1:443", MQTTAddress: "127.0.0.1:8883", Version: "v1", ConnectedDevices: connected,
-				RunsJobs: connected == 3, RunningJobs: int(connected)}}
+				Leader: connected == 3, RunningJobs: int(connected)}}
 	}
 	if nodes, err := s.Nodes(ctx); err != nil || len(nodes) != 0 {
 		t.Fatalf("Nodes of a new store: %v, %v", nodes, err)
@@ -354,7 +354,7 @@ func testNodeLeases(t *testing.T, s Store) {
 	}
 	b := nodes[1]
 	if !b.StartedTime.Equal(t0) || !b.RenewedTime.Equal(t0.Add(5*time.Second)) || !b.LeaseUntil.Equal(t0.Add(20*time.Second)) ||
-		b.ConnectedDevices != 3 || !b.RunsJobs || b.RunningJobs != 3 || nodes[0].RunsJobs || b.RESTAddress != "127.0.0.1:443" || b.MQTTAddress != "127.0.0.1:8883" || b.Version != "v1" ||
+		b.ConnectedDevices != 3 || !b.Leader || b.RunningJobs != 3 || nodes[0].Leader || b.RESTAddress != "127.0.0.1:443" || b.MQTTAddress != "127.0.0.1:8883" || b.Version != "v1" ||
 		!b.StoppedTime.IsZero() {
 		t.Errorf("renewed node %+v", b)
 	}
@@ -366,7 +366,7 @@ func testNodeLeases(t *testing.T, s Store) {
 		t.Fatal(err)
 	}
 	nodes, _ = s.Nodes(ctx)
-	if b := nodes[1]; !b.StoppedTime.Equal(stop) || !b.LeaseUntil.Equal(stop) || cluster.StateAt(b, stop) != herd.NodeStopped || b.RunsJobs || b.RunningJobs != 0 {
+	if b := nodes[1]; !b.StoppedTime.Equal(stop) || !b.LeaseUntil.Equal(stop) || cluster.StateAt(b, stop) != herd.NodeStopped || b.Leader || b.RunningJobs != 0 {
 		t.Errorf("stopped node %+v", b)
 	}
 	// Started again: the stop is cleared.
