@@ -451,7 +451,6 @@ func failover(ctx context.Context, e *bench, b *backend, h0 *benchHub, children 
 	return nil
 }
 
-
 // runHubWith is runHubIn with changes to the configuration.
 func runHubWith(ctx context.Context, dir, spec string, plain bool, change func(*hub.Config)) (*benchHub, error) {
 	cfg := hub.Default()

@@ -220,6 +220,14 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 		cfg.Log.Warn("max-connections is not below the open-file limit: a flood of device sockets can exhaust file descriptors",
 			"max_connections", cfg.MaxConnections, "open_file_limit", lim, "suggested", MaxConnectionsFor(lim))
 	}
+	if cfg.NodeID == "" {
+		id, err := cluster.LocalNodeID(cfg.DataDir)
+		if err != nil {
+			cfg.Store.Close()
+			return nil, err
+		}
+		cfg.NodeID = id
+	}
 	h := &Hub{cfg: cfg, Store: cfg.Store}
 	defer func() {
 		if err != nil {
@@ -227,7 +235,7 @@ func New(ctx context.Context, cfg Config) (_ *Hub, err error) {
 		}
 	}()
 	if cfg.NATS != "" {
-		if err := h.Store.(ClusterStore).Join(ctx); err != nil {
+		if err := h.Store.(ClusterStore).Join(ctx, h.cfg.NodeID); err != nil {
 			return nil, err
 		}
 	} else if c, ok := h.Store.(Claimer); ok {
@@ -327,13 +335,7 @@ func (h *Hub) wire(cfg Config) error {
 	if clk == nil {
 		clk = clock.FromNow(cfg.Now)
 	}
-	nodeID := cfg.NodeID
-	if nodeID == "" {
-		var err error
-		if nodeID, err = cluster.LocalNodeID(cfg.DataDir); err != nil {
-			return err
-		}
-	}
+	nodeID := cfg.NodeID // New set it
 	if cfg.NATS != "" {
 		var err error
 		if h.mesh, err = mesh.Connect(mesh.Config{URL: cfg.NATS, NodeID: nodeID, Presence: h.Store, Log: cfg.Log}); err != nil {
@@ -919,7 +921,7 @@ func (h *Hub) lead(ctx context.Context, lost <-chan struct{}) {
 func (h *Hub) rejoin(ctx context.Context, every time.Duration) bool {
 	cs := h.Store.(ClusterStore)
 	for {
-		err := cs.Join(ctx)
+		err := cs.Join(ctx, h.Cluster.NodeID())
 		if err == nil {
 			return true
 		}

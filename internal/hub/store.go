@@ -61,9 +61,10 @@ type Claimer interface {
 
 // ClusterStore is a store that the nodes of a cluster share (--nats).
 type ClusterStore interface {
-	// Join makes the hub one node of the cluster until the store is
-	// closed; it fails while a hub serves the store alone (Claim).
-	Join(ctx context.Context) error
+	// Join makes the hub node of the cluster until the store is closed;
+	// it fails while a hub serves the store alone (Claim), or another
+	// node with the same id serves it.
+	Join(ctx context.Context, node string) error
 	// Lead waits until this node is the one that runs the jobs (trying
 	// every interval) and returns a channel closed when it no longer is.
 	Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error)

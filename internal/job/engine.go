@@ -137,14 +137,6 @@ func (s *Service) schedule(ctx, calls context.Context, wg *sync.WaitGroup) (time
 		if running {
 			continue
 		}
-		if s.cfg.Leases != nil && r.Lease.Node != s.cfg.NodeID && r.Lease.HeldAt(now) {
-			// Another node runs it: look again when its lease ends,
-			// in case that node is gone by then.
-			if next.IsZero() || r.Lease.Until.Before(next) {
-				next = r.Lease.Until
-			}
-			continue
-		}
 		if r.Status == herd.JobPaused {
 			// A paused job starts no device; a started one still fails at
 			// its deadline.
@@ -183,8 +175,10 @@ func (s *Service) schedule(ctx, calls context.Context, wg *sync.WaitGroup) (time
 			return time.Time{}, err
 		}
 		if !launched {
-			// Another node took it first: look again within its lease.
-			if at := now.Add(s.cfg.Lease); next.IsZero() || at.Before(next) {
+			// Another node runs it: look again in a third of a lease, in
+			// case that node is gone by then (the store lets a node take
+			// the job of a node that is gone before its lease lapses).
+			if at := now.Add(s.cfg.Lease / 3); next.IsZero() || at.Before(next) {
 				next = at
 			}
 		}

@@ -33,8 +33,10 @@ func (l Lease) HeldAt(now time.Time) bool { return !l.Until.IsZero() && l.Until.
 type Leases interface {
 	// TakeJob leases job id to this node until until if no other node
 	// holds it at now (a lease this node held before is taken again: it
-	// restarted), and returns the new epoch; 0 (and no error) if another
-	// node holds it or the job has ended.
+	// restarted; a store may also know that the holder is gone before its
+	// lease lapses), and returns the new epoch; 0 (and no error) if
+	// another node holds it or the job has ended. The engine tries again
+	// every third of a lease.
 	TakeJob(ctx context.Context, id string, now, until time.Time) (int64, error)
 	// RenewJobs extends the leases held (job id → epoch) to until and
 	// returns the jobs whose lease this node no longer holds.

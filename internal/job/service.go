@@ -238,6 +238,15 @@ func (s *Service) Create(ctx context.Context, pathID string, body []byte, allow 
 		return nil, err
 	}
 	s.log.Info("job created", "job_id", r.JobID, "op", string(r.Type), "start", r.StartTime.String())
+	if now := s.clock.Now(); s.cfg.Leases != nil && !r.StartTime.After(now) {
+		// A job due now runs on the node it was created on (unless that
+		// node is lost first): the jobs of a cluster spread over its nodes
+		// as their callers do, and the node that takes it is known. Its
+		// engine takes the lease again when it launches the job.
+		if _, err := s.cfg.Leases.TakeJob(ctx, r.JobID, now, now.Add(s.cfg.Lease)); err != nil {
+			s.log.Warn("job: could not take the lease of the job created here; the first node to see it due runs it", "job_id", r.JobID, "err", err)
+		}
+	}
 	s.announce()
 	return &r.Job, nil
 }

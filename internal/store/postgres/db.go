@@ -270,15 +270,51 @@ func (db *DB) lockSession(ctx context.Context, try, what string, refused func(da
 	return nil
 }
 
-// Join makes the calling hub one node of a cluster serving this database
+// Join makes the calling hub node of a cluster serving this database
 // (hub.ClusterStore) until Close: it takes hubLock shared, on a session of
 // its own, so that a hub serving the database alone (Claim) is refused
-// while nodes run, and nodes are refused while such a hub runs.
-func (db *DB) Join(ctx context.Context) error {
-	return db.lockSession(ctx, `SELECT pg_try_advisory_lock_shared($1)`, "join the cluster of the database", func(name string) error {
+// while nodes run, and nodes are refused while such a hub runs. On the
+// same session it holds the node's own lock (nodeLockClass, the node id
+// hashed) for as long as the session lives: the other nodes take over the
+// jobs of a node whose lock is free at once, without waiting for their
+// leases to lapse (JobLeases). A second node with the same id is refused.
+func (db *DB) Join(ctx context.Context, node string) error {
+	err := db.lockSession(ctx, `SELECT pg_try_advisory_lock_shared($1)`, "join the cluster of the database", func(name string) error {
 		return fmt.Errorf("a hub started without --nats serves database %q alone: stop it, or start it with --nats too", name)
 	})
+	if err != nil {
+		return err
+	}
+	db.mu.Lock()
+	defer db.mu.Unlock()
+	conn := db.claimed
+	// A node killed a moment ago may hold its lock until PostgreSQL has
+	// seen its session end, and a node taking over its jobs holds it for
+	// the length of one statement: a few tries.
+	for try := 0; ; try++ {
+		var ok bool
+		if err := conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1, hashtext($2))`, nodeLockClass, node).Scan(&ok); err != nil {
+			return fmt.Errorf("join the cluster of the database as node %s: %w", node, err)
+		}
+		if ok {
+			return nil
+		}
+		if try == 50 {
+			conn.Close(context.WithoutCancel(ctx))
+			db.claimed = nil
+			return fmt.Errorf("another node with id %q serves database %q: give every node its own --node-id", node, conn.Config().Database)
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
 }
+
+// nodeLockClass is the first key of the advisory locks that say a node's
+// database session lives (the second is the node id hashed, hashtext).
+const nodeLockClass int32 = 0x48657264
 
 // Lead waits until the calling node, which has joined (Join), is the one
 // node of the cluster that runs the jobs, trying every interval, and

@@ -24,13 +24,18 @@ type jobLeases struct {
 
 var _ job.Leases = (*jobLeases)(nil)
 
-// TakeJob takes a job whose lease no node holds at now (or this node
-// held last: it restarted) and raises its epoch.
+// TakeJob takes a job whose lease no node holds at now, this node held
+// last (it restarted), or the holder of which has no database session
+// left (killed: its node lock is free, see Join), and raises its epoch.
+// The CASE keeps the lock probe to the last case; a probe that succeeds
+// holds the dead node's lock only until this statement commits.
 func (l *jobLeases) TakeJob(ctx context.Context, id string, now, until time.Time) (int64, error) {
 	var epoch int64
 	err := l.db.pool.QueryRow(ctx, `UPDATE jobs SET lease_node = $2, lease_epoch = lease_epoch + 1, lease_until = $4
-		WHERE job_id = $1 AND end_time IS NULL AND (lease_until IS NULL OR lease_until <= $3 OR lease_node = $2)
-		RETURNING lease_epoch`, id, l.node, stamp(now), stamp(until)).Scan(&epoch)
+		WHERE job_id = $1 AND end_time IS NULL AND CASE
+			WHEN lease_until IS NULL OR lease_until <= $3 OR lease_node = $2 THEN true
+			ELSE pg_try_advisory_xact_lock($5, hashtext(lease_node)) END
+		RETURNING lease_epoch`, id, l.node, stamp(now), stamp(until), nodeLockClass).Scan(&epoch)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return 0, nil
 	}

@@ -3,6 +3,7 @@ package postgres_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -16,12 +17,12 @@ import (
 	"github.com/herd-iot/herd/internal/twin"
 )
 
-// leaseFixture opens a database with devices ids and one job of body,
-// named id.
-func leaseFixture(t *testing.T, t0 time.Time, id, body string, ids ...string) *postgres.DB {
+// leaseFixture opens the database of url with devices ids and one job
+// of body, named id.
+func leaseFixture(t *testing.T, url string, t0 time.Time, id, body string, ids ...string) *postgres.DB {
 	t.Helper()
 	ctx := context.Background()
-	db, err := postgres.Open(ctx, pgtest.URL(t))
+	db, err := postgres.Open(ctx, url)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -45,6 +46,21 @@ func leaseFixture(t *testing.T, t0 time.Time, id, body string, ids ...string) *p
 	return db
 }
 
+// joined opens the database of url as node id of a cluster (its session
+// holds the node's lock until Close).
+func joined(t *testing.T, url, id string) *postgres.DB {
+	t.Helper()
+	n, err := postgres.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	if err := n.Join(context.Background(), id); err != nil {
+		t.Fatalf("%s joins: %v", id, err)
+	}
+	return n
+}
+
 func deviceStatuses(t *testing.T, db *postgres.DB, id string) map[string]herd.DeviceJobStatus {
 	t.Helper()
 	djs, err := db.DeviceJobs(context.Background(), id)
@@ -66,9 +82,11 @@ func deviceStatuses(t *testing.T, db *postgres.DB, id string) map[string]herd.De
 func TestJobLeaseFencesTheNodeThatLostIt(t *testing.T) {
 	ctx := context.Background()
 	t0 := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
-	db := leaseFixture(t, t0, "lj", `{"type":"scheduleDeviceMethod","queryCondition":"*",
+	url := pgtest.URL(t)
+	db := leaseFixture(t, url, t0, "lj", `{"type":"scheduleDeviceMethod","queryCondition":"*",
 		"cloudToDeviceMethod":{"methodName":"lock","responseTimeoutInSeconds":30}}`, "d1", "d2", "d3")
-	a, b := db.JobLeases("node-a"), db.JobLeases("node-b")
+	// Both nodes' sessions live: a's lease goes to b only once it lapses.
+	a, b := joined(t, url, "node-a").JobLeases("node-a"), joined(t, url, "node-b").JobLeases("node-b")
 	lease := 15 * time.Second
 
 	ea, err := a.TakeJob(ctx, "lj", t0, t0.Add(lease))
@@ -185,7 +203,7 @@ func TestJobLeaseFencesTheNodeThatLostIt(t *testing.T) {
 func TestJobLeaseFencesATwinBatch(t *testing.T) {
 	ctx := context.Background()
 	t0 := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
-	db := leaseFixture(t, t0, "tj", `{"type":"scheduleUpdateTwin","queryCondition":"*",
+	db := leaseFixture(t, pgtest.URL(t), t0, "tj", `{"type":"scheduleUpdateTwin","queryCondition":"*",
 		"updateTwin":{"etag":"*","properties":{"desired":{"on":true}}}}`, "t1", "t2")
 	a, b := db.JobLeases("node-a"), db.JobLeases("node-b")
 	lease := 15 * time.Second
@@ -243,5 +261,40 @@ func TestJobLeaseFencesATwinBatch(t *testing.T) {
 	}
 	if j, err := db.Job(ctx, "tj"); err != nil || j.Status != herd.JobCompleted {
 		t.Fatalf("the twin job after b's batch: %v %v", j, err)
+	}
+}
+
+// TestJobLeaseOfAGoneNode: a job whose holder's database session ended
+// (the node was killed) is taken at once, before its lease lapses; one
+// whose holder's session lives is not. A second node with the same id is
+// refused.
+func TestJobLeaseOfAGoneNode(t *testing.T) {
+	ctx := context.Background()
+	t0 := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
+	url := pgtest.URL(t)
+	leaseFixture(t, url, t0, "gone", `{"type":"scheduleUpdateTwin","queryCondition":"*",
+		"updateTwin":{"etag":"*","tags":{"x":1}}}`, "g1")
+	a, b := joined(t, url, "node-a"), joined(t, url, "node-b")
+	if e, err := a.JobLeases("node-a").TakeJob(ctx, "gone", t0, t0.Add(time.Hour)); err != nil || e != 1 {
+		t.Fatalf("a takes: %d %v", e, err)
+	}
+	if e, err := b.JobLeases("node-b").TakeJob(ctx, "gone", t0.Add(time.Second), t0.Add(time.Hour)); err != nil || e != 0 {
+		t.Fatalf("b takes the job of a, which is alive: epoch %d, %v; want 0", e, err)
+	}
+	twin, err := postgres.Open(ctx, url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer twin.Close()
+	if err := twin.Join(ctx, "node-a"); err == nil || !strings.Contains(err.Error(), "another node with id") {
+		t.Fatalf("a second node-a joins: %v", err)
+	}
+	a.Close() // its session, and its node lock, end
+	if e, err := b.JobLeases("node-b").TakeJob(ctx, "gone", t0.Add(2*time.Second), t0.Add(time.Hour)); err != nil || e != 2 {
+		t.Fatalf("b takes the job of a, which is gone: epoch %d, %v; want 2", e, err)
+	}
+	// The same id starts again (a restart) once the old session is gone.
+	if err := twin.Join(ctx, "node-a"); err != nil {
+		t.Fatalf("node-a joins again after its session ended: %v", err)
 	}
 }

@@ -158,10 +158,10 @@ func TestJoinExcludesClaim(t *testing.T) {
 		return db
 	}
 	n1, n2, alone := open(), open(), open()
-	if err := n1.Join(ctx); err != nil {
+	if err := n1.Join(ctx, "n1"); err != nil {
 		t.Fatal(err)
 	}
-	if err := n2.Join(ctx); err != nil {
+	if err := n2.Join(ctx, "n2"); err != nil {
 		t.Fatalf("a second node: %v", err)
 	}
 	if err := alone.Claim(ctx); err == nil || !strings.Contains(err.Error(), "another hub is serving database") {
@@ -183,7 +183,7 @@ func TestJoinExcludesClaim(t *testing.T) {
 	if err := alone.Claim(ctx); err != nil {
 		t.Errorf("claim once the nodes closed: %v", err)
 	}
-	if err := open().Join(ctx); err == nil || !strings.Contains(err.Error(), "serves database") {
+	if err := open().Join(ctx, "n3"); err == nil || !strings.Contains(err.Error(), "serves database") {
 		t.Errorf("a node beside a hub alone: %v", err)
 	}
 }
