@@ -58,7 +58,7 @@ func (s *Service) Run(ctx context.Context) error {
 	// A store that fails the recovery (PostgreSQL restarting as the hub
 	// starts) is tried again after a pause, as later store failures are:
 	// the hub stays up, and says it is not ready while the store is away.
-	// With leases, the node that takes a job recovers it (runLeased).
+	// With leases, the node that takes a job recovers it (recoverTaken).
 	for s.cfg.Leases == nil {
 		err := s.recover(ctx)
 		if err == nil {
