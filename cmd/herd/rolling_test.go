@@ -7,7 +7,9 @@ import (
 	"io"
 	"net"
 	"os"
+	"regexp"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -345,6 +347,12 @@ func TestKillJobNodeAndDeviceNode(t *testing.T) {
 	// The node holding the job's lease and one other node (each holds a
 	// third of the devices) are killed; the third takes the job over.
 	holder := jobHolder(t, admin, "kill-two")
+	// herd cluster status names it under the nodes.
+	out, err := runCLI(t, envOf(nil), "cluster", "status", "--connection-string", nodes[2].connections, "--ca", c.ca,
+		"--url", "https://localhost:"+strings.Split(nodes[2].rest, ":")[1])
+	if err != nil || !regexp.MustCompile(`(?m)^kill-two\s+scheduleDeviceMethod\s+running\s+`+holder.NodeID+`\s+\S+\s+\d+\s*$`).MatchString(out) {
+		t.Fatalf("herd cluster status while %s runs kill-two: %v\n%s", holder.NodeID, err, out)
+	}
 	var killed []*clusterNode
 	var survivor *clusterNode
 	for _, k := range nodes {
