@@ -343,7 +343,7 @@ func benchCluster(ctx context.Context, e *bench) error {
 // clusterTwinJob runs a twin-update job over the connected devices and as
 // many more registered only (--cluster-twin-devices), after the failover
 // (its queryCondition * would take them in): set-based SQL on the node
-// that runs the jobs; the connected devices are told on their nodes.
+// that runs the job; the connected devices are told on their nodes.
 func clusterTwinJob(ctx context.Context, e *bench, b *backend, h0 *benchHub, n, k int) error { // n: the fleets' devices
 	cfg, r, logf := e.cfg, e.r, e.logf
 	if extra := cfg.clusterTwin - n; extra > 0 {

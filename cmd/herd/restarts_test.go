@@ -16,8 +16,10 @@ import (
 
 // TestClusterSurvivesRestarts restarts PostgreSQL (killed, as a crash
 // would) and then the NATS server under a 2-node cluster in the middle of
-// a method job: the nodes reconnect to both, the node that runs the jobs
-// competes for them again once the database is back, and the job goes on.
+// a method job: the nodes reconnect to both, the node that holds the
+// job's lease renews it once the database is back (or another node takes
+// the job, if the holder's session was seen gone first), and the job goes
+// on.
 // One device connects only after both restarts, so the job must still run
 // then; no device runs the method twice, and the only failures are calls
 // whose outcome the restarts may have lost.

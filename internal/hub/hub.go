@@ -190,8 +190,8 @@ type Hub struct {
 	Cluster *cluster.Service
 	// mesh reaches the other nodes (nil: one node).
 	mesh *mesh.Mesh
-	// leading says this node of a cluster runs the jobs and applies the
-	// configurations (runJobs).
+	// leading says this node leads its cluster: it applies the
+	// configurations (runJobs, lead).
 	leading atomic.Bool
 
 	tlsConfig *tls.Config

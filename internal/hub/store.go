@@ -65,10 +65,11 @@ type ClusterStore interface {
 	// it fails while a hub serves the store alone (Claim), or another
 	// node with the same id serves it.
 	Join(ctx context.Context, node string) error
-	// Lead waits until this node is the one that runs the jobs (trying
-	// every interval) and returns a channel closed when it no longer is.
+	// Lead waits until this node is the one that leads the cluster,
+	// applying the configurations (trying every interval), and returns a
+	// channel closed when it no longer is.
 	Lead(ctx context.Context, every time.Duration) (<-chan struct{}, error)
-	// Unlead hands the jobs over: another node's Lead may succeed.
+	// Unlead hands the lead over: another node's Lead may succeed.
 	Unlead(ctx context.Context) error
 	// ClaimConnections records the connections of devices and modules
 	// accepted at at as node's and raises each one's connection epoch:

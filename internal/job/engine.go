@@ -10,10 +10,6 @@ import (
 	"github.com/herd-iot/herd"
 )
 
-// ErrSuspended, as the cause of Run's context, says that the engine stops
-// only to run again later.
-var ErrSuspended = errors.New("the job engine is suspended: another node may run the jobs")
-
 // runner is one job being run.
 type runner struct {
 	id string
@@ -31,20 +27,16 @@ type runner struct {
 // previous run left (methods that were in flight fail, running jobs resume
 // from their pending devices; a store failure is tried again after a
 // pause), then starts each job at its start time, and purges job history
-// older than the retention period. It returns nil when ctx ends.
+// older than the retention period. It returns nil when ctx ends. With
+// leases (Config.Leases) it runs only the jobs it holds the lease of, and
+// recovers each as it takes it.
 //
 // Method calls in flight when ctx ends are given Config.Grace to finish
-// (no new one starts); Run returns once their outcomes are written.
-//
-// Watchers (Watch, Follow) learn that the engine stopped, unless ctx was
-// cancelled with ErrSuspended as its cause: Run is then to be called again
-// (a cluster node that lost the jobs' lock and competes for it again).
+// (no new one starts); Run returns once their outcomes are written and,
+// with leases, the jobs handed back. Watchers (Watch, Follow) then learn
+// that the engine stopped.
 func (s *Service) Run(ctx context.Context) error {
-	defer func() {
-		if !errors.Is(context.Cause(ctx), ErrSuspended) {
-			s.progress.close()
-		}
-	}()
+	defer s.progress.close()
 	calls, stopCalls := context.WithCancel(context.WithoutCancel(ctx))
 	defer stopCalls()
 	// A wall-clock bound even on a fake Clock: it bounds a shutdown.

@@ -2,8 +2,6 @@ package job_test
 
 import (
 	"context"
-	"io"
-	"log/slog"
 	"slices"
 	"strings"
 	"sync"
@@ -12,8 +10,6 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/job"
-	"github.com/herd-iot/herd/internal/store"
-	"github.com/herd-iot/herd/internal/store/storetest"
 )
 
 // TestWatchCoalescesProgress: a job's watchers are signalled at once for
@@ -183,55 +179,5 @@ func TestFollowDevicesLostNote(t *testing.T) {
 	slices.Sort(told)
 	if !lagged || !ended || strings.Join(told, ",") != "d1,d2,d3" {
 		t.Errorf("lagged %v, ended %v, told %v; want lagged, ended and d1–d3", lagged, ended, told)
-	}
-}
-
-// TestSuspendKeepsWatchers: an engine stopped with ErrSuspended (a cluster
-// node that lost the jobs' lock) runs again later on the same service; its
-// watchers are not told that it stopped, and hear of the jobs it runs
-// after.
-func TestSuspendKeepsWatchers(t *testing.T) {
-	e := newEnv(t)
-	e.devices("d1")
-	e.stop() // the env's engine; this test runs its own on the same service
-	st, err := store.Open(context.Background(), e.path, e.dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer st.Close()
-	svc := job.New(job.Config{Store: st.(storetest.Store), Twins: e.notes, Methods: e.fleet, Clock: e.clock, ProgressClock: e.clock,
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-	w := svc.Watch("after")
-	defer w.Close()
-	ctx, suspend := context.WithCancelCause(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	suspend(job.ErrSuspended)
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-w.Done():
-		t.Fatal("a suspended engine told its watchers that it stopped")
-	default:
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	go func() { done <- svc.Run(ctx) }()
-	if _, err := svc.Create(context.Background(), "after", []byte(`{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"a":1}}}`), nil); err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-w.C():
-	case <-time.After(10 * time.Second):
-		t.Fatal("no signal of a job run after the engine was suspended")
-	}
-	stop()
-	if err := <-done; err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-w.Done():
-	case <-time.After(10 * time.Second):
-		t.Fatal("Done is not closed after the engine stopped")
 	}
 }

@@ -51,8 +51,9 @@ type Config struct {
 	// writes, for the other nodes of a cluster (ApplyProgress).
 	Relay func(ProgressEvent)
 	// Announce, if set, is told after a job was created, cancelled,
-	// paused or resumed here: in a cluster, the node that runs the jobs
-	// may be another (it calls Poke).
+	// paused or resumed here, or handed back as this engine stopped: in a
+	// cluster, the node that runs the job may be another (it calls
+	// Refresh).
 	Announce func()
 	// Methods invokes direct methods; nil means method jobs fail with a
 	// reason saying that the hub has no device gateway.

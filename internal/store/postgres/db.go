@@ -57,8 +57,8 @@ type conns struct {
 // "herd.hub" hashed).
 const hubLock = 7218307461234906438
 
-// jobLock is the advisory lock key of the node of a cluster that runs the
-// jobs (the text "herd.jobs" hashed).
+// jobLock is the advisory lock key of the node that leads a cluster (the
+// text "herd.jobs" hashed: it ran the jobs before they had leases).
 const jobLock = 7218307461234906439
 
 // migrationLock is the advisory lock key under which migrations run (the
@@ -317,7 +317,8 @@ func (db *DB) Join(ctx context.Context, node string) error {
 const nodeLockClass int32 = 0x48657264
 
 // Lead waits until the calling node, which has joined (Join), is the one
-// node of the cluster that runs the jobs, trying every interval, and
+// node of the cluster that leads it (applies the configurations; each job
+// runs on the node holding its lease, JobLeases), trying every interval, and
 // returns a channel closed when it no longer is: the database session
 // holding the lock failed (checked every interval). A failed session is
 // closed: the node Joins again (on a new session) before it leads again.
@@ -329,7 +330,7 @@ func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, e
 		var ok bool
 		var err error
 		if conn == nil {
-			err = errors.New("lead the cluster's jobs: the node has not joined the cluster (or closed)")
+			err = errors.New("lead the cluster: the node has not joined the cluster (or closed)")
 		} else {
 			err = conn.QueryRow(ctx, `SELECT pg_try_advisory_lock($1)`, int64(jobLock)).Scan(&ok)
 			if err != nil && ctx.Err() == nil {
@@ -342,7 +343,7 @@ func (db *DB) Lead(ctx context.Context, every time.Duration) (<-chan struct{}, e
 			if ctx.Err() != nil {
 				return nil, ctx.Err()
 			}
-			return nil, fmt.Errorf("lead the cluster's jobs: %w", err)
+			return nil, fmt.Errorf("lead the cluster: %w", err)
 		}
 		if ok {
 			break
@@ -398,10 +399,10 @@ func (db *DB) Unlead(ctx context.Context) error {
 	}
 	var ok bool
 	if err := db.claimed.QueryRow(ctx, `SELECT pg_advisory_unlock($1)`, int64(jobLock)).Scan(&ok); err != nil {
-		return fmt.Errorf("hand the cluster's jobs over: %w", err)
+		return fmt.Errorf("hand the cluster's lead over: %w", err)
 	}
 	if !ok {
-		return errors.New("hand the cluster's jobs over: this node did not hold them")
+		return errors.New("hand the cluster's lead over: this node did not hold it")
 	}
 	return nil
 }

@@ -73,7 +73,7 @@ func (db *DB) ApplyTwinBatch(ctx context.Context, id string, p twin.Patch, after
 		res.Next, res.Done = *last, count < limit
 		// The range's pending records are locked before the twins are
 		// read: a second runner of the same batch (a node that lost the
-		// jobs' lock and has not noticed yet) waits here for the first to
+		// job's lease and has not noticed yet) waits here for the first to
 		// commit, and the statements after this one, reading afresh, see
 		// its records no longer pending. Without it, both could take
 		// their snapshot of pending records first, and the second, woken
