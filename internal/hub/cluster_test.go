@@ -16,6 +16,7 @@ import (
 	"github.com/herd-iot/herd/internal/hubtest"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/sas"
+	"github.com/herd-iot/herd/service"
 )
 
 // A node takes its lease when it starts, renews it with what it reports of
@@ -198,4 +199,46 @@ func TestNodeDisconnectsOnlyWhatIsGone(t *testing.T) {
 	if got := states(h); !connected("live")(got) {
 		t.Errorf("a later sweep: %v", got)
 	}
+}
+
+// GET /cluster lists the jobs that have not ended: on a hub alone, the
+// one it runs names the hub's node; one not due yet names none; an ended
+// one is not listed.
+func TestClusterStatusListsJobs(t *testing.T) {
+	ctx := context.Background()
+	h := hubtest.Start(t, hubtest.WithConfig(func(c *hub.Config) { c.NodeID = "solo" }))
+	if _, err := h.Service.CreateDevice(ctx, herd.Device{DeviceID: "away"}); err != nil {
+		t.Fatal(err)
+	}
+	// The device never connects: the job waits for it.
+	if _, err := h.Service.ScheduleDeviceMethod(ctx, "waiting", "*", herd.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: 5,
+		ConnectTimeoutInSeconds: 300}, service.JobOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.Service.ScheduleDeviceMethod(ctx, "later", "*", herd.MethodRequest{MethodName: "m", ResponseTimeoutInSeconds: 5},
+		service.JobOptions{StartTime: time.Now().Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	var jobs []herd.ClusterJob
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		st, err := h.Service.Cluster(ctx)
+		if err != nil {
+			return false
+		}
+		jobs = jobs[:0]
+		for _, j := range st.Jobs {
+			jobs = append(jobs, *j)
+		}
+		return len(jobs) == 2 && jobs[0].JobID == "waiting" && jobs[0].Status == herd.JobRunning && jobs[0].NodeID == "solo" &&
+			jobs[1].JobID == "later" && jobs[1].NodeID == ""
+	}, "GET /cluster does not list the running job on this node and the scheduled one on none: %+v", &jobs)
+	for _, id := range []string{"waiting", "later"} {
+		if _, err := h.Service.CancelJob(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	hubtest.Eventually(t, 10*time.Second, func() bool {
+		st, err := h.Service.Cluster(ctx)
+		return err == nil && len(st.Jobs) == 0
+	}, "GET /cluster still lists cancelled jobs")
 }

@@ -61,6 +61,20 @@ func joined(t *testing.T, url, id string) *postgres.DB {
 	return n
 }
 
+// desiredVersions checks the desired $version of twins ids after what.
+func desiredVersions(t *testing.T, db *postgres.DB, what string, want int64, ids ...string) {
+	t.Helper()
+	for _, id := range ids {
+		_, doc, err := db.Twin(context.Background(), id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if doc.DesiredVersion != want {
+			t.Fatalf("%s desired $version %d after %s, want %d", id, doc.DesiredVersion, what, want)
+		}
+	}
+}
+
 func deviceStatuses(t *testing.T, db *postgres.DB, id string) map[string]herd.DeviceJobStatus {
 	t.Helper()
 	djs, err := db.DeviceJobs(context.Background(), id)
@@ -234,15 +248,7 @@ func TestJobLeaseFencesATwinBatch(t *testing.T) {
 	if _, err := a.Fenced(ea).ApplyTwinBatch(ctx, "tj", p, "", 10, late); !errors.Is(err, job.ErrLeaseLost) {
 		t.Fatalf("a's twin batch after b took the lease: %v, want ErrLeaseLost", err)
 	}
-	for _, id := range []string{"t1", "t2"} {
-		_, doc, err := db.Twin(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v := doc.DesiredVersion; v != 1 {
-			t.Fatalf("%s desired $version %d after a's refused batch, want 1", id, v)
-		}
-	}
+	desiredVersions(t, db, "a's refused batch", 1, "t1", "t2")
 	if st := deviceStatuses(t, db, "tj"); st["t1"] != herd.DeviceJobPending || st["t2"] != herd.DeviceJobPending {
 		t.Fatalf("a's refused batch changed the records: %v", st)
 	}
@@ -250,15 +256,7 @@ func TestJobLeaseFencesATwinBatch(t *testing.T) {
 	if err != nil || len(res.Updated) != 2 {
 		t.Fatalf("b's batch: %+v %v", res, err)
 	}
-	for _, id := range []string{"t1", "t2"} {
-		_, doc, err := db.Twin(ctx, id)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if v := doc.DesiredVersion; v != 2 {
-			t.Fatalf("%s desired $version %d after b's batch, want 2", id, v)
-		}
-	}
+	desiredVersions(t, db, "b's batch", 2, "t1", "t2")
 	if j, err := db.Job(ctx, "tj"); err != nil || j.Status != herd.JobCompleted {
 		t.Fatalf("the twin job after b's batch: %v %v", j, err)
 	}
