@@ -45,42 +45,11 @@ func TestLeaseTakenOverMidJob(t *testing.T) {
 	url := pgtest.URL(t)
 	// Each node on a session of its own, which holds its node lock: b
 	// takes a's job only once a's lease lapses.
-	node := func(id string) *postgres.DB {
-		db, err := postgres.Open(ctx, url)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { db.Close() })
-		if err := db.Join(ctx, id); err != nil {
-			t.Fatal(err)
-		}
-		return db
-	}
-	db, dbB := node("node-a"), node("node-b")
-	var ops []registry.Op
-	for _, id := range []string{"d1", "d2", "d3", "d4", "d5", "d6"} {
-		ops = append(ops, registry.Op{Kind: registry.OpCreate, DeviceID: id, Twin: twin.NewDoc(t0), Device: &herd.Device{
-			DeviceID: id, GenerationID: "1", Status: herd.DeviceEnabled,
-			Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: auth.NewKey(), SecondaryKey: auth.NewKey()}},
-		}})
-	}
-	if _, err := db.ApplyDevices(ctx, ops); err != nil {
-		t.Fatal(err)
-	}
+	db, dbB := joinedNode(t, url, "node-a"), joinedNode(t, url, "node-b")
+	leaseDevices(t, db, "d1", "d2", "d3", "d4", "d5", "d6")
 	clk := clock.NewFake(t0)
-	const lease = 3 * time.Second
 	engine := func(db *postgres.DB, node string, leases job.Leases, f *fleet) (*job.Service, func()) {
-		svc := job.New(job.Config{Store: db, Methods: f, Clock: clk, ProgressClock: clk, Leases: leases, NodeID: node, Lease: lease,
-			Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
-		rctx, cancel := context.WithCancel(ctx)
-		done := make(chan error, 1)
-		go func() { done <- svc.Run(rctx) }()
-		return svc, func() {
-			cancel()
-			if err := <-done; err != nil {
-				t.Errorf("%s: Run: %v", node, err)
-			}
-		}
+		return leasedEngine(t, db, clk, node, leases, f)
 	}
 	fa := newFleet()
 	fa.connect("d1", "d2", "d3")
@@ -144,6 +113,124 @@ func TestLeaseTakenOverMidJob(t *testing.T) {
 	}
 	if len(djs) != 6 {
 		t.Errorf("%d device records, want 6", len(djs))
+	}
+}
+
+// leaseLength is the job lease of the engines of these tests.
+const leaseLength = 3 * time.Second
+
+// joinedNode opens the database of url as node id of a cluster.
+func joinedNode(t *testing.T, url, id string) *postgres.DB {
+	t.Helper()
+	db, err := postgres.Open(context.Background(), url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	if err := db.Join(context.Background(), id); err != nil {
+		t.Fatal(err)
+	}
+	return db
+}
+
+// leaseDevices registers devices ids.
+func leaseDevices(t *testing.T, db *postgres.DB, ids ...string) {
+	t.Helper()
+	var ops []registry.Op
+	for _, id := range ids {
+		ops = append(ops, registry.Op{Kind: registry.OpCreate, DeviceID: id, Twin: twin.NewDoc(t0), Device: &herd.Device{
+			DeviceID: id, GenerationID: "1", Status: herd.DeviceEnabled,
+			Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: auth.NewKey(), SecondaryKey: auth.NewKey()}},
+		}})
+	}
+	if _, err := db.ApplyDevices(context.Background(), ops); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// leasedEngine runs the engine of node on db with leases, until the
+// returned stop.
+func leasedEngine(t *testing.T, db *postgres.DB, clk *clock.Fake, node string, leases job.Leases, f *fleet) (*job.Service, func()) {
+	t.Helper()
+	svc := job.New(job.Config{Store: db, Methods: f, Clock: clk, ProgressClock: clk, Leases: leases, NodeID: node, Lease: leaseLength,
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+	stopped := false
+	stop := func() {
+		if stopped {
+			return
+		}
+		stopped = true
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("%s: Run: %v", node, err)
+		}
+	}
+	t.Cleanup(stop)
+	return svc, stop
+}
+
+// TestLeasedEngineSchedules: with leases, a job scheduled for later is
+// taken and run at its start time, not at its creation; a paused job
+// whose deadline passes is ended under a lease taken for that; and a job
+// handed back by a node that stops is taken by another at once.
+func TestLeasedEngineSchedules(t *testing.T) {
+	ctx := context.Background()
+	url := pgtest.URL(t)
+	db := joinedNode(t, url, "node-a")
+	leaseDevices(t, db, "s1", "s2")
+	clk := clock.NewFake(t0)
+	f := newFleet()
+	f.connect("s1")
+	a, stopA := leasedEngine(t, db, clk, "node-a", db.JobLeases("node-a"), f)
+	start := t0.Add(time.Hour).Format(time.RFC3339)
+	if _, err := a.Create(ctx, "later", []byte(`{"type":"scheduleDeviceMethod","queryCondition":"deviceId = 's1'","startTime":"`+start+`",
+		"cloudToDeviceMethod":{"methodName":"m","responseTimeoutInSeconds":30}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitJob(t, db, "later", "scheduled, not leased", func(r *job.Record) bool { return r.Status == herd.JobScheduled && r.Lease.Node == "" })
+	clk.Advance(time.Hour)
+	r := waitJob(t, db, "later", "completed", func(r *job.Record) bool { return r.EndTime != nil })
+	if r.Status != herd.JobCompleted || r.Lease.Node != "node-a" || r.Lease.HeldAt(clk.Now()) || f.callCount("s1") != 1 {
+		t.Fatalf("the scheduled job: %s, lease %+v, s1 called %d times", r.Status, r.Lease, f.callCount("s1"))
+	}
+
+	// s2 is offline: the job waits for it, is paused, and its deadline
+	// passes while it is paused.
+	if _, err := a.Create(ctx, "paused", []byte(`{"type":"scheduleDeviceMethod","queryCondition":"deviceId = 's2'","maxExecutionTimeInSeconds":60,
+		"cloudToDeviceMethod":{"methodName":"m","responseTimeoutInSeconds":30,"connectTimeoutInSeconds":300}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	waitJob(t, db, "paused", "running", func(r *job.Record) bool { return r.Status == herd.JobRunning })
+	if _, err := a.Pause(ctx, "paused", nil); err != nil {
+		t.Fatal(err)
+	}
+	waitJob(t, db, "paused", "paused and handed back", func(r *job.Record) bool {
+		return r.Status == herd.JobPaused && !r.Lease.HeldAt(clk.Now()) && a.Running() == 0
+	})
+	clk.Advance(61 * time.Second)
+	r = waitJob(t, db, "paused", "ended at its deadline", func(r *job.Record) bool { return r.EndTime != nil })
+	if r.Status != herd.JobFailed || r.DeviceJobStatistics.FailedCount != 1 {
+		t.Fatalf("the paused job after its deadline: %s %+v", r.Status, *r.DeviceJobStatistics)
+	}
+
+	// A job that waits for s2 again; a stops and hands it back; b takes it
+	// at once (its lease had not lapsed) and runs it once s2 connects.
+	if _, err := a.Create(ctx, "handed", []byte(`{"type":"scheduleDeviceMethod","queryCondition":"deviceId = 's2'",
+		"cloudToDeviceMethod":{"methodName":"m","responseTimeoutInSeconds":30,"connectTimeoutInSeconds":300}}`), nil); err != nil {
+		t.Fatal(err)
+	}
+	held := waitJob(t, db, "handed", "run by a", func(r *job.Record) bool { return r.Lease.Node == "node-a" && a.Running() == 1 })
+	stopA()
+	dbB := joinedNode(t, url, "node-b")
+	fb := newFleet()
+	fb.connect("s2")
+	leasedEngine(t, dbB, clk, "node-b", dbB.JobLeases("node-b"), fb)
+	r = waitJob(t, db, "handed", "completed by b", func(r *job.Record) bool { return r.EndTime != nil })
+	if r.Status != herd.JobCompleted || r.Lease.Node != "node-b" || r.Lease.Epoch <= held.Lease.Epoch || fb.callCount("s2") != 1 {
+		t.Fatalf("the handed-back job: %s, lease %+v (a's %+v), s2 called %d times by b", r.Status, r.Lease, held.Lease, fb.callCount("s2"))
 	}
 }
 
