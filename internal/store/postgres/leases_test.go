@@ -61,6 +61,28 @@ func joined(t *testing.T, url, id string) *postgres.DB {
 	return n
 }
 
+// startTwinJob starts twin job id through st (all devices) and returns
+// its patch.
+func startTwinJob(t *testing.T, st job.Store, db *postgres.DB, id string, t0 time.Time) twin.Patch {
+	t.Helper()
+	every, err := query.ParseCondition("*")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.StartJob(context.Background(), id, every, t0); err != nil {
+		t.Fatal(err)
+	}
+	stored, err := db.Job(context.Background(), id)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := job.Patch(stored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // desiredVersions checks the desired $version of twins ids after what.
 func desiredVersions(t *testing.T, db *postgres.DB, what string, want int64, ids ...string) {
 	t.Helper()
@@ -225,21 +247,7 @@ func TestJobLeaseFencesATwinBatch(t *testing.T) {
 	if err != nil || ea == 0 {
 		t.Fatalf("a takes: %d %v", ea, err)
 	}
-	every, err := query.ParseCondition("*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := a.Fenced(ea).StartJob(ctx, "tj", every, t0); err != nil {
-		t.Fatal(err)
-	}
-	stored, err := db.Job(ctx, "tj")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := job.Patch(stored)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := startTwinJob(t, a.Fenced(ea), db, "tj", t0)
 	late := t0.Add(2 * lease)
 	eb, err := b.TakeJob(ctx, "tj", late, late.Add(lease))
 	if err != nil || eb == 0 {

@@ -7,15 +7,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/herd-iot/herd"
-	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/hubtest"
-	"github.com/herd-iot/herd/internal/job"
-	"github.com/herd-iot/herd/internal/query"
-	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/pgtest"
-	"github.com/herd-iot/herd/internal/store/postgres"
-	"github.com/herd-iot/herd/internal/twin"
 )
 
 // TestTwinBatchOnceUnderTwoRunners: two runners of one twin job's batch
@@ -27,44 +20,10 @@ import (
 func TestTwinBatchOnceUnderTwoRunners(t *testing.T) {
 	ctx := context.Background()
 	url := pgtest.URL(t)
-	db, err := postgres.Open(ctx, url)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { db.Close() })
 	t0 := time.Date(2026, 12, 7, 9, 0, 0, 0, time.UTC)
 	ids := []string{"r1", "r2", "r3"}
-	var ops []registry.Op
-	for _, id := range ids {
-		ops = append(ops, registry.Op{Kind: registry.OpCreate, DeviceID: id, Twin: twin.NewDoc(t0),
-			Device: &herd.Device{DeviceID: id, GenerationID: "1", Status: herd.DeviceEnabled,
-				Authentication: herd.Authentication{Type: herd.AuthSAS, SymmetricKey: herd.SymmetricKey{PrimaryKey: auth.NewKey(), SecondaryKey: auth.NewKey()}}}})
-	}
-	if _, err := db.ApplyDevices(ctx, ops); err != nil {
-		t.Fatal(err)
-	}
-	r, err := job.ParseRequest("race", []byte(`{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","properties":{"desired":{"on":true}}}}`), t0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := db.CreateJob(ctx, r); err != nil {
-		t.Fatal(err)
-	}
-	every, err := query.ParseCondition("*")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := db.StartJob(ctx, "race", every, t0); err != nil {
-		t.Fatal(err)
-	}
-	stored, err := db.Job(ctx, "race")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := job.Patch(stored)
-	if err != nil {
-		t.Fatal(err)
-	}
+	db := leaseFixture(t, url, t0, "race", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","properties":{"desired":{"on":true}}}}`, ids...)
+	p := startTwinJob(t, db, db, "race", t0)
 
 	holder, err := pgx.Connect(ctx, url)
 	if err != nil {
