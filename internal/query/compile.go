@@ -682,8 +682,27 @@ var zeroTime = herd.Time{}.String()
 
 var twinColumns = map[string]string{
 	"deviceId": "device_id", "status": "status", "statusUpdateTime": "status_updated_time",
-	"connectionState": "connection_state", "lastActivityTime": "last_activity_time",
-	"authenticationType": "auth_type",
+	"connectionState": "connection_state", "authenticationType": "auth_type",
+}
+
+// LastActivity is the SQL of the lastActivityTime of the row of table
+// (devices or modules, or the alias it has in the statement).
+//
+// A device's (module's) activity lives in two places: the row's own
+// last_activity_time, written with its connection state, and the narrow
+// device_activity (module_activity) table, which activity between
+// connection changes updates so that it does not rewrite the whole row
+// with its twin (internal/store/sqlite migration 0170). The later of the
+// two is the activity.
+func LastActivity(table string, modules bool) string {
+	on := "a.device_id = " + table + ".device_id"
+	from := "device_activity"
+	if modules {
+		on += " AND a.module_id = " + table + ".module_id"
+		from = "module_activity"
+	}
+	return "COALESCE((SELECT a.last_activity_time FROM " + from + " a WHERE " + on +
+		" AND a.last_activity_time > " + table + ".last_activity_time), " + table + ".last_activity_time)"
 }
 
 var jobColumns = map[string]string{
@@ -721,6 +740,13 @@ func (c *compiler) path(p *Path) operand {
 	}
 	if col, ok := twinColumns[s[0]]; ok {
 		return static(String, c.col(col))
+	}
+	if s[0] == "lastActivityTime" {
+		table := c.alias
+		if table == "" {
+			table = tableOf(c.src)
+		}
+		return static(String, LastActivity(table, c.src == DeviceModules))
 	}
 	switch s[0] {
 	case "moduleId", "modelId":

@@ -1,17 +1,21 @@
 package postgres
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -21,12 +25,16 @@ var (
 	_ twin.Store     = (*DB)(nil)
 )
 
-// identityColumns are the devices columns of a herd.Device, in the order
+// identityInsert are the devices columns of a herd.Device, in the order
 // scanDevice reads them.
-const identityColumns = `device_id, generation_id, etag, status, status_reason, status_updated_time,
+const identityInsert = `device_id, generation_id, etag, status, status_reason, status_updated_time,
 	auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
 	iot_edge, device_scope, parent_scopes, connection_state, connection_state_updated_time,
 	last_activity_time, c2d_message_count`
+
+// identityColumns selects the columns of identityInsert, the device's activity as
+// query.LastActivity has it.
+var identityColumns = strings.Replace(identityInsert, "last_activity_time", query.LastActivity("devices", false), 1)
 
 // twinColumns are the devices columns of a twin.Doc, in the order rawDoc
 // reads them.
@@ -304,7 +312,7 @@ func insertDevice(ctx context.Context, tx pgx.Tx, d *herd.Device, doc *twin.Doc)
 		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
 		d.Capabilities.IoTEdge, d.DeviceScope, scopes, string(herd.Disconnected),
 		herd.Time{}.String(), herd.Time{}.String(), int64(0)}, docArgs...)
-	tag, err := tx.Exec(ctx, `INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
+	tag, err := tx.Exec(ctx, `INSERT INTO devices (`+identityInsert+`, `+twinColumns+`)
 		VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18,
 		$19, $20, $21, $22, $23, $24, $25, $26, $27) ON CONFLICT (device_id) DO NOTHING`, args...)
 	if err != nil {
@@ -320,36 +328,58 @@ func insertDevice(ctx context.Context, tx pgx.Tx, d *herd.Device, doc *twin.Doc)
 }
 
 // SetConnectionStates records a batch of connection changes in one
-// statement per table (activity never moves backwards). A change with an
-// epoch (cluster mode) changes the state only while the device's
-// connection epoch is still that one; without, a disconnect changes the
-// state only of a device still on the change's node. Activity is recorded
-// either way.
+// round trip, a statement per table (activity never moves backwards). A
+// change with an epoch (cluster mode) changes the state only while the
+// device's connection epoch is still that one; without, a disconnect
+// changes the state only of a device still on the change's node.
+// Activity is recorded either way: with a state change in the device's
+// (module's) row, which that rewrites anyway, and without one in its
+// activity table (migration 0018).
 func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.ConnectionChange) error {
 	var ids, nodes, states, stateAts, acts []*string
 	var epochs []int64
 	var mIDs, mMods, mNodes, mStates, mStateAts, mActs []*string
 	var mEpochs []int64
+	activity := map[[2]string]string{} // the latest activity by device and module
 	for _, c := range changes {
 		dev, mod := herd.SplitIdentity(c.DeviceID)
 		act := herd.NewTime(c.ActivityAt).String()
-		node := c.Node
-		var st, at *string
-		if c.State != "" {
-			s, t := string(c.State), herd.NewTime(c.StateAt).String()
-			st, at = &s, &t
+		if c.State == "" {
+			if k := [2]string{dev, mod}; act > activity[k] {
+				activity[k] = act
+			}
+			continue
 		}
+		node := c.Node
+		s, t := string(c.State), herd.NewTime(c.StateAt).String()
 		if mod != "" {
 			mIDs, mMods, mNodes, mStates, mStateAts, mActs = append(mIDs, &dev), append(mMods, &mod), append(mNodes, &node),
-				append(mStates, st), append(mStateAts, at), append(mActs, &act)
+				append(mStates, &s), append(mStateAts, &t), append(mActs, &act)
 			mEpochs = append(mEpochs, c.Epoch)
 			continue
 		}
-		ids, nodes, states, stateAts, acts = append(ids, &dev), append(nodes, &node), append(states, st), append(stateAts, at), append(acts, &act)
+		ids, nodes, states, stateAts, acts = append(ids, &dev), append(nodes, &node), append(states, &s), append(stateAts, &t), append(acts, &act)
 		epochs = append(epochs, c.Epoch)
 	}
-	if len(ids) == 0 && len(mIDs) == 0 {
+	if len(ids) == 0 && len(mIDs) == 0 && len(activity) == 0 {
 		return nil
+	}
+	// In key order, so that batches that share devices lock their
+	// activity rows in the same order.
+	keys := make([][2]string, 0, len(activity))
+	for k := range activity {
+		keys = append(keys, k)
+	}
+	slices.SortFunc(keys, func(a, b [2]string) int {
+		return cmp.Or(strings.Compare(a[0], b[0]), strings.Compare(a[1], b[1]))
+	})
+	var aIDs, aActs, maIDs, maMods, maActs []string
+	for _, k := range keys {
+		if k[1] == "" {
+			aIDs, aActs = append(aIDs, k[0]), append(aActs, activity[k])
+		} else {
+			maIDs, maMods, maActs = append(maIDs, k[0]), append(maMods, k[1]), append(maActs, activity[k])
+		}
 	}
 	b := &pgx.Batch{}
 	b.Queue(keyedPlanningSQL)
@@ -359,11 +389,41 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 	if len(mIDs) > 0 {
 		b.Queue(moduleConnectionsSQL, mIDs, mMods, mNodes, mStates, mStateAts, mActs, mEpochs)
 	}
-	if err := db.batch(ctx, b, nil); err != nil {
+	if len(aIDs) > 0 {
+		b.Queue(deviceActivitySQL, aIDs, aActs)
+	}
+	if len(maIDs) > 0 {
+		b.Queue(moduleActivitySQL, maIDs, maMods, maActs)
+	}
+	err := db.batch(ctx, b, nil)
+	var pe *pgconn.PgError
+	if errors.As(err, &pe) && pe.Code == "23503" && (pe.TableName == "device_activity" || pe.TableName == "module_activity") {
+		// A device (module) of the batch was deleted between the
+		// statement's check that it exists and its insert: once more,
+		// which no longer finds it. The batch is idempotent.
+		err = db.batch(ctx, b, nil)
+	}
+	if err != nil {
 		return fmt.Errorf("record connection states: %w", err)
 	}
 	return nil
 }
+
+// deviceActivitySQL and moduleActivitySQL record the activity of
+// devices (modules) that exist, as parallel arrays, in their activity
+// tables.
+const (
+	deviceActivitySQL = `INSERT INTO device_activity AS a (device_id, last_activity_time)
+		SELECT c.id, c.act FROM unnest($1::text[], $2::text[]) AS c(id, act)
+		WHERE EXISTS (SELECT FROM devices d WHERE d.device_id = c.id)
+		ON CONFLICT (device_id) DO UPDATE SET last_activity_time = EXCLUDED.last_activity_time
+		WHERE a.last_activity_time < EXCLUDED.last_activity_time`
+	moduleActivitySQL = `INSERT INTO module_activity AS a (device_id, module_id, last_activity_time)
+		SELECT c.id, c.mid, c.act FROM unnest($1::text[], $2::text[], $3::text[]) AS c(id, mid, act)
+		WHERE EXISTS (SELECT FROM modules m WHERE m.device_id = c.id AND m.module_id = c.mid)
+		ON CONFLICT (device_id, module_id) DO UPDATE SET last_activity_time = EXCLUDED.last_activity_time
+		WHERE a.last_activity_time < EXCLUDED.last_activity_time`
+)
 
 // deviceConnectionsSQL and moduleConnectionsSQL record connection
 // changes of devices and modules, as parallel arrays.
@@ -392,11 +452,11 @@ const keyedPlanningSQL = `SELECT set_config('enable_hashjoin', 'off', true), set
 	set_config('jit', 'off', true)`
 
 // connectionUpdate records connection changes c (the FROM list) in table
-// (aliased t), where match. A change without a state records activity
-// only. A change with an epoch sets the state while the row's epoch is
-// its own (its node claimed the connection: ClaimConnections); without
-// one, Connected moves the device to the change's node and Disconnected
-// applies only on the node it is on.
+// (aliased t), where match: their states and activity. A change with an
+// epoch sets the state while the row's epoch is its own (its node claimed
+// the connection: ClaimConnections); without one, Connected moves the
+// device to the change's node and Disconnected applies only on the node
+// it is on.
 func connectionUpdate(table, t, from, match string) string {
 	applies := strings.NewReplacer("T.", t+".").Replace(`c.state IS NOT NULL AND
 		(c.epoch <> 0 AND T.conn_epoch = c.epoch OR c.epoch = 0 AND (c.state = 'Connected' OR T.conn_node = c.node))`)

@@ -10,15 +10,20 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/herd-iot/herd"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
 
-// moduleColumns are the modules columns of a herd.Module, in the order
+// moduleInsert are the modules columns of a herd.Module, in the order
 // scanModule reads them.
-const moduleColumns = `device_id, module_id, generation_id, etag, managed_by, auth_type, primary_key,
+const moduleInsert = `device_id, module_id, generation_id, etag, managed_by, auth_type, primary_key,
 	secondary_key, primary_thumbprint, secondary_thumbprint, connection_state,
 	connection_state_updated_time, last_activity_time, c2d_message_count`
+
+// moduleColumns selects the columns of moduleInsert, the module's activity as
+// query.LastActivity has it.
+var moduleColumns = strings.Replace(moduleInsert, "last_activity_time", query.LastActivity("modules", true), 1)
 
 func scanModule(row pgx.Row) (*herd.Module, error) { return scanModuleWith(row) }
 
@@ -94,7 +99,7 @@ func (db *DB) CreateModule(ctx context.Context, m *herd.Module, doc *twin.Doc) (
 		for i := range marks {
 			marks[i] = "$" + strconv.Itoa(i+1)
 		}
-		tag, err := tx.Exec(ctx, `INSERT INTO modules (`+moduleColumns+`, `+twinColumns+`)
+		tag, err := tx.Exec(ctx, `INSERT INTO modules (`+moduleInsert+`, `+twinColumns+`)
 			VALUES (`+strings.Join(marks, ", ")+`) ON CONFLICT (device_id, module_id) DO NOTHING`, args...)
 		if err != nil {
 			return err

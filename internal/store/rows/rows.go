@@ -77,6 +77,12 @@ var Tables = []*Table{
 		{"desired_metadata", JSON}, {"reported", JSON}, {"reported_version", Int}, {"reported_metadata", JSON},
 		{"conn_node", Text}, {"conn_epoch", Int},
 	}},
+	{Name: "device_activity", Key: []string{"device_id"}, Columns: []Column{
+		{"device_id", Text}, {"last_activity_time", Text},
+	}},
+	{Name: "module_activity", Key: []string{"device_id", "module_id"}, Columns: []Column{
+		{"device_id", Text}, {"module_id", Text}, {"last_activity_time", Text},
+	}},
 	{Name: "device_sessions", Key: []string{"device_id"}, Columns: []Column{
 		{"device_id", Text}, {"subscriptions", Int},
 	}},

@@ -10,6 +10,7 @@ import (
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/bus"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -19,12 +20,16 @@ var (
 	_ twin.Store     = (*DB)(nil)
 )
 
-// identityColumns are the devices columns that make up a herd.Device, in
+// identityInsert are the devices columns that make up a herd.Device, in
 // the order scanDevice reads them.
-const identityColumns = `device_id, generation_id, etag, status, status_reason, status_updated_time,
+const identityInsert = `device_id, generation_id, etag, status, status_reason, status_updated_time,
 	auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
 	iot_edge, device_scope, parent_scopes, connection_state, connection_state_updated_time,
 	last_activity_time, c2d_message_count`
+
+// identityColumns selects the columns of identityInsert, the device's activity as
+// query.LastActivity has it.
+var identityColumns = strings.Replace(identityInsert, "last_activity_time", query.LastActivity("devices", false), 1)
 
 // twinColumns are the devices columns that make up a twin.Doc, in the
 // order scanDoc reads them.
@@ -334,7 +339,7 @@ func insertDevice(tx *txPrepared, d *herd.Device, doc *twin.Doc) (*herd.Device, 
 		a.X509Thumbprint.PrimaryThumbprint, a.X509Thumbprint.SecondaryThumbprint,
 		d.Capabilities.IoTEdge, d.DeviceScope, string(scopes), string(herd.Disconnected),
 		herd.Time{}.String(), herd.Time{}.String(), 0}, docArgs...)
-	res, err := tx.exec(`INSERT INTO devices (`+identityColumns+`, `+twinColumns+`)
+	res, err := tx.exec(`INSERT INTO devices (`+identityInsert+`, `+twinColumns+`)
 		VALUES (`+placeholders(len(args)-len(docArgs))+`, `+twinValues+`) ON CONFLICT (device_id) DO NOTHING`, args...)
 	if err != nil {
 		return nil, err
@@ -360,6 +365,20 @@ const connectionUpdate = `UPDATE %s SET
 	last_activity_time = max(last_activity_time, ?4)
 	WHERE %s`
 
+// deviceActivityUpsert and moduleActivityUpsert record activity ?1 of
+// device ?2 (module ?3) that exists in its activity table: a row of its
+// own, so as not to rewrite the device's (migration 0170).
+const (
+	deviceActivityUpsert = `INSERT INTO device_activity (device_id, last_activity_time)
+		SELECT ?2, ?1 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = ?2)
+		ON CONFLICT (device_id) DO UPDATE SET last_activity_time = excluded.last_activity_time
+		WHERE excluded.last_activity_time > device_activity.last_activity_time`
+	moduleActivityUpsert = `INSERT INTO module_activity (device_id, module_id, last_activity_time)
+		SELECT ?2, ?3, ?1 WHERE EXISTS (SELECT 1 FROM modules WHERE device_id = ?2 AND module_id = ?3)
+		ON CONFLICT (device_id, module_id) DO UPDATE SET last_activity_time = excluded.last_activity_time
+		WHERE excluded.last_activity_time > module_activity.last_activity_time`
+)
+
 func placeholders(n int) string {
 	return strings.TrimSuffix(strings.Repeat("?, ", n), ", ")
 }
@@ -374,7 +393,7 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 			return err
 		}
 		defer state.Close()
-		activity, err := tx.PrepareContext(ctx, `UPDATE devices SET last_activity_time = max(last_activity_time, ?) WHERE device_id = ?`)
+		activity, err := tx.PrepareContext(ctx, deviceActivityUpsert)
 		if err != nil {
 			return err
 		}
@@ -388,8 +407,7 @@ func (db *DB) SetConnectionStates(ctx context.Context, changes []registry.Connec
 					_, err = tx.ExecContext(ctx, fmt.Sprintf(connectionUpdate, "modules", "device_id = ?5 AND module_id = ?6"),
 						string(c.State), herd.NewTime(c.StateAt).String(), c.Node, act, dev, mod)
 				} else {
-					_, err = tx.ExecContext(ctx, `UPDATE modules SET last_activity_time = max(last_activity_time, ?)
-						WHERE device_id = ? AND module_id = ?`, act, dev, mod)
+					_, err = tx.ExecContext(ctx, moduleActivityUpsert, act, dev, mod)
 				}
 			} else if c.State != "" {
 				_, err = state.ExecContext(ctx, string(c.State), herd.NewTime(c.StateAt).String(), c.Node, act, c.DeviceID)

@@ -8,12 +8,14 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
 	"github.com/herd-iot/herd"
 	"github.com/herd-iot/herd/internal/auth"
 	"github.com/herd-iot/herd/internal/hub"
+	"github.com/herd-iot/herd/internal/query"
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/twin"
 )
@@ -71,6 +73,7 @@ var registryTests = []struct {
 	{"Delete", testDelete},
 	{"ListAndStatistics", testListAndStatistics},
 	{"ConnectionStates", testConnectionStates},
+	{"Activity", testActivity},
 	{"TwinRoundTrip", testTwinRoundTrip},
 	{"TwinFailedUpdateWritesNothing", testTwinFailedUpdate},
 	{"Policies", testPolicies},
@@ -337,6 +340,110 @@ func testConnectionStates(t *testing.T, s Store) {
 	if a, _ = s.Device(ctx, "a"); !a.LastActivityTime.Equal(t2) {
 		t.Errorf("lastActivityTime went back to %v", a.LastActivityTime)
 	}
+}
+
+// Activity without a connection change is kept apart from the device's
+// row (migration 0170 of the SQLite store): every read of
+// lastActivityTime (the device, its twin, a batch, a query's condition
+// and its results, a module) takes the later of the two, and it goes
+// with the device.
+func testActivity(t *testing.T, s Store) {
+	ctx := context.Background()
+	create(t, s, "a", "b")
+	if _, err := s.CreateModule(ctx, newModule("a", "m"), twin.NewDoc(t0)); err != nil {
+		t.Fatal(err)
+	}
+	at := func(min int) time.Time { return t0.Add(time.Duration(min) * time.Minute) }
+	record := func(changes ...registry.ConnectionChange) {
+		t.Helper()
+		if err := s.SetConnectionStates(ctx, changes); err != nil {
+			t.Fatal(err)
+		}
+	}
+	expect := func(what string, want map[string]int) {
+		t.Helper()
+		devs, _, err := s.DevicesAndSessions(ctx, []string{"a", "b"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, id := range []string{"a", "b"} {
+			d, err := s.Device(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			td, _, err := s.Twin(ctx, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			w := herd.NewTime(at(want[id]))
+			if want[id] < 0 {
+				w = herd.Time{}
+			}
+			for how, got := range map[string]herd.Time{"Device": d.LastActivityTime, "Twin": td.LastActivityTime, "DevicesAndSessions": devs[id].LastActivityTime} {
+				if !got.Equal(w.Time) {
+					t.Errorf("%s: %s(%s).lastActivityTime = %v, want %v", what, how, id, got, w)
+				}
+			}
+		}
+		m, err := s.Module(ctx, "a", "m")
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := herd.NewTime(at(want["a/m"]))
+		if want["a/m"] < 0 {
+			w = herd.Time{}
+		}
+		if !m.LastActivityTime.Equal(w.Time) {
+			t.Errorf("%s: module a/m lastActivityTime = %v, want %v", what, m.LastActivityTime, w)
+		}
+	}
+	query := func(text string) []string {
+		t.Helper()
+		res, err := query.NewService(s).Run(ctx, text, 100, "")
+		if err != nil {
+			t.Fatalf("%s: %v", text, err)
+		}
+		var out []string
+		for _, it := range res.Items {
+			tw := it.(*herd.Twin)
+			out = append(out, tw.DeviceID+"/"+tw.ModuleID+"@"+tw.LastActivityTime.String())
+		}
+		return out
+	}
+	record(registry.ConnectionChange{DeviceID: "a", State: herd.Connected, StateAt: at(1), ActivityAt: at(1)},
+		registry.ConnectionChange{DeviceID: "a/m", State: herd.Connected, StateAt: at(1), ActivityAt: at(1)})
+	expect("connected", map[string]int{"a": 1, "b": -1, "a/m": 1})
+	// Activity alone, twice for a device in one batch, and of devices
+	// and modules that do not exist.
+	record(registry.ConnectionChange{DeviceID: "a", ActivityAt: at(3)}, registry.ConnectionChange{DeviceID: "a", ActivityAt: at(5)},
+		registry.ConnectionChange{DeviceID: "a", ActivityAt: at(4)}, registry.ConnectionChange{DeviceID: "b", ActivityAt: at(2)},
+		registry.ConnectionChange{DeviceID: "a/m", ActivityAt: at(6)},
+		registry.ConnectionChange{DeviceID: "ghost", ActivityAt: at(2)}, registry.ConnectionChange{DeviceID: "a/ghost", ActivityAt: at(2)})
+	expect("active", map[string]int{"a": 5, "b": 2, "a/m": 6})
+	if got, want := fmt.Sprint(query("SELECT * FROM devices WHERE lastActivityTime > '"+herd.NewTime(at(4)).String()+"'")),
+		"[a/@"+herd.NewTime(at(5)).String()+"]"; got != want {
+		t.Errorf("devices active after minute 4: %s, want %s", got, want)
+	}
+	if got, want := fmt.Sprint(query("SELECT * FROM devices.modules WHERE lastActivityTime > '"+herd.NewTime(at(5)).String()+"'")),
+		"[a/m@"+herd.NewTime(at(6)).String()+"]"; got != want {
+		t.Errorf("modules active after minute 5: %s, want %s", got, want)
+	}
+	// A connection change with older activity does not move it back;
+	// older activity alone does not either; a newer one in the row wins.
+	record(registry.ConnectionChange{DeviceID: "a", State: herd.Disconnected, StateAt: at(7), ActivityAt: at(2)},
+		registry.ConnectionChange{DeviceID: "a/m", ActivityAt: at(2)},
+		registry.ConnectionChange{DeviceID: "b", State: herd.Connected, StateAt: at(8), ActivityAt: at(8)})
+	expect("older activity", map[string]int{"a": 5, "b": 8, "a/m": 6})
+	// A device made again under the same id starts without activity.
+	res, err := s.ApplyDevices(ctx, []registry.Op{{Kind: registry.OpDelete, DeviceID: "a", Change: func(*herd.Device) error { return nil }}})
+	if err != nil || res[0].Err != nil {
+		t.Fatal(err, res[0].Err)
+	}
+	create(t, s, "a")
+	if _, err := s.CreateModule(ctx, newModule("a", "m"), twin.NewDoc(t0)); err != nil {
+		t.Fatal(err)
+	}
+	expect("made again", map[string]int{"a": -1, "b": 8, "a/m": -1})
 }
 
 func testTwinRoundTrip(t *testing.T, s Store) {
