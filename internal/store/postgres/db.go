@@ -257,17 +257,29 @@ func (db *DB) lockSession(ctx context.Context, try, what string, refused func(da
 	if err != nil {
 		return fmt.Errorf("%s: %w", what, err)
 	}
-	var ok bool
-	if err := conn.QueryRow(ctx, try, int64(hubLock)).Scan(&ok); err != nil {
-		conn.Close(context.WithoutCancel(ctx))
-		return fmt.Errorf("%s: %w", what, err)
+	// A hub stopped (or killed) a moment ago holds the lock until
+	// PostgreSQL has seen its session end: a few tries.
+	for n := 0; ; n++ {
+		var ok bool
+		if err := conn.QueryRow(ctx, try, int64(hubLock)).Scan(&ok); err != nil {
+			conn.Close(context.WithoutCancel(ctx))
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		if ok {
+			db.claimed = conn
+			return nil
+		}
+		if n == 20 {
+			conn.Close(context.WithoutCancel(ctx))
+			return refused(cfg.Database)
+		}
+		select {
+		case <-ctx.Done():
+			conn.Close(context.WithoutCancel(ctx))
+			return ctx.Err()
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
-	if !ok {
-		conn.Close(context.WithoutCancel(ctx))
-		return refused(cfg.Database)
-	}
-	db.claimed = conn
-	return nil
 }
 
 // Join makes the calling hub node of a cluster serving this database
