@@ -24,7 +24,7 @@ import (
 // it when it shuts down; the next node on the store sees it stopped.
 func TestNodeLease(t *testing.T) {
 	ctx := context.Background()
-	lease := func(c *hub.Config) { c.NodeID, c.NodeLease, c.Version = "node-a", 600*time.Millisecond, "v-test" }
+	lease := func(c *hub.Config) { c.NodeID, c.NodeLease, c.Version = "node-a", 3*time.Second, "v-test" }
 	h := hubtest.Start(t, hubtest.WithConfig(lease))
 	st, err := h.Service.Cluster(ctx)
 	if err != nil {
