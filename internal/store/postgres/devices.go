@@ -26,13 +26,13 @@ var (
 )
 
 // identityInsert are the devices columns of a herd.Device, in the order
-// scanDevice reads them.
+// scanDevice reads them (from identityColumns).
 const identityInsert = `device_id, generation_id, etag, status, status_reason, status_updated_time,
 	auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
 	iot_edge, device_scope, parent_scopes, connection_state, connection_state_updated_time,
 	last_activity_time, c2d_message_count`
 
-// identityColumns selects the columns of identityInsert, the device's activity as
+// identityColumns selects identityInsert, the device's activity as
 // query.LastActivity has it.
 var identityColumns = strings.Replace(identityInsert, "last_activity_time", query.LastActivity("devices", false), 1)
 

@@ -20,14 +20,14 @@ var (
 	_ twin.Store     = (*DB)(nil)
 )
 
-// identityInsert are the devices columns that make up a herd.Device, in
-// the order scanDevice reads them.
+// identityInsert are the devices columns of a herd.Device, in the order
+// scanDevice reads them (from identityColumns).
 const identityInsert = `device_id, generation_id, etag, status, status_reason, status_updated_time,
 	auth_type, primary_key, secondary_key, primary_thumbprint, secondary_thumbprint,
 	iot_edge, device_scope, parent_scopes, connection_state, connection_state_updated_time,
 	last_activity_time, c2d_message_count`
 
-// identityColumns selects the columns of identityInsert, the device's activity as
+// identityColumns selects identityInsert, the device's activity as
 // query.LastActivity has it.
 var identityColumns = strings.Replace(identityInsert, "last_activity_time", query.LastActivity("devices", false), 1)
 
@@ -366,8 +366,8 @@ const connectionUpdate = `UPDATE %s SET
 	WHERE %s`
 
 // deviceActivityUpsert and moduleActivityUpsert record activity ?1 of
-// device ?2 (module ?3) that exists in its activity table: a row of its
-// own, so as not to rewrite the device's (migration 0170).
+// device ?2 (module ?3), if it exists, in its activity table: a row of
+// its own, so as not to rewrite the device's (migration 0170).
 const (
 	deviceActivityUpsert = `INSERT INTO device_activity (device_id, last_activity_time)
 		SELECT ?2, ?1 WHERE EXISTS (SELECT 1 FROM devices WHERE device_id = ?2)

@@ -14,12 +14,12 @@ import (
 )
 
 // moduleInsert are the modules columns of a herd.Module, in the order
-// scanModule reads them.
+// scanModule reads them (from moduleColumns).
 const moduleInsert = `device_id, module_id, generation_id, etag, managed_by, auth_type, primary_key,
 	secondary_key, primary_thumbprint, secondary_thumbprint, connection_state,
 	connection_state_updated_time, last_activity_time, c2d_message_count`
 
-// moduleColumns selects the columns of moduleInsert, the module's activity as
+// moduleColumns selects moduleInsert, the module's activity as
 // query.LastActivity has it.
 var moduleColumns = strings.Replace(moduleInsert, "last_activity_time", query.LastActivity("modules", true), 1)
 
