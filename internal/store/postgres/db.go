@@ -443,7 +443,19 @@ func (db *DB) tx(ctx context.Context, fn func(pgx.Tx) error) error {
 // across every round trip; in a batch, only while the server runs it.
 // The batches of a method job (claims, outcomes) lock the job's row.
 func (db *DB) batch(ctx context.Context, b *pgx.Batch, read func(pgx.BatchResults) error) error {
-	return leaseLost(retryAborted(ctx, func() error { return readBatch(db.pool.SendBatch(ctx, b), read) }))
+	return leaseLost(retryAborted(ctx, func() error { return readBatch(db.pool.SendBatch(ctx, unsent(b)), read) }))
+}
+
+// unsent returns a copy of b's statements that pgx has not sent. A sent
+// batch keeps the statements pgx prepared for it on that send's
+// connection: sent again, on another connection or after an error made
+// pgx drop them, it fails ("prepared statement … does not exist").
+func unsent(b *pgx.Batch) *pgx.Batch {
+	c := &pgx.Batch{QueuedQueries: make([]*pgx.QueuedQuery, len(b.QueuedQueries))}
+	for i, q := range b.QueuedQueries {
+		c.QueuedQueries[i] = &pgx.QueuedQuery{SQL: q.SQL, Arguments: q.Arguments, Fn: q.Fn}
+	}
+	return c
 }
 
 // readBatch reads a batch's results with read (if not nil) and closes
