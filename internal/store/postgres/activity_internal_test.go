@@ -5,6 +5,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/herd-iot/herd/internal/registry"
 	"github.com/herd-iot/herd/internal/store/pgtest"
 )
@@ -61,19 +63,12 @@ func TestActivityRacingADelete(t *testing.T) {
 	if err := <-done; err != nil {
 		t.Fatalf("the batch that raced the delete: %v", err)
 	}
-	var ids []string
 	rows, err := db.pool.Query(ctx, `SELECT device_id FROM device_activity ORDER BY device_id`)
 	if err != nil {
 		t.Fatal(err)
 	}
-	for rows.Next() {
-		var id string
-		if err := rows.Scan(&id); err != nil {
-			t.Fatal(err)
-		}
-		ids = append(ids, id)
-	}
-	if err := rows.Err(); err != nil {
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
 		t.Fatal(err)
 	}
 	if len(ids) != 1 || ids[0] != "d-000002" {
