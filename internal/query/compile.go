@@ -399,7 +399,7 @@ func (c *compiler) compare(op string, a, b operand, exact bool) frag {
 		}
 	}
 	if !exact && op == "!=" && a.doc != "" && b.lit != nil {
-		if s := c.d.JSONNotEqual(a.doc, a.path, b.lit, c.bind); s != "" {
+		if s := c.d.JSONNotEqual(a.doc, a.path, a.keys, b.lit, c.bind); s != "" {
 			return frag{s, true}
 		}
 	}

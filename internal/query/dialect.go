@@ -74,7 +74,7 @@ type Dialect interface {
 	// JSONNotEqual is, like JSONEqual, a loose form of "the value at path
 	// is of the literal's kind and differs from it" (true exactly there),
 	// or "" when the dialect has no shortcut.
-	JSONNotEqual(doc, path string, lit *Literal, bind func(any) string) string
+	JSONNotEqual(doc, path string, keys []string, lit *Literal, bind func(any) string) string
 	// FirstOf is the first of two aggregates that is not NULL, each keeping
 	// its own type (a number, or a string): MIN and MAX order numbers
 	// before strings.
@@ -200,7 +200,9 @@ func (sqliteDialect) JSONEqual(doc, path string, _ []string, lit *Literal, param
 
 // JSONNotEqual: no shortcut; the kind test and json_extract's value read
 // the document once each.
-func (sqliteDialect) JSONNotEqual(string, string, *Literal, func(any) string) string { return "" }
+func (sqliteDialect) JSONNotEqual(string, string, []string, *Literal, func(any) string) string {
+	return ""
+}
 
 func (sqliteDialect) Func(name string, a ...string) string {
 	switch name {
