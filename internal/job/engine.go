@@ -187,6 +187,18 @@ func (s *Service) launch(ctx, calls context.Context, wg *sync.WaitGroup, r *Reco
 		if epoch, r, err = s.take(ctx, r.JobID); err != nil || epoch == 0 {
 			return false, err
 		}
+	} else {
+		// The pass's list may be older than the end of a runner that
+		// removed itself since: read the job again, so that a job that
+		// has ended is not started, nor logged as ended, a second time.
+		fresh, err := s.store.Job(ctx, r.JobID)
+		if herd.IsCode(err, herd.ErrJobNotFound) || err == nil && fresh.EndTime != nil {
+			return true, nil
+		}
+		if err != nil {
+			return false, err
+		}
+		r = fresh
 	}
 	feed, stop := context.WithCancelCause(ctx)
 	run := &runner{id: r.JobID, feed: feed, calls: calls, stop: stop, cancel: stop}

@@ -732,6 +732,77 @@ func TestJobEndLogAndStartDelay(t *testing.T) {
 	t.Error("no herd_job_start_delay_seconds")
 }
 
+// staleActive lists, with the active jobs, every job it listed before as
+// it was then: what a schedule pass reads when a job's runner ends just
+// after the pass read the list.
+type staleActive struct {
+	job.Store
+	mu   sync.Mutex
+	seen map[string]*job.Record
+}
+
+func (s *staleActive) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
+	jobs, err := s.Store.ActiveJobs(ctx)
+	if err != nil {
+		return nil, err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.seen == nil {
+		s.seen = map[string]*job.Record{}
+	}
+	listed := map[string]bool{}
+	for _, r := range jobs {
+		listed[r.JobID] = true
+		if _, ok := s.seen[r.JobID]; !ok {
+			s.seen[r.JobID] = r
+		}
+	}
+	for id, r := range s.seen {
+		if !listed[id] {
+			jobs = append(jobs, r)
+		}
+	}
+	return jobs, nil
+}
+
+// TestEndedJobListedStale: a job that a schedule pass lists as it was
+// before its runner ended (the list was read just before) is neither
+// started nor logged as ended again.
+func TestEndedJobListedStale(t *testing.T) {
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	stale := &staleActive{}
+	e := newEnv(t, func(c *job.Config) {
+		stale.Store = c.Store
+		c.Store = stale
+		c.Log = slog.New(slog.NewTextHandler(&logs, nil))
+		c.Metrics = reg
+	})
+	e.devices("a", "b")
+	e.create("once", `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"x":1}}}`)
+	e.waitEnded("once")
+	// Every later pass lists "once" as queued; each of these jobs makes
+	// at least one.
+	for _, id := range []string{"next1", "next2"} {
+		e.create(id, `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"y":1}}}`)
+		e.waitEnded(id)
+	}
+	want := `msg="job ended" job_id=next2`
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(logs.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q in:\n%s", want, logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, line := range []string{`msg="job started" job_id=once`, `msg="job ended" job_id=once`} {
+		if n := strings.Count(logs.String(), line); n != 1 {
+			t.Errorf("%d lines %q, want 1:\n%s", n, line, logs.String())
+		}
+	}
+}
+
 // compactJSON is a JSON text as encoding/json writes it (a store may keep
 // JSON as JSON rather than as the bytes it was given: PostgreSQL's jsonb).
 func compactJSON(t *testing.T, raw []byte) string {
