@@ -681,6 +681,36 @@ func (b *syncBuffer) String() string {
 	return b.b.String()
 }
 
+// wait waits until the log holds line.
+func (b *syncBuffer) wait(t *testing.T, line string) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(b.String(), line) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no log line %q in:\n%s", line, b.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// startDelay is the sample count and sum of the
+// herd_job_start_delay_seconds histogram in reg.
+func startDelay(t *testing.T, reg *prometheus.Registry) (uint64, float64) {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == "herd_job_start_delay_seconds" {
+			h := mf.GetMetric()[0].GetHistogram()
+			return h.GetSampleCount(), h.GetSampleSum()
+		}
+	}
+	t.Fatal("no herd_job_start_delay_seconds")
+	return 0, 0
+}
+
 // TestJobEndLogAndStartDelay: every job that ends writes one log line with
 // its status, counts and duration (also one cancelled before it started),
 // and a job created with a start time in the past counts as started on
@@ -705,31 +735,14 @@ func TestJobEndLogAndStartDelay(t *testing.T) {
 		`msg="job ended" job_id=late op=scheduleUpdateTwin status=completed devices=2 succeeded=2 failed=0 duration_ms=0`,
 		`msg="job ended" job_id=never op=scheduleUpdateTwin status=cancelled devices=0 succeeded=0 failed=0`,
 	} {
-		deadline := time.Now().Add(10 * time.Second)
-		for !strings.Contains(logs.String(), want) {
-			if time.Now().After(deadline) {
-				t.Fatalf("no log line %q in:\n%s", want, logs.String())
-			}
-			time.Sleep(5 * time.Millisecond)
-		}
+		logs.wait(t, want)
 	}
 	if n := strings.Count(logs.String(), `msg="job ended" job_id=late`); n != 1 {
 		t.Errorf("%d end lines for one job", n)
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
+	if n, sum := startDelay(t, reg); n != 1 || sum > 1 {
+		t.Errorf("start delay: %d samples, sum %v s; want one on-time start", n, sum)
 	}
-	for _, mf := range mfs {
-		if mf.GetName() == "herd_job_start_delay_seconds" {
-			h := mf.GetMetric()[0].GetHistogram()
-			if h.GetSampleCount() != 1 || h.GetSampleSum() > 1 {
-				t.Errorf("start delay: %d samples, sum %v s; want one on-time start", h.GetSampleCount(), h.GetSampleSum())
-			}
-			return
-		}
-	}
-	t.Error("no herd_job_start_delay_seconds")
 }
 
 // staleActive lists, with the active jobs, every job it listed before as
@@ -748,9 +761,6 @@ func (s *staleActive) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.seen == nil {
-		s.seen = map[string]*job.Record{}
-	}
 	listed := map[string]bool{}
 	for _, r := range jobs {
 		listed[r.JobID] = true
@@ -772,7 +782,7 @@ func (s *staleActive) ActiveJobs(ctx context.Context) ([]*job.Record, error) {
 func TestEndedJobListedStale(t *testing.T) {
 	var logs syncBuffer
 	reg := prometheus.NewRegistry()
-	stale := &staleActive{}
+	stale := &staleActive{seen: map[string]*job.Record{}}
 	e := newEnv(t, func(c *job.Config) {
 		stale.Store = c.Store
 		c.Store = stale
@@ -788,18 +798,14 @@ func TestEndedJobListedStale(t *testing.T) {
 		e.create(id, `{"type":"scheduleUpdateTwin","queryCondition":"*","updateTwin":{"etag":"*","tags":{"y":1}}}`)
 		e.waitEnded(id)
 	}
-	want := `msg="job ended" job_id=next2`
-	deadline := time.Now().Add(10 * time.Second)
-	for !strings.Contains(logs.String(), want) {
-		if time.Now().After(deadline) {
-			t.Fatalf("no log line %q in:\n%s", want, logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
+	logs.wait(t, `msg="job ended" job_id=next2`)
 	for _, line := range []string{`msg="job started" job_id=once`, `msg="job ended" job_id=once`} {
 		if n := strings.Count(logs.String(), line); n != 1 {
 			t.Errorf("%d lines %q, want 1:\n%s", n, line, logs.String())
 		}
+	}
+	if n, _ := startDelay(t, reg); n != 3 {
+		t.Errorf("start delay: %d samples for 3 jobs", n)
 	}
 }
 
